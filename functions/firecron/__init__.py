@@ -1,0 +1,1 @@
+"""firecron: serverless cron dispatcher for Google Cloud."""

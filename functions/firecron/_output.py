@@ -1,0 +1,66 @@
+"""Output helpers for the CLI: RFC 3339 times, JSON, and rich tables.
+
+JSON times are RFC 3339 UTC with ``Z``. Tables go to stdout through rich, which
+falls back to plain text when stdout is not a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from firecron.core.durations import format_duration
+
+__all__ = ["console", "emit_json", "err_console", "jsonable", "rfc3339", "table"]
+
+# Piped output is read by scripts and people alike: don't fold it at rich's default 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, highlight=False)
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    """``2027-01-01T09:00:00Z`` (fractional seconds only when present)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def jsonable(value: Any) -> Any:
+    """Recursively convert models, datetimes, durations and enums for JSON output."""
+    if isinstance(value, BaseModel):
+        return jsonable(value.model_dump(mode="python"))
+    if isinstance(value, datetime):
+        return rfc3339(value)
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def emit_json(value: Any) -> None:
+    """Print ``value`` as indented JSON on stdout."""
+    sys.stdout.write(json.dumps(jsonable(value), indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Print a table with ``columns``; ``None`` cells print as ``-``."""
+    t = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
+    for col in columns:
+        t.add_column(col, overflow="fold")
+    for row in rows:
+        t.add_row(*("-" if c is None else str(c) for c in row))
+    console.print(t)

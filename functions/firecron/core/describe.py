@@ -1,0 +1,92 @@
+"""Plain-English descriptions of triggers, for the CLI and the UI.
+
+Contract: every function returns one short line and is pure (no clock reads). Cron
+expressions are validated and macros expanded first, so an invalid expression raises
+:class:`ValueError` exactly as :func:`firecron.core.triggers.validate_cron` does.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from cron_descriptor import ExpressionDescriptor
+
+from firecron.core.triggers import expand_macro, validate_cron
+
+__all__ = ["describe_at", "describe_cron", "describe_every", "describe_window"]
+
+_UNITS: tuple[tuple[str, timedelta], ...] = (
+    ("day", timedelta(days=1)),
+    ("hour", timedelta(hours=1)),
+    ("minute", timedelta(minutes=1)),
+    ("second", timedelta(seconds=1)),
+    ("millisecond", timedelta(milliseconds=1)),
+)
+
+
+@lru_cache(maxsize=1024)
+def describe_cron(expr: str) -> str:
+    """Describe a cron expression or macro, e.g. ``At 09:30, Monday through Friday``.
+
+    6-field expressions have seconds first. Times use the 24-hour clock.
+    """
+    expanded = expand_macro(validate_cron(expr))
+    # Cached because cron-descriptor loads its locale on every construction.
+    descriptor = ExpressionDescriptor(
+        expanded, use_24hour_time_format=True, day_of_week_start_index_zero=True
+    )
+    return str(descriptor.get_description())
+
+
+def describe_every(interval: timedelta) -> str:
+    """Describe an interval: ``every 15 minutes``, ``every hour``, ``every 1 hour 30 minutes``.
+
+    Parts below a millisecond are dropped.
+    """
+    remaining = interval
+    parts: list[tuple[int, str]] = []
+    for name, size in _UNITS:
+        count, remaining = divmod(remaining, size)
+        if count:
+            parts.append((count, name))
+    if not parts:
+        return "every 0 seconds"
+    if len(parts) == 1 and parts[0][0] == 1:
+        return f"every {parts[0][1]}"
+    return "every " + " ".join(
+        f"{count} {name}{'' if count == 1 else 's'}" for count, name in parts
+    )
+
+
+def _utc_text(instant: datetime) -> str:
+    text = instant.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
+    if instant.microsecond:
+        text = instant.astimezone(UTC).replace(tzinfo=None).isoformat()
+    return text + "Z"
+
+
+def describe_at(instant: datetime, timezone: str) -> str:
+    """Describe a one-shot instant in ``timezone`` and in UTC.
+
+    ``once, at 2027-01-01 10:00 CET (2027-01-01T09:00:00Z)``; for UTC only the UTC form
+    is given. ``instant`` must be aware.
+    """
+    if instant.tzinfo is None:
+        raise ValueError(f"instant must be timezone-aware, got {instant.isoformat()!r}")
+    if timezone == "UTC":
+        return f"once, at {_utc_text(instant)}"
+    local = instant.astimezone(ZoneInfo(timezone))
+    clock = "%H:%M:%S" if local.second else "%H:%M"
+    return f"once, at {local.strftime(f'%Y-%m-%d {clock} %Z')} ({_utc_text(instant)})"
+
+
+def describe_window(start_at: datetime | None, end_at: datetime | None) -> str:
+    """Suffix for a trigger's window: ``, from 2027-01-01T00:00:00Z until ...``, or ``""``."""
+    text = ""
+    if start_at is not None:
+        text += f", from {_utc_text(start_at)}"
+    if end_at is not None:
+        text += f", until {_utc_text(end_at)}"
+    return text

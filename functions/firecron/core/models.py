@@ -1,0 +1,356 @@
+"""Schedule definitions and their state: the vocabulary of firecron.
+
+A schedule is a :class:`ScheduleSpec` (what the user wrote in YAML, immutable) plus
+a :class:`ScheduleState` (what the dispatcher keeps: next fire time, counters).
+:class:`StoredSchedule` pairs them with the store's opaque ``version`` token used for
+compare-and-set. Conversion to rows or documents happens only in ``firecron.store``.
+
+All datetimes in these models are timezone-aware UTC; naive input is rejected or,
+where the YAML format allows wall-clock times (``at``, ``start_at``, ``end_at``),
+interpreted in the schedule's ``timezone``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic import JsonValue as _JsonValue
+
+from firecron.core.durations import format_duration, parse_duration
+
+__all__ = [
+    "SCHEDULE_ID_PATTERN",
+    "Duration",
+    "JsonValue",
+    "MisfirePolicy",
+    "MisfirePolicyKind",
+    "OverlapPolicy",
+    "RetryPolicy",
+    "ScheduleSpec",
+    "ScheduleState",
+    "StoredSchedule",
+    "Target",
+    "TargetAuth",
+    "TriggerKind",
+]
+
+JsonValue = _JsonValue
+
+SCHEDULE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
+"""A duration field: accepts ``90s``/``15m``/``2h``/``1d`` (or int seconds), dumps as text in JSON."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TriggerKind(StrEnum):
+    """Which trigger field a schedule uses."""
+
+    cron = "cron"
+    """A cron expression (5 fields, or 6 with seconds first) or a macro."""
+    every = "every"
+    """A fixed interval anchored at ``start_at`` or the Unix epoch; ignores DST."""
+    at = "at"
+    """One shot at an instant; the schedule is exhausted after it fires."""
+
+
+class TargetAuth(StrEnum):
+    """How a dispatch authenticates itself to its target."""
+
+    none = "none"
+    """No extra credential. A signature is still attached when a signing secret is set."""
+    oidc = "oidc"
+    """A Google ID token whose audience is the target URL (for private Cloud Functions)."""
+    hmac = "hmac"
+    """The Standard Webhooks HMAC signature is required: dispatch fails if no secret is set."""
+
+
+class OverlapPolicy(StrEnum):
+    """What to do when an occurrence is due while the schedule's latest run is still active."""
+
+    skip = "skip"
+    """Record the new occurrence as ``skipped`` (the default)."""
+    allow = "allow"
+    """Fire it anyway; runs may overlap."""
+    queue_one = "queue_one"
+    """Hold at most one ``queued`` run and fire it when the active run ends; skip beyond that."""
+
+
+class MisfirePolicyKind(StrEnum):
+    """What to do with occurrences whose tick was missed (fired late beyond the threshold)."""
+
+    coalesce = "coalesce"
+    """Fire the latest missed occurrence within ``grace``, once (the default)."""
+    all = "all"
+    """Fire every missed occurrence within ``grace``, at most 100 per tick."""
+    skip = "skip"
+    """Fire none of them."""
+
+
+class Target(_Frozen):
+    """Where a run is POSTed.
+
+    Exactly one of ``url`` and ``function``. A ``function`` target is a worker built with
+    the SDK, resolved against ``FIRECRON_FUNCTIONS_BASE_URL`` at dispatch time. A ``url``
+    target is a plain endpoint (its runs end ``delivered``) unless ``worker: true``.
+    The URL is checked syntactically here; the SSRF guard runs in the transport,
+    where DNS is resolved.
+    """
+
+    url: str | None = None
+    """Absolute http(s) URL of the endpoint."""
+    function: str | None = None
+    """Name of a worker entry point in ``functions/main.py``."""
+    worker: bool | None = None
+    """Whether the target reports run state with the SDK. Defaults to true for ``function``."""
+    auth: TargetAuth = TargetAuth.none
+    """How the dispatch authenticates (see :class:`TargetAuth`)."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.url is None) == (self.function is None):
+            raise ValueError("set exactly one of 'url' or 'function'")
+        if self.function is not None:
+            if not _FUNCTION_NAME.match(self.function):
+                raise ValueError(f"invalid function name {self.function!r}")
+            if self.worker is False:
+                raise ValueError("a 'function' target is always a worker; drop 'worker: false'")
+        if self.url is not None and not re.match(r"^https?://[^/\s]+", self.url):
+            raise ValueError(f"invalid url {self.url!r}: must be an absolute http(s) URL")
+        return self
+
+    @property
+    def is_worker(self) -> bool:
+        """True when the target runs the worker SDK and reports its run's state."""
+        return self.function is not None or bool(self.worker)
+
+
+class RetryPolicy(_Frozen):
+    """Retries of failed dispatches and, for workers, of ``failed``/``lost``/``timed_out`` runs.
+
+    Attempt ``n`` (n >= 2) waits a full-jitter delay in
+    ``[0, min(max_backoff, backoff * multiplier ** (n - 2))]``.
+    """
+
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    """Total tries, the first included. 1 disables retries."""
+    backoff: Duration = timedelta(seconds=10)
+    """Ceiling of the first retry's delay."""
+    max_backoff: Duration = timedelta(minutes=10)
+    """Cap of any retry's delay ceiling."""
+    multiplier: float = Field(default=2.0, ge=1.0, le=10.0)
+    """Growth of the delay ceiling per attempt."""
+
+
+class MisfirePolicy(_Frozen):
+    """Handling of occurrences that were due while no tick ran (see :class:`MisfirePolicyKind`)."""
+
+    policy: MisfirePolicyKind = MisfirePolicyKind.coalesce
+    """What to fire of the missed occurrences."""
+    grace: Duration = timedelta(hours=24)
+    """Occurrences older than this are never fired; they are counted and reported as missed."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        # `misfire: skip` is friendlier than `misfire: {policy: skip}`.
+        return {"policy": data} if isinstance(data, str) else data
+
+
+def _instant_field(value: Any, info: ValidationInfo) -> Any:
+    """Parse ``at``/``start_at``/``end_at``: RFC 3339, or a naive wall time in the schedule's zone."""
+    from firecron.core.triggers import parse_instant, validate_timezone
+
+    if value is None:
+        return None
+    tz = (info.data or {}).get("timezone", "UTC")
+    try:
+        validate_timezone(tz)
+    except ValueError:
+        tz = "UTC"  # the timezone field reports its own error
+    if isinstance(value, datetime):
+        value = value.isoformat()
+    if isinstance(value, str):
+        return parse_instant(value, tz)
+    raise ValueError(f"invalid time {value!r}: use RFC 3339, e.g. 2027-01-01T10:00:00+01:00")
+
+
+class ScheduleSpec(_Frozen):
+    """One schedule as written in the schedules YAML. Unknown keys are errors."""
+
+    id: str = Field(pattern=SCHEDULE_ID_PATTERN)
+    """Unique id: lowercase letters, digits, ``_`` and ``-``, at most 63 characters."""
+    description: str = ""
+    """Free text shown by ``firecron show``."""
+    timezone: str = "UTC"
+    """IANA zone in which ``cron`` and naive times are read."""
+    cron: str | None = None
+    """Cron expression (5 fields, or 6 with seconds first) or macro (``@daily``...)."""
+    every: Duration | None = None
+    """Fixed interval, anchored at ``start_at`` or the Unix epoch."""
+    at: datetime | None = None
+    """One-shot instant."""
+    target: Target
+    """Where runs are POSTed."""
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    """JSON parameters passed to every run (a manual trigger may override keys)."""
+    enabled: bool = True
+    """A disabled schedule keeps its definition but never fires."""
+    start_at: datetime | None = None
+    """No occurrence before this instant."""
+    end_at: datetime | None = None
+    """No occurrence after this instant."""
+    max_runs: int | None = Field(default=None, ge=1)
+    """Stop after this many fired occurrences."""
+    jitter: Duration = timedelta(0)
+    """Deterministic fire delay in ``[0, jitter)``; ``scheduled_for`` stays nominal."""
+    expected_duration: Duration | None = None
+    """SLA: a run still running after this emits one SLA-breach event."""
+    timeout: Duration | None = None
+    """A run still running after this is ``timed_out`` and asked to stop."""
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    """Retry policy."""
+    overlap: OverlapPolicy = OverlapPolicy.skip
+    """Overlap policy."""
+    misfire: MisfirePolicy = Field(default_factory=MisfirePolicy)
+    """Misfire policy."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Free-form key/value labels, used by notification rules and listings."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        from firecron.core.triggers import validate_timezone
+
+        return validate_timezone(value)
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str | None) -> str | None:
+        from firecron.core.triggers import validate_cron
+
+        return None if value is None else validate_cron(value)
+
+    @field_validator("every")
+    @classmethod
+    def _check_every(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < timedelta(seconds=1):
+            raise ValueError("interval must be at least 1s")
+        return value
+
+    _instants = field_validator("at", "start_at", "end_at", mode="before")(_instant_field)
+
+    @model_validator(mode="after")
+    def _check_trigger(self) -> Self:
+        given = [k for k in TriggerKind if getattr(self, k.value) is not None]
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise ValueError(f"set exactly one of 'cron', 'every' or 'at' (found: {found})")
+        if self.start_at and self.end_at and self.end_at < self.start_at:
+            raise ValueError("end_at is before start_at")
+        if self.timeout and self.expected_duration and self.expected_duration > self.timeout:
+            raise ValueError("expected_duration is longer than timeout")
+        return self
+
+    @property
+    def trigger_kind(self) -> TriggerKind:
+        """Which of ``cron``, ``every`` and ``at`` is set."""
+        return next(k for k in TriggerKind if getattr(self, k.value) is not None)
+
+    def trigger_fields(self) -> tuple[object, ...]:
+        """The fields that decide *when* the schedule fires; a change re-plans ``next_fire_at``."""
+        return (
+            self.cron,
+            self.every,
+            self.at,
+            self.timezone,
+            self.start_at,
+            self.end_at,
+            self.enabled,
+            self.max_runs,
+            self.jitter,
+        )
+
+
+class ScheduleState(_Frozen):
+    """What the dispatcher keeps about a schedule between ticks.
+
+    Invariant: ``next_fire_at`` is ``None`` exactly when the schedule is idle (paused,
+    disabled or exhausted), so the due query never returns, nor reads, idle schedules.
+    """
+
+    next_fire_at: datetime | None = None
+    """Instant (jitter included) at which the next occurrence is due. Indexed."""
+    next_occurrence: datetime | None = None
+    """Nominal time of that occurrence (what the run's ``scheduled_for`` will be)."""
+    last_occurrence: datetime | None = None
+    """Nominal time of the latest occurrence handled (fired, skipped or missed)."""
+    last_run_id: str | None = None
+    """Id of the latest run created for this schedule (for the overlap policy)."""
+    run_count: int = 0
+    """Occurrences fired (counts toward ``max_runs``)."""
+    skipped_count: int = 0
+    """Occurrences skipped by the overlap policy."""
+    missed_count: int = 0
+    """Occurrences not fired because of the misfire policy or grace."""
+    paused: bool = False
+    """Operator pause (``firecron pause``); survives re-applying the YAML."""
+    paused_at: datetime | None = None
+    """When it was paused; on resume the misfire policy judges what was missed since."""
+    exhausted: bool = False
+    """No occurrence remains (``at`` fired, ``end_at`` passed or ``max_runs`` reached)."""
+    created_at: datetime | None = None
+    """When the schedule was first applied."""
+    updated_at: datetime | None = None
+    """When the definition or the state last changed."""
+
+    @property
+    def status(self) -> str:
+        """One word for listings: ``active``, ``paused`` or ``exhausted`` (``disabled`` comes from the spec)."""
+        if self.paused:
+            return "paused"
+        if self.exhausted:
+            return "exhausted"
+        return "active"
+
+
+class StoredSchedule(_Frozen):
+    """A schedule as read from a store: definition, state and the compare-and-set token."""
+
+    spec: ScheduleSpec
+    """The definition."""
+    state: ScheduleState
+    """The dispatcher's state."""
+    version: str
+    """Opaque token that changes on every write; claims and updates must present it."""
+
+    @property
+    def id(self) -> str:
+        """The schedule id."""
+        return self.spec.id
+
+    @property
+    def status(self) -> str:
+        """``disabled``, ``paused``, ``exhausted`` or ``active``."""
+        return "disabled" if not self.spec.enabled else self.state.status

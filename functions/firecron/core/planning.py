@@ -1,0 +1,325 @@
+"""Tick planning: what a due schedule fires now, and its new state. Pure; ``now`` is passed in.
+
+:func:`plan` is the heart of a tick. Given a stored schedule, its latest run (or None
+when the caller did not need to read it) and ``now``, it returns the runs to create
+(``pending``, ``queued`` or ``skipped``) and the schedule's next state; the dispatcher
+writes both in one atomic claim.
+
+Misfires. An occurrence is *on time* when the tick sees it at most ``misfire_threshold``
+after its fire time; every other due occurrence was *misfired* (its tick was missed).
+Occurrences older than ``misfire.grace`` are never fired and are counted as missed.
+Of the misfired ones within grace: ``coalesce`` fires only the latest due occurrence
+(the others are coalesced into it), ``all`` fires each (at most ``MAX_FIRE_PER_TICK``),
+``skip`` fires none and counts them as missed.
+
+Overlap. Judged against the latest run, only for worker targets: a plain URL target
+counts as finished once delivered, so its runs never block the next occurrence (and
+the dispatcher saves the read). A run fired in this same plan counts as active for the
+occurrences after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from firecron.core.models import (
+    JsonValue,
+    MisfirePolicyKind,
+    OverlapPolicy,
+    ScheduleSpec,
+    ScheduleState,
+    StoredSchedule,
+)
+from firecron.core.runs import ACTIVE_STATES, Run, RunState, RunTrigger, scheduled_run_id
+from firecron.core.triggers import Trigger, build_trigger, jitter_offset
+
+__all__ = [
+    "DEFAULT_MISFIRE_THRESHOLD",
+    "MAX_FIRE_PER_TICK",
+    "MAX_SCAN",
+    "Occurrence",
+    "Plan",
+    "build_run",
+    "initial_state",
+    "pause",
+    "plan",
+    "replan",
+    "resume",
+    "trigger_of",
+]
+
+DEFAULT_MISFIRE_THRESHOLD = timedelta(minutes=2)
+"""How late an occurrence may be seen and still count as on time (a one-minute tick plus slack)."""
+MAX_FIRE_PER_TICK = 100
+"""At most this many occurrences of one schedule fire in one plan (``misfire: all``)."""
+MAX_SCAN = 10_000
+"""At most this many occurrences are enumerated per plan; a longer backlog continues next tick."""
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One nominal fire time and the instant it becomes due (jitter added)."""
+
+    scheduled_for: datetime
+    fire_at: datetime
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The outcome of planning one due schedule."""
+
+    runs: list[Run]
+    """Runs to create in the claim: ``pending`` (fire now), ``queued`` or ``skipped``."""
+    new_state: ScheduleState
+    """The schedule's state after this tick."""
+    missed: list[datetime] = field(default_factory=list)
+    """Occurrences not fired by the misfire policy or grace (their nominal times; capped list)."""
+    missed_count: int = 0
+    """How many occurrences were missed (may exceed ``len(missed)``)."""
+    coalesced: int = 0
+    """Misfired occurrences folded into a later one by ``coalesce``."""
+
+    @property
+    def to_fire(self) -> list[Run]:
+        """The runs to send now."""
+        return [r for r in self.runs if r.state is RunState.pending]
+
+
+def trigger_of(spec: ScheduleSpec) -> Trigger:
+    """The trigger of ``spec`` (valid specs always build)."""
+    return build_trigger(
+        cron=spec.cron,
+        every=spec.every,
+        at=spec.at,
+        timezone=spec.timezone,
+        start_at=spec.start_at,
+        end_at=spec.end_at,
+    )
+
+
+def _occurrence(spec: ScheduleSpec, scheduled_for: datetime) -> Occurrence:
+    return Occurrence(
+        scheduled_for, scheduled_for + jitter_offset(spec.id, scheduled_for, spec.jitter)
+    )
+
+
+def _with_next(
+    spec: ScheduleSpec, state: ScheduleState, nxt: datetime | None, now: datetime
+) -> ScheduleState:
+    """``state`` pointing at occurrence ``nxt`` (or idle/exhausted when there is none)."""
+    limit_hit = spec.max_runs is not None and state.run_count >= spec.max_runs
+    exhausted = nxt is None or limit_hit
+    active = spec.enabled and not state.paused and not exhausted
+    occ = _occurrence(spec, nxt) if nxt is not None and active else None
+    return state.model_copy(
+        update={
+            "next_occurrence": occ.scheduled_for if occ else None,
+            "next_fire_at": occ.fire_at if occ else None,
+            "exhausted": exhausted,
+            "updated_at": now,
+        }
+    )
+
+
+def initial_state(spec: ScheduleSpec, now: datetime) -> ScheduleState:
+    """State of a newly applied schedule: first occurrence strictly after ``now``."""
+    base = ScheduleState(created_at=now, updated_at=now)
+    return _with_next(spec, base, trigger_of(spec).next_after(now), now)
+
+
+def replan(
+    spec: ScheduleSpec, old: ScheduleSpec, state: ScheduleState, now: datetime
+) -> ScheduleState:
+    """State after the definition changed from ``old`` to ``spec``.
+
+    Counters, pause and history are kept. If nothing that decides *when* it fires
+    changed, the next fire time is kept too; otherwise the next occurrence is
+    recomputed strictly after ``now`` (never re-firing an already handled occurrence).
+    """
+    if spec.trigger_fields() == old.trigger_fields():
+        return state
+    after = max(now, state.last_occurrence) if state.last_occurrence else now
+    return _with_next(spec, state, trigger_of(spec).next_after(after), now)
+
+
+def pause(spec: ScheduleSpec, state: ScheduleState, now: datetime) -> ScheduleState:
+    """Paused state: idle, remembering when (for the misfire policy on resume)."""
+    if state.paused:
+        return state
+    paused = state.model_copy(update={"paused": True, "paused_at": now})
+    return _with_next(spec, paused, None, now).model_copy(update={"exhausted": state.exhausted})
+
+
+def resume(spec: ScheduleSpec, state: ScheduleState, now: datetime) -> ScheduleState:
+    """Resumed state: the occurrences missed while paused become due again.
+
+    The next occurrence is the first after the last handled one (or after the pause
+    instant), so the next tick's misfire policy decides what to fire of them.
+    """
+    if not state.paused:
+        return state
+    since = state.last_occurrence or state.paused_at or now
+    resumed = state.model_copy(update={"paused": False, "paused_at": None})
+    return _with_next(spec, resumed, trigger_of(spec).next_after(since), now)
+
+
+def build_run(
+    spec: ScheduleSpec,
+    run_id: str,
+    occurrence: Occurrence,
+    now: datetime,
+    *,
+    trigger: RunTrigger = RunTrigger.schedule,
+    state: RunState = RunState.pending,
+    params: Mapping[str, JsonValue] | None = None,
+    pending_grace: timedelta = timedelta(minutes=2),
+    blocked_by: str | None = None,
+) -> Run:
+    """A new run of ``spec`` with the policy snapshot it needs.
+
+    A ``pending`` run is watched at ``now + pending_grace`` (re-fired if the dispatcher
+    died before sending it); a ``queued`` run is watched every tick until its blocker
+    ends; a ``skipped`` run is terminal and never watched.
+    """
+    watch_at: datetime | None = None
+    if state is RunState.pending:
+        watch_at = now + pending_grace
+    elif state is RunState.queued:
+        watch_at = now
+    merged = dict(spec.params)
+    if params:
+        merged.update(params)
+    return Run(
+        id=run_id,
+        schedule_id=spec.id,
+        scheduled_for=occurrence.scheduled_for,
+        fire_at=occurrence.fire_at,
+        trigger=trigger,
+        state=state,
+        params=merged,
+        target=spec.target,
+        retry=spec.retry,
+        timeout=spec.timeout,
+        expected_duration=spec.expected_duration,
+        labels=spec.labels,
+        created_at=now,
+        updated_at=now,
+        ended_at=now if state is RunState.skipped else None,
+        watch_at=watch_at,
+        blocked_by=blocked_by,
+    )
+
+
+def _is_active(run: Run | None) -> bool:
+    return run is not None and (run.state in ACTIVE_STATES or run.state is RunState.queued)
+
+
+def plan(
+    stored: StoredSchedule,
+    latest_run: Run | None,
+    now: datetime,
+    *,
+    misfire_threshold: timedelta = DEFAULT_MISFIRE_THRESHOLD,
+    pending_grace: timedelta = timedelta(minutes=2),
+) -> Plan:
+    """Plan one tick for a schedule (see the module docstring for the policies).
+
+    ``latest_run`` must be the run named by ``stored.state.last_run_id`` when the target
+    is a worker and ``overlap`` is not ``allow``; otherwise it is ignored and may be None.
+    A schedule that is not due (``next_fire_at`` None or in the future) plans nothing.
+    """
+    spec, state = stored.spec, stored.state
+    if state.next_occurrence is None or state.next_fire_at is None or state.next_fire_at > now:
+        return Plan(runs=[], new_state=state)
+    trigger = trigger_of(spec)
+    horizon = now - spec.misfire.grace
+
+    # Enumerate due occurrences, splitting those older than grace (missed) from the rest.
+    missed: list[datetime] = []
+    missed_count = 0
+    due: list[Occurrence] = []
+    nxt: datetime | None = state.next_occurrence
+    scanned = 0
+    while nxt is not None and scanned < MAX_SCAN:
+        occ = _occurrence(spec, nxt)
+        if occ.fire_at > now:
+            break
+        scanned += 1
+        if occ.scheduled_for < horizon:
+            missed_count += 1
+            if len(missed) < MAX_FIRE_PER_TICK:
+                missed.append(occ.scheduled_for)
+        else:
+            due.append(occ)
+        nxt = trigger.next_after(nxt)
+    backlog_left = nxt is not None and _occurrence(spec, nxt).fire_at <= now
+
+    on_time = bool(due) and not backlog_left and now - due[-1].fire_at <= misfire_threshold
+    policy = spec.misfire.policy
+    coalesced = 0
+    if policy is MisfirePolicyKind.all:
+        chosen = due[:MAX_FIRE_PER_TICK]
+        if len(due) > MAX_FIRE_PER_TICK:
+            # Continue the backlog next tick from the first occurrence not fired.
+            nxt = due[MAX_FIRE_PER_TICK].scheduled_for
+    elif policy is MisfirePolicyKind.coalesce:
+        chosen = due[-1:]
+        coalesced = max(0, len(due) - 1)
+    else:  # skip: only an on-time occurrence fires
+        chosen = due[-1:] if on_time else []
+        skipped_late = due[:-1] if on_time else due
+        missed_count += len(skipped_late)
+        missed.extend(o.scheduled_for for o in skipped_late[: MAX_FIRE_PER_TICK - len(missed)])
+
+    if spec.max_runs is not None:
+        chosen = chosen[: max(0, spec.max_runs - state.run_count)]
+
+    runs: list[Run] = []
+    fired = queued = skipped = 0
+    last_run_id = state.last_run_id
+    checks_overlap = spec.target.is_worker and spec.overlap is not OverlapPolicy.allow
+    blocker_active = checks_overlap and _is_active(latest_run)
+    blocker_id = latest_run.id if latest_run is not None else None
+    queue_full = blocker_active and latest_run is not None and latest_run.state is RunState.queued
+    for occ in chosen:
+        run_id = scheduled_run_id(spec.id, occ.scheduled_for)
+        if not blocker_active:
+            runs.append(build_run(spec, run_id, occ, now, pending_grace=pending_grace))
+            fired += 1
+            blocker_active, blocker_id, last_run_id = checks_overlap, run_id, run_id
+        elif spec.overlap is OverlapPolicy.queue_one and not queue_full:
+            runs.append(
+                build_run(spec, run_id, occ, now, state=RunState.queued, blocked_by=blocker_id)
+            )
+            queued += 1
+            queue_full, last_run_id = True, run_id
+        else:
+            runs.append(build_run(spec, run_id, occ, now, state=RunState.skipped))
+            skipped += 1
+
+    last_handled = max(
+        [o.scheduled_for for o in due]
+        + missed
+        + ([state.last_occurrence] if state.last_occurrence else []),
+        default=None,
+    )
+    if policy is MisfirePolicyKind.all and len(due) > MAX_FIRE_PER_TICK:
+        last_handled = due[MAX_FIRE_PER_TICK - 1].scheduled_for
+    counted = state.model_copy(
+        update={
+            "last_occurrence": last_handled,
+            "last_run_id": last_run_id,
+            "run_count": state.run_count + fired + queued,
+            "skipped_count": state.skipped_count + skipped,
+            "missed_count": state.missed_count + missed_count,
+        }
+    )
+    return Plan(
+        runs=runs,
+        new_state=_with_next(spec, counted, nxt, now),
+        missed=missed,
+        missed_count=missed_count,
+        coalesced=coalesced,
+    )

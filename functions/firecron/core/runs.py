@@ -1,0 +1,241 @@
+"""Runs, attempts and the run state machine.
+
+A run is the record of one occurrence (or one manual trigger). Its id is deterministic
+for scheduled runs (:func:`scheduled_run_id`), which is what makes a claim idempotent:
+two dispatchers that plan the same occurrence try to create the same document and
+only one can.
+
+The run carries a snapshot of the policies it needs (retry, timeout, expected
+duration) so that the watchdog and workers never read the schedule.
+
+Transitions are the one table :data:`TRANSITIONS`; stores apply them by
+compare-and-set on ``state`` (``Store.update_run(run_id, expect_states, changes)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from firecron.core.models import Duration, JsonValue, RetryPolicy, Target
+
+__all__ = [
+    "ACTIVE_STATES",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "Attempt",
+    "Run",
+    "RunState",
+    "RunTrigger",
+    "backoff_delay",
+    "can_transition",
+    "manual_run_id",
+    "scheduled_run_id",
+]
+
+
+class RunState(StrEnum):
+    """Where a run is in its life. Terminal states have no ``watch_at``."""
+
+    pending = "pending"
+    """Claimed, not yet sent (or being re-sent for a new attempt)."""
+    dispatched = "dispatched"
+    """Sent to a worker, which has not started it yet."""
+    delivered = "delivered"
+    """Sent to a plain HTTP target; terminal, because such a target reports nothing."""
+    running = "running"
+    """Started by the worker SDK, which sends heartbeats."""
+    succeeded = "succeeded"
+    """The worker function returned."""
+    failed = "failed"
+    """The worker raised, or dispatch failed permanently, with no attempt left."""
+    timed_out = "timed_out"
+    """Still running past ``timeout`` with no attempt left."""
+    lost = "lost"
+    """Never started, or stopped heartbeating, with no attempt left."""
+    retry_wait = "retry_wait"
+    """Waiting for ``retry_at`` before the next attempt."""
+    skipped = "skipped"
+    """Not fired because the previous run was still active (overlap policy)."""
+    queued = "queued"
+    """Held by ``overlap: queue_one`` until ``blocked_by`` ends."""
+
+
+class RunTrigger(StrEnum):
+    """Why a run (or an attempt) was sent; the ``trigger`` field of the dispatch body."""
+
+    schedule = "schedule"
+    """A scheduled occurrence."""
+    manual = "manual"
+    """``firecron trigger``."""
+    retry = "retry"
+    """A later attempt of a run (the body's trigger; the run keeps its original one)."""
+    backfill = "backfill"
+    """A past occurrence fired on purpose."""
+
+
+TERMINAL_STATES: frozenset[RunState] = frozenset(
+    {
+        RunState.delivered,
+        RunState.succeeded,
+        RunState.failed,
+        RunState.timed_out,
+        RunState.lost,
+        RunState.skipped,
+    }
+)
+"""States a run never leaves."""
+
+ACTIVE_STATES: frozenset[RunState] = frozenset(
+    {RunState.pending, RunState.dispatched, RunState.running, RunState.retry_wait}
+)
+"""States in which a run counts as still going for the overlap policy."""
+
+_S = RunState
+TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    # pending -> running: the worker may start before the dispatcher records the ack.
+    _S.pending: frozenset(
+        {_S.dispatched, _S.delivered, _S.running, _S.retry_wait, _S.failed, _S.lost}
+    ),
+    _S.dispatched: frozenset({_S.running, _S.retry_wait, _S.lost, _S.failed}),
+    _S.running: frozenset({_S.succeeded, _S.failed, _S.timed_out, _S.lost, _S.retry_wait}),
+    _S.retry_wait: frozenset({_S.pending, _S.failed}),
+    _S.queued: frozenset({_S.pending, _S.skipped}),
+    **{s: frozenset() for s in TERMINAL_STATES},
+}
+"""Allowed transitions: ``TRANSITIONS[a]`` is the set of states reachable from ``a`` in one step."""
+
+
+def can_transition(current: RunState, new: RunState) -> bool:
+    """True when the state machine allows ``current -> new``."""
+    return new in TRANSITIONS[current]
+
+
+class Attempt(BaseModel):
+    """One delivery and execution try of a run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    number: int
+    """1 for the first try."""
+    dispatched_at: datetime | None = None
+    """When the POST went out."""
+    acknowledged: bool | None = None
+    """True on a 2xx, False when written but unanswered within ``ack_timeout``."""
+    status_code: int | None = None
+    """HTTP status of the acknowledgement, if any."""
+    started_at: datetime | None = None
+    """When the worker started it."""
+    ended_at: datetime | None = None
+    """When it ended."""
+    outcome: RunState | None = None
+    """How this attempt ended (``succeeded``, ``failed``, ``lost``, ``timed_out``...)."""
+    error: str | None = None
+    """Dispatch or execution error of this attempt."""
+
+
+def _utc(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def scheduled_run_id(schedule_id: str, scheduled_for: datetime) -> str:
+    """The deterministic id ``{schedule_id}@{YYYYMMDDTHHMMSSZ}`` of a scheduled occurrence."""
+    return f"{schedule_id}@{_utc(scheduled_for)}"
+
+
+def manual_run_id(schedule_id: str, at: datetime, nonce: str) -> str:
+    """Id of a manual run: ``{schedule_id}@m{YYYYMMDDTHHMMSSZ}-{nonce}``; the caller supplies the nonce."""
+    return f"{schedule_id}@m{_utc(at)}-{nonce}"
+
+
+class Run(BaseModel):
+    """The record of one occurrence or manual trigger, with its attempts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    """Deterministic for scheduled runs (:func:`scheduled_run_id`)."""
+    schedule_id: str
+    """The schedule it belongs to."""
+    scheduled_for: datetime
+    """Nominal occurrence time (jitter not included)."""
+    fire_at: datetime
+    """When it was due to be sent (``scheduled_for`` plus jitter)."""
+    trigger: RunTrigger = RunTrigger.schedule
+    """Why it exists."""
+    state: RunState = RunState.pending
+    """Current state."""
+    attempt: int = 1
+    """Number of the current (or last) attempt."""
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    """Parameters sent in the body."""
+    target: Target
+    """Snapshot of the schedule's target at claim time."""
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    """Snapshot of the retry policy."""
+    timeout: Duration | None = None
+    """Snapshot of the schedule's timeout."""
+    expected_duration: Duration | None = None
+    """Snapshot of the schedule's SLA."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Snapshot of the schedule's labels."""
+    created_at: datetime
+    """When the run was claimed."""
+    updated_at: datetime
+    """Last write."""
+    dispatched_at: datetime | None = None
+    """When the current attempt was sent."""
+    started_at: datetime | None = None
+    """When the current attempt started running."""
+    heartbeat_at: datetime | None = None
+    """Latest heartbeat of the current attempt."""
+    ended_at: datetime | None = None
+    """When the run reached a terminal state."""
+    retry_at: datetime | None = None
+    """When the next attempt is due (``retry_wait``)."""
+    watch_at: datetime | None = None
+    """Next deadline at which the watchdog must look at the run; None when terminal. Indexed."""
+    sla_breached_at: datetime | None = None
+    """When the run was first seen past ``expected_duration``; set once."""
+    cancel_requested: bool = False
+    """Set by the watchdog on timeout; the worker sees it in its heartbeat reply."""
+    blocked_by: str | None = None
+    """For ``queued`` runs: the run it waits for."""
+    output: JsonValue = None
+    """The worker function's return value (JSON, at most 64 KiB)."""
+    error: str | None = None
+    """Last error, one line."""
+    attempts: list[Attempt] = Field(default_factory=list)
+    """History, oldest first."""
+    parent_run_id: str | None = None
+    """For pipeline task runs: the pipeline run (reserved for pipelines)."""
+    task: str | None = None
+    """For pipeline task runs: the task name (reserved for pipelines)."""
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when the run will never change state again."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def duration(self) -> timedelta | None:
+        """Run time of the current attempt, when it has started and ended."""
+        if self.started_at and self.ended_at:
+            return self.ended_at - self.started_at
+        return None
+
+
+def backoff_delay(run_id: str, next_attempt: int, policy: RetryPolicy) -> timedelta:
+    """Full-jitter delay before ``next_attempt`` (>= 2), deterministic in ``(run_id, next_attempt)``.
+
+    The ceiling is ``min(max_backoff, backoff * multiplier ** (next_attempt - 2))`` and the
+    delay is uniform in ``[0, ceiling]`` by a hash, so the core stays pure and replays agree.
+    """
+    exponent = max(0, next_attempt - 2)
+    ceiling = min(policy.max_backoff, policy.backoff * (policy.multiplier**exponent))
+    digest = hashlib.sha256(f"{run_id}|{next_attempt}".encode()).digest()
+    fraction = int.from_bytes(digest[:8], "big") / 2**64
+    return timedelta(milliseconds=int(ceiling / timedelta(milliseconds=1) * fraction))

@@ -1,0 +1,138 @@
+"""Schedules as code: parse and validate a schedules YAML document. Pure (text in, models out).
+
+Format::
+
+    schedules:
+      - id: nightly-report
+        cron: "0 2 * * *"
+        timezone: Europe/Berlin
+        target: {function: report}
+
+Contract of :func:`parse_schedule_file`:
+- It validates every entry and collects *all* errors before failing, so one run of
+  ``firecron validate`` shows everything to fix.
+- Each error is one line naming the entry (``schedules[3] (id=x)``) and the field path
+  (``retry.max_attempts``), with the offending value where useful.
+- Unknown keys, at any level, are errors; so are duplicate ids.
+- YAML timestamps are *not* converted by the YAML loader: every time is parsed by
+  firecron so that naive times are read in the schedule's ``timezone``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from firecron.core.models import ScheduleSpec
+from firecron.errors import InvalidInputError
+
+__all__ = ["ScheduleFile", "ScheduleFileError", "format_validation_error", "parse_schedule_file"]
+
+_TOP_LEVEL_KEYS = {"schedules"}
+
+
+class ScheduleFileError(InvalidInputError):
+    """A schedules file is invalid; ``errors`` holds one line per problem."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        noun = "error" if len(errors) == 1 else "errors"
+        super().__init__(f"{source}: {len(errors)} {noun}\n" + "\n".join(errors))
+
+
+@dataclass(frozen=True)
+class ScheduleFile:
+    """A valid schedules document."""
+
+    schedules: list[ScheduleSpec]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without implicit timestamps (firecron parses times itself)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _loc(parts: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One line per pydantic error: ``field.path: message (got value)``."""
+    lines: list[str] = []
+    for err in exc.errors(include_url=False):
+        # Drop the model-type segments pydantic inserts for tagged unions and the like.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        where = _loc(loc)
+        kind = err["type"]
+        msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if kind == "extra_forbidden":
+            line = f"unknown key {where.rsplit('.', 1)[-1]!r}" if where else "unknown key"
+            parent = where.rsplit(".", 1)[0] if "." in where else ""
+            lines.append(f"{parent}: {line}" if parent else line)
+            continue
+        if kind == "missing":
+            lines.append(f"{where}: required")
+            continue
+        value = err.get("input")
+        if kind != "value_error" and isinstance(value, str | int | float | bool):
+            msg = f"{msg} (got {value!r})"
+        lines.append(f"{where}: {msg}" if where else msg)
+    return lines
+
+
+def parse_schedule_file(text: str, source: str = "<schedules>") -> ScheduleFile:
+    """Parse and validate a schedules document; raises :class:`ScheduleFileError`."""
+    try:
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScheduleFileError(source, [f"invalid YAML{where}: {problem}"]) from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ScheduleFileError(source, ["top level must be a mapping with a 'schedules' list"])
+    errors = [f"unknown top-level key {k!r}" for k in doc if k not in _TOP_LEVEL_KEYS]
+    entries: Any = doc.get("schedules", [])
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list):
+        raise ScheduleFileError(source, [*errors, "'schedules' must be a list"])
+
+    specs: list[ScheduleSpec] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        label = f"schedules[{index}]"
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            label += f" (id={entry['id']})"
+        if not isinstance(entry, dict):
+            errors.append(f"{label}: must be a mapping, got {type(entry).__name__}")
+            continue
+        try:
+            spec = ScheduleSpec.model_validate(entry)
+        except ValidationError as exc:
+            errors.extend(f"{label}: {line}" for line in format_validation_error(exc))
+            continue
+        if spec.id in seen:
+            errors.append(
+                f"{label}: duplicate id {spec.id!r} (first at schedules[{seen[spec.id]}])"
+            )
+            continue
+        seen[spec.id] = index
+        specs.append(spec)
+    if errors:
+        raise ScheduleFileError(source, errors)
+    return ScheduleFile(schedules=specs)

@@ -1,0 +1,54 @@
+"""The one exception tree of firecron.
+
+Every error that firecron raises on purpose derives from :class:`FirecronError`.
+Third-party errors (sqlite3, google-api-core, httpx) are translated at the edge
+that calls them, so callers never need to import a backend's exceptions.
+
+The CLI maps :class:`UserError` to exit code 2 and every other
+:class:`FirecronError` to exit code 1, printing one line without a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConflictError",
+    "FirecronError",
+    "InvalidInputError",
+    "NotFoundError",
+    "SignatureError",
+    "StoreError",
+    "TargetRefusedError",
+    "UserError",
+]
+
+
+class FirecronError(Exception):
+    """Root of every error firecron raises deliberately."""
+
+
+class UserError(FirecronError):
+    """The user asked for something invalid; the CLI exits 2."""
+
+
+class InvalidInputError(UserError):
+    """Input (a schedule file, a spec, a flag value) failed validation."""
+
+
+class NotFoundError(UserError):
+    """A schedule or run id does not exist."""
+
+
+class StoreError(FirecronError):
+    """The store failed (unreachable, corrupt, quota); the CLI exits 1."""
+
+
+class ConflictError(StoreError):
+    """A compare-and-set write lost: the record changed since it was read."""
+
+
+class TargetRefusedError(FirecronError):
+    """A target URL is not allowed (scheme, private address, metadata server)."""
+
+
+class SignatureError(FirecronError):
+    """A request signature or token is missing, malformed, expired or wrong."""

@@ -1,0 +1,122 @@
+"""Configuration from ``FIRECRON_*`` environment variables, read once at the edges.
+
+Entry points (``functions/main.py``, the CLI, the dev stack) call
+:meth:`Settings.from_env` once and pass the result down; nothing else reads the
+environment. A bad value raises :class:`InvalidInputError` naming the variable.
+Secrets are excluded from ``repr`` so they never reach logs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+
+from firecron.core.durations import parse_duration
+from firecron.errors import InvalidInputError
+
+__all__ = ["ENV_VARS", "Settings"]
+
+ENV_VARS: dict[str, str] = {
+    "FIRECRON_STORE": "store URL: sqlite:///PATH or firestore://PROJECT[/DATABASE]",
+    "FIRECRON_NAMESPACE": "prefix of the collections/tables (default firecron)",
+    "FIRECRON_FUNCTIONS_BASE_URL": "base URL that 'function' targets are resolved against",
+    "FIRECRON_SIGNING_SECRET": "comma-separated HMAC secrets; the first signs, all verify",
+    "FIRECRON_DISPATCH_AUDIENCE": "when set, dispatch verifies the caller's OIDC token",
+    "FIRECRON_CONCURRENCY": "requests being sent at once (default 64)",
+    "FIRECRON_MAX_OPEN": "requests open at once, sent or waiting for an ack (default 1000)",
+    "FIRECRON_ACK_TIMEOUT": "how long a dispatch waits for its acknowledgement (default 5s)",
+    "FIRECRON_TICK_BUDGET": "how long one tick may keep claiming due work (default 50s)",
+    "FIRECRON_ALLOW_PRIVATE_TARGETS": "allow loopback/private target addresses (dev and tests)",
+}
+"""Every variable firecron reads, with its meaning (the README and infra tests use this)."""
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInputError(f"{name}={raw!r}: expected an integer") from None
+    if not lo <= value <= hi:
+        raise InvalidInputError(f"{name}={value}: must be between {lo} and {hi}")
+    return value
+
+
+def _duration(env: Mapping[str, str], name: str, default: timedelta) -> timedelta:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = parse_duration(raw)
+    except ValueError as exc:
+        raise InvalidInputError(f"{name}: {exc}") from None
+    if value <= timedelta(0):
+        raise InvalidInputError(f"{name}={raw!r}: must be positive")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise InvalidInputError(f"{name}={raw!r}: expected true or false")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with the documented defaults."""
+
+    store_url: str = "sqlite:///.firecron/firecron.db"
+    namespace: str = "firecron"
+    functions_base_url: str | None = None
+    signing_secrets: tuple[str, ...] = field(default=(), repr=False)
+    dispatch_audience: str | None = None
+    concurrency: int = 64
+    max_open: int = 1000
+    ack_timeout: timedelta = timedelta(seconds=5)
+    tick_budget: timedelta = timedelta(seconds=50)
+    allow_private_targets: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the ``FIRECRON_*`` variables from ``env`` (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+        secrets = tuple(s.strip() for s in env.get("FIRECRON_SIGNING_SECRET", "").split(","))
+        namespace = env.get("FIRECRON_NAMESPACE", "").strip() or "firecron"
+        if not re.match(r"^[a-z][a-z0-9_]{0,40}$", namespace):
+            raise InvalidInputError(
+                f"FIRECRON_NAMESPACE={namespace!r}: use lowercase letters, digits and '_'"
+            )
+        settings = cls(
+            store_url=env.get("FIRECRON_STORE", "").strip() or cls.store_url,
+            namespace=namespace,
+            functions_base_url=env.get("FIRECRON_FUNCTIONS_BASE_URL", "").strip().rstrip("/")
+            or None,
+            signing_secrets=tuple(s for s in secrets if s),
+            dispatch_audience=env.get("FIRECRON_DISPATCH_AUDIENCE", "").strip() or None,
+            concurrency=_int(env, "FIRECRON_CONCURRENCY", 64, 1, 10_000),
+            max_open=_int(env, "FIRECRON_MAX_OPEN", 1000, 1, 100_000),
+            ack_timeout=_duration(env, "FIRECRON_ACK_TIMEOUT", timedelta(seconds=5)),
+            tick_budget=_duration(env, "FIRECRON_TICK_BUDGET", timedelta(seconds=50)),
+            allow_private_targets=_bool(env, "FIRECRON_ALLOW_PRIVATE_TARGETS"),
+        )
+        if settings.max_open < settings.concurrency:
+            raise InvalidInputError(
+                f"FIRECRON_MAX_OPEN={settings.max_open} is below "
+                f"FIRECRON_CONCURRENCY={settings.concurrency}"
+            )
+        return settings
+
+    def with_store(self, store_url: str | None) -> Settings:
+        """A copy using ``store_url`` when given (the CLI's ``--store``)."""
+        return replace(self, store_url=store_url) if store_url else self

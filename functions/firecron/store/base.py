@@ -1,0 +1,148 @@
+"""The ``Store`` protocol: the one interface between firecron's services and persistence.
+
+The docstrings here are the contract. Every backend (``sqlite.py``, ``firestore.py``)
+implements it, and ``tests/test_store_contract.py`` checks every backend against it.
+
+General rules for every backend:
+- All datetimes going in and out are timezone-aware UTC.
+- Models are converted to rows/documents only inside the backend (see ``_codec.py``).
+- Backend exceptions are translated: a lost compare-and-set is :class:`ConflictError`
+  or a ``False``/``None`` return as documented per method; anything else is
+  :class:`StoreError`. Callers never see sqlite3 or google-api-core exceptions.
+- ``stats`` counts documents/rows read and written, as a bill would, so benchmarks
+  and tests can check the cost model (an idle tick reads nothing but its queries).
+- Schedules live in ``{namespace}_schedules`` and runs in ``{namespace}_runs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
+from firecron.core.runs import Run, RunState
+
+__all__ = ["Store", "StoreStats"]
+
+
+@dataclass
+class StoreStats:
+    """Documents or rows read and written since the store was opened (or last reset)."""
+
+    reads: int = 0
+    """Documents/rows returned by reads and queries."""
+    writes: int = 0
+    """Documents/rows created, updated or deleted by committed writes."""
+    queries: int = 0
+    """Queries issued (a query returning nothing still costs one read on Firestore)."""
+
+    def reset(self) -> None:
+        """Zero all counters."""
+        self.reads = self.writes = self.queries = 0
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence for schedules and runs. All methods are coroutines and safe to call concurrently."""
+
+    namespace: str
+    """Prefix of the collections/tables."""
+    stats: StoreStats
+    """Read/write counters (see :class:`StoreStats`)."""
+
+    async def put_schedule(
+        self, spec: ScheduleSpec, state: ScheduleState, *, expect_version: str | None
+    ) -> StoredSchedule:
+        """Create or replace one schedule atomically and return it with its new version.
+
+        ``expect_version=None`` creates: raises :class:`ConflictError` if the id exists.
+        Otherwise replaces: raises :class:`ConflictError` unless the stored version
+        equals ``expect_version`` (this is how pause/resume/apply race safely with claims).
+        """
+        ...
+
+    async def get_schedule(self, schedule_id: str) -> StoredSchedule | None:
+        """The schedule, or None. One read."""
+        ...
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        """Every schedule, ordered by id."""
+        ...
+
+    async def delete_schedule(self, schedule_id: str, *, expect_version: str | None = None) -> bool:
+        """Delete a schedule; its runs are kept as history. False if it did not exist.
+
+        With ``expect_version``, raises :class:`ConflictError` if the version differs.
+        """
+        ...
+
+    async def due_schedules(self, now: datetime, limit: int) -> list[StoredSchedule]:
+        """Schedules with ``state.next_fire_at <= now``, earliest first, at most ``limit``.
+
+        One indexed query. Idle schedules (``next_fire_at`` is None) are neither
+        returned nor read, so an idle tick costs O(1) reads whatever the schedule count.
+        """
+        ...
+
+    async def claim(
+        self, stored: StoredSchedule, new_state: ScheduleState, runs: Sequence[Run]
+    ) -> bool:
+        """Atomically replace the schedule's state and create ``runs``; all or nothing.
+
+        Succeeds (True) only if the schedule's version still equals ``stored.version``
+        and none of the run ids exists yet. Otherwise writes nothing and returns False:
+        another dispatcher won the race. ``runs`` may be empty (state-only update).
+        """
+        ...
+
+    async def create_run(self, run: Run) -> bool:
+        """Create a run; False (and nothing written) if its id already exists."""
+        ...
+
+    async def get_run(self, run_id: str) -> Run | None:
+        """The run, or None. One read."""
+        ...
+
+    async def get_runs(self, run_ids: Sequence[str]) -> list[Run]:
+        """The runs that exist among ``run_ids``, in the order given. One read per found run."""
+        ...
+
+    async def update_run(
+        self, run_id: str, expect_states: Sequence[RunState], changes: Mapping[str, Any]
+    ) -> Run | None:
+        """Compare-and-set on the run's state.
+
+        If the run exists and its current state is in ``expect_states``, apply ``changes``
+        (``Run`` field names to new values; the caller sets ``updated_at``) atomically
+        and return the updated run. Otherwise write nothing and return None. Of two
+        concurrent calls whose ``expect_states`` both match the current state, exactly
+        one applies; the other re-checks against the new state (and usually returns None).
+        """
+        ...
+
+    async def due_watches(self, now: datetime, limit: int) -> list[Run]:
+        """Runs with ``watch_at <= now``, earliest first, at most ``limit``. One indexed query.
+
+        Terminal runs have no ``watch_at`` and are never returned or read.
+        """
+        ...
+
+    async def list_runs(
+        self,
+        *,
+        schedule_id: str | None = None,
+        states: Sequence[RunState] | None = None,
+        limit: int = 50,
+        before: datetime | None = None,
+    ) -> list[Run]:
+        """Runs newest first by ``created_at`` (ties by id), optionally filtered.
+
+        ``before`` is an exclusive cursor on ``created_at`` for paging.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release connections. The store is unusable afterwards."""
+        ...

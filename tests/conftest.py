@@ -1,0 +1,68 @@
+"""Shared fixtures: every store backend behind one parametrised ``store_factory``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from firecron.store.base import Store
+
+FIRESTORE_TEST_PROJECT = "firecron-test"
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator() -> Iterator[str]:
+    """``host:port`` of a Firestore emulator started for this session (or skip)."""
+    from _emulators import emulator_or_skip
+
+    with emulator_or_skip("firestore") as host:
+        os.environ["FIRESTORE_EMULATOR_HOST"] = host
+        yield host
+
+
+@pytest.fixture(params=["sqlite", "firestore"])
+async def store_factory(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Callable[[], Store]]:
+    """A function opening a NEW store instance on one shared database and namespace.
+
+    Every call returns another instance (own connection/client) over the same data,
+    as several dispatchers would have. All of them are closed at teardown.
+    """
+    opened: list[Store] = []
+    if request.param == "sqlite":
+        from firecron.store.sqlite import SQLiteStore
+
+        # A subdirectory that does not exist yet: the store must create it.
+        path = tmp_path / "store" / "firecron.db"
+
+        def open_one() -> Store:
+            store = SQLiteStore(path)
+            opened.append(store)
+            return store
+
+    else:
+        request.getfixturevalue("firestore_emulator")
+        from firecron.store.firestore import FirestoreStore
+
+        # A fresh namespace per test isolates tests sharing the one emulator.
+        namespace = f"t{uuid4().hex[:12]}"
+
+        def open_one() -> Store:
+            store = FirestoreStore(FIRESTORE_TEST_PROJECT, namespace=namespace)
+            opened.append(store)
+            return store
+
+    yield open_one
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(store_factory: Callable[[], Store]) -> AsyncIterator[Store]:
+    """One store instance on a fresh database/namespace."""
+    yield store_factory()
