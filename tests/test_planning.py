@@ -1,0 +1,234 @@
+"""The pure tick planner: misfire, overlap, max_runs, jitter, pause/resume. Time is passed in."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from _factories import T0, make_run
+from firecron.core import planning
+from firecron.core.models import ScheduleSpec, StoredSchedule
+from firecron.core.runs import RunState, scheduled_run_id
+
+MIN = timedelta(minutes=1)
+
+
+def spec(**fields: Any) -> ScheduleSpec:
+    base: dict[str, Any] = {"id": "job", "every": "1m", "target": {"function": "work"}}
+    base.update(fields)
+    return ScheduleSpec.model_validate(base)
+
+
+def stored(s: ScheduleSpec, next_occurrence: Any = T0, **state: Any) -> StoredSchedule:
+    st = planning.initial_state(s, next_occurrence - timedelta(microseconds=1))
+    st = st.model_copy(update=state)
+    return StoredSchedule(spec=s, state=st, version="1")
+
+
+def test_not_due_plans_nothing() -> None:
+    s = stored(spec())
+    p = planning.plan(s, None, T0 - timedelta(seconds=1))
+    assert p.runs == []
+    assert p.new_state == s.state
+
+
+def test_on_time_occurrence_fires_one_pending_run() -> None:
+    s = stored(spec())
+    p = planning.plan(s, None, T0 + timedelta(seconds=3))
+    assert [r.id for r in p.to_fire] == [scheduled_run_id("job", T0)]
+    run = p.runs[0]
+    assert run.state is RunState.pending
+    assert run.scheduled_for == T0
+    assert run.watch_at == T0 + timedelta(seconds=3) + timedelta(minutes=2)
+    assert p.new_state.next_occurrence == T0 + MIN
+    assert p.new_state.next_fire_at == T0 + MIN
+    assert p.new_state.last_occurrence == T0
+    assert p.new_state.last_run_id == run.id
+    assert p.new_state.run_count == 1
+
+
+def test_plan_is_deterministic() -> None:
+    s = stored(spec(jitter="30s"))
+    now = T0 + timedelta(minutes=5)
+    assert planning.plan(s, None, now) == planning.plan(s, None, now)
+
+
+def test_coalesce_fires_latest_missed_once() -> None:
+    s = stored(spec(), next_occurrence=T0 - 10 * MIN)
+    p = planning.plan(s, None, T0)
+    assert [r.scheduled_for for r in p.to_fire] == [T0]
+    assert p.coalesced == 10
+    assert p.missed_count == 0
+    assert p.new_state.next_occurrence == T0 + MIN
+
+
+def test_all_fires_each_missed_occurrence() -> None:
+    s = stored(spec(misfire={"policy": "all"}, overlap="allow"), next_occurrence=T0 - 10 * MIN)
+    p = planning.plan(s, None, T0)
+    assert [r.scheduled_for for r in p.to_fire] == [T0 - i * MIN for i in range(10, -1, -1)]
+    assert p.new_state.run_count == 11
+
+
+def test_all_caps_at_100_per_tick_and_continues_next_tick() -> None:
+    s = stored(
+        spec(every="1s", misfire={"policy": "all"}, overlap="allow"),
+        next_occurrence=T0 - timedelta(seconds=499),
+    )
+    p = planning.plan(s, None, T0)
+    assert len(p.to_fire) == planning.MAX_FIRE_PER_TICK
+    assert p.new_state.next_occurrence == T0 - timedelta(seconds=399)
+    assert p.new_state.next_fire_at is not None and p.new_state.next_fire_at <= T0
+    again = planning.plan(StoredSchedule(spec=s.spec, state=p.new_state, version="2"), None, T0)
+    assert again.to_fire[0].scheduled_for == T0 - timedelta(seconds=399)
+
+
+def test_skip_fires_only_the_on_time_occurrence() -> None:
+    s = stored(spec(misfire="skip"), next_occurrence=T0 - 10 * MIN)
+    p = planning.plan(s, None, T0 + timedelta(seconds=5))
+    assert [r.scheduled_for for r in p.to_fire] == [T0]
+    assert p.missed_count == 10
+    assert p.missed[0] == T0 - 10 * MIN
+    assert p.new_state.missed_count == 10
+
+
+def test_skip_fires_nothing_when_even_the_latest_is_late() -> None:
+    s = stored(spec(every="1h", misfire="skip"), next_occurrence=T0)
+    p = planning.plan(s, None, T0 + 30 * MIN)
+    assert p.to_fire == []
+    assert p.missed == [T0]
+    assert p.new_state.next_occurrence == T0 + timedelta(hours=1)
+
+
+def test_occurrences_older_than_grace_are_missed_not_fired() -> None:
+    s = stored(
+        spec(every="1h", misfire={"policy": "all", "grace": "3h"}, overlap="allow"),
+        next_occurrence=T0 - timedelta(hours=10),
+    )
+    p = planning.plan(s, None, T0)
+    fired = [r.scheduled_for for r in p.to_fire]
+    assert fired == [T0 - timedelta(hours=h) for h in (3, 2, 1, 0)]
+    assert p.missed_count == 7
+    assert p.new_state.missed_count == 7
+
+
+def test_max_runs_exhausts_the_schedule() -> None:
+    s = stored(
+        spec(max_runs=3, misfire={"policy": "all"}, overlap="allow"),
+        next_occurrence=T0 - 5 * MIN,
+        run_count=2,
+    )
+    p = planning.plan(s, None, T0)
+    assert len(p.to_fire) == 1
+    assert p.new_state.run_count == 3
+    assert p.new_state.exhausted is True
+    assert p.new_state.next_fire_at is None
+
+
+def test_at_fires_once_then_is_exhausted() -> None:
+    s = spec(every=None, at="2027-01-01T00:00:00Z")
+    st = planning.initial_state(s, T0 - timedelta(hours=1))
+    assert st.next_fire_at == T0
+    p = planning.plan(StoredSchedule(spec=s, state=st, version="1"), None, T0)
+    assert len(p.to_fire) == 1
+    assert p.new_state.exhausted and p.new_state.next_fire_at is None
+    assert planning.initial_state(s, T0 + MIN).exhausted is True
+
+
+def test_overlap_skip_records_a_skipped_run_for_workers() -> None:
+    s = stored(spec(), last_run_id="job@prev")
+    active = make_run("job", T0 - MIN, state=RunState.running, run_id="job@prev")
+    p = planning.plan(s, active, T0)
+    assert p.to_fire == []
+    assert [(r.state, r.watch_at) for r in p.runs] == [(RunState.skipped, None)]
+    assert p.new_state.skipped_count == 1
+    assert p.new_state.last_run_id == "job@prev"
+    assert p.new_state.next_occurrence == T0 + MIN
+
+
+def test_overlap_does_not_apply_to_plain_url_targets() -> None:
+    s = stored(spec(target={"url": "https://example.com/h"}))
+    active = make_run("job", T0 - MIN, state=RunState.retry_wait)
+    assert len(planning.plan(s, active, T0).to_fire) == 1
+
+
+def test_overlap_allow_fires_while_active() -> None:
+    s = stored(spec(overlap="allow"))
+    active = make_run("job", T0 - MIN, state=RunState.running)
+    assert len(planning.plan(s, active, T0).to_fire) == 1
+
+
+def test_finished_latest_run_does_not_block() -> None:
+    s = stored(spec())
+    done = make_run("job", T0 - MIN, state=RunState.succeeded)
+    assert len(planning.plan(s, done, T0).to_fire) == 1
+
+
+def test_queue_one_queues_one_then_skips() -> None:
+    s = stored(spec(overlap="queue_one"), last_run_id="job@prev")
+    active = make_run("job", T0 - MIN, state=RunState.running, run_id="job@prev")
+    p = planning.plan(s, active, T0)
+    [queued] = p.runs
+    assert queued.state is RunState.queued
+    assert queued.blocked_by == "job@prev"
+    assert queued.watch_at == T0
+    assert p.new_state.last_run_id == queued.id
+    # Next tick: the latest run is the queued one, so the new occurrence is skipped.
+    s2 = StoredSchedule(spec=s.spec, state=p.new_state, version="2")
+    p2 = planning.plan(s2, queued, T0 + MIN)
+    assert [r.state for r in p2.runs] == [RunState.skipped]
+
+
+def test_all_with_overlap_skip_fires_first_and_skips_rest() -> None:
+    s = stored(spec(misfire={"policy": "all"}), next_occurrence=T0 - 2 * MIN)
+    p = planning.plan(s, None, T0)
+    assert [r.state for r in p.runs] == [RunState.pending, RunState.skipped, RunState.skipped]
+
+
+def test_jitter_moves_fire_time_not_scheduled_for() -> None:
+    s = spec(every="1h", jitter="10m")
+    st = planning.initial_state(s, T0 - timedelta(seconds=1))
+    assert st.next_occurrence == T0
+    assert st.next_fire_at is not None
+    offset = st.next_fire_at - T0
+    assert timedelta(0) <= offset < timedelta(minutes=10)
+    stored_s = StoredSchedule(spec=s, state=st, version="1")
+    if offset > timedelta(0):
+        assert planning.plan(stored_s, None, st.next_fire_at - timedelta(milliseconds=1)).runs == []
+    [run] = planning.plan(stored_s, None, st.next_fire_at).runs
+    assert run.scheduled_for == T0
+    assert run.fire_at == st.next_fire_at
+    assert run.id == scheduled_run_id("job", T0)
+
+
+def test_disabled_schedule_is_idle_not_exhausted() -> None:
+    st = planning.initial_state(spec(enabled=False), T0)
+    assert st.next_fire_at is None
+    assert st.exhausted is False
+
+
+def test_pause_then_resume_hands_missed_occurrences_to_the_misfire_policy() -> None:
+    s = spec(every="1h")
+    st = planning.initial_state(s, T0 - timedelta(seconds=1))
+    p = planning.plan(StoredSchedule(spec=s, state=st, version="1"), None, T0)
+    paused = planning.pause(s, p.new_state, T0 + 10 * MIN)
+    assert paused.paused and paused.next_fire_at is None and paused.paused_at == T0 + 10 * MIN
+    assert planning.pause(s, paused, T0 + 20 * MIN) == paused  # idempotent
+    now = T0 + timedelta(hours=3, minutes=30)
+    resumed = planning.resume(s, paused, now)
+    assert not resumed.paused
+    assert resumed.next_occurrence == T0 + timedelta(hours=1)
+    p2 = planning.plan(StoredSchedule(spec=s, state=resumed, version="3"), None, now)
+    assert [r.scheduled_for for r in p2.to_fire] == [T0 + timedelta(hours=3)]
+    assert p2.coalesced == 2
+
+
+def test_replan_keeps_state_unless_timing_changed() -> None:
+    old = spec(every="1h")
+    st = planning.initial_state(old, T0)
+    st = st.model_copy(update={"run_count": 7})
+    same_timing = spec(every="1h", params={"x": 1})
+    assert planning.replan(same_timing, old, st, T0 + MIN) == st
+    new = spec(every="15m")
+    moved = planning.replan(new, old, st, T0 + MIN)
+    assert moved.next_occurrence == T0 + 15 * MIN
+    assert moved.run_count == 7
