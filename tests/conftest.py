@@ -63,6 +63,6 @@ async def store_factory(
 
 
 @pytest.fixture
-async def store(store_factory: Callable[[], Store]) -> AsyncIterator[Store]:
-    """One store instance on a fresh database/namespace."""
-    yield store_factory()
+async def store(store_factory: Callable[[], Store]) -> Store:
+    """One store instance on a fresh database/namespace (closed by ``store_factory``)."""
+    return store_factory()

@@ -214,7 +214,8 @@ def test_show(good_file: Path, store_url: str) -> None:
     )
     assert "02:30" in data["description_of_trigger"]
     table_out = run("show", "nightly", "--store", store_url).stdout
-    assert "Nightly report" in table_out and "Next fire times" in table_out
+    assert "Nightly report" in table_out
+    assert "Next fire times" in table_out
     assert_user_error(run("show", "nope", "--store", store_url), "unknown schedule 'nope'")
 
 

@@ -77,7 +77,8 @@ def test_all_caps_at_100_per_tick_and_continues_next_tick() -> None:
     p = planning.plan(s, None, T0)
     assert len(p.to_fire) == planning.MAX_FIRE_PER_TICK
     assert p.new_state.next_occurrence == T0 - timedelta(seconds=399)
-    assert p.new_state.next_fire_at is not None and p.new_state.next_fire_at <= T0
+    assert p.new_state.next_fire_at is not None
+    assert p.new_state.next_fire_at <= T0
     again = planning.plan(StoredSchedule(spec=s.spec, state=p.new_state, version="2"), None, T0)
     assert again.to_fire[0].scheduled_for == T0 - timedelta(seconds=399)
 
@@ -130,7 +131,8 @@ def test_at_fires_once_then_is_exhausted() -> None:
     assert st.next_fire_at == T0
     p = planning.plan(StoredSchedule(spec=s, state=st, version="1"), None, T0)
     assert len(p.to_fire) == 1
-    assert p.new_state.exhausted and p.new_state.next_fire_at is None
+    assert p.new_state.exhausted
+    assert p.new_state.next_fire_at is None
     assert planning.initial_state(s, T0 + MIN).exhausted is True
 
 
@@ -211,7 +213,9 @@ def test_pause_then_resume_hands_missed_occurrences_to_the_misfire_policy() -> N
     st = planning.initial_state(s, T0 - timedelta(seconds=1))
     p = planning.plan(StoredSchedule(spec=s, state=st, version="1"), None, T0)
     paused = planning.pause(s, p.new_state, T0 + 10 * MIN)
-    assert paused.paused and paused.next_fire_at is None and paused.paused_at == T0 + 10 * MIN
+    assert paused.paused
+    assert paused.next_fire_at is None
+    assert paused.paused_at == T0 + 10 * MIN
     assert planning.pause(s, paused, T0 + 20 * MIN) == paused  # idempotent
     now = T0 + timedelta(hours=3, minutes=30)
     resumed = planning.resume(s, paused, now)

@@ -19,6 +19,7 @@ Implements :class:`firecron.store.base.Store` with the standard library's ``sqli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -136,10 +137,8 @@ class SQLiteStore:
     def _rollback(conn: sqlite3.Connection) -> None:
         # Leave no transaction open whatever went wrong, so the next call starts clean.
         if conn.in_transaction:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.rollback()
-            except sqlite3.Error:
-                pass
 
     def _connect(self) -> sqlite3.Connection:
         """The connection, opened and migrated on first use. Caller holds the lock."""
@@ -168,7 +167,9 @@ class SQLiteStore:
         except (OSError, sqlite3.Error) as exc:
             if conn is not None:
                 conn.close()
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            reason: object = exc
+            if isinstance(exc, OSError) and exc.strerror:
+                reason = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
             raise StoreError(f"cannot open store {self._url}: {reason}") from exc
         self._conn = conn
         return conn
