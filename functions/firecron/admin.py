@@ -81,19 +81,22 @@ async def apply_schedules(
                 )
             except ConflictError:
                 # Created concurrently by another apply: converge like a change.
-                await _update(store, spec.id, lambda s, sp=spec: _changed(sp, s, now))
+                await _update(store, spec.id, _changed(spec, now))
         elif line.action is ApplyAction.change:
             spec = by_id[line.schedule_id]
-            await _update(store, spec.id, lambda s, sp=spec: _changed(sp, s, now))
+            await _update(store, spec.id, _changed(spec, now))
         elif line.action is ApplyAction.delete:
             await store.delete_schedule(line.schedule_id)
     return lines
 
 
 def _changed(
-    spec: ScheduleSpec, stored: StoredSchedule, now: datetime
-) -> tuple[ScheduleSpec, ScheduleState]:
-    return spec, planning.replan(spec, stored.spec, stored.state, now)
+    spec: ScheduleSpec, now: datetime
+) -> Callable[[StoredSchedule], tuple[ScheduleSpec, ScheduleState]]:
+    def change(stored: StoredSchedule) -> tuple[ScheduleSpec, ScheduleState]:
+        return spec, planning.replan(spec, stored.spec, stored.state, now)
+
+    return change
 
 
 async def _update(

@@ -30,14 +30,20 @@ _UNITS: tuple[tuple[str, timedelta], ...] = (
 def describe_cron(expr: str) -> str:
     """Describe a cron expression or macro, e.g. ``At 09:30, Monday through Friday``.
 
-    6-field expressions have seconds first. Times use the 24-hour clock.
+    6-field expressions have seconds first. Times use the 24-hour clock. Valid
+    expressions that cron-descriptor cannot phrase come back as ``cron '<expr>'``.
     """
     expanded = expand_macro(validate_cron(expr))
     # Cached because cron-descriptor loads its locale on every construction.
-    descriptor = ExpressionDescriptor(
-        expanded, use_24hour_time_format=True, day_of_week_start_index_zero=True
-    )
-    return str(descriptor.get_description())
+    try:
+        descriptor = ExpressionDescriptor(
+            expanded, use_24hour_time_format=True, day_of_week_start_index_zero=True
+        )
+        return str(descriptor.get_description())
+    # cron-descriptor chokes on some valid forms (e.g. '0,*/1' in a field); a plain
+    # fallback beats failing a listing.
+    except Exception:
+        return f"cron {expanded!r}"
 
 
 def describe_every(interval: timedelta) -> str:

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Self
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -209,7 +210,7 @@ class ScheduleSpec(_Frozen):
     """Cron expression (5 fields, or 6 with seconds first) or macro (``@daily``...)."""
     every: Duration | None = None
     """Fixed interval, anchored at ``start_at`` or the Unix epoch."""
-    at: datetime | None = None
+    at: AwareDatetime | None = None
     """One-shot instant."""
     target: Target
     """Where runs are POSTed."""
@@ -217,9 +218,9 @@ class ScheduleSpec(_Frozen):
     """JSON parameters passed to every run (a manual trigger may override keys)."""
     enabled: bool = True
     """A disabled schedule keeps its definition but never fires."""
-    start_at: datetime | None = None
+    start_at: AwareDatetime | None = None
     """No occurrence before this instant."""
-    end_at: datetime | None = None
+    end_at: AwareDatetime | None = None
     """No occurrence after this instant."""
     max_runs: int | None = Field(default=None, ge=1)
     """Stop after this many fired occurrences."""
@@ -300,11 +301,11 @@ class ScheduleState(_Frozen):
     disabled or exhausted), so the due query never returns, nor reads, idle schedules.
     """
 
-    next_fire_at: datetime | None = None
+    next_fire_at: AwareDatetime | None = None
     """Instant (jitter included) at which the next occurrence is due. Indexed."""
-    next_occurrence: datetime | None = None
+    next_occurrence: AwareDatetime | None = None
     """Nominal time of that occurrence (what the run's ``scheduled_for`` will be)."""
-    last_occurrence: datetime | None = None
+    last_occurrence: AwareDatetime | None = None
     """Nominal time of the latest occurrence handled (fired, skipped or missed)."""
     last_run_id: str | None = None
     """Id of the latest run created for this schedule (for the overlap policy)."""
@@ -316,13 +317,13 @@ class ScheduleState(_Frozen):
     """Occurrences not fired because of the misfire policy or grace."""
     paused: bool = False
     """Operator pause (``firecron pause``); survives re-applying the YAML."""
-    paused_at: datetime | None = None
+    paused_at: AwareDatetime | None = None
     """When it was paused; on resume the misfire policy judges what was missed since."""
     exhausted: bool = False
     """No occurrence remains (``at`` fired, ``end_at`` passed or ``max_runs`` reached)."""
-    created_at: datetime | None = None
+    created_at: AwareDatetime | None = None
     """When the schedule was first applied."""
-    updated_at: datetime | None = None
+    updated_at: AwareDatetime | None = None
     """When the definition or the state last changed."""
 
     @property

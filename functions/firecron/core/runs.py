@@ -18,7 +18,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from firecron.core.models import Duration, JsonValue, RetryPolicy, Target
 
@@ -121,15 +121,15 @@ class Attempt(BaseModel):
 
     number: int
     """1 for the first try."""
-    dispatched_at: datetime | None = None
+    dispatched_at: AwareDatetime | None = None
     """When the POST went out."""
     acknowledged: bool | None = None
     """True on a 2xx, False when written but unanswered within ``ack_timeout``."""
     status_code: int | None = None
     """HTTP status of the acknowledgement, if any."""
-    started_at: datetime | None = None
+    started_at: AwareDatetime | None = None
     """When the worker started it."""
-    ended_at: datetime | None = None
+    ended_at: AwareDatetime | None = None
     """When it ended."""
     outcome: RunState | None = None
     """How this attempt ended (``succeeded``, ``failed``, ``lost``, ``timed_out``...)."""
@@ -160,9 +160,9 @@ class Run(BaseModel):
     """Deterministic for scheduled runs (:func:`scheduled_run_id`)."""
     schedule_id: str
     """The schedule it belongs to."""
-    scheduled_for: datetime
+    scheduled_for: AwareDatetime
     """Nominal occurrence time (jitter not included)."""
-    fire_at: datetime
+    fire_at: AwareDatetime
     """When it was due to be sent (``scheduled_for`` plus jitter)."""
     trigger: RunTrigger = RunTrigger.schedule
     """Why it exists."""
@@ -182,23 +182,23 @@ class Run(BaseModel):
     """Snapshot of the schedule's SLA."""
     labels: dict[str, str] = Field(default_factory=dict)
     """Snapshot of the schedule's labels."""
-    created_at: datetime
+    created_at: AwareDatetime
     """When the run was claimed."""
-    updated_at: datetime
+    updated_at: AwareDatetime
     """Last write."""
-    dispatched_at: datetime | None = None
+    dispatched_at: AwareDatetime | None = None
     """When the current attempt was sent."""
-    started_at: datetime | None = None
+    started_at: AwareDatetime | None = None
     """When the current attempt started running."""
-    heartbeat_at: datetime | None = None
+    heartbeat_at: AwareDatetime | None = None
     """Latest heartbeat of the current attempt."""
-    ended_at: datetime | None = None
+    ended_at: AwareDatetime | None = None
     """When the run reached a terminal state."""
-    retry_at: datetime | None = None
+    retry_at: AwareDatetime | None = None
     """When the next attempt is due (``retry_wait``)."""
-    watch_at: datetime | None = None
+    watch_at: AwareDatetime | None = None
     """Next deadline at which the watchdog must look at the run; None when terminal. Indexed."""
-    sla_breached_at: datetime | None = None
+    sla_breached_at: AwareDatetime | None = None
     """When the run was first seen past ``expected_duration``; set once."""
     cancel_requested: bool = False
     """Set by the watchdog on timeout; the worker sees it in its heartbeat reply."""

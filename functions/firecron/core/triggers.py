@@ -150,15 +150,18 @@ def _check_value(expr: str, spec: _FieldSpec, token: str) -> int:
     return value
 
 
-def _check_field(expr: str, spec: _FieldSpec, field: str) -> None:
+def _check_field(expr: str, spec: _FieldSpec, field: str) -> frozenset[int]:
+    """Validate one field and return the values it selects."""
+    values: set[int] = set()
     for element in field.split(","):
         match = _ELEMENT.fullmatch(element)
         if match is None:
             # Covers croniter extensions (L, W, #, ?, H) and plain garbage alike.
             raise _cron_error(expr, f"{spec.name} field has invalid element {element!r}")
         low, high, step = match["low"], match["high"], match["step"]
+        first, last = spec.low, spec.high
         if low is not None:
-            first = _check_value(expr, spec, low)
+            first = last = _check_value(expr, spec, low)
             if high is not None:
                 last = _check_value(expr, spec, high)
                 if first > last:
@@ -169,31 +172,85 @@ def _check_field(expr: str, spec: _FieldSpec, field: str) -> None:
                     f"{spec.name} step {element!r} needs a range or '*' "
                     f"(write '*/{step}' or '{low}-{spec.high}/{step}')",
                 )
-        if step is not None and not 1 <= int(step) <= spec.high:
-            raise _cron_error(expr, f"{spec.name} step {int(step)} out of range 1-{spec.high}")
+        stride = 1 if step is None else int(step)
+        if not 1 <= stride <= spec.high:
+            raise _cron_error(expr, f"{spec.name} step {stride} out of range 1-{spec.high}")
+        values.update(range(first, last + 1, stride))
+    return frozenset(values)
 
 
-def _split_cron(expr: str) -> tuple[list[str], bool]:
-    """Validate ``expr``; return its expanded fields and whether it has seconds."""
+@dataclass(frozen=True)
+class _Cron:
+    fields: tuple[str, ...]  # as written (macros expanded), 5 or 6
+    values: tuple[frozenset[int], ...]  # selected values, always 6 (seconds first)
+    seconds: bool
+
+    @property
+    def wildcard(self) -> bool:
+        minute, hour = self.fields[-5:-3]
+        return any(char in field for field in (minute, hour) for char in "*/")
+
+    def for_croniter(self) -> str:
+        """An equivalent 6-field expression (seconds first) in plain number lists.
+
+        croniter gives some valid syntax surprising meanings (it reads an equal range
+        such as '5-5' as the whole cycle), so it only ever sees '*' and number lists,
+        computed here with Vixie semantics.
+        """
+        second, minute, hour, month = (
+            self._list(self.values[index], _FIELDS[index]) for index in (0, 1, 2, 4)
+        )
+        dom_text, dow_text = self.fields[-3], self.fields[-1]
+        dom = self.values[3]
+        dow = frozenset(day % 7 for day in self.values[5])  # 7 is Sunday
+        dom_full, dow_full = len(dom) == 31, len(dow) == 7
+        if not (dom_text.startswith("*") or dow_text.startswith("*")):
+            # Vixie: two restricted day fields match either; a full one matches every day.
+            if dom_full or dow_full:
+                return f"{second} {minute} {hour} * {month} *"
+            return f"{second} {minute} {hour} {_join(dom)} {month} {_join(dow)}"
+        # Vixie: a day field written with a leading '*' makes the two match together.
+        if dom_full or dow_full:
+            dom_part = "*" if dom_full else _join(dom)
+            dow_part = "*" if dow_full else _join(dow)
+            return f"{second} {minute} {hour} {dom_part} {month} {dow_part}"
+        # Both restricted: croniter intersects them only in implement_cron_bug mode, and
+        # only when one field's text starts with '*'. A field that starts with '*' holds
+        # its lowest value, which '*/31' (day 1) or '*/7' (Sunday) spells with a star.
+        if dom_text.startswith("*"):
+            dom_part = ",".join(["*/31", *(str(day) for day in sorted(dom - {1}))])
+            return f"{second} {minute} {hour} {dom_part} {month} {_join(dow)}"
+        dow_part = ",".join(["*/7", *(str(day) for day in sorted(dow - {0}))])
+        return f"{second} {minute} {hour} {_join(dom)} {month} {dow_part}"
+
+    @staticmethod
+    def _list(values: frozenset[int], spec: _FieldSpec) -> str:
+        return "*" if len(values) == spec.high - spec.low + 1 else _join(values)
+
+
+def _join(values: frozenset[int]) -> str:
+    return ",".join(str(value) for value in sorted(values))
+
+
+def _parse_cron(expr: str) -> _Cron:
+    """Validate ``expr`` (macros allowed) and return its parsed form."""
     if not isinstance(expr, str):
         raise ValueError(f"invalid cron expression {expr!r}: expected a string")
     if not expr.strip():
         raise _cron_error(expr, "it is empty")
     fields = expand_macro(expr).split()
-    specs: tuple[_FieldSpec, ...]
-    if len(fields) == 5:
-        specs = _FIELDS[1:]
-    elif len(fields) == 6:
-        specs = _FIELDS
-    else:
+    if len(fields) not in (5, 6):
         extra = "; a year field is not supported" if len(fields) == 7 else ""
         raise _cron_error(
             expr,
             f"expected 5 fields, or 6 with seconds first, got {len(fields)}{extra}",
         )
-    for spec, field in zip(specs, fields, strict=True):
-        _check_field(expr, spec, field)
-    return fields, len(fields) == 6
+    seconds = len(fields) == 6
+    specs = _FIELDS if seconds else _FIELDS[1:]
+    values = [_check_field(expr, spec, field) for spec, field in zip(specs, fields, strict=True)]
+    if not seconds:
+        values.insert(0, frozenset({0}))
+    return _Cron(tuple(fields), tuple(values), seconds)
 
 
 def validate_cron(expr: str) -> str:
@@ -208,11 +265,11 @@ def validate_cron(expr: str) -> str:
 
     Normalization collapses whitespace and lower-cases macros; nothing else changes.
     """
-    fields, _ = _split_cron(expr)
+    parsed = _parse_cron(expr)
     text = expr.strip()
     if text.startswith("@"):
         return text.lower()
-    return " ".join(fields)
+    return " ".join(parsed.fields)
 
 
 def is_wildcard(expr: str) -> bool:
@@ -223,9 +280,7 @@ def is_wildcard(expr: str) -> bool:
     wildcard job and ``@daily`` a fixed-time one. Raises :class:`ValueError` for an
     invalid expression.
     """
-    fields, seconds = _split_cron(expr)
-    minute, hour = (fields[1], fields[2]) if seconds else (fields[0], fields[1])
-    return any(char in field for field in (minute, hour) for char in "*/")
+    return _parse_cron(expr).wildcard
 
 
 # ------------------------------------------------------------------ zones and instants
@@ -449,9 +504,9 @@ class CronTrigger(Trigger):
     ):
         super().__init__(timezone=timezone, start_at=start_at, end_at=end_at)
         self.expression = validate_cron(expression)
-        fields, self._seconds = _split_cron(self.expression)
-        self._expanded = " ".join(fields)
-        self.wildcard = is_wildcard(self.expression)
+        parsed = _parse_cron(self.expression)
+        self._croniter_expr = parsed.for_croniter()
+        self.wildcard = parsed.wildcard
 
     @property
     def spec(self) -> str:
@@ -467,14 +522,13 @@ class CronTrigger(Trigger):
         """Matching naive wall times strictly after naive ``start``, ascending."""
         try:
             walls = croniter(
-                self._expanded,
+                self._croniter_expr,
                 start,
                 ret_type=datetime,
                 day_or=True,
-                # Vixie semantics: a day field starting with '*' (e.g. '*/2') makes the
-                # day-of-month/day-of-week test an AND, not an OR.
+                # Needed for Vixie's "both day fields must match" (see _Cron.for_croniter).
                 implement_cron_bug=True,
-                second_at_beginning=self._seconds,
+                second_at_beginning=True,
             )
         except CroniterError as exc:  # validated already; guards croniter disagreeing
             raise _cron_error(self.expression, str(exc)) from None

@@ -11,6 +11,12 @@ General rules for every backend:
   :class:`StoreError`. Callers never see sqlite3 or google-api-core exceptions.
 - ``stats`` counts documents/rows read and written, as a bill would, so benchmarks
   and tests can check the cost model (an idle tick reads nothing but its queries).
+  Where the backend bills a minimum per query (Firestore: an empty result costs one
+  read) the backend counts it; SQLite counts rows returned only.
+- There is no ``set_paused`` (DESIGN.md lists one): pausing and resuming need trigger
+  math from the core to compute the next state, and a store must not compute. The
+  admin service computes the state and writes it with ``put_schedule``'s
+  compare-and-set, which also makes a pause race safely with a concurrent claim.
 - Schedules live in ``{namespace}_schedules`` and runs in ``{namespace}_runs``.
 """
 
@@ -139,7 +145,8 @@ class Store(Protocol):
     ) -> list[Run]:
         """Runs newest first by ``created_at`` (ties by id), optionally filtered.
 
-        ``before`` is an exclusive cursor on ``created_at`` for paging.
+        ``before`` is an exclusive cursor on ``created_at`` for paging. ``states=None``
+        means no filter; an empty sequence matches nothing.
         """
         ...
 

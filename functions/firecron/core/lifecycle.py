@@ -1,0 +1,374 @@
+"""The run lifecycle as pure functions: every transition and every watchdog rule.
+
+Each function takes a run as read and ``now`` and returns a :class:`Change`: the states
+the run must still be in, and the field changes to apply with ``Store.update_run``.
+The dispatcher, the watchdog and the worker SDK all go through these, so the rules
+live in one place and the store applies them by compare-and-set.
+
+Deadlines (``watch_at``) per state:
+- ``pending``: ``pending_grace`` after it became pending; then the watchdog re-fires it
+  (the dispatcher died between claim and POST).
+- ``dispatched``: ``start_timeout`` after the send; then the attempt is lost.
+- ``running``: the earliest of heartbeat expiry, the SLA (until breached once) and
+  ``timeout``.
+- ``retry_wait``: ``retry_at``.
+- ``queued``: every ``queue_recheck`` until its blocker has ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from firecron.core.models import JsonValue
+from firecron.core.runs import Attempt, Run, RunState, backoff_delay
+
+__all__ = [
+    "Change",
+    "RunTimeouts",
+    "SendOutcome",
+    "WatchAction",
+    "WatchDecision",
+    "attempt_failed",
+    "heartbeat",
+    "next_attempt",
+    "sent",
+    "start",
+    "succeed",
+    "watch",
+]
+
+_S = RunState
+
+
+@dataclass(frozen=True)
+class RunTimeouts:
+    """Deadlines the watchdog enforces (the same for every schedule)."""
+
+    pending_grace: timedelta = timedelta(minutes=2)
+    """How long a claimed run may stay unsent; must exceed a tick's budget plus ``ack_timeout``."""
+    start_timeout: timedelta = timedelta(minutes=2)
+    """How long a worker has to start a dispatched run."""
+    heartbeat_timeout: timedelta = timedelta(seconds=90)
+    """A running attempt whose latest heartbeat is older than this is lost."""
+    queue_recheck: timedelta = timedelta(seconds=15)
+    """How often a queued run's blocker is looked at."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """A compare-and-set to apply: ``update_run(run.id, expect, changes)``."""
+
+    expect: tuple[RunState, ...]
+    changes: dict[str, Any]
+    event: str | None = None
+    """Name of the event this change is (``run.lost``, ``run.sla_breached``...), if any."""
+
+    @property
+    def new_state(self) -> RunState | None:
+        """The state the change moves to, if it changes state."""
+        state = self.changes.get("state")
+        return state if isinstance(state, RunState) else None
+
+
+class SendOutcome(StrEnum):
+    """How a dispatch POST ended, as judged by the transport."""
+
+    acknowledged = "acknowledged"
+    """A 2xx arrived within ``ack_timeout``."""
+    unacknowledged = "unacknowledged"
+    """The request was fully written but no response came within ``ack_timeout``."""
+    retryable = "retryable"
+    """Connection error, 408, 429 or 5xx: try again later."""
+    permanent = "permanent"
+    """Any other 4xx, or a refused target: retrying cannot help."""
+
+
+def _attempts(run: Run, **fields: Any) -> list[Attempt]:
+    """The attempt list with the current attempt's fields updated (created if missing)."""
+    attempts = [a.model_copy() for a in run.attempts]
+    if not attempts or attempts[-1].number != run.attempt:
+        attempts.append(Attempt(number=run.attempt))
+    attempts[-1] = attempts[-1].model_copy(update=fields)
+    return attempts
+
+
+def _running_deadline(run: Run, now: datetime, heartbeat_at: datetime, t: RunTimeouts) -> datetime:
+    started = run.started_at or now
+    deadlines = [heartbeat_at + t.heartbeat_timeout]
+    if run.expected_duration is not None and run.sla_breached_at is None:
+        deadlines.append(started + run.expected_duration)
+    if run.timeout is not None:
+        deadlines.append(started + run.timeout)
+    return min(deadlines)
+
+
+def sent(
+    run: Run,
+    now: datetime,
+    outcome: SendOutcome,
+    t: RunTimeouts,
+    *,
+    status_code: int | None = None,
+    error: str | None = None,
+) -> Change:
+    """Record the result of sending the current attempt of a ``pending`` run.
+
+    A worker target moves to ``dispatched`` (watched for its start); a plain target is
+    ``delivered`` and done. Delivered-but-unacknowledged counts as sent. A retryable
+    failure goes to :func:`attempt_failed`; a permanent one fails the run at once.
+    """
+    if outcome in (SendOutcome.acknowledged, SendOutcome.unacknowledged):
+        acked = outcome is SendOutcome.acknowledged
+        attempts = _attempts(run, dispatched_at=now, acknowledged=acked, status_code=status_code)
+        if run.target.is_worker:
+            changes: dict[str, Any] = {
+                "state": _S.dispatched,
+                "dispatched_at": now,
+                "watch_at": now + t.start_timeout,
+            }
+        else:
+            attempts[-1] = attempts[-1].model_copy(
+                update={"outcome": _S.delivered, "ended_at": now}
+            )
+            changes = {
+                "state": _S.delivered,
+                "dispatched_at": now,
+                "ended_at": now,
+                "watch_at": None,
+            }
+        return Change((_S.pending,), {**changes, "attempts": attempts, "updated_at": now})
+    if outcome is SendOutcome.permanent:
+        return attempt_failed(
+            run, now, _S.failed, error or "dispatch refused", t, retry=False, dispatch=True
+        )
+    return attempt_failed(run, now, _S.failed, error or "dispatch failed", t, dispatch=True)
+
+
+def attempt_failed(
+    run: Run,
+    now: datetime,
+    outcome: RunState,
+    error: str,
+    t: RunTimeouts,
+    *,
+    retry: bool = True,
+    dispatch: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Change:
+    """End the current attempt with ``outcome`` (failed, lost, timed_out).
+
+    If ``retry`` and attempts remain, the run waits in ``retry_wait`` for a full-jitter
+    backoff; otherwise it ends in ``outcome``. ``dispatch`` marks a failed send (the run
+    was ``pending``) rather than a failed execution.
+    """
+    del t  # retries are timed by the run's own policy snapshot
+    attempts = _attempts(run, ended_at=now, outcome=outcome, error=error)
+    if dispatch:
+        attempts[-1] = attempts[-1].model_copy(
+            update={"dispatched_at": attempts[-1].dispatched_at or now}
+        )
+    expect = (_S.pending,) if dispatch else (run.state,)
+    base = {"attempts": attempts, "error": error, "updated_at": now, **(extra or {})}
+    if retry and run.attempt < run.retry.max_attempts:
+        retry_at = now + backoff_delay(run.id, run.attempt + 1, run.retry)
+        return Change(
+            expect,
+            {**base, "state": _S.retry_wait, "retry_at": retry_at, "watch_at": retry_at},
+            event="run.retrying",
+        )
+    event = {"failed": "run.failed", "lost": "run.lost", "timed_out": "run.timed_out"}[
+        outcome.value
+    ]
+    if dispatch:
+        event = "dispatch.failed"
+    return Change(
+        expect, {**base, "state": outcome, "ended_at": now, "watch_at": None}, event=event
+    )
+
+
+def next_attempt(run: Run, now: datetime, t: RunTimeouts) -> Change:
+    """Start the next attempt of a run in ``retry_wait`` (or re-fire a stale ``pending`` one)."""
+    number = run.attempt + 1
+    attempts = [a.model_copy() for a in run.attempts] + [Attempt(number=number)]
+    return Change(
+        (run.state,),
+        {
+            "state": _S.pending,
+            "attempt": number,
+            "attempts": attempts,
+            "retry_at": None,
+            "dispatched_at": None,
+            "started_at": None,
+            "heartbeat_at": None,
+            "cancel_requested": False,
+            "watch_at": now + t.pending_grace,
+            "updated_at": now,
+        },
+    )
+
+
+def start(run: Run, now: datetime, t: RunTimeouts) -> Change:
+    """The worker starts the current attempt: ``pending|dispatched -> running``."""
+    started = run.model_copy(update={"started_at": now})
+    return Change(
+        (_S.pending, _S.dispatched),
+        {
+            "state": _S.running,
+            "started_at": now,
+            "heartbeat_at": now,
+            "dispatched_at": run.dispatched_at or now,
+            "attempts": _attempts(run, started_at=now, dispatched_at=run.dispatched_at or now),
+            "watch_at": _running_deadline(started, now, now, t),
+            "updated_at": now,
+        },
+        event="run.started",
+    )
+
+
+def heartbeat(run: Run, now: datetime, t: RunTimeouts) -> Change:
+    """A heartbeat of a running attempt: pushes the loss deadline forward."""
+    return Change(
+        (_S.running,),
+        {"heartbeat_at": now, "watch_at": _running_deadline(run, now, now, t), "updated_at": now},
+    )
+
+
+def succeed(run: Run, now: datetime, output: JsonValue) -> Change:
+    """The worker function returned: ``running -> succeeded`` with its output."""
+    return Change(
+        (_S.running,),
+        {
+            "state": _S.succeeded,
+            "output": output,
+            "error": None,
+            "ended_at": now,
+            "watch_at": None,
+            "attempts": _attempts(run, ended_at=now, outcome=_S.succeeded),
+            "updated_at": now,
+        },
+        event="run.succeeded",
+    )
+
+
+class WatchAction(StrEnum):
+    """What the watchdog must do after applying a decision's change."""
+
+    none = "none"
+    """Nothing beyond the change."""
+    fire = "fire"
+    """Send the run's (new) current attempt."""
+    check_blocker = "check_blocker"
+    """Read ``blocked_by``; call :func:`watch` again with ``blocker_ended`` known."""
+
+
+@dataclass(frozen=True)
+class WatchDecision:
+    """The watchdog's verdict on one run."""
+
+    change: Change | None
+    action: WatchAction = WatchAction.none
+    notes: list[str] = field(default_factory=list)
+
+
+def watch(
+    run: Run, now: datetime, t: RunTimeouts, *, blocker_ended: bool | None = None
+) -> WatchDecision:
+    """Apply the watchdog rules to a run whose ``watch_at`` has passed.
+
+    - ``pending`` past its grace: re-fire as a new attempt (bounded: past
+      ``max_attempts`` it is ``lost``).
+    - ``dispatched`` past ``start_timeout``: the attempt is lost; retry.
+    - ``running``: heartbeat expired -> lost; past ``timeout`` -> timed_out with a
+      cancel request; past ``expected_duration`` -> SLA breach recorded once.
+    - ``retry_wait`` due: the next attempt.
+    - ``queued``: fire once the blocker has ended (``blocker_ended``), else look again later.
+    """
+    if run.watch_at is None or run.watch_at > now:
+        return WatchDecision(None)
+    state = run.state
+    if state is _S.pending:
+        if run.attempt >= run.retry.max_attempts:
+            return WatchDecision(
+                attempt_failed(
+                    run,
+                    now,
+                    _S.lost,
+                    "never sent: dispatcher stopped before the POST",
+                    t,
+                    retry=False,
+                )
+            )
+        return WatchDecision(next_attempt(run, now, t), WatchAction.fire)
+    if state is _S.dispatched:
+        return WatchDecision(
+            attempt_failed(run, now, _S.lost, f"worker did not start within {t.start_timeout}", t)
+        )
+    if state is _S.retry_wait:
+        if run.retry_at is not None and run.retry_at > now:
+            return WatchDecision(Change((state,), {"watch_at": run.retry_at, "updated_at": now}))
+        return WatchDecision(next_attempt(run, now, t), WatchAction.fire)
+    if state is _S.queued:
+        if blocker_ended is None:
+            return WatchDecision(None, WatchAction.check_blocker)
+        if not blocker_ended:
+            return WatchDecision(
+                Change((state,), {"watch_at": now + t.queue_recheck, "updated_at": now})
+            )
+        return WatchDecision(
+            Change(
+                (state,),
+                {
+                    "state": _S.pending,
+                    "attempts": [Attempt(number=1)],
+                    "watch_at": now + t.pending_grace,
+                    "updated_at": now,
+                },
+            ),
+            WatchAction.fire,
+        )
+    if state is _S.running:
+        started = run.started_at or run.updated_at
+        if run.timeout is not None and now >= started + run.timeout:
+            return WatchDecision(
+                attempt_failed(
+                    run,
+                    now,
+                    _S.timed_out,
+                    f"timed out after {run.timeout}",
+                    t,
+                    extra={"cancel_requested": True},
+                )
+            )
+        heartbeat_at = run.heartbeat_at or started
+        if now >= heartbeat_at + t.heartbeat_timeout:
+            return WatchDecision(
+                attempt_failed(run, now, _S.lost, f"no heartbeat for {t.heartbeat_timeout}", t)
+            )
+        if (
+            run.expected_duration is not None
+            and run.sla_breached_at is None
+            and now >= started + run.expected_duration
+        ):
+            breached = run.model_copy(update={"sla_breached_at": now})
+            return WatchDecision(
+                Change(
+                    (state,),
+                    {
+                        "sla_breached_at": now,
+                        "watch_at": _running_deadline(breached, now, heartbeat_at, t),
+                        "updated_at": now,
+                    },
+                    event="run.sla_breached",
+                )
+            )
+        return WatchDecision(
+            Change(
+                (state,),
+                {"watch_at": _running_deadline(run, now, heartbeat_at, t), "updated_at": now},
+            )
+        )
+    # Terminal states have no deadline; clear a stray one.
+    return WatchDecision(Change((state,), {"watch_at": None, "updated_at": now}))

@@ -1,0 +1,563 @@
+"""The Firestore backend of :class:`~firecron.store.base.Store`.
+
+Layout, in the database ``database`` of project ``project``:
+
+- ``{namespace}_schedules/{schedule_id}``:
+  ``{"spec": <spec record>, "state": <state record>, "next_fire_at": <timestamp | null>,
+  "revision": <int>}``. The top-level ``next_fire_at`` copies ``state.next_fire_at``; the
+  due query filters and orders on it. A range filter never matches null, so idle
+  schedules are neither returned nor read (nor billed). ``revision`` counts writes.
+- ``{namespace}_runs/{run_id}``: the run record at top level, so ``schedule_id``,
+  ``state``, ``created_at`` and ``watch_at`` are queryable fields.
+
+Free-form JSON fields (``params``, ``output``, ``labels``; see :data:`OPAQUE_FIELDS`) are
+stored as JSON text, not as Firestore maps: Firestore refuses arrays inside arrays, empty
+or ``__reserved__`` map keys and integers beyond 64 bits, all of which are valid JSON, and
+it would otherwise index every key a worker returns. Nothing queries inside them.
+
+A schedule's ``version`` is its document's ``update_time`` as RFC 3339 with nine
+fraction digits. Replacing or claiming a schedule writes with a ``last_update_time``
+precondition built from that exact string, so the compare-and-set is the server's.
+Firestore leaves ``update_time`` alone when a write changes nothing, so every schedule
+write also increments ``revision``: the version then changes on every write.
+
+Writes are batched writes with preconditions, never transactions: a claim is one
+atomic batch (the schedule update with its precondition plus one ``create`` per run),
+and the emulator's transaction locking is unreliable under parallel use.
+
+Queries and their indexes (declare :data:`REQUIRED_INDEXES` in Terraform; single-field
+indexes on ``next_fire_at``, ``watch_at`` and ``created_at`` are automatic):
+
+- due schedules: ``next_fire_at <= now`` ordered by ``next_fire_at`` (single field);
+- due watches: ``watch_at <= now`` ordered by ``watch_at`` (single field);
+- run listings: optional ``schedule_id ==`` and ``state in`` filters, optional
+  ``created_at < before``, ordered by ``created_at`` then document id, both descending
+  (composite indexes when filtered).
+
+The client honours ``FIRESTORE_EMULATOR_HOST`` (anonymous credentials, plain gRPC). It is
+created on first use, inside the running event loop, so constructing a store does no
+I/O; a store must then stay on that event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Final, NoReturn
+
+from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+from pydantic import ValidationError
+
+from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
+from firecron.core.runs import Run, RunState
+from firecron.errors import ConflictError, InvalidInputError, StoreError
+from firecron.store._codec import plain, to_record
+from firecron.store.base import StoreStats
+
+__all__ = ["NAMESPACE_PATTERN", "OPAQUE_FIELDS", "REQUIRED_INDEXES", "FirestoreStore"]
+
+NAMESPACE_PATTERN: Final = r"^[a-z][a-z0-9_]{0,40}$"
+"""Valid namespaces: the collections are ``{namespace}_schedules`` and ``{namespace}_runs``."""
+
+REQUIRED_INDEXES: Final[list[tuple[str, list[tuple[str, str]]]]] = [
+    (
+        "runs",
+        [("schedule_id", "ASCENDING"), ("created_at", "DESCENDING"), ("__name__", "DESCENDING")],
+    ),
+    ("runs", [("state", "ASCENDING"), ("created_at", "DESCENDING"), ("__name__", "DESCENDING")]),
+    (
+        "runs",
+        [
+            ("schedule_id", "ASCENDING"),
+            ("state", "ASCENDING"),
+            ("created_at", "DESCENDING"),
+            ("__name__", "DESCENDING"),
+        ],
+    ),
+]
+"""Composite indexes the queries need, as ``(collection suffix, [(field, direction)])``.
+
+The collection is ``{namespace}_{suffix}``. The emulator needs none of them; a real
+database answers ``FAILED_PRECONDITION`` (with a link to create it) without them.
+"""
+
+OPAQUE_FIELDS: Final[Mapping[str, frozenset[str]]] = {
+    "spec": frozenset({"params", "labels"}),
+    "run": frozenset({"params", "output", "labels"}),
+}
+"""Free-form JSON fields stored as JSON text (see the module docstring)."""
+
+_NAMESPACE = re.compile(NAMESPACE_PATTERN)
+_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z$")
+_MAX_BATCH_WRITES: Final = 500
+_CAS_ATTEMPTS: Final = 20
+_DEFAULT_TIMEOUT: Final = 30.0
+
+# Errors that mean "a precondition did not hold": the write was not applied.
+_LOST_RACE: Final = (
+    api_exceptions.FailedPrecondition,
+    api_exceptions.Conflict,  # AlreadyExists and Aborted derive from it
+)
+
+
+def _version_of(update_time: Any) -> str:
+    """Render a document ``update_time`` as RFC 3339 UTC with nine fraction digits."""
+    # DatetimeWithNanoseconds keeps the nanoseconds that ``datetime`` cannot.
+    nanos = getattr(update_time, "nanosecond", None)
+    if nanos is None:
+        nanos = update_time.microsecond * 1000
+    whole = update_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{whole}.{int(nanos):09d}Z"
+
+
+def _utc(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None:
+        raise InvalidInputError(f"{name} must be timezone-aware, got {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+def _plain_datetimes(value: Any) -> Any:
+    """Turn the client's DatetimeWithNanoseconds into plain aware UTC ``datetime`` values."""
+    if isinstance(value, datetime):
+        # Firestore keeps microseconds, so nothing is lost; plain values compare and
+        # print like the ones the caller wrote.
+        v = value.astimezone(UTC)
+        return datetime(
+            v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, tzinfo=UTC
+        )
+    if isinstance(value, dict):
+        return {k: _plain_datetimes(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_datetimes(v) for v in value]
+    return value
+
+
+def _encode_opaque(record: dict[str, Any], kind: str) -> dict[str, Any]:
+    out = dict(record)
+    for name in OPAQUE_FIELDS[kind]:
+        if name in out:
+            out[name] = json.dumps(out[name], ensure_ascii=False, separators=(",", ":"))
+    return out
+
+
+def _decode_opaque(record: dict[str, Any], kind: str) -> dict[str, Any]:
+    out = dict(record)
+    for name in OPAQUE_FIELDS[kind]:
+        if isinstance(out.get(name), str):
+            out[name] = json.loads(out[name])
+    return out
+
+
+def _run_document(run: Run) -> dict[str, Any]:
+    return _encode_opaque(to_record(run), "run")
+
+
+def _valid_doc_id(doc_id: str) -> bool:
+    # Firestore's rules for document ids; anything else cannot exist in the store.
+    return (
+        bool(doc_id)
+        and "/" not in doc_id
+        and doc_id not in {".", ".."}
+        and not (doc_id.startswith("__") and doc_id.endswith("__"))
+        and len(doc_id.encode()) <= 1500
+    )
+
+
+def _raise_store_error(op: str, exc: BaseException) -> NoReturn:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    first_line = str(message).strip().splitlines()[0] if str(message).strip() else ""
+    raise StoreError(f"firestore {op} failed: {type(exc).__name__}: {first_line}") from None
+
+
+class FirestoreStore:
+    """:class:`~firecron.store.base.Store` on Google Cloud Firestore (native mode).
+
+    ``project`` and ``database`` name the database; ``namespace`` prefixes the
+    collections and must match :data:`NAMESPACE_PATTERN` (else :class:`InvalidInputError`).
+    ``timeout`` bounds each RPC in seconds (the client's retries included).
+    See the module docstring for the document layout and the indexes.
+    """
+
+    def __init__(
+        self,
+        project: str,
+        database: str = "(default)",
+        *,
+        namespace: str = "firecron",
+        timeout: float = _DEFAULT_TIMEOUT,
+    ) -> None:
+        if not _NAMESPACE.match(namespace):
+            raise InvalidInputError(
+                f"invalid namespace {namespace!r}: use lowercase letters, digits and '_', "
+                "starting with a letter, at most 41 characters"
+            )
+        if not project:
+            raise InvalidInputError("invalid Firestore project: empty")
+        self.namespace = namespace
+        self.stats = StoreStats()
+        self._project = project
+        self._database = database
+        self._timeout = timeout
+        self._client_instance: Any = None
+        self._closed = False
+
+    # -- plumbing -----------------------------------------------------------------
+
+    @property
+    def _client(self) -> Any:
+        if self._closed:
+            raise StoreError("the Firestore store is closed")
+        if self._client_instance is None:
+            with self._translate("connect"):
+                self._client_instance = firestore.AsyncClient(
+                    project=self._project, database=self._database
+                )
+        return self._client_instance
+
+    def _schedules(self) -> Any:
+        return self._client.collection(f"{self.namespace}_schedules")
+
+    def _runs(self) -> Any:
+        return self._client.collection(f"{self.namespace}_runs")
+
+    @contextmanager
+    def _translate(self, op: str) -> Iterator[None]:
+        """Turn client errors into :class:`StoreError` (one line, no traceback chain)."""
+        try:
+            yield
+        except (api_exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
+            _raise_store_error(op, exc)
+        except (ValueError, TypeError) as exc:
+            # The client validates paths and values locally with these.
+            _raise_store_error(op, exc)
+
+    async def _stream(self, op: str, query: Any) -> list[Any]:
+        """Run ``query``, counting one query and the documents it returned.
+
+        Firestore bills an empty query one read; as :class:`StoreStats` defines them,
+        that read shows in ``queries``, not in ``reads`` (documents returned).
+        """
+        with self._translate(op):
+            snapshots = [s async for s in query.stream(timeout=self._timeout)]
+        self.stats.queries += 1
+        self.stats.reads += len(snapshots)
+        return snapshots
+
+    def _precondition(self, version: str) -> Any:
+        # The client marshals an RFC 3339 string into a Timestamp exactly (nanoseconds
+        # included), which a float or ``datetime`` round trip would not guarantee.
+        return self._client.write_option(last_update_time=version)
+
+    def _stored(self, snapshot: Any) -> StoredSchedule:
+        data = snapshot.to_dict() or {}
+        try:
+            spec = ScheduleSpec.model_validate(
+                _decode_opaque(_plain_datetimes(data.get("spec") or {}), "spec")
+            )
+            state = ScheduleState.model_validate(_plain_datetimes(data.get("state") or {}))
+        except (ValidationError, ValueError) as exc:
+            raise StoreError(
+                f"corrupt schedule document {snapshot.id!r}: {_first_error(exc)}"
+            ) from None
+        return StoredSchedule(spec=spec, state=state, version=_version_of(snapshot.update_time))
+
+    def _run(self, snapshot: Any) -> Run:
+        data = snapshot.to_dict() or {}
+        try:
+            return Run.model_validate(_decode_opaque(_plain_datetimes(data), "run"))
+        except (ValidationError, ValueError) as exc:
+            raise StoreError(f"corrupt run document {snapshot.id!r}: {_first_error(exc)}") from None
+
+    @staticmethod
+    def _schedule_fields(state: ScheduleState) -> dict[str, Any]:
+        return {
+            "state": to_record(state),
+            "next_fire_at": plain(state.next_fire_at),
+            # Firestore keeps ``update_time`` when a write leaves the document unchanged;
+            # the counter makes every write a change, so every write gets a new version.
+            "revision": firestore.Increment(1),
+        }
+
+    # -- schedules ----------------------------------------------------------------
+
+    async def put_schedule(
+        self, spec: ScheduleSpec, state: ScheduleState, *, expect_version: str | None
+    ) -> StoredSchedule:
+        """See :meth:`Store.put_schedule`. One write; the precondition makes it a CAS."""
+        ref = self._schedules().document(spec.id)
+        fields = {"spec": _encode_opaque(to_record(spec), "spec"), **self._schedule_fields(state)}
+        stale = ConflictError(f"schedule {spec.id!r} changed or was deleted since it was read")
+        if expect_version is not None and not _VERSION.match(expect_version):
+            raise stale  # not a version this backend issued, so it cannot match
+        with self._translate("put_schedule"):
+            try:
+                if expect_version is None:
+                    result = await ref.create(fields, timeout=self._timeout)
+                else:
+                    # Whole top-level fields only: ``update`` reads dotted keys as paths.
+                    result = await ref.update(
+                        fields, option=self._precondition(expect_version), timeout=self._timeout
+                    )
+            except (*_LOST_RACE, api_exceptions.NotFound):
+                if expect_version is None:
+                    raise ConflictError(f"schedule {spec.id!r} already exists") from None
+                raise stale from None
+        self.stats.writes += 1
+        return StoredSchedule(spec=spec, state=state, version=_version_of(result.update_time))
+
+    async def get_schedule(self, schedule_id: str) -> StoredSchedule | None:
+        """See :meth:`Store.get_schedule`."""
+        if not _valid_doc_id(schedule_id):
+            return None
+        with self._translate("get_schedule"):
+            snapshot = await self._schedules().document(schedule_id).get(timeout=self._timeout)
+        if not snapshot.exists:
+            return None
+        self.stats.reads += 1
+        return self._stored(snapshot)
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        """See :meth:`Store.list_schedules`. One query over the whole collection."""
+        query = self._schedules().order_by("__name__")
+        return [self._stored(s) for s in await self._stream("list_schedules", query)]
+
+    async def delete_schedule(self, schedule_id: str, *, expect_version: str | None = None) -> bool:
+        """See :meth:`Store.delete_schedule`. A version given for a missing schedule: False."""
+        if not _valid_doc_id(schedule_id):
+            return False
+        ref = self._schedules().document(schedule_id)
+        with self._translate("delete_schedule"):
+            # A malformed version can never match, but a missing schedule is still False.
+            lost = expect_version is not None and not _VERSION.match(expect_version)
+            if not lost:
+                option = (
+                    self._client.write_option(exists=True)
+                    if expect_version is None
+                    else self._precondition(expect_version)
+                )
+                try:
+                    await ref.delete(option=option, timeout=self._timeout)
+                except api_exceptions.NotFound:
+                    return False
+                except _LOST_RACE:
+                    lost = True
+            if lost:
+                # Either the version differs or the document is gone: tell them apart.
+                snapshot = await ref.get(timeout=self._timeout)
+                if not snapshot.exists:
+                    return False
+                self.stats.reads += 1
+                raise ConflictError(f"schedule {schedule_id!r} changed since it was read")
+        self.stats.writes += 1
+        return True
+
+    async def due_schedules(self, now: datetime, limit: int) -> list[StoredSchedule]:
+        """See :meth:`Store.due_schedules`. One query; ties in ``next_fire_at`` by id."""
+        if limit <= 0:
+            return []
+        query = (
+            self._schedules()
+            .where(filter=FieldFilter("next_fire_at", "<=", _utc(now, "now")))
+            .order_by("next_fire_at")
+            .limit(limit)
+        )
+        return [self._stored(s) for s in await self._stream("due_schedules", query)]
+
+    async def claim(
+        self, stored: StoredSchedule, new_state: ScheduleState, runs: Sequence[Run]
+    ) -> bool:
+        """See :meth:`Store.claim`. One batch: the schedule's update, with a ``last_update_time``
+        precondition, plus a ``create`` per run. Duplicate run ids in ``runs`` are a caller
+        bug (:class:`InvalidInputError`), as are more than 499 runs (one batch's limit).
+        """
+        ids = [run.id for run in runs]
+        if len(set(ids)) != len(ids):
+            raise InvalidInputError("claim: duplicate run ids")
+        if len(runs) + 1 > _MAX_BATCH_WRITES:
+            raise InvalidInputError(f"claim: at most {_MAX_BATCH_WRITES - 1} runs per claim")
+        bad = [i for i in ids if not _valid_doc_id(i)]
+        if bad:
+            raise InvalidInputError(f"invalid run id {bad[0]!r}")
+        if not _VERSION.match(stored.version):
+            return False
+        with self._translate("claim"):
+            batch = self._client.batch()
+            batch.update(
+                self._schedules().document(stored.id),
+                self._schedule_fields(new_state),
+                option=self._precondition(stored.version),
+            )
+            for run in runs:
+                batch.create(self._runs().document(run.id), _run_document(run))
+            try:
+                await batch.commit(timeout=self._timeout)
+            except (*_LOST_RACE, api_exceptions.NotFound):
+                return False
+        self.stats.writes += 1 + len(runs)
+        return True
+
+    # -- runs ---------------------------------------------------------------------
+
+    async def create_run(self, run: Run) -> bool:
+        """See :meth:`Store.create_run`. One ``create``."""
+        if not _valid_doc_id(run.id):
+            raise InvalidInputError(f"invalid run id {run.id!r}")
+        with self._translate("create_run"):
+            try:
+                await (
+                    self._runs().document(run.id).create(_run_document(run), timeout=self._timeout)
+                )
+            except api_exceptions.AlreadyExists:
+                return False
+        self.stats.writes += 1
+        return True
+
+    async def get_run(self, run_id: str) -> Run | None:
+        """See :meth:`Store.get_run`."""
+        if not _valid_doc_id(run_id):
+            return None
+        with self._translate("get_run"):
+            snapshot = await self._runs().document(run_id).get(timeout=self._timeout)
+        if not snapshot.exists:
+            return None
+        self.stats.reads += 1
+        return self._run(snapshot)
+
+    async def get_runs(self, run_ids: Sequence[str]) -> list[Run]:
+        """See :meth:`Store.get_runs`. One ``BatchGetDocuments`` round trip."""
+        unique = list(dict.fromkeys(i for i in run_ids if _valid_doc_id(i)))
+        if not unique:
+            return []
+        collection = self._runs()
+        found: dict[str, Run] = {}
+        with self._translate("get_runs"):
+            refs = [collection.document(i) for i in unique]
+            async for snapshot in self._client.get_all(refs, timeout=self._timeout):
+                if snapshot.exists:
+                    found[snapshot.id] = self._run(snapshot)
+        self.stats.reads += len(found)
+        return [found[i] for i in run_ids if i in found]
+
+    async def update_run(
+        self, run_id: str, expect_states: Sequence[RunState], changes: Mapping[str, Any]
+    ) -> Run | None:
+        """See :meth:`Store.update_run`.
+
+        Read, check the state, then write only the changed top-level fields with a
+        ``last_update_time`` precondition; if another write came first, re-read and
+        re-check (bounded; :class:`ConflictError` if it never settles). Unknown fields
+        or values that do not validate raise :class:`InvalidInputError` before any write.
+        """
+        unknown = sorted(set(changes) - set(Run.model_fields))
+        if unknown:
+            raise InvalidInputError(f"update_run: unknown run field(s) {', '.join(unknown)}")
+        if "id" in changes and changes["id"] != run_id:
+            raise InvalidInputError("update_run: a run's id cannot change")
+        if not _valid_doc_id(run_id):
+            return None
+        expected = {RunState(s) for s in expect_states}
+        ref = self._runs().document(run_id)
+        for attempt in range(_CAS_ATTEMPTS):
+            with self._translate("update_run"):
+                snapshot = await ref.get(timeout=self._timeout)
+            if not snapshot.exists:
+                return None
+            self.stats.reads += 1
+            current = self._run(snapshot)
+            if current.state not in expected:
+                return None
+            try:
+                updated = Run.model_validate({**current.model_dump(), **changes})
+            except ValidationError as exc:
+                raise InvalidInputError(f"update_run {run_id!r}: {_first_error(exc)}") from None
+            if not changes:
+                return updated
+            document = _run_document(updated)
+            # Keys are Run field names (checked above), so none holds a '.' that the
+            # client would read as a nested path; values are whole top-level fields.
+            fields = {name: document[name] for name in changes}
+            with self._translate("update_run"):
+                try:
+                    await ref.update(
+                        fields,
+                        option=self._precondition(_version_of(snapshot.update_time)),
+                        timeout=self._timeout,
+                    )
+                except (*_LOST_RACE, api_exceptions.NotFound):
+                    # Someone else wrote first: re-read and judge the new state.
+                    await asyncio.sleep(random.uniform(0.0, 0.005 * (attempt + 1)))
+                    continue
+            self.stats.writes += 1
+            return updated
+        raise ConflictError(f"run {run_id!r} kept changing; gave up after {_CAS_ATTEMPTS} tries")
+
+    async def due_watches(self, now: datetime, limit: int) -> list[Run]:
+        """See :meth:`Store.due_watches`. One query; ties in ``watch_at`` by id."""
+        if limit <= 0:
+            return []
+        query = (
+            self._runs()
+            .where(filter=FieldFilter("watch_at", "<=", _utc(now, "now")))
+            .order_by("watch_at")
+            .limit(limit)
+        )
+        return [self._run(s) for s in await self._stream("due_watches", query)]
+
+    async def list_runs(
+        self,
+        *,
+        schedule_id: str | None = None,
+        states: Sequence[RunState] | None = None,
+        limit: int = 50,
+        before: datetime | None = None,
+    ) -> list[Run]:
+        """See :meth:`Store.list_runs`. One query; filtered forms need :data:`REQUIRED_INDEXES`.
+
+        ``states=[]`` matches nothing (and runs no query); ties in ``created_at`` are
+        ordered by id, descending.
+        """
+        if limit <= 0 or (states is not None and not states):
+            return []
+        query = self._runs()
+        if schedule_id is not None:
+            query = query.where(filter=FieldFilter("schedule_id", "==", schedule_id))
+        if states is not None:
+            values = sorted({RunState(s).value for s in states})
+            if len(values) == 1:
+                query = query.where(filter=FieldFilter("state", "==", values[0]))
+            else:
+                query = query.where(filter=FieldFilter("state", "in", values))
+        if before is not None:
+            query = query.where(filter=FieldFilter("created_at", "<", _utc(before, "before")))
+        query = (
+            query.order_by("created_at", direction=firestore.Query.DESCENDING)
+            .order_by("__name__", direction=firestore.Query.DESCENDING)
+            .limit(limit)
+        )
+        return [self._run(s) for s in await self._stream("list_runs", query)]
+
+    async def close(self) -> None:
+        """See :meth:`Store.close`. Closes the gRPC channel if one was opened."""
+        self._closed = True
+        client, self._client_instance = self._client_instance, None
+        # The async client has no public close(); its transport owns the channel.
+        transport = getattr(client, "_transport", None) if client is not None else None
+        if transport is not None:
+            with self._translate("close"):
+                await transport.close()
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "value"
+        return f"{where}: {err.get('msg', 'invalid')}"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
