@@ -1,0 +1,199 @@
+"""The pure run lifecycle: transitions, retries with backoff, and every watchdog rule."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from _factories import T0
+from firecron.core import lifecycle as lc
+from firecron.core.models import RetryPolicy, Target
+from firecron.core.runs import (
+    TERMINAL_STATES,
+    TRANSITIONS,
+    Attempt,
+    Run,
+    RunState,
+    backoff_delay,
+    can_transition,
+)
+
+S = RunState
+T = lc.RunTimeouts()
+WORKER = Target(function="work")
+PLAIN = Target(url="https://example.com/h")
+
+
+def run(state: RunState = S.pending, **fields: Any) -> Run:
+    base: dict[str, Any] = {
+        "id": "job@20270101T000000Z",
+        "schedule_id": "job",
+        "scheduled_for": T0,
+        "fire_at": T0,
+        "state": state,
+        "target": WORKER,
+        "created_at": T0,
+        "updated_at": T0,
+        "attempts": [Attempt(number=1)],
+        "watch_at": None if state in TERMINAL_STATES else T0 + T.pending_grace,
+    }
+    base.update(fields)
+    return Run.model_validate(base)
+
+
+def apply(r: Run, change: lc.Change) -> Run:
+    assert r.state in change.expect
+    new = r.model_copy(update=change.changes)
+    assert new.state == r.state or can_transition(r.state, new.state)
+    return Run.model_validate(new.model_dump())
+
+
+def test_transition_table_is_closed_and_terminals_are_final() -> None:
+    assert set(TRANSITIONS) == set(RunState)
+    for state in TERMINAL_STATES:
+        assert TRANSITIONS[state] == frozenset()
+    assert can_transition(S.dispatched, S.running)
+    assert not can_transition(S.succeeded, S.running)
+
+
+def test_sent_worker_is_dispatched_and_watched_for_start() -> None:
+    r = apply(run(), lc.sent(run(), T0, lc.SendOutcome.acknowledged, T, status_code=202))
+    assert r.state is S.dispatched
+    assert r.watch_at == T0 + T.start_timeout
+    assert r.attempts[-1].acknowledged is True
+    assert r.attempts[-1].status_code == 202
+
+
+def test_sent_plain_target_is_delivered_and_terminal() -> None:
+    base = run(target=PLAIN)
+    r = apply(base, lc.sent(base, T0, lc.SendOutcome.unacknowledged, T))
+    assert r.state is S.delivered
+    assert r.watch_at is None
+    assert r.attempts[-1].acknowledged is False
+
+
+def test_retryable_send_failure_waits_with_backoff_then_fails() -> None:
+    policy = RetryPolicy(max_attempts=2, backoff=timedelta(seconds=10))
+    base = run(retry=policy)
+    change = lc.sent(base, T0, lc.SendOutcome.retryable, T, error="connection refused")
+    assert change.event == "run.retrying"
+    r = apply(base, change)
+    assert r.state is S.retry_wait
+    assert r.retry_at is not None
+    assert T0 <= r.retry_at <= T0 + timedelta(seconds=10)
+    assert r.watch_at == r.retry_at
+    # The watchdog starts attempt 2 once retry_at has passed.
+    assert lc.watch(r, r.retry_at - timedelta(milliseconds=1), T).change is None
+    decision = lc.watch(r, r.retry_at, T)
+    assert decision.action is lc.WatchAction.fire
+    r2 = apply(r, decision.change)  # type: ignore[arg-type]
+    assert (r2.state, r2.attempt, [a.number for a in r2.attempts]) == (S.pending, 2, [1, 2])
+    last = lc.sent(r2, T0, lc.SendOutcome.retryable, T, error="connection refused")
+    assert last.event == "dispatch.failed"
+    assert apply(r2, last).state is S.failed
+
+
+def test_permanent_send_failure_fails_at_once() -> None:
+    change = lc.sent(run(), T0, lc.SendOutcome.permanent, T, status_code=404, error="HTTP 404")
+    r = apply(run(), change)
+    assert r.state is S.failed
+    assert r.error == "HTTP 404"
+    assert r.ended_at == T0
+
+
+def test_backoff_is_full_jitter_capped_and_deterministic() -> None:
+    policy = RetryPolicy(
+        backoff=timedelta(seconds=10), max_backoff=timedelta(seconds=40), multiplier=2
+    )
+    for attempt, ceiling in [(2, 10), (3, 20), (4, 40), (9, 40)]:
+        delays = {backoff_delay(f"r{i}", attempt, policy) for i in range(200)}
+        assert all(timedelta(0) <= d <= timedelta(seconds=ceiling) for d in delays)
+        assert max(delays) > timedelta(seconds=ceiling * 0.8)  # spread over the whole range
+    assert backoff_delay("x", 3, policy) == backoff_delay("x", 3, policy)
+
+
+def test_start_heartbeat_succeed() -> None:
+    base = run(S.dispatched, expected_duration=timedelta(seconds=30), timeout=timedelta(minutes=5))
+    r = apply(base, lc.start(base, T0, T))
+    assert r.state is S.running
+    assert r.watch_at == T0 + timedelta(seconds=30)  # the SLA comes before heartbeat expiry
+    r = apply(r, lc.heartbeat(r, T0 + timedelta(seconds=10), T))
+    assert r.heartbeat_at == T0 + timedelta(seconds=10)
+    done = apply(r, lc.succeed(r, T0 + timedelta(seconds=20), {"ok": True}))
+    assert (done.state, done.output, done.watch_at) == (S.succeeded, {"ok": True}, None)
+    assert done.attempts[-1].outcome is S.succeeded
+
+
+def test_watchdog_refires_a_stale_pending_run_once_per_attempt() -> None:
+    base = run(S.pending)
+    assert lc.watch(base, T0 + T.pending_grace - timedelta(seconds=1), T).change is None
+    decision = lc.watch(base, T0 + T.pending_grace, T)
+    assert decision.action is lc.WatchAction.fire
+    r = apply(base, decision.change)  # type: ignore[arg-type]
+    assert r.attempt == 2
+    last = run(S.pending, attempt=3, retry=RetryPolicy(max_attempts=3))
+    assert apply(last, lc.watch(last, T0 + T.pending_grace, T).change).state is S.lost  # type: ignore[arg-type]
+
+
+def test_watchdog_dispatched_without_start_is_lost_then_retried() -> None:
+    base = run(S.dispatched, dispatched_at=T0, watch_at=T0 + T.start_timeout)
+    decision = lc.watch(base, T0 + T.start_timeout, T)
+    assert decision.change is not None
+    assert decision.change.event == "run.retrying"
+    r = apply(base, decision.change)
+    assert r.state is S.retry_wait
+    assert r.attempts[-1].outcome is S.lost
+
+
+def test_watchdog_running_rules() -> None:
+    started = run(
+        S.running,
+        started_at=T0,
+        heartbeat_at=T0,
+        expected_duration=timedelta(seconds=30),
+        timeout=timedelta(minutes=10),
+        watch_at=T0 + timedelta(seconds=30),
+        retry=RetryPolicy(max_attempts=1),
+    )
+    # SLA: recorded once, with a new deadline.
+    sla = lc.watch(started, T0 + timedelta(seconds=30), T)
+    assert sla.change is not None
+    assert sla.change.event == "run.sla_breached"
+    breached = apply(started, sla.change)
+    assert breached.state is S.running
+    assert breached.sla_breached_at == T0 + timedelta(seconds=30)
+    assert breached.watch_at == T0 + T.heartbeat_timeout
+    # Heartbeats stopped: lost (no attempts left).
+    lost = lc.watch(breached, T0 + T.heartbeat_timeout, T)
+    assert lost.change is not None
+    assert lost.change.event == "run.lost"
+    assert apply(breached, lost.change).state is S.lost
+    # Past timeout: timed out, and the worker is asked to stop.
+    alive = breached.model_copy(
+        update={"heartbeat_at": T0 + timedelta(minutes=10), "watch_at": T0 + timedelta(minutes=10)}
+    )
+    timed = lc.watch(alive, T0 + timedelta(minutes=10), T)
+    assert timed.change is not None
+    r = apply(alive, timed.change)
+    assert (r.state, r.cancel_requested) == (S.timed_out, True)
+
+
+def test_watchdog_queued_waits_for_its_blocker() -> None:
+    q = run(S.queued, blocked_by="job@prev", watch_at=T0, attempts=[])
+    assert lc.watch(q, T0, T).action is lc.WatchAction.check_blocker
+    later = lc.watch(q, T0, T, blocker_ended=False)
+    assert later.change is not None
+    assert later.change.changes["watch_at"] == T0 + T.queue_recheck
+    go = lc.watch(q, T0, T, blocker_ended=True)
+    assert go.action is lc.WatchAction.fire
+    r = apply(q, go.change)  # type: ignore[arg-type]
+    assert (r.state, r.attempt) == (S.pending, 1)
+
+
+@pytest.mark.parametrize("state", sorted(TERMINAL_STATES))
+def test_watchdog_clears_stray_deadlines_on_terminal_runs(state: RunState) -> None:
+    decision = lc.watch(run(state, watch_at=T0), T0, T)
+    assert decision.change is not None
+    assert decision.change.changes["watch_at"] is None
