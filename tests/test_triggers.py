@@ -213,7 +213,8 @@ def transitions(zone_name: str) -> list[datetime]:
 def zone_and_after(draw: st.DrawFn) -> tuple[str, datetime]:
     zone = draw(st.sampled_from(ZONES))
     near = transitions(zone)
-    if near and draw(st.booleans()):
+    use_near = draw(st.booleans())
+    if near and use_near:
         base = draw(st.sampled_from(near))
         after = base + timedelta(seconds=draw(st.integers(-6 * 3600, 6 * 3600)))
     else:

@@ -138,6 +138,28 @@ CASES: list[tuple[str, str, str, datetime, list[datetime]]] = [
         z(10, 30, 23),
         [z(10, 31, 0), z(10, 31, 0, 45), z(11, 1, 1)],
     ),
+    # `after` inside the second pass: the repeated wall time is not run again
+    (
+        "fixed in fold, after in 2nd pass",
+        "Europe/Berlin",
+        "30 2 * * *",
+        z(10, 31, 1),
+        [z(11, 1, 1, 30)],
+    ),
+    (
+        "fixed in fold, after in 2nd pass",
+        "America/New_York",
+        "30 1 * * *",
+        z(11, 7, 6),
+        [z(11, 8, 6, 30)],
+    ),
+    (
+        "fixed in fold, after between passes",
+        "America/New_York",
+        "0,30 1 * * *",
+        z(11, 7, 5, 45),
+        [z(11, 8, 6)],
+    ),
     # --- wildcard jobs: the gap is skipped, constant real-time spacing
     (
         "wildcard gap",

@@ -417,8 +417,9 @@ class Trigger(abc.ABC):
     def __init__(self, *, timezone: str, start_at: datetime | None, end_at: datetime | None):
         self._zone = _zone(timezone)
         self.timezone = timezone
-        self.start_at = start_at
-        self.end_at = end_at
+        # Naive bounds are resolved by build_trigger; here they must be aware already.
+        self.start_at = None if start_at is None else _require_aware(start_at, "start_at")
+        self.end_at = None if end_at is None else _require_aware(end_at, "end_at")
         if start_at is not None and end_at is not None and start_at > end_at:
             raise ValueError(
                 f"start_at {start_at.isoformat()!r} is after end_at {end_at.isoformat()!r}"
@@ -597,7 +598,7 @@ class EveryTrigger(Trigger):
         if not isinstance(interval, timedelta) or interval < _MIN_INTERVAL:
             raise ValueError(f"invalid interval {interval!r}: it must be at least 1s")
         self.interval = interval
-        self.anchor = start_at if start_at is not None else _EPOCH
+        self.anchor = self.start_at if self.start_at is not None else _EPOCH
 
     @property
     def spec(self) -> str:
@@ -689,8 +690,8 @@ def parse_spec(spec: str, timezone: str = "UTC") -> Trigger:
             f"invalid schedule {spec!r}: give a cron expression, 'every 15m' or 'at <time>'"
         )
     text = spec.strip()
-    word, _, rest = text.partition(" ")
-    keyword = word.lower()
+    word, *tail = text.split(None, 1)
+    keyword, rest = word.lower(), "".join(tail)
     if keyword == "every":
         try:
             interval = parse_duration(rest.strip())
