@@ -56,6 +56,18 @@ class EmulatorError(RuntimeError):
     """An emulator did not start (or did not answer) in time."""
 
 
+class _PortTakenError(EmulatorError):
+    """The emulator exited because its port was taken meanwhile (retried on another)."""
+
+
+_PORT_TRIES = 3
+
+
+def _port_taken(emulator: Emulator) -> bool:
+    log = emulator.log_tail(200).lower()
+    return "address already in use" in log or "bindexception" in log
+
+
 @dataclass
 class Emulator:
     """A started emulator: ``host`` is ``127.0.0.1:PORT``; ``pgid`` its process group."""
@@ -184,17 +196,30 @@ def start_emulator(
     gcloud = gcloud or shutil.which("gcloud")
     if gcloud is None:
         raise EmulatorError("gcloud not found on PATH")
+    for _ in range(_PORT_TRIES - 1):
+        try:
+            return _start_once(kind, gcloud, timeout)
+        except _PortTakenError:
+            continue  # another process took the free port before the emulator bound it
+    return _start_once(kind, gcloud, timeout)
+
+
+def _start_once(kind: EmulatorKind, gcloud: str, timeout: float) -> Emulator:
     host = f"127.0.0.1:{_free_port()}"
     data_dir = Path(tempfile.mkdtemp(prefix=f"firecron-{kind}-data-"))
     log_fd, log_name = tempfile.mkstemp(prefix=f"firecron-{kind}-", suffix=".log")
     with os.fdopen(log_fd, "wb") as log:
-        process = subprocess.Popen(
-            _command(kind, gcloud, host, data_dir),
-            stdin=subprocess.DEVNULL,  # a prompt (e.g. "install component?") gets EOF
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        try:
+            process = subprocess.Popen(
+                _command(kind, gcloud, host, data_dir),
+                stdin=subprocess.DEVNULL,  # a prompt (e.g. "install component?") gets EOF
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            shutil.rmtree(data_dir, ignore_errors=True)
+            raise EmulatorError(f"cannot run {gcloud}: {exc}") from exc
     emulator = Emulator(kind, host, process, Path(log_name), data_dir)
     deadline = time.monotonic() + timeout
     while True:
@@ -205,11 +230,12 @@ def start_emulator(
             reason = (
                 f"exited with code {code}" if code is not None else f"no answer in {timeout:g}s"
             )
+            message = f"{kind} emulator on {host} {reason}; log {log_name}:\n{emulator.log_tail()}"
+            taken = code is not None and _port_taken(emulator)
             with contextlib.suppress(EmulatorError):
-                emulator.stop(keep_log=True)  # the message points at it
-            raise EmulatorError(
-                f"{kind} emulator on {host} {reason}; log {log_name}:\n{emulator.log_tail()}"
-            )
+                # Keep the log the message points at, unless we retry on another port.
+                emulator.stop(keep_log=not taken)
+            raise (_PortTakenError if taken else EmulatorError)(message)
         time.sleep(0.1)
 
 

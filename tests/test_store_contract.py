@@ -109,7 +109,7 @@ async def test_version_changes_on_every_write(store: Store) -> None:
     claimed = await store.get_schedule("alpha")
     assert claimed is not None
     versions.append(claimed.version)
-    assert await store.claim(claimed, claimed.state, [])  # state-only claim
+    assert await store.claim(claimed, claimed.state, []) == []  # state-only claim
     after = await store.get_schedule("alpha")
     assert after is not None
     versions.append(after.version)
@@ -121,7 +121,7 @@ async def test_recreated_schedule_does_not_match_old_version(store: Store) -> No
     assert await store.delete_schedule("alpha")
     await put(store, "alpha")
     state, run = advance(old)
-    assert not await store.claim(old, state, [run])
+    assert await store.claim(old, state, [run]) is None
     assert await store.get_run(run.id) is None
 
 
@@ -226,7 +226,7 @@ async def test_claim_writes_state_and_runs(store: Store) -> None:
     stored = await put(store, "alpha", T0 - MINUTE)
     state, run = advance(stored)
     extra = make_run("alpha", T0 - 2 * MINUTE, created_at=T0)
-    assert await store.claim(stored, state, [run, extra]) is True
+    assert await store.claim(stored, state, [run, extra]) is not None
 
     after = await store.get_schedule("alpha")
     assert after is not None
@@ -241,7 +241,7 @@ async def test_claim_writes_state_and_runs(store: Store) -> None:
 async def test_claim_with_no_runs_updates_state_only(store: Store) -> None:
     stored = await put(store, "alpha")
     paused = stored.state.model_copy(update={"next_fire_at": None, "paused": True})
-    assert await store.claim(stored, paused, []) is True
+    assert await store.claim(stored, paused, []) is not None
     after = await store.get_schedule("alpha")
     assert after is not None
     assert after.state == paused
@@ -255,7 +255,7 @@ async def test_claim_stale_version_writes_nothing(store: Store) -> None:
         make_spec("alpha", description="edited"), stored.state, expect_version=stored.version
     )
     state, run = advance(stored)
-    assert await store.claim(stored, state, [run]) is False
+    assert await store.claim(stored, state, [run]) is None
     assert await store.get_schedule("alpha") == newer
     assert await store.get_run(run.id) is None
     assert await store.list_runs() == []
@@ -265,7 +265,7 @@ async def test_claim_missing_schedule_fails(store: Store) -> None:
     stored = await put(store, "alpha")
     assert await store.delete_schedule("alpha")
     state, run = advance(stored)
-    assert await store.claim(stored, state, [run]) is False
+    assert await store.claim(stored, state, [run]) is None
     assert await store.get_schedule("alpha") is None
     assert await store.get_run(run.id) is None
 
@@ -278,14 +278,14 @@ async def test_claim_existing_run_is_all_or_nothing(store: Store) -> None:
     fresh = make_run("alpha", T0 - 2 * MINUTE, created_at=T0)
     clash = make_run("alpha", T0 - MINUTE, created_at=T0)  # same id as `existing`
 
-    assert await store.claim(stored, state, [fresh, clash]) is False
+    assert await store.claim(stored, state, [fresh, clash]) is None
     # The schedule is untouched (same version, same state) ...
     assert await store.get_schedule("alpha") == stored
     # ... no run was created, and the existing one is unchanged.
     assert await store.get_run(fresh.id) is None
     assert await store.get_run(existing.id) == existing
     # The version still matches, so a clean claim goes through.
-    assert await store.claim(stored, state, [run]) is True
+    assert await store.claim(stored, state, [run]) is not None
 
 
 async def test_concurrent_claimers_claim_each_occurrence_once(
@@ -318,7 +318,7 @@ async def test_concurrent_claimers_claim_each_occurrence_once(
                 state = stored.state.model_copy(
                     update={"next_fire_at": T0 + MINUTE, "last_run_id": run_id}
                 )
-                if await store.claim(stored, state, [run]):
+                if await store.claim(stored, state, [run]) is not None:
                     won.append(run_id)
 
     results = await asyncio.gather(*(claimer(i) for i in range(8)))
@@ -343,7 +343,7 @@ async def test_concurrent_claimers_claim_each_occurrence_once(
 
 async def test_create_and_get_run(store: Store) -> None:
     run = make_run("alpha", T0)
-    assert await store.create_run(run) is True
+    assert await store.create_run(run) is not None
     assert await store.get_run(run.id) == run
     assert await store.get_run("alpha@20990101T000000Z") is None
 
@@ -353,7 +353,7 @@ async def test_create_run_duplicate_returns_false(store: Store) -> None:
     assert await store.create_run(run)
     other = make_run("alpha", T0, state=RunState.failed, error="different")
     assert other.id == run.id
-    assert await store.create_run(other) is False
+    assert await store.create_run(other) is None
     assert await store.get_run(run.id) == run
 
 
@@ -664,8 +664,80 @@ async def test_full_run_roundtrip(store: Store) -> None:
         parent_run_id="pipe@20270101T000000Z",
         task="extract",
     )
-    assert_all_fields_set(run)
+    assert_all_fields_set(run, except_=("version",))
     assert await store.create_run(run)
     assert await store.get_run(run.id) == run
     assert await store.list_runs(schedule_id="alpha") == [run]
     assert await store.due_watches(T0 + timedelta(hours=1), 10) == [run]
+
+
+async def test_update_run_expect_conditions(store: Store) -> None:
+    created = await store.create_run(make_run("exp", T0, attempt=2))
+    assert created is not None
+    assert (
+        await store.update_run(
+            created.id, [RunState.pending], {"error": "x"}, expect={"attempt": 1}
+        )
+        is None
+    )
+    updated = await store.update_run(
+        created.id, [RunState.pending], {"error": "y"}, expect={"attempt": 2}
+    )
+    assert updated is not None
+    assert updated.error == "y"
+
+
+async def test_versions_are_set_and_change_on_every_write(store: Store) -> None:
+    stored = await store.put_schedule(make_spec("ver"), make_state(T0), expect_version=None)
+    claimed = await store.claim(stored, make_state(T0 + MINUTE), [make_run("ver", T0)])
+    assert claimed is not None
+    [run] = claimed
+    assert run.version is not None
+    read = await store.get_run(run.id)
+    assert read is not None
+    assert read.version == run.version
+    assert read == run
+    changed = await store.update_run(run.id, [RunState.pending], {"error": "e"})
+    assert changed is not None
+    assert changed.version not in (None, run.version)
+    [listed] = await store.list_runs(schedule_id="ver")
+    assert listed.version == changed.version
+    [got] = await store.get_runs([run.id])
+    assert got.version == changed.version
+
+
+async def test_update_run_with_current_is_a_version_cas_without_a_read(store: Store) -> None:
+    stored = await store.put_schedule(make_spec("cas"), make_state(T0), expect_version=None)
+    claimed = await store.claim(stored, make_state(T0 + MINUTE), [make_run("cas", T0)])
+    assert claimed is not None
+    [run] = claimed
+    store.stats.reset()
+    moved = await store.update_run(
+        run.id, [RunState.pending], {"state": RunState.delivered, "watch_at": None}, current=run
+    )
+    assert moved is not None
+    assert moved.state is RunState.delivered
+    assert (store.stats.reads, store.stats.writes) == (0, 1)
+    # The same stale copy cannot write again: the run changed since.
+    assert (
+        await store.update_run(run.id, [RunState.pending], {"error": "late"}, current=run) is None
+    )
+    final = await store.get_run(run.id)
+    assert final is not None
+    assert (final.state, final.error) == (RunState.delivered, None)
+
+
+async def test_racing_version_cas_has_exactly_one_winner(
+    store_factory: Callable[[], Store],
+) -> None:
+    first = store_factory()
+    created = await first.create_run(make_run("race2", T0))
+    assert created is not None
+    stores = [store_factory() for _ in range(6)]
+    results = await asyncio.gather(
+        *(
+            s.update_run(created.id, [RunState.pending], {"error": f"w{i}"}, current=created)
+            for i, s in enumerate(stores)
+        )
+    )
+    assert sum(r is not None for r in results) == 1

@@ -214,6 +214,16 @@ class Run(BaseModel):
     """For pipeline task runs: the pipeline run (reserved for pipelines)."""
     task: str | None = None
     """For pipeline task runs: the task name (reserved for pipelines)."""
+    version: str | None = Field(default=None, exclude=True)
+    """The store's compare-and-set token, set by every read and write; never part of the record."""
+
+    def __eq__(self, other: object) -> bool:
+        # Two reads of the same record are the same run whatever version token they carry.
+        if not isinstance(other, Run):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable model
 
     @property
     def is_terminal(self) -> bool:

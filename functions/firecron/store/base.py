@@ -94,21 +94,23 @@ class Store(Protocol):
 
     async def claim(
         self, stored: StoredSchedule, new_state: ScheduleState, runs: Sequence[Run]
-    ) -> bool:
+    ) -> list[Run] | None:
         """Atomically replace the schedule's state and create ``runs``; all or nothing.
 
-        Succeeds (True) only if the schedule's version still equals ``stored.version``
-        and none of the run ids exists yet. Otherwise writes nothing and returns False:
-        another dispatcher won the race. ``runs`` may be empty (state-only update).
+        Succeeds only if the schedule's version still equals ``stored.version`` and none
+        of the run ids exists yet, returning the created runs with their ``version`` set
+        (so the caller's next write to them needs no read). Otherwise writes nothing and
+        returns None: another dispatcher won the race. ``runs`` may be empty
+        (state-only update; success returns ``[]``).
         """
         ...
 
-    async def create_run(self, run: Run) -> bool:
-        """Create a run; False (and nothing written) if its id already exists."""
+    async def create_run(self, run: Run) -> Run | None:
+        """Create a run and return it with its version; None (nothing written) if the id exists."""
         ...
 
     async def get_run(self, run_id: str) -> Run | None:
-        """The run, or None. One read."""
+        """The run (with its version), or None. One read. Every method returning runs sets ``version``."""
         ...
 
     async def get_runs(self, run_ids: Sequence[str]) -> list[Run]:
@@ -116,15 +118,29 @@ class Store(Protocol):
         ...
 
     async def update_run(
-        self, run_id: str, expect_states: Sequence[RunState], changes: Mapping[str, Any]
+        self,
+        run_id: str,
+        expect_states: Sequence[RunState],
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
+        current: Run | None = None,
     ) -> Run | None:
-        """Compare-and-set on the run's state.
+        """Compare-and-set on the run.
 
-        If the run exists and its current state is in ``expect_states``, apply ``changes``
+        If the run exists, its current state is in ``expect_states`` and every field in
+        ``expect`` equals the given value (e.g. ``{"attempt": 2}``), apply ``changes``
         (``Run`` field names to new values; the caller sets ``updated_at``) atomically
-        and return the updated run. Otherwise write nothing and return None. Of two
-        concurrent calls whose ``expect_states`` both match the current state, exactly
-        one applies; the other re-checks against the new state (and usually returns None).
+        and return the updated run with its new version. Otherwise write nothing and
+        return None. Of two concurrent calls whose conditions both hold, exactly one
+        applies; the other is re-checked against the new record.
+
+        With ``current`` (the run as returned by an earlier read or write, carrying its
+        ``version``) the write is a pure compare-and-set on that version, done without
+        a read: it applies only if the run is unchanged since then, and the caller
+        vouches that ``expect_states`` and ``expect`` held for ``current``. This is how
+        the dispatcher records a send outcome, and the watchdog acts, for one write. Invalid ``changes`` raise
+        :class:`InvalidInputError` and write nothing.
         """
         ...
 

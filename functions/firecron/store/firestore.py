@@ -51,6 +51,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, NoReturn
 
 from google.api_core import exceptions as api_exceptions
+from google.api_core.retry import AsyncRetry, if_exception_type
 from google.auth import exceptions as auth_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
@@ -118,6 +119,13 @@ def _version_of(update_time: Any) -> str:
     return f"{whole}.{int(nanos):09d}Z"
 
 
+def _issued_version(version: str) -> bool:
+    """Whether ``version`` could have come from :func:`_version_of` (else it never matches)."""
+    # Firestore update times are whole microseconds and it refuses finer preconditions
+    # (INVALID_ARGUMENT), so a version with sub-microsecond digits was not issued by it.
+    return bool(_VERSION.match(version)) and version.endswith("000Z")
+
+
 def _utc(value: datetime, name: str) -> datetime:
     if value.tzinfo is None:
         raise InvalidInputError(f"{name} must be timezone-aware, got {value.isoformat()}")
@@ -160,6 +168,13 @@ def _run_document(run: Run) -> dict[str, Any]:
     return _encode_opaque(to_record(run), "run")
 
 
+def _run_states(values: Sequence[RunState]) -> set[RunState]:
+    try:
+        return {RunState(v) for v in values}
+    except ValueError as exc:
+        raise InvalidInputError(f"invalid run state: {exc}") from None
+
+
 def _valid_doc_id(doc_id: str) -> bool:
     # Firestore's rules for document ids; anything else cannot exist in the store.
     return (
@@ -172,6 +187,10 @@ def _valid_doc_id(doc_id: str) -> bool:
 
 
 def _raise_store_error(op: str, exc: BaseException) -> NoReturn:
+    # A RetryError only says "timeout"; the error it gave up on says why.
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, api_exceptions.RetryError) and isinstance(cause, BaseException):
+        exc = cause
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     first_line = str(message).strip().splitlines()[0] if str(message).strip() else ""
     raise StoreError(f"firestore {op} failed: {type(exc).__name__}: {first_line}") from None
@@ -205,7 +224,23 @@ class FirestoreStore:
         self.stats = StoreStats()
         self._project = project
         self._database = database
-        self._timeout = timeout
+        # Retry only transient errors, within ``timeout`` overall (the client's default
+        # would retry an unreachable server for minutes). Every write carries a
+        # precondition, so a retried write can never apply twice.
+        retry = AsyncRetry(
+            predicate=if_exception_type(
+                api_exceptions.Aborted,  # contention on a batch: retry, it was not applied
+                api_exceptions.ServiceUnavailable,
+                api_exceptions.ResourceExhausted,
+                api_exceptions.InternalServerError,
+                api_exceptions.DeadlineExceeded,
+            ),
+            initial=0.1,
+            maximum=2.0,
+            multiplier=2.0,
+            timeout=timeout,
+        )
+        self._rpc: dict[str, Any] = {"retry": retry, "timeout": timeout}
         self._client_instance: Any = None
         self._closed = False
 
@@ -246,7 +281,7 @@ class FirestoreStore:
         that read shows in ``queries``, not in ``reads`` (documents returned).
         """
         with self._translate(op):
-            snapshots = [s async for s in query.stream(timeout=self._timeout)]
+            snapshots = [s async for s in query.stream(**self._rpc)]
         self.stats.queries += 1
         self.stats.reads += len(snapshots)
         return snapshots
@@ -271,8 +306,11 @@ class FirestoreStore:
 
     def _run(self, snapshot: Any) -> Run:
         data = snapshot.to_dict() or {}
+        data.pop("revision", None)
         try:
-            return Run.model_validate(_decode_opaque(_plain_datetimes(data), "run"))
+            run = Run.model_validate(_decode_opaque(_plain_datetimes(data), "run"))
+            run.version = _version_of(snapshot.update_time)
+            return run
         except (ValidationError, ValueError) as exc:
             raise StoreError(f"corrupt run document {snapshot.id!r}: {_first_error(exc)}") from None
 
@@ -295,16 +333,16 @@ class FirestoreStore:
         ref = self._schedules().document(spec.id)
         fields = {"spec": _encode_opaque(to_record(spec), "spec"), **self._schedule_fields(state)}
         stale = ConflictError(f"schedule {spec.id!r} changed or was deleted since it was read")
-        if expect_version is not None and not _VERSION.match(expect_version):
+        if expect_version is not None and not _issued_version(expect_version):
             raise stale  # not a version this backend issued, so it cannot match
         with self._translate("put_schedule"):
             try:
                 if expect_version is None:
-                    result = await ref.create(fields, timeout=self._timeout)
+                    result = await ref.create(fields, **self._rpc)
                 else:
                     # Whole top-level fields only: ``update`` reads dotted keys as paths.
                     result = await ref.update(
-                        fields, option=self._precondition(expect_version), timeout=self._timeout
+                        fields, option=self._precondition(expect_version), **self._rpc
                     )
             except (*_LOST_RACE, api_exceptions.NotFound):
                 if expect_version is None:
@@ -318,7 +356,7 @@ class FirestoreStore:
         if not _valid_doc_id(schedule_id):
             return None
         with self._translate("get_schedule"):
-            snapshot = await self._schedules().document(schedule_id).get(timeout=self._timeout)
+            snapshot = await self._schedules().document(schedule_id).get(**self._rpc)
         if not snapshot.exists:
             return None
         self.stats.reads += 1
@@ -336,7 +374,7 @@ class FirestoreStore:
         ref = self._schedules().document(schedule_id)
         with self._translate("delete_schedule"):
             # A malformed version can never match, but a missing schedule is still False.
-            lost = expect_version is not None and not _VERSION.match(expect_version)
+            lost = expect_version is not None and not _issued_version(expect_version)
             if not lost:
                 option = (
                     self._client.write_option(exists=True)
@@ -344,14 +382,14 @@ class FirestoreStore:
                     else self._precondition(expect_version)
                 )
                 try:
-                    await ref.delete(option=option, timeout=self._timeout)
+                    await ref.delete(option=option, **self._rpc)
                 except api_exceptions.NotFound:
                     return False
                 except _LOST_RACE:
                     lost = True
             if lost:
                 # Either the version differs or the document is gone: tell them apart.
-                snapshot = await ref.get(timeout=self._timeout)
+                snapshot = await ref.get(**self._rpc)
                 if not snapshot.exists:
                     return False
                 self.stats.reads += 1
@@ -373,7 +411,7 @@ class FirestoreStore:
 
     async def claim(
         self, stored: StoredSchedule, new_state: ScheduleState, runs: Sequence[Run]
-    ) -> bool:
+    ) -> list[Run] | None:
         """See :meth:`Store.claim`. One batch: the schedule's update, with a ``last_update_time``
         precondition, plus a ``create`` per run. Duplicate run ids in ``runs`` are a caller
         bug (:class:`InvalidInputError`), as are more than 499 runs (one batch's limit).
@@ -386,8 +424,8 @@ class FirestoreStore:
         bad = [i for i in ids if not _valid_doc_id(i)]
         if bad:
             raise InvalidInputError(f"invalid run id {bad[0]!r}")
-        if not _VERSION.match(stored.version):
-            return False
+        if not _issued_version(stored.version):
+            return None
         with self._translate("claim"):
             batch = self._client.batch()
             batch.update(
@@ -398,34 +436,36 @@ class FirestoreStore:
             for run in runs:
                 batch.create(self._runs().document(run.id), _run_document(run))
             try:
-                await batch.commit(timeout=self._timeout)
+                results = await batch.commit(**self._rpc)
             except (*_LOST_RACE, api_exceptions.NotFound):
-                return False
+                return None
         self.stats.writes += 1 + len(runs)
-        return True
+        # Write results come in write order: the schedule first, then each run.
+        return [
+            run.model_copy(update={"version": _version_of(result.update_time)})
+            for run, result in zip(runs, list(results)[1:], strict=True)
+        ]
 
     # -- runs ---------------------------------------------------------------------
 
-    async def create_run(self, run: Run) -> bool:
+    async def create_run(self, run: Run) -> Run | None:
         """See :meth:`Store.create_run`. One ``create``."""
         if not _valid_doc_id(run.id):
             raise InvalidInputError(f"invalid run id {run.id!r}")
         with self._translate("create_run"):
             try:
-                await (
-                    self._runs().document(run.id).create(_run_document(run), timeout=self._timeout)
-                )
+                result = await self._runs().document(run.id).create(_run_document(run), **self._rpc)
             except api_exceptions.AlreadyExists:
-                return False
+                return None
         self.stats.writes += 1
-        return True
+        return run.model_copy(update={"version": _version_of(result.update_time)})
 
     async def get_run(self, run_id: str) -> Run | None:
         """See :meth:`Store.get_run`."""
         if not _valid_doc_id(run_id):
             return None
         with self._translate("get_run"):
-            snapshot = await self._runs().document(run_id).get(timeout=self._timeout)
+            snapshot = await self._runs().document(run_id).get(**self._rpc)
         if not snapshot.exists:
             return None
         self.stats.reads += 1
@@ -440,14 +480,20 @@ class FirestoreStore:
         found: dict[str, Run] = {}
         with self._translate("get_runs"):
             refs = [collection.document(i) for i in unique]
-            async for snapshot in self._client.get_all(refs, timeout=self._timeout):
+            async for snapshot in self._client.get_all(refs, **self._rpc):
                 if snapshot.exists:
                     found[snapshot.id] = self._run(snapshot)
         self.stats.reads += len(found)
         return [found[i] for i in run_ids if i in found]
 
     async def update_run(
-        self, run_id: str, expect_states: Sequence[RunState], changes: Mapping[str, Any]
+        self,
+        run_id: str,
+        expect_states: Sequence[RunState],
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
+        current: Run | None = None,
     ) -> Run | None:
         """See :meth:`Store.update_run`.
 
@@ -463,41 +509,75 @@ class FirestoreStore:
             raise InvalidInputError("update_run: a run's id cannot change")
         if not _valid_doc_id(run_id):
             return None
-        expected = {RunState(s) for s in expect_states}
+        expected = _run_states(expect_states)
         ref = self._runs().document(run_id)
+        if current is not None:
+            return await self._update_known(ref, run_id, current, changes)
         for attempt in range(_CAS_ATTEMPTS):
             with self._translate("update_run"):
-                snapshot = await ref.get(timeout=self._timeout)
+                snapshot = await ref.get(**self._rpc)
             if not snapshot.exists:
                 return None
             self.stats.reads += 1
-            current = self._run(snapshot)
-            if current.state not in expected:
+            stored = self._run(snapshot)
+            if stored.state not in expected or any(
+                getattr(stored, k) != v for k, v in (expect or {}).items()
+            ):
                 return None
-            try:
-                updated = Run.model_validate({**current.model_dump(), **changes})
-            except ValidationError as exc:
-                raise InvalidInputError(f"update_run {run_id!r}: {_first_error(exc)}") from None
+            updated = self._merged(run_id, stored, changes)
             if not changes:
                 return updated
-            document = _run_document(updated)
-            # Keys are Run field names (checked above), so none holds a '.' that the
-            # client would read as a nested path; values are whole top-level fields.
-            fields = {name: document[name] for name in changes}
             with self._translate("update_run"):
                 try:
-                    await ref.update(
-                        fields,
+                    result = await ref.update(
+                        self._changed_fields(updated, changes),
                         option=self._precondition(_version_of(snapshot.update_time)),
-                        timeout=self._timeout,
+                        **self._rpc,
                     )
                 except (*_LOST_RACE, api_exceptions.NotFound):
                     # Someone else wrote first: re-read and judge the new state.
                     await asyncio.sleep(random.uniform(0.0, 0.005 * (attempt + 1)))
                     continue
             self.stats.writes += 1
-            return updated
+            return updated.model_copy(update={"version": _version_of(result.update_time)})
         raise ConflictError(f"run {run_id!r} kept changing; gave up after {_CAS_ATTEMPTS} tries")
+
+    @staticmethod
+    def _merged(run_id: str, base: Run, changes: Mapping[str, Any]) -> Run:
+        try:
+            return Run.model_validate({**base.model_dump(), **changes})
+        except ValidationError as exc:
+            raise InvalidInputError(f"update_run {run_id!r}: {_first_error(exc)}") from None
+
+    @staticmethod
+    def _changed_fields(updated: Run, changes: Mapping[str, Any]) -> dict[str, Any]:
+        document = _run_document(updated)
+        # Keys are Run field names (checked by the caller), so none holds a '.' that the
+        # client would read as a nested path; values are whole top-level fields.
+        fields: dict[str, Any] = {name: document[name] for name in changes}
+        # update_time only moves when a write changes something; the counter makes every
+        # write a change, so a version is never reused.
+        fields["revision"] = firestore.Increment(1)
+        return fields
+
+    async def _update_known(
+        self, ref: Any, run_id: str, current: Run, changes: Mapping[str, Any]
+    ) -> Run | None:
+        """The version path of :meth:`update_run`: one precondition write, no read."""
+        if current.version is None or not _issued_version(current.version):
+            raise InvalidInputError(f"update_run {run_id!r}: 'current' carries no version")
+        updated = self._merged(run_id, current, changes)
+        with self._translate("update_run"):
+            try:
+                result = await ref.update(
+                    self._changed_fields(updated, changes),
+                    option=self._precondition(current.version),
+                    **self._rpc,
+                )
+            except (*_LOST_RACE, api_exceptions.NotFound):
+                return None
+        self.stats.writes += 1
+        return updated.model_copy(update={"version": _version_of(result.update_time)})
 
     async def due_watches(self, now: datetime, limit: int) -> list[Run]:
         """See :meth:`Store.due_watches`. One query; ties in ``watch_at`` by id."""
@@ -530,7 +610,7 @@ class FirestoreStore:
         if schedule_id is not None:
             query = query.where(filter=FieldFilter("schedule_id", "==", schedule_id))
         if states is not None:
-            values = sorted({RunState(s).value for s in states})
+            values = sorted(state.value for state in _run_states(states))
             if len(values) == 1:
                 query = query.where(filter=FieldFilter("state", "==", values[0]))
             else:

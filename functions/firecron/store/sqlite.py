@@ -199,6 +199,7 @@ class SQLiteStore:
             " state TEXT NOT NULL,"
             " created_at INTEGER NOT NULL,"  # epoch microseconds
             " watch_at INTEGER,"  # epoch microseconds; NULL when terminal
+            " version INTEGER NOT NULL DEFAULT 1,"
             " data TEXT NOT NULL)"  # JSON
         )
         conn.execute(
@@ -231,9 +232,11 @@ class SQLiteStore:
                 f"store {self._url}: unreadable schedule {schedule_id!r}: {_first_line(exc)}"
             ) from exc
 
-    def _run_from_row(self, run_id: str, data: str) -> Run:
+    def _run_from_row(self, run_id: str, data: str, version: int) -> Run:
         try:
-            return Run.model_validate(json.loads(data))
+            run = Run.model_validate(json.loads(data))
+            run.version = str(version)
+            return run
         except (ValueError, ValidationError) as exc:
             raise StoreError(
                 f"store {self._url}: unreadable run {run_id!r}: {_first_line(exc)}"
@@ -249,17 +252,18 @@ class SQLiteStore:
             _encode(run),
         )
 
-    def _insert_run(self, conn: sqlite3.Connection, run: Run) -> bool:
-        """Insert ``run`` inside the caller's transaction; False if its id exists."""
+    def _insert_run(self, conn: sqlite3.Connection, run: Run) -> Run | None:
+        """Insert ``run`` inside the caller's transaction; None if its id exists."""
         try:
             conn.execute(
                 f"INSERT INTO {self._runs}"
-                " (id, schedule_id, state, created_at, watch_at, data) VALUES (?, ?, ?, ?, ?, ?)",
+                " (id, schedule_id, state, created_at, watch_at, data, version)"
+                " VALUES (?, ?, ?, ?, ?, ?, 1)",
                 (run.id, *self._run_values(run)),
             )
         except sqlite3.IntegrityError:
-            return False
-        return True
+            return None
+        return run.model_copy(update={"version": "1"})
 
     # -- schedules ----------------------------------------------------------------
 
@@ -383,7 +387,7 @@ class SQLiteStore:
 
     async def claim(
         self, stored: StoredSchedule, new_state: ScheduleState, runs: Sequence[Run]
-    ) -> bool:
+    ) -> list[Run] | None:
         """See :meth:`Store.claim`. One ``BEGIN IMMEDIATE`` transaction; all or nothing."""
         expected = _parse_version(stored.version)
         state_json = _encode(new_state)
@@ -392,7 +396,7 @@ class SQLiteStore:
         for run in runs:
             self._run_values(run)
 
-        def claim(conn: sqlite3.Connection) -> bool:
+        def claim(conn: sqlite3.Connection) -> list[Run] | None:
             conn.execute("BEGIN IMMEDIATE")
             cursor = conn.execute(
                 f"UPDATE {self._schedules} SET state = ?, next_fire_at = ?, version = version + 1"
@@ -401,31 +405,35 @@ class SQLiteStore:
             )
             if cursor.rowcount == 0:
                 conn.rollback()
-                return False
+                return None
+            created: list[Run] = []
             for run in runs:
-                if not self._insert_run(conn, run):
+                inserted = self._insert_run(conn, run)
+                if inserted is None:
                     conn.rollback()
-                    return False
+                    return None
+                created.append(inserted)
             conn.execute("COMMIT")
             self.stats.writes += 1 + len(runs)
-            return True
+            return created
 
         return await self._call(claim)
 
     # -- runs ---------------------------------------------------------------------
 
-    async def create_run(self, run: Run) -> bool:
+    async def create_run(self, run: Run) -> Run | None:
         """See :meth:`Store.create_run`."""
         self._run_values(run)
 
-        def create(conn: sqlite3.Connection) -> bool:
+        def create(conn: sqlite3.Connection) -> Run | None:
             conn.execute("BEGIN IMMEDIATE")
-            if not self._insert_run(conn, run):
+            inserted = self._insert_run(conn, run)
+            if inserted is None:
                 conn.rollback()
-                return False
+                return None
             conn.execute("COMMIT")
             self.stats.writes += 1
-            return True
+            return inserted
 
         return await self._call(create)
 
@@ -433,8 +441,10 @@ class SQLiteStore:
         """See :meth:`Store.get_run`. One read."""
 
         def get(conn: sqlite3.Connection) -> Run | None:
-            rows = self._query(conn, f"SELECT data FROM {self._runs} WHERE id = ?", (run_id,))
-            return self._run_from_row(run_id, rows[0][0]) if rows else None
+            rows = self._query(
+                conn, f"SELECT data, version FROM {self._runs} WHERE id = ?", (run_id,)
+            )
+            return self._run_from_row(run_id, rows[0][0], rows[0][1]) if rows else None
 
         return await self._call(get)
 
@@ -449,17 +459,25 @@ class SQLiteStore:
             for start in range(0, len(wanted), _IN_CHUNK):
                 chunk = wanted[start : start + _IN_CHUNK]
                 marks = ", ".join("?" * len(chunk))
-                for run_id, data in self._query(
-                    conn, f"SELECT id, data FROM {self._runs} WHERE id IN ({marks})", chunk
+                for run_id, data, version in self._query(
+                    conn,
+                    f"SELECT id, data, version FROM {self._runs} WHERE id IN ({marks})",
+                    chunk,
                 ):
-                    found[run_id] = self._run_from_row(run_id, data)
+                    found[run_id] = self._run_from_row(run_id, data, version)
             return found
 
         found = await self._call(get_many)
         return [found[run_id] for run_id in run_ids if run_id in found]
 
     async def update_run(
-        self, run_id: str, expect_states: Sequence[RunState], changes: Mapping[str, Any]
+        self,
+        run_id: str,
+        expect_states: Sequence[RunState],
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
+        current: Run | None = None,
     ) -> Run | None:
         """See :meth:`Store.update_run`. Read, check and write in one ``BEGIN IMMEDIATE``.
 
@@ -470,31 +488,47 @@ class SQLiteStore:
         if "id" in changes and changes["id"] != run_id:
             raise InvalidInputError(f"update_run cannot change the id of run {run_id!r}")
 
+        version = current.version if current is not None else None
+        if current is not None and version is None:
+            raise InvalidInputError(f"update_run {run_id!r}: 'current' carries no version")
+        wanted_version = None if version is None else _parse_version(version)
+
         def update(conn: sqlite3.Connection) -> Run | None:
             conn.execute("BEGIN IMMEDIATE")
-            rows = self._query(
-                conn, f"SELECT state, data FROM {self._runs} WHERE id = ?", (run_id,)
-            )
-            if not rows or rows[0][0] not in allowed:
+            # Within one IMMEDIATE transaction the read is free of races, so the version
+            # path and the conditions path share it; only Firestore saves a read.
+            rows = conn.execute(
+                f"SELECT state, data, version FROM {self._runs} WHERE id = ?", (run_id,)
+            ).fetchall()
+            if version is None:
+                self.stats.queries += 1
+                self.stats.reads += len(rows)
+            if not rows or (version is not None and rows[0][2] != wanted_version):
                 conn.rollback()
                 return None
-            current = self._run_from_row(run_id, rows[0][1])
+            stored = self._run_from_row(run_id, rows[0][1], rows[0][2])
+            if version is None and (
+                rows[0][0] not in allowed
+                or any(getattr(stored, k) != v for k, v in (expect or {}).items())
+            ):
+                conn.rollback()
+                return None
             try:
                 # Validate the merged whole, so a bad value or unknown field raises here
                 # instead of being stored (model_copy(update=...) would not validate).
-                updated = Run.model_validate({**current.model_dump(), **changes})
+                updated = Run.model_validate({**stored.model_dump(), **changes})
             except ValidationError as exc:
                 raise InvalidInputError(
                     f"invalid changes to run {run_id!r}: {_first_line(exc)}"
                 ) from exc
             conn.execute(
                 f"UPDATE {self._runs} SET schedule_id = ?, state = ?, created_at = ?,"
-                " watch_at = ?, data = ? WHERE id = ?",
+                " watch_at = ?, data = ?, version = version + 1 WHERE id = ?",
                 (*self._run_values(updated), run_id),
             )
             conn.execute("COMMIT")
             self.stats.writes += 1
-            return updated
+            return updated.model_copy(update={"version": str(rows[0][2] + 1)})
 
         return await self._call(update)
 
@@ -507,11 +541,11 @@ class SQLiteStore:
         def due(conn: sqlite3.Connection) -> list[Run]:
             rows = self._query(
                 conn,
-                f"SELECT id, data FROM {self._runs}"
+                f"SELECT id, data, version FROM {self._runs}"
                 " WHERE watch_at IS NOT NULL AND watch_at <= ? ORDER BY watch_at, id LIMIT ?",
                 (bound, limit),
             )
-            return [self._run_from_row(run_id, data) for run_id, data in rows]
+            return [self._run_from_row(run_id, data, v) for run_id, data, v in rows]
 
         return await self._call(due)
 
@@ -544,12 +578,12 @@ class SQLiteStore:
         if limit <= 0:
             return []
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT id, data FROM {self._runs}{clause} ORDER BY created_at DESC, id DESC LIMIT ?"
+        sql = f"SELECT id, data, version FROM {self._runs}{clause} ORDER BY created_at DESC, id DESC LIMIT ?"
         params.append(limit)
 
         def list_some(conn: sqlite3.Connection) -> list[Run]:
             rows = self._query(conn, sql, params)
-            return [self._run_from_row(run_id, data) for run_id, data in rows]
+            return [self._run_from_row(run_id, data, v) for run_id, data, v in rows]
 
         return await self._call(list_some)
 
