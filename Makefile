@@ -10,6 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8080
+CODE := functions tests $(wildcard bench)
 
 .PHONY: help dev test lint fmt bench requirements clean
 
@@ -32,13 +33,13 @@ test: $(STAMP) lint ## lint, type-check and run the whole test suite (starts the
 	$(BIN)/python -m pytest
 
 lint: $(STAMP) ## ruff and mypy
-	$(BIN)/ruff check functions tests bench
-	$(BIN)/ruff format --check functions tests bench
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy
 
 fmt: $(STAMP) ## format the code
-	$(BIN)/ruff format functions tests bench
-	$(BIN)/ruff check --fix functions tests bench
+	$(BIN)/ruff format $(CODE)
+	$(BIN)/ruff check --fix $(CODE)
 
 bench: $(STAMP) ## run the benchmarks; prints a table and writes bench/results/*.json
 	$(BIN)/python -m bench
