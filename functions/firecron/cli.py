@@ -8,21 +8,24 @@ Shell completion uses click's mechanism, e.g. ``eval "$(_FIRECRON_COMPLETE=bash_
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from firecron import admin
-from firecron._output import console, emit_json, err_console, rfc3339, table
+from firecron._output import console, emit_json, err_console, jsonable, rfc3339, table
 from firecron.core import planning
 from firecron.core.durations import format_duration as fd
 from firecron.core.models import StoredSchedule
+from firecron.core.runs import Run, RunState
 from firecron.core.schedule_file import ScheduleFileError, parse_schedule_file
 from firecron.core.triggers import parse_instant, parse_spec, validate_timezone
+from firecron.dispatch import Dispatcher, run_tick
 from firecron.errors import FirecronError, InvalidInputError, NotFoundError, UserError
 from firecron.settings import Settings
 from firecron.store import Store, open_store
@@ -318,6 +321,226 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
         "Next fire times",
         ["LOCAL", "UTC"],
         [[t.astimezone(zone).isoformat(), rfc3339(t)] for t in upcoming],
+    )
+
+
+@cli.command()
+@store_option
+@json_option
+def tick(store_url: str | None, as_json: bool) -> None:
+    """Run one dispatcher tick: claim and fire due occurrences, then the watchdog pass.
+
+    This is what the `dispatch` function does on every Cloud Scheduler call. Exit
+    code 1 when some schedule or run could not be handled (the others still were).
+
+    \b
+    Example:
+      firecron tick --json
+    """
+    settings = _settings(store_url)
+    summary = _with_store(store_url, lambda s: run_tick(settings, s))
+    data = summary.as_dict()
+    if as_json:
+        emit_json(data)
+    else:
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(data["outcomes"].items())) or "none"
+        events = ", ".join(f"{k} {v}" for k, v in sorted(data["events"].items())) or "none"
+        click.echo(
+            f"tick: {data['due']} due, {data['claimed']} claimed, {data['fired']} fired "
+            f"({outcomes}), {data['skipped']} skipped, {data['missed']} missed, "
+            f"{data['watched']} watched; events: {events}; {data['duration_s']}s"
+        )
+        for line in data["errors"]:
+            click.echo(f"error: {line}", err=True)
+    if summary.errors:
+        sys.exit(1)
+
+
+def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"--param {pair!r}: expected KEY=VALUE")
+        try:
+            # JSON when it parses (numbers, true, lists...), else the plain string.
+            params[key] = json.loads(raw)
+        except ValueError:
+            params[key] = raw
+    return params
+
+
+@cli.command()
+@click.argument("schedule_id", metavar="ID")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="K=V",
+    help="Override a parameter (VALUE is JSON or a string). Repeatable.",
+)
+@store_option
+@json_option
+def trigger(
+    schedule_id: str, params: tuple[str, ...], store_url: str | None, as_json: bool
+) -> None:
+    """Run a schedule now, with optional parameter overrides, and print the run id.
+
+    The run is POSTed like a scheduled one (trigger: manual) and ignores the overlap
+    policy. Follow it with `firecron run RUN_ID`.
+
+    \b
+    Example:
+      firecron trigger hello --param name=you
+    """
+    overrides = _parse_params(params)
+    settings = _settings(store_url)
+
+    async def go(store: Store) -> Run:
+        dispatcher = Dispatcher(store, settings)
+        try:
+            return await dispatcher.trigger(schedule_id, overrides)
+        finally:
+            await dispatcher.aclose()
+
+    run = _with_store(store_url, go)
+    if as_json:
+        emit_json(_run_dict(run))
+    else:
+        click.echo(run.id)
+        err_console.print(f"state: {run.state.value}" + (f" ({run.error})" if run.error else ""))
+
+
+def _duration(run: Run) -> str | None:
+    if run.started_at is None:
+        return None
+    end = run.ended_at or _now()
+    return fd(timedelta(seconds=round((end - run.started_at).total_seconds(), 1))) + (
+        "" if run.ended_at else "+"
+    )
+
+
+def _run_dict(run: Run) -> dict[str, Any]:
+    data: dict[str, Any] = jsonable(run.model_dump(mode="python"))
+    data["duration_s"] = run.duration.total_seconds() if run.duration else None
+    return data
+
+
+@cli.command("runs")
+@click.option("--schedule", "schedule_id", metavar="ID", help="Only runs of this schedule.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in RunState]),
+    help="Only runs in this state. Repeatable.",
+)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@store_option
+@json_option
+def runs_cmd(
+    schedule_id: str | None,
+    states: tuple[str, ...],
+    limit: int,
+    store_url: str | None,
+    as_json: bool,
+) -> None:
+    """List recent runs, newest first.
+
+    \b
+    Examples:
+      firecron runs --schedule hello --limit 5
+      firecron runs --state failed --json
+    """
+    found = _with_store(
+        store_url,
+        lambda s: s.list_runs(
+            schedule_id=schedule_id, states=[RunState(x) for x in states] or None, limit=limit
+        ),
+    )
+    if as_json:
+        emit_json([_run_dict(r) for r in found])
+        return
+    if not found:
+        console.print("no runs")
+        return
+    table(
+        None,
+        ["RUN", "STATE", "ATTEMPT", "SCHEDULED (UTC)", "DURATION", "ERROR"],
+        [
+            [
+                r.id,
+                r.state.value + (" (SLA!)" if r.sla_breached_at else ""),
+                r.attempt,
+                rfc3339(r.scheduled_for),
+                _duration(r),
+                r.error,
+            ]
+            for r in found
+        ],
+    )
+
+
+@cli.command("run")
+@click.argument("run_id")
+@store_option
+@json_option
+def run_cmd(run_id: str, store_url: str | None, as_json: bool) -> None:
+    """Show one run: state, attempts, times, output or error, and SLA breach.
+
+    \b
+    Example:
+      firecron run hello@20270101T090000Z
+    """
+
+    async def get(store: Store) -> Run:
+        found = await store.get_run(run_id)
+        if found is None:
+            raise NotFoundError(f"unknown run {run_id!r}")
+        return found
+
+    run = _with_store(store_url, get)
+    if as_json:
+        emit_json(_run_dict(run))
+        return
+    rows: list[list[Any]] = [
+        ["run", run.id],
+        ["schedule", run.schedule_id],
+        ["state", run.state.value],
+        ["trigger", run.trigger.value],
+        ["attempt", f"{run.attempt} of {run.retry.max_attempts}"],
+        ["scheduled for", rfc3339(run.scheduled_for)],
+        ["target", (run.target.function and f"function:{run.target.function}") or run.target.url],
+        ["params", json.dumps(run.params) if run.params else None],
+        ["created", rfc3339(run.created_at)],
+        ["started", rfc3339(run.started_at)],
+        ["ended", rfc3339(run.ended_at)],
+        ["duration", _duration(run)],
+        ["expected duration", fd(run.expected_duration) if run.expected_duration else None],
+        ["SLA breached at", rfc3339(run.sla_breached_at)],
+        ["next retry", rfc3339(run.retry_at)],
+        ["output", json.dumps(run.output) if run.output is not None else None],
+        ["error", run.error],
+    ]
+    table(None, ["FIELD", "VALUE"], rows)
+    console.print()
+    table(
+        "Attempts",
+        ["#", "SENT", "ACK", "STARTED", "ENDED", "OUTCOME", "ERROR"],
+        [
+            [
+                a.number,
+                rfc3339(a.dispatched_at),
+                {True: "yes", False: "no"}.get(a.acknowledged)
+                if a.acknowledged is not None
+                else None,
+                rfc3339(a.started_at),
+                rfc3339(a.ended_at),
+                a.outcome.value if a.outcome else None,
+                a.error,
+            ]
+            for a in run.attempts
+        ],
     )
 
 

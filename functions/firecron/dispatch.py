@@ -1,0 +1,390 @@
+"""The dispatcher service: one tick claims and fires the due occurrences, then runs the watchdog.
+
+A tick (:meth:`Dispatcher.tick`):
+
+1. pages through the due schedules (one indexed query per page) until the page is
+   short or ``FIRECRON_TICK_BUDGET`` is spent;
+2. plans each due schedule (pure core) and claims it with one atomic write, at most
+   ``FIRECRON_CONCURRENCY`` claims at once; a lost claim means another dispatcher won;
+3. fires each claimed run as soon as its claim commits: a one-way POST that waits at
+   most ``ack_timeout`` for its acknowledgement, never for the work; the outcome is
+   recorded with a version compare-and-set (one write, no read);
+4. runs the watchdog over the runs whose ``watch_at`` has passed (one indexed query):
+   re-fires stale pending runs, marks lost/timed-out runs, records SLA breaches,
+   starts due retries and releases queued runs.
+
+A duplicate or overlapping tick is harmless: every write is a compare-and-set, and a
+POST goes out only after the write that owns it has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets as _secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from firecron.core import lifecycle, planning
+from firecron.core.lifecycle import RunTimeouts, SendOutcome, WatchAction
+from firecron.core.models import JsonValue, OverlapPolicy, StoredSchedule, TargetAuth
+from firecron.core.runs import Run, RunState, RunTrigger, manual_run_id
+from firecron.errors import FirecronError, NotFoundError
+from firecron.settings import Settings
+from firecron.store.base import Store
+from firecron.transport import (
+    GoogleIdTokens,
+    IdTokenProvider,
+    Sender,
+    SendResult,
+    build_dispatch,
+    resolve_url,
+)
+
+__all__ = ["Dispatcher", "TickSummary", "run_tick", "timeouts_for"]
+
+log = logging.getLogger("firecron.dispatch")
+
+PAGE_SIZE = 500
+"""Due schedules (and due watches) read per query."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def timeouts_for(settings: Settings) -> RunTimeouts:
+    """Watchdog deadlines consistent with the settings.
+
+    A claimed run is re-fired only once no tick could still be sending it: the grace
+    exceeds the tick budget plus the acknowledgement wait.
+    """
+    floor = settings.tick_budget + settings.ack_timeout + timedelta(seconds=30)
+    return RunTimeouts(pending_grace=max(RunTimeouts().pending_grace, floor))
+
+
+@dataclass
+class TickSummary:
+    """What one tick did; printed by ``firecron tick`` and returned by ``dispatch``."""
+
+    started_at: datetime
+    finished_at: datetime | None = None
+    due: int = 0
+    """Due schedules read."""
+    claimed: int = 0
+    """Schedules this tick claimed."""
+    lost_claims: int = 0
+    """Claims another dispatcher (or a concurrent edit) won."""
+    fired: int = 0
+    """Runs sent (first attempts, retries and re-fires)."""
+    outcomes: Counter[str] = field(default_factory=Counter)
+    """Send outcomes: acknowledged, unacknowledged, retryable, permanent."""
+    skipped: int = 0
+    queued: int = 0
+    missed: int = 0
+    coalesced: int = 0
+    watched: int = 0
+    """Runs the watchdog looked at."""
+    events: Counter[str] = field(default_factory=Counter)
+    """Run events by type (run.lost, run.sla_breached, run.retrying...)."""
+    pages: int = 0
+    more_due: bool = False
+    """True when the budget ran out with due work left (the next tick continues)."""
+    errors: list[str] = field(default_factory=list)
+    """One line per schedule or run that could not be handled (the tick goes on)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (times RFC 3339 UTC)."""
+
+        def ts(value: datetime | None) -> str | None:
+            return (
+                None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            )
+
+        return {
+            "started_at": ts(self.started_at),
+            "finished_at": ts(self.finished_at),
+            "duration_s": round((self.finished_at - self.started_at).total_seconds(), 3)
+            if self.finished_at
+            else None,
+            "due": self.due,
+            "claimed": self.claimed,
+            "lost_claims": self.lost_claims,
+            "fired": self.fired,
+            "outcomes": dict(self.outcomes),
+            "skipped": self.skipped,
+            "queued": self.queued,
+            "missed": self.missed,
+            "coalesced": self.coalesced,
+            "watched": self.watched,
+            "events": dict(self.events),
+            "pages": self.pages,
+            "more_due": self.more_due,
+            "errors": self.errors[:50],
+        }
+
+
+class Dispatcher:
+    """Claims and fires due occurrences and runs the watchdog against one store.
+
+    ``clock`` is read for real-time stamps (signatures, send times); a tick's planning
+    instant can be passed explicitly (tests, backfills). The dispatcher keeps nothing
+    between ticks but its HTTP sender; :meth:`aclose` releases it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        sender: Sender | None = None,
+        id_tokens: IdTokenProvider | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        timeouts: RunTimeouts | None = None,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.timeouts = timeouts or timeouts_for(settings)
+        self.page_size = page_size
+        self._sender = sender
+        self._id_tokens = id_tokens
+
+    @property
+    def sender(self) -> Sender:
+        """The HTTP sender, created on first use (so constructing does no I/O)."""
+        if self._sender is None:
+            self._sender = Sender(
+                concurrency=self.settings.concurrency,
+                max_open=self.settings.max_open,
+                ack_timeout=self.settings.ack_timeout.total_seconds(),
+                allow_private_targets=self.settings.allow_private_targets,
+            )
+        return self._sender
+
+    async def aclose(self) -> None:
+        """Close the sender's connections."""
+        if self._sender is not None:
+            await self._sender.aclose()
+
+    # -- the tick -------------------------------------------------------------------------
+
+    async def tick(self, now: datetime | None = None) -> TickSummary:
+        """Run one tick at ``now`` (default: the clock). Never raises for one bad schedule or run."""
+        now = now or self.clock()
+        summary = TickSummary(started_at=self.clock())
+        deadline = time.monotonic() + self.settings.tick_budget.total_seconds()
+        claim_slots = asyncio.Semaphore(self.settings.concurrency)
+        fires: list[asyncio.Task[None]] = []
+        seen: set[str] = set()
+        while True:
+            due = await self.store.due_schedules(now, self.page_size)
+            fresh = [s for s in due if s.id not in seen]
+            if not fresh:
+                break
+            summary.pages += 1
+            summary.due += len(fresh)
+            seen.update(s.id for s in fresh)
+            latest = await self._latest_runs(fresh)
+            await asyncio.gather(
+                *(self._claim_and_fire(s, latest, now, summary, claim_slots, fires) for s in fresh)
+            )
+            if len(due) < self.page_size:
+                break
+            if time.monotonic() >= deadline:
+                summary.more_due = True
+                break
+        await self._watchdog(now, summary, fires)
+        if fires:
+            await asyncio.gather(*fires)
+        summary.finished_at = self.clock()
+        return summary
+
+    async def _latest_runs(self, schedules: list[StoredSchedule]) -> dict[str, Run]:
+        """Latest runs of the schedules whose overlap policy needs them (one batched read)."""
+        wanted = [
+            s.state.last_run_id
+            for s in schedules
+            if s.state.last_run_id
+            and s.spec.target.is_worker
+            and s.spec.overlap is not OverlapPolicy.allow
+        ]
+        if not wanted:
+            return {}
+        return {r.id: r for r in await self.store.get_runs(wanted)}
+
+    async def _claim_and_fire(
+        self,
+        stored: StoredSchedule,
+        latest: Mapping[str, Run],
+        now: datetime,
+        summary: TickSummary,
+        slots: asyncio.Semaphore,
+        fires: list[asyncio.Task[None]],
+    ) -> None:
+        async with slots:
+            try:
+                latest_run = latest.get(stored.state.last_run_id or "")
+                plan = planning.plan(
+                    stored, latest_run, now, pending_grace=self.timeouts.pending_grace
+                )
+                if not plan.runs and plan.new_state == stored.state:
+                    return
+                created = await self.store.claim(stored, plan.new_state, plan.runs)
+            except FirecronError as exc:
+                summary.errors.append(f"schedule {stored.id}: {exc}")
+                log.error("schedule %s: %s", stored.id, exc)
+                return
+        if created is None:
+            summary.lost_claims += 1
+            return
+        summary.claimed += 1
+        summary.missed += plan.missed_count
+        summary.coalesced += plan.coalesced
+        if plan.missed_count:
+            summary.events["run.missed"] += plan.missed_count
+        for run in created:
+            if run.state is RunState.skipped:
+                summary.skipped += 1
+                summary.events["run.skipped"] += 1
+            elif run.state is RunState.queued:
+                summary.queued += 1
+            else:
+                # Fire as soon as this claim commits; the claim slot is already free, so
+                # waiting for acknowledgements never slows other claims down.
+                fires.append(asyncio.create_task(self._fire_task(run, summary)))
+
+    # -- firing ---------------------------------------------------------------------------
+
+    async def fire(self, run: Run) -> Run:
+        """Send a ``pending`` run's current attempt and record the outcome; returns the run as recorded."""
+        summary = TickSummary(started_at=self.clock())
+        return await self._fire(run, summary) or run
+
+    async def _fire(self, run: Run, summary: TickSummary) -> Run | None:
+        summary.fired += 1
+        result = await self._send(run)
+        summary.outcomes[result.outcome.value] += 1
+        change = lifecycle.sent(
+            run,
+            self.clock(),
+            result.outcome,
+            self.timeouts,
+            status_code=result.status_code,
+            error=result.error,
+        )
+        try:
+            recorded = await self.store.update_run(
+                run.id, change.expect, change.changes, current=run
+            )
+        except FirecronError as exc:
+            summary.errors.append(f"run {run.id}: recording the send failed: {exc}")
+            return None
+        if recorded is not None and change.event:
+            summary.events[change.event] += 1
+        if result.outcome in (SendOutcome.retryable, SendOutcome.permanent):
+            log.warning("run %s attempt %d: %s", run.id, run.attempt, result.error)
+        # None: the worker already started the run (or a watchdog moved it on); its record wins.
+        return recorded
+
+    async def _send(self, run: Run) -> SendResult:
+        try:
+            url = resolve_url(run.target, self.settings.functions_base_url)
+            if run.target.auth is TargetAuth.hmac and not self.settings.signing_secrets:
+                return SendResult(
+                    SendOutcome.permanent, None, "auth: hmac needs FIRECRON_SIGNING_SECRET"
+                )
+            token = None
+            if run.target.auth is TargetAuth.oidc:
+                if self._id_tokens is None:
+                    self._id_tokens = GoogleIdTokens()
+                token = await self._id_tokens.token(url)
+            dispatch = build_dispatch(
+                run, url, secrets=self.settings.signing_secrets, now=self.clock(), id_token=token
+            )
+        except FirecronError as exc:
+            return SendResult(SendOutcome.permanent, None, str(exc))
+        return await self.sender.send(dispatch)
+
+    # -- manual runs ----------------------------------------------------------------------
+
+    async def trigger(self, schedule_id: str, params: Mapping[str, JsonValue] | None = None) -> Run:
+        """Create a manual run of a schedule now, fire it, and return it as recorded.
+
+        Manual runs ignore the overlap policy (an operator asked for this run) and do
+        not change the schedule's state or counters. Raises :class:`NotFoundError`.
+        """
+        stored = await self.store.get_schedule(schedule_id)
+        if stored is None:
+            raise NotFoundError(f"unknown schedule {schedule_id!r}")
+        now = self.clock()
+        run = planning.build_run(
+            stored.spec,
+            manual_run_id(schedule_id, now, _secrets.token_hex(3)),
+            planning.Occurrence(now, now),
+            now,
+            trigger=RunTrigger.manual,
+            params=params,
+            pending_grace=self.timeouts.pending_grace,
+        )
+        created = await self.store.create_run(run)
+        if created is None:  # a 24-bit nonce collision within the same second
+            raise FirecronError(f"run {run.id} already exists; try again")
+        return await self.fire(created)
+
+    # -- the watchdog ---------------------------------------------------------------------
+
+    async def _watchdog(
+        self, now: datetime, summary: TickSummary, fires: list[asyncio.Task[None]]
+    ) -> None:
+        runs = await self.store.due_watches(now, self.page_size)
+        summary.watched += len(runs)
+        slots = asyncio.Semaphore(self.settings.concurrency)
+
+        async def one(run: Run) -> None:
+            async with slots:
+                try:
+                    await self._watch_one(run, now, summary, fires)
+                except FirecronError as exc:
+                    summary.errors.append(f"run {run.id}: {exc}")
+                    log.error("watchdog %s: %s", run.id, exc)
+
+        await asyncio.gather(*(one(r) for r in runs))
+
+    async def _watch_one(
+        self, run: Run, now: datetime, summary: TickSummary, fires: list[asyncio.Task[None]]
+    ) -> None:
+        decision = lifecycle.watch(run, now, self.timeouts)
+        if decision.action is WatchAction.check_blocker:
+            blocker = await self.store.get_run(run.blocked_by) if run.blocked_by else None
+            ended = blocker is None or blocker.is_terminal
+            decision = lifecycle.watch(run, now, self.timeouts, blocker_ended=ended)
+        if decision.change is None:
+            return
+        recorded = await self.store.update_run(
+            run.id, decision.change.expect, decision.change.changes, current=run
+        )
+        if recorded is None:
+            return  # another tick or the worker acted first
+        if decision.change.event:
+            summary.events[decision.change.event] += 1
+            log.info("run %s: %s", run.id, decision.change.event)
+        if decision.action is WatchAction.fire:
+            fires.append(asyncio.create_task(self._fire_task(recorded, summary)))
+
+    async def _fire_task(self, run: Run, summary: TickSummary) -> None:
+        await self._fire(run, summary)
+
+
+async def run_tick(settings: Settings, store: Store, now: datetime | None = None) -> TickSummary:
+    """Open a dispatcher on ``store``, run one tick, close it (the entry points' helper)."""
+    dispatcher = Dispatcher(store, settings)
+    try:
+        return await dispatcher.tick(now)
+    finally:
+        await dispatcher.aclose()
