@@ -1,0 +1,42 @@
+"""The one-way HTTP invocation: building, signing, guarding and sending dispatch POSTs.
+
+- :mod:`~firecron.transport.sender`: :func:`build_dispatch` and the :class:`Sender`
+  with firecron's ack semantics and the send-slot / open-slot split.
+- :mod:`~firecron.transport.guard`: the SSRF guard (:func:`check_target`).
+- :mod:`~firecron.transport.signing`: Standard Webhooks signatures.
+- :mod:`~firecron.transport.idtoken`: Google ID tokens for ``auth: oidc`` targets.
+"""
+
+from firecron.transport.guard import ResolvedTarget, check_target, redact_url, resolve_target
+from firecron.transport.idtoken import GoogleIdTokens, IdTokenProvider
+from firecron.transport.sender import (
+    Dispatch,
+    OneShotTransport,
+    Sender,
+    SenderStats,
+    SendResult,
+    build_dispatch,
+    dispatch_body,
+    resolve_url,
+)
+from firecron.transport.signing import sign_webhook, signature_headers, verify_webhook
+
+__all__ = [
+    "Dispatch",
+    "GoogleIdTokens",
+    "IdTokenProvider",
+    "OneShotTransport",
+    "ResolvedTarget",
+    "SendResult",
+    "Sender",
+    "SenderStats",
+    "build_dispatch",
+    "check_target",
+    "dispatch_body",
+    "redact_url",
+    "resolve_target",
+    "resolve_url",
+    "sign_webhook",
+    "signature_headers",
+    "verify_webhook",
+]
