@@ -197,3 +197,17 @@ def test_watchdog_clears_stray_deadlines_on_terminal_runs(state: RunState) -> No
     decision = lc.watch(run(state, watch_at=T0), T0, T)
     assert decision.change is not None
     assert decision.change.changes["watch_at"] is None
+
+
+def test_terminal_transitions_set_expiry_from_retention() -> None:
+    kept = run(S.running, started_at=T0, heartbeat_at=T0, retention=timedelta(days=7))
+    done = apply(kept, lc.succeed(kept, T0, None))
+    assert done.expire_at == T0 + timedelta(days=7)
+    forever = run(S.running, started_at=T0, heartbeat_at=T0)
+    assert apply(forever, lc.succeed(forever, T0, None)).expire_at is None
+    plain = run(target=PLAIN, retention=timedelta(days=1))
+    assert apply(
+        plain, lc.sent(plain, T0, lc.SendOutcome.acknowledged, T)
+    ).expire_at == T0 + timedelta(days=1)
+    retrying = apply(plain, lc.sent(plain, T0, lc.SendOutcome.retryable, T))
+    assert retrying.expire_at is None

@@ -236,3 +236,12 @@ def test_replan_keeps_state_unless_timing_changed() -> None:
     moved = planning.replan(new, old, st, T0 + MIN)
     assert moved.next_occurrence == T0 + 15 * MIN
     assert moved.run_count == 7
+
+
+def test_runs_carry_retention_from_the_schedule_or_the_default() -> None:
+    s = stored(spec(retention="3d"))
+    [run] = planning.plan(s, None, T0, default_retention=timedelta(days=30)).runs
+    assert run.retention == timedelta(days=3)
+    [run] = planning.plan(stored(spec()), None, T0, default_retention=timedelta(days=30)).runs
+    assert run.retention == timedelta(days=30)
+    assert run.expire_at is None  # set when it ends

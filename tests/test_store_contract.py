@@ -401,6 +401,8 @@ async def test_update_run_applies_and_roundtrips_all_field_types(store: Store) -
         "timeout": timedelta(minutes=30),
         "expected_duration": timedelta(minutes=10, milliseconds=500),
         "labels": {"team": "data", "tier": "1"},
+        "retention": "7d",
+        "expire_at": T0 + timedelta(days=8),
         "params": {"date": "2027-01-01", "n": 3, "nested": {"list": [1, 2.5, None, True]}},
         "output": {"rows": 42, "ok": True, "ratio": 0.25, "tags": ["a", "b"], "none": None},
         "error": "first attempt: connection reset",
@@ -607,6 +609,7 @@ async def test_full_spec_and_state_roundtrip(store: Store) -> None:
             "overlap": "queue_one",
             "misfire": {"policy": "all", "grace": "2h"},
             "labels": {"team": "data", "env": "prod"},
+            "retention": "90d",
         }
     )
     state = ScheduleState(
@@ -650,6 +653,8 @@ async def test_full_run_roundtrip(store: Store) -> None:
         timeout="45m",
         expected_duration="15m",
         labels={"a": "b"},
+        retention=timedelta(days=7),
+        expire_at=T0 + timedelta(days=7),
         dispatched_at=T0 + timedelta(seconds=8),
         started_at=T0 + timedelta(seconds=9),
         heartbeat_at=T0 + timedelta(seconds=39),

@@ -331,6 +331,7 @@ class Dispatcher:
             trigger=RunTrigger.manual,
             params=params,
             pending_grace=self.timeouts.pending_grace,
+            default_retention=self.settings.run_retention,
         )
         created = await self.store.create_run(run)
         if created is None:  # a 24-bit nonce collision within the same second

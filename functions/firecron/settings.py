@@ -30,6 +30,7 @@ ENV_VARS: dict[str, str] = {
     "FIRECRON_ACK_TIMEOUT": "how long a dispatch waits for its acknowledgement (default 5s)",
     "FIRECRON_TICK_BUDGET": "how long one tick may keep claiming due work (default 50s)",
     "FIRECRON_ALLOW_PRIVATE_TARGETS": "allow loopback/private target addresses (dev and tests)",
+    "FIRECRON_RUN_RETENTION": "how long finished runs are kept before the store may delete them (default 30d)",
 }
 """Every variable firecron reads, with its meaning (the README and infra tests use this)."""
 
@@ -86,6 +87,7 @@ class Settings:
     ack_timeout: timedelta = timedelta(seconds=5)
     tick_budget: timedelta = timedelta(seconds=50)
     allow_private_targets: bool = False
+    run_retention: timedelta = timedelta(days=30)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -109,6 +111,7 @@ class Settings:
             ack_timeout=_duration(env, "FIRECRON_ACK_TIMEOUT", timedelta(seconds=5)),
             tick_budget=_duration(env, "FIRECRON_TICK_BUDGET", timedelta(seconds=50)),
             allow_private_targets=_bool(env, "FIRECRON_ALLOW_PRIVATE_TARGETS"),
+            run_retention=_duration(env, "FIRECRON_RUN_RETENTION", timedelta(days=30)),
         )
         if settings.max_open < settings.concurrency:
             raise InvalidInputError(

@@ -86,6 +86,12 @@ class SendOutcome(StrEnum):
     """Any other 4xx, or a refused target: retrying cannot help."""
 
 
+def _ended(run: Run, now: datetime) -> dict[str, Any]:
+    """The fields every terminal transition sets: end time, no deadline, expiry."""
+    expire_at = now + run.retention if run.retention is not None else None
+    return {"ended_at": now, "watch_at": None, "expire_at": expire_at}
+
+
 def _attempts(run: Run, **fields: Any) -> list[Attempt]:
     """The attempt list with the current attempt's fields updated (created if missing)."""
     attempts = [a.model_copy() for a in run.attempts]
@@ -133,12 +139,7 @@ def sent(
             attempts[-1] = attempts[-1].model_copy(
                 update={"outcome": _S.delivered, "ended_at": now}
             )
-            changes = {
-                "state": _S.delivered,
-                "dispatched_at": now,
-                "ended_at": now,
-                "watch_at": None,
-            }
+            changes = {"state": _S.delivered, "dispatched_at": now, **_ended(run, now)}
         return Change((_S.pending,), {**changes, "attempts": attempts, "updated_at": now})
     if outcome is SendOutcome.permanent:
         return attempt_failed(
@@ -184,9 +185,7 @@ def attempt_failed(
     ]
     if dispatch:
         event = "dispatch.failed"
-    return Change(
-        expect, {**base, "state": outcome, "ended_at": now, "watch_at": None}, event=event
-    )
+    return Change(expect, {**base, "state": outcome, **_ended(run, now)}, event=event)
 
 
 def next_attempt(run: Run, now: datetime, t: RunTimeouts) -> Change:
@@ -244,8 +243,7 @@ def succeed(run: Run, now: datetime, output: JsonValue) -> Change:
             "state": _S.succeeded,
             "output": output,
             "error": None,
-            "ended_at": now,
-            "watch_at": None,
+            **_ended(run, now),
             "attempts": _attempts(run, ended_at=now, outcome=_S.succeeded),
             "updated_at": now,
         },

@@ -238,6 +238,8 @@ class ScheduleSpec(_Frozen):
     """Misfire policy."""
     labels: dict[str, str] = Field(default_factory=dict)
     """Free-form key/value labels, used by notification rules and listings."""
+    retention: Duration | None = None
+    """How long finished runs are kept (default ``FIRECRON_RUN_RETENTION``, 30 days)."""
 
     @field_validator("timezone")
     @classmethod

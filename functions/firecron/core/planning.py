@@ -176,6 +176,7 @@ def build_run(
     params: Mapping[str, JsonValue] | None = None,
     pending_grace: timedelta = timedelta(minutes=2),
     blocked_by: str | None = None,
+    default_retention: timedelta | None = None,
 ) -> Run:
     """A new run of ``spec`` with the policy snapshot it needs.
 
@@ -188,6 +189,7 @@ def build_run(
         watch_at = now + pending_grace
     elif state is RunState.queued:
         watch_at = now
+    retention = spec.retention if spec.retention is not None else default_retention
     merged = dict(spec.params)
     if params:
         merged.update(params)
@@ -204,6 +206,8 @@ def build_run(
         timeout=spec.timeout,
         expected_duration=spec.expected_duration,
         labels=spec.labels,
+        retention=retention,
+        expire_at=now + retention if state is RunState.skipped and retention is not None else None,
         created_at=now,
         updated_at=now,
         ended_at=now if state is RunState.skipped else None,
@@ -223,6 +227,7 @@ def plan(
     *,
     misfire_threshold: timedelta = DEFAULT_MISFIRE_THRESHOLD,
     pending_grace: timedelta = timedelta(minutes=2),
+    default_retention: timedelta | None = None,
 ) -> Plan:
     """Plan one tick for a schedule (see the module docstring for the policies).
 
@@ -286,17 +291,43 @@ def plan(
     for occ in chosen:
         run_id = scheduled_run_id(spec.id, occ.scheduled_for)
         if not blocker_active:
-            runs.append(build_run(spec, run_id, occ, now, pending_grace=pending_grace))
+            runs.append(
+                build_run(
+                    spec,
+                    run_id,
+                    occ,
+                    now,
+                    pending_grace=pending_grace,
+                    default_retention=default_retention,
+                )
+            )
             fired += 1
             blocker_active, blocker_id, last_run_id = checks_overlap, run_id, run_id
         elif spec.overlap is OverlapPolicy.queue_one and not queue_full:
             runs.append(
-                build_run(spec, run_id, occ, now, state=RunState.queued, blocked_by=blocker_id)
+                build_run(
+                    spec,
+                    run_id,
+                    occ,
+                    now,
+                    state=RunState.queued,
+                    blocked_by=blocker_id,
+                    default_retention=default_retention,
+                )
             )
             queued += 1
             queue_full, last_run_id = True, run_id
         else:
-            runs.append(build_run(spec, run_id, occ, now, state=RunState.skipped))
+            runs.append(
+                build_run(
+                    spec,
+                    run_id,
+                    occ,
+                    now,
+                    state=RunState.skipped,
+                    default_retention=default_retention,
+                )
+            )
             skipped += 1
 
     last_handled = max(

@@ -182,6 +182,10 @@ class Run(BaseModel):
     """Snapshot of the schedule's SLA."""
     labels: dict[str, str] = Field(default_factory=dict)
     """Snapshot of the schedule's labels."""
+    retention: Duration | None = None
+    """How long the run is kept once it ends (None: forever)."""
+    expire_at: AwareDatetime | None = None
+    """When the store may delete the finished run (Firestore TTL field); None while active."""
     created_at: AwareDatetime
     """When the run was claimed."""
     updated_at: AwareDatetime
