@@ -226,3 +226,17 @@ async def test_manual_trigger_merges_params_and_ignores_schedule_state(store: St
     after = await store.get_schedule(stored.id)
     assert after is not None
     assert after.state == stored.state
+
+
+async def test_finished_runs_get_an_expiry(store: Store) -> None:
+    with serve() as sink:
+        await seed(store, 1, sink.url + "/hook")
+        d = Dispatcher(store, settings(run_retention=timedelta(days=2)))
+        try:
+            await d.tick(T0)
+        finally:
+            await d.aclose()
+    [run] = await store.list_runs(limit=1)
+    assert run.state is RunState.delivered
+    assert run.ended_at is not None
+    assert run.expire_at == run.ended_at + timedelta(days=2)

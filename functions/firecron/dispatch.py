@@ -231,7 +231,11 @@ class Dispatcher:
             try:
                 latest_run = latest.get(stored.state.last_run_id or "")
                 plan = planning.plan(
-                    stored, latest_run, now, pending_grace=self.timeouts.pending_grace
+                    stored,
+                    latest_run,
+                    now,
+                    pending_grace=self.timeouts.pending_grace,
+                    default_retention=self.settings.run_retention,
                 )
                 if not plan.runs and plan.new_state == stored.state:
                     return
