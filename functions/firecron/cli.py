@@ -544,6 +544,52 @@ def run_cmd(run_id: str, store_url: str | None, as_json: bool) -> None:
     )
 
 
+@cli.command()
+@click.option(
+    "--schedules",
+    "schedules_file",
+    type=click.Path(dir_okay=False),
+    help="Schedules YAML to apply at start (e.g. schedules.yaml).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8080,
+    show_default=True,
+    help="Port of the local workers.",
+)
+@click.option(
+    "--source",
+    type=click.Path(dir_okay=False),
+    help="Module with the workers (default: functions/main.py).",
+)
+@store_option
+def dev(schedules_file: str | None, port: int, source: str | None, store_url: str | None) -> None:
+    """Run the local stack: SQLite store, every worker of main.py, a dispatcher ticking every second.
+
+    Workers are served by functions-framework at http://127.0.0.1:PORT/<name>. A live
+    view shows upcoming fire times and recent runs (plain log lines when piped).
+    Ctrl-C stops it; runs in flight are recovered by the watchdog on the next start.
+
+    \b
+    Example:
+      firecron dev --schedules schedules.yaml --port 8080
+    """
+    from pathlib import Path as _Path
+
+    from firecron.dev import DevStack, default_source
+
+    doc = _read_schedule_file(schedules_file) if schedules_file else None
+    stack = DevStack(
+        _settings(store_url),
+        doc,
+        port=port,
+        source=_Path(source) if source else default_source(),
+        console=console,
+    )
+    asyncio.run(stack.run())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and map errors to exit codes."""
     try:

@@ -1,0 +1,294 @@
+"""The local stack: ``firecron dev``. Edge module; nothing imports it but the CLI.
+
+One process runs, on the embedded SQLite store:
+
+- every worker entry point of ``functions/main.py``, each served by the real
+  functions-framework app (``create_app``) and mounted at ``/<name>`` on one port,
+  with ``FIRECRON_FUNCTIONS_BASE_URL`` pointing there;
+- a dispatcher that ticks every second (so second-level ``every`` schedules work);
+- the schedules file, applied at start;
+- a live view of upcoming fire times and recent runs (rich), or plain log lines
+  when stdout is not a terminal.
+
+Ctrl-C or SIGTERM stops it within a few seconds. Runs still in flight are left as
+they are (``running``/``dispatched``); the watchdog recovers them on the next start,
+exactly as it would after a crash in the cloud.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import importlib.util
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from firecron import admin
+from firecron.core.durations import format_duration
+from firecron.core.models import StoredSchedule
+from firecron.core.runs import Run, RunState
+from firecron.core.schedule_file import ScheduleFile
+from firecron.dispatch import Dispatcher
+from firecron.errors import InvalidInputError
+from firecron.settings import Settings
+from firecron.store import Store, open_store
+
+__all__ = ["DevStack", "default_source", "find_workers"]
+
+_STATE_STYLE = {
+    RunState.succeeded: "green",
+    RunState.delivered: "green",
+    RunState.failed: "bold red",
+    RunState.lost: "red",
+    RunState.timed_out: "red",
+    RunState.running: "cyan",
+    RunState.dispatched: "cyan",
+    RunState.pending: "yellow",
+    RunState.retry_wait: "yellow",
+    RunState.queued: "magenta",
+    RunState.skipped: "dim",
+}
+
+
+def default_source() -> Path:
+    """``functions/main.py`` next to the installed (editable) package."""
+    return Path(__file__).resolve().parents[1] / "main.py"
+
+
+def _load(source: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("main", source)
+    if spec is None or spec.loader is None:
+        raise InvalidInputError(f"cannot load {source}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("main", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def find_workers(source: Path) -> list[str]:
+    """Names of the ``@firecron.worker`` functions defined in ``source``, sorted."""
+    if not source.is_file():
+        raise InvalidInputError(f"{source}: no such file (pass --source functions/main.py)")
+    module = _load(source)
+    return sorted(
+        name
+        for name, value in vars(module).items()
+        if callable(value) and getattr(value, "__firecron_worker__", False)
+    )
+
+
+def _workers_app(source: Path, names: list[str]) -> Any:
+    """One WSGI app: each worker's functions-framework app mounted at ``/<name>``."""
+    import functions_framework
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+    from werkzeug.wrappers import Response
+
+    def index(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        body = "firecron dev: workers at " + ", ".join(f"/{n}" for n in names) + "\n"
+        return Response(body, status=404, mimetype="text/plain")(environ, start_response)
+
+    create_app: Callable[..., Any] = functions_framework.create_app
+    mounts = {
+        f"/{name}": create_app(target=name, source=str(source), signature_type="http")
+        for name in names
+    }
+    return DispatcherMiddleware(index, mounts)
+
+
+class DevStack:
+    """The running stack. :meth:`run` blocks until stopped; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        schedule_file: ScheduleFile | None,
+        *,
+        port: int,
+        source: Path,
+        console: Console,
+        tick_every: float = 1.0,
+    ) -> None:
+        self.port = port
+        self.source = source
+        self.schedule_file = schedule_file
+        self.console = console
+        self.tick_every = tick_every
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.settings = replace(
+            settings, functions_base_url=self.base_url, allow_private_targets=True
+        )
+        self._stop = asyncio.Event()
+        self._seen: dict[str, tuple[RunState, int]] = {}
+
+    def _export_env(self) -> None:
+        # The worker SDK reads its settings from the environment on its first request.
+        os.environ["FIRECRON_STORE"] = self.settings.store_url
+        os.environ["FIRECRON_NAMESPACE"] = self.settings.namespace
+        os.environ["FIRECRON_FUNCTIONS_BASE_URL"] = self.base_url
+        os.environ["FIRECRON_ALLOW_PRIVATE_TARGETS"] = "1"
+
+    def _serve(self, names: list[str]) -> Any:
+        from werkzeug.serving import make_server
+
+        try:
+            server = make_server(
+                "127.0.0.1", self.port, _workers_app(self.source, names), threaded=True
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise InvalidInputError(
+                    f"port {self.port} is already in use: choose another with --port N (make dev PORT=N)"
+                ) from None
+            raise InvalidInputError(
+                f"cannot listen on 127.0.0.1:{self.port}: {exc.strerror}"
+            ) from None
+        server.daemon_threads = True  # type: ignore[attr-defined]  # in-flight runs must not block shutdown
+        threading.Thread(target=server.serve_forever, name="firecron-dev-http", daemon=True).start()
+        return server
+
+    async def run(self) -> None:
+        """Start everything, tick until SIGINT/SIGTERM, then stop cleanly."""
+        names = find_workers(self.source)
+        self._export_env()
+        server = self._serve(names)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        store = open_store(self.settings.store_url, self.settings.namespace)
+        dispatcher = Dispatcher(store, self.settings)
+        try:
+            if self.schedule_file is not None:
+                lines = await admin.apply_schedules(
+                    store,
+                    self.schedule_file.schedules,
+                    datetime.now(UTC),
+                    prune=False,
+                    dry_run=False,
+                )
+                for line in lines:
+                    self._log(f"{line.action.value} {line.schedule_id}")
+            self._log(
+                f"firecron dev: store {self.settings.store_url}, workers {', '.join('/' + n for n in names)} "
+                f"on {self.base_url}; Ctrl-C to stop"
+            )
+            if self.console.is_terminal:
+                with Live(
+                    Text("starting..."), console=self.console, refresh_per_second=4, transient=False
+                ) as live:
+                    await self._loop(store, dispatcher, live)
+            else:
+                await self._loop(store, dispatcher, None)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await dispatcher.aclose()
+            server.shutdown()
+            await store.close()
+            self._log("firecron dev: stopped")
+
+    async def _loop(self, store: Store, dispatcher: Dispatcher, live: Live | None) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            tick = asyncio.create_task(dispatcher.tick())
+            stop = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({tick, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not tick.done():
+                # Stopping mid-tick: give it a moment, then leave the rest to the watchdog.
+                await asyncio.wait({tick}, timeout=3)
+                tick.cancel()
+                stop.cancel()
+                return
+            stop.cancel()
+            summary = tick.result()
+            for error in summary.errors:
+                self._log(f"error: {error}", style="red")
+            schedules = await store.list_schedules()
+            runs = await store.list_runs(limit=12)
+            if live is not None:
+                live.update(self._view(schedules, runs))
+            else:
+                self._print_changes(runs)
+            delay = self.tick_every - (time.monotonic() - started)
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+
+    def _log(self, message: str, style: str | None = None) -> None:
+        self.console.print(message, style=style, highlight=False)
+
+    def _print_changes(self, runs: list[Run]) -> None:
+        for run in reversed(runs):
+            key = (run.state, run.attempt)
+            if self._seen.get(run.id) == key:
+                continue
+            self._seen[run.id] = key
+            extra = f" ({run.error})" if run.error and run.state is not RunState.succeeded else ""
+            sla = " SLA breached" if run.sla_breached_at else ""
+            self._log(f"{_clock()} {run.id} {run.state.value} attempt {run.attempt}{sla}{extra}")
+
+    def _view(self, schedules: list[StoredSchedule], runs: list[Run]) -> Group:
+        now = datetime.now(UTC)
+        upcoming = Table(title="Upcoming", title_justify="left", box=None, header_style="bold")
+        for col in ("SCHEDULE", "STATUS", "NEXT FIRE (LOCAL)", "IN", "RUNS"):
+            upcoming.add_column(col)
+        active = sorted(
+            schedules, key=lambda s: s.state.next_fire_at or datetime.max.replace(tzinfo=UTC)
+        )
+        for s in active:
+            nxt = s.state.next_fire_at
+            local = (
+                nxt.astimezone(ZoneInfo(s.spec.timezone)).strftime("%Y-%m-%d %H:%M:%S %Z")
+                if nxt
+                else "-"
+            )
+            eta = (
+                format_duration(timedelta(seconds=int(max(0, (nxt - now).total_seconds()))))
+                if nxt
+                else "-"
+            )
+            upcoming.add_row(s.id, s.status, local, eta, str(s.state.run_count))
+        recent = Table(title="Recent runs", title_justify="left", box=None, header_style="bold")
+        for col in ("RUN", "STATE", "ATTEMPT", "DURATION", "ERROR"):
+            recent.add_column(col, overflow="fold")
+        for run in runs:
+            state = Text(run.state.value, style=_STATE_STYLE.get(run.state, ""))
+            if run.sla_breached_at:
+                state.append(" SLA!", style="bold magenta")
+            duration = "-"
+            if run.started_at:
+                end = run.ended_at or now
+                duration = f"{(end - run.started_at).total_seconds():.1f}s" + (
+                    "" if run.ended_at else "…"
+                )
+            recent.add_row(
+                run.id,
+                state,
+                f"{run.attempt}/{run.retry.max_attempts}",
+                duration,
+                (run.error or "")[:80],
+            )
+        footer = Text(
+            f"{_clock()}  store {self.settings.store_url}  workers on {self.base_url}  Ctrl-C to stop",
+            style="dim",
+        )
+        return Group(upcoming, Text(""), recent, Text(""), footer)
+
+
+def _clock() -> str:
+    return datetime.now().strftime("%H:%M:%S")
