@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import errno
 import importlib.util
+import logging
 import os
 import signal
 import sys
@@ -104,8 +105,18 @@ def _workers_app(source: Path, names: list[str]) -> Any:
         return Response(body, status=404, mimetype="text/plain")(environ, start_response)
 
     create_app: Callable[..., Any] = functions_framework.create_app
+
+    def at_root(app: Any) -> Callable[..., Any]:
+        # In the cloud each function is its own service, called at "/"; mounted at
+        # /<name>, Flask would see an empty path and redirect it. Hand it "/".
+        def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            environ["PATH_INFO"] = environ.get("PATH_INFO") or "/"
+            return app(environ, start_response)
+
+        return wrapped
+
     mounts = {
-        f"/{name}": create_app(target=name, source=str(source), signature_type="http")
+        f"/{name}": at_root(create_app(target=name, source=str(source), signature_type="http"))
         for name in names
     }
     return DispatcherMiddleware(index, mounts)
@@ -145,6 +156,13 @@ class DevStack:
 
     def _serve(self, names: list[str]) -> Any:
         from werkzeug.serving import make_server
+
+        # The view (or the change log) already shows every run; request logs would bury it.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        logging.getLogger("firecron.dispatch").setLevel(logging.ERROR)
+        # Worker errors are in each run's record (the view, `firecron run ID`); in dev the
+        # tracebacks would scroll the view away.
+        logging.getLogger("firecron.worker").setLevel(logging.CRITICAL)
 
         try:
             server = make_server(
