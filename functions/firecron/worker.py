@@ -1,0 +1,691 @@
+"""The worker SDK: ``@firecron.worker`` turns ``fn(ctx) -> JSON`` into a Cloud Function.
+
+The decorated function becomes a functions-framework HTTP function
+``(flask.Request) -> flask.Response`` that executes each run attempt exactly once.
+Per request (see DESIGN.md, "Firing: one-way POST" and "Run states"):
+
+1. Only ``POST`` is accepted (405 otherwise).
+2. When ``FIRECRON_SIGNING_SECRET`` is set, the Standard Webhooks signature and its
+   timestamp are verified; a bad one gets 401 ``{"error": ...}`` and nothing else
+   happens. With no secret, requests are accepted unsigned (local development) and
+   one warning per process says so.
+3. The body ``{"run_id", "schedule_id", "scheduled_for", "attempt", "trigger",
+   "params"}`` is validated (400 when malformed; 400 when a signed ``webhook-id`` is
+   not ``{run_id}/{attempt}``).
+4. The run is read: unknown -> 404. A delivery of another attempt, or of a run that is
+   no longer ``pending``/``dispatched``, is acknowledged with 200
+   ``{"status": "duplicate", "state": ...}`` and not executed.
+5. The run is started by compare-and-set on the version just read
+   (:func:`firecron.core.lifecycle.start`); losing that race is also a duplicate.
+6. The answer is ``202`` with an ``application/x-ndjson`` body streamed at once: the
+   line ``{"run_id", "state": "running"}`` reaches the dispatcher immediately, then the
+   function runs inside the same request (a serverless instance keeps its CPU while a
+   request is open), the end is recorded, and only then the last line
+   ``{"run_id", "state": <final>, "recorded": <bool>}`` is written. Recording comes
+   first, so a dispatcher that has already disconnected changes nothing.
+7. While the function runs, a daemon thread sends a heartbeat every
+   ``heartbeat_interval``. Its reply sets :attr:`RunContext.cancelled` when the
+   watchdog asked the run to stop (``cancel_requested``) or when the run is no longer
+   this attempt's (timed out, lost, retried).
+8. The end: a JSON return value of at most :data:`MAX_OUTPUT_BYTES` encoded ->
+   ``succeeded``. An exception -> ``lifecycle.attempt_failed(..., failed, ...)``, which
+   retries (``retry_wait``) or fails per the run's retry snapshot. An output that is
+   not JSON or too large fails the run without a retry: running the function again
+   would repeat its side effects only to produce the same output.
+
+Every write is a transition from :mod:`firecron.core.lifecycle`, applied with the
+store's compare-and-set, and announced to the :data:`on_change` hooks.
+
+Per process, lazily on the first request: ``Settings.from_env()`` is read once, the
+store is opened once, and one background thread runs the asyncio event loop that
+every store call is submitted to (the store is async; requests are threads). A
+forked process (gunicorn forks after importing the source) starts its own.
+
+Status codes, for the dispatcher: 202 started; 200 duplicate (acknowledged, not
+executed); 400/401/404/405 permanent; 500/503 (settings or store failure) retryable.
+
+Nothing here does I/O at import time, and flask / functions-framework are imported
+only when a worker is declared or called, so ``import firecron`` stays light.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, overload
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from firecron.core import lifecycle
+from firecron.core.lifecycle import Change, RunTimeouts
+from firecron.core.models import JsonValue
+from firecron.core.runs import Run, RunState, RunTrigger
+from firecron.errors import FirecronError, SignatureError, StoreError
+
+if TYPE_CHECKING:
+    import flask
+
+    from firecron.settings import Settings
+    from firecron.store.base import Store
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "MAX_OUTPUT_BYTES",
+    "ChangeHook",
+    "RunContext",
+    "WorkerFunction",
+    "on_change",
+    "worker",
+]
+
+DEFAULT_HEARTBEAT_INTERVAL: Final = timedelta(seconds=15)
+"""How often a running attempt heartbeats unless the decorator says otherwise.
+
+Well inside ``RunTimeouts.heartbeat_timeout`` (90 s), so a few lost heartbeats in a row
+do not make the watchdog declare a healthy run lost.
+"""
+
+MAX_OUTPUT_BYTES: Final = 64 * 1024
+"""Largest return value, as compact UTF-8 JSON, that is stored as the run's output."""
+
+_MAX_ERROR_CHARS: Final = 1000
+_STORE_TIMEOUT_S: Final = 60.0
+# The final write is retried a little: losing it costs a whole attempt (the watchdog
+# would declare the run lost after heartbeat_timeout and run it again).
+_END_WRITE_TRIES: Final = 3
+_END_WRITE_BACKOFF_S: Final = 0.5
+_TIMEOUTS: Final = RunTimeouts()
+"""The worker only uses ``heartbeat_timeout``, which the dispatcher's watchdog shares."""
+
+_log = logging.getLogger("firecron.worker")
+
+_T = TypeVar("_T")
+
+ChangeHook = Callable[[Run, Change, Run], None]
+"""``hook(run_before, change, run_after)``: see :data:`on_change`."""
+
+on_change: list[ChangeHook] = []
+"""Hooks called after every change the SDK applies to a run (start, heartbeats, end).
+
+Each hook gets the run as it was, the applied :class:`~firecron.core.lifecycle.Change`
+(``change.event`` names it, e.g. ``run.started``, ``run.succeeded``; heartbeats have
+none) and the run as written. This is the seam for run events (pipelines, chaining).
+Hooks run synchronously in the thread that made the write (the request thread or the
+heartbeat thread) while that run's writes are serialised, in write order: they must be
+quick and must not call back into the SDK for the same run. An exception in a hook is
+logged and ignored; it never changes the run.
+"""
+
+
+WorkerFunction = Callable[["RunContext"], object]
+"""What ``@worker`` decorates: ``fn(ctx)`` returning a JSON-serialisable value."""
+
+
+class RunContext:
+    """What a worker function is told about the run attempt it executes.
+
+    Built by the SDK for each execution. It can also be built directly, for unit tests
+    of a worker function: then :meth:`heartbeat` does nothing and :attr:`cancelled`
+    stays False.
+    """
+
+    __slots__ = (
+        "_execution",
+        "attempt",
+        "params",
+        "run_id",
+        "schedule_id",
+        "scheduled_for",
+        "trigger",
+    )
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        schedule_id: str,
+        scheduled_for: datetime,
+        attempt: int = 1,
+        params: Mapping[str, JsonValue] | None = None,
+        trigger: RunTrigger = RunTrigger.schedule,
+    ) -> None:
+        self.run_id = run_id
+        """The run's id (deterministic for scheduled runs)."""
+        self.schedule_id = schedule_id
+        """The schedule the run belongs to."""
+        self.scheduled_for = scheduled_for
+        """Nominal occurrence time, timezone-aware (jitter not included)."""
+        self.attempt = attempt
+        """This attempt's number, 1 for the first try."""
+        self.params: dict[str, JsonValue] = dict(params or {})
+        """The schedule's (or the manual trigger's) parameters."""
+        self.trigger = trigger
+        """Why this attempt was sent (``retry`` for every attempt after the first)."""
+        self._execution: _Execution | None = None
+
+    def heartbeat(self) -> None:
+        """Send a heartbeat now, in this thread (the SDK also sends them periodically).
+
+        Useful before and after a long blocking call. Never raises: a failed heartbeat
+        is logged, and the periodic thread keeps trying. Updates :attr:`cancelled`.
+        """
+        if self._execution is not None:
+            self._execution.beat()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run should stop: the watchdog asked (``cancel_requested``,
+        seen in a heartbeat reply) or the run no longer belongs to this attempt.
+
+        Long workers poll it and return early; what they return is still recorded if
+        the run is still theirs.
+        """
+        return self._execution is not None and self._execution.cancelled.is_set()
+
+    def __repr__(self) -> str:
+        # params are left out on purpose: they may hold secrets and reprs end up in logs.
+        return (
+            f"RunContext(run_id={self.run_id!r}, schedule_id={self.schedule_id!r}, "
+            f"scheduled_for={self.scheduled_for.isoformat()!r}, attempt={self.attempt}, "
+            f"trigger={self.trigger.value!r})"
+        )
+
+
+@overload
+def worker(fn: WorkerFunction, /) -> Callable[[flask.Request], flask.Response]: ...
+
+
+@overload
+def worker(
+    *, heartbeat_interval: timedelta | None = None
+) -> Callable[[WorkerFunction], Callable[[flask.Request], flask.Response]]: ...
+
+
+def worker(
+    fn: WorkerFunction | None = None, /, *, heartbeat_interval: timedelta | None = None
+) -> (
+    Callable[[flask.Request], flask.Response]
+    | Callable[[WorkerFunction], Callable[[flask.Request], flask.Response]]
+):
+    """Make ``fn(ctx: RunContext) -> JSON`` a functions-framework HTTP function.
+
+    Use it bare (``@firecron.worker``) or with options
+    (``@firecron.worker(heartbeat_interval=timedelta(seconds=5))``). The result keeps
+    ``fn``'s name, which is the ``--target`` (the schedule's ``target.function``), and
+    is registered with ``functions_framework.http``. See the module docstring for what
+    each request does. ``heartbeat_interval`` must be positive and at most a third of
+    the watchdog's ``heartbeat_timeout`` (30 s); it defaults to
+    :data:`DEFAULT_HEARTBEAT_INTERVAL`. Raises ``ValueError`` otherwise.
+    """
+    interval = DEFAULT_HEARTBEAT_INTERVAL if heartbeat_interval is None else heartbeat_interval
+    # At most a third of the timeout, so two heartbeats in a row may be lost or late
+    # before the watchdog declares a healthy run lost.
+    longest = _TIMEOUTS.heartbeat_timeout / 3
+    if not timedelta(0) < interval <= longest:
+        raise ValueError(
+            f"heartbeat_interval must be positive and at most {longest}, got {interval}"
+        )
+
+    def decorate(func: WorkerFunction) -> Callable[[flask.Request], flask.Response]:
+        import functions_framework
+
+        @functools.wraps(func)
+        def handler(request: flask.Request) -> flask.Response:
+            return _handle(func, interval, request)
+
+        # `firecron dev` finds the workers of a module by this mark.
+        handler.__firecron_worker__ = True  # type: ignore[attr-defined]
+        # http() registers the name as an HTTP function and returns a transparent wrapper.
+        return cast("Callable[[flask.Request], flask.Response]", functions_framework.http(handler))
+
+    return decorate if fn is None else decorate(fn)
+
+
+# --- per-process runtime ---------------------------------------------------------
+
+
+class _Runtime:
+    """Settings, the store and the event loop that runs every store call, per process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        loop: asyncio.AbstractEventLoop,
+        pid: int,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.loop = loop
+        self.pid = pid
+
+    @classmethod
+    def start(cls) -> _Runtime:
+        """Read the settings, start the loop thread and open the store on it."""
+        from firecron.settings import Settings
+        from firecron.store import open_store
+
+        settings = Settings.from_env()
+        loop = asyncio.new_event_loop()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_forever()
+
+        threading.Thread(target=serve, name="firecron-worker-loop", daemon=True).start()
+
+        async def open_() -> Store:
+            # Opened on the loop that will use it: async clients bind to their loop.
+            return open_store(settings.store_url, settings.namespace)
+
+        try:
+            store = asyncio.run_coroutine_threadsafe(open_(), loop).result(_STORE_TIMEOUT_S)
+        except BaseException:
+            loop.call_soon_threadsafe(loop.stop)
+            raise
+        if not settings.signing_secrets:
+            _log.warning(
+                "firecron worker: FIRECRON_SIGNING_SECRET is not set, so requests are "
+                "accepted unsigned; set it everywhere but local development"
+            )
+        return cls(settings, store, loop, os.getpid())
+
+    def call(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run a store coroutine on the loop thread and wait for its result."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(_STORE_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise StoreError(f"store call timed out after {_STORE_TIMEOUT_S:.0f}s") from None
+
+
+_runtime: _Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def _get_runtime() -> _Runtime:
+    """The process's runtime, started on first use (again in a forked child)."""
+    global _runtime
+    current = _runtime
+    if current is not None and current.pid == os.getpid():
+        return current
+    with _runtime_lock:
+        if _runtime is None or _runtime.pid != os.getpid():
+            # Threads do not survive a fork: a child inherits a dead loop thread.
+            _runtime = _Runtime.start()
+        return _runtime
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- one request -----------------------------------------------------------------
+
+
+class _Delivery(BaseModel):
+    """The dispatch body (see ``transport.sender.dispatch_body``)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    run_id: str = Field(min_length=1)
+    schedule_id: str = Field(min_length=1)
+    scheduled_for: AwareDatetime
+    attempt: int = Field(ge=1, strict=True)
+    trigger: RunTrigger
+    params: dict[str, JsonValue]
+
+
+def _json(payload: Mapping[str, Any], status: int) -> flask.Response:
+    from flask import Response
+
+    return Response(
+        json.dumps(payload, separators=(",", ":")) + "\n",
+        status=status,
+        mimetype="application/json",
+    )
+
+
+def _one_line(text: str, limit: int = _MAX_ERROR_CHARS) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _describe(exc: BaseException) -> str:
+    """``"<Type>: <message>"`` on one line, at most 1000 characters."""
+    message = str(exc)
+    return _one_line(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+
+
+def _handle(fn: WorkerFunction, interval: timedelta, request: flask.Request) -> flask.Response:
+    if request.method != "POST":
+        response = _json({"error": f"method {request.method} not allowed; use POST"}, 405)
+        response.headers["allow"] = "POST"
+        return response
+    try:
+        runtime = _get_runtime()
+    except FirecronError as exc:
+        # A settings or store URL error: 500 so the dispatcher retries once it is fixed.
+        _log.error("firecron worker: cannot start: %s", _one_line(str(exc)))
+        return _json({"error": _one_line(str(exc))}, 500)
+    body = request.get_data()
+    secrets = runtime.settings.signing_secrets
+    if secrets:
+        from firecron.transport.signing import verify_webhook
+
+        try:
+            webhook_id: str | None = verify_webhook(
+                dict(request.headers.items()), body, secrets, _now()
+            )
+        except SignatureError as exc:
+            return _json({"error": _one_line(str(exc))}, 401)
+    else:
+        webhook_id = None
+    try:
+        delivery = _Delivery.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        detail = f"{where}: {first['msg']}" if where else str(first["msg"])
+        return _json({"error": _one_line(f"invalid body: {detail}", 200)}, 400)
+    if webhook_id is not None and webhook_id != f"{delivery.run_id}/{delivery.attempt}":
+        return _json({"error": "webhook-id does not match the body's run_id/attempt"}, 400)
+    try:
+        return _start(runtime, fn, interval, delivery)
+    except StoreError as exc:
+        _log.error("firecron worker: store error on run %s: %s", delivery.run_id, _describe(exc))
+        return _json({"error": _one_line(f"store unavailable: {exc}")}, 503)
+
+
+def _duplicate(run: Run) -> flask.Response:
+    return _json(
+        {"status": "duplicate", "run_id": run.id, "attempt": run.attempt, "state": run.state.value},
+        200,
+    )
+
+
+def _start(
+    runtime: _Runtime, fn: WorkerFunction, interval: timedelta, delivery: _Delivery
+) -> flask.Response:
+    from flask import Response
+
+    store = runtime.store
+    run = runtime.call(store.get_run(delivery.run_id))
+    if run is None:
+        return _json({"error": f"unknown run {delivery.run_id!r}"}, 404)
+    if run.attempt != delivery.attempt or run.state not in (RunState.pending, RunState.dispatched):
+        return _duplicate(run)
+    change = lifecycle.start(run, _now(), _TIMEOUTS)
+    # Compare-and-set on the version just read: of two deliveries of this attempt,
+    # exactly one starts it. `start` expects pending|dispatched, checked above.
+    started = runtime.call(store.update_run(run.id, change.expect, change.changes, current=run))
+    if started is None:
+        again = runtime.call(store.get_run(run.id))
+        return _duplicate(again or run)
+    ctx = RunContext(
+        run_id=delivery.run_id,
+        schedule_id=delivery.schedule_id,
+        scheduled_for=delivery.scheduled_for,
+        attempt=delivery.attempt,
+        params=delivery.params,
+        trigger=delivery.trigger,
+    )
+    execution = _Execution(runtime, fn, ctx, started, interval)
+    _notify(run, change, started)
+    response = Response(execution.stream(), status=202, mimetype="application/x-ndjson")
+    response.headers["cache-control"] = "no-store"
+    # If the server closes the response before the stream ran (the client went away
+    # while the first line was written), the attempt still executes: it is `running`.
+    response.call_on_close(execution.run_once)
+    return response
+
+
+def _notify(before: Run, change: Change, after: Run) -> None:
+    for hook in list(on_change):
+        try:
+            hook(before, change, after)
+        except Exception:
+            _log.exception("firecron worker: on_change hook %r failed on run %s", hook, after.id)
+
+
+def _line(payload: Mapping[str, Any]) -> bytes:
+    return (json.dumps(payload, separators=(",", ":")) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """How the function ended: an output to store, or an error."""
+
+    output: JsonValue = None
+    error: str | None = None
+    retry: bool = True
+
+
+def _encode_output(value: object) -> _Outcome:
+    """Check the return value: JSON, at most ``MAX_OUTPUT_BYTES``; a failure otherwise."""
+    try:
+        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return _Outcome(error=_describe_output(exc), retry=False)
+    size = len(encoded.encode())
+    if size > MAX_OUTPUT_BYTES:
+        return _Outcome(
+            error=(
+                f"output too large: {size:,} bytes of JSON, the limit is "
+                f"{MAX_OUTPUT_BYTES:,} (64 KiB); store large results elsewhere and return a reference"
+            ),
+            retry=False,
+        )
+    # Round-trip so that only plain JSON types (no tuples, no int keys) reach the store.
+    output: JsonValue = json.loads(encoded)
+    return _Outcome(output=output)
+
+
+def _describe_output(exc: BaseException) -> str:
+    return _one_line(f"output is not JSON-serialisable: {_describe(exc)}")
+
+
+class _Execution:
+    """One started attempt: runs the function once, heartbeats, records the end.
+
+    ``lock`` serialises this run's store writes between the request thread and the
+    heartbeat thread, and ``run`` is the record as last written by us, from which the
+    next transition is computed.
+    """
+
+    def __init__(
+        self,
+        runtime: _Runtime,
+        fn: WorkerFunction,
+        ctx: RunContext,
+        run: Run,
+        interval: timedelta,
+    ) -> None:
+        self.runtime = runtime
+        self.fn = fn
+        self.ctx = ctx
+        self.run = run
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.cancelled = threading.Event()
+        self.ended = threading.Event()
+        """Set when the function has returned: no heartbeat is sent after it."""
+        self.orphaned = False
+        """True once a write found the run no longer this attempt's (or not running)."""
+        self.final: dict[str, Any] | None = None
+        self._ran = False
+        self._ran_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        ctx._execution = self
+        if run.cancel_requested:
+            self.cancelled.set()
+
+    # heartbeats
+
+    def _start_heartbeats(self) -> None:
+        self._thread = threading.Thread(
+            target=self._beat_loop, name=f"firecron-heartbeat-{self.run.id}", daemon=True
+        )
+        self._thread.start()
+
+    def _beat_loop(self) -> None:
+        while not self.ended.wait(self.interval.total_seconds()):
+            if self.orphaned:
+                return
+            self.beat()
+
+    def beat(self) -> None:
+        """One heartbeat; never raises (a failure is logged and the next one retries)."""
+        with self.lock:
+            if self.ended.is_set() or self.orphaned:
+                return
+            before = self.run
+            change = lifecycle.heartbeat(before, _now(), _TIMEOUTS)
+            try:
+                after = self.runtime.call(
+                    self.runtime.store.update_run(
+                        before.id, change.expect, change.changes, expect={"attempt": before.attempt}
+                    )
+                )
+            except Exception as exc:
+                _log.warning(
+                    "firecron worker: heartbeat of run %s failed: %s", before.id, _describe(exc)
+                )
+                return
+            if after is None:
+                # Timed out, lost or retried by the watchdog: the work is no longer ours.
+                self.orphaned = True
+                self.cancelled.set()
+                _log.warning(
+                    "firecron worker: run %s attempt %d is no longer running here; cancelling",
+                    before.id,
+                    before.attempt,
+                )
+                return
+            self.run = after
+            if after.cancel_requested:
+                self.cancelled.set()
+            _notify(before, change, after)
+
+    # execution
+
+    def stream(self) -> Iterator[bytes]:
+        """The response body: the started line at once, the final line after the end."""
+        yield _line({"run_id": self.run.id, "state": RunState.running.value})
+        final = self.run_once()
+        yield _line(final)
+
+    def run_once(self) -> dict[str, Any]:
+        """Run the function and record its end, the first time only; the final line."""
+        with self._ran_lock:
+            if self._ran:
+                return self.final or {"run_id": self.run.id, "state": None}
+            self._ran = True
+        # Heartbeats start with the work, not with the start write: if the stream were
+        # never run, the watchdog must see this attempt go silent and retry it.
+        self._start_heartbeats()
+        try:
+            outcome = self._call()
+        finally:
+            # Stop heartbeats before the end is written; a beat in flight finishes first
+            # (the end write below takes the same lock).
+            self.ended.set()
+        self.final = self._record(outcome)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        return self.final
+
+    def _call(self) -> _Outcome:
+        try:
+            value = self.fn(self.ctx)
+        except Exception as exc:
+            _log.error(
+                "firecron worker: run %s attempt %d raised",
+                self.ctx.run_id,
+                self.ctx.attempt,
+                exc_info=exc,
+            )
+            return _Outcome(error=_describe(exc))
+        except BaseException as exc:
+            # SystemExit and friends: record the failure, then let them do their job.
+            _log.error(
+                "firecron worker: run %s attempt %d exited",
+                self.ctx.run_id,
+                self.ctx.attempt,
+                exc_info=exc,
+            )
+            self.ended.set()
+            self._record(_Outcome(error=_describe(exc)))
+            raise
+        return _encode_output(value)
+
+    def _record(self, outcome: _Outcome) -> dict[str, Any]:
+        """Write the end (a lifecycle transition) and describe it as the final line."""
+        with self.lock:
+            before = self.run
+            now = _now()
+            if outcome.error is None:
+                change = lifecycle.succeed(before, now, outcome.output)
+            else:
+                change = lifecycle.attempt_failed(
+                    before, now, RunState.failed, outcome.error, _TIMEOUTS, retry=outcome.retry
+                )
+            after = self._write_end(before, change)
+            current: Run | None = after
+            if after is None:
+                try:
+                    current = self.runtime.call(self.runtime.store.get_run(before.id))
+                except Exception as exc:
+                    _log.warning(
+                        "firecron worker: cannot re-read run %s: %s", before.id, _describe(exc)
+                    )
+                # A retried write whose first try committed after all reads back as ours.
+                if (
+                    current is not None
+                    and current.attempt == before.attempt
+                    and current.state is change.new_state
+                    and current.updated_at == now
+                ):
+                    after = current
+            if after is not None:
+                self.run = after
+                _notify(before, change, after)
+                return {"run_id": before.id, "state": after.state.value, "recorded": True}
+        state = current.state.value if current is not None else None
+        _log.warning(
+            "firecron worker: the end of run %s attempt %d was not recorded (the run is %s)",
+            before.id,
+            before.attempt,
+            state or "unreadable",
+        )
+        return {"run_id": before.id, "state": state, "recorded": False}
+
+    def _write_end(self, before: Run, change: Change) -> Run | None:
+        for attempt in range(1, _END_WRITE_TRIES + 1):
+            try:
+                return self.runtime.call(
+                    self.runtime.store.update_run(
+                        before.id, change.expect, change.changes, expect={"attempt": before.attempt}
+                    )
+                )
+            except Exception as exc:
+                _log.warning(
+                    "firecron worker: recording the end of run %s failed (try %d/%d): %s",
+                    before.id,
+                    attempt,
+                    _END_WRITE_TRIES,
+                    _describe(exc),
+                )
+                if attempt < _END_WRITE_TRIES:
+                    time.sleep(_END_WRITE_BACKOFF_S * attempt)
+        return None

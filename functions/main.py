@@ -1,0 +1,49 @@
+"""Cloud Functions entry points: the dispatcher and the example workers.
+
+Each top-level function is one Cloud Function (``--target NAME``). Workers are plain
+functions of a :class:`firecron.RunContext` decorated with ``@firecron.worker``; the
+SDK verifies, starts, heartbeats and records each run. Nothing here does I/O at import.
+"""
+
+from __future__ import annotations
+
+import time
+
+import firecron
+
+# --- dispatcher entry point --------------------------------------------------------
+# `dispatch` (the Cloud Scheduler target) goes here.
+# -----------------------------------------------------------------------------------
+
+
+# --- example workers ---------------------------------------------------------------
+
+
+@firecron.worker
+def hello(ctx: firecron.RunContext) -> dict[str, str]:
+    """Greets ``params["name"]`` (default ``world``)."""
+    name = ctx.params.get("name", "world")
+    return {"greeting": "hello " + str(name)}
+
+
+@firecron.worker
+def sleep(ctx: firecron.RunContext) -> dict[str, float | bool]:
+    """Sleeps ``params["seconds"]`` (default 1), stopping early when the run is cancelled.
+
+    The SDK sends heartbeats from its own thread, so a long sleep needs no
+    ``ctx.heartbeat()``; it only has to look at ``ctx.cancelled`` now and then.
+    """
+    raw = ctx.params.get("seconds", 1)
+    seconds = float(raw) if isinstance(raw, int | float | str) else 1.0
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        if ctx.cancelled:
+            return {"slept": round(elapsed, 3), "cancelled": True}
+        time.sleep(min(0.1, seconds - elapsed))
+    return {"slept": seconds}
+
+
+@firecron.worker
+def fail(ctx: firecron.RunContext) -> None:
+    """Always raises, with ``params["message"]`` as the message."""
+    raise RuntimeError(ctx.params.get("message", "this worker always fails"))

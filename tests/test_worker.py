@@ -1,0 +1,492 @@
+"""The worker SDK end to end: real functions-framework processes, a real SQLite store.
+
+``functions/main.py`` (``hello``, ``sleep``, ``fail``) and ``tests/_worker_app.py``
+(``sleepy`` with a short heartbeat, ``bad_output``) are served by the real
+``functions-framework`` in subprocesses sharing one database file with the test. Runs
+are created directly in the store and delivered as the dispatcher would: signed POSTs
+of the dispatch body. Waiting is a bounded poll of the store, never a tight timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+
+from _factories import make_run
+from _workers import WorkerProcess, serve_worker, serve_workers, worker_env
+from firecron.core import lifecycle
+from firecron.core.models import RetryPolicy, Target
+from firecron.core.runs import Run, RunState, RunTrigger
+from firecron.store.sqlite import SQLiteStore
+from firecron.transport.signing import signature_headers
+
+SECRET = "firecron-worker-test-secret"
+TEST_APP = Path(__file__).with_name("_worker_app.py")
+MAIN_TARGETS = ["hello", "sleep", "fail"]
+TEST_TARGETS = ["sleepy", "bad_output"]
+WAIT = 30.0
+
+
+@dataclass
+class Stack:
+    """The served workers and the database they share."""
+
+    db_path: Path
+    workers: dict[str, WorkerProcess]
+    env: dict[str, str]
+    log_dir: Path
+
+    def url(self, target: str) -> str:
+        return self.workers[target].url
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("worker")
+    db_path = tmp / "x.db"
+    env = worker_env(f"sqlite:///{db_path}", secrets=[SECRET])
+    with (
+        serve_workers(MAIN_TARGETS, env=env, log_dir=tmp) as main_workers,
+        serve_workers(TEST_TARGETS, env=env, source=TEST_APP, log_dir=tmp) as test_workers,
+    ):
+        stack = Stack(db_path, {**main_workers, **test_workers}, env, tmp)
+        yield stack
+        dead = [w for w in stack.workers.values() if not w.alive]
+        for worker in dead:
+            sys.stderr.write(worker.logs())
+        assert not dead, f"worker processes died: {[w.target for w in dead]}"
+
+
+@pytest.fixture
+async def db(stack: Stack) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(stack.db_path)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as c:
+        yield c
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def new_run(db: SQLiteStore, function: str, **overrides: Any) -> Run:
+    """A pending attempt-1 run of the worker ``function``, stored."""
+    schedule_id = f"{function.replace('_', '-')}-{uuid4().hex[:10]}"
+    created = await db.create_run(
+        make_run(schedule_id, target=Target(function=function), **overrides)
+    )
+    assert created is not None
+    return created
+
+
+def body_of(run: Run, *, attempt: int | None = None) -> bytes:
+    """The dispatch body of ``run``'s current attempt, compact JSON as the dispatcher sends."""
+    number = run.attempt if attempt is None else attempt
+    payload = {
+        "run_id": run.id,
+        "schedule_id": run.schedule_id,
+        "scheduled_for": run.scheduled_for.isoformat().replace("+00:00", "Z"),
+        "attempt": number,
+        "trigger": (RunTrigger.retry if number > 1 else run.trigger).value,
+        "params": run.params,
+    }
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def signed(
+    run: Run,
+    *,
+    attempt: int | None = None,
+    secrets: tuple[str, ...] = (SECRET,),
+    at: datetime | None = None,
+) -> tuple[dict[str, str], bytes]:
+    """Headers and body of a delivery of ``run`` (its current attempt unless given)."""
+    body = body_of(run, attempt=attempt)
+    key = f"{run.id}/{run.attempt if attempt is None else attempt}"
+    headers = {
+        "content-type": "application/json",
+        "idempotency-key": key,
+        **signature_headers(key, at or _now(), body, secrets),
+    }
+    return headers, body
+
+
+async def deliver(
+    client: httpx.AsyncClient, url: str, run: Run, **kwargs: Any
+) -> tuple[httpx.Response, list[dict[str, Any]]]:
+    """POST a signed delivery and read the whole answer (for 202: until the run ended)."""
+    headers, body = signed(run, **kwargs)
+    response = await client.post(url, content=body, headers=headers)
+    lines = [json.loads(line) for line in response.text.splitlines() if line.strip()]
+    return response, lines
+
+
+async def wait_for(
+    db: SQLiteStore, run_id: str, done: Callable[[Run], bool], timeout: float = WAIT
+) -> Run:
+    """Poll the store until ``done(run)``; fail with the last record after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = await db.get_run(run_id)
+        assert run is not None
+        if done(run):
+            return run
+        if time.monotonic() > deadline:
+            pytest.fail(f"run {run_id} still {run.state} after {timeout}s: {run!r}")
+        await asyncio.sleep(0.1)
+
+
+# --- the SDK as a library (no server) ---------------------------------------------
+
+
+def test_package_exports_the_sdk() -> None:
+    import firecron
+
+    # Importing the submodule explicitly must not rebind the package's `worker`.
+    importlib.import_module("firecron.worker")
+    assert firecron.__all__ == ["RunContext", "worker"]
+    assert callable(firecron.worker)
+    assert firecron.worker is sys.modules["firecron.worker"].worker
+    assert firecron.RunContext is sys.modules["firecron.worker"].RunContext
+
+
+def test_decorator_marks_and_keeps_the_name() -> None:
+    import firecron
+
+    def job(ctx: firecron.RunContext) -> None:
+        return None
+
+    bare = firecron.worker(job)
+    configured = firecron.worker(heartbeat_interval=timedelta(seconds=5))(job)
+    for handler in (bare, configured):
+        assert handler.__name__ == "job"
+        assert getattr(handler, "__firecron_worker__", False)
+    for bad in (timedelta(0), timedelta(seconds=-1), timedelta(seconds=31)):
+        with pytest.raises(ValueError, match="heartbeat_interval"):
+            firecron.worker(heartbeat_interval=bad)
+
+
+def test_standalone_context_for_unit_tests() -> None:
+    from firecron import RunContext
+
+    ctx = RunContext(
+        run_id="r",
+        schedule_id="s",
+        scheduled_for=datetime(2027, 1, 1, tzinfo=UTC),
+        params={"token": "hunter2"},
+    )
+    ctx.heartbeat()  # no execution behind it: does nothing
+    assert not ctx.cancelled
+    assert ctx.attempt == 1
+    assert ctx.trigger is RunTrigger.schedule
+    assert "hunter2" not in repr(ctx)
+
+
+def test_output_limit_is_64_kib_of_compact_json() -> None:
+    from firecron.worker import MAX_OUTPUT_BYTES, _encode_output
+
+    overhead = len('{"b":""}')
+    fits = _encode_output({"b": "x" * (MAX_OUTPUT_BYTES - overhead)})
+    assert fits.error is None
+    too_big = _encode_output({"b": "x" * (MAX_OUTPUT_BYTES - overhead + 1)})
+    assert too_big.error is not None
+    assert too_big.error.startswith("output too large")
+    assert not too_big.retry
+    assert _encode_output((1, 2)).output == [1, 2]
+    assert _encode_output(float("nan")).error is not None
+
+
+# --- served workers ---------------------------------------------------------------
+
+
+async def test_hello_succeeds_and_records_its_output(
+    stack: Stack, db: SQLiteStore, client: httpx.AsyncClient
+) -> None:
+    run = await new_run(db, "hello", params={"name": "firecron"})
+    response, lines = await deliver(client, stack.url("hello"), run)
+
+    assert response.status_code == 202
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    assert lines[0] == {"run_id": run.id, "state": "running"}
+    assert lines[-1] == {"run_id": run.id, "state": "succeeded", "recorded": True}
+    stored = await db.get_run(run.id)
+    assert stored is not None
+    assert stored.state is RunState.succeeded
+    assert stored.output == {"greeting": "hello firecron"}
+    assert stored.error is None
+    assert stored.watch_at is None
+    assert stored.started_at is not None
+    assert stored.ended_at is not None
+    assert [(a.number, a.outcome) for a in stored.attempts] == [(1, RunState.succeeded)]
+    assert stored.attempts[0].started_at == stored.started_at
+
+
+async def test_protocol_errors(stack: Stack, db: SQLiteStore, client: httpx.AsyncClient) -> None:
+    url = stack.url("hello")
+    assert (await client.get(url)).status_code == 405
+
+    run = await new_run(db, "hello")
+    headers, _ = signed(run)
+    garbage = b'{"run_id": 1}'
+    key = headers["webhook-id"]
+    bad = {**headers, **signature_headers(key, _now(), garbage, [SECRET])}
+    response = await client.post(url, content=garbage, headers=bad)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("invalid body")
+
+    ghost = run.model_copy(update={"id": run.id + "-ghost"})
+    response, _ = await deliver(client, url, ghost)
+    assert response.status_code == 404
+    assert "unknown run" in response.json()["error"]
+
+    # A valid signature over a body naming another attempt than its webhook-id.
+    body = body_of(run, attempt=2)
+    mismatched = {**headers, **signature_headers(key, _now(), body, [SECRET])}
+    response = await client.post(url, content=body, headers=mismatched)
+    assert response.status_code == 400
+    assert "webhook-id" in response.json()["error"]
+
+    stored = await db.get_run(run.id)
+    assert stored == run  # nothing was written
+
+
+async def test_ack_is_early_and_the_run_survives_the_disconnect(
+    stack: Stack, db: SQLiteStore, client: httpx.AsyncClient
+) -> None:
+    run = await new_run(db, "sleep", params={"seconds": 4})
+    headers, body = signed(run)
+    async with client.stream("POST", stack.url("sleep"), content=body, headers=headers) as resp:
+        # Status and headers are here; the body is still being produced.
+        assert resp.status_code == 202
+        running = await db.get_run(run.id)
+        assert running is not None
+        assert running.state is RunState.running
+        assert running.heartbeat_at is not None
+        assert running.ended_at is None
+
+        # A second delivery of the same attempt while it runs is acknowledged, not run.
+        response, _ = await deliver(client, stack.url("sleep"), run)
+        assert response.status_code == 200
+        assert response.json()["status"] == "duplicate"
+        assert response.json()["state"] == "running"
+    # Leaving the block closed the connection, as the dispatcher does after the ack.
+
+    done = await wait_for(db, run.id, lambda r: r.is_terminal)
+    assert done.state is RunState.succeeded
+    assert done.output == {"slept": 4.0}
+    assert len(done.attempts) == 1
+
+
+async def test_duplicate_after_the_end_is_not_executed(
+    stack: Stack, db: SQLiteStore, client: httpx.AsyncClient
+) -> None:
+    run = await new_run(db, "hello")
+    response, _ = await deliver(client, stack.url("hello"), run)
+    assert response.status_code == 202
+    finished = await db.get_run(run.id)
+    assert finished is not None
+    assert finished.state is RunState.succeeded
+
+    response, lines = await deliver(client, stack.url("hello"), run)  # fresh signature
+    assert response.status_code == 200
+    assert lines == [{"status": "duplicate", "run_id": run.id, "attempt": 1, "state": "succeeded"}]
+    again = await db.get_run(run.id)
+    assert again == finished
+    assert again is not None
+    assert again.version == finished.version
+
+
+async def test_failure_retries_then_fails(
+    stack: Stack, db: SQLiteStore, client: httpx.AsyncClient
+) -> None:
+    url = stack.url("fail")
+    run = await new_run(db, "fail", params={"message": "boom"}, retry=RetryPolicy(max_attempts=2))
+    response, lines = await deliver(client, url, run)
+    assert response.status_code == 202
+    assert lines[-1]["state"] == "retry_wait"
+    first = await db.get_run(run.id)
+    assert first is not None
+    assert first.state is RunState.retry_wait
+    assert first.error == "RuntimeError: boom"
+    assert first.retry_at is not None
+    assert first.watch_at == first.retry_at
+    assert [(a.number, a.outcome, a.error) for a in first.attempts] == [
+        (1, RunState.failed, "RuntimeError: boom")
+    ]
+
+    # The watchdog's retry: attempt 2 becomes pending.
+    change = lifecycle.next_attempt(first, _now(), lifecycle.RunTimeouts())
+    second = await db.update_run(first.id, change.expect, change.changes, current=first)
+    assert second is not None
+    assert second.attempt == 2
+
+    # A late delivery of attempt 1 is stale: acknowledged, not run.
+    response, _ = await deliver(client, url, second, attempt=1)
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "duplicate",
+        "run_id": run.id,
+        "attempt": 2,
+        "state": "pending",
+    }
+
+    response, lines = await deliver(client, url, second)
+    assert response.status_code == 202
+    assert lines[-1] == {"run_id": run.id, "state": "failed", "recorded": True}
+    final = await db.get_run(run.id)
+    assert final is not None
+    assert final.state is RunState.failed
+    assert final.error == "RuntimeError: boom"
+    assert final.ended_at is not None
+    assert final.watch_at is None
+    assert [(a.number, a.outcome) for a in final.attempts] == [
+        (1, RunState.failed),
+        (2, RunState.failed),
+    ]
+
+
+async def test_bad_signatures_are_refused_and_nothing_runs(
+    stack: Stack, db: SQLiteStore, client: httpx.AsyncClient
+) -> None:
+    url = stack.url("hello")
+    run = await new_run(db, "hello")
+    headers, body = signed(run)
+    forged = base64.b64encode(b"\0" * 32).decode()
+    expired_headers, _ = signed(run, at=_now() - timedelta(minutes=6))
+    wrong_headers, _ = signed(run, secrets=("not-the-secret",))
+    cases = {
+        "unsigned": {k: v for k, v in headers.items() if not k.startswith("webhook-")},
+        "forged": {**headers, "webhook-signature": f"v1,{forged}"},
+        "expired": expired_headers,
+        "wrong secret": wrong_headers,
+    }
+    for case, case_headers in cases.items():
+        response = await client.post(url, content=body, headers=case_headers)
+        assert response.status_code == 401, case
+        error = response.json()["error"]
+        assert error, case
+        assert "\n" not in error, case
+        assert SECRET not in error, case
+    assert await db.get_run(run.id) == run  # still pending, untouched
+
+    # The real request runs; a replay of its exact bytes is acknowledged and dropped.
+    response = await client.post(url, content=body, headers=headers)
+    assert response.status_code == 202
+    assert response.text.splitlines()[-1] == json.dumps(
+        {"run_id": run.id, "state": "succeeded", "recorded": True}, separators=(",", ":")
+    )
+    finished = await db.get_run(run.id)
+    replay = await client.post(url, content=body, headers=headers)
+    assert replay.status_code == 200
+    assert replay.json()["status"] == "duplicate"
+    after = await db.get_run(run.id)
+    assert after is not None
+    assert finished is not None
+    assert after.version == finished.version
+    assert len(after.attempts) == 1
+
+
+async def test_cancel_request_stops_a_long_worker(
+    stack: Stack, db: SQLiteStore, client: httpx.AsyncClient
+) -> None:
+    run = await new_run(db, "sleepy", params={"seconds": 30})
+    started = time.monotonic()
+    headers, body = signed(run)
+    async with client.stream("POST", stack.url("sleepy"), content=body, headers=headers) as resp:
+        assert resp.status_code == 202
+    running = await db.get_run(run.id)
+    assert running is not None
+    assert running.heartbeat_at is not None
+    # Heartbeats flow (0.3 s interval) before the watchdog's cancel arrives.
+    first_beat = running.heartbeat_at
+    await wait_for(db, run.id, lambda r: r.heartbeat_at is not None and r.heartbeat_at > first_beat)
+
+    cancelled = await db.update_run(
+        run.id, [RunState.running], {"cancel_requested": True, "updated_at": _now()}
+    )
+    assert cancelled is not None
+
+    done = await wait_for(db, run.id, lambda r: r.is_terminal)
+    assert time.monotonic() - started < 20
+    assert done.state is RunState.succeeded
+    assert isinstance(done.output, dict)
+    assert done.output["cancelled"] is True
+    assert isinstance(done.output["slept"], float)
+    assert done.output["slept"] < 20
+
+
+async def test_killed_worker_leaves_a_running_run_with_a_stale_heartbeat(
+    stack: Stack, db: SQLiteStore, client: httpx.AsyncClient
+) -> None:
+    run = await new_run(db, "sleepy", params={"seconds": 60})
+    with serve_worker("sleepy", env=stack.env, source=TEST_APP, log_dir=stack.log_dir) as proc:
+        headers, body = signed(run)
+        async with client.stream("POST", proc.url, content=body, headers=headers) as resp:
+            assert resp.status_code == 202
+        started = await db.get_run(run.id)
+        assert started is not None
+        assert started.heartbeat_at is not None
+        first_beat = started.heartbeat_at
+        await wait_for(
+            db, run.id, lambda r: r.heartbeat_at is not None and r.heartbeat_at > first_beat
+        )
+        proc.kill()
+        assert not proc.alive
+    at_kill = await db.get_run(run.id)
+    await asyncio.sleep(1.5)  # five heartbeat intervals: none may arrive now
+    stale = await db.get_run(run.id)
+    assert stale is not None
+    assert at_kill is not None
+    assert stale.state is RunState.running
+    assert stale.heartbeat_at == at_kill.heartbeat_at
+    assert stale.version == at_kill.version
+
+    # From here the watchdog declares the attempt lost and retries it.
+    timeouts = lifecycle.RunTimeouts()
+    assert stale.heartbeat_at is not None
+    decision = lifecycle.watch(stale, stale.heartbeat_at + timeouts.heartbeat_timeout, timeouts)
+    assert decision.change is not None
+    assert decision.change.new_state is RunState.retry_wait
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("huge", "output too large: 65,547 bytes of JSON, the limit is 65,536 (64 KiB)"),
+        ("set", "output is not JSON-serialisable: TypeError: Object of type set"),
+    ],
+)
+async def test_unstorable_output_fails_the_run(
+    stack: Stack, db: SQLiteStore, client: httpx.AsyncClient, kind: str, error: str
+) -> None:
+    run = await new_run(db, "bad_output", params={"kind": kind})
+    response, lines = await deliver(client, stack.url("bad_output"), run)
+    assert response.status_code == 202
+    assert lines[-1]["state"] == "failed"
+    stored = await db.get_run(run.id)
+    assert stored is not None
+    # Failed at once, not retried: running it again would produce the same output.
+    assert stored.state is RunState.failed
+    assert stored.attempt == 1
+    assert stored.retry.max_attempts == 3
+    assert stored.error is not None
+    assert stored.error.startswith(error)
+    assert stored.output is None
