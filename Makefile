@@ -45,7 +45,73 @@ bench: $(STAMP) ## run the benchmarks; prints a table and writes bench/results/*
 	$(BIN)/python -m bench
 
 requirements: $(STAMP) ## regenerate functions/requirements.txt from pyproject
-	$(BIN)/python -m firecron._requirements > functions/requirements.txt
+	$(BIN)/python -m firecron._requirements > functions/requirements.txt.tmp
+	mv functions/requirements.txt.tmp functions/requirements.txt
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# --- Google Cloud (infra/) -------------------------------------------------------------
+# make deploy PROJECT=my-project REGION=europe-west1   (TF_ARGS=-auto-approve to skip the prompt)
+.PHONY: deploy plan destroy schedules-apply logs infra-check
+
+TF := terraform -chdir=infra
+TF_VARS = -var project_id=$(PROJECT) -var region=$(REGION)
+TF_ARGS ?=
+SCHEDULES ?= schedules.yaml
+FUNCTION ?= dispatch
+LIMIT ?= 50
+ADC_HINT := it uses gcloud application-default credentials: run gcloud auth application-default login first
+TF_HINT := install Terraform 1.5 or newer: https://developer.hashicorp.com/terraform/install
+GCLOUD_HINT := install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) and run gcloud auth application-default login
+
+# $(call need-var,NAME,usage): one clear line and exit 2 when the make variable NAME is empty.
+need-var = @test -n "$($(1))" || { echo "error: $(1) is required: make $@ $(2)" >&2; exit 2; }
+# $(call need-tool,COMMAND,hint): one clear line and exit 1 when COMMAND is not on PATH.
+need-tool = @command -v $(1) >/dev/null 2>&1 || { echo "error: $(1) not found on PATH; $(2)" >&2; exit 1; }
+
+deploy: ## build and deploy to Google Cloud: make deploy PROJECT=my-project REGION=europe-west1
+	$(call need-var,PROJECT,PROJECT=my-project REGION=europe-west1)
+	$(call need-var,REGION,PROJECT=$(or $(PROJECT),my-project) REGION=europe-west1)
+	$(call need-tool,terraform,$(TF_HINT))
+	$(call need-tool,gcloud,$(GCLOUD_HINT))
+	$(MAKE) --no-print-directory requirements
+	$(TF) init -input=false
+	$(TF) apply $(TF_VARS) $(TF_ARGS)
+
+plan: ## show what deploy would change (PROJECT, REGION)
+	$(call need-var,PROJECT,PROJECT=my-project REGION=europe-west1)
+	$(call need-var,REGION,PROJECT=$(or $(PROJECT),my-project) REGION=europe-west1)
+	$(call need-tool,terraform,$(TF_HINT))
+	$(call need-tool,gcloud,$(GCLOUD_HINT))
+	$(MAKE) --no-print-directory requirements
+	$(TF) init -input=false
+	$(TF) plan $(TF_VARS) $(TF_ARGS)
+
+destroy: ## delete what deploy created; a created Firestore database and its data stay (PROJECT, REGION)
+	$(call need-var,PROJECT,PROJECT=my-project REGION=europe-west1)
+	$(call need-var,REGION,PROJECT=$(or $(PROJECT),my-project) REGION=europe-west1)
+	$(call need-tool,terraform,$(TF_HINT))
+	$(call need-tool,gcloud,$(GCLOUD_HINT))
+	$(TF) init -input=false
+	$(TF) destroy $(TF_VARS) $(TF_ARGS)
+
+schedules-apply: ## load schedules.yaml into the deployed store (PROJECT; SCHEDULES, DATABASE, FIRECRON_NAMESPACE optional)
+	$(call need-var,PROJECT,PROJECT=my-project [SCHEDULES=schedules.yaml]; $(ADC_HINT))
+	@test -f "$(SCHEDULES)" || { echo "error: $(SCHEDULES) not found: make $@ PROJECT=$(PROJECT) SCHEDULES=path/to/schedules.yaml" >&2; exit 2; }
+	@$(MAKE) --no-print-directory venv
+	$(if $(FIRECRON_NAMESPACE),FIRECRON_NAMESPACE=$(FIRECRON_NAMESPACE) )$(BIN)/firecron apply $(SCHEDULES) --store firestore://$(PROJECT)$(if $(DATABASE),/$(DATABASE))
+
+logs: ## recent logs of a function: make logs PROJECT=p REGION=r [FUNCTION=dispatch] [LIMIT=50]
+	$(call need-var,PROJECT,PROJECT=my-project REGION=europe-west1 [FUNCTION=dispatch])
+	$(call need-var,REGION,PROJECT=$(or $(PROJECT),my-project) REGION=europe-west1 [FUNCTION=dispatch])
+	$(call need-tool,gcloud,$(GCLOUD_HINT))
+	gcloud functions logs read $(FUNCTION) --project $(PROJECT) --region $(REGION) --gen2 --limit $(LIMIT)
+
+infra-check: $(STAMP) ## terraform fmt -check (when terraform is installed) and the offline infra tests
+	@if command -v terraform >/dev/null 2>&1; then \
+		terraform fmt -check -recursive -diff infra; \
+	else \
+		echo "infra-check: terraform not on PATH; skipping terraform fmt -check" >&2; \
+	fi
+	$(BIN)/python -m pytest -q tests/test_infra.py

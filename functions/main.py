@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import time
 
+import flask
+import functions_framework
+
 import firecron
+from firecron._dispatch_http import dispatch_endpoint
 
 # --- dispatcher entry point --------------------------------------------------------
-# `dispatch` (the Cloud Scheduler target) goes here.
-# -----------------------------------------------------------------------------------
+
+
+@functions_framework.http
+def dispatch(request: flask.Request) -> flask.Response:
+    """Cloud Scheduler's target: verify the caller, run one tick, answer its summary."""
+    response: flask.Response = dispatch_endpoint(request)
+    return response
 
 
 # --- example workers ---------------------------------------------------------------

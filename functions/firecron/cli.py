@@ -294,7 +294,11 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
         ["status", stored.status],
         ["trigger", f"{_trigger_text(stored)}  —  {trigger.describe()}"],
         ["timezone", spec.timezone],
-        ["target", _target_text(stored) + f" (auth: {spec.target.auth.value})"],
+        [
+            "target",
+            _target_text(stored)
+            + f" (auth: {spec.target.auth.value if spec.target.auth else 'default'})",
+        ],
         ["params", spec.params or None],
         [
             "overlap / misfire",

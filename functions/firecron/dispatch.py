@@ -299,12 +299,13 @@ class Dispatcher:
     async def _send(self, run: Run) -> SendResult:
         try:
             url = resolve_url(run.target, self.settings.functions_base_url)
-            if run.target.auth is TargetAuth.hmac and not self.settings.signing_secrets:
+            auth = run.target.effective_auth(self.settings.function_auth)
+            if auth is TargetAuth.hmac and not self.settings.signing_secrets:
                 return SendResult(
                     SendOutcome.permanent, None, "auth: hmac needs FIRECRON_SIGNING_SECRET"
                 )
             token = None
-            if run.target.auth is TargetAuth.oidc:
+            if auth is TargetAuth.oidc:
                 if self._id_tokens is None:
                     self._id_tokens = GoogleIdTokens()
                 token = await self._id_tokens.token(url)

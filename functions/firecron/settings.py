@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from firecron.core.durations import parse_duration
+from firecron.core.models import TargetAuth
 from firecron.errors import InvalidInputError
 
 __all__ = ["ENV_VARS", "Settings"]
@@ -30,6 +31,9 @@ ENV_VARS: dict[str, str] = {
     "FIRECRON_ACK_TIMEOUT": "how long a dispatch waits for its acknowledgement (default 5s)",
     "FIRECRON_TICK_BUDGET": "how long one tick may keep claiming due work (default 50s)",
     "FIRECRON_ALLOW_PRIVATE_TARGETS": "allow loopback/private target addresses (dev and tests)",
+    "FIRECRON_DISPATCH_CALLER": "when set, dispatch accepts only OIDC tokens of this service account email",
+    "FIRECRON_OIDC_CERTS_URL": "where Google's OIDC signing certificates are fetched (change only for tests)",
+    "FIRECRON_FUNCTION_AUTH": "auth of 'function' targets that set none: none (default) or oidc",
     "FIRECRON_RUN_RETENTION": "how long finished runs are kept before the store may delete them (default 30d)",
 }
 """Every variable firecron reads, with its meaning (the README and infra tests use this)."""
@@ -73,6 +77,16 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
     raise InvalidInputError(f"{name}={raw!r}: expected true or false")
 
 
+def _function_auth(env: Mapping[str, str]) -> TargetAuth:
+    raw = env.get("FIRECRON_FUNCTION_AUTH", "").strip().lower() or "none"
+    try:
+        return TargetAuth(raw)
+    except ValueError:
+        raise InvalidInputError(
+            f"FIRECRON_FUNCTION_AUTH={raw!r}: expected none, oidc or hmac"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, with the documented defaults."""
@@ -88,6 +102,11 @@ class Settings:
     tick_budget: timedelta = timedelta(seconds=50)
     allow_private_targets: bool = False
     run_retention: timedelta = timedelta(days=30)
+    dispatch_caller: str | None = None
+    oidc_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    function_auth: TargetAuth = TargetAuth.none
+    deployed: bool = False
+    """True on Cloud Run / Cloud Functions (``K_SERVICE`` is set by the platform)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -112,6 +131,10 @@ class Settings:
             tick_budget=_duration(env, "FIRECRON_TICK_BUDGET", timedelta(seconds=50)),
             allow_private_targets=_bool(env, "FIRECRON_ALLOW_PRIVATE_TARGETS"),
             run_retention=_duration(env, "FIRECRON_RUN_RETENTION", timedelta(days=30)),
+            dispatch_caller=env.get("FIRECRON_DISPATCH_CALLER", "").strip() or None,
+            oidc_certs_url=env.get("FIRECRON_OIDC_CERTS_URL", "").strip() or cls.oidc_certs_url,
+            function_auth=_function_auth(env),
+            deployed=bool(env.get("K_SERVICE", "").strip()),
         )
         if settings.max_open < settings.concurrency:
             raise InvalidInputError(

@@ -125,8 +125,16 @@ class Target(_Frozen):
     """Name of a worker entry point in ``functions/main.py``."""
     worker: bool | None = None
     """Whether the target reports run state with the SDK. Defaults to true for ``function``."""
-    auth: TargetAuth = TargetAuth.none
-    """How the dispatch authenticates (see :class:`TargetAuth`)."""
+    auth: TargetAuth | None = None
+    """How the dispatch authenticates (see :class:`TargetAuth`). Unset: ``none`` for a
+    ``url`` target; for a ``function`` target, ``FIRECRON_FUNCTION_AUTH`` (the deploy
+    sets ``oidc``, because deployed workers only accept IAM-authenticated calls)."""
+
+    def effective_auth(self, function_default: TargetAuth) -> TargetAuth:
+        """The auth to use, given the deployment's default for ``function`` targets."""
+        if self.auth is not None:
+            return self.auth
+        return function_default if self.function is not None else TargetAuth.none
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:

@@ -1,0 +1,102 @@
+# Firestore: the store (schedules and runs), its indexes and the runs' TTL policy.
+# The document layout and the queries are described in functions/firecron/store/firestore.py.
+
+resource "google_firestore_database" "this" {
+  count = var.create_firestore_database ? 1 : 0
+
+  project     = var.project_id
+  name        = var.firestore_database
+  location_id = coalesce(var.firestore_location, var.region)
+  type        = "FIRESTORE_NATIVE"
+
+  # `terraform destroy` forgets the database but leaves it and its data in place.
+  deletion_policy = "ABANDON"
+
+  depends_on = [google_project_service.required]
+}
+
+locals {
+  # With create_firestore_database = false the database must already exist (a project's
+  # "(default)" usually does); Terraform then only refers to it by name.
+  firestore_database = var.create_firestore_database ? google_firestore_database.this[0].name : var.firestore_database
+
+  store_url = (
+    var.firestore_database == "(default)"
+    ? "firestore://${var.project_id}"
+    : "firestore://${var.project_id}/${var.firestore_database}"
+  )
+
+  # Indexes. Firestore keeps an automatic single-field index (ascending and descending) on
+  # every field unless it is exempted, and a single-field index cannot be declared as a
+  # composite one (the API refuses it). So the two queries of every tick need nothing here:
+  #   due schedules:  {namespace}_schedules  next_fire_at <= now  ORDER BY next_fire_at
+  #   due watches:    {namespace}_runs       watch_at <= now      ORDER BY watch_at
+  # and neither does the unfiltered run listing (ORDER BY created_at DESC, __name__ DESC).
+  # The filtered run listings need composite indexes: this map mirrors
+  # firecron.store.firestore.REQUIRED_INDEXES exactly (tests/test_infra.py compares them),
+  # as {collection suffix, fields in order}; the collection is {namespace}_{suffix}.
+  composite_indexes = {
+    runs_by_schedule = {
+      collection = "runs"
+      fields = [
+        { field_path = "schedule_id", order = "ASCENDING" },
+        { field_path = "created_at", order = "DESCENDING" },
+        { field_path = "__name__", order = "DESCENDING" },
+      ]
+    }
+    runs_by_state = {
+      collection = "runs"
+      fields = [
+        { field_path = "state", order = "ASCENDING" },
+        { field_path = "created_at", order = "DESCENDING" },
+        { field_path = "__name__", order = "DESCENDING" },
+      ]
+    }
+    runs_by_schedule_and_state = {
+      collection = "runs"
+      fields = [
+        { field_path = "schedule_id", order = "ASCENDING" },
+        { field_path = "state", order = "ASCENDING" },
+        { field_path = "created_at", order = "DESCENDING" },
+        { field_path = "__name__", order = "DESCENDING" },
+      ]
+    }
+  }
+}
+
+resource "google_firestore_index" "composite" {
+  for_each = local.composite_indexes
+
+  project     = var.project_id
+  database    = local.firestore_database
+  collection  = "${var.namespace}_${each.value.collection}"
+  query_scope = "COLLECTION"
+
+  dynamic "fields" {
+    for_each = each.value.fields
+    content {
+      field_path = fields.value.field_path
+      order      = fields.value.order
+    }
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+# Finished runs carry `expire_at` (ended_at + retention: FIRECRON_RUN_RETENTION, or the
+# schedule's own `retention`); Firestore's TTL deletes them after that instant, usually
+# within a day. Runs still in flight have no expire_at and are never deleted.
+resource "google_firestore_field" "runs_expire_at" {
+  project    = var.project_id
+  database   = local.firestore_database
+  collection = "${var.namespace}_runs"
+  field      = "expire_at"
+
+  ttl_config {}
+
+  # Nothing queries expire_at: an empty index_config drops its single-field indexes, which
+  # saves an index write per finished run (Google's advice for TTL timestamp fields).
+  index_config {}
+
+  depends_on = [google_project_service.required]
+}

@@ -1,0 +1,109 @@
+# Identities and who may do what. Nothing is public: every member below is one of these
+# service accounts (tests/test_infra.py checks it).
+#
+#   scheduler  may invoke dispatch, nothing else (Cloud Scheduler signs its OIDC token as it)
+#   dispatch   reads/writes Firestore, reads the signing secret, invokes each worker
+#   workers    read/write Firestore (run state, heartbeats), read the signing secret
+#   build      builds the functions' images (Cloud Build), instead of a default account
+
+locals {
+  # Service account ids are 6-30 characters of [a-z0-9-]; the namespace may be longer.
+  account_prefix = trimsuffix(substr(replace(var.namespace, "_", "-"), 0, 19), "-")
+}
+
+resource "google_service_account" "scheduler" {
+  project      = var.project_id
+  account_id   = "${local.account_prefix}-scheduler"
+  display_name = "firecron scheduler (${var.namespace})"
+  description  = "Identity of the Cloud Scheduler job's OIDC token; may invoke only the dispatch function."
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_service_account" "dispatch" {
+  project      = var.project_id
+  account_id   = "${local.account_prefix}-dispatch"
+  display_name = "firecron dispatcher (${var.namespace})"
+  description  = "Runs the dispatch function: Firestore, the signing secret, and invoking the workers."
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_service_account" "workers" {
+  project      = var.project_id
+  account_id   = "${local.account_prefix}-workers"
+  display_name = "firecron workers (${var.namespace})"
+  description  = "Runs the worker functions: Firestore and the signing secret."
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_service_account" "build" {
+  project      = var.project_id
+  account_id   = "${local.account_prefix}-build"
+  display_name = "firecron function builds (${var.namespace})"
+  description  = "Cloud Build identity for building the functions (new projects give the default one no rights)."
+
+  depends_on = [google_project_service.required]
+}
+
+# --- Firestore: project-level, as Firestore IAM is granted on the project ------------------
+
+resource "google_project_iam_member" "datastore_user" {
+  for_each = {
+    dispatch = "serviceAccount:${google_service_account.dispatch.email}"
+    workers  = "serviceAccount:${google_service_account.workers.email}"
+  }
+
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = each.value
+}
+
+# --- The signing secret: readable by the function identities only ------------------------
+
+resource "google_secret_manager_secret_iam_member" "signing_accessor" {
+  for_each = {
+    dispatch = "serviceAccount:${google_service_account.dispatch.email}"
+    workers  = "serviceAccount:${google_service_account.workers.email}"
+  }
+
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.signing.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = each.value
+}
+
+# --- Invocation: a 2nd gen function is a Cloud Run service, invoked with roles/run.invoker --
+
+resource "google_cloud_run_service_iam_member" "scheduler_invokes_dispatch" {
+  project  = var.project_id
+  location = var.region
+  service  = google_cloudfunctions2_function.dispatch.name
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.scheduler.email}"
+}
+
+resource "google_cloud_run_service_iam_member" "dispatch_invokes_worker" {
+  for_each = google_cloudfunctions2_function.worker
+
+  project  = var.project_id
+  location = var.region
+  service  = each.value.name
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.dispatch.email}"
+}
+
+# --- Builds: the roles Google documents for a custom function build account ---------------
+
+resource "google_project_iam_member" "build" {
+  for_each = toset([
+    "roles/logging.logWriter",
+    "roles/artifactregistry.writer",
+    "roles/storage.objectAdmin",
+  ])
+
+  project = var.project_id
+  role    = each.value
+  member  = "serviceAccount:${google_service_account.build.email}"
+}

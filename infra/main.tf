@@ -1,0 +1,148 @@
+# firecron on Google Cloud: one Cloud Scheduler job ticks the `dispatch` function every
+# minute; dispatch claims the due occurrences in Firestore and fires one-way, signed POSTs
+# at the worker functions. See /README.md ("Deploy") and DESIGN.md ("Architecture").
+#
+#   main.tf       APIs, URLs and settings, the signing secret, the scheduler job
+#   firestore.tf  database, composite indexes, TTL on finished runs
+#   functions.tf  source zip and bucket, dispatch and the workers
+#   iam.tf        service accounts and every grant
+#   outputs.tf
+
+locals {
+  services = toset([
+    "artifactregistry.googleapis.com",     # function images
+    "cloudbuild.googleapis.com",           # function builds
+    "cloudfunctions.googleapis.com",       # 2nd gen functions
+    "cloudresourcemanager.googleapis.com", # project IAM grants
+    "cloudscheduler.googleapis.com",       # the one tick job
+    "firestore.googleapis.com",            # the store
+    "iam.googleapis.com",                  # service accounts
+    "logging.googleapis.com",              # function and build logs
+    "run.googleapis.com",                  # 2nd gen functions run on Cloud Run
+    "secretmanager.googleapis.com",        # the signing secret
+    "storage.googleapis.com",              # the source bucket
+  ])
+
+  # 2nd gen functions answer at https://REGION-PROJECT.cloudfunctions.net/NAME, and
+  # `function` targets resolve to FIRECRON_FUNCTIONS_BASE_URL/NAME. The URLs are computed,
+  # not read from the resources, because dispatch's own URL is one of its settings
+  # (FIRECRON_DISPATCH_AUDIENCE): reading it would be a cycle. Checks in functions.tf
+  # compare them with the URLs the functions really got.
+  functions_base_url = "https://${var.region}-${var.project_id}.cloudfunctions.net"
+  dispatch_url       = "${local.functions_base_url}/dispatch"
+
+  run_retention = "${var.run_retention_days}d"
+
+  # Settings (functions/firecron/settings.py, ENV_VARS). The signing secret comes from
+  # Secret Manager (secret_environment_variables in functions.tf), never from here.
+  worker_env = {
+    FIRECRON_STORE         = local.store_url
+    FIRECRON_NAMESPACE     = var.namespace
+    FIRECRON_RUN_RETENTION = local.run_retention
+  }
+  dispatch_env = {
+    FIRECRON_STORE              = local.store_url
+    FIRECRON_NAMESPACE          = var.namespace
+    FIRECRON_RUN_RETENTION      = local.run_retention
+    FIRECRON_FUNCTIONS_BASE_URL = local.functions_base_url
+    FIRECRON_DISPATCH_AUDIENCE  = local.dispatch_url
+    FIRECRON_DISPATCH_CALLER    = google_service_account.scheduler.email
+    FIRECRON_FUNCTION_AUTH      = "oidc" # deployed workers accept only IAM-authenticated calls
+    FIRECRON_CONCURRENCY        = tostring(var.concurrency)
+    FIRECRON_ACK_TIMEOUT        = var.ack_timeout
+    FIRECRON_TICK_BUDGET        = var.tick_budget
+  }
+}
+
+resource "google_project_service" "required" {
+  for_each = local.services
+
+  project = var.project_id
+  service = each.value
+
+  # Other things in the project may use these APIs too: never turn them off.
+  disable_on_destroy         = false
+  disable_dependent_services = false
+}
+
+# --- The signing secret (FIRECRON_SIGNING_SECRET) -----------------------------------------
+
+resource "random_password" "signing" {
+  count = var.signing_secret == null ? 1 : 0
+
+  length  = 48
+  special = false # it goes into a comma-separated list
+}
+
+locals {
+  # var.signing_secret wins; otherwise the generated one. Both live in the Terraform state.
+  signing_secret = coalesce(var.signing_secret, one(random_password.signing[*].result))
+}
+
+resource "google_secret_manager_secret" "signing" {
+  project   = var.project_id
+  secret_id = "${replace(var.namespace, "_", "-")}-signing-secret"
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_secret_manager_secret_version" "signing" {
+  secret      = google_secret_manager_secret.signing.id
+  secret_data = local.signing_secret
+
+  # A new value is a new version; the functions pin the version (functions.tf), so a
+  # change redeploys them all. Create the new one before the old one is destroyed.
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+# --- The one Cloud Scheduler job ------------------------------------------------------------
+
+resource "google_cloud_scheduler_job" "tick" {
+  project     = var.project_id
+  region      = var.region
+  name        = "${replace(var.namespace, "_", "-")}-tick"
+  description = "firecron (${var.namespace}): ticks the dispatch function, which fires every due schedule."
+  schedule    = var.schedule
+  time_zone   = "Etc/UTC"
+
+  # Cloud Scheduler waits this long for dispatch's answer (15 s to 30 min).
+  attempt_deadline = "${var.dispatch.timeout_seconds}s"
+
+  retry_config {
+    # A retried tick is harmless (claims are exactly once), and the next tick comes
+    # anyway; retry a failed one quickly, within the minute.
+    retry_count          = var.scheduler_retry_count
+    min_backoff_duration = "5s"
+    max_backoff_duration = "20s"
+    max_doublings        = 2
+    max_retry_duration   = "0s"
+  }
+
+  http_target {
+    uri         = local.dispatch_url
+    http_method = "POST"
+    headers = {
+      "Content-Type" = "application/json"
+    }
+    body = base64encode("{}")
+
+    # dispatch is private: Cloud Run checks that this identity may invoke it, and
+    # dispatch itself verifies the token against FIRECRON_DISPATCH_AUDIENCE.
+    oidc_token {
+      service_account_email = google_service_account.scheduler.email
+      audience              = local.dispatch_url
+    }
+  }
+
+  # Fire only once dispatch exists and the scheduler identity may call it.
+  depends_on = [
+    google_cloudfunctions2_function.dispatch,
+    google_cloud_run_service_iam_member.scheduler_invokes_dispatch,
+  ]
+}

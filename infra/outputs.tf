@@ -1,0 +1,49 @@
+output "dispatch_url" {
+  description = "URL of the dispatch function (private: only the scheduler's identity may invoke it)."
+  value       = google_cloudfunctions2_function.dispatch.url
+}
+
+output "worker_urls" {
+  description = "URL of each worker function, by name; schedules target them as {function: NAME}."
+  value       = { for name, f in google_cloudfunctions2_function.worker : name => f.url }
+}
+
+output "functions_base_url" {
+  description = "FIRECRON_FUNCTIONS_BASE_URL: where `function` targets resolve."
+  value       = local.functions_base_url
+}
+
+output "service_accounts" {
+  description = "Email of each service account firecron runs as."
+  value = {
+    scheduler = google_service_account.scheduler.email
+    dispatch  = google_service_account.dispatch.email
+    workers   = google_service_account.workers.email
+    build     = google_service_account.build.email
+  }
+}
+
+output "source_bucket" {
+  description = "Bucket holding the functions' source zips."
+  value       = google_storage_bucket.source.name
+}
+
+output "signing_secret_id" {
+  description = "Secret Manager secret holding FIRECRON_SIGNING_SECRET (read it with gcloud secrets versions access latest --secret ID)."
+  value       = google_secret_manager_secret.signing.secret_id
+}
+
+output "scheduler_job" {
+  description = "The Cloud Scheduler job that ticks dispatch."
+  value       = google_cloud_scheduler_job.tick.name
+}
+
+output "store_url" {
+  description = "FIRECRON_STORE for the CLI: firecron apply schedules.yaml --store <this>."
+  value       = local.store_url
+}
+
+output "namespace" {
+  description = "FIRECRON_NAMESPACE for the CLI."
+  value       = var.namespace
+}

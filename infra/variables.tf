@@ -1,0 +1,202 @@
+variable "project_id" {
+  type        = string
+  description = "Google Cloud project to deploy into (its id, not its number)."
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a project id: 6-30 lowercase letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "region" {
+  type        = string
+  description = "Region of the functions, the scheduler job and the source bucket, e.g. europe-west1."
+
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]+$", var.region))
+    error_message = "region must be a Google Cloud region such as europe-west1 or us-central1."
+  }
+}
+
+variable "namespace" {
+  type        = string
+  description = "Prefix of the Firestore collections ({namespace}_schedules, {namespace}_runs), of the service accounts, the secret and the scheduler job (FIRECRON_NAMESPACE)."
+  default     = "firecron"
+
+  validation {
+    # The same pattern as firecron.store.firestore.NAMESPACE_PATTERN.
+    condition     = can(regex("^[a-z][a-z0-9_]{0,40}$", var.namespace))
+    error_message = "namespace must match ^[a-z][a-z0-9_]{0,40}$ (lowercase letters, digits, '_')."
+  }
+}
+
+variable "firestore_database" {
+  type        = string
+  description = "Firestore database id that firecron uses; \"(default)\" is the project's default database."
+  default     = "(default)"
+}
+
+variable "create_firestore_database" {
+  type        = bool
+  description = "Create the Firestore database (native mode). false reuses an existing database named firestore_database, e.g. a project's existing (default)."
+  default     = true
+}
+
+variable "firestore_location" {
+  type        = string
+  description = "Location of a created Firestore database: a region (europe-west1) or a multi-region (eur3, nam5). null uses var.region. Ignored when reusing a database."
+  default     = null
+}
+
+variable "python_runtime" {
+  type        = string
+  description = "Cloud Functions runtime of every function."
+  default     = "python311"
+
+  validation {
+    condition     = contains(["python311", "python312", "python313"], var.python_runtime)
+    error_message = "python_runtime must be python311, python312 or python313 (firecron needs Python 3.11+)."
+  }
+}
+
+variable "functions" {
+  description = <<-EOT
+    Worker functions, one Cloud Function each. The key is the deployed function's name,
+    which schedules name as `target: {function: KEY}`; entry_point is the Python function
+    in functions/main.py. memory uses Cloud Functions units (256M, 512M, 1G, 2G, ...).
+  EOT
+  type = map(object({
+    entry_point     = string
+    memory          = optional(string, "256M")
+    timeout_seconds = optional(number, 540)
+    max_instances   = optional(number, 100)
+  }))
+  default = {
+    hello = { entry_point = "hello" }
+    sleep = { entry_point = "sleep" }
+    fail  = { entry_point = "fail" }
+  }
+
+  validation {
+    condition = alltrue([
+      for name in keys(var.functions) : can(regex("^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", name)) && name != "dispatch"
+    ])
+    error_message = "functions keys are function names: lowercase letters, digits and '-', starting with a letter, at most 63 characters, and not \"dispatch\"."
+  }
+  validation {
+    condition     = alltrue([for f in values(var.functions) : can(regex("^[A-Za-z_][A-Za-z0-9_]*$", f.entry_point))])
+    error_message = "entry_point must be a Python identifier: a top-level function of functions/main.py."
+  }
+  validation {
+    condition     = alltrue([for f in values(var.functions) : f.timeout_seconds >= 1 && f.timeout_seconds <= 3600])
+    error_message = "timeout_seconds must be between 1 and 3600 (the limit of an HTTP function)."
+  }
+  validation {
+    condition     = alltrue([for f in values(var.functions) : f.max_instances >= 1])
+    error_message = "max_instances must be at least 1."
+  }
+}
+
+variable "dispatch" {
+  description = "The dispatch function. It returns within seconds of a tick (claim + send + ack_timeout), so it needs little memory and few instances."
+  type = object({
+    memory          = optional(string, "256M")
+    timeout_seconds = optional(number, 120)
+    max_instances   = optional(number, 3)
+  })
+  default = {}
+
+  validation {
+    condition     = var.dispatch.timeout_seconds >= 15 && var.dispatch.timeout_seconds <= 1800
+    error_message = "dispatch.timeout_seconds must be between 15 and 1800 (it is also the scheduler job's attempt deadline)."
+  }
+  validation {
+    condition     = var.dispatch.max_instances >= 1
+    error_message = "dispatch.max_instances must be at least 1."
+  }
+}
+
+variable "schedule" {
+  type        = string
+  description = "Cron expression of the one Cloud Scheduler job that ticks the dispatcher (UTC). Every minute is Cloud Scheduler's finest resolution."
+  default     = "* * * * *"
+}
+
+variable "scheduler_retry_count" {
+  type        = number
+  description = "How many times Cloud Scheduler retries a failed tick (0-5). A retried or duplicate tick is harmless: claims are exactly once."
+  default     = 1
+
+  validation {
+    condition     = var.scheduler_retry_count >= 0 && var.scheduler_retry_count <= 5
+    error_message = "scheduler_retry_count must be between 0 and 5."
+  }
+}
+
+variable "run_retention_days" {
+  type        = number
+  description = "Days a finished run is kept before Firestore's TTL deletes it (FIRECRON_RUN_RETENTION; a schedule's `retention` overrides it)."
+  default     = 30
+
+  validation {
+    condition     = var.run_retention_days >= 1 && floor(var.run_retention_days) == var.run_retention_days
+    error_message = "run_retention_days must be a whole number of days, at least 1."
+  }
+}
+
+variable "signing_secret" {
+  type        = string
+  description = "HMAC secret(s) that sign dispatches (FIRECRON_SIGNING_SECRET, comma-separated: the first signs, all verify). null: Terraform generates one. Rotate with \"NEW,OLD\", then \"NEW\"."
+  default     = null
+  sensitive   = true
+
+  validation {
+    condition     = var.signing_secret == null || length(trimspace(split(",", coalesce(var.signing_secret, "x"))[0])) >= 32
+    error_message = "signing_secret: the first (signing) secret must be at least 32 characters."
+  }
+}
+
+variable "concurrency" {
+  type        = number
+  description = "Requests the dispatcher sends at once (FIRECRON_CONCURRENCY)."
+  default     = 64
+
+  validation {
+    condition     = var.concurrency >= 1 && var.concurrency <= 1000
+    error_message = "concurrency must be between 1 and 1000 (FIRECRON_MAX_OPEN, default 1000, must not be below it)."
+  }
+}
+
+variable "ack_timeout" {
+  type        = string
+  description = "How long a dispatch waits for a worker's acknowledgement (FIRECRON_ACK_TIMEOUT), a duration such as 5s."
+  default     = "5s"
+
+  validation {
+    condition     = can(regex("^([0-9]+(ms|s|m))+$", var.ack_timeout))
+    error_message = "ack_timeout must be a duration such as 5s, 500ms or 1m."
+  }
+}
+
+variable "tick_budget" {
+  type        = string
+  description = "How long one tick keeps claiming due work (FIRECRON_TICK_BUDGET). Keep it below the tick interval and well below dispatch.timeout_seconds."
+  default     = "50s"
+
+  validation {
+    condition     = can(regex("^([0-9]+(s|m))+$", var.tick_budget))
+    error_message = "tick_budget must be a duration such as 50s or 1m."
+  }
+}
+
+variable "source_bucket_name" {
+  type        = string
+  description = "Name of the bucket that holds the functions' source zip. null: \"{project_id}-{namespace}-source\" (underscores become '-')."
+  default     = null
+}
+
+variable "labels" {
+  type        = map(string)
+  description = "Labels put on every resource that takes labels (provider default_labels)."
+  default     = { app = "firecron" }
+}

@@ -1,0 +1,423 @@
+"""Offline checks of the Google Cloud deployment: infra/*.tf, the Makefile targets, and
+functions/requirements.txt. Nothing here talks to Google Cloud or needs providers.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _hcl import Module, load_module, single
+from firecron import _requirements
+from firecron.core.runs import Run
+from firecron.settings import ENV_VARS
+from firecron.store.firestore import REQUIRED_INDEXES
+
+ROOT = Path(__file__).resolve().parent.parent
+INFRA = ROOT / "infra"
+MAIN_PY = ROOT / "functions" / "main.py"
+FUNCTION = "google_cloudfunctions2_function"
+
+
+@pytest.fixture(scope="module")
+def tf() -> Module:
+    return load_module(INFRA)
+
+
+def _functions(tf: Module) -> dict[str, dict[str, Any]]:
+    """Every Cloud Function resource, by resource name."""
+    functions = tf.resources.get(FUNCTION, {})
+    assert set(functions) == {"dispatch", "worker"}, sorted(functions)
+    return functions
+
+
+def _service_config(body: dict[str, Any], name: str) -> dict[str, Any]:
+    return single(body["service_config"], f"{name}.service_config")
+
+
+def _env(tf: Module, name: str) -> dict[str, Any]:
+    env = tf.resolve(_service_config(_functions(tf)[name], name)["environment_variables"])
+    assert isinstance(env, dict), f"{name}: environment_variables should be a literal map"
+    return env
+
+
+def _secret_env(tf: Module, name: str) -> dict[str, dict[str, Any]]:
+    blocks = _service_config(_functions(tf)[name], name).get("secret_environment_variables", [])
+    return {b["key"]: b for b in blocks}
+
+
+# --- formatting -------------------------------------------------------------------------
+
+
+def test_terraform_fmt() -> None:
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("terraform is not on PATH")
+    result = subprocess.run(
+        [terraform, "fmt", "-check", "-recursive", "-diff", "infra"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"run `terraform fmt -recursive infra`:\n{result.stdout}"
+
+
+# --- functions and their settings ----------------------------------------------------------
+
+
+def _top_level_names(source: str) -> set[str]:
+    """Names a module binds at top level (what functions-framework's --target can name)."""
+    names: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update(a.asname or a.name.split(".")[0] for a in node.names)
+    return names
+
+
+def test_entry_points_exist_in_main_py(tf: Module) -> None:
+    if not MAIN_PY.exists():
+        pytest.skip("functions/main.py does not exist yet (it holds the entry points)")
+    functions = _functions(tf)
+    dispatch_build = single(functions["dispatch"]["build_config"], "dispatch.build_config")
+    assert dispatch_build["entry_point"] == "dispatch"
+    worker_build = single(functions["worker"]["build_config"], "worker.build_config")
+    assert worker_build["entry_point"] == "${each.value.entry_point}"
+    assert functions["worker"]["for_each"] == "${var.functions}"
+
+    workers = tf.variables["functions"]["default"]
+    assert workers, "var.functions has no default workers"
+    wanted = {"dispatch"} | {spec["entry_point"] for spec in workers.values()}
+    missing = sorted(wanted - _top_level_names(MAIN_PY.read_text(encoding="utf-8")))
+    assert not missing, (
+        f"entry points named in infra/ but not defined in functions/main.py: {missing}"
+    )
+
+
+def test_only_known_settings_are_set(tf: Module) -> None:
+    # Anything FIRECRON_* anywhere in infra/, comments included, must be a real setting.
+    named = set(re.findall(r"FIRECRON_[A-Z0-9_]+", tf.text))
+    unknown = sorted(named - set(ENV_VARS))
+    assert not unknown, (
+        f"infra sets variables firecron does not read (settings.ENV_VARS): {unknown}"
+    )
+    for name in _functions(tf):
+        keys = set(_env(tf, name)) | set(_secret_env(tf, name))
+        assert keys <= set(ENV_VARS), f"{name}: {sorted(keys - set(ENV_VARS))}"
+
+
+def test_every_function_gets_the_store_the_namespace_and_the_secret(tf: Module) -> None:
+    for name in _functions(tf):
+        env = _env(tf, name)
+        assert env["FIRECRON_STORE"] == "${local.store_url}", name
+        assert env["FIRECRON_NAMESPACE"] == "${var.namespace}", name
+        assert env["FIRECRON_RUN_RETENTION"] == "${local.run_retention}", name
+        # The secret comes from Secret Manager, never as a plain environment variable.
+        assert "FIRECRON_SIGNING_SECRET" not in env, name
+        secret = _secret_env(tf, name)["FIRECRON_SIGNING_SECRET"]
+        assert secret["secret"] == "${google_secret_manager_secret.signing.secret_id}", name
+        assert secret["version"] == "${google_secret_manager_secret_version.signing.version}"
+    assert tf.locals["store_url"].count("firestore://${var.project_id}") == 2
+    assert tf.locals["run_retention"] == "${var.run_retention_days}d"
+
+
+def test_dispatch_knows_the_workers_base_and_its_own_audience(tf: Module) -> None:
+    env = _env(tf, "dispatch")
+    assert env["FIRECRON_FUNCTIONS_BASE_URL"] == "${local.functions_base_url}"
+    assert env["FIRECRON_DISPATCH_AUDIENCE"] == "${local.dispatch_url}"
+    assert env["FIRECRON_CONCURRENCY"] == "${tostring(var.concurrency)}"
+    assert env["FIRECRON_ACK_TIMEOUT"] == "${var.ack_timeout}"
+    base = "https://${var.region}-${var.project_id}.cloudfunctions.net"
+    assert tf.locals["functions_base_url"] == base
+    # Computed, not read from the resource (that would be a cycle): it must name dispatch.
+    assert tf.locals["dispatch_url"] == "${local.functions_base_url}/dispatch"
+    assert _functions(tf)["dispatch"]["name"] == "dispatch"
+    assert _functions(tf)["worker"]["name"] == "${each.key}"
+
+
+# --- the scheduler job and who may call what ---------------------------------------------
+
+
+def test_scheduler_job_calls_dispatch_with_an_oidc_token(tf: Module) -> None:
+    jobs = tf.resources["google_cloud_scheduler_job"]
+    assert list(jobs) == ["tick"], "exactly one Cloud Scheduler job"
+    job = jobs["tick"]
+    assert job["schedule"] == "${var.schedule}"
+    target = single(job["http_target"], "http_target")
+    assert target["uri"] == "${local.dispatch_url}"
+    assert target["http_method"] == "POST"
+    oidc = single(target["oidc_token"], "oidc_token")
+    assert oidc["service_account_email"] == "${google_service_account.scheduler.email}"
+    # The audience dispatch verifies (FIRECRON_DISPATCH_AUDIENCE) is the one the job signs.
+    assert oidc["audience"] == _env(tf, "dispatch")["FIRECRON_DISPATCH_AUDIENCE"]
+    assert single(job["retry_config"], "retry_config")["retry_count"] == (
+        "${var.scheduler_retry_count}"
+    )
+    assert job["attempt_deadline"]
+
+
+def test_dispatch_is_internal_only_and_invokable_only_by_the_scheduler(tf: Module) -> None:
+    assert _service_config(_functions(tf)["dispatch"], "dispatch")["ingress_settings"] == (
+        "ALLOW_INTERNAL_ONLY"
+    )
+    invokers = {
+        name: body
+        for kind, named in tf.resources.items()
+        if kind.endswith(("_iam_member", "_iam_binding", "_iam_policy"))
+        for name, body in named.items()
+        if "google_cloudfunctions2_function.dispatch" in str(body)
+    }
+    assert list(invokers) == ["scheduler_invokes_dispatch"], sorted(invokers)
+    grant = invokers["scheduler_invokes_dispatch"]
+    assert grant["role"] == "roles/run.invoker"
+    assert grant["member"] == "serviceAccount:${google_service_account.scheduler.email}"
+
+
+def test_dispatcher_may_invoke_every_worker(tf: Module) -> None:
+    grant = tf.resource("google_cloud_run_service_iam_member", "dispatch_invokes_worker")
+    assert grant["for_each"] == "${google_cloudfunctions2_function.worker}"
+    assert grant["role"] == "roles/run.invoker"
+    assert grant["member"] == "serviceAccount:${google_service_account.dispatch.email}"
+
+
+def _members(body: dict[str, Any]) -> list[str]:
+    values: list[Any] = []
+    if "member" in body:
+        values.append(body["member"])
+    values.extend(body.get("members", []))
+    out: list[str] = []
+    for value in values:
+        if value == "${each.value}":  # for_each over a literal map of members
+            assert isinstance(body["for_each"], dict), body["for_each"]
+            out.extend(body["for_each"].values())
+        else:
+            out.append(value)
+    return out
+
+
+def test_nothing_is_public(tf: Module) -> None:
+    assert "allUsers" not in tf.text
+    assert "allAuthenticatedUsers" not in tf.text
+    iam = [
+        (f"{kind}.{name}", body)
+        for kind, named in tf.resources.items()
+        if "_iam_" in kind
+        for name, body in named.items()
+    ]
+    assert iam
+    for where, body in iam:
+        for member in _members(body):
+            assert member.startswith("serviceAccount:${google_service_account."), (where, member)
+
+
+def test_each_function_has_its_own_identity(tf: Module) -> None:
+    functions = _functions(tf)
+    emails = {
+        name: _service_config(body, name)["service_account_email"]
+        for name, body in functions.items()
+    }
+    assert emails == {
+        "dispatch": "${google_service_account.dispatch.email}",
+        "worker": "${google_service_account.workers.email}",
+    }
+    assert _service_config(functions["worker"], "worker")["ingress_settings"] == "ALLOW_ALL"
+
+
+# --- Firestore -----------------------------------------------------------------------------
+
+
+def test_composite_indexes_are_exactly_the_required_ones(tf: Module) -> None:
+    indexes = tf.resources["google_firestore_index"]
+    assert list(indexes) == ["composite"], (
+        "declare composite indexes only via local.composite_indexes"
+    )
+    index = indexes["composite"]
+    assert index["for_each"] == "${local.composite_indexes}"
+    assert index["collection"] == "${var.namespace}_${each.value.collection}"
+    assert index["query_scope"] == "COLLECTION"
+
+    declared = sorted(
+        (spec["collection"], [(f["field_path"], f["order"]) for f in spec["fields"]])
+        for spec in tf.locals["composite_indexes"].values()
+    )
+    required = sorted((suffix, list(fields)) for suffix, fields in REQUIRED_INDEXES)
+    assert declared == required
+    for _, fields in declared:
+        # A composite index needs two real fields; single-field ones are automatic.
+        assert len([f for f, _ in fields if f != "__name__"]) >= 2, fields
+
+
+def test_runs_expire_by_ttl_on_expire_at(tf: Module) -> None:
+    fields = tf.resources["google_firestore_field"]
+    ttl = [body for body in fields.values() if "ttl_config" in body]
+    assert len(ttl) == 1
+    assert ttl[0]["collection"] == "${var.namespace}_runs"
+    assert ttl[0]["field"] == "expire_at"
+    assert "expire_at" in Run.model_fields
+
+
+def test_apis_stay_enabled_on_destroy(tf: Module) -> None:
+    services = tf.resource("google_project_service", "required")
+    assert services["disable_on_destroy"] is False
+    for api in ("cloudfunctions", "run", "cloudbuild", "cloudscheduler", "firestore"):
+        assert f"{api}.googleapis.com" in tf.locals["services"], api
+
+
+def test_outputs(tf: Module) -> None:
+    assert {
+        "dispatch_url",
+        "worker_urls",
+        "service_accounts",
+        "source_bucket",
+        "signing_secret_id",
+        "scheduler_job",
+    } <= set(tf.outputs)
+
+
+def test_variables_are_typed_and_described(tf: Module) -> None:
+    for name, body in tf.variables.items():
+        assert "type" in body, f"variable {name} has no type"
+        assert body.get("description"), f"variable {name} has no description"
+    assert tf.variables["signing_secret"]["sensitive"] is True
+
+
+# --- functions/requirements.txt --------------------------------------------------------------
+
+
+def test_requirements_txt_is_up_to_date() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "firecron._requirements"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    path = ROOT / "functions" / "requirements.txt"
+    assert path.exists(), "functions/requirements.txt is missing: run `make requirements`"
+    assert path.read_text(encoding="utf-8") == result.stdout, (
+        "functions/requirements.txt is stale: run `make requirements`"
+    )
+
+
+def test_requirements_render(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\ndependencies = ["a>=1", "b[x]; python_version<\'4\'"]\n')
+    assert _requirements.render(pyproject) == (
+        f"{_requirements.HEADER}\na>=1\nb[x]; python_version<'4'\n"
+    )
+
+
+def test_requirements_without_pyproject(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _requirements.main(tmp_path / "pyproject.toml") == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "pyproject.toml not found" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+# --- Makefile targets ----------------------------------------------------------------------
+
+MAKE = shutil.which("make")
+needs_make = pytest.mark.skipif(MAKE is None, reason="make is not on PATH")
+
+
+def _make(*args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    assert MAKE is not None
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"PROJECT", "REGION", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "FIRECRON_NAMESPACE"}
+    }
+    if path is not None:
+        env["PATH"] = path
+    return subprocess.run(
+        [MAKE, "--no-print-directory", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _fake_tools(folder: Path, *names: str) -> Path:
+    """Stand-ins that only leave a trace, so a test sees whether a tool ran."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        tool = folder / name
+        tool.write_text(f'#!/bin/sh\necho "$0 $*" >> "{folder}/ran"\n')
+        tool.chmod(0o755)
+    return folder / "ran"
+
+
+@needs_make
+def test_make_n_deploy_shows_the_whole_sequence() -> None:
+    result = _make("-n", "deploy", "PROJECT=p", "REGION=r")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+
+    def first(pattern: str) -> int:
+        hits = [i for i, line in enumerate(lines) if re.search(pattern, line)]
+        assert hits, f"{pattern!r} not in:\n{result.stdout}"
+        return hits[0]
+
+    requirements = first(r"-m firecron\._requirements > functions/requirements\.txt")
+    init = first(r"terraform -chdir=infra init")
+    apply = first(r"terraform -chdir=infra apply")
+    assert requirements < init < apply
+    assert "-var project_id=p" in lines[apply]
+    assert "-var region=r" in lines[apply]
+
+
+@needs_make
+@pytest.mark.parametrize("target", ["deploy", "plan", "destroy", "schedules-apply", "logs"])
+def test_make_cloud_targets_need_project(target: str, tmp_path: Path) -> None:
+    ran = _fake_tools(tmp_path / "bin", "terraform", "gcloud")
+    result = _make(
+        "-s", target, "REGION=r", path=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"
+    )
+    assert result.returncode != 0
+    assert "PROJECT is required" in result.stderr
+    assert not ran.exists(), f"{target} ran a tool before checking PROJECT: {ran.read_text()}"
+
+
+@needs_make
+@pytest.mark.parametrize("target", ["deploy", "plan", "destroy", "logs"])
+def test_make_cloud_targets_need_region(target: str, tmp_path: Path) -> None:
+    ran = _fake_tools(tmp_path / "bin", "terraform", "gcloud")
+    result = _make(
+        "-s", target, "PROJECT=p", path=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"
+    )
+    assert result.returncode != 0
+    assert "REGION is required" in result.stderr
+    assert not ran.exists()
+
+
+@needs_make
+@pytest.mark.parametrize(("present", "missing"), [((), "terraform"), (("terraform",), "gcloud")])
+def test_make_deploy_names_a_missing_tool(
+    present: tuple[str, ...], missing: str, tmp_path: Path
+) -> None:
+    ran = _fake_tools(tmp_path / "bin", *present)
+    result = _make("-s", "deploy", "PROJECT=p", "REGION=r", path=str(tmp_path / "bin"))
+    assert result.returncode != 0
+    assert f"error: {missing} not found on PATH" in result.stderr
+    assert not ran.exists()
