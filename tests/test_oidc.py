@@ -1,0 +1,196 @@
+"""OIDC verification of dispatch callers with real RS256 tokens and a local certificate endpoint.
+
+The test generates an RSA key and a self-signed certificate, serves ``{kid: PEM}`` the
+way Google's certs endpoint does, and signs tokens with google-auth's own signer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from google.auth import crypt, jwt
+
+from _workers import serve_worker, worker_env
+from firecron.errors import FirecronError, SignatureError
+from firecron.oidc import check_dispatch_caller
+from firecron.settings import Settings
+
+AUDIENCE = "https://europe-west1-proj.cloudfunctions.net/dispatch"
+CALLER = "firecron-scheduler@proj.iam.gserviceaccount.com"
+KID = "test-key-1"
+
+
+def _key_and_cert() -> tuple[bytes, bytes]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "firecron-test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem_key = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return pem_key, cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, Any]:
+    good_key, good_cert = _key_and_cert()
+    other_key, _ = _key_and_cert()
+    return {
+        "signer": crypt.RSASigner.from_string(good_key, key_id=KID),
+        "other": crypt.RSASigner.from_string(other_key, key_id=KID),
+        "cert": good_cert.decode(),
+    }
+
+
+@pytest.fixture(scope="module")
+def certs_url(keys: dict[str, Any]) -> Iterator[str]:
+    """A local stand-in for https://www.googleapis.com/oauth2/v1/certs."""
+    payload = json.dumps({KID: keys["cert"]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/oauth2/v1/certs"
+    server.shutdown()
+
+
+def token(keys: dict[str, Any], signer: str = "signer", **overrides: Any) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": "https://accounts.google.com",
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + 3600,
+        "email": CALLER,
+        "email_verified": True,
+        "sub": "1234",
+    }
+    claims.update(overrides)
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode(keys[signer], claims).decode()
+
+
+def settings(certs_url: str, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "dispatch_audience": AUDIENCE,
+        "oidc_certs_url": certs_url,
+        "dispatch_caller": CALLER,
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+def test_good_token_is_accepted(keys: dict[str, Any], certs_url: str) -> None:
+    check_dispatch_caller(f"Bearer {token(keys)}", settings(certs_url))
+
+
+@pytest.mark.parametrize(
+    ("make_header", "message"),
+    [
+        (lambda k: None, "missing bearer token"),
+        (lambda k: "Basic abc", "missing bearer token"),
+        (lambda k: "Bearer not-a-jwt", "malformed"),
+        (
+            lambda k: f"Bearer {token(k, exp=int(time.time()) - 600, iat=int(time.time()) - 4200)}",
+            "expired",
+        ),
+        (lambda k: f"Bearer {token(k, aud='https://evil.example/dispatch')}", "audience"),
+        (lambda k: f"Bearer {token(k, iss='https://evil.example')}", "issuer"),
+        (lambda k: f"Bearer {token(k, 'other')}", "signature"),
+        (lambda k: f"Bearer {token(k, email='someone@else.iam.gserviceaccount.com')}", "caller"),
+        (lambda k: f"Bearer {token(k, email_verified=False)}", "caller"),
+    ],
+)
+def test_bad_tokens_are_refused(
+    keys: dict[str, Any], certs_url: str, make_header: Any, message: str
+) -> None:
+    with pytest.raises(SignatureError, match=message):
+        check_dispatch_caller(make_header(keys), settings(certs_url))
+
+
+def _stripped(tok: str) -> str:
+    head, body, _ = tok.split(".")
+    return f"{head}.{body}.SIGNATURE_REMOVED_BY_GOOGLE"
+
+
+def test_platform_verified_token_is_accepted_only_when_deployed(
+    keys: dict[str, Any], certs_url: str
+) -> None:
+    stripped = _stripped(token(keys))
+    check_dispatch_caller(f"Bearer {stripped}", settings(certs_url, deployed=True))
+    with pytest.raises(SignatureError, match="signature"):
+        check_dispatch_caller(f"Bearer {stripped}", settings(certs_url, deployed=False))
+    # The claims are still checked on the platform path.
+    wrong = _stripped(token(keys, aud="https://evil.example/dispatch"))
+    with pytest.raises(SignatureError, match="audience"):
+        check_dispatch_caller(f"Bearer {wrong}", settings(certs_url, deployed=True))
+
+
+def test_deployed_without_audience_refuses_to_run() -> None:
+    with pytest.raises(FirecronError, match="FIRECRON_DISPATCH_AUDIENCE is not set"):
+        check_dispatch_caller(None, Settings(deployed=True))
+    check_dispatch_caller(None, Settings(deployed=False))  # local: allowed
+
+
+def test_dispatch_entry_point_end_to_end(
+    keys: dict[str, Any], certs_url: str, tmp_path: Path
+) -> None:
+    """functions-framework serving main.py's ``dispatch``: 401 without a good token, a tick with one."""
+    env = worker_env(
+        f"sqlite:///{tmp_path / 'd.db'}",
+        extra={"FIRECRON_DISPATCH_AUDIENCE": AUDIENCE, "FIRECRON_OIDC_CERTS_URL": certs_url},
+    )
+    with serve_worker("dispatch", env=env) as proc:
+        refused = httpx.post(proc.url, timeout=30)
+        assert refused.status_code == 401
+        assert refused.json() == {"error": "missing bearer token"}
+        forged = httpx.post(
+            proc.url, headers={"authorization": f"Bearer {token(keys, 'other')}"}, timeout=30
+        )
+        assert forged.status_code == 401
+        ok = httpx.post(proc.url, headers={"authorization": f"Bearer {token(keys)}"}, timeout=30)
+        assert ok.status_code == 200, ok.text
+        body = ok.json()
+        assert body["due"] == 0
+        assert body["errors"] == []
+
+
+def test_dispatch_entry_point_refuses_when_deployed_without_audience(tmp_path: Path) -> None:
+    env = worker_env(f"sqlite:///{tmp_path / 'd.db'}", extra={"K_SERVICE": "dispatch"})
+    with serve_worker("dispatch", env=env) as proc:
+        response = httpx.post(proc.url, timeout=30)
+    assert response.status_code == 500
+    assert "FIRECRON_DISPATCH_AUDIENCE is not set" in response.json()["error"]
