@@ -1,0 +1,236 @@
+"""The whole loop with real parts: dispatcher ticks -> functions-framework workers -> store.
+
+Runs on both stores: SQLite (a shared file) and Firestore (the emulator), with the
+workers as separate processes writing run state, exactly as in the cloud. Ticks get
+their planning instant passed in, so the watchdog's deadlines are reached without
+waiting for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _workers import serve_worker, worker_env
+from firecron.core import planning
+from firecron.core.models import ScheduleSpec
+from firecron.core.runs import Run, RunState
+from firecron.dispatch import Dispatcher
+from firecron.settings import Settings
+from firecron.store import Store, open_store
+
+SECRET = "e2e-secret"
+
+
+@dataclass
+class Backend:
+    url: str
+    namespace: str
+    store: Store
+
+    def env(self) -> dict[str, str]:
+        return worker_env(self.url, secrets=[SECRET], namespace=self.namespace)
+
+    def dispatcher(self, **overrides: Any) -> Dispatcher:
+        fields: dict[str, Any] = {
+            "store_url": self.url,
+            "namespace": self.namespace,
+            "signing_secrets": (SECRET,),
+            "allow_private_targets": True,
+            "ack_timeout": timedelta(seconds=5),
+        }
+        fields.update(overrides)
+        return Dispatcher(self.store, Settings(**fields))
+
+
+@pytest.fixture(params=["sqlite", "firestore"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        url, namespace = f"sqlite:///{tmp_path / 'e2e.db'}", "firecron"
+    else:
+        request.getfixturevalue("firestore_emulator")
+        url, namespace = "firestore://firecron-test", f"e{uuid.uuid4().hex[:10]}"
+    store = open_store(url, namespace)
+    yield Backend(url, namespace, store)
+    await store.close()
+
+
+async def add(backend: Backend, schedule_id: str, url: str, now: datetime, **fields: Any) -> None:
+    spec = ScheduleSpec.model_validate(
+        {"id": schedule_id, "every": "1h", "target": {"url": url, "worker": True}, **fields}
+    )
+    state = planning.initial_state(spec, now - timedelta(hours=1))
+    await backend.store.put_schedule(spec, state, expect_version=None)
+
+
+async def wait_run(
+    store: Store, run_id: str, done: Callable[[Run], bool], timeout: float = 30
+) -> Run:
+    """Poll the store until ``done(run)``; the deadline is generous, never asserted on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = await store.get_run(run_id)
+        if run is not None and done(run):
+            return run
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} stuck in {run.state if run else None}")
+        await asyncio.sleep(0.1)
+
+
+def _hour(now: datetime) -> datetime:
+    return now.replace(minute=0, second=0, microsecond=0)
+
+
+async def test_worker_run_succeeds_with_output(backend: Backend) -> None:
+    now = datetime.now(UTC)
+    with serve_worker("hello", env=backend.env()) as hello:
+        await add(backend, "greet", hello.url, now, params={"name": "e2e"})
+        d = backend.dispatcher()
+        try:
+            summary = await d.tick(now)
+        finally:
+            await d.aclose()
+        [run] = await backend.store.list_runs(schedule_id="greet")
+        done = await wait_run(backend.store, run.id, lambda r: r.is_terminal)
+    assert summary.outcomes["acknowledged"] == 1
+    assert done.state is RunState.succeeded
+    assert done.output == {"greeting": "hello e2e"}
+    # The worker records its start before it acknowledges, so the start stands for the ack.
+    assert done.attempts[-1].started_at is not None
+
+
+async def test_failing_worker_retries_then_fails(backend: Backend) -> None:
+    now = datetime.now(UTC)
+    with serve_worker("fail", env=backend.env()) as fail:
+        await add(
+            backend,
+            "broken",
+            fail.url,
+            now,
+            params={"message": "boom"},
+            retry={"max_attempts": 3, "backoff": "1s"},
+        )
+        d = backend.dispatcher()
+        try:
+            await d.tick(now)
+            [run] = await backend.store.list_runs(schedule_id="broken")
+            for attempt in (1, 2):
+                waiting = await wait_run(
+                    backend.store,
+                    run.id,
+                    lambda r, a=attempt: r.state is RunState.retry_wait and r.attempt == a,
+                )
+                assert waiting.retry_at is not None
+                await d.tick(waiting.retry_at)  # the watchdog sends the next attempt
+            final = await wait_run(backend.store, run.id, lambda r: r.is_terminal)
+        finally:
+            await d.aclose()
+    assert final.state is RunState.failed
+    assert final.error == "RuntimeError: boom"
+    assert [a.outcome for a in final.attempts] == [RunState.failed] * 3
+
+
+async def test_crash_between_claim_and_post_executes_once(backend: Backend) -> None:
+    now = datetime.now(UTC)
+    with serve_worker("hello", env=backend.env()) as hello:
+        await add(backend, "crashy", hello.url, now)
+        d = backend.dispatcher()
+        stored = await backend.store.get_schedule("crashy")
+        assert stored is not None
+        plan = planning.plan(stored, None, now, pending_grace=d.timeouts.pending_grace)
+        assert (
+            await backend.store.claim(stored, plan.new_state, plan.runs) is not None
+        )  # ...and the dispatcher dies
+        [run] = plan.runs
+        try:
+            assert (await d.tick(now + timedelta(seconds=10))).fired == 0
+            later = now + d.timeouts.pending_grace + timedelta(seconds=1)
+            # Two overlapping ticks at the deadline: exactly one re-fires.
+            summaries = await asyncio.gather(d.tick(later), backend.dispatcher().tick(later))
+            done = await wait_run(backend.store, run.id, lambda r: r.is_terminal)
+        finally:
+            await d.aclose()
+    assert sum(s.fired for s in summaries) == 1
+    assert done.state is RunState.succeeded
+    assert done.attempt == 2
+    assert [a.outcome for a in done.attempts if a.outcome] == [RunState.succeeded]  # executed once
+
+
+async def test_killed_worker_run_is_lost_then_retried_and_succeeds(
+    backend: Backend, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    env = backend.env()
+    d = backend.dispatcher()
+    try:
+        with serve_worker("sleep", env=env) as sleeper:
+            await add(
+                backend,
+                "napper",
+                sleeper.url,
+                now,
+                params={"seconds": 30},
+                retry={"max_attempts": 2, "backoff": "1s"},
+            )
+            await d.tick(now)
+            [run] = await backend.store.list_runs(schedule_id="napper")
+            await wait_run(backend.store, run.id, lambda r: r.state is RunState.running)
+            sleeper.kill()  # the instance dies mid-run
+        # A replacement instance on a new port: point the schedule's run at it.
+        with serve_worker("sleep", env=env) as replacement:
+            stale = await backend.store.get_run(run.id)
+            assert stale is not None
+            assert stale.state is RunState.running
+            moved = await backend.store.update_run(
+                run.id,
+                [RunState.running],
+                {
+                    "target": stale.target.model_copy(update={"url": replacement.url}),
+                    "params": {"seconds": 0.2},
+                },
+            )
+            assert moved is not None
+            lost_at = now + d.timeouts.heartbeat_timeout + timedelta(seconds=60)
+            summary = await d.tick(lost_at)
+            assert summary.events["run.retrying"] == 1
+            waiting = await wait_run(
+                backend.store, run.id, lambda r: r.state is RunState.retry_wait
+            )
+            assert waiting.attempts[0].outcome is RunState.lost
+            assert waiting.retry_at is not None
+            await d.tick(max(waiting.retry_at, lost_at))
+            done = await wait_run(backend.store, run.id, lambda r: r.is_terminal)
+    finally:
+        await d.aclose()
+    assert done.state is RunState.succeeded
+    assert done.attempt == 2
+    assert [a.outcome for a in done.attempts] == [RunState.lost, RunState.succeeded]
+
+
+async def test_sla_breach_is_recorded_once(backend: Backend) -> None:
+    now = datetime.now(UTC)
+    with serve_worker("sleep", env=backend.env()) as sleeper:
+        await add(backend, "slow", sleeper.url, now, params={"seconds": 3}, expected_duration="1s")
+        d = backend.dispatcher()
+        try:
+            await d.tick(now)
+            [run] = await backend.store.list_runs(schedule_id="slow")
+            running = await wait_run(backend.store, run.id, lambda r: r.state is RunState.running)
+            assert running.started_at is not None
+            breach_time = running.started_at + timedelta(seconds=1, milliseconds=100)
+            first = await d.tick(breach_time)
+            second = await d.tick(breach_time + timedelta(milliseconds=200))
+            done = await wait_run(backend.store, run.id, lambda r: r.is_terminal)
+        finally:
+            await d.aclose()
+    assert first.events["run.sla_breached"] + second.events["run.sla_breached"] == 1
+    assert done.state is RunState.succeeded
+    assert done.sla_breached_at is not None
