@@ -24,6 +24,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -165,6 +166,9 @@ class DevStack:
         logging.getLogger("firecron.worker").setLevel(logging.CRITICAL)
 
         try:
+            # werkzeug exits the process on a taken port; find out first, to say it our way.
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", self.port))
             server = make_server(
                 "127.0.0.1", self.port, _workers_app(self.source, names), threaded=True
             )
