@@ -240,8 +240,67 @@ def test_default_store_is_under_dot_firecron(tmp_path: Path, good_file: Path) ->
 def test_every_command_has_help_with_an_example() -> None:
     top = run("--help")
     commands = [line.split()[0] for line in top.stdout.split("Commands:")[1].strip().splitlines()]
-    assert {"next", "validate", "apply", "list", "show"} <= set(commands)
+    assert {
+        "next",
+        "validate",
+        "apply",
+        "list",
+        "show",
+        "pause",
+        "resume",
+        "delete",
+        "trigger",
+        "runs",
+        "run",
+        "tick",
+        "dev",
+    } <= set(commands)
     for command in commands:
         proc = run(command, "--help")
         assert proc.returncode == 0
         assert "Example" in proc.stdout, command
+
+
+def test_pause_resume_delete(good_file: Path, store_url: str) -> None:
+    run("apply", str(good_file), "--store", store_url)
+    proc = run("pause", "hello", "--json", "--store", store_url)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "paused"
+    assert json.loads(proc.stdout)["next_fire_at"] is None
+    # Re-applying the file keeps the pause.
+    run("apply", str(good_file), "--store", store_url)
+    listed = {s["id"]: s for s in json.loads(run("list", "--json", "--store", store_url).stdout)}
+    assert listed["hello"]["status"] == "paused"
+    resumed = json.loads(run("resume", "hello", "--json", "--store", store_url).stdout)
+    assert resumed["status"] == "active"
+    assert resumed["next_fire_at"] is not None
+    assert run("delete", "nightly", "--store", store_url).stdout.strip() == "deleted nightly"
+    assert_user_error(run("delete", "nightly", "--store", store_url), "unknown schedule 'nightly'")
+    assert_user_error(run("pause", "nope", "--store", store_url), "unknown schedule 'nope'")
+
+
+def test_apply_json(good_file: Path, store_url: str) -> None:
+    proc = run("apply", str(good_file), "--json", "--store", store_url)
+    assert json.loads(proc.stdout) == [
+        {"action": "create", "id": "hello", "changed": []},
+        {"action": "create", "id": "nightly", "changed": []},
+    ]
+
+
+def test_shell_completion_uses_clicks_mechanism() -> None:
+    proc = run(env={"_FIRECRON_COMPLETE": "bash_source"})
+    assert proc.returncode == 0
+    assert "_firecron_completion" in proc.stdout
+    proc = subprocess.run(
+        [FIRECRON],
+        env={
+            **os.environ,
+            "_FIRECRON_COMPLETE": "bash_complete",
+            "COMP_WORDS": "firecron pa",
+            "COMP_CWORD": "1",
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "pause" in proc.stdout

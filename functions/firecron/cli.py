@@ -151,7 +151,8 @@ def validate(file: str) -> None:
 @click.option("--prune", is_flag=True, help="Delete stored schedules that the file does not list.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
 @store_option
-def apply(file: str, prune: bool, dry_run: bool, store_url: str | None) -> None:
+@json_option
+def apply(file: str, prune: bool, dry_run: bool, store_url: str | None, as_json: bool) -> None:
     """Make the store match a schedules file, printing a plan line per schedule.
 
     + created, ~ changed, = unchanged, - deleted (only with --prune). Nothing is
@@ -167,6 +168,14 @@ def apply(file: str, prune: bool, dry_run: bool, store_url: str | None) -> None:
         store_url,
         lambda s: admin.apply_schedules(s, doc.schedules, _now(), prune=prune, dry_run=dry_run),
     )
+    if as_json:
+        emit_json(
+            [
+                {"action": ln.action.name, "id": ln.schedule_id, "changed": list(ln.changed_fields)}
+                for ln in lines
+            ]
+        )
+        return
     for line in lines:
         extra = f"  ({', '.join(line.changed_fields)})" if line.changed_fields else ""
         click.echo(f"{line.action.value} {line.schedule_id}{extra}")
@@ -326,6 +335,52 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
         ["LOCAL", "UTC"],
         [[t.astimezone(zone).isoformat(), rfc3339(t)] for t in upcoming],
     )
+
+
+def _state_command(name: str, verb: str, fn: Any, example: str, extra_doc: str) -> None:
+    @cli.command(name, help=f"{verb} a schedule. {extra_doc}\n\n\b\nExample:\n  {example}")
+    @click.argument("schedule_id", metavar="ID")
+    @store_option
+    @json_option
+    def command(schedule_id: str, store_url: str | None, as_json: bool) -> None:
+        stored = _with_store(store_url, lambda s: fn(s, schedule_id, _now()))
+        if as_json:
+            emit_json(_summary(stored))
+        else:
+            nxt = rfc3339(stored.state.next_fire_at) or "-"
+            click.echo(f"{stored.id}: {stored.status} (next fire {nxt})")
+
+
+_state_command(
+    "pause",
+    "Pause",
+    admin.pause,
+    "firecron pause nightly-report",
+    "It stops firing until resumed; re-applying the YAML keeps it paused.",
+)
+_state_command(
+    "resume",
+    "Resume",
+    admin.resume,
+    "firecron resume nightly-report",
+    "The schedule's misfire policy decides what happens to the occurrences missed while paused.",
+)
+
+
+@cli.command()
+@click.argument("schedule_id", metavar="ID")
+@store_option
+def delete(schedule_id: str, store_url: str | None) -> None:
+    """Delete a schedule. Its runs are kept as history (until their retention expires).
+
+    A schedule still listed in your YAML comes back on the next `firecron apply`.
+
+    \b
+    Example:
+      firecron delete old-report
+    """
+    _with_store(store_url, lambda s: admin.delete(s, schedule_id))
+    click.echo(f"deleted {schedule_id}")
 
 
 @cli.command()
