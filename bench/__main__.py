@@ -1,0 +1,182 @@
+"""Run firecron's benchmarks: ``python -m bench`` (``make bench``).
+
+Benchmarks (each prints its table, figures and ratios, and writes
+``bench/results/<name>.json``; a final table lists every target with PASS/FAIL and is
+written to ``bench/results/summary.json``):
+
+- ``fanout``: 10,000 due schedules, one tick, 64 concurrent, against a 50 ms endpoint;
+  ratios to the HTTP and store bounds measured in the same run (``bench/fanout.py``);
+- ``held``: 1,000 due runs whose target never answers in time (``bench/held.py``);
+- ``decoupling``: 9 and 50 jobs of 5 s due at once, a 4-slot blocking scheduler against
+  one firecron tick (``bench/decoupling.py``).
+
+Options: ``--only NAME`` (repeatable), ``--quick`` (smaller sizes, about 2 minutes),
+``--backends sqlite,firestore`` (default: both when ``gcloud`` is on PATH), size
+overrides, and ``--results-dir``. The HTTP client-setup comparison is separate:
+``python -m bench.http_clients``.
+
+Targets never make the exit status non-zero (the machine may be shared); a benchmark
+that crashes does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from bench import decoupling, fanout, held
+from bench._common import (
+    RESULTS_DIR,
+    Backends,
+    BenchResult,
+    Check,
+    SinkProcess,
+    machine_info,
+    print_table,
+    sink_process,
+    write_json,
+)
+
+NAMES = ("fanout", "held", "decoupling")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description="firecron benchmarks")
+    p.add_argument("--only", action="append", choices=NAMES, help="run only this (repeatable)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes")
+    p.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated: sqlite,firestore (default: both when gcloud is on PATH)",
+    )
+    p.add_argument("--schedules", type=int, help="fan-out: due schedules")
+    p.add_argument("--held", type=int, help="held: due runs")
+    p.add_argument("--hold-seconds", type=float, help="held: how long the target holds")
+    p.add_argument("--ack-timeout", type=float, help="held: ack_timeout in seconds")
+    p.add_argument("--jobs", help="decoupling: comma-separated job counts, e.g. 9,50")
+    p.add_argument("--work-seconds", type=float, help="decoupling: seconds of work per job")
+    p.add_argument("--http-requests", type=int, help="fan-out: requests per HTTP-bound probe")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    return p
+
+
+def _configs(
+    args: argparse.Namespace,
+) -> tuple[fanout.FanoutConfig, held.HeldConfig, decoupling.DecouplingConfig]:
+    f, h, d = fanout.FanoutConfig(), held.HeldConfig(), decoupling.DecouplingConfig()
+    if args.quick:
+        f = replace(f, schedules=2_000, http_requests=1_000, latency_probes=20)
+        h = replace(h, runs=200)
+        d = replace(d, jobs=(9, 20), work_s=2.0)
+    if args.schedules is not None:
+        f = replace(f, schedules=args.schedules)
+    if args.http_requests is not None:
+        f = replace(f, http_requests=args.http_requests)
+    if args.held is not None:
+        h = replace(h, runs=args.held)
+    if args.hold_seconds is not None:
+        h = replace(h, hold_s=args.hold_seconds)
+    if args.ack_timeout is not None:
+        h = replace(h, ack_timeout_s=args.ack_timeout)
+    if args.jobs:
+        d = replace(d, jobs=tuple(int(x) for x in args.jobs.split(",")))
+    if args.work_seconds is not None:
+        d = replace(d, work_s=args.work_seconds)
+    return f, h, d
+
+
+def _raise_nofile() -> None:
+    # The dispatcher holds up to max_open (1,000) connections in the held benchmark.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.backends:
+        names = [b.strip() for b in args.backends.split(",") if b.strip()]
+    else:
+        names = ["sqlite", "firestore"] if shutil.which("gcloud") else ["sqlite"]
+        if "firestore" not in names:
+            print("gcloud not on PATH: Firestore emulator runs skipped", flush=True)
+    bad = [b for b in names if b not in ("sqlite", "firestore")]
+    if bad:
+        print(f"unknown backend(s): {', '.join(bad)}", file=sys.stderr)
+        return 2
+    only = args.only or list(NAMES)
+    f_cfg, h_cfg, d_cfg = _configs(args)
+    _raise_nofile()
+    machine = machine_info()
+    print(
+        f"firecron benchmarks on {machine['cpus']} cores ({machine['cpu_model']}), "
+        f"Python {machine['python']}, backends {', '.join(names)}",
+        flush=True,
+    )
+    runners: dict[str, Callable[[Backends, SinkProcess], BenchResult]] = {
+        "fanout": lambda b, s: fanout.run(b, names, s, f_cfg),
+        "held": lambda b, s: held.run(b, names, s, h_cfg),
+        "decoupling": lambda b, s: decoupling.run(b, names, s, d_cfg),
+    }
+    results: list[BenchResult] = []
+    crashed = False
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="firecron-bench-") as tmp:
+        backends = Backends(Path(tmp))
+        try:
+            with sink_process() as sink:
+                for name in NAMES:
+                    if name not in only:
+                        continue
+                    t0 = time.perf_counter()
+                    try:
+                        result = runners[name](backends, sink)
+                    except Exception as exc:
+                        crashed = True
+                        traceback.print_exc()
+                        result = BenchResult(
+                            name,
+                            {"error": f"{type(exc).__name__}: {exc}"},
+                            [Check(name, "-", "runs to completion", f"crashed: {exc}", False)],
+                        )
+                    result.figures["elapsed_s"] = round(time.perf_counter() - t0, 1)
+                    results.append(result)
+                    path = write_json(
+                        args.results_dir, name, {**result.as_dict(), "machine": machine}
+                    )
+                    print(f"wrote {path}", flush=True)
+        finally:
+            backends.close()
+    checks = [c for r in results for c in r.checks]
+    print_table(
+        "Summary of targets",
+        ["benchmark", "backend", "target", "measured", "verdict"],
+        [[c.benchmark, c.backend, c.target, c.measured, c.verdict] for c in checks],
+    )
+    total = round(time.perf_counter() - started, 1)
+    passed = sum(c.passed for c in checks)
+    print(f"\n{passed}/{len(checks)} targets pass; total {total}s", flush=True)
+    summary = {
+        "checks": [{**r.as_dict()["checks"][i]} for r in results for i in range(len(r.checks))],
+        "passed": passed,
+        "total": len(checks),
+        "elapsed_s": total,
+        "options": {"only": only, "quick": args.quick, "backends": names},
+        "machine": machine,
+    }
+    print(f"wrote {write_json(args.results_dir, 'summary', summary)}")
+    return 1 if crashed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
