@@ -40,6 +40,7 @@ def run(state: RunState = S.pending, **fields: Any) -> Run:
         "watch_at": None if state in TERMINAL_STATES else T0 + T.pending_grace,
     }
     base.update(fields)
+    base.setdefault("deadline_at", base["watch_at"])  # no events pending: the two coincide
     return Run.model_validate(base)
 
 
@@ -172,7 +173,11 @@ def test_watchdog_running_rules() -> None:
     assert apply(breached, lost.change).state is S.lost
     # Past timeout: timed out, and the worker is asked to stop.
     alive = breached.model_copy(
-        update={"heartbeat_at": T0 + timedelta(minutes=10), "watch_at": T0 + timedelta(minutes=10)}
+        update={
+            "heartbeat_at": T0 + timedelta(minutes=10),
+            "watch_at": T0 + timedelta(minutes=10),
+            "deadline_at": T0 + timedelta(minutes=10),
+        }
     )
     timed = lc.watch(alive, T0 + timedelta(minutes=10), T)
     assert timed.change is not None

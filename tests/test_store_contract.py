@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from _factories import MINUTE, T0, make_run, make_spec, make_state
+from firecron.core.events import Delivery, Event, EventType, PubSubSink, Route
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Attempt, Run, RunState, RunTrigger, scheduled_run_id
 from firecron.errors import ConflictError, InvalidInputError
@@ -610,6 +611,18 @@ async def test_full_spec_and_state_roundtrip(store: Store) -> None:
             "misfire": {"policy": "all", "grace": "2h"},
             "labels": {"team": "data", "env": "prod"},
             "retention": "90d",
+            "notify": [
+                {"sink_name": "log", "types": [], "sink": {"type": "log"}},
+                {
+                    "sink_name": "ops",
+                    "types": ["run.failed", "run.lost"],
+                    "sink": {
+                        "type": "webhook",
+                        "url": "https://hooks.example.com/x",
+                        "format": "slack",
+                    },
+                },
+            ],
         }
     )
     state = ScheduleState(
@@ -653,6 +666,29 @@ async def test_full_run_roundtrip(store: Store) -> None:
         timeout="45m",
         expected_duration="15m",
         labels={"a": "b"},
+        deadline_at=T0 + timedelta(minutes=2),
+        notify=[
+            Route(
+                sink_name="bus",
+                types=(),
+                sink=PubSubSink(type="pubsub", topic="projects/p-roj/topics/events"),
+            )
+        ],
+        events=[
+            Event(
+                id="x@1/run.failed/1",
+                type=EventType.run_failed,
+                source="//firecron/schedules/x",
+                subject="x@1",
+                time=T0,
+                data={"error": "boom", "n": 1, "nested": {"a": [1, None]}},
+                deliveries=[
+                    Delivery(
+                        sink="bus", attempts=2, next_at=T0 + timedelta(minutes=1), last_error="503"
+                    )
+                ],
+            )
+        ],
         retention=timedelta(days=7),
         expire_at=T0 + timedelta(days=7),
         dispatched_at=T0 + timedelta(seconds=8),

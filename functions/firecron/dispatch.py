@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from firecron.core import lifecycle, planning
+from firecron import outbox
+from firecron.core import events, lifecycle, planning
 from firecron.core.lifecycle import RunTimeouts, SendOutcome, WatchAction
 from firecron.core.models import JsonValue, OverlapPolicy, StoredSchedule, TargetAuth
 from firecron.core.runs import Run, RunState, RunTrigger, manual_run_id
 from firecron.errors import FirecronError, NotFoundError
+from firecron.outbox import Deliverer
 from firecron.settings import Settings
 from firecron.store.base import Store
 from firecron.transport import (
@@ -154,6 +156,7 @@ class Dispatcher:
         self.page_size = page_size
         self._sender = sender
         self._id_tokens = id_tokens
+        self._notifier: Deliverer | None = None
 
     @property
     def sender(self) -> Sender:
@@ -167,10 +170,29 @@ class Dispatcher:
             )
         return self._sender
 
+    @property
+    def notifier(self) -> Deliverer:
+        """The event notifier, created on first use."""
+        if self._notifier is None:
+            from firecron.notify import Notifier
+
+            self._notifier = Notifier(self.settings)
+        return self._notifier
+
     async def aclose(self) -> None:
-        """Close the sender's connections."""
+        """Close the sender's and the notifier's connections."""
         if self._sender is not None:
             await self._sender.aclose()
+        if self._notifier is not None:
+            await self._notifier.aclose()
+
+    async def _emit(self, run: Run, known: set[str], summary: TickSummary) -> Run:
+        """Log and offer the run's new events to their sinks; never raises."""
+        try:
+            return await outbox.emit(self.store, self.notifier, run, known, self.clock())
+        except FirecronError as exc:
+            summary.errors.append(f"run {run.id}: events: {exc}")
+            return run
 
     # -- the tick -------------------------------------------------------------------------
 
@@ -250,12 +272,10 @@ class Dispatcher:
         summary.claimed += 1
         summary.missed += plan.missed_count
         summary.coalesced += plan.coalesced
-        if plan.missed_count:
-            summary.events["run.missed"] += plan.missed_count
         for run in created:
-            if run.state is RunState.skipped:
-                summary.skipped += 1
-                summary.events["run.skipped"] += 1
+            if run.state in (RunState.skipped, RunState.missed):
+                summary.skipped += run.state is RunState.skipped
+                fires.append(asyncio.create_task(self._emit_task(run, summary)))
             elif run.state is RunState.queued:
                 summary.queued += 1
             else:
@@ -291,6 +311,7 @@ class Dispatcher:
             return None
         if recorded is not None and change.event:
             summary.events[change.event] += 1
+            recorded = await self._emit(recorded, {e.id for e in run.events}, summary)
         if result.outcome in (SendOutcome.retryable, SendOutcome.permanent):
             log.warning("run %s attempt %d: %s", run.id, run.attempt, result.error)
         # None: the worker already started the run (or a watchdog moved it on); its record wins.
@@ -365,6 +386,8 @@ class Dispatcher:
     async def _watch_one(
         self, run: Run, now: datetime, summary: TickSummary, fires: list[asyncio.Task[None]]
     ) -> None:
+        if events.due_deliveries(run.events, now):
+            run = await outbox.flush(self.store, self.notifier, run, now)
         decision = lifecycle.watch(run, now, self.timeouts)
         if decision.action is WatchAction.check_blocker:
             blocker = await self.store.get_run(run.blocked_by) if run.blocked_by else None
@@ -380,11 +403,17 @@ class Dispatcher:
         if decision.change.event:
             summary.events[decision.change.event] += 1
             log.info("run %s: %s", run.id, decision.change.event)
+            recorded = await self._emit(recorded, {e.id for e in run.events}, summary)
         if decision.action is WatchAction.fire:
             fires.append(asyncio.create_task(self._fire_task(recorded, summary)))
 
     async def _fire_task(self, run: Run, summary: TickSummary) -> None:
         await self._fire(run, summary)
+
+    async def _emit_task(self, run: Run, summary: TickSummary) -> None:
+        for event in run.events:
+            summary.events[event.type.value] += 1
+        await self._emit(run, set(), summary)
 
 
 async def run_tick(settings: Settings, store: Store, now: datetime | None = None) -> TickSummary:

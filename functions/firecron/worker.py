@@ -65,11 +65,13 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, overload
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from firecron import outbox
 from firecron.core import lifecycle
 from firecron.core.lifecycle import Change, RunTimeouts
 from firecron.core.models import JsonValue
 from firecron.core.runs import Run, RunState, RunTrigger
 from firecron.errors import FirecronError, SignatureError, StoreError
+from firecron.outbox import Deliverer
 
 if TYPE_CHECKING:
     import flask
@@ -102,6 +104,8 @@ _STORE_TIMEOUT_S: Final = 60.0
 # The final write is retried a little: losing it costs a whole attempt (the watchdog
 # would declare the run lost after heartbeat_timeout and run it again).
 _END_WRITE_TRIES: Final = 3
+_CAS_TRIES: Final = 8
+"""Refresh-and-retry rounds of one transition against concurrent watchdog writes."""
 _END_WRITE_BACKOFF_S: Final = 0.5
 _TIMEOUTS: Final = RunTimeouts()
 """The worker only uses ``heartbeat_timeout``, which the dispatcher's watchdog shares."""
@@ -262,11 +266,13 @@ class _Runtime:
         store: Store,
         loop: asyncio.AbstractEventLoop,
         pid: int,
+        notifier: Deliverer,
     ) -> None:
         self.settings = settings
         self.store = store
         self.loop = loop
         self.pid = pid
+        self.notifier = notifier
 
     @classmethod
     def start(cls) -> _Runtime:
@@ -283,12 +289,16 @@ class _Runtime:
 
         threading.Thread(target=serve, name="firecron-worker-loop", daemon=True).start()
 
-        async def open_() -> Store:
-            # Opened on the loop that will use it: async clients bind to their loop.
-            return open_store(settings.store_url, settings.namespace)
+        async def open_() -> tuple[Store, Deliverer]:
+            # Opened on the loop that will use them: async clients bind to their loop.
+            from firecron.notify import Notifier
+
+            return open_store(settings.store_url, settings.namespace), Notifier(settings)
 
         try:
-            store = asyncio.run_coroutine_threadsafe(open_(), loop).result(_STORE_TIMEOUT_S)
+            store, notifier = asyncio.run_coroutine_threadsafe(open_(), loop).result(
+                _STORE_TIMEOUT_S
+            )
         except BaseException:
             loop.call_soon_threadsafe(loop.stop)
             raise
@@ -297,7 +307,7 @@ class _Runtime:
                 "firecron worker: FIRECRON_SIGNING_SECRET is not set, so requests are "
                 "accepted unsigned; set it everywhere but local development"
             )
-        return cls(settings, store, loop, os.getpid())
+        return cls(settings, store, loop, os.getpid(), notifier)
 
     def call(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run a store coroutine on the loop thread and wait for its result."""
@@ -441,6 +451,8 @@ def _start(
         trigger=delivery.trigger,
     )
     execution = _Execution(runtime, fn, ctx, started, interval)
+    # Events already in the record before this start were emitted by their writers.
+    execution.known = {e.id for e in run.events}
     _notify(run, change, started)
     response = Response(execution.stream(), status=202, mimetype="application/x-ndjson")
     response.headers["cache-control"] = "no-store"
@@ -521,6 +533,8 @@ class _Execution:
         self.ended = threading.Event()
         """Set when the function has returned: no heartbeat is sent after it."""
         self.orphaned = False
+        self.known: set[str] = set()
+        """Ids of this run's events already logged and offered to their sinks."""
         """True once a write found the run no longer this attempt's (or not running)."""
         self.final: dict[str, Any] | None = None
         self._ran = False
@@ -549,13 +563,10 @@ class _Execution:
         with self.lock:
             if self.ended.is_set() or self.orphaned:
                 return
-            before = self.run
-            change = lifecycle.heartbeat(before, _now(), _TIMEOUTS)
+            now = _now()
             try:
-                after = self.runtime.call(
-                    self.runtime.store.update_run(
-                        before.id, change.expect, change.changes, expect={"attempt": before.attempt}
-                    )
+                before, change, after = self._transition(
+                    lambda r: lifecycle.heartbeat(r, now, _TIMEOUTS)
                 )
             except Exception as exc:
                 _log.warning(
@@ -591,6 +602,9 @@ class _Execution:
             if self._ran:
                 return self.final or {"run_id": self.run.id, "state": None}
             self._ran = True
+        # The start's event goes out after the 202 (a slow sink must not delay the ack)
+        # and before the work (so it precedes the end's).
+        self._emit()
         # Heartbeats start with the work, not with the start write: if the stream were
         # never run, the watchdog must see this attempt go silent and retry it.
         self._start_heartbeats()
@@ -603,7 +617,18 @@ class _Execution:
         self.final = self._record(outcome)
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._emit()
         return self.final
+
+    def _emit(self) -> None:
+        """Log this run's new events and try their deliveries once (bounded; never raises)."""
+        try:
+            self.run = self.runtime.call(
+                outbox.emit(self.runtime.store, self.runtime.notifier, self.run, self.known, _now())
+            )
+        except Exception as exc:
+            # Recorded already: the watchdog retries what was not delivered.
+            _log.warning("firecron worker: events of run %s: %s", self.run.id, _describe(exc))
 
     def _call(self) -> _Outcome:
         try:
@@ -632,15 +657,16 @@ class _Execution:
     def _record(self, outcome: _Outcome) -> dict[str, Any]:
         """Write the end (a lifecycle transition) and describe it as the final line."""
         with self.lock:
-            before = self.run
             now = _now()
-            if outcome.error is None:
-                change = lifecycle.succeed(before, now, outcome.output)
-            else:
-                change = lifecycle.attempt_failed(
-                    before, now, RunState.failed, outcome.error, _TIMEOUTS, retry=outcome.retry
+
+            def end(run: Run) -> Change:
+                if outcome.error is None:
+                    return lifecycle.succeed(run, now, outcome.output)
+                return lifecycle.attempt_failed(
+                    run, now, RunState.failed, outcome.error, _TIMEOUTS, retry=outcome.retry
                 )
-            after = self._write_end(before, change)
+
+            before, change, after = self._write_end(end)
             current: Run | None = after
             if after is None:
                 try:
@@ -670,14 +696,34 @@ class _Execution:
         )
         return {"run_id": before.id, "state": state, "recorded": False}
 
-    def _write_end(self, before: Run, change: Change) -> Run | None:
+    def _transition(self, make: Callable[[Run], Change]) -> tuple[Run, Change, Run | None]:
+        """Apply ``make(run)`` by version compare-and-set, refreshing on a concurrent write.
+
+        The watchdog may write the run meanwhile (an SLA breach, event deliveries): then
+        the run is re-read and, if it is still this attempt in an expected state, the
+        change is recomputed from the fresh record, so nothing it wrote is overwritten.
+        Returns ``(run the change was computed from, change, recorded run or None)``.
+        """
+        run = self.run
+        change = make(run)
+        for _ in range(_CAS_TRIES):
+            after = self.runtime.call(
+                self.runtime.store.update_run(run.id, change.expect, change.changes, current=run)
+            )
+            if after is not None:
+                return run, change, after
+            fresh = self.runtime.call(self.runtime.store.get_run(run.id))
+            if fresh is None or fresh.attempt != run.attempt or fresh.state not in change.expect:
+                return run, change, None
+            run = fresh
+            change = make(run)
+        return run, change, None
+
+    def _write_end(self, make: Callable[[Run], Change]) -> tuple[Run, Change, Run | None]:
+        before, change = self.run, make(self.run)
         for attempt in range(1, _END_WRITE_TRIES + 1):
             try:
-                return self.runtime.call(
-                    self.runtime.store.update_run(
-                        before.id, change.expect, change.changes, expect={"attempt": before.attempt}
-                    )
-                )
+                return self._transition(make)
             except Exception as exc:
                 _log.warning(
                     "firecron worker: recording the end of run %s failed (try %d/%d): %s",
@@ -688,4 +734,4 @@ class _Execution:
                 )
                 if attempt < _END_WRITE_TRIES:
                     time.sleep(_END_WRITE_BACKOFF_S * attempt)
-        return None
+        return before, change, None

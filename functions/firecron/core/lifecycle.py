@@ -5,7 +5,11 @@ the run must still be in, and the field changes to apply with ``Store.update_run
 The dispatcher, the watchdog and the worker SDK all go through these, so the rules
 live in one place and the store applies them by compare-and-set.
 
-Deadlines (``watch_at``) per state:
+Every change goes through :func:`_finalize`, which attaches the change's event (if
+any) to the run's ``events`` with a pending delivery per routed sink, and derives
+``watch_at`` = the earlier of ``deadline_at`` and the next pending delivery.
+
+Deadlines (``deadline_at``) per state:
 - ``pending``: ``pending_grace`` after it became pending; then the watchdog re-fires it
   (the dispatcher died between claim and POST).
 - ``dispatched``: ``start_timeout`` after the send; then the attempt is lost.
@@ -17,11 +21,14 @@ Deadlines (``watch_at``) per state:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
+from firecron.core.events import Event, EventType, make_event, next_delivery_at
 from firecron.core.models import JsonValue
 from firecron.core.runs import Attempt, Run, RunState, backoff_delay
 
@@ -32,6 +39,7 @@ __all__ = [
     "WatchAction",
     "WatchDecision",
     "attempt_failed",
+    "derive_watch",
     "heartbeat",
     "next_attempt",
     "sent",
@@ -65,6 +73,8 @@ class Change:
     changes: dict[str, Any]
     event: str | None = None
     """Name of the event this change is (``run.lost``, ``run.sla_breached``...), if any."""
+    finalized: bool = False
+    """Set by :func:`_finalize`: the event is attached and ``watch_at`` derived."""
 
     @property
     def new_state(self) -> RunState | None:
@@ -86,10 +96,45 @@ class SendOutcome(StrEnum):
     """Any other 4xx, or a refused target: retrying cannot help."""
 
 
+def derive_watch(deadline: datetime | None, events: list[Event]) -> datetime | None:
+    """``watch_at``: the earlier of the state deadline and the next pending delivery."""
+    times = [t for t in (deadline, next_delivery_at(events)) if t is not None]
+    return min(times, default=None)
+
+
+def _finalize(run: Run, change: Change, now: datetime) -> Change:
+    """Attach the change's event (once) and derive ``watch_at``; idempotent."""
+    if change.finalized:
+        return change
+    changes = dict(change.changes)
+    events = list(run.events)
+    if change.event is not None:
+        after = run.model_copy(update=changes)
+        event = make_event(after, EventType(change.event), now, run.notify)
+        if all(e.id != event.id for e in events):
+            events.append(event)
+            changes["events"] = events
+    changes["watch_at"] = derive_watch(changes.get("deadline_at", run.deadline_at), events)
+    return replace(change, changes=changes, finalized=True)
+
+
+_F = TypeVar("_F", bound=Callable[..., Change])
+
+
+def _finalized(fn: _F) -> _F:
+    """Decorate a transition ``fn(run, now, ...) -> Change`` so its result is finalized."""
+
+    @functools.wraps(fn)
+    def wrapper(run: Run, now: datetime, *args: Any, **kwargs: Any) -> Change:
+        return _finalize(run, fn(run, now, *args, **kwargs), now)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _ended(run: Run, now: datetime) -> dict[str, Any]:
     """The fields every terminal transition sets: end time, no deadline, expiry."""
     expire_at = now + run.retention if run.retention is not None else None
-    return {"ended_at": now, "watch_at": None, "expire_at": expire_at}
+    return {"ended_at": now, "deadline_at": None, "expire_at": expire_at}
 
 
 def _attempts(run: Run, **fields: Any) -> list[Attempt]:
@@ -111,6 +156,7 @@ def _running_deadline(run: Run, now: datetime, heartbeat_at: datetime, t: RunTim
     return min(deadlines)
 
 
+@_finalized
 def sent(
     run: Run,
     now: datetime,
@@ -133,7 +179,7 @@ def sent(
             changes: dict[str, Any] = {
                 "state": _S.dispatched,
                 "dispatched_at": now,
-                "watch_at": now + t.start_timeout,
+                "deadline_at": now + t.start_timeout,
             }
         else:
             attempts[-1] = attempts[-1].model_copy(
@@ -148,6 +194,7 @@ def sent(
     return attempt_failed(run, now, _S.failed, error or "dispatch failed", t, dispatch=True)
 
 
+@_finalized
 def attempt_failed(
     run: Run,
     now: datetime,
@@ -177,7 +224,7 @@ def attempt_failed(
         retry_at = now + backoff_delay(run.id, run.attempt + 1, run.retry)
         return Change(
             expect,
-            {**base, "state": _S.retry_wait, "retry_at": retry_at, "watch_at": retry_at},
+            {**base, "state": _S.retry_wait, "retry_at": retry_at, "deadline_at": retry_at},
             event="run.retrying",
         )
     event = {"failed": "run.failed", "lost": "run.lost", "timed_out": "run.timed_out"}[
@@ -188,6 +235,7 @@ def attempt_failed(
     return Change(expect, {**base, "state": outcome, **_ended(run, now)}, event=event)
 
 
+@_finalized
 def next_attempt(run: Run, now: datetime, t: RunTimeouts) -> Change:
     """Start the next attempt of a run in ``retry_wait`` (or re-fire a stale ``pending`` one)."""
     number = run.attempt + 1
@@ -203,12 +251,13 @@ def next_attempt(run: Run, now: datetime, t: RunTimeouts) -> Change:
             "started_at": None,
             "heartbeat_at": None,
             "cancel_requested": False,
-            "watch_at": now + t.pending_grace,
+            "deadline_at": now + t.pending_grace,
             "updated_at": now,
         },
     )
 
 
+@_finalized
 def start(run: Run, now: datetime, t: RunTimeouts) -> Change:
     """The worker starts the current attempt: ``pending|dispatched -> running``."""
     started = run.model_copy(update={"started_at": now})
@@ -220,21 +269,27 @@ def start(run: Run, now: datetime, t: RunTimeouts) -> Change:
             "heartbeat_at": now,
             "dispatched_at": run.dispatched_at or now,
             "attempts": _attempts(run, started_at=now, dispatched_at=run.dispatched_at or now),
-            "watch_at": _running_deadline(started, now, now, t),
+            "deadline_at": _running_deadline(started, now, now, t),
             "updated_at": now,
         },
         event="run.started",
     )
 
 
+@_finalized
 def heartbeat(run: Run, now: datetime, t: RunTimeouts) -> Change:
     """A heartbeat of a running attempt: pushes the loss deadline forward."""
     return Change(
         (_S.running,),
-        {"heartbeat_at": now, "watch_at": _running_deadline(run, now, now, t), "updated_at": now},
+        {
+            "heartbeat_at": now,
+            "deadline_at": _running_deadline(run, now, now, t),
+            "updated_at": now,
+        },
     )
 
 
+@_finalized
 def succeed(run: Run, now: datetime, output: JsonValue) -> Change:
     """The worker function returned: ``running -> succeeded`` with its output."""
     return Change(
@@ -274,6 +329,16 @@ class WatchDecision:
 def watch(
     run: Run, now: datetime, t: RunTimeouts, *, blocker_ended: bool | None = None
 ) -> WatchDecision:
+    """Apply the watchdog rules (see :func:`_watch_rules`) and finalize the change."""
+    decision = _watch_rules(run, now, t, blocker_ended=blocker_ended)
+    if decision.change is None:
+        return decision
+    return replace(decision, change=_finalize(run, decision.change, now))
+
+
+def _watch_rules(
+    run: Run, now: datetime, t: RunTimeouts, *, blocker_ended: bool | None = None
+) -> WatchDecision:
     """Apply the watchdog rules to a run whose ``watch_at`` has passed.
 
     - ``pending`` past its grace: re-fire as a new attempt (bounded: past
@@ -284,7 +349,14 @@ def watch(
     - ``retry_wait`` due: the next attempt.
     - ``queued``: fire once the blocker has ended (``blocker_ended``), else look again later.
     """
-    if run.watch_at is None or run.watch_at > now:
+    if run.deadline_at is None or run.deadline_at > now:
+        # Nothing of the state is due (the visit may be for event deliveries); make sure a
+        # stale watch_at does not bring the run back every tick.
+        expected = derive_watch(run.deadline_at, run.events)
+        if run.watch_at != expected and (expected is None or expected > now):
+            return WatchDecision(
+                Change((run.state,), {"watch_at": expected, "updated_at": now}, finalized=True)
+            )
         return WatchDecision(None)
     state = run.state
     if state is _S.pending:
@@ -306,14 +378,14 @@ def watch(
         )
     if state is _S.retry_wait:
         if run.retry_at is not None and run.retry_at > now:
-            return WatchDecision(Change((state,), {"watch_at": run.retry_at, "updated_at": now}))
+            return WatchDecision(Change((state,), {"deadline_at": run.retry_at, "updated_at": now}))
         return WatchDecision(next_attempt(run, now, t), WatchAction.fire)
     if state is _S.queued:
         if blocker_ended is None:
             return WatchDecision(None, WatchAction.check_blocker)
         if not blocker_ended:
             return WatchDecision(
-                Change((state,), {"watch_at": now + t.queue_recheck, "updated_at": now})
+                Change((state,), {"deadline_at": now + t.queue_recheck, "updated_at": now})
             )
         return WatchDecision(
             Change(
@@ -321,7 +393,7 @@ def watch(
                 {
                     "state": _S.pending,
                     "attempts": [Attempt(number=1)],
-                    "watch_at": now + t.pending_grace,
+                    "deadline_at": now + t.pending_grace,
                     "updated_at": now,
                 },
             ),
@@ -356,7 +428,7 @@ def watch(
                     (state,),
                     {
                         "sla_breached_at": now,
-                        "watch_at": _running_deadline(breached, now, heartbeat_at, t),
+                        "deadline_at": _running_deadline(breached, now, heartbeat_at, t),
                         "updated_at": now,
                     },
                     event="run.sla_breached",
@@ -365,8 +437,8 @@ def watch(
         return WatchDecision(
             Change(
                 (state,),
-                {"watch_at": _running_deadline(run, now, heartbeat_at, t), "updated_at": now},
+                {"deadline_at": _running_deadline(run, now, heartbeat_at, t), "updated_at": now},
             )
         )
     # Terminal states have no deadline; clear a stray one.
-    return WatchDecision(Change((state,), {"watch_at": None, "updated_at": now}))
+    return WatchDecision(Change((state,), {"deadline_at": None, "updated_at": now}))

@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic import JsonValue as _JsonValue
 
 from firecron.core.durations import format_duration, parse_duration
+from firecron.core.events import Route
 
 __all__ = [
     "SCHEDULE_ID_PATTERN",
@@ -248,6 +249,8 @@ class ScheduleSpec(_Frozen):
     """Free-form key/value labels, used by notification rules and listings."""
     retention: Duration | None = None
     """How long finished runs are kept (default ``FIRECRON_RUN_RETENTION``, 30 days)."""
+    notify: list[Route] = Field(default_factory=list)
+    """Notification routes; filled by ``firecron apply`` from the file's ``notifications`` rules."""
 
     @field_validator("timezone")
     @classmethod

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from firecron.core.events import EventType, make_event, next_delivery_at
 from firecron.core.models import (
     JsonValue,
     MisfirePolicyKind,
@@ -177,23 +178,26 @@ def build_run(
     pending_grace: timedelta = timedelta(minutes=2),
     blocked_by: str | None = None,
     default_retention: timedelta | None = None,
+    error: str | None = None,
 ) -> Run:
     """A new run of ``spec`` with the policy snapshot it needs.
 
     A ``pending`` run is watched at ``now + pending_grace`` (re-fired if the dispatcher
     died before sending it); a ``queued`` run is watched every tick until its blocker
-    ends; a ``skipped`` run is terminal and never watched.
+    ends; a ``skipped`` or ``missed`` run is terminal, born with its event, and watched
+    only while that event has deliveries pending.
     """
-    watch_at: datetime | None = None
+    deadline: datetime | None = None
     if state is RunState.pending:
-        watch_at = now + pending_grace
+        deadline = now + pending_grace
     elif state is RunState.queued:
-        watch_at = now
+        deadline = now
+    terminal = state in (RunState.skipped, RunState.missed)
     retention = spec.retention if spec.retention is not None else default_retention
     merged = dict(spec.params)
     if params:
         merged.update(params)
-    return Run(
+    run = Run(
         id=run_id,
         schedule_id=spec.id,
         scheduled_for=occurrence.scheduled_for,
@@ -207,13 +211,22 @@ def build_run(
         expected_duration=spec.expected_duration,
         labels=spec.labels,
         retention=retention,
-        expire_at=now + retention if state is RunState.skipped and retention is not None else None,
+        expire_at=now + retention if terminal and retention is not None else None,
         created_at=now,
         updated_at=now,
-        ended_at=now if state is RunState.skipped else None,
-        watch_at=watch_at,
+        ended_at=now if terminal else None,
+        deadline_at=deadline,
+        watch_at=deadline,
         blocked_by=blocked_by,
+        error=error,
+        notify=list(spec.notify),
     )
+    if terminal:
+        # Born terminal: its event is recorded in the same claim that creates it.
+        kind = EventType.run_skipped if state is RunState.skipped else EventType.run_missed
+        event = make_event(run, kind, now, run.notify)
+        run = run.model_copy(update={"events": [event], "watch_at": next_delivery_at([event])})
+    return run
 
 
 def _is_active(run: Run | None) -> bool:
@@ -329,6 +342,23 @@ def plan(
                 )
             )
             skipped += 1
+
+    if missed_count:
+        # One record per plan stands for every occurrence it missed (not one per occurrence:
+        # a long pause of a per-second schedule must not write thousands of documents).
+        latest_missed = max(missed)
+        note = f"{missed_count} occurrence(s) not fired by the misfire policy ({spec.misfire.policy.value}, grace {spec.misfire.grace})"
+        runs.append(
+            build_run(
+                spec,
+                scheduled_run_id(spec.id, latest_missed),
+                _occurrence(spec, latest_missed),
+                now,
+                state=RunState.missed,
+                default_retention=default_retention,
+                error=note,
+            )
+        )
 
     last_handled = max(
         [o.scheduled_for for o in due]

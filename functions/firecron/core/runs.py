@@ -20,6 +20,7 @@ from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from firecron.core.events import Event, Route
 from firecron.core.models import Duration, JsonValue, RetryPolicy, Target
 
 __all__ = [
@@ -62,6 +63,8 @@ class RunState(StrEnum):
     """Not fired because the previous run was still active (overlap policy)."""
     queued = "queued"
     """Held by ``overlap: queue_one`` until ``blocked_by`` ends."""
+    missed = "missed"
+    """Not fired: its tick was missed beyond the misfire policy or grace (terminal record)."""
 
 
 class RunTrigger(StrEnum):
@@ -85,6 +88,7 @@ TERMINAL_STATES: frozenset[RunState] = frozenset(
         RunState.timed_out,
         RunState.lost,
         RunState.skipped,
+        RunState.missed,
     }
 )
 """States a run never leaves."""
@@ -200,8 +204,11 @@ class Run(BaseModel):
     """When the run reached a terminal state."""
     retry_at: AwareDatetime | None = None
     """When the next attempt is due (``retry_wait``)."""
+    deadline_at: AwareDatetime | None = None
+    """The state's deadline (start, heartbeat, SLA, timeout, retry, grace); None when terminal."""
     watch_at: AwareDatetime | None = None
-    """Next deadline at which the watchdog must look at the run; None when terminal. Indexed."""
+    """When the watchdog must look at the run: the earlier of ``deadline_at`` and the next
+    pending event delivery; None when neither. Indexed; derived, never set on its own."""
     sla_breached_at: AwareDatetime | None = None
     """When the run was first seen past ``expected_duration``; set once."""
     cancel_requested: bool = False
@@ -218,6 +225,10 @@ class Run(BaseModel):
     """For pipeline task runs: the pipeline run (reserved for pipelines)."""
     task: str | None = None
     """For pipeline task runs: the task name (reserved for pipelines)."""
+    notify: list[Route] = Field(default_factory=list)
+    """Snapshot of the schedule's notification routes."""
+    events: list[Event] = Field(default_factory=list)
+    """Events about this run, oldest first, each with its delivery state per sink."""
     version: str | None = Field(default=None, exclude=True)
     """The store's compare-and-set token, set by every read and write; never part of the record."""
 

@@ -16,22 +16,25 @@ Contract of :func:`parse_schedule_file`:
 - Unknown keys, at any level, are errors; so are duplicate ids.
 - YAML timestamps are *not* converted by the YAML loader: every time is parsed by
   firecron so that naive times are read in the schedule's ``timezone``.
+- Booleans are YAML 1.2's (``true``/``false``); ``on``, ``yes``, ``off`` stay strings.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from firecron.core.events import Notifications, resolve_routes
 from firecron.core.models import ScheduleSpec
 from firecron.errors import InvalidInputError
 
 __all__ = ["ScheduleFile", "ScheduleFileError", "format_validation_error", "parse_schedule_file"]
 
-_TOP_LEVEL_KEYS = {"schedules"}
+_TOP_LEVEL_KEYS = {"schedules", "notifications"}
 
 
 class ScheduleFileError(InvalidInputError):
@@ -46,19 +49,26 @@ class ScheduleFileError(InvalidInputError):
 
 @dataclass(frozen=True)
 class ScheduleFile:
-    """A valid schedules document."""
+    """A valid schedules document; each spec's ``notify`` holds its resolved routes."""
 
     schedules: list[ScheduleSpec]
+    notifications: Notifications
 
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader without implicit timestamps (firecron parses times itself)."""
 
 
+# YAML 1.1 reads `on:`, `yes` and `off` as booleans, which would turn a notification
+# rule's `on:` key into True. Booleans are YAML 1.2's: true and false only.
+_DROPPED = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool"}
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _DROPPED]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def _loc(parts: tuple[int | str, ...]) -> str:
@@ -112,6 +122,18 @@ def parse_schedule_file(text: str, source: str = "<schedules>") -> ScheduleFile:
     if not isinstance(entries, list):
         raise ScheduleFileError(source, [*errors, "'schedules' must be a list"])
 
+    notifications = Notifications()
+    raw_notifications = doc.get("notifications")
+    if raw_notifications is not None:
+        try:
+            notifications = Notifications.model_validate(raw_notifications)
+        except ValidationError as exc:
+            errors.extend(f"notifications.{line}" for line in format_validation_error(exc))
+        else:
+            for index, rule in enumerate(notifications.rules):
+                if rule.sink not in notifications.sinks:
+                    errors.append(f"notifications.rules[{index}].sink: unknown sink {rule.sink!r}")
+
     specs: list[ScheduleSpec] = []
     seen: dict[str, int] = {}
     for index, entry in enumerate(entries):
@@ -135,4 +157,8 @@ def parse_schedule_file(text: str, source: str = "<schedules>") -> ScheduleFile:
         specs.append(spec)
     if errors:
         raise ScheduleFileError(source, errors)
-    return ScheduleFile(schedules=specs)
+    routed = [
+        spec.model_copy(update={"notify": resolve_routes(notifications, spec.id, spec.labels)})
+        for spec in specs
+    ]
+    return ScheduleFile(schedules=routed, notifications=notifications)

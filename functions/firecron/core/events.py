@@ -1,0 +1,378 @@
+"""Events and notification routing, pure: what happened to a run, and who must hear of it.
+
+An :class:`Event` is embedded in its run's record and written by the same
+compare-and-set as the state change it announces, so it is recorded before any
+delivery is tried and is never lost to a crash. Each routed sink has a
+:class:`Delivery` in the event; pending deliveries keep the run on the watchdog's
+``watch_at`` index until they are delivered or give up, so a dead sink is retried
+with backoff without ever delaying a dispatch or a worker.
+
+Event ids are stable (``{run_id}/{type}/{attempt}``) so consumers can deduplicate;
+a delivery acknowledged by a sink is recorded and never sent again.
+
+Routing: the schedules file's ``notifications`` (sinks and rules) is resolved per
+schedule at ``apply`` time into ``ScheduleSpec.notify`` (a list of :class:`Route`),
+which each run snapshots, so emitting an event costs no read.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "DELIVERY_BACKOFF",
+    "DELIVERY_LEASE",
+    "Delivery",
+    "DeliveryState",
+    "Event",
+    "EventType",
+    "LogSink",
+    "NotificationRule",
+    "Notifications",
+    "PubSubSink",
+    "Route",
+    "SinkConfig",
+    "WebhookSink",
+    "cloudevent",
+    "due_deliveries",
+    "make_event",
+    "next_delivery_at",
+    "record_delivery",
+    "resolve_routes",
+    "slack_text",
+]
+
+CE_TYPE_PREFIX = "dev.firecron."
+DELIVERY_LEASE = timedelta(seconds=30)
+"""The emitter's own first try has this long before the watchdog may retry it."""
+DELIVERY_BACKOFF = (30, 60, 120, 300, 600, 1200, 1800)
+"""Seconds before retry n (1-based) of a failed delivery; after the last it gives up."""
+
+
+class EventType(StrEnum):
+    """What happened. The CloudEvents ``type`` is ``dev.firecron.<value>``."""
+
+    run_started = "run.started"
+    run_succeeded = "run.succeeded"
+    run_failed = "run.failed"
+    run_retrying = "run.retrying"
+    run_lost = "run.lost"
+    run_timed_out = "run.timed_out"
+    run_sla_breached = "run.sla_breached"
+    run_skipped = "run.skipped"
+    run_missed = "run.missed"
+    dispatch_failed = "dispatch.failed"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WebhookSink(_Frozen):
+    """POSTs the CloudEvent (structured JSON), signed like dispatches; or a Slack message."""
+
+    type: Literal["webhook"]
+    url: str
+    format: Literal["cloudevents", "slack"] = "cloudevents"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(f"invalid url {value!r}: must be an absolute http(s) URL")
+        return value
+
+
+class PubSubSink(_Frozen):
+    """Publishes the event data with CloudEvents attributes (``ce-*``) to a topic."""
+
+    type: Literal["pubsub"]
+    topic: str = Field(pattern=r"^projects/[a-z][a-z0-9-]+/topics/[A-Za-z][A-Za-z0-9._~+%-]+$")
+
+
+class LogSink(_Frozen):
+    """Writes a structured JSON line in Cloud Logging's format."""
+
+    type: Literal["log"]
+
+
+SinkConfig = Annotated[WebhookSink | PubSubSink | LogSink, Field(discriminator="type")]
+
+
+class NotificationRule(BaseModel):
+    """Send events of the listed types, of matching schedules, to one sink."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    on: list[str] = Field(min_length=1)
+    """Event types (``run.failed``...) or ``*`` for all."""
+
+    @field_validator("on")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        known = {t.value for t in EventType}
+        for item in value:
+            if item != "*" and item not in known:
+                raise ValueError(
+                    f"unknown event type {item!r}; one of: *, {', '.join(sorted(known))}"
+                )
+        return value
+
+    schedules: list[str] = Field(default_factory=lambda: ["*"])
+    """Schedule ids, globs (``nightly-*``) or label selectors (``team=data``); any may match."""
+    sink: str
+    """Name of a sink under ``notifications.sinks``."""
+
+
+class Notifications(BaseModel):
+    """The ``notifications:`` section of a schedules file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sinks: dict[str, SinkConfig] = Field(default_factory=dict)
+    rules: list[NotificationRule] = Field(default_factory=list)
+    log: bool = True
+    """The log sink receives every event unless this is false."""
+
+
+class Route(_Frozen):
+    """One resolved rule of one schedule: these event types go to this sink."""
+
+    sink_name: str
+    types: tuple[EventType, ...]
+    """Empty means every type."""
+    sink: SinkConfig
+
+    def wants(self, event_type: EventType) -> bool:
+        """True when this route takes ``event_type``."""
+        return not self.types or event_type in self.types
+
+
+def _matches(selector: str, schedule_id: str, labels: dict[str, str]) -> bool:
+    if "=" in selector:
+        key, _, value = selector.partition("=")
+        return labels.get(key.strip()) == value.strip()
+    return fnmatch.fnmatchcase(schedule_id, selector)
+
+
+def resolve_routes(
+    notifications: Notifications, schedule_id: str, labels: dict[str, str]
+) -> list[Route]:
+    """The routes of one schedule, one per matching rule, in rule order.
+
+    Raises :class:`ValueError` naming the rule when it names an unknown sink.
+    """
+    routes: list[Route] = []
+    for index, rule in enumerate(notifications.rules):
+        if rule.sink not in notifications.sinks:
+            raise ValueError(f"rules[{index}]: unknown sink {rule.sink!r}")
+        if not any(_matches(sel, schedule_id, labels) for sel in rule.schedules):
+            continue
+        types = () if "*" in rule.on else tuple(EventType(t) for t in rule.on)
+        routes.append(Route(sink_name=rule.sink, types=types, sink=notifications.sinks[rule.sink]))
+    return routes
+
+
+class DeliveryState(StrEnum):
+    """Where one event stands with one sink."""
+
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"
+    """Gave up after the last retry."""
+
+
+class Delivery(BaseModel):
+    """One event's delivery to one sink."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sink: str
+    state: DeliveryState = DeliveryState.pending
+    attempts: int = 0
+    next_at: AwareDatetime | None = None
+    """When the next try is due (None once delivered or failed)."""
+    delivered_at: AwareDatetime | None = None
+    last_error: str | None = None
+
+
+class Event(BaseModel):
+    """One CloudEvent about a run, with its delivery state per routed sink."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    type: EventType
+    source: str
+    subject: str
+    time: AwareDatetime
+    data: dict[str, Any]
+    deliveries: list[Delivery] = Field(default_factory=list)
+
+
+def _seconds(delta: timedelta | None) -> float | None:
+    return None if delta is None else round(delta.total_seconds(), 3)
+
+
+def make_event(run: Any, event_type: EventType, now: datetime, routes: list[Route]) -> Event:
+    """The event ``event_type`` for ``run`` (as it is after the change), routed by ``routes``.
+
+    ``run`` is a :class:`firecron.core.runs.Run` (typed loosely to keep this module
+    free of a circular import). The id is stable per run, type and attempt.
+    """
+    suffix = (
+        ""
+        if event_type in (EventType.run_sla_breached, EventType.run_skipped, EventType.run_missed)
+        else f"/{run.attempt}"
+    )
+    duration = (run.ended_at or now) - run.started_at if run.started_at else None
+    data = {
+        "run_id": run.id,
+        "schedule_id": run.schedule_id,
+        "scheduled_for": run.scheduled_for.isoformat().replace("+00:00", "Z"),
+        "attempt": run.attempt,
+        "max_attempts": run.retry.max_attempts,
+        "state": run.state.value,
+        "trigger": run.trigger.value,
+        "duration_s": _seconds(duration),
+        "expected_duration_s": _seconds(run.expected_duration),
+        "lateness_s": _seconds(run.started_at - run.scheduled_for) if run.started_at else None,
+        "error": run.error,
+        "labels": dict(run.labels),
+        "params": dict(run.params),
+    }
+    deliveries = [
+        Delivery(sink=r.sink_name, next_at=now + DELIVERY_LEASE)
+        for r in routes
+        if r.wants(event_type)
+    ]
+    return Event(
+        id=f"{run.id}/{event_type.value}{suffix}",
+        type=event_type,
+        source=f"//firecron/schedules/{run.schedule_id}",
+        subject=run.id,
+        time=now,
+        data=data,
+        deliveries=deliveries,
+    )
+
+
+def next_delivery_at(events: list[Event]) -> datetime | None:
+    """The earliest ``next_at`` of any pending delivery, or None."""
+    times = [
+        d.next_at
+        for e in events
+        for d in e.deliveries
+        if d.state is DeliveryState.pending and d.next_at
+    ]
+    return min(times, default=None)
+
+
+def due_deliveries(
+    events: list[Event], now: datetime, *, immediate: bool = False
+) -> list[tuple[Event, Delivery]]:
+    """Pending deliveries to try now: due ones, or (``immediate``) every pending one never tried."""
+    out = []
+    for event in events:
+        for d in event.deliveries:
+            if d.state is not DeliveryState.pending:
+                continue
+            if (immediate and d.attempts == 0) or (d.next_at is not None and d.next_at <= now):
+                out.append((event, d))
+    return out
+
+
+def record_delivery(
+    events: list[Event], event_id: str, sink: str, now: datetime, error: str | None
+) -> list[Event]:
+    """``events`` with one delivery's outcome recorded (success when ``error`` is None).
+
+    A delivery already ``delivered`` stays so (an acknowledged sink is never retried).
+    """
+    updated: list[Event] = []
+    for event in events:
+        if event.id != event_id:
+            updated.append(event)
+            continue
+        deliveries = []
+        for d in event.deliveries:
+            if d.sink != sink or d.state is not DeliveryState.pending:
+                deliveries.append(d)
+                continue
+            attempts = d.attempts + 1
+            if error is None:
+                deliveries.append(
+                    d.model_copy(
+                        update={
+                            "state": DeliveryState.delivered,
+                            "attempts": attempts,
+                            "delivered_at": now,
+                            "next_at": None,
+                            "last_error": None,
+                        }
+                    )
+                )
+            elif attempts > len(DELIVERY_BACKOFF):
+                deliveries.append(
+                    d.model_copy(
+                        update={
+                            "state": DeliveryState.failed,
+                            "attempts": attempts,
+                            "next_at": None,
+                            "last_error": error,
+                        }
+                    )
+                )
+            else:
+                wait = timedelta(seconds=DELIVERY_BACKOFF[attempts - 1])
+                deliveries.append(
+                    d.model_copy(
+                        update={"attempts": attempts, "next_at": now + wait, "last_error": error}
+                    )
+                )
+        updated.append(event.model_copy(update={"deliveries": deliveries}))
+    return updated
+
+
+def cloudevent(event: Event) -> dict[str, Any]:
+    """The CloudEvents 1.0 structured-mode JSON object of ``event``."""
+    return {
+        "specversion": "1.0",
+        "id": event.id,
+        "source": event.source,
+        "type": CE_TYPE_PREFIX + event.type.value,
+        "subject": event.subject,
+        "time": event.time.isoformat().replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "data": event.data,
+    }
+
+
+_EMOJI = {
+    EventType.run_succeeded: ":white_check_mark:",
+    EventType.run_started: ":arrow_forward:",
+    EventType.run_sla_breached: ":hourglass:",
+    EventType.run_skipped: ":fast_forward:",
+    EventType.run_missed: ":zzz:",
+    EventType.run_retrying: ":repeat:",
+}
+
+
+def slack_text(event: Event) -> str:
+    """A readable Slack message: schedule, state, error, and the command to inspect the run."""
+    d = event.data
+    lines = [
+        f"{_EMOJI.get(event.type, ':rotating_light:')} *{event.type.value}*: schedule `{d['schedule_id']}`"
+        f" run `{event.subject}` is *{d['state']}* (attempt {d['attempt']} of {d['max_attempts']})",
+    ]
+    if d.get("error"):
+        lines.append(f"> {d['error']}")
+    if event.type is EventType.run_sla_breached and d.get("expected_duration_s") is not None:
+        lines.append(f"Expected to take {d['expected_duration_s']}s; still running.")
+    lines.append(f"Inspect: `firecron run {event.subject}`")
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""Event delivery bookkeeping, shared by the dispatcher and the worker SDK.
+
+Events are already recorded in their run (see :mod:`firecron.core.events`) when these
+functions run. :func:`emit` logs new events and tries their deliveries once, right
+away; :func:`flush` (used by the watchdog) retries the deliveries that are due. Both
+record the outcomes with a compare-and-set on the run, re-reading and merging when
+another writer got there first, so a delivery acknowledged by a sink is recorded once
+and never sent again. A sink's failure never raises here: it is recorded and retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from firecron.core import events as ev
+from firecron.core.lifecycle import derive_watch
+from firecron.core.runs import Run
+from firecron.errors import FirecronError
+from firecron.store.base import Store
+
+__all__ = ["Deliverer", "emit", "flush"]
+
+log = logging.getLogger("firecron.outbox")
+_CAS_TRIES = 5
+
+
+class Deliverer(Protocol):
+    """What :mod:`firecron.notify`'s ``Notifier`` offers (kept abstract for the services)."""
+
+    async def deliver(self, event: ev.Event, route: ev.Route) -> str | None: ...
+
+    def log(self, event: ev.Event, *, trace: str | None = None) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _logs(run: Run) -> bool:
+    return any(isinstance(r.sink, ev.LogSink) for r in run.notify)
+
+
+async def emit(store: Store, notifier: Deliverer, run: Run, known: set[str], now: datetime) -> Run:
+    """Log the events of ``run`` not in ``known`` and try their deliveries once.
+
+    Adds the emitted ids to ``known``; returns the run as last recorded.
+    """
+    new = [e for e in run.events if e.id not in known]
+    if not new:
+        return run
+    known.update(e.id for e in new)
+    if _logs(run):
+        for event in new:
+            notifier.log(event)
+    ids = {e.id for e in new}
+    due = [(e, d) for e, d in ev.due_deliveries(run.events, now, immediate=True) if e.id in ids]
+    return await _deliver(store, notifier, run, due, now)
+
+
+async def flush(store: Store, notifier: Deliverer, run: Run, now: datetime) -> Run:
+    """Retry the deliveries of ``run`` that are due at ``now``; returns the run as last recorded."""
+    return await _deliver(store, notifier, run, ev.due_deliveries(run.events, now), now)
+
+
+async def _deliver(
+    store: Store,
+    notifier: Deliverer,
+    run: Run,
+    due: Sequence[tuple[ev.Event, ev.Delivery]],
+    now: datetime,
+) -> Run:
+    routes = {r.sink_name: r for r in run.notify}
+    todo = [(e, d) for e, d in due if d.sink in routes]
+    if not todo:
+        return run
+    errors = await asyncio.gather(*(notifier.deliver(e, routes[d.sink]) for e, d in todo))
+    for (event, delivery), error in zip(todo, errors, strict=True):
+        if error is not None:
+            log.warning("event %s to sink %s failed: %s", event.id, delivery.sink, error)
+    current = run
+    for _ in range(_CAS_TRIES):
+        events = list(current.events)
+        for (event, delivery), error in zip(todo, errors, strict=True):
+            events = ev.record_delivery(events, event.id, delivery.sink, now, error)
+        changes = {
+            "events": events,
+            "watch_at": derive_watch(current.deadline_at, events),
+            "updated_at": max(now, current.updated_at),
+        }
+        try:
+            recorded = await store.update_run(current.id, [current.state], changes, current=current)
+        except FirecronError as exc:
+            log.error("recording deliveries of run %s failed: %s", current.id, exc)
+            return current
+        if recorded is not None:
+            return recorded
+        fresh = await store.get_run(current.id)
+        if fresh is None:
+            return current
+        current = fresh
+    log.error("recording deliveries of run %s kept conflicting; the watchdog will retry", run.id)
+    return current

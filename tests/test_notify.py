@@ -1,0 +1,391 @@
+"""Notification sinks against real parts: HTTP sinks on 127.0.0.1, the Pub/Sub emulator, stdout.
+
+No timing assertions: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from _emulators import EMULATOR_PROJECT, emulator_or_skip
+from _factories import T0, make_run
+from _sinks import closed_port, serve
+from firecron.core.events import (
+    Event,
+    EventType,
+    LogSink,
+    PubSubSink,
+    Route,
+    WebhookSink,
+    cloudevent,
+    make_event,
+)
+from firecron.core.runs import Run, RunState
+from firecron.notify import Notifier, pubsub_attributes
+from firecron.settings import Settings
+from firecron.transport.signing import verify_webhook
+
+SECRET = "whsec_" + "c2VjcmV0LWtleS1vbmUtMTIzNDU2Nzg5MA=="
+OLD_SECRET = "an-older-plain-secret"
+SCHEDULE = "nightly-report"
+WHEN = T0 + timedelta(minutes=5)
+
+
+def _run(state: RunState = RunState.failed, **overrides: Any) -> Run:
+    fields: dict[str, Any] = {
+        "state": state,
+        "attempt": 3,
+        "error": "RuntimeError: boom",
+        "labels": {"team": "data", "tier": "gold"},
+        "params": {"api_token": "PARAM-SECRET-xyz"},
+        "started_at": T0 + timedelta(seconds=2),
+        "ended_at": T0 + timedelta(minutes=4),
+        "expected_duration": timedelta(minutes=2),
+        "watch_at": None,
+    }
+    fields.update(overrides)
+    return make_run(SCHEDULE, **fields)
+
+
+def _event(event_type: EventType = EventType.run_failed, **overrides: Any) -> Event:
+    return make_event(_run(**overrides), event_type, WHEN, [])
+
+
+def _webhook(url: str, fmt: str = "cloudevents") -> Route:
+    return Route(sink_name="hook", types=(), sink=WebhookSink(type="webhook", url=url, format=fmt))
+
+
+@pytest.fixture
+async def notifier() -> AsyncIterator[Notifier]:
+    n = Notifier(Settings(allow_private_targets=True, signing_secrets=(SECRET,)))
+    yield n
+    await n.aclose()
+
+
+# -- webhook, CloudEvents ------------------------------------------------------------
+
+
+async def test_cloudevent_webhook_posts_signed_structured_json(notifier: Notifier) -> None:
+    event = _event()
+    with serve() as sink:
+        error = await notifier.deliver(event, _webhook(f"{sink.url}/events"))
+        assert error is None
+        assert len(sink.requests) == 1
+        request = sink.requests[0]
+    assert request.method == "POST"
+    assert request.path == "/events"
+    assert request.headers["content-type"] == "application/cloudevents+json"
+    body = json.loads(request.body)
+    assert body["specversion"] == "1.0"
+    assert body["id"] == f"{SCHEDULE}@20270101T000000Z/run.failed/3" == event.id
+    assert body["type"] == "dev.firecron.run.failed"
+    assert body["source"] == f"//firecron/schedules/{SCHEDULE}"
+    assert body["subject"] == event.subject == f"{SCHEDULE}@20270101T000000Z"
+    assert body["time"] == "2027-01-01T00:05:00Z"
+    assert body["datacontenttype"] == "application/json"
+    assert body["data"]["state"] == "failed"
+    assert body["data"]["error"] == "RuntimeError: boom"
+    assert body["data"]["attempt"] == 3
+    assert body["data"]["labels"] == {"team": "data", "tier": "gold"}
+    assert body == cloudevent(event)
+    # Signed like a dispatch, with the event id as webhook-id.
+    assert request.headers["webhook-id"] == event.id
+    assert verify_webhook(request.headers, request.body, [SECRET], datetime.now(UTC)) == event.id
+
+
+async def test_cloudevent_webhook_signed_by_every_secret_during_rotation() -> None:
+    settings = Settings(allow_private_targets=True, signing_secrets=(SECRET, OLD_SECRET))
+    notifier = Notifier(settings)
+    try:
+        with serve() as sink:
+            assert await notifier.deliver(_event(), _webhook(sink.url)) is None
+            request = sink.requests[0]
+    finally:
+        await notifier.aclose()
+    assert len(request.headers["webhook-signature"].split()) == 2
+    now = datetime.now(UTC)
+    for secret in (SECRET, OLD_SECRET):
+        verify_webhook(request.headers, request.body, [secret], now)
+
+
+async def test_one_notifier_delivers_many_events(notifier: Notifier) -> None:
+    with serve() as sink:
+        for event_type in (EventType.run_started, EventType.run_succeeded):
+            event = _event(event_type, state=RunState.succeeded, error=None)
+            assert await notifier.deliver(event, _webhook(sink.url)) is None
+        assert [json.loads(r.body)["type"] for r in sink.requests] == [
+            "dev.firecron.run.started",
+            "dev.firecron.run.succeeded",
+        ]
+
+
+# -- webhook, Slack ------------------------------------------------------------------
+
+
+async def test_slack_webhook_posts_text(notifier: Notifier) -> None:
+    event = _event()
+    with serve() as sink:
+        assert (
+            await notifier.deliver(event, _webhook(f"{sink.url}/services/T/B/x", "slack")) is None
+        )
+        assert len(sink.requests) == 1
+        request = sink.requests[0]
+    assert request.headers["content-type"] == "application/json"
+    body = json.loads(request.body)
+    assert list(body) == ["text"]
+    text = body["text"]
+    assert SCHEDULE in text
+    assert "failed" in text
+    assert "RuntimeError: boom" in text
+    assert f"firecron run {event.subject}" in text
+    assert "PARAM-SECRET" not in text
+
+
+async def test_slack_error_hides_the_webhook_path(notifier: Notifier) -> None:
+    with serve(status=500) as sink:
+        error = await notifier.deliver(
+            _event(), _webhook(f"{sink.url}/services/T0/B0/TOKENPATH", "slack")
+        )
+    assert error is not None
+    assert "500" in error
+    assert "TOKENPATH" not in error
+
+
+# -- webhook failures ----------------------------------------------------------------
+
+
+async def test_server_error_is_an_error_line(notifier: Notifier) -> None:
+    with serve(status=500) as sink:
+        error = await notifier.deliver(_event(), _webhook(f"{sink.url}/hook?key=QUERYSECRET"))
+        assert sink.received == 1
+    assert error is not None
+    assert "500" in error
+    assert "\n" not in error
+    assert "QUERYSECRET" not in error
+    assert "/hook" in error
+
+
+async def test_closed_port_is_an_error_line(notifier: Notifier) -> None:
+    error = await notifier.deliver(_event(), _webhook(f"http://127.0.0.1:{closed_port()}/x"))
+    assert error is not None
+    assert "connection failed" in error
+    assert "\n" not in error
+
+
+async def test_no_answer_is_an_error_line() -> None:
+    notifier = Notifier(Settings(allow_private_targets=True), timeout=0.5)
+    try:
+        with serve(hold=True) as sink:
+            error = await notifier.deliver(_event(), _webhook(sink.url))
+    finally:
+        await notifier.aclose()
+    assert error is not None
+    assert "no response" in error
+
+
+async def test_redirect_is_not_followed(notifier: Notifier) -> None:
+    with serve() as other, serve(status=301, headers={"location": f"{other.url}/x"}) as redirect:
+        error = await notifier.deliver(_event(), _webhook(redirect.url))
+        assert redirect.received == 1
+        assert other.received == 0
+    assert error is not None
+    assert "301" in error
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_private_target_refused_without_allow_private(scheme: str) -> None:
+    notifier = Notifier(Settings(allow_private_targets=False, signing_secrets=(SECRET,)))
+    try:
+        with serve() as sink:
+            url = f"{scheme}://127.0.0.1:{sink.port}/hook?token=QUERYSECRET"
+            error = await notifier.deliver(_event(), _webhook(url))
+            assert sink.received == 0
+    finally:
+        await notifier.aclose()
+    assert error is not None
+    assert "refused" in error
+    assert "QUERYSECRET" not in error
+
+
+async def test_metadata_server_refused_even_with_allow_private(notifier: Notifier) -> None:
+    error = await notifier.deliver(_event(), _webhook("http://169.254.169.254/computeMetadata"))
+    assert error is not None
+    assert "refused" in error
+
+
+# -- log -----------------------------------------------------------------------------
+
+
+def _logged(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    entry: dict[str, Any] = json.loads(lines[0])
+    return entry
+
+
+def test_log_failed_is_error_with_labels_trace_and_cloudevent(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    event = _event()
+    trace = "projects/p/traces/0123456789abcdef0123456789abcdef"
+    Notifier(Settings()).log(event, trace=trace)
+    entry = _logged(capsys)
+    assert entry["severity"] == "ERROR"
+    assert entry["message"] == (
+        f"run.failed: schedule {SCHEDULE} run {event.subject} failed (attempt 3 of 3):"
+        " RuntimeError: boom"
+    )
+    assert "PARAM-SECRET" not in entry["message"]
+    assert entry["logging.googleapis.com/labels"] == {
+        "schedule_id": SCHEDULE,
+        "run_id": event.subject,
+        "event_type": "run.failed",
+        "label.team": "data",
+        "label.tier": "gold",
+    }
+    assert entry["logging.googleapis.com/trace"] == trace
+    assert entry["cloudevent"] == cloudevent(event)
+
+
+def test_log_error_with_line_break_stays_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    Notifier(Settings()).log(_event(error="Traceback:\n  boom\nValueError: x"))
+    entry = _logged(capsys)
+    assert "\n" not in entry["message"]
+    assert "logging.googleapis.com/trace" not in entry
+
+
+@pytest.mark.parametrize(
+    ("event_type", "state", "severity"),
+    [
+        (EventType.run_failed, RunState.failed, "ERROR"),
+        (EventType.run_lost, RunState.lost, "ERROR"),
+        (EventType.run_timed_out, RunState.timed_out, "ERROR"),
+        (EventType.dispatch_failed, RunState.failed, "ERROR"),
+        (EventType.run_sla_breached, RunState.running, "WARNING"),
+        (EventType.run_retrying, RunState.retry_wait, "WARNING"),
+        (EventType.run_missed, RunState.skipped, "WARNING"),
+        (EventType.run_skipped, RunState.skipped, "WARNING"),
+        (EventType.run_succeeded, RunState.succeeded, "INFO"),
+        (EventType.run_started, RunState.running, "INFO"),
+    ],
+)
+def test_log_severity(
+    capsys: pytest.CaptureFixture[str], event_type: EventType, state: RunState, severity: str
+) -> None:
+    error = "RuntimeError: boom" if severity == "ERROR" else None
+    Notifier(Settings()).log(_event(event_type, state=state, error=error))
+    entry = _logged(capsys)
+    assert entry["severity"] == severity
+    assert entry["message"].startswith(f"{event_type.value}: schedule {SCHEDULE} run ")
+    assert "PARAM-SECRET" not in entry["message"]
+
+
+def test_log_sla_breach_says_the_expected_duration(capsys: pytest.CaptureFixture[str]) -> None:
+    event = _event(EventType.run_sla_breached, state=RunState.running, error=None, ended_at=None)
+    Notifier(Settings()).log(event)
+    entry = _logged(capsys)
+    assert entry["severity"] == "WARNING"
+    assert "expected to take 120.0s" in entry["message"]
+
+
+async def test_deliver_to_log_sink_prints_and_succeeds(
+    notifier: Notifier, capsys: pytest.CaptureFixture[str]
+) -> None:
+    event = _event(EventType.run_succeeded, state=RunState.succeeded, error=None)
+    route = Route(sink_name="log", types=(), sink=LogSink(type="log"))
+    assert await notifier.deliver(event, route) is None
+    entry = _logged(capsys)
+    assert entry["severity"] == "INFO"
+    assert entry["cloudevent"]["id"] == event.id
+
+
+# -- Pub/Sub -------------------------------------------------------------------------
+
+
+def test_pubsub_attributes_are_cloudevents_binary_mode() -> None:
+    event = _event()
+    assert pubsub_attributes(event) == {
+        "ce-specversion": "1.0",
+        "ce-id": event.id,
+        "ce-source": f"//firecron/schedules/{SCHEDULE}",
+        "ce-type": "dev.firecron.run.failed",
+        "ce-subject": event.subject,
+        "ce-time": "2027-01-01T00:05:00Z",
+        "content-type": "application/json",
+    }
+
+
+def _pull(subscriber: Any, subscription: str, want: int) -> list[Any]:
+    """Synchronous pull until ``want`` messages arrived (bounded), acknowledging them."""
+    received: list[Any] = []
+    deadline = time.monotonic() + 20
+    while len(received) < want and time.monotonic() < deadline:
+        response = subscriber.pull(
+            request={"subscription": subscription, "max_messages": 10}, timeout=10
+        )
+        if response.received_messages:
+            received.extend(response.received_messages)
+            subscriber.acknowledge(
+                request={
+                    "subscription": subscription,
+                    "ack_ids": [m.ack_id for m in response.received_messages],
+                }
+            )
+        else:
+            time.sleep(0.2)
+    return received
+
+
+@pytest.mark.emulator
+async def test_pubsub_publishes_to_the_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.cloud import pubsub_v1
+
+    with emulator_or_skip("pubsub") as host:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", host)
+        topic = f"projects/{EMULATOR_PROJECT}/topics/firecron-events"
+        subscription = f"projects/{EMULATOR_PROJECT}/subscriptions/firecron-events-test"
+        publisher = pubsub_v1.PublisherClient()
+        subscriber = pubsub_v1.SubscriberClient()
+        notifier = Notifier(Settings())
+        try:
+            publisher.create_topic(request={"name": topic})
+            subscriber.create_subscription(request={"name": subscription, "topic": topic})
+
+            event = _event()
+            route = Route(sink_name="bus", types=(), sink=PubSubSink(type="pubsub", topic=topic))
+            assert await notifier.deliver(event, route) is None
+
+            messages = _pull(subscriber, subscription, 1)
+            assert len(messages) == 1
+            message = messages[0].message
+            assert json.loads(message.data.decode()) == event.data
+            assert dict(message.attributes) == {
+                "ce-specversion": "1.0",
+                "ce-id": event.id,
+                "ce-source": f"//firecron/schedules/{SCHEDULE}",
+                "ce-type": "dev.firecron.run.failed",
+                "ce-subject": event.subject,
+                "ce-time": "2027-01-01T00:05:00Z",
+                "content-type": "application/json",
+            }
+
+            # A topic that does not exist is an error line, not an exception.
+            missing = Route(
+                sink_name="gone",
+                types=(),
+                sink=PubSubSink(type="pubsub", topic=f"projects/{EMULATOR_PROJECT}/topics/nope"),
+            )
+            error = await notifier.deliver(event, missing)
+            assert error is not None
+            assert "topics/nope" in error
+            assert "\n" not in error
+        finally:
+            await notifier.aclose()
+            subscriber.close()
+            publisher.transport.close()
