@@ -304,3 +304,49 @@ def test_shell_completion_uses_clicks_mechanism() -> None:
         check=False,
     )
     assert "pause" in proc.stdout
+
+
+def test_events_and_run_show_recorded_events(tmp_path: Path) -> None:
+    import asyncio
+
+    from _factories import T0, make_run
+    from firecron.core.events import EventType, Route, WebhookSink, make_event
+    from firecron.core.runs import RunState
+    from firecron.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'ev.db'}"
+    hook = Route(
+        sink_name="ops",
+        types=(),
+        sink=WebhookSink(type="webhook", url="https://hooks.example.com/x"),
+    )
+    failed_run = make_run("evjob", T0, state=RunState.failed, error="RuntimeError: boom", notify=[hook])
+    failed = make_event(failed_run, EventType.run_failed, T0, failed_run.notify)
+    skipped = make_event(
+        make_run("other", T0, state=RunState.skipped), EventType.run_skipped, T0, []
+    )
+    other = make_run("other", T0, state=RunState.skipped, events=[skipped])
+
+    async def seed() -> None:
+        store = open_store(url)
+        await store.create_run(failed_run.model_copy(update={"events": [failed]}))
+        await store.create_run(other)
+        await store.close()
+
+    asyncio.run(seed())
+    listed = json.loads(run_("events", "--json", "--store", url))
+    assert {e["type"] for e in listed} == {"dev.firecron.run.failed", "dev.firecron.run.skipped"}
+    only = json.loads(run_("events", "--json", "--type", "run.failed", "--store", url))
+    assert [e["id"] for e in only] == [failed.id]
+    assert only[0]["deliveries"][0]["sink"] == "ops"
+    assert only[0]["deliveries"][0]["state"] == "pending"
+    shown = run("run", failed_run.id, "--store", url)
+    assert "Events" in shown.stdout
+    assert "run.failed" in shown.stdout
+    assert "ops: pending" in shown.stdout
+
+
+def run_(*args: str) -> str:
+    proc = run(*args)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout

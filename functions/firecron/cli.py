@@ -21,6 +21,7 @@ from firecron import admin
 from firecron._output import console, emit_json, err_console, jsonable, rfc3339, table
 from firecron.core import planning
 from firecron.core.durations import format_duration as fd
+from firecron.core.events import Event, EventType, cloudevent
 from firecron.core.models import StoredSchedule
 from firecron.core.runs import Run, RunState
 from firecron.core.schedule_file import ScheduleFileError, parse_schedule_file
@@ -601,6 +602,9 @@ def run_cmd(run_id: str, store_url: str | None, as_json: bool) -> None:
             for a in run.attempts
         ],
     )
+    if run.events:
+        console.print()
+        _events_table("Events", [(run, e) for e in run.events])
 
 
 @cli.command()
@@ -647,6 +651,71 @@ def dev(schedules_file: str | None, port: int, source: str | None, store_url: st
         console=console,
     )
     asyncio.run(stack.run())
+
+
+def _deliveries_text(event: Event) -> str:
+    if not event.deliveries:
+        return "-"
+    return ", ".join(
+        f"{d.sink}: {d.state.value}"
+        + (f" ({d.attempts} tries: {d.last_error})" if d.last_error else "")
+        for d in event.deliveries
+    )
+
+
+def _events_table(title: str | None, rows: list[tuple[Run, Event]]) -> None:
+    table(
+        title,
+        ["TIME (UTC)", "TYPE", "RUN", "DELIVERIES"],
+        [[rfc3339(e.time), e.type.value, r.id, _deliveries_text(e)] for r, e in rows],
+    )
+
+
+@cli.command()
+@click.option("--schedule", "schedule_id", metavar="ID", help="Only events of this schedule.")
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    type=click.Choice([t.value for t in EventType]),
+    help="Only events of this type. Repeatable.",
+)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@store_option
+@json_option
+def events(
+    schedule_id: str | None,
+    types: tuple[str, ...],
+    limit: int,
+    store_url: str | None,
+    as_json: bool,
+) -> None:
+    """Recent events, newest first, with each one's delivery state per sink.
+
+    Events are recorded in their runs, so this reads the most recent runs (up to
+    five times --limit) and lists their events.
+
+    \b
+    Examples:
+      firecron events --type run.failed --type run.sla_breached
+      firecron events --schedule nightly-report --json
+    """
+    runs = _with_store(
+        store_url, lambda s: s.list_runs(schedule_id=schedule_id, limit=min(1000, limit * 5))
+    )
+    wanted = set(types)
+    rows = sorted(
+        ((r, e) for r in runs for e in r.events if not wanted or e.type.value in wanted),
+        key=lambda pair: pair[1].time,
+        reverse=True,
+    )[:limit]
+    if as_json:
+        emit_json([{**cloudevent(e), "deliveries": jsonable(e.deliveries)} for _, e in rows])
+        return
+    if not rows:
+        console.print("no events")
+        return
+    _events_table(None, rows)
 
 
 def main(argv: list[str] | None = None) -> None:

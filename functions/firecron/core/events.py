@@ -160,14 +160,18 @@ def _matches(selector: str, schedule_id: str, labels: dict[str, str]) -> bool:
     return fnmatch.fnmatchcase(schedule_id, selector)
 
 
+LOG_ROUTE = Route(sink_name="log", types=(), sink=LogSink(type="log"))
+"""Every event goes to the log unless ``notifications.log`` is false."""
+
+
 def resolve_routes(
     notifications: Notifications, schedule_id: str, labels: dict[str, str]
 ) -> list[Route]:
-    """The routes of one schedule, one per matching rule, in rule order.
+    """The routes of one schedule: the log route (unless turned off), then one per matching rule.
 
     Raises :class:`ValueError` naming the rule when it names an unknown sink.
     """
-    routes: list[Route] = []
+    routes: list[Route] = [LOG_ROUTE] if notifications.log else []
     for index, rule in enumerate(notifications.rules):
         if rule.sink not in notifications.sinks:
             raise ValueError(f"rules[{index}]: unknown sink {rule.sink!r}")
@@ -246,10 +250,11 @@ def make_event(run: Any, event_type: EventType, now: datetime, routes: list[Rout
         "labels": dict(run.labels),
         "params": dict(run.params),
     }
+    # The log sink is written in-process by whoever records the event: nothing to track.
     deliveries = [
         Delivery(sink=r.sink_name, next_at=now + DELIVERY_LEASE)
         for r in routes
-        if r.wants(event_type)
+        if r.wants(event_type) and not isinstance(r.sink, LogSink)
     ]
     return Event(
         id=f"{run.id}/{event_type.value}{suffix}",

@@ -1,0 +1,305 @@
+"""Notifications end to end: real workers, real webhook sinks, the watchdog's retries.
+
+Schedules and their notification rules are loaded from YAML exactly as `firecron
+apply` does; workers are functions-framework processes that emit their own events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _sinks import Sink, serve
+from _workers import serve_workers, worker_env
+from firecron import admin
+from firecron.core.events import EventType, Notifications, resolve_routes
+from firecron.core.runs import Run, RunState
+from firecron.core.schedule_file import parse_schedule_file
+from firecron.dispatch import Dispatcher
+from firecron.settings import Settings
+from firecron.store import Store, open_store
+from firecron.transport.signing import verify_webhook
+
+SECRET = "notify-secret"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path / 'n.db'}")
+    yield s
+    await s.close()
+
+
+def settings(store_url: str) -> Settings:
+    return Settings(store_url=store_url, signing_secrets=(SECRET,), allow_private_targets=True)
+
+
+def store_url(store: Store) -> str:
+    return store._url  # type: ignore[attr-defined,no-any-return]
+
+
+async def apply(store: Store, yaml_text: str, now: datetime) -> None:
+    doc = parse_schedule_file(yaml_text)
+    await admin.apply_schedules(
+        store, doc.schedules, now - timedelta(hours=1), prune=False, dry_run=False
+    )
+
+
+def events_at(sink: Sink) -> list[dict[str, Any]]:
+    return [json.loads(r.body) for r in sink.requests]
+
+
+async def wait_run(store: Store, run_id: str, done: Any, timeout: float = 30) -> Run:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = await store.get_run(run_id)
+        if run is not None and done(run):
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} stuck in {run.state if run else None}"
+        await asyncio.sleep(0.1)
+
+
+def wait_requests(sink: Sink, n: int, timeout: float = 20) -> None:
+    assert sink.wait_for(n, timeout), f"sink got {sink.received} requests, expected {n}"
+
+
+async def test_failed_worker_notifies_a_webhook_in_cloudevents_and_slack(store: Store) -> None:
+    now = datetime.now(UTC)
+    with (
+        serve() as ce_sink,
+        serve() as slack_sink,
+        serve_workers(["fail"], env=worker_env(store_url(store), secrets=[SECRET])) as w,
+    ):
+        await apply(
+            store,
+            f"""
+notifications:
+  sinks:
+    hook: {{type: webhook, url: "{ce_sink.url}/events"}}
+    chat: {{type: webhook, url: "{slack_sink.url}/slack", format: slack}}
+  rules:
+    - on: [run.failed]
+      sink: hook
+    - on: [run.failed]
+      schedules: ["broken-*"]
+      sink: chat
+schedules:
+  - id: broken-job
+    every: 1h
+    target: {{url: "{w["fail"].url}", worker: true}}
+    params: {{message: disk full}}
+    retry: {{max_attempts: 1}}
+    labels: {{team: data}}
+""",
+            now,
+        )
+        d = Dispatcher(store, settings(store_url(store)))
+        try:
+            await d.tick(now)
+        finally:
+            await d.aclose()
+        [run] = await store.list_runs()
+        failed = await wait_run(store, run.id, lambda r: r.state is RunState.failed)
+        wait_requests(ce_sink, 1)
+        wait_requests(slack_sink, 1)
+        [ce_req] = ce_sink.requests
+        [slack_req] = slack_sink.requests
+    body = json.loads(ce_req.body)
+    assert body["specversion"] == "1.0"
+    assert body["type"] == "dev.firecron.run.failed"
+    assert body["source"] == "//firecron/schedules/broken-job"
+    assert body["subject"] == run.id
+    assert body["id"] == f"{run.id}/run.failed/1"
+    assert body["data"]["error"] == "RuntimeError: disk full"
+    assert body["data"]["labels"] == {"team": "data"}
+    assert ce_req.headers["content-type"] == "application/cloudevents+json"
+    verify_webhook(ce_req.headers, ce_req.body, [SECRET], datetime.now(UTC))
+    text = json.loads(slack_req.body)["text"]
+    assert "broken-job" in text
+    assert "failed" in text
+    assert "RuntimeError: disk full" in text
+    assert f"firecron run {run.id}" in text
+    # Both deliveries are recorded, so the watchdog has nothing left to send.
+    recorded = (
+        failed
+        if failed.events
+        and all(d.state.value == "delivered" for e in failed.events for d in e.deliveries)
+        else await wait_run(
+            store,
+            run.id,
+            lambda r: all(d.state.value == "delivered" for e in r.events for d in e.deliveries),
+        )
+    )
+    assert recorded.watch_at is None
+
+
+async def test_sla_breach_is_notified_exactly_once(store: Store) -> None:
+    now = datetime.now(UTC)
+    with (
+        serve() as sink,
+        serve_workers(["sleep"], env=worker_env(store_url(store), secrets=[SECRET])) as w,
+    ):
+        await apply(
+            store,
+            f"""
+notifications:
+  sinks: {{hook: {{type: webhook, url: "{sink.url}/e"}}}}
+  rules: [{{on: [run.sla_breached], sink: hook}}]
+schedules:
+  - id: slow
+    every: 1h
+    target: {{url: "{w["sleep"].url}", worker: true}}
+    params: {{seconds: 3}}
+    expected_duration: 1s
+""",
+            now,
+        )
+        d = Dispatcher(store, settings(store_url(store)))
+        try:
+            await d.tick(now)
+            [run] = await store.list_runs()
+            running = await wait_run(store, run.id, lambda r: r.state is RunState.running)
+            assert running.started_at is not None
+            breach = running.started_at + timedelta(seconds=1, milliseconds=200)
+            for i in range(3):  # several ticks past the SLA, concurrently and in a row
+                await asyncio.gather(
+                    d.tick(breach + timedelta(milliseconds=100 * i)), d.tick(breach)
+                )
+            await wait_run(store, run.id, lambda r: r.is_terminal)
+        finally:
+            await d.aclose()
+        wait_requests(sink, 1)
+        time.sleep(0.5)
+        assert [e["type"] for e in events_at(sink)] == ["dev.firecron.run.sla_breached"]
+
+
+async def test_event_reaches_a_sink_that_was_down_once_it_is_back(store: Store) -> None:
+    now = datetime.now(UTC)
+    with (
+        serve(status=503) as sink,
+        serve_workers(["fail"], env=worker_env(store_url(store), secrets=[SECRET])) as w,
+    ):
+        await apply(
+            store,
+            f"""
+notifications:
+  sinks: {{hook: {{type: webhook, url: "{sink.url}/e"}}}}
+  rules: [{{on: [run.failed], sink: hook}}]
+schedules:
+  - id: flaky-sink
+    every: 1h
+    target: {{url: "{w["fail"].url}", worker: true}}
+    retry: {{max_attempts: 1}}
+""",
+            now,
+        )
+        d = Dispatcher(store, settings(store_url(store)))
+        try:
+            await d.tick(now)
+            [run] = await store.list_runs()
+            pending = await wait_run(
+                store,
+                run.id,
+                lambda r: (
+                    r.is_terminal and any(d.attempts >= 1 for e in r.events for d in e.deliveries)
+                ),
+            )
+            [event] = [e for e in pending.events if e.type is EventType.run_failed]
+            [delivery] = event.deliveries
+            assert delivery.state.value == "pending"
+            assert "503" in (delivery.last_error or "")
+            assert pending.watch_at == delivery.next_at  # the watchdog will come back for it
+            assert sink.received == 1
+            sink.status = 200  # the sink is back
+            assert delivery.next_at is not None
+            await d.tick(delivery.next_at)
+            await d.tick(
+                delivery.next_at + timedelta(minutes=30)
+            )  # and later ticks send nothing more
+        finally:
+            await d.aclose()
+        assert sink.received == 2
+        ids = [json.loads(r.body)["id"] for r in sink.requests]
+        assert ids == [event.id, event.id]  # the same stable id, acknowledged once
+    done = await store.get_run(run.id)
+    assert done is not None
+    assert done.events[-1].deliveries[0].state.value == "delivered"
+    assert done.watch_at is None
+
+
+def test_rules_filter_by_type_and_schedule_label() -> None:
+    notifications = Notifications.model_validate(
+        {
+            "sinks": {
+                "ops": {"type": "webhook", "url": "https://hooks.example.com/x"},
+                "bus": {"type": "pubsub", "topic": "projects/p-1/topics/events"},
+            },
+            "rules": [
+                {"on": ["run.failed", "run.lost"], "schedules": ["team=data"], "sink": "ops"},
+                {"on": ["*"], "schedules": ["nightly-*"], "sink": "bus"},
+            ],
+        }
+    )
+    data = resolve_routes(notifications, "etl", {"team": "data"})
+    web = resolve_routes(notifications, "frontend", {"team": "web"})
+    nightly = resolve_routes(notifications, "nightly-report", {})
+    assert [r.sink_name for r in data] == ["log", "ops"]
+    assert data[1].wants(EventType.run_failed)
+    assert not data[1].wants(EventType.run_succeeded)
+    assert [r.sink_name for r in web] == ["log"]
+    assert [r.sink_name for r in nightly] == ["log", "bus"]
+    assert nightly[1].wants(EventType.run_succeeded)
+    off = Notifications.model_validate({"log": False})
+    assert resolve_routes(off, "x", {}) == []
+
+
+async def test_rules_filter_end_to_end(store: Store) -> None:
+    now = datetime.now(UTC)
+    with (
+        serve() as sink,
+        serve_workers(["fail", "hello"], env=worker_env(store_url(store), secrets=[SECRET])) as w,
+    ):
+        await apply(
+            store,
+            f"""
+notifications:
+  sinks: {{ops: {{type: webhook, url: "{sink.url}/e"}}}}
+  rules: [{{on: [run.failed], schedules: ["team=data"], sink: ops}}]
+schedules:
+  - id: data-fails
+    every: 1h
+    target: {{url: "{w["fail"].url}", worker: true}}
+    retry: {{max_attempts: 1}}
+    labels: {{team: data}}
+  - id: web-fails
+    every: 1h
+    target: {{url: "{w["fail"].url}", worker: true}}
+    retry: {{max_attempts: 1}}
+    labels: {{team: web}}
+  - id: data-succeeds
+    every: 1h
+    target: {{url: "{w["hello"].url}", worker: true}}
+    labels: {{team: data}}
+""",
+            now,
+        )
+        d = Dispatcher(store, settings(store_url(store)))
+        try:
+            await d.tick(now)
+        finally:
+            await d.aclose()
+        for run in await store.list_runs():
+            await wait_run(store, run.id, lambda r: r.is_terminal)
+        wait_requests(sink, 1)
+        time.sleep(0.5)
+        received = events_at(sink)
+    assert [(e["type"], e["data"]["schedule_id"]) for e in received] == [
+        ("dev.firecron.run.failed", "data-fails")
+    ]
