@@ -320,7 +320,9 @@ def test_events_and_run_show_recorded_events(tmp_path: Path) -> None:
         types=(),
         sink=WebhookSink(type="webhook", url="https://hooks.example.com/x"),
     )
-    failed_run = make_run("evjob", T0, state=RunState.failed, error="RuntimeError: boom", notify=[hook])
+    failed_run = make_run(
+        "evjob", T0, state=RunState.failed, error="RuntimeError: boom", notify=[hook]
+    )
     failed = make_event(failed_run, EventType.run_failed, T0, failed_run.notify)
     skipped = make_event(
         make_run("other", T0, state=RunState.skipped), EventType.run_skipped, T0, []
