@@ -245,3 +245,31 @@ def test_runs_carry_retention_from_the_schedule_or_the_default() -> None:
     [run] = planning.plan(stored(spec()), None, T0, default_retention=timedelta(days=30)).runs
     assert run.retention == timedelta(days=30)
     assert run.expire_at is None  # set when it ends
+
+
+def test_missed_occurrences_leave_one_missed_run_with_its_event() -> None:
+    s = stored(spec(misfire="skip"), next_occurrence=T0 - 10 * MIN)
+    p = planning.plan(s, None, T0 + timedelta(seconds=5))
+    missed = [r for r in p.runs if r.state is RunState.missed]
+    assert len(missed) == 1
+    [record] = missed
+    assert record.scheduled_for == T0 - MIN  # the latest missed occurrence stands for all
+    assert "10 occurrence(s)" in (record.error or "")
+    assert [e.type.value for e in record.events] == ["run.missed"]
+    assert record.deadline_at is None
+    assert record.watch_at is None  # no sink to deliver to
+
+
+def test_skipped_run_is_born_with_its_event_and_watched_for_delivery() -> None:
+    from firecron.core.events import Route, WebhookSink
+
+    hook = Route(
+        sink_name="ops", types=(), sink=WebhookSink(type="webhook", url="https://h.example/x")
+    )
+    s = stored(spec(notify=[hook]), last_run_id="job@prev")
+    active = make_run("job", T0 - MIN, state=RunState.running, run_id="job@prev")
+    [skipped] = planning.plan(s, active, T0).runs
+    [event] = skipped.events
+    assert event.type.value == "run.skipped"
+    assert [d.sink for d in event.deliveries] == ["ops"]
+    assert skipped.watch_at == event.deliveries[0].next_at  # the watchdog will deliver it

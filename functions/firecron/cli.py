@@ -72,6 +72,14 @@ def _read_schedule_file(path: str) -> Any:
 
 store_option = click.option("--store", "store_url", metavar="URL", help=_STORE_HELP)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+limit_option = click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+
+
+def schedule_filter(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``--schedule ID`` filter of the listing commands."""
+    return click.option(
+        "--schedule", "schedule_id", metavar="ID", help=f"Only {what} of this schedule."
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -487,7 +495,7 @@ def _run_dict(run: Run) -> dict[str, Any]:
 
 
 @cli.command("runs")
-@click.option("--schedule", "schedule_id", metavar="ID", help="Only runs of this schedule.")
+@schedule_filter("runs")
 @click.option(
     "--state",
     "states",
@@ -495,7 +503,7 @@ def _run_dict(run: Run) -> dict[str, Any]:
     type=click.Choice([s.value for s in RunState]),
     help="Only runs in this state. Repeatable.",
 )
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@limit_option
 @store_option
 @json_option
 def runs_cmd(
@@ -672,7 +680,7 @@ def _events_table(title: str | None, rows: list[tuple[Run, Event]]) -> None:
 
 
 @cli.command()
-@click.option("--schedule", "schedule_id", metavar="ID", help="Only events of this schedule.")
+@schedule_filter("events")
 @click.option(
     "--type",
     "types",
@@ -680,7 +688,7 @@ def _events_table(title: str | None, rows: list[tuple[Run, Event]]) -> None:
     type=click.Choice([t.value for t in EventType]),
     help="Only events of this type. Repeatable.",
 )
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@limit_option
 @store_option
 @json_option
 def events(

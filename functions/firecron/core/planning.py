@@ -23,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
+from firecron.core.durations import format_duration
 from firecron.core.events import EventType, make_event, next_delivery_at
 from firecron.core.models import (
     JsonValue,
@@ -294,6 +296,9 @@ def plan(
     if spec.max_runs is not None:
         chosen = chosen[: max(0, spec.max_runs - state.run_count)]
 
+    def new_run(run_id: str, occ: Occurrence, **kw: Any) -> Run:
+        return build_run(spec, run_id, occ, now, default_retention=default_retention, **kw)
+
     runs: list[Run] = []
     fired = queued = skipped = 0
     last_run_id = state.last_run_id
@@ -304,58 +309,30 @@ def plan(
     for occ in chosen:
         run_id = scheduled_run_id(spec.id, occ.scheduled_for)
         if not blocker_active:
-            runs.append(
-                build_run(
-                    spec,
-                    run_id,
-                    occ,
-                    now,
-                    pending_grace=pending_grace,
-                    default_retention=default_retention,
-                )
-            )
+            runs.append(new_run(run_id, occ, pending_grace=pending_grace))
             fired += 1
             blocker_active, blocker_id, last_run_id = checks_overlap, run_id, run_id
         elif spec.overlap is OverlapPolicy.queue_one and not queue_full:
-            runs.append(
-                build_run(
-                    spec,
-                    run_id,
-                    occ,
-                    now,
-                    state=RunState.queued,
-                    blocked_by=blocker_id,
-                    default_retention=default_retention,
-                )
-            )
+            runs.append(new_run(run_id, occ, state=RunState.queued, blocked_by=blocker_id))
             queued += 1
             queue_full, last_run_id = True, run_id
         else:
-            runs.append(
-                build_run(
-                    spec,
-                    run_id,
-                    occ,
-                    now,
-                    state=RunState.skipped,
-                    default_retention=default_retention,
-                )
-            )
+            runs.append(new_run(run_id, occ, state=RunState.skipped))
             skipped += 1
 
     if missed_count:
         # One record per plan stands for every occurrence it missed (not one per occurrence:
         # a long pause of a per-second schedule must not write thousands of documents).
         latest_missed = max(missed)
-        note = f"{missed_count} occurrence(s) not fired by the misfire policy ({spec.misfire.policy.value}, grace {spec.misfire.grace})"
+        note = (
+            f"{missed_count} occurrence(s) not fired by the misfire policy "
+            f"({spec.misfire.policy.value}, grace {format_duration(spec.misfire.grace)})"
+        )
         runs.append(
-            build_run(
-                spec,
+            new_run(
                 scheduled_run_id(spec.id, latest_missed),
                 _occurrence(spec, latest_missed),
-                now,
                 state=RunState.missed,
-                default_retention=default_retention,
                 error=note,
             )
         )
