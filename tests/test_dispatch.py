@@ -172,7 +172,9 @@ async def test_4xx_target_fails_at_once(store: Store, status: int) -> None:
 
 
 async def test_unreachable_target_is_retryable(store: Store) -> None:
-    d = Dispatcher(store, settings())
+    # The dispatcher's clock must agree with the tick's planning instant: a retry_at
+    # computed from the real clock (2026) would already be due at T0 (2027).
+    d = Dispatcher(store, settings(), clock=lambda: T0)
     await seed(store, 1, f"http://127.0.0.1:{closed_port()}/x")
     try:
         summary = await d.tick(T0)

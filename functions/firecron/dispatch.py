@@ -20,11 +20,13 @@ POST goes out only after the write that owns it has committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import secrets as _secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -57,6 +59,34 @@ PAGE_SIZE = 500
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+_TICK_GC_THRESHOLD = 10_000
+_tick_gc_depth = 0
+_tick_gc_saved = gc.get_threshold()
+
+
+@contextlib.contextmanager
+def _tick_gc() -> Iterator[None]:
+    """Collect garbage less eagerly while a tick runs; restored when the outermost tick ends.
+
+    Measured (bench/fanout.py): without it, gen-2 collections walking the whole pre-tick
+    heap took about a quarter of a 10,000-run tick. The pre-tick heap is frozen (never
+    scanned) and young objects are collected every 10,000 allocations instead of 700.
+    """
+    global _tick_gc_depth, _tick_gc_saved
+    _tick_gc_depth += 1
+    if _tick_gc_depth == 1:
+        _tick_gc_saved = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(_TICK_GC_THRESHOLD, *_tick_gc_saved[1:])
+    try:
+        yield
+    finally:
+        _tick_gc_depth -= 1
+        if _tick_gc_depth == 0:
+            gc.set_threshold(*_tick_gc_saved)
+            gc.unfreeze()
 
 
 def timeouts_for(settings: Settings) -> RunTimeouts:
@@ -198,6 +228,10 @@ class Dispatcher:
 
     async def tick(self, now: datetime | None = None) -> TickSummary:
         """Run one tick at ``now`` (default: the clock). Never raises for one bad schedule or run."""
+        with _tick_gc():
+            return await self._tick(now)
+
+    async def _tick(self, now: datetime | None) -> TickSummary:
         now = now or self.clock()
         summary = TickSummary(started_at=self.clock())
         deadline = time.monotonic() + self.settings.tick_budget.total_seconds()

@@ -2,11 +2,17 @@
 
 Implements :class:`firecron.store.base.Store` with the standard library's ``sqlite3``.
 
-- Every call runs in a worker thread (``asyncio.to_thread``) on the instance's one
-  connection, serialised by a ``threading.Lock``, so the event loop never blocks on disk.
+- Every call runs on the instance's own thread, on its one connection, so the event
+  loop never blocks on disk. Calls are handed over in batches: everything submitted
+  during one event-loop iteration goes in one queue put, and the thread sends the
+  results of a batch back in one wake-up of the loop. (A thread hop per call, as
+  ``asyncio.to_thread`` does it, cost more CPU than most calls themselves.)
 - The database is in WAL mode with ``synchronous=NORMAL`` and a 30 s busy timeout.
-  Every write is one ``BEGIN IMMEDIATE`` transaction, so several instances, in one
-  process or many, can share one file: writers queue on SQLite's lock and each
+  The writes of a batch share one ``BEGIN IMMEDIATE`` transaction (group commit), each
+  in its own savepoint, so each write is still all or nothing and a lost
+  compare-and-set undoes only its own call; results are delivered only after the
+  ``COMMIT``, and a failed ``COMMIT`` fails every call of the batch. Several instances,
+  in one process or many, can share one file: writers queue on SQLite's lock and each
   compare-and-set is decided inside its transaction.
 - Rows: ``{namespace}_schedules(id, spec, state, next_fire_at, version)`` and
   ``{namespace}_runs(id, schedule_id, state, created_at, watch_at, data)``. ``spec``,
@@ -20,8 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
+import queue
 import re
 import secrets
 import sqlite3
@@ -36,12 +42,16 @@ from pydantic import BaseModel, ValidationError
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState
 from firecron.errors import ConflictError, InvalidInputError, StoreError
-from firecron.store._codec import to_record
+from firecron.store._codec import run_from_json, to_json
 from firecron.store.base import StoreStats
 
 __all__ = ["SQLiteStore"]
 
 _T = TypeVar("_T")
+_RunValues = tuple[str, str, int, int | None, str]
+"""A run's columns after its id: schedule_id, state, created_at, watch_at, data."""
+_RunRow = tuple[str, str, str, int, int | None, str]
+"""A run's id and :data:`_RunValues`: one ``INSERT`` row."""
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -65,15 +75,9 @@ def _optional_micros(value: datetime | None) -> int | None:
     return None if value is None else _micros(value)
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
-    raise TypeError(f"cannot store {type(value).__name__} as JSON")
-
-
 def _encode(model: BaseModel) -> str:
-    """The JSON text of ``model``'s record (see ``_codec``)."""
-    return json.dumps(to_record(model), default=_json_default, separators=(",", ":"))
+    """The JSON text of ``model``'s record (``_codec.to_json``)."""
+    return to_json(model)
 
 
 def _parse_version(version: str) -> int | None:
@@ -82,6 +86,51 @@ def _parse_version(version: str) -> int | None:
         return int(version)
     except (TypeError, ValueError):
         return None
+
+
+_MAX_BATCH = 256
+"""Most calls run in one transaction: bounds how long a batch holds SQLite's write lock."""
+
+
+class _Abort(Exception):
+    """Raised by a write call to roll back its own changes and return ``value``."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__()
+        self.value = value
+
+
+class _Job:
+    """One submitted call: the function, whether it writes, where its result goes."""
+
+    __slots__ = ("fn", "future", "loop", "write")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        write: bool,
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.fn = fn
+        self.write = write
+        self.future = future
+        self.loop = loop
+
+
+_Outcome = tuple["asyncio.Future[Any]", bool, Any]
+"""A job's future, whether it succeeded, and its result or exception."""
+
+
+def _deliver(outcomes: Sequence[_Outcome]) -> None:
+    """On the caller's loop: settle the futures of a batch (skipping cancelled ones)."""
+    for future, ok, value in outcomes:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class SQLiteStore:
@@ -108,30 +157,138 @@ class SQLiteStore:
         self._url = f"sqlite:///{os.fspath(path)}"
         self._schedules = f"{namespace}_schedules"
         self._runs = f"{namespace}_runs"
+        # The store's one thread (started on the first call) owns the connection; the
+        # lock only orders it against close().
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self._pending: list[_Job] = []
+        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self._url!r}, namespace={self.namespace!r})"
 
     # -- plumbing -----------------------------------------------------------------
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``fn(connection)`` in a thread, holding the lock, translating sqlite3 errors."""
-        return await asyncio.to_thread(self._call_sync, fn)
+    async def _call(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
+        """Run ``fn(connection)`` on the store's thread and return its result.
 
-    def _call_sync(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        ``write=True``: ``fn`` runs inside the batch's ``BEGIN IMMEDIATE`` transaction,
+        within its own savepoint; raising :class:`_Abort` (or anything else) rolls back
+        only ``fn``'s changes. The result is delivered once the batch has committed;
+        if the commit fails, every call of the batch gets the :class:`StoreError`.
+        sqlite3 errors become :class:`StoreError`.
+        """
+        if self._closed:
+            raise StoreError(f"store {self._url} is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append(_Job(fn, write, future, loop))
+        if len(self._pending) == 1:
+            # Hand over everything submitted during this loop iteration at once: one
+            # queue put and one thread wake-up for the whole batch.
+            loop.call_soon(self._flush)
+        result: _T = await future
+        return result
+
+    def _flush(self) -> None:
+        jobs, self._pending = self._pending, []
+        if not jobs:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve, name=f"firecron-sqlite-{self.namespace}", daemon=True
+            )
+            self._thread.start()
+        self._queue.put(jobs)
+
+    def _serve(self) -> None:
+        """The store's thread: runs batches of calls in order and sends results back."""
+        while True:
+            jobs = self._queue.get()
+            if jobs is None:
+                return
+            # Whatever else is already waiting joins this batch (one transaction).
+            while len(jobs) < _MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                jobs.extend(more)
+            results = self._run_batch(jobs)
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+            for job, outcome in zip(jobs, results, strict=True):
+                by_loop.setdefault(job.loop, []).append((job.future, *outcome))
+            for loop, outcomes in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_deliver, outcomes)
+
+    def _run_batch(self, jobs: Sequence[_Job]) -> list[tuple[bool, Any]]:
+        """Run ``jobs`` in order; writes together in one transaction, one savepoint each."""
         with self._lock:
-            conn = self._connect()
             try:
-                return fn(conn)
+                conn = self._connect()
+            except StoreError as exc:
+                return [(False, exc)] * len(jobs)
+            # A caller that was cancelled before its turn does not get its call run
+            # (best effort, as with a thread pool job that has not started).
+            live = [not job.future.cancelled() for job in jobs]
+            writes = sum(1 for job, ok in zip(jobs, live, strict=True) if ok and job.write)
+            written_before = self.stats.writes
+            try:
+                if writes:
+                    conn.execute("BEGIN IMMEDIATE")
+                results: list[tuple[bool, Any]] = []
+                for job, ok in zip(jobs, live, strict=True):
+                    if not ok:
+                        results.append((False, asyncio.CancelledError()))
+                    elif job.write:
+                        results.append(self._run_write(conn, job.fn))
+                    else:
+                        results.append(self._run_read(conn, job.fn))
+                if writes:
+                    conn.execute("COMMIT")
             except sqlite3.Error as exc:
+                # BEGIN, a savepoint or COMMIT failed: nothing of the batch is kept.
                 self._rollback(conn)
-                raise StoreError(f"store {self._url}: {exc}") from exc
-            except BaseException:
-                self._rollback(conn)
-                raise
+                self.stats.writes = written_before
+                error = StoreError(f"store {self._url}: {exc}")
+                return [(False, error)] * len(jobs)
+            return results
+
+    def _run_read(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        try:
+            return (True, fn(conn))
+        except sqlite3.Error as exc:
+            return (False, StoreError(f"store {self._url}: {exc}"))
+        except Exception as exc:
+            return (False, exc)
+
+    def _run_write(
+        self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]
+    ) -> tuple[bool, Any]:
+        conn.execute("SAVEPOINT call")
+        written_before = self.stats.writes
+        try:
+            value = fn(conn)
+        except _Abort as abort:
+            outcome: tuple[bool, Any] = (True, abort.value)
+        except sqlite3.Error as exc:
+            outcome = (False, StoreError(f"store {self._url}: {exc}"))
+        except Exception as exc:
+            outcome = (False, exc)
+        else:
+            conn.execute("RELEASE call")
+            return (True, value)
+        # Undo only this call's changes; the rest of the batch goes on.
+        self.stats.writes = written_before
+        conn.execute("ROLLBACK TO call")
+        conn.execute("RELEASE call")
+        return outcome
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -223,8 +380,8 @@ class SQLiteStore:
         schedule_id, spec, state, version = row
         try:
             return StoredSchedule(
-                spec=ScheduleSpec.model_validate(json.loads(spec)),
-                state=ScheduleState.model_validate(json.loads(state)),
+                spec=ScheduleSpec.model_validate_json(spec),
+                state=ScheduleState.model_validate_json(state),
                 version=str(version),
             )
         except (ValueError, ValidationError) as exc:
@@ -234,7 +391,7 @@ class SQLiteStore:
 
     def _run_from_row(self, run_id: str, data: str, version: int) -> Run:
         try:
-            run = Run.model_validate(json.loads(data))
+            run = run_from_json(data)
             run.version = str(version)
             return run
         except (ValueError, ValidationError) as exc:
@@ -242,8 +399,13 @@ class SQLiteStore:
                 f"store {self._url}: unreadable run {run_id!r}: {_first_line(exc)}"
             ) from exc
 
-    def _run_values(self, run: Run) -> tuple[str, str, int, int | None, str]:
-        """Column values (schedule_id, state, created_at, watch_at, data) of ``run``."""
+    @staticmethod
+    def _run_values(run: Run) -> _RunValues:
+        """Column values (schedule_id, state, created_at, watch_at, data) of ``run``.
+
+        This is the one encoding of a run per write; raises :class:`InvalidInputError`
+        for a naive datetime, so callers encode before touching the database.
+        """
         return (
             run.schedule_id,
             run.state.value,
@@ -252,30 +414,29 @@ class SQLiteStore:
             _encode(run),
         )
 
-    def _insert_run(self, conn: sqlite3.Connection, run: Run) -> Run | None:
-        """Insert ``run`` inside the caller's transaction; None if its id exists."""
+    def _insert_runs(self, conn: sqlite3.Connection, rows: Sequence[_RunRow]) -> bool:
+        """Insert encoded runs inside the caller's transaction; False if an id exists."""
         try:
-            conn.execute(
+            conn.executemany(
                 f"INSERT INTO {self._runs}"
                 " (id, schedule_id, state, created_at, watch_at, data, version)"
                 " VALUES (?, ?, ?, ?, ?, ?, 1)",
-                (run.id, *self._run_values(run)),
+                rows,
             )
         except sqlite3.IntegrityError:
-            return None
-        return run.model_copy(update={"version": "1"})
+            return False
+        return True
 
     # -- schedules ----------------------------------------------------------------
 
     async def put_schedule(
         self, spec: ScheduleSpec, state: ScheduleState, *, expect_version: str | None
     ) -> StoredSchedule:
-        """See :meth:`Store.put_schedule`. One ``BEGIN IMMEDIATE`` transaction."""
+        """See :meth:`Store.put_schedule`. One write (see the module docstring)."""
         spec_json, state_json = _encode(spec), _encode(state)
         next_fire = _optional_micros(state.next_fire_at)
 
         def put(conn: sqlite3.Connection) -> int:
-            conn.execute("BEGIN IMMEDIATE")
             if expect_version is None:
                 version = secrets.randbelow(_VERSION_START_BOUND) + 1
                 try:
@@ -285,28 +446,25 @@ class SQLiteStore:
                         (spec.id, spec_json, state_json, next_fire, version),
                     )
                 except sqlite3.IntegrityError as exc:
-                    conn.rollback()
                     raise ConflictError(f"schedule {spec.id!r} already exists") from exc
             else:
                 expected = _parse_version(expect_version)
-                # fetchall: the statement must be finished before COMMIT.
+                # fetchall: the statement must be finished before the savepoint ends.
                 rows = conn.execute(
                     f"UPDATE {self._schedules} SET spec = ?, state = ?, next_fire_at = ?,"
                     " version = version + 1 WHERE id = ? AND version = ? RETURNING version",
                     (spec_json, state_json, next_fire, spec.id, expected),
                 ).fetchall()
                 if not rows:
-                    conn.rollback()
                     raise ConflictError(
                         f"schedule {spec.id!r} changed since it was read"
                         f" (expected version {expect_version}) or does not exist"
                     )
                 version = int(rows[0][0])
-            conn.execute("COMMIT")
             self.stats.writes += 1
             return version
 
-        version = await self._call(put)
+        version = await self._call(put, write=True)
         return StoredSchedule(spec=spec, state=state, version=str(version))
 
     async def get_schedule(self, schedule_id: str) -> StoredSchedule | None:
@@ -337,7 +495,6 @@ class SQLiteStore:
         """See :meth:`Store.delete_schedule`. Runs are kept."""
 
         def delete(conn: sqlite3.Connection) -> bool:
-            conn.execute("BEGIN IMMEDIATE")
             if expect_version is None:
                 cursor = conn.execute(f"DELETE FROM {self._schedules} WHERE id = ?", (schedule_id,))
             else:
@@ -354,18 +511,16 @@ class SQLiteStore:
                     )
                     != []
                 )
-                conn.rollback()
                 if exists:
                     raise ConflictError(
                         f"schedule {schedule_id!r} changed since it was read"
                         f" (expected version {expect_version})"
                     )
                 return False
-            conn.execute("COMMIT")
             self.stats.writes += 1
             return True
 
-        return await self._call(delete)
+        return await self._call(delete, write=True)
 
     async def due_schedules(self, now: datetime, limit: int) -> list[StoredSchedule]:
         """See :meth:`Store.due_schedules`. One query on the partial ``next_fire_at`` index."""
@@ -388,54 +543,46 @@ class SQLiteStore:
     async def claim(
         self, stored: StoredSchedule, new_state: ScheduleState, runs: Sequence[Run]
     ) -> list[Run] | None:
-        """See :meth:`Store.claim`. One ``BEGIN IMMEDIATE`` transaction; all or nothing."""
+        """See :meth:`Store.claim`. One write (its own savepoint); all or nothing."""
         expected = _parse_version(stored.version)
         state_json = _encode(new_state)
         next_fire = _optional_micros(new_state.next_fire_at)
-        # Encode before taking the lock so a bad run fails before anything is written.
-        for run in runs:
-            self._run_values(run)
+        # Encode each run once, before the lock: a bad run fails before anything is
+        # written, and the transaction only executes statements.
+        rows = [(run.id, *self._run_values(run)) for run in runs]
 
-        def claim(conn: sqlite3.Connection) -> list[Run] | None:
-            conn.execute("BEGIN IMMEDIATE")
+        def claim(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
                 f"UPDATE {self._schedules} SET state = ?, next_fire_at = ?, version = version + 1"
                 " WHERE id = ? AND version = ?",
                 (state_json, next_fire, stored.id, expected),
             )
             if cursor.rowcount == 0:
-                conn.rollback()
-                return None
-            created: list[Run] = []
-            for run in runs:
-                inserted = self._insert_run(conn, run)
-                if inserted is None:
-                    conn.rollback()
-                    return None
-                created.append(inserted)
-            conn.execute("COMMIT")
-            self.stats.writes += 1 + len(runs)
-            return created
+                return False
+            if rows and not self._insert_runs(conn, rows):
+                raise _Abort(False)  # a run exists: undo the schedule update too
+            self.stats.writes += 1 + len(rows)
+            return True
 
-        return await self._call(claim)
+        if not await self._call(claim, write=True):
+            return None
+        return [run.model_copy(update={"version": "1"}) for run in runs]
 
     # -- runs ---------------------------------------------------------------------
 
     async def create_run(self, run: Run) -> Run | None:
-        """See :meth:`Store.create_run`."""
-        self._run_values(run)
+        """See :meth:`Store.create_run`. One ``INSERT``."""
+        row = (run.id, *self._run_values(run))
 
-        def create(conn: sqlite3.Connection) -> Run | None:
-            conn.execute("BEGIN IMMEDIATE")
-            inserted = self._insert_run(conn, run)
-            if inserted is None:
-                conn.rollback()
-                return None
-            conn.execute("COMMIT")
+        def create(conn: sqlite3.Connection) -> bool:
+            if not self._insert_runs(conn, [row]):
+                return False
             self.stats.writes += 1
-            return inserted
+            return True
 
-        return await self._call(create)
+        if not await self._call(create, write=True):
+            return None
+        return run.model_copy(update={"version": "1"})
 
     async def get_run(self, run_id: str) -> Run | None:
         """See :meth:`Store.get_run`. One read."""
@@ -479,7 +626,12 @@ class SQLiteStore:
         expect: Mapping[str, Any] | None = None,
         current: Run | None = None,
     ) -> Run | None:
-        """See :meth:`Store.update_run`. Read, check and write in one ``BEGIN IMMEDIATE``.
+        """See :meth:`Store.update_run`.
+
+        With ``current``: the merged run is validated and encoded first, then one
+        ``UPDATE ... WHERE id = ? AND version = ?`` writes it (no read, nothing decoded
+        on the store's thread). Without: read, check and write in one write call (the
+        batch's transaction makes the read and the write atomic).
 
         Raises :class:`InvalidInputError` (and writes nothing) when ``changes`` name an
         unknown field, hold an invalid value or try to change the run's ``id``.
@@ -487,50 +639,65 @@ class SQLiteStore:
         allowed = {RunState(state).value for state in expect_states}
         if "id" in changes and changes["id"] != run_id:
             raise InvalidInputError(f"update_run cannot change the id of run {run_id!r}")
-
-        version = current.version if current is not None else None
-        if current is not None and version is None:
-            raise InvalidInputError(f"update_run {run_id!r}: 'current' carries no version")
-        wanted_version = None if version is None else _parse_version(version)
+        if current is not None:
+            return await self._update_known(run_id, current, changes)
 
         def update(conn: sqlite3.Connection) -> Run | None:
-            conn.execute("BEGIN IMMEDIATE")
-            # Within one IMMEDIATE transaction the read is free of races, so the version
-            # path and the conditions path share it; only Firestore saves a read.
             rows = conn.execute(
                 f"SELECT state, data, version FROM {self._runs} WHERE id = ?", (run_id,)
             ).fetchall()
-            if version is None:
-                self.stats.queries += 1
-                self.stats.reads += len(rows)
-            if not rows or (version is not None and rows[0][2] != wanted_version):
-                conn.rollback()
+            self.stats.queries += 1
+            self.stats.reads += len(rows)
+            if not rows:
                 return None
-            stored = self._run_from_row(run_id, rows[0][1], rows[0][2])
-            if version is None and (
-                rows[0][0] not in allowed
-                or any(getattr(stored, k) != v for k, v in (expect or {}).items())
+            state, data, version = rows[0]
+            stored = self._run_from_row(run_id, data, version)
+            if state not in allowed or any(
+                getattr(stored, k) != v for k, v in (expect or {}).items()
             ):
-                conn.rollback()
                 return None
-            try:
-                # Validate the merged whole, so a bad value or unknown field raises here
-                # instead of being stored (model_copy(update=...) would not validate).
-                updated = Run.model_validate({**stored.model_dump(), **changes})
-            except ValidationError as exc:
-                raise InvalidInputError(
-                    f"invalid changes to run {run_id!r}: {_first_line(exc)}"
-                ) from exc
+            updated = _merged(run_id, stored, changes)
             conn.execute(
                 f"UPDATE {self._runs} SET schedule_id = ?, state = ?, created_at = ?,"
                 " watch_at = ?, data = ?, version = version + 1 WHERE id = ?",
                 (*self._run_values(updated), run_id),
             )
-            conn.execute("COMMIT")
             self.stats.writes += 1
-            return updated.model_copy(update={"version": str(rows[0][2] + 1)})
+            updated.version = str(version + 1)
+            return updated
 
-        return await self._call(update)
+        return await self._call(update, write=True)
+
+    async def _update_known(
+        self, run_id: str, current: Run, changes: Mapping[str, Any]
+    ) -> Run | None:
+        """The version path of :meth:`update_run`: one compare-and-set ``UPDATE``."""
+        if current.version is None:
+            raise InvalidInputError(f"update_run {run_id!r}: 'current' carries no version")
+        # The caller vouches for the conditions on ``current`` (see Store.update_run), so
+        # the merged record is built from it, validated and encoded before the hop.
+        updated = _merged(run_id, current, changes)
+        values = self._run_values(updated)
+        version = _parse_version(current.version)
+        if version is None:
+            return None  # not a version this store issued: it cannot match
+
+        def update(conn: sqlite3.Connection) -> bool:
+            # One statement: the version check and the write cannot be separated.
+            cursor = conn.execute(
+                f"UPDATE {self._runs} SET schedule_id = ?, state = ?, created_at = ?,"
+                " watch_at = ?, data = ?, version = version + 1 WHERE id = ? AND version = ?",
+                (*values, run_id, version),
+            )
+            if cursor.rowcount == 0:
+                return False
+            self.stats.writes += 1
+            return True
+
+        if not await self._call(update, write=True):
+            return None
+        updated.version = str(version + 1)
+        return updated
 
     async def due_watches(self, now: datetime, limit: int) -> list[Run]:
         """See :meth:`Store.due_watches`. One query on the partial ``watch_at`` index."""
@@ -588,7 +755,12 @@ class SQLiteStore:
         return await self._call(list_some)
 
     async def close(self) -> None:
-        """See :meth:`Store.close`. Idempotent."""
+        """See :meth:`Store.close`. Idempotent; the calls already submitted run first."""
+        self._flush()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(thread.join)
         await asyncio.to_thread(self._close_sync)
 
     def _close_sync(self) -> None:
@@ -600,6 +772,18 @@ class SQLiteStore:
                     conn.close()
                 except sqlite3.Error as exc:
                     raise StoreError(f"store {self._url}: {exc}") from exc
+
+
+def _merged(run_id: str, base: Run, changes: Mapping[str, Any]) -> Run:
+    """``base`` with ``changes`` applied, validated as a whole (no version set).
+
+    ``model_copy(update=...)`` would not validate, so a bad value or an unknown field
+    would be stored; this raises :class:`InvalidInputError` instead.
+    """
+    try:
+        return Run.model_validate({**base.model_dump(), **changes})
+    except ValidationError as exc:
+        raise InvalidInputError(f"invalid changes to run {run_id!r}: {_first_line(exc)}") from exc
 
 
 def _first_line(exc: BaseException) -> str:
