@@ -100,3 +100,27 @@ resource "google_firestore_field" "runs_expire_at" {
 
   depends_on = [google_project_service.required]
 }
+
+# The stores keep each record's body as one JSON text field beside the few fields that
+# are queried (store/firestore.py). Nothing queries the bodies, and Firestore would
+# otherwise index every one of them on every write: exempt them.
+locals {
+  unindexed_fields = {
+    runs_data       = { collection = "${var.namespace}_runs", field = "data" }
+    schedules_spec  = { collection = "${var.namespace}_schedules", field = "spec" }
+    schedules_state = { collection = "${var.namespace}_schedules", field = "state" }
+  }
+}
+
+resource "google_firestore_field" "unindexed" {
+  for_each = local.unindexed_fields
+
+  project    = var.project_id
+  database   = local.firestore_database
+  collection = each.value.collection
+  field      = each.value.field
+
+  index_config {}
+
+  depends_on = [google_project_service.required]
+}
