@@ -500,15 +500,21 @@ class FirestoreStore:
 
     async def due_schedules(self, now: datetime, limit: int) -> list[StoredSchedule]:
         """See :meth:`Store.due_schedules`. One query; ties in ``next_fire_at`` by id."""
+        snapshots = await self._due(self._schedules(), "next_fire_at", now, limit, "due_schedules")
+        return [self._stored(s) for s in snapshots]
+
+    async def _due(
+        self, collection: Any, field: str, now: datetime, limit: int, op: str
+    ) -> list[Any]:
+        """Documents with ``field <= now``, earliest first (ties by id), at most ``limit``."""
         if limit <= 0:
             return []
         query = (
-            self._schedules()
-            .where(filter=FieldFilter("next_fire_at", "<=", _utc(now, "now")))
-            .order_by("next_fire_at")
+            collection.where(filter=FieldFilter(field, "<=", _utc(now, "now")))
+            .order_by(field)
             .limit(limit)
         )
-        return [self._stored(s) for s in await self._stream("due_schedules", query)]
+        return await self._stream(op, query)
 
     async def claim(
         self, stored: StoredSchedule, new_state: ScheduleState, runs: Sequence[Run]
@@ -695,15 +701,8 @@ class FirestoreStore:
 
     async def due_watches(self, now: datetime, limit: int) -> list[Run]:
         """See :meth:`Store.due_watches`. One query; ties in ``watch_at`` by id."""
-        if limit <= 0:
-            return []
-        query = (
-            self._runs()
-            .where(filter=FieldFilter("watch_at", "<=", _utc(now, "now")))
-            .order_by("watch_at")
-            .limit(limit)
-        )
-        return [self._run(s) for s in await self._stream("due_watches", query)]
+        snapshots = await self._due(self._runs(), "watch_at", now, limit, "due_watches")
+        return [self._run(s) for s in snapshots]
 
     async def list_runs(
         self,
