@@ -389,3 +389,23 @@ async def test_pubsub_publishes_to_the_emulator(monkeypatch: pytest.MonkeyPatch)
             await notifier.aclose()
             subscriber.close()
             publisher.transport.close()
+
+
+def test_event_log_can_be_turned_off(capsys: pytest.CaptureFixture[str]) -> None:
+    from firecron.notify import Notifier
+    from firecron.settings import Settings
+
+    event = _failed_event_for_log_switch()
+    Notifier(Settings(event_log=False)).log(event)
+    assert capsys.readouterr().out == ""
+    Notifier(Settings()).log(event)
+    assert json.loads(capsys.readouterr().out)["cloudevent"]["id"] == event.id
+
+
+def _failed_event_for_log_switch() -> Any:
+    from _factories import T0, make_run
+    from firecron.core.events import EventType, make_event
+    from firecron.core.runs import RunState
+
+    run = make_run("logswitch", T0, state=RunState.failed, error="boom")
+    return make_event(run, EventType.run_failed, T0, [])

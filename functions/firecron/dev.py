@@ -143,7 +143,7 @@ class DevStack:
         self.tick_every = tick_every
         self.base_url = f"http://127.0.0.1:{port}"
         self.settings = replace(
-            settings, functions_base_url=self.base_url, allow_private_targets=True
+            settings, functions_base_url=self.base_url, allow_private_targets=True, event_log=False
         )
         self._stop = asyncio.Event()
         self._seen: dict[str, tuple[RunState, int]] = {}
@@ -154,6 +154,8 @@ class DevStack:
         os.environ["FIRECRON_NAMESPACE"] = self.settings.namespace
         os.environ["FIRECRON_FUNCTIONS_BASE_URL"] = self.base_url
         os.environ["FIRECRON_ALLOW_PRIVATE_TARGETS"] = "1"
+        # The view (or the change log) shows every run; JSON event lines would bury it.
+        os.environ["FIRECRON_EVENT_LOG"] = "0"
 
     def _serve(self, names: list[str]) -> Any:
         from werkzeug.serving import make_server

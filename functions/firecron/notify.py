@@ -217,6 +217,8 @@ class Notifier:
         See :func:`log_entry` for the keys. JSON escapes newlines, so an error with a
         line break still yields one line (one log entry).
         """
+        if not self._settings.event_log:
+            return  # turned off (firecron dev shows every run in its own view)
         line = json.dumps(log_entry(event, trace=trace), ensure_ascii=False, default=str)
         sys.stdout.write(line + "\n")
         sys.stdout.flush()

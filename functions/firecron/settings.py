@@ -34,6 +34,7 @@ ENV_VARS: dict[str, str] = {
     "FIRECRON_DISPATCH_CALLER": "when set, dispatch accepts only OIDC tokens of this service account email",
     "FIRECRON_OIDC_CERTS_URL": "where Google's OIDC signing certificates are fetched (change only for tests)",
     "FIRECRON_FUNCTION_AUTH": "auth of 'function' targets that set none: none (default) or oidc",
+    "FIRECRON_EVENT_LOG": "write every event as a structured JSON log line (default true)",
     "FIRECRON_RUN_RETENTION": "how long finished runs are kept before the store may delete them (default 30d)",
 }
 """Every variable firecron reads, with its meaning (the README and infra tests use this)."""
@@ -68,8 +69,10 @@ def _duration(env: Mapping[str, str], name: str, default: timedelta) -> timedelt
     return value
 
 
-def _bool(env: Mapping[str, str], name: str) -> bool:
+def _bool(env: Mapping[str, str], name: str, *, default: bool = False) -> bool:
     raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
     if raw in _TRUE:
         return True
     if raw in _FALSE:
@@ -105,6 +108,7 @@ class Settings:
     dispatch_caller: str | None = None
     oidc_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
     function_auth: TargetAuth = TargetAuth.none
+    event_log: bool = True
     deployed: bool = False
     """True on Cloud Run / Cloud Functions (``K_SERVICE`` is set by the platform)."""
 
@@ -134,6 +138,7 @@ class Settings:
             dispatch_caller=env.get("FIRECRON_DISPATCH_CALLER", "").strip() or None,
             oidc_certs_url=env.get("FIRECRON_OIDC_CERTS_URL", "").strip() or cls.oidc_certs_url,
             function_auth=_function_auth(env),
+            event_log=_bool(env, "FIRECRON_EVENT_LOG", default=True),
             deployed=bool(env.get("K_SERVICE", "").strip()),
         )
         if settings.max_open < settings.concurrency:
