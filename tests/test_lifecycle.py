@@ -216,3 +216,11 @@ def test_terminal_transitions_set_expiry_from_retention() -> None:
     ).expire_at == T0 + timedelta(days=1)
     retrying = apply(plain, lc.sent(plain, T0, lc.SendOutcome.retryable, T))
     assert retrying.expire_at is None
+
+
+def test_pending_grace_outlasts_a_tick_and_its_ack_wait() -> None:
+    short = lc.RunTimeouts.for_tick(timedelta(seconds=50), timedelta(seconds=5))
+    assert short.pending_grace == timedelta(minutes=2)  # the default already covers it
+    long = lc.RunTimeouts.for_tick(timedelta(minutes=5), timedelta(seconds=30))
+    assert long.pending_grace == timedelta(minutes=6)
+    assert long.heartbeat_timeout == lc.RunTimeouts().heartbeat_timeout

@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from firecron import outbox
@@ -90,13 +90,8 @@ def _tick_gc() -> Iterator[None]:
 
 
 def timeouts_for(settings: Settings) -> RunTimeouts:
-    """Watchdog deadlines consistent with the settings.
-
-    A claimed run is re-fired only once no tick could still be sending it: the grace
-    exceeds the tick budget plus the acknowledgement wait.
-    """
-    floor = settings.tick_budget + settings.ack_timeout + timedelta(seconds=30)
-    return RunTimeouts(pending_grace=max(RunTimeouts().pending_grace, floor))
+    """Watchdog deadlines for these settings (see :meth:`RunTimeouts.for_tick`)."""
+    return RunTimeouts.for_tick(settings.tick_budget, settings.ack_timeout)
 
 
 @dataclass

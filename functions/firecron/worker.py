@@ -108,6 +108,7 @@ _CAS_TRIES: Final = 8
 """Refresh-and-retry rounds of one transition against concurrent watchdog writes."""
 _END_WRITE_BACKOFF_S: Final = 0.5
 _TIMEOUTS: Final = RunTimeouts()
+"""Defaults, for checking a heartbeat interval when a worker is declared (before settings)."""
 """The worker only uses ``heartbeat_timeout``, which the dispatcher's watchdog shares."""
 
 _log = logging.getLogger("firecron.worker")
@@ -273,6 +274,8 @@ class _Runtime:
         self.loop = loop
         self.pid = pid
         self.notifier = notifier
+        self.timeouts = RunTimeouts.for_tick(settings.tick_budget, settings.ack_timeout)
+        """The same deadlines the dispatcher's watchdog enforces."""
 
     @classmethod
     def start(cls) -> _Runtime:
@@ -435,7 +438,7 @@ def _start(
         return _json({"error": f"unknown run {delivery.run_id!r}"}, 404)
     if run.attempt != delivery.attempt or run.state not in (RunState.pending, RunState.dispatched):
         return _duplicate(run)
-    change = lifecycle.start(run, _now(), _TIMEOUTS)
+    change = lifecycle.start(run, _now(), runtime.timeouts)
     # Compare-and-set on the version just read: of two deliveries of this attempt,
     # exactly one starts it. `start` expects pending|dispatched, checked above.
     started = runtime.call(store.update_run(run.id, change.expect, change.changes, current=run))
@@ -566,7 +569,7 @@ class _Execution:
             now = _now()
             try:
                 before, change, after = self._transition(
-                    lambda r: lifecycle.heartbeat(r, now, _TIMEOUTS)
+                    lambda r: lifecycle.heartbeat(r, now, self.runtime.timeouts)
                 )
             except Exception as exc:
                 _log.warning(
@@ -663,7 +666,12 @@ class _Execution:
                 if outcome.error is None:
                     return lifecycle.succeed(run, now, outcome.output)
                 return lifecycle.attempt_failed(
-                    run, now, RunState.failed, outcome.error, _TIMEOUTS, retry=outcome.retry
+                    run,
+                    now,
+                    RunState.failed,
+                    outcome.error,
+                    self.runtime.timeouts,
+                    retry=outcome.retry,
                 )
 
             before, change, after = self._write_end(end)

@@ -20,7 +20,10 @@ from __future__ import annotations
 import fnmatch
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+if TYPE_CHECKING:  # runs.py imports this module; the annotation alone needs Run
+    from firecron.core.runs import Run
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -223,11 +226,10 @@ def _seconds(delta: timedelta | None) -> float | None:
     return None if delta is None else round(delta.total_seconds(), 3)
 
 
-def make_event(run: Any, event_type: EventType, now: datetime, routes: list[Route]) -> Event:
+def make_event(run: Run, event_type: EventType, now: datetime, routes: list[Route]) -> Event:
     """The event ``event_type`` for ``run`` (as it is after the change), routed by ``routes``.
 
-    ``run`` is a :class:`firecron.core.runs.Run` (typed loosely to keep this module
-    free of a circular import). The id is stable per run, type and attempt.
+    The id is stable per run, type and attempt.
     """
     suffix = (
         ""

@@ -64,6 +64,16 @@ class RunTimeouts:
     queue_recheck: timedelta = timedelta(seconds=15)
     """How often a queued run's blocker is looked at."""
 
+    @classmethod
+    def for_tick(cls, tick_budget: timedelta, ack_timeout: timedelta) -> RunTimeouts:
+        """Deadlines consistent with a tick's budget and acknowledgement wait.
+
+        A claimed run is re-fired only once no tick could still be sending it: the
+        grace exceeds the tick budget plus the acknowledgement wait (plus slack).
+        """
+        floor = tick_budget + ack_timeout + timedelta(seconds=30)
+        return cls(pending_grace=max(cls().pending_grace, floor))
+
 
 @dataclass(frozen=True)
 class Change:

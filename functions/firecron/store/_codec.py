@@ -21,10 +21,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from firecron.core.durations import format_duration
-from firecron.core.models import ScheduleSpec, ScheduleState
 from firecron.core.runs import Run
 
-__all__ = ["from_record_run", "plain", "run_from_json", "to_json", "to_record"]
+__all__ = ["plain", "run_from_json", "to_json", "to_record"]
 
 
 def plain(value: Any) -> Any:
@@ -93,18 +92,3 @@ def run_from_json(text: str | bytes) -> Run:
     Raises ``pydantic.ValidationError`` for bad JSON or an invalid record.
     """
     return Run.model_validate_json(text)
-
-
-def from_record_run(record: dict[str, Any]) -> Run:
-    """Validate a run record back into a :class:`Run`."""
-    return Run.model_validate(record)
-
-
-def spec_from_record(record: dict[str, Any]) -> ScheduleSpec:
-    """Validate a spec record back into a :class:`ScheduleSpec`."""
-    return ScheduleSpec.model_validate(record)
-
-
-def state_from_record(record: dict[str, Any]) -> ScheduleState:
-    """Validate a state record back into a :class:`ScheduleState`."""
-    return ScheduleState.model_validate(record)
