@@ -84,7 +84,8 @@ class Matcher:
         self.month = _field_set(month, 1, 12, MONTHS, 1)
         self.dow = frozenset(d % 7 for d in _field_set(dow, 0, 7, DAYS, 0))
         self.day_and = dom.startswith("*") or dow.startswith("*")
-        self.wildcard = any(c in f for f in (minute, hour) for c in "*/")
+        # Vixie's MIN_STAR/HR_STAR: set only when the field's first character is '*'.
+        self.wildcard = minute.startswith("*") or hour.startswith("*")
 
     def matches(self, wall: datetime) -> bool:
         if wall.microsecond or wall.second not in self.sec:
@@ -370,12 +371,22 @@ def test_jitter_spreads_and_matches_the_documented_hash() -> None:
         ("0 1-5 * * *", False),
         ("*/5 * * * *", True),
         ("0 */2 * * *", True),
-        ("0-30/10 9 * * *", True),
-        ("0 9-17/2 * * *", True),
+        # Vixie looks only at the first character: a step or a later '*' does not count.
+        ("0-30/10 9 * * *", False),
+        ("0 9-17/2 * * *", False),
+        ("0-59/20 1 * * *", False),
+        ("0,20,40 1 * * *", False),
+        ("5,*/20 1 * * *", False),
+        ("0 1,*/2 * * *", False),
+        ("*/20 1 * * *", True),
+        ("*/20,5 1 * * *", True),
+        ("5 */2 * * *", True),
         ("0 * * * *", True),
+        ("* 9 * * *", True),
         ("* 30 2 * * *", False),  # 6-field: the seconds field does not count
         ("0 */5 2 * * *", True),
         ("0 30 * * * *", True),
+        ("*/10 0-59/5 2 * * *", False),
         ("@hourly", True),
         ("@daily", False),
         ("@weekly", False),

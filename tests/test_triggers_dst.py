@@ -1,4 +1,8 @@
-"""DST rules of cron triggers (DESIGN.md, "Semantics > Triggers"), at the 2027 transitions.
+"""DST rules of cron triggers (docs/design.md, "Semantics > Triggers"), at the 2027 transitions.
+
+A job is *wildcard* when its minute or hour field begins with ``*`` (Vixie's
+``MIN_STAR``/``HR_STAR``, set from the field's first character in ``entry.c``), and
+*fixed-time* otherwise; a step or a later ``*`` does not make a job wildcard.
 
 Europe/Berlin: spring 2027-03-28 02:00 -> 03:00 (01:00Z), fall 2027-10-31 03:00 -> 02:00 (01:00Z).
 America/New_York: spring 2027-03-14 02:00 -> 03:00 (07:00Z), fall 2027-11-07 02:00 -> 01:00 (06:00Z).
@@ -260,6 +264,73 @@ CASES: list[tuple[str, str, str, datetime, list[datetime]]] = [
         "*/30 * * * *",
         z(11, 7, 6, 10),
         [z(11, 7, 6, 30), z(11, 7, 7)],
+    ),
+    # --- only a field that BEGINS with '*' makes a job wildcard (Vixie's MIN_STAR/HR_STAR).
+    # The issue's example: cron fires 3 times in New York's repeated hour, not 6.
+    (
+        "range step is fixed in fold",
+        "America/New_York",
+        "0-59/20 1 * * *",
+        z(11, 7, 4),
+        [z(11, 7, 5), z(11, 7, 5, 20), z(11, 7, 5, 40), z(11, 8, 6)],
+    ),
+    (
+        "list is fixed in fold",
+        "America/New_York",
+        "0,20,40 1 * * *",
+        z(11, 7, 4),
+        [z(11, 7, 5), z(11, 7, 5, 20), z(11, 7, 5, 40), z(11, 8, 6)],
+    ),
+    (
+        "star step is wildcard in fold",
+        "America/New_York",
+        "*/20 1 * * *",
+        z(11, 7, 4),
+        [z(11, 7, 5, m) for m in (0, 20, 40)]
+        + [z(11, 7, 6, m) for m in (0, 20, 40)]
+        + [z(11, 8, 6)],
+    ),
+    (
+        "star-first list is wildcard in fold",
+        "Europe/Berlin",
+        "*/20,5 2 * * *",
+        z(10, 30, 23),
+        [z(10, 31, 0, m) for m in (0, 5, 20, 40)] + [z(10, 31, 1, m) for m in (0, 5, 20, 40)],
+    ),
+    (
+        "star later in a list is fixed in fold",
+        "Europe/Berlin",
+        "5,*/20 2 * * *",
+        z(10, 30, 23),
+        [z(10, 31, 0, m) for m in (0, 5, 20, 40)] + [z(11, 1, 1), z(11, 1, 1, 5)],
+    ),
+    (
+        "hour star step is wildcard in fold",
+        "Europe/Berlin",
+        "5 */2 * * *",
+        z(10, 30, 23),
+        [z(10, 31, 0, 5), z(10, 31, 1, 5), z(10, 31, 3, 5)],
+    ),
+    (
+        "range step is fixed in gap",
+        "Europe/Berlin",
+        "0-59/20 2 * * *",
+        z(3, 28, 0),
+        [z(3, 28, 1), z(3, 29, 0), z(3, 29, 0, 20)],
+    ),
+    (
+        "hour range step is fixed in gap",
+        "Europe/Berlin",
+        "0 0-23/2 * * *",
+        z(3, 27, 22, 30),
+        [z(3, 27, 23), z(3, 28, 1), z(3, 28, 2)],
+    ),
+    (
+        "hour range step is fixed in gap",
+        "America/New_York",
+        "30 0-23/2 * * *",
+        z(3, 14, 5),
+        [z(3, 14, 5, 30), z(3, 14, 7), z(3, 14, 8, 30)],
     ),
     # --- @hourly (a wildcard job) across both transitions
     (

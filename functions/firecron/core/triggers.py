@@ -1,6 +1,6 @@
 """Trigger math: when a schedule fires next.
 
-Three kinds of trigger exist (DESIGN.md, "Semantics > Triggers"):
+Three kinds of trigger exist (docs/design.md, "Semantics > Triggers"):
 
 - ``cron``: a Vixie-cron expression (5 fields, or 6 with *seconds first*) or a macro
   (``@hourly @daily @weekly @monthly @yearly``, plus ``@midnight`` and ``@annually``),
@@ -18,11 +18,15 @@ Contract shared by every trigger:
 - Bad input raises :class:`ValueError` with one line that quotes the bad value; callers
   wrap it into a field-named message.
 
-DST follows Vixie cron as Debian's cron(8) documents it. A *fixed-time* job (no ``*``
-and no step in its minute and hour fields) whose wall time falls into a spring-forward
-gap runs once, at the first instant after the gap, and at a fall-back it runs only at
-the first occurrence of a repeated wall time. A *wildcard* job follows real time: wall
-times that do not exist are skipped and a repeated wall time runs twice.
+DST follows Vixie cron (``entry.c`` and ``cron.c``, as in cronie and Debian), which
+Debian's cron(8) documents. A job is *wildcard* when its minute or hour field **begins
+with** ``*`` (Vixie's ``MIN_STAR``/``HR_STAR``), and *fixed-time* otherwise, so
+``*/20 1 * * *`` is wildcard while ``0-59/20 1 * * *`` is fixed-time. A fixed-time job
+whose wall time falls into a spring-forward gap runs once, at the first instant after
+the gap (several gap times of one job collapse into that one run), and at a fall-back
+it runs only at the first occurrence of a repeated wall time. A wildcard job follows
+real time: wall times that do not exist are skipped and a repeated wall time runs
+twice. tests/test_cronsim_differential.py checks this against ``cronsim``.
 
 croniter is used only for calendar math on naive wall-clock datetimes; mapping wall
 times to instants is done here with :mod:`zoneinfo`, because croniter's own time-zone
@@ -187,8 +191,11 @@ class _Cron:
 
     @property
     def wildcard(self) -> bool:
+        # Vixie's entry.c sets MIN_STAR/HR_STAR from the field's first character only
+        # (`if (ch == '*') e->flags |= MIN_STAR;`), so '0-59/20' is fixed-time and
+        # '*/20' is not. A seconds field has no counterpart in cron and does not count.
         minute, hour = self.fields[-5:-3]
-        return any(char in field for field in (minute, hour) for char in "*/")
+        return minute.startswith("*") or hour.startswith("*")
 
     def for_croniter(self) -> str:
         """An equivalent 6-field expression (seconds first) in plain number lists.
@@ -273,12 +280,15 @@ def validate_cron(expr: str) -> str:
 
 
 def is_wildcard(expr: str) -> bool:
-    """Whether ``expr`` is a *wildcard* job in the DST sense of DESIGN.md.
+    """Whether ``expr`` is a *wildcard* job in the DST sense of docs/design.md.
 
-    True when its minute or hour field contains ``*`` or a step (``/``); for a 6-field
-    expression those are fields 2 and 3. Macros are expanded first, so ``@hourly`` is a
-    wildcard job and ``@daily`` a fixed-time one. Raises :class:`ValueError` for an
-    invalid expression.
+    True exactly when its minute or hour field **begins with** ``*``, as Vixie cron's
+    ``entry.c`` sets ``MIN_STAR``/``HR_STAR``: ``*/20 1 * * *`` and ``5 */2 * * *`` are
+    wildcard jobs, ``0-59/20 1 * * *``, ``0,20,40 1 * * *`` and ``5,*/20 1 * * *`` are
+    fixed-time ones. For a 6-field expression the minute and hour are fields 2 and 3; the
+    seconds field never counts. Macros are expanded first, so ``@hourly``
+    (``0 * * * *``) is a wildcard job and ``@daily`` a fixed-time one. Raises
+    :class:`ValueError` for an invalid expression.
     """
     return _parse_cron(expr).wildcard
 
