@@ -12,22 +12,28 @@ Per request (see DESIGN.md, "Firing: one-way POST" and "Run states"):
 3. The body ``{"run_id", "schedule_id", "scheduled_for", "attempt", "trigger",
    "params"}`` is validated (400 when malformed; 400 when a signed ``webhook-id`` is
    not ``{run_id}/{attempt}``).
-4. The run is read: unknown -> 404. A delivery of another attempt, or of a run that is
-   no longer ``pending``/``dispatched``, is acknowledged with 200
+4. The run is read: unknown -> 404. The body must agree with the stored run: the same
+   ``schedule_id``, ``scheduled_for``, ``params`` and the ``trigger`` its attempt was
+   sent with, and an ``attempt`` the run has reached. A body that disagrees is refused
+   with 409 ``{"error": ...}``: nothing runs and the run is not written. (Signed or
+   not, so a forged or altered body can never choose what executes.)
+5. A delivery of an earlier attempt, or of a run that is no longer
+   ``pending``/``dispatched``, is acknowledged with 200
    ``{"status": "duplicate", "state": ...}`` and not executed.
-5. The run is started by compare-and-set on the version just read
-   (:func:`firecron.core.lifecycle.start`); losing that race is also a duplicate.
-6. The answer is ``202`` with an ``application/x-ndjson`` body streamed at once: the
+6. The run is started by compare-and-set on the version just read
+   (:func:`firecron.core.lifecycle.start`); losing that race is also a duplicate. The
+   function's :class:`RunContext` is built from the stored run, never from the body.
+7. The answer is ``202`` with an ``application/x-ndjson`` body streamed at once: the
    line ``{"run_id", "state": "running"}`` reaches the dispatcher immediately, then the
    function runs inside the same request (a serverless instance keeps its CPU while a
    request is open), the end is recorded, and only then the last line
    ``{"run_id", "state": <final>, "recorded": <bool>}`` is written. Recording comes
    first, so a dispatcher that has already disconnected changes nothing.
-7. While the function runs, a daemon thread sends a heartbeat every
+8. While the function runs, a daemon thread sends a heartbeat every
    ``heartbeat_interval``. Its reply sets :attr:`RunContext.cancelled` when the
    watchdog asked the run to stop (``cancel_requested``) or when the run is no longer
    this attempt's (timed out, lost, retried).
-8. The end: a JSON return value of at most :data:`MAX_OUTPUT_BYTES` encoded ->
+9. The end: a JSON return value of at most :data:`MAX_OUTPUT_BYTES` encoded ->
    ``succeeded``. An exception -> ``lifecycle.attempt_failed(..., failed, ...)``, which
    retries (``retry_wait``) or fails per the run's retry snapshot. An output that is
    not JSON or too large fails the run without a retry: running the function again
@@ -42,7 +48,7 @@ every store call is submitted to (the store is async; requests are threads). A
 forked process (gunicorn forks after importing the source) starts its own.
 
 Status codes, for the dispatcher: 202 started; 200 duplicate (acknowledged, not
-executed); 400/401/404/405 permanent; 500/503 (settings or store failure) retryable.
+executed); 400/401/404/405/409 permanent; 500/503 (settings or store failure) retryable.
 
 Nothing here does I/O at import time, and flask / functions-framework are imported
 only when a worker is declared or called, so ``import firecron`` stays light.
@@ -427,6 +433,35 @@ def _duplicate(run: Run) -> flask.Response:
     )
 
 
+def _sent_trigger(run: Run, attempt: int) -> RunTrigger:
+    """The ``trigger`` a dispatch of ``attempt`` of ``run`` carries (see ``dispatch_body``)."""
+    return RunTrigger.retry if attempt > 1 else run.trigger
+
+
+def _canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _disagreement(run: Run, delivery: _Delivery) -> str | None:
+    """The first body field that disagrees with the stored run, or None when all agree.
+
+    Params are compared as canonical JSON, so ``1`` and ``true`` differ (Python's
+    ``==`` would not tell them apart), while key order does not matter.
+    """
+    if delivery.schedule_id != run.schedule_id:
+        return "schedule_id"
+    if delivery.scheduled_for != run.scheduled_for:
+        return "scheduled_for"
+    # An earlier attempt is a late or repeated delivery; a later one was never sent.
+    if delivery.attempt > run.attempt:
+        return "attempt"
+    if delivery.trigger is not _sent_trigger(run, delivery.attempt):
+        return "trigger"
+    if _canonical(delivery.params) != _canonical(run.params):
+        return "params"
+    return None
+
+
 def _start(
     runtime: _Runtime, fn: WorkerFunction, interval: timedelta, delivery: _Delivery
 ) -> flask.Response:
@@ -436,6 +471,20 @@ def _start(
     run = runtime.call(store.get_run(delivery.run_id))
     if run is None:
         return _json({"error": f"unknown run {delivery.run_id!r}"}, 404)
+    field = _disagreement(run, delivery)
+    if field is not None:
+        _log.warning(
+            "firecron worker: refused a delivery of run %s: its %s differs from the stored run",
+            run.id,
+            field,
+        )
+        return _json(
+            {
+                "error": f"the body's {field} does not match the stored run {run.id!r}; nothing was executed",
+                "field": field,
+            },
+            409,
+        )
     if run.attempt != delivery.attempt or run.state not in (RunState.pending, RunState.dispatched):
         return _duplicate(run)
     change = lifecycle.start(run, _now(), runtime.timeouts)
@@ -445,13 +494,15 @@ def _start(
     if started is None:
         again = runtime.call(store.get_run(run.id))
         return _duplicate(again or run)
+    # Everything the function is told comes from the stored record: the body only
+    # names the run, and was checked against it above.
     ctx = RunContext(
-        run_id=delivery.run_id,
-        schedule_id=delivery.schedule_id,
-        scheduled_for=delivery.scheduled_for,
-        attempt=delivery.attempt,
-        params=delivery.params,
-        trigger=delivery.trigger,
+        run_id=started.id,
+        schedule_id=started.schedule_id,
+        scheduled_for=started.scheduled_for,
+        attempt=started.attempt,
+        params=started.params,
+        trigger=_sent_trigger(started, started.attempt),
     )
     execution = _Execution(runtime, fn, ctx, started, interval)
     # Events already in the record before this start were emitted by their writers.
