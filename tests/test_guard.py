@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from firecron.core.target_rules import check_static
 from firecron.errors import TargetRefusedError
 from firecron.transport import guard
 from firecron.transport.guard import check_target, redact_url, resolve_target
@@ -123,10 +124,76 @@ async def test_private_follows_allow_private(url: str) -> None:
     await check_target(url, allow_private=True)
 
 
-async def test_localhost_name_follows_the_private_rule() -> None:
+async def test_localhost_name_follows_the_private_rule_without_dns() -> None:
+    loop = asyncio.get_running_loop()
+    fake, calls = fake_dns({"localhost": ["127.0.0.1"], "api.localhost": ["127.0.0.1"]})
+    loop.getaddrinfo = fake  # type: ignore[method-assign]
     message = await refused("https://localhost:9/x", allow_private=False)
-    assert "localhost resolves to" in message
+    assert message.endswith("localhost is loopback (set FIRECRON_ALLOW_PRIVATE_TARGETS for dev)")
+    assert "api.localhost is loopback" in await refused(
+        "https://API.localhost./x", allow_private=False
+    )
+    assert calls == []  # refused by name: RFC 6761 reserves localhost for loopback
     await check_target("https://localhost:9/x", allow_private=True)
+    await check_target("http://api.localhost/x", allow_private=True)
+
+
+# Hosts that need no DNS: the static rules alone decide, for validation and runtime alike.
+_STATIC_CASES = [
+    "https://8.8.8.8/hook",
+    "http://8.8.8.8/hook",
+    "ftp://8.8.8.8/x",
+    "https://169.254.169.254/computeMetadata/v1/",
+    "https://[fd00:ec2::254]/latest",
+    "https://[fe80::1]/",
+    "https://metadata.google.internal/computeMetadata/v1/",
+    "http://metadata/x",
+    "https://10.1.2.3/",
+    "https://100.64.0.1/",
+    "https://[::1]/",
+    "https://localhost/x",
+    "https://user@8.8.8.8/",
+    "https://8.8.8.8:99999/",
+    "https:///nohost",
+]
+
+
+@pytest.mark.parametrize("url", _STATIC_CASES)
+@pytest.mark.parametrize("allow_private", [False, True])
+async def test_static_rules_are_the_runtime_rules(url: str, allow_private: bool) -> None:
+    loop = asyncio.get_running_loop()
+    fake, calls = fake_dns({"localhost": ["127.0.0.1"]})
+    loop.getaddrinfo = fake  # type: ignore[method-assign]
+    try:
+        check_static(url, allow_private=allow_private)
+    except ValueError as exc:
+        static: str | None = f"target {redact_url(url)} refused: {exc}"
+    else:
+        static = None
+    try:
+        await check_target(url, allow_private=allow_private)
+    except TargetRefusedError as exc:
+        runtime: str | None = str(exc)
+    else:
+        runtime = None
+    assert static == runtime
+    assert calls == ([] if runtime is not None or "localhost" not in url else ["localhost"])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://169.254.169.254/computeMetadata/v1/",
+        "https://[fd00:ec2::254]/",
+        "https://[fe80::1%25eth0]/",
+        "https://metadata/x",
+    ],
+)
+def test_metadata_and_link_local_are_refused_statically_even_when_private_is_allowed(
+    url: str,
+) -> None:
+    with pytest.raises(ValueError, match=r"metadata|link-local"):
+        check_static(url, allow_private=True)
 
 
 async def test_every_resolved_address_is_checked() -> None:
