@@ -1,32 +1,118 @@
-"""The README's quickstart, run as written: its worker, its schedule and its commands.
+"""The README's quickstart, run as written, in a temporary copy of the repository.
 
-The test copies ``functions/main.py`` and ``schedules.yaml`` to a temporary folder,
-adds the README's worker and schedule blocks to them, starts ``firecron dev`` there
-(what ``make dev`` runs) on a free port, and runs the README's command block with bash,
-``set -e``, so a command that fails fails the test.
+The quickstart tells the reader to edit ``functions/main.py`` and ``schedules.yaml`` and
+to run commands against the default store ``.firecron/firecron.db``. The test does all
+of that in a copy of the repository's files (the tracked ones, plus new files not yet
+ignored), never in the checkout itself, so following the quickstart by hand and then
+running the tests cannot collide (a reader's own ``count-words`` entry used to make the
+test append a second one: "duplicate id 'count-words'"), and the tests never touch the
+reader's schedules, workers or store.
+
+In the copy the test adds the README's worker and schedule blocks (unless the files
+already hold them verbatim, because the reader has followed the quickstart), starts
+``firecron dev`` there (what ``make dev`` runs) on a free port, and runs the README's
+command block with bash and ``set -e``, so a command that fails fails the test. The
+copy's ``.venv`` is a link to the virtualenv running the tests: nothing is installed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# The files the quickstart tells the reader to edit, and the store it uses.
+EDITED = ("functions/main.py", "schedules.yaml")
+STORE = Path(".firecron") / "firecron.db"
+# Never copied: local state, caches and build output (the fallback copy without git).
+_IGNORED = shutil.ignore_patterns(
+    ".git", ".venv", ".firecron", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis"
+)
 
-def block(name: str) -> str:
-    readme = (ROOT / "README.md").read_text()
-    match = re.search(rf"<!-- quickstart:{name} -->\n```\w+\n(.*?)```", readme, re.S)
+
+def block(name: str, readme: Path = ROOT / "README.md") -> str:
+    """The fenced code block that follows ``<!-- quickstart:NAME -->`` in the README."""
+    match = re.search(rf"<!-- quickstart:{name} -->\n```\w+\n(.*?)```", readme.read_text(), re.S)
     assert match, f"README has no quickstart:{name} block"
     return match.group(1)
+
+
+def copy_repository(src: Path, dest: Path) -> Path:
+    """Copy the repository at ``src`` to ``dest``, without its local state; return ``dest``.
+
+    In a git checkout the copy holds the tracked files and the untracked ones git does
+    not ignore, as they are in the working tree (uncommitted work is what gets tested).
+    Elsewhere (an unpacked archive) it is the whole tree minus ``_IGNORED``. The copy's
+    ``.venv`` links to the virtualenv running the tests.
+    """
+    if (src / ".git").exists():
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=src,
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+        for name in filter(None, listed.split("\0")):
+            path = src / name
+            if path.is_file():  # a tracked file deleted in the working tree is skipped
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, dest / name)
+    else:
+        shutil.copytree(src, dest, ignore=_IGNORED, dirs_exist_ok=True)
+    (dest / ".venv").symlink_to(BIN.parent)
+    return dest
+
+
+def follow_steps_2_and_3(checkout: Path, readme: Path = ROOT / "README.md") -> None:
+    """Add the README's worker and schedule blocks to ``checkout``, as the reader does.
+
+    A file that already holds its block verbatim is left as it is: the reader's copy
+    was taken after they followed the quickstart themselves.
+    """
+    for path, name, sep in (
+        (checkout / "functions" / "main.py", "worker", "\n\n"),
+        (checkout / "schedules.yaml", "schedule", ""),
+    ):
+        text = path.read_text()
+        if block(name, readme) not in text:
+            path.write_text(text + sep + block(name, readme))
+
+
+def fingerprint(root: Path) -> dict[str, str | None]:
+    """SHA-256 of the files the quickstart edits and of the default store, in ``root``."""
+    return {
+        name: hashlib.sha256((root / name).read_bytes()).hexdigest()
+        if (root / name).is_file()
+        else None
+        for name in (*EDITED, str(STORE))
+    }
+
+
+def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Call ``check`` until it returns something truthy, and return that.
+
+    The deadline is generous and never asserted on as a timing: reaching it means
+    ``what`` never happened. (A local helper: tests/_poll.py was not there yet.)
+    """
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"{what}: not after {timeout:.0f} s"
+        time.sleep(0.2)  # the interval between two polls, not a wait for an event
+    return result
 
 
 def _free_port() -> int:
@@ -35,21 +121,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_make_dev_runs_the_dev_command() -> None:
-    makefile = (ROOT / "Makefile").read_text()
-    assert "firecron dev --schedules schedules.yaml --port $(PORT)" in makefile
-
-
-def test_readme_quickstart(tmp_path: Path) -> None:
-    (tmp_path / "functions").mkdir()
-    main = (ROOT / "functions" / "main.py").read_text() + "\n\n" + block("worker")
-    (tmp_path / "functions" / "main.py").write_text(main)
-    (tmp_path / "schedules.yaml").write_text(
-        (ROOT / "schedules.yaml").read_text() + block("schedule")
+def _firecron(checkout: Path, env: dict[str, str], *args: str) -> Any:
+    """``firecron ARGS --json`` in ``checkout``, its JSON output parsed."""
+    proc = subprocess.run(
+        [str(BIN / "firecron"), *args, "--json"],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    (tmp_path / ".venv").symlink_to(BIN.parent)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIRECRON_")}
+    return json.loads(proc.stdout)
+
+
+@contextmanager
+def dev_stack(checkout: Path, env: dict[str, str], port: int) -> Iterator[subprocess.Popen[str]]:
+    """``firecron dev`` in ``checkout``, as ``make dev`` runs it; SIGTERM at the end.
+
+    ``--source`` names the copy's ``functions/main.py``: without it, dev would serve
+    the ``main.py`` next to the installed package, the checkout's own.
+    """
     dev = subprocess.Popen(
         [
             str(BIN / "firecron"),
@@ -61,45 +152,88 @@ def test_readme_quickstart(tmp_path: Path) -> None:
             "--source",
             "functions/main.py",
         ],
-        cwd=tmp_path,
-        env=env,
+        cwd=checkout,
+        env={**env, "FIRECRON_ALLOW_PRIVATE_TARGETS": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
     try:
+        yield dev
+    finally:
+        dev.send_signal(signal.SIGTERM)
+        try:
+            dev.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(dev.pid, signal.SIGKILL)
+            dev.wait()
+    assert dev.returncode == 0, dev.stdout.read() if dev.stdout else ""
+
+
+def test_make_dev_runs_the_dev_command() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "firecron dev --schedules schedules.yaml --port $(PORT)" in makefile
+
+
+def test_the_copy_of_a_checkout_that_followed_the_quickstart_validates(tmp_path: Path) -> None:
+    """A reader who followed the quickstart by hand, then runs the tests: no duplicate.
+
+    The reader's checkout is a clone of this repository with steps 2 and 3 done in its
+    working tree. The test's copy of it must hold each block once, so its schedules file
+    validates, and the reader's files must be byte-identical afterwards.
+    """
+    reader = tmp_path / "reader"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(reader)], check=True)
+    for name in EDITED:  # this checkout's versions, committed or not
+        shutil.copy2(ROOT / name, reader / name)
+    follow_steps_2_and_3(reader, ROOT / "README.md")
+    before = fingerprint(reader)
+
+    copy = copy_repository(reader, tmp_path / "copy")
+    follow_steps_2_and_3(copy, ROOT / "README.md")
+
+    assert fingerprint(reader) == before
+    schedules = (copy / "schedules.yaml").read_text()
+    assert schedules.count(block("schedule")) == 1
+    assert (copy / "functions" / "main.py").read_text().count(block("worker")) == 1
+    proc = subprocess.run(
+        [str(BIN / "firecron"), "validate", "schedules.yaml"],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_readme_quickstart(tmp_path: Path) -> None:
+    before = fingerprint(ROOT)
+    checkout = copy_repository(ROOT, tmp_path / "firecron")
+    follow_steps_2_and_3(checkout)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIRECRON_")}
+    port = _free_port()
+    with dev_stack(checkout, env, port) as dev:
+
+        def succeeded() -> list[dict[str, Any]]:
+            assert dev.poll() is None, dev.stdout.read() if dev.stdout else ""
+            if not (checkout / STORE).is_file():  # dev has not created its store yet
+                return []
+            runs: list[dict[str, Any]] = _firecron(
+                checkout, env, "runs", "--schedule", "count-words", "--state", "succeeded"
+            )
+            return runs
+
+        # The scheduled run of the new worker, on its own.
+        done = poll(succeeded, 60, "count-words never succeeded")
+        assert done[0]["output"] == {"words": 7}
+
         script = "set -euo pipefail\n" + block("commands").replace(
             "127.0.0.1:8080", f"127.0.0.1:{port}"
         )
-        deadline = time.monotonic() + 60
-        while True:  # the scheduled run of the new worker, on its own
-            proc = subprocess.run(
-                [
-                    str(BIN / "firecron"),
-                    "runs",
-                    "--schedule",
-                    "count-words",
-                    "--json",
-                    "--state",
-                    "succeeded",
-                ],
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            done = json.loads(proc.stdout)
-            if done or time.monotonic() > deadline:
-                break
-            assert dev.poll() is None, dev.stdout.read() if dev.stdout else ""
-            time.sleep(0.5)
-        assert done, "count-words never succeeded"
-        assert done[0]["output"] == {"words": 7}
         result = subprocess.run(
             ["bash", "-c", script],
-            cwd=tmp_path,
+            cwd=checkout,
             env=env,
             capture_output=True,
             text=True,
@@ -112,31 +246,16 @@ def test_readme_quickstart(tmp_path: Path) -> None:
             line for line in result.stdout.splitlines() if re.fullmatch(r"count-words@m\S+", line)
         ]
         assert len(triggered) == 1
-        run = subprocess.run(
-            [str(BIN / "firecron"), "run", triggered[0], "--json"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        deadline = time.monotonic() + 30
-        while json.loads(run.stdout)["state"] != "succeeded" and time.monotonic() < deadline:
-            time.sleep(0.3)
-            run = subprocess.run(
-                [str(BIN / "firecron"), "run", triggered[0], "--json"],
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-        assert json.loads(run.stdout)["output"] == {"words": 3}
-    finally:
-        dev.send_signal(signal.SIGTERM)
-        try:
-            dev.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait()
-    assert dev.returncode == 0
+
+        def ended() -> dict[str, Any] | None:
+            run: dict[str, Any] = _firecron(checkout, env, "run", triggered[0])
+            return run if run["state"] == "succeeded" else None
+
+        run = poll(ended, 30, f"{triggered[0]} never succeeded")
+        assert run["output"] == {"words": 3}
+
+    # Everything happened in the copy: its store holds the schedule, and the reader's
+    # workers, schedules and store are as they were.
+    assert (checkout / STORE).is_file()
+    assert _firecron(checkout, env, "show", "count-words")["id"] == "count-words"
+    assert fingerprint(ROOT) == before
