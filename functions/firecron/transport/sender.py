@@ -20,7 +20,7 @@ arrive; the body is never read. Workers stream ``202`` and then keep the respons
 open for the whole run, so such a connection could never be reused anyway, and not
 reading means the dispatcher never waits for the work.
 
-Two limits (DESIGN "Firing: one-way POST"):
+Two limits (docs/design.md, "Firing: one-way POST"):
 
 - ``concurrency`` bounds *sending*: DNS, connect, TLS and writing the request. The
   send slot is released the moment the whole request is written (it has left the
@@ -39,10 +39,10 @@ verified for the URL's host name, also sent as SNI), the request line, headers a
 body in one write, then the status line and headers only (at most 64 KiB), then close.
 httpx stays the API: the same client is :class:`OneShotTransport`, an httpx transport
 (``httpx.AsyncClient(transport=OneShotTransport())``); the sender calls its lower
-layer directly, skipping httpx's Request/Response objects on the hot path. The
-general-purpose stack it replaced (httpx over httpcore over anyio) cost about 0.7 ms
-of CPU per dispatch, this one about 0.25 ms (``bench/fanout.py``, "Sender alone");
-``bench/http_clients.py`` compares the setups.
+layer directly, skipping httpx's Request/Response objects on the hot path. It
+replaced httpx over httpcore because it costs less CPU per dispatch;
+``bench/fanout.py`` ("Sender alone") and ``bench/http_clients.py`` measure that, and
+the README's Performance section reports the figures.
 """
 
 from __future__ import annotations
