@@ -67,16 +67,17 @@ resource "google_project_service" "required" {
 
 # --- The signing secret (FIRECRON_SIGNING_SECRET) -----------------------------------------
 
-resource "random_password" "signing" {
+# A Standard Webhooks secret, whsec_<base64 of the key>: firecron, and any receiver using a
+# Standard Webhooks library, take the decoded bytes as the HMAC key. 32 random bytes.
+resource "random_id" "signing" {
   count = var.signing_secret == null ? 1 : 0
 
-  length  = 48
-  special = false # it goes into a comma-separated list
+  byte_length = 32
 }
 
 locals {
   # var.signing_secret wins; otherwise the generated one. Both live in the Terraform state.
-  signing_secret = coalesce(var.signing_secret, one(random_password.signing[*].result))
+  signing_secret = coalesce(var.signing_secret, one([for id in random_id.signing : "whsec_${id.b64_std}"]))
 }
 
 resource "google_secret_manager_secret" "signing" {

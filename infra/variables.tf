@@ -146,13 +146,24 @@ variable "run_retention_days" {
 
 variable "signing_secret" {
   type        = string
-  description = "HMAC secret(s) that sign dispatches (FIRECRON_SIGNING_SECRET, comma-separated: the first signs, all verify). null: Terraform generates one. Rotate with \"NEW,OLD\", then \"NEW\"."
+  description = "Standard Webhooks secret(s) whsec_<base64> that sign dispatches (FIRECRON_SIGNING_SECRET, comma-separated: all sign, any verifies). null: Terraform generates one. Rotate with \"NEW,OLD\", then \"NEW\"."
   default     = null
   sensitive   = true
 
   validation {
-    condition     = var.signing_secret == null || length(trimspace(split(",", coalesce(var.signing_secret, "x"))[0])) >= 32
-    error_message = "signing_secret: the first (signing) secret must be at least 32 characters."
+    # Standard base64, padded or not, of a non-empty key, after whsec_ (as firecron parses it).
+    # Terraform's error for a refused value prints it despite `sensitive` (a known bug, see
+    # opentofu/opentofu#2219): check a secret's form before a plan whose output is logged.
+    condition = var.signing_secret == null || alltrue([
+      for s in split(",", coalesce(var.signing_secret, "x")) :
+      can(regex("^whsec_([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{3}=?|[A-Za-z0-9+/]{2}(==)?)$", trimspace(s)))
+    ])
+    error_message = "signing_secret: every comma-separated entry must be whsec_ followed by standard base64 of the key (generate one with: echo \"whsec_$(openssl rand -base64 32)\")."
+  }
+
+  validation {
+    condition     = var.signing_secret == null || length(trimspace(split(",", coalesce(var.signing_secret, "x"))[0])) >= 38
+    error_message = "signing_secret: the first (signing) secret's key must be at least 24 bytes (32 base64 characters after whsec_)."
   }
 }
 

@@ -27,7 +27,7 @@ from firecron.dispatch import Dispatcher
 from firecron.settings import Settings
 from firecron.store import Store, open_store
 
-SECRET = "e2e-secret"
+SECRET = "whsec_ZTJlLXNlY3JldA=="
 
 
 @dataclass

@@ -5,6 +5,8 @@ functions/requirements.txt. Nothing here talks to Google Cloud or needs provider
 from __future__ import annotations
 
 import ast
+import base64
+import functools
 import os
 import re
 import shutil
@@ -18,8 +20,10 @@ import pytest
 from _hcl import Module, load_module, single
 from firecron import _requirements
 from firecron.core.runs import Run
+from firecron.errors import InvalidInputError
 from firecron.settings import ENV_VARS
 from firecron.store.firestore import REQUIRED_INDEXES
+from firecron.transport.signing import parse_signing_secrets
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -293,6 +297,77 @@ def test_variables_are_typed_and_described(tf: Module) -> None:
         assert "type" in body, f"variable {name} has no type"
         assert body.get("description"), f"variable {name} has no description"
     assert tf.variables["signing_secret"]["sensitive"] is True
+
+
+# --- the signing secret ------------------------------------------------------------------
+
+_KEY = base64.b64encode(bytes(range(32))).decode()
+
+
+def test_generated_signing_secret_is_a_standard_webhooks_secret(tf: Module) -> None:
+    # whsec_ + standard base64 of 32 random bytes, the form firecron and every Standard
+    # Webhooks library read; a random_password would be used raw by neither.
+    assert "random_password" not in tf.resources
+    generated = tf.resource("random_id", "signing")
+    assert generated["byte_length"] == 32
+    assert generated["count"] == "${var.signing_secret == null ? 1 : 0}"
+    assert '"whsec_${id.b64_std}"' in tf.locals["signing_secret"]
+    assert tf.locals["signing_secret"].startswith("${coalesce(var.signing_secret, ")
+    secret = tf.resource("google_secret_manager_secret_version", "signing")
+    assert secret["secret_data"] == "${local.signing_secret}"
+    # What random_id.b64_std holds (standard base64, padded) passes firecron's own check.
+    assert parse_signing_secrets(f"whsec_{_KEY}") == (f"whsec_{_KEY}",)
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        (f"whsec_{_KEY}", True),
+        (f"whsec_{_KEY.rstrip('=')}", True),  # unpadded, as the reference library allows
+        (f"whsec_{_KEY},whsec_YWJjZA", True),  # rotation: only the first must be long
+        (f"whsec_{_KEY}, whsec_b2xk", True),
+        ("a-48-character-random-password-as-generated-before", False),
+        (f"whsec_{_KEY},old-plain-secret", False),
+        (f"whsec_{_KEY.replace('=', '')}!", False),
+        (f"whsec_{_KEY[:-2]}-_", False),  # URL-safe alphabet is not standard base64
+        ("whsec_", False),
+        ("whsec_YWJjZA", False),  # a 4-byte signing key is too short
+    ],
+)
+def test_signing_secret_variable_is_validated(tmp_path: Path, value: str, accepted: bool) -> None:
+    """``terraform plan`` on infra/variables.tf alone (no providers, offline) checks the value."""
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("terraform is not on PATH")
+    shutil.copy(INFRA / "variables.tf", tmp_path / "variables.tf")
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_CLI_CONFIG_FILE": os.devnull}
+    run = functools.partial(
+        subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    init = run([terraform, "init", "-input=false", "-no-color"], check=False)
+    assert init.returncode == 0, init.stdout + init.stderr
+    plan = run(
+        [
+            terraform,
+            "plan",
+            "-input=false",
+            "-no-color",
+            "-var=project_id=proj-123",
+            "-var=region=europe-west1",
+            f"-var=signing_secret={value}",
+        ],
+        check=False,
+    )
+    output = plan.stdout + plan.stderr
+    assert (plan.returncode == 0) is accepted, output
+    if not accepted:
+        assert "signing_secret:" in output
+    # The infra and firecron agree on the format (the infra adds a minimum key length).
+    if accepted:
+        parse_signing_secrets(value)
+    elif "whsec_YWJjZA" not in value:
+        with pytest.raises(InvalidInputError, match="FIRECRON_SIGNING_SECRET: entry"):
+            parse_signing_secrets(value)
 
 
 # --- functions/requirements.txt --------------------------------------------------------------

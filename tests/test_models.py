@@ -193,9 +193,11 @@ def test_settings_from_env_defaults_and_errors() -> None:
     s = Settings.from_env({})
     assert s.store_url == "sqlite:///.firecron/firecron.db"
     assert (s.concurrency, s.max_open, s.ack_timeout) == (64, 1000, timedelta(seconds=5))
-    s = Settings.from_env({"FIRECRON_SIGNING_SECRET": "new, old", "FIRECRON_ACK_TIMEOUT": "2s"})
-    assert s.signing_secrets == ("new", "old")
-    assert "new" not in repr(s)
+    s = Settings.from_env(
+        {"FIRECRON_SIGNING_SECRET": "whsec_bmV3, whsec_b2xk", "FIRECRON_ACK_TIMEOUT": "2s"}
+    )
+    assert s.signing_secrets == ("whsec_bmV3", "whsec_b2xk")
+    assert "whsec_" not in repr(s)
     for env, fragment in [
         ({"FIRECRON_CONCURRENCY": "lots"}, "FIRECRON_CONCURRENCY"),
         ({"FIRECRON_ACK_TIMEOUT": "5 parsecs"}, "FIRECRON_ACK_TIMEOUT"),

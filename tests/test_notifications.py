@@ -27,7 +27,7 @@ from firecron.settings import Settings
 from firecron.store import Store, open_store
 from firecron.transport.signing import verify_webhook
 
-SECRET = "notify-secret"
+SECRET = "whsec_bm90aWZ5LXNlY3JldA=="
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from firecron.settings import Settings
 from firecron.transport.signing import verify_webhook
 
 SECRET = "whsec_" + "c2VjcmV0LWtleS1vbmUtMTIzNDU2Nzg5MA=="
-OLD_SECRET = "an-older-plain-secret"
+OLD_SECRET = "whsec_YW4tb2xkZXItcGxhaW4tc2VjcmV0"  # base64 of an-older-plain-secret
 SCHEDULE = "nightly-report"
 WHEN = T0 + timedelta(minutes=5)
 

@@ -36,7 +36,7 @@ from firecron.transport.sender import (
 from firecron.transport.signing import verify_webhook
 
 SECRET = "whsec_" + base64.b64encode(b"signing-key-never-in-errors").decode()
-OLD_SECRET = "old-plain-secret-never-in-errors"
+OLD_SECRET = "whsec_" + base64.b64encode(b"old-signing-key-never-in-errors").decode().rstrip("=")
 TOKEN = "eyJ.secret-id-token.never-in-errors"
 
 

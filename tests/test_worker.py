@@ -33,7 +33,7 @@ from firecron.core.runs import Run, RunState, RunTrigger
 from firecron.store.sqlite import SQLiteStore
 from firecron.transport.signing import signature_headers
 
-SECRET = "firecron-worker-test-secret"
+SECRET = "whsec_ZmlyZWNyb24td29ya2VyLXRlc3Qtc2VjcmV0"
 TEST_APP = Path(__file__).with_name("_worker_app.py")
 MAIN_TARGETS = ["hello", "sleep", "fail"]
 TEST_TARGETS = ["sleepy", "bad_output"]
@@ -371,7 +371,7 @@ async def test_bad_signatures_are_refused_and_nothing_runs(
     headers, body = signed(run)
     forged = base64.b64encode(b"\0" * 32).decode()
     expired_headers, _ = signed(run, at=_now() - timedelta(minutes=6))
-    wrong_headers, _ = signed(run, secrets=("not-the-secret",))
+    wrong_headers, _ = signed(run, secrets=("whsec_bm90LXRoZS1zZWNyZXQ=",))
     cases = {
         "unsigned": {k: v for k, v in headers.items() if not k.startswith("webhook-")},
         "forged": {**headers, "webhook-signature": f"v1,{forged}"},

@@ -17,6 +17,7 @@ from datetime import timedelta
 from firecron.core.durations import parse_duration
 from firecron.core.models import TargetAuth
 from firecron.errors import InvalidInputError
+from firecron.transport.signing import check_signing_secrets, parse_signing_secrets
 
 __all__ = ["ENV_VARS", "Settings"]
 
@@ -24,7 +25,7 @@ ENV_VARS: dict[str, str] = {
     "FIRECRON_STORE": "store URL: sqlite:///PATH or firestore://PROJECT[/DATABASE]",
     "FIRECRON_NAMESPACE": "prefix of the collections/tables (default firecron)",
     "FIRECRON_FUNCTIONS_BASE_URL": "base URL that 'function' targets are resolved against",
-    "FIRECRON_SIGNING_SECRET": "comma-separated HMAC secrets; the first signs, all verify",
+    "FIRECRON_SIGNING_SECRET": "comma-separated whsec_<base64> secrets (Standard Webhooks); all sign, the first first, any verifies",
     "FIRECRON_DISPATCH_AUDIENCE": "when set, dispatch verifies the caller's OIDC token",
     "FIRECRON_CONCURRENCY": "requests being sent at once (default 64)",
     "FIRECRON_MAX_OPEN": "requests open at once, sent or waiting for an ack (default 1000)",
@@ -112,11 +113,15 @@ class Settings:
     deployed: bool = False
     """True on Cloud Run / Cloud Functions (``K_SERVICE`` is set by the platform)."""
 
+    def __post_init__(self) -> None:
+        # Every secret is checked where Settings are made, so a bad one fails at startup
+        # with one line instead of failing every signature later.
+        check_signing_secrets(self.signing_secrets)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read the ``FIRECRON_*`` variables from ``env`` (default: ``os.environ``)."""
         env = os.environ if env is None else env
-        secrets = tuple(s.strip() for s in env.get("FIRECRON_SIGNING_SECRET", "").split(","))
         namespace = env.get("FIRECRON_NAMESPACE", "").strip() or "firecron"
         if not re.match(r"^[a-z][a-z0-9_]{0,40}$", namespace):
             raise InvalidInputError(
@@ -127,7 +132,7 @@ class Settings:
             namespace=namespace,
             functions_base_url=env.get("FIRECRON_FUNCTIONS_BASE_URL", "").strip().rstrip("/")
             or None,
-            signing_secrets=tuple(s for s in secrets if s),
+            signing_secrets=parse_signing_secrets(env.get("FIRECRON_SIGNING_SECRET", "")),
             dispatch_audience=env.get("FIRECRON_DISPATCH_AUDIENCE", "").strip() or None,
             concurrency=_int(env, "FIRECRON_CONCURRENCY", 64, 1, 10_000),
             max_open=_int(env, "FIRECRON_MAX_OPEN", 1000, 1, 100_000),

@@ -4,9 +4,14 @@ Headers: ``webhook-id`` (here ``{run_id}/{attempt}``), ``webhook-timestamp`` (Un
 seconds) and ``webhook-signature``: space-separated ``v1,<base64 HMAC-SHA256>`` entries
 over ``f"{id}.{timestamp}.{body}"``, one per secret during a rotation.
 
-Secrets are given as configured in ``FIRECRON_SIGNING_SECRET``: ``whsec_<base64>`` (the
-Standard Webhooks form, base64-decoded to the key) or any other string, whose UTF-8
-bytes are the key. The first secret signs; verification accepts any of them.
+Secrets are given as configured in ``FIRECRON_SIGNING_SECRET``: a comma-separated list of
+``whsec_<base64>`` secrets, the Standard Webhooks form, whose key is the base64-decoded
+bytes after the prefix (padding optional, as in the reference ``standardwebhooks``
+library). During a rotation (``NEW,OLD``) every secret signs, the first one first, so
+receivers holding either verify; verification accepts a match with any of them. :func:`parse_signing_secrets` refuses anything else with one line naming the
+variable and the position of the bad entry, never the secret; entry points call it once
+at startup (through :meth:`firecron.settings.Settings.from_env`), so a bad secret can
+never surface later as a failure of every request.
 
 Contract of :func:`verify_webhook`: it raises :class:`SignatureError` (one line, never
 containing a secret) unless the three headers are present, the timestamp is within
@@ -17,7 +22,7 @@ one secret, compared in constant time.
 from __future__ import annotations
 
 import base64
-import binascii
+import functools
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -25,20 +30,91 @@ from datetime import datetime, timedelta
 
 from firecron.errors import InvalidInputError, SignatureError
 
-__all__ = ["DEFAULT_TOLERANCE", "sign_webhook", "signature_headers", "verify_webhook"]
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "SECRET_PREFIX",
+    "check_signing_secrets",
+    "parse_signing_secrets",
+    "sign_webhook",
+    "signature_headers",
+    "signing_key",
+    "verify_webhook",
+]
 
 DEFAULT_TOLERANCE = timedelta(minutes=5)
 
+SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
+"""The prefix of a Standard Webhooks secret; the base64 key follows it."""
 
-def _key(secret: str) -> bytes:
-    if secret.startswith("whsec_"):
+_SECRETS_VAR = "FIRECRON_SIGNING_SECRET"
+
+
+class _BadSecretError(ValueError):
+    """Why a secret is refused, phrased to follow "entry N" or "signing secret"."""
+
+
+def _decode(secret: str) -> bytes:
+    if not secret.startswith(SECRET_PREFIX):
+        raise _BadSecretError(
+            "does not start with whsec_ (expected whsec_<base64>, the Standard Webhooks format)"
+        )
+    encoded = secret.removeprefix(SECRET_PREFIX).rstrip("=")
+    try:
+        # Re-padded because the reference library accepts unpadded base64: a secret
+        # that it signs and verifies with must work here too.
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except ValueError:  # binascii.Error, or non-ASCII characters
+        raise _BadSecretError("is not valid standard base64 after whsec_") from None
+    if not key:
+        raise _BadSecretError("has an empty key after whsec_")
+    return key
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret: the decoded bytes after the prefix.
+
+    Padded and unpadded standard base64 are accepted. Anything else (no prefix,
+    invalid base64, an empty key) raises :class:`InvalidInputError` saying what is
+    wrong without quoting the secret.
+    """
+    try:
+        return _decode(secret)
+    except _BadSecretError as exc:
+        raise InvalidInputError(f"signing secret {exc}") from None
+
+
+def check_signing_secrets(secrets: Sequence[str]) -> None:
+    """Raise :class:`InvalidInputError` unless every secret is a valid ``whsec_`` secret.
+
+    The message is one line naming ``FIRECRON_SIGNING_SECRET`` and the 1-based
+    position of the first bad entry, e.g. ``FIRECRON_SIGNING_SECRET: entry 2 of 2
+    does not start with whsec_ (...)``; it never contains a secret.
+    """
+    for position, secret in enumerate(secrets, start=1):
         try:
-            return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-        except binascii.Error:
+            _decode(secret)
+        except _BadSecretError as exc:
             raise InvalidInputError(
-                "FIRECRON_SIGNING_SECRET: a whsec_ secret must be base64"
+                f"{_SECRETS_VAR}: entry {position} of {len(secrets)} {exc}"
             ) from None
-    return secret.encode()
+
+
+def parse_signing_secrets(raw: str) -> tuple[str, ...]:
+    """The secrets of a comma-separated ``FIRECRON_SIGNING_SECRET`` value, each checked
+    by :func:`check_signing_secrets`.
+
+    Entries are stripped of surrounding whitespace and blank ones are dropped, so
+    ``""`` means no secret and positions count the non-blank entries.
+    """
+    secrets = tuple(part.strip() for part in raw.split(",") if part.strip())
+    check_signing_secrets(secrets)
+    return secrets
+
+
+@functools.lru_cache(maxsize=64)
+def _key(secret: str) -> bytes:
+    # Cached: every dispatch and every verification needs the key of the same few secrets.
+    return signing_key(secret)
 
 
 def _sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
