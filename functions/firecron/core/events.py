@@ -370,16 +370,32 @@ _EMOJI = {
 }
 
 
+def _slack_escaped(value: object) -> str:
+    """``value`` as Slack text that shows it literally: ``&``, ``<`` and ``>`` as entities.
+
+    Slack reads ``<...>`` as a mention or link (``<!channel>``, ``<https://x|click>``);
+    its "Escaping text" rule is to replace exactly these three, ``&`` first.
+    """
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_text(event: Event) -> str:
-    """A readable Slack message: schedule, state, error, and the command to inspect the run."""
-    d = event.data
+    """A readable Slack message: schedule, state, error, and the command to inspect the run.
+
+    Every piece taken from the event is escaped (:func:`_slack_escaped`), so an error
+    message or an id can neither mention anyone nor make a link; only the message's own
+    formatting (emoji, bold, code, the quote of the error) is Slack markup.
+    """
+    d = {k: _slack_escaped(v) for k, v in event.data.items() if v is not None}
+    subject = _slack_escaped(event.subject)
     lines = [
         f"{_EMOJI.get(event.type, ':rotating_light:')} *{event.type.value}*: schedule `{d['schedule_id']}`"
-        f" run `{event.subject}` is *{d['state']}* (attempt {d['attempt']} of {d['max_attempts']})",
+        f" run `{subject}` is *{d['state']}* (attempt {d['attempt']} of {d['max_attempts']})",
     ]
-    if d.get("error"):
-        lines.append(f"> {d['error']}")
-    if event.type is EventType.run_sla_breached and d.get("expected_duration_s") is not None:
+    if event.data.get("error"):
+        # Every line of the error is quoted, so a newline in it cannot end the quote.
+        lines.extend(f"> {line}" for line in d["error"].splitlines())
+    if event.type is EventType.run_sla_breached and "expected_duration_s" in d:
         lines.append(f"Expected to take {d['expected_duration_s']}s; still running.")
-    lines.append(f"Inspect: `firecron run {event.subject}`")
+    lines.append(f"Inspect: `firecron run {subject}`")
     return "\n".join(lines)
