@@ -27,10 +27,13 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -259,3 +262,103 @@ def test_readme_quickstart(tmp_path: Path) -> None:
     assert (checkout / STORE).is_file()
     assert _firecron(checkout, env, "show", "count-words")["id"] == "count-words"
     assert fingerprint(ROOT) == before
+
+
+# --- the repository stands on its own -------------------------------------------------
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+_DESIGN = "docs/design.md"
+# A docstring's pointer into the design: docs/design.md, "Section" or "Parent > Section".
+_CITATION = re.compile(re.escape(_DESIGN) + r',? \(?"([^"]+)"')
+
+
+def _tracked(*suffixes: str) -> list[Path]:
+    """The repository's files (tracked, or not ignored) whose names end with ``suffixes``."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    this = Path(__file__).resolve()  # its patterns would match themselves
+    paths = [ROOT / n for n in listed if n.endswith(suffixes) and (ROOT / n).is_file()]
+    return [p for p in paths if p.resolve() != this]
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _headings(path: Path) -> list[str]:
+    """The headings of a Markdown file, outside code blocks."""
+    found, fenced = [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (match := re.match(r"#+ (.*)", line)):
+            found.append(match.group(1).strip())
+    return found
+
+
+def test_the_license_is_the_one_pyproject_declares() -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
+    assert declared == "Apache-2.0"
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License\n                           Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+    assert "Copyright 2026 the firecron authors" in text
+
+
+@pytest.mark.parametrize("doc", ["README.md", _DESIGN])
+def test_relative_links_resolve(doc: str) -> None:
+    """Every relative link of the document names a file that exists, and a heading there."""
+    source = ROOT / doc
+    broken = []
+    for link in _LINK.findall(source.read_text()):
+        if re.match(r"[a-z]+:", link):
+            continue  # https:, mailto:
+        path, _, anchor = link.partition("#")
+        target = (source.parent / path).resolve() if path else source
+        unknown_anchor = (
+            bool(anchor) and target.suffix == ".md" and anchor not in map(_slug, _headings(target))
+        )
+        if not target.exists() or unknown_anchor:
+            broken.append(link)
+    assert not broken, f"{doc}: broken links {broken}"
+
+
+def test_the_readme_links_the_design() -> None:
+    how = (ROOT / "README.md").read_text().split("## How it works", 1)[1]
+    assert f"]({_DESIGN})" in how.split("\n## ", 1)[0]
+
+
+def test_citations_of_the_design_name_its_sections() -> None:
+    """``docs/design.md, "A > B"`` in any file names headings that docs/design.md has."""
+    headings = set(_headings(ROOT / _DESIGN))
+    missing = [
+        f"{path.relative_to(ROOT)}: {section!r}"
+        for path in _tracked(".py", ".md", ".tf")
+        for section in _CITATION.findall(path.read_text())
+        if not set(section.split(" > ")) <= headings
+    ]
+    assert not missing, f"sections not in {_DESIGN}: {missing}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the last citations of the design note that is not in the repository are being "
+    "replaced; remove this marker when they are",
+)
+def test_nothing_cites_a_design_note_the_repository_lacks() -> None:
+    """The design is docs/design.md; a bare "DESIGN" or "DESIGN.md" points nowhere."""
+    stale = re.compile(r"\bDESIGN\b")
+    citing = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in _tracked(".py", ".md", ".tf", ".toml", "Makefile")
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if stale.search(line)
+    ]
+    assert not citing, f"cite {_DESIGN} instead: {citing}"
