@@ -6,6 +6,8 @@ way Google's certs endpoint does, and signs tokens with google-auth's own signer
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import datetime as dt
 import json
 import threading
@@ -25,12 +27,13 @@ from google.auth import crypt, jwt
 
 from _workers import serve_worker, worker_env
 from firecron.errors import FirecronError, SignatureError
-from firecron.oidc import check_dispatch_caller
+from firecron.oidc import CertsCache, check_dispatch_caller, verify_google_id_token
 from firecron.settings import Settings
 
 AUDIENCE = "https://europe-west1-proj.cloudfunctions.net/dispatch"
 CALLER = "firecron-scheduler@proj.iam.gserviceaccount.com"
 KID = "test-key-1"
+NEXT_KID = "test-key-2"
 
 
 def _key_and_cert() -> tuple[bytes, bytes]:
@@ -57,10 +60,14 @@ def _key_and_cert() -> tuple[bytes, bytes]:
 def keys() -> dict[str, Any]:
     good_key, good_cert = _key_and_cert()
     other_key, _ = _key_and_cert()
+    next_key, next_cert = _key_and_cert()
     return {
         "signer": crypt.RSASigner.from_string(good_key, key_id=KID),
         "other": crypt.RSASigner.from_string(other_key, key_id=KID),
+        "forged": crypt.RSASigner.from_string(other_key, key_id="forged-key"),
+        "next": crypt.RSASigner.from_string(next_key, key_id=NEXT_KID),
         "cert": good_cert.decode(),
+        "next_cert": next_cert.decode(),
     }
 
 
@@ -194,3 +201,154 @@ def test_dispatch_entry_point_refuses_when_deployed_without_audience(tmp_path: P
         response = httpx.post(proc.url, timeout=30)
     assert response.status_code == 500
     assert "FIRECRON_DISPATCH_AUDIENCE is not set" in response.json()["error"]
+
+
+# --- claims and key misses ---------------------------------------------------------------
+
+
+def test_a_token_without_exp_is_refused_saying_so(keys: dict[str, Any], certs_url: str) -> None:
+    # Genuinely signed, so the signature is not what is wrong.
+    with pytest.raises(SignatureError, match=r"^token has no exp claim$"):
+        check_dispatch_caller(f"Bearer {token(keys, exp=None)}", settings(certs_url))
+    stripped = _stripped(token(keys, exp=None))
+    with pytest.raises(SignatureError, match=r"^token has no exp claim$"):
+        check_dispatch_caller(f"Bearer {stripped}", settings(certs_url, deployed=True))
+
+
+class CertsServer:
+    """A certs endpoint whose document can change, counting the fetches it answers."""
+
+    def __init__(self, document: dict[str, str]) -> None:
+        self.document = document
+        self.fetches = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[str]:
+        """Serve on 127.0.0.1 and give the certs URL."""
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with owner._lock:
+                    owner.fetches += 1
+                    payload = json.dumps(owner.document).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_port}/oauth2/v1/certs"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def counting(keys: dict[str, Any]) -> Iterator[tuple[CertsServer, str]]:
+    server = CertsServer({KID: keys["cert"]})
+    with server.serve() as url:
+        yield server, url
+
+
+def _verify(tok: str, url: str, cache: CertsCache) -> dict[str, Any]:
+    return verify_google_id_token(tok, audience=AUDIENCE, certs_url=url, certs=cache)
+
+
+def test_unknown_key_ids_refetch_the_certs_at_most_once_per_30s(
+    keys: dict[str, Any], counting: tuple[CertsServer, str]
+) -> None:
+    server, url = counting
+    clock = FakeClock()
+    cache = CertsCache(clock=clock)
+    _verify(token(keys), url, cache)
+    assert server.fetches == 1
+
+    forged = token(keys, "forged")
+    for _ in range(50):  # a stream of forged key ids, right after a fetch
+        with pytest.raises(SignatureError, match="not one of Google's current keys"):
+            _verify(forged, url, cache)
+    assert server.fetches == 1
+
+    clock.now += 29.9
+    with pytest.raises(SignatureError, match="not one of Google's current keys"):
+        _verify(forged, url, cache)
+    assert server.fetches == 1
+    clock.now += 0.1  # 30 s after the last fetch: one refetch, then quiet again
+    for _ in range(50):
+        with pytest.raises(SignatureError, match="not one of Google's current keys"):
+            _verify(forged, url, cache)
+    assert server.fetches == 2
+    # Known keys are served from the cache all along.
+    _verify(token(keys), url, cache)
+    assert server.fetches == 2
+
+
+def test_a_rotated_key_is_fetched_once_the_interval_has_passed(
+    keys: dict[str, Any], counting: tuple[CertsServer, str]
+) -> None:
+    server, url = counting
+    clock = FakeClock()
+    cache = CertsCache(clock=clock)
+    _verify(token(keys), url, cache)
+    server.document = {KID: keys["cert"], NEXT_KID: keys["next_cert"]}  # Google rotates
+    clock.now += 30
+    assert _verify(token(keys, "next"), url, cache)["email"] == CALLER
+    assert server.fetches == 2
+    _verify(token(keys, "next"), url, cache)
+    assert server.fetches == 2
+
+
+def test_concurrent_key_misses_make_one_fetch(
+    keys: dict[str, Any], counting: tuple[CertsServer, str]
+) -> None:
+    server, url = counting
+    clock = FakeClock()
+    cache = CertsCache(clock=clock)
+    _verify(token(keys), url, cache)
+    clock.now += 60
+    forged = token(keys, "forged")
+
+    refusals: list[str] = []
+
+    def attempt() -> None:
+        try:
+            _verify(forged, url, cache)
+        except SignatureError as exc:
+            refusals.append(str(exc))
+
+    threads = [threading.Thread(target=attempt) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert refusals == ["token is signed by a key that is not one of Google's current keys"] * 16
+    assert server.fetches == 2
+
+
+def test_tokens_that_cannot_be_valid_cost_no_fetch(
+    keys: dict[str, Any], counting: tuple[CertsServer, str]
+) -> None:
+    server, url = counting
+    head = base64.urlsafe_b64encode(b'{"alg":"HS256","kid":"x"}').decode().rstrip("=")
+    with pytest.raises(SignatureError, match="not RS256"):
+        _verify(f"{head}.e30.c2ln", url, CertsCache(clock=FakeClock()))
+    assert server.fetches == 0
