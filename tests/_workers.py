@@ -4,7 +4,7 @@ Each worker is the real functions-framework server (gunicorn, as in the cloud) o
 127.0.0.1, in its own process group so that :meth:`WorkerProcess.kill` can SIGKILL it
 and its gunicorn children at once, as a crashed instance would die.
 
-    env = worker_env(f"sqlite:///{tmp_path}/x.db", secrets=["s3cret"])
+    env = worker_env(f"sqlite:///{tmp_path}/x.db", secrets=["whsec_czNjcmV0"])
     with serve_workers(["hello", "sleep"], env=env, log_dir=tmp_path) as workers:
         httpx.post(workers["hello"].url, ...)
 
