@@ -4,11 +4,19 @@ One process runs, on the embedded SQLite store:
 
 - every worker entry point of ``functions/main.py``, each served by the real
   functions-framework app (``create_app``) and mounted at ``/<name>`` on one port,
-  with ``FIRECRON_FUNCTIONS_BASE_URL`` pointing there;
-- a dispatcher that ticks every second (so second-level ``every`` schedules work);
+  with ``FIRECRON_FUNCTIONS_BASE_URL`` pointing there. When the source file changes,
+  it is executed again and the new set of workers replaces the old one (requests in
+  flight finish on the old code); a source that no longer loads is reported in one
+  line and the previous workers keep serving. Only the source file is watched: a
+  module it imports is not reloaded;
+- a dispatcher that ticks every second (so second-level ``every`` schedules work),
+  signing every dispatch, and workers that refuse unsigned requests: the secret is
+  ``FIRECRON_SIGNING_SECRET`` or else the store's own, kept beside the database
+  (see :mod:`firecron._dev_secret`);
 - the schedules file, applied at start;
 - a live view of upcoming fire times and recent runs (rich), or plain log lines
-  when stdout is not a terminal.
+  when stdout is not a terminal: one line per run that changes after the start, with
+  the time of its change (runs from before a restart are not printed again).
 
 Ctrl-C or SIGTERM stops it within a few seconds. Runs still in flight are left as
 they are (``running``/``dispatched``); the watchdog recovers them on the next start,
@@ -28,6 +36,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -42,6 +51,7 @@ from rich.table import Table
 from rich.text import Text
 
 from firecron import admin
+from firecron._dev_secret import secret_path, with_dev_secret
 from firecron.core.durations import format_duration
 from firecron.core.models import StoredSchedule
 from firecron.core.runs import Run, RunState
@@ -52,6 +62,9 @@ from firecron.settings import Settings
 from firecron.store import Store, open_store
 
 __all__ = ["DevStack", "default_source", "find_workers"]
+
+_RECENT = 12
+"""Runs shown in the view, newest first (and compared by the piped change log)."""
 
 _STATE_STYLE = {
     RunState.succeeded: "green",
@@ -74,13 +87,37 @@ def default_source() -> Path:
 
 
 def _load(source: Path) -> ModuleType:
+    """Execute ``source`` as a new module.
+
+    Raises :class:`InvalidInputError` with one line, ``FILE:LINE: ...``, when it does
+    not compile or raises while executing: the user's file is at fault, not firecron.
+    """
     spec = importlib.util.spec_from_file_location("main", source)
     if spec is None or spec.loader is None:
         raise InvalidInputError(f"cannot load {source}")
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("main", module)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        where = f"{source}:{exc.lineno}" if exc.lineno else str(source)
+        raise InvalidInputError(f"{where}: {type(exc).__name__}: {exc.msg}") from None
+    except Exception as exc:
+        raise InvalidInputError(
+            f"{source}:{_failing_line(exc, source)}: cannot load it: "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        ) from None
     return module
+
+
+def _failing_line(exc: BaseException, source: Path) -> str:
+    """The line of ``source`` deepest in ``exc``'s traceback (``?`` when it is not there)."""
+    target = os.path.realpath(source)
+    line = "?"
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if os.path.realpath(frame.f_code.co_filename) == target:
+            line = str(lineno)
+    return line
 
 
 def find_workers(source: Path) -> list[str]:
@@ -96,7 +133,11 @@ def find_workers(source: Path) -> list[str]:
 
 
 def _workers_app(source: Path, names: list[str]) -> Any:
-    """One WSGI app: each worker's functions-framework app mounted at ``/<name>``."""
+    """One WSGI app: each worker's functions-framework app mounted at ``/<name>``.
+
+    ``create_app`` executes ``source`` again for each worker; a failure there raises
+    :class:`InvalidInputError` (one line) like :func:`find_workers`.
+    """
     import functions_framework
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
     from werkzeug.wrappers import Response
@@ -116,11 +157,31 @@ def _workers_app(source: Path, names: list[str]) -> Any:
 
         return wrapped
 
-    mounts = {
-        f"/{name}": at_root(create_app(target=name, source=str(source), signature_type="http"))
-        for name in names
-    }
+    try:
+        mounts = {
+            f"/{name}": at_root(create_app(target=name, source=str(source), signature_type="http"))
+            for name in names
+        }
+    except Exception as exc:
+        raise InvalidInputError(
+            f"{source}:{_failing_line(exc, source)}: cannot serve its workers: "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        ) from None
     return DispatcherMiddleware(index, mounts)
+
+
+class _Swappable:
+    """A WSGI app that forwards to :attr:`app`, which a reload replaces.
+
+    Each request reads the attribute once (one atomic load), so it runs wholly on the
+    old or wholly on the new workers.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        return self.app(environ, start_response)
 
 
 class DevStack:
@@ -147,17 +208,37 @@ class DevStack:
         )
         self._stop = asyncio.Event()
         self._seen: dict[str, tuple[RunState, int]] = {}
+        self._names: list[str] = []
+        self._source_text: bytes | None = None
+        self._app: _Swappable | None = None
+        self._signed_with = ""
+
+    def _sign(self) -> str:
+        """Make the stack sign with its secret; says where the secret is (never the secret)."""
+        if self.settings.signing_secrets:
+            return "$FIRECRON_SIGNING_SECRET"
+        self.settings = with_dev_secret(self.settings, create=True)
+        path = secret_path(self.settings.store_url)
+        if not self.settings.signing_secrets or path is None:
+            # No file beside a remote store: unsigned workers would run forged requests.
+            raise InvalidInputError(
+                f"firecron dev on {self.settings.store_url} needs FIRECRON_SIGNING_SECRET "
+                "(a whsec_<base64> secret); only a sqlite:/// store gets one made for it"
+            )
+        return f"the secret in {path}"
 
     def _export_env(self) -> None:
         # The worker SDK reads its settings from the environment on its first request.
         os.environ["FIRECRON_STORE"] = self.settings.store_url
+        # Workers refuse what the dispatcher did not sign (the secret is never printed).
+        os.environ["FIRECRON_SIGNING_SECRET"] = ",".join(self.settings.signing_secrets)
         os.environ["FIRECRON_NAMESPACE"] = self.settings.namespace
         os.environ["FIRECRON_FUNCTIONS_BASE_URL"] = self.base_url
         os.environ["FIRECRON_ALLOW_PRIVATE_TARGETS"] = "1"
         # The view (or the change log) shows every run; JSON event lines would bury it.
         os.environ["FIRECRON_EVENT_LOG"] = "0"
 
-    def _serve(self, names: list[str]) -> Any:
+    def _serve(self, app: Any) -> Any:
         from werkzeug.serving import make_server
 
         # The view (or the change log) already shows every run; request logs would bury it.
@@ -171,9 +252,7 @@ class DevStack:
             # werkzeug exits the process on a taken port; find out first, to say it our way.
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", self.port))
-            server = make_server(
-                "127.0.0.1", self.port, _workers_app(self.source, names), threaded=True
-            )
+            server = make_server("127.0.0.1", self.port, app, threaded=True)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise InvalidInputError(
@@ -188,9 +267,13 @@ class DevStack:
 
     async def run(self) -> None:
         """Start everything, tick until SIGINT/SIGTERM, then stop cleanly."""
+        self._source_text = _read_source(self.source)
         names = find_workers(self.source)
+        self._names = names
+        self._app = _Swappable(_workers_app(self.source, names))
+        self._signed_with = self._sign()
         self._export_env()
-        server = self._serve(names)
+        server = self._serve(self._app)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
@@ -208,9 +291,13 @@ class DevStack:
                 for line in lines:
                     self._log(f"{line.action.value} {line.schedule_id}")
             self._log(
-                f"firecron dev: store {self.settings.store_url}, workers {', '.join('/' + n for n in names)} "
-                f"on {self.base_url}; Ctrl-C to stop"
+                f"firecron dev: store {self.settings.store_url}, workers {_paths(names)} "
+                f"on {self.base_url}, signed with {self._signed_with}; Ctrl-C to stop"
             )
+            # Runs from before this start were printed by the previous one: only changes
+            # from now on are news.
+            for run in await store.list_runs(limit=_RECENT):
+                self._seen[run.id] = (run.state, run.attempt)
             if self.console.is_terminal:
                 with Live(
                     Text("starting..."), console=self.console, refresh_per_second=4, transient=False
@@ -242,8 +329,9 @@ class DevStack:
             summary = tick.result()
             for error in summary.errors:
                 self._log(f"error: {error}", style="red")
+            self._reload_if_changed()
             schedules = await store.list_schedules()
-            runs = await store.list_runs(limit=12)
+            runs = await store.list_runs(limit=_RECENT)
             if live is not None:
                 live.update(self._view(schedules, runs))
             else:
@@ -252,6 +340,32 @@ class DevStack:
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
+
+    def _reload_if_changed(self) -> None:
+        """Serve the workers of the source file again if its content changed.
+
+        Content, not mtime, is compared: an edit within the file system's timestamp
+        granularity must not be missed. A source that fails to load is reported once
+        per change and the previous workers keep serving.
+        """
+        try:
+            text = _read_source(self.source)
+        except InvalidInputError:
+            return  # mid-save (replaced by rename) or deleted: look again next tick
+        if text == self._source_text or self._app is None:
+            return
+        self._source_text = text
+        try:
+            names = find_workers(self.source)
+            app = _workers_app(self.source, names)
+        except InvalidInputError as exc:
+            self._log(
+                f"{_clock()} reload failed, still serving the previous workers: {exc}", style="red"
+            )
+            return
+        self._app.app = app
+        self._names = names
+        self._log(f"{_clock()} reloaded {self.source}: workers {_paths(names)}")
 
     def _log(self, message: str, style: str | None = None) -> None:
         self.console.print(message, style=style, highlight=False)
@@ -264,7 +378,9 @@ class DevStack:
             self._seen[run.id] = key
             extra = f" ({run.error})" if run.error and run.state is not RunState.succeeded else ""
             sla = " SLA breached" if run.sla_breached_at else ""
-            self._log(f"{_clock()} {run.id} {run.state.value} attempt {run.attempt}{sla}{extra}")
+            # The time of the change itself, not of the tick that noticed it.
+            when = run.updated_at.astimezone().strftime("%H:%M:%S")
+            self._log(f"{when} {run.id} {run.state.value} attempt {run.attempt}{sla}{extra}")
 
     def _view(self, schedules: list[StoredSchedule], runs: list[Run]) -> Group:
         now = datetime.now(UTC)
@@ -308,7 +424,8 @@ class DevStack:
                 (run.error or "")[:80],
             )
         footer = Text(
-            f"{_clock()}  store {self.settings.store_url}  workers on {self.base_url}  Ctrl-C to stop",
+            f"{_clock()}  store {self.settings.store_url}  workers {_paths(self._names)} on "
+            f"{self.base_url}  Ctrl-C to stop",
             style="dim",
         )
         return Group(upcoming, Text(""), recent, Text(""), footer)
@@ -316,3 +433,16 @@ class DevStack:
 
 def _clock() -> str:
     return datetime.now().strftime("%H:%M:%S")
+
+
+def _paths(names: list[str]) -> str:
+    return ", ".join("/" + n for n in names) or "(none)"
+
+
+def _read_source(source: Path) -> bytes:
+    if not source.is_file():
+        raise InvalidInputError(f"{source}: no such file (pass --source functions/main.py)")
+    try:
+        return source.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"{source}: cannot read it: {exc.strerror or exc}") from None
