@@ -197,7 +197,8 @@ def test_apply_writes_nothing_when_any_entry_is_invalid(
     assert_user_error(
         run("apply", str(bad), "--store", store_url), "schedules[2] (id=broken): target"
     )
-    assert json.loads(run("list", "--json", "--store", store_url).stdout) == []
+    # Not even an empty store was created (and `list` does not create one).
+    assert_user_error(run("list", "--json", "--store", store_url), "no store at")
 
 
 def test_show(good_file: Path, store_url: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from firecron.core.durations import format_duration
 
@@ -57,10 +58,14 @@ def emit_json(value: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Print a table with ``columns``; ``None`` cells print as ``-``."""
+    """Print a table with ``columns``; ``None`` cells print as ``-``.
+
+    Cells are plain text, never rich markup: a value such as ``[true, null]`` or an
+    error holding ``[/x]`` prints as it is.
+    """
     t = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
     for col in columns:
         t.add_column(col, overflow="fold")
     for row in rows:
-        t.add_row(*("-" if c is None else str(c) for c in row))
+        t.add_row(*(Text("-" if c is None else str(c)) for c in row))
     console.print(t)

@@ -455,14 +455,18 @@ def trigger(
     """Run a schedule now, with optional parameter overrides, and print the run id.
 
     The run is POSTed like a scheduled one (trigger: manual) and ignores the overlap
-    policy. Follow it with `firecron run RUN_ID`.
+    policy. Follow it with `firecron run RUN_ID`. It is signed with
+    $FIRECRON_SIGNING_SECRET or, when that is unset, with the secret `firecron dev`
+    keeps beside a SQLite store (DB.signing-secret), so its workers accept it.
 
     \b
     Example:
       firecron trigger hello --param name=you
     """
+    from firecron._dev_secret import with_dev_secret
+
     overrides = _parse_params(params)
-    settings = _settings(store_url)
+    settings = with_dev_secret(_settings(store_url), create=False)
 
     async def go(store: Store) -> Run:
         dispatcher = Dispatcher(store, settings)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
 
@@ -137,7 +138,9 @@ class SQLiteStore:
     """A :class:`~firecron.store.base.Store` in one SQLite file.
 
     Opening is lazy: the file, its parent directories and the tables are created on
-    the first call, so constructing a store does no I/O. Raises
+    the first call, so constructing a store does no I/O. With ``create=False`` the
+    file must already exist: the first call fails with :class:`StoreError` instead of
+    creating it or its directories (read-only commands use this). Raises
     :class:`InvalidInputError` for a bad ``namespace`` and :class:`StoreError` (one
     line, naming the database) for any SQLite failure.
     """
@@ -145,7 +148,9 @@ class SQLiteStore:
     namespace: str
     stats: StoreStats
 
-    def __init__(self, path: str | os.PathLike[str], *, namespace: str = "firecron") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, namespace: str = "firecron", create: bool = True
+    ) -> None:
         if not _NAMESPACE.match(namespace):
             raise InvalidInputError(
                 f"invalid namespace {namespace!r}: use a lowercase letter then up to 40 "
@@ -154,6 +159,7 @@ class SQLiteStore:
         self.namespace = namespace
         self.stats = StoreStats()
         self._path = Path(path)
+        self._create = create
         self._url = f"sqlite:///{os.fspath(path)}"
         self._schedules = f"{namespace}_schedules"
         self._runs = f"{namespace}_runs"
@@ -305,14 +311,21 @@ class SQLiteStore:
             return self._conn
         conn: sqlite3.Connection | None = None
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            if self._create:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+            # mode=rw: SQLite itself refuses a missing file, so no check-then-open race
+            # can create one behind a read-only command.
+            target: str | Path = (
+                self._path if self._create else f"file:{quote(os.fspath(self._path))}?mode=rw"
+            )
             # isolation_level=None: no implicit transactions; every write below opens its
             # own BEGIN IMMEDIATE, so the write lock is taken before anything is read.
             conn = sqlite3.connect(
-                self._path,
+                target,
                 timeout=_BUSY_TIMEOUT_S,
                 isolation_level=None,
                 check_same_thread=False,  # used from worker threads, serialised by _lock
+                uri=not self._create,
             )
             # busy_timeout first: switching to WAL needs a lock another opener may hold.
             conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
