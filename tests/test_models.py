@@ -25,18 +25,29 @@ from firecron.settings import Settings
         ("1d", timedelta(days=1)),
         ("1h30m", timedelta(minutes=90)),
         ("250ms", timedelta(milliseconds=250)),
-        ("45", timedelta(seconds=45)),
-        (30, timedelta(seconds=30)),
+        (" 2H ", timedelta(hours=2)),
+        (timedelta(seconds=30), timedelta(seconds=30)),
     ],
 )
 def test_parse_duration(text: object, expected: timedelta) -> None:
     assert parse_duration(text) == expected
 
 
-@pytest.mark.parametrize("bad", ["10x", "", "m5", "1.5h", "-5s", "5s5s", True, 1.5, -3, "1 h"])
+@pytest.mark.parametrize(
+    "bad", ["10x", "", "m5", "1.5h", "-5s", "5s5s", True, 1.5, -3, "1 h", "²", 10, "45"]
+)
 def test_parse_duration_rejects(bad: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("bare", "hint"), [(10, "write 10s"), ("90", "write 90s"), (0, "write 0s")]
+)
+def test_a_bare_number_is_refused_with_a_unit_hint(bare: object, hint: str) -> None:
+    # It used to be read as seconds, so `every: 10` meant 10s whatever the author meant.
+    with pytest.raises(ValueError, match=f"bare number has no unit; {hint}"):
+        parse_duration(bare)
 
 
 @given(st.integers(min_value=0, max_value=10**11))

@@ -185,7 +185,14 @@ def cron_exprs(draw: st.DrawFn) -> str:
     fields = [minute, hour, dom, month, dow]
     if draw(st.integers(0, 4)) == 0:
         fields.insert(0, draw(field_strategy(0, 59, star_weight=1, hot=[0, 30])))
-    return " ".join(fields)
+    expr = " ".join(fields)
+    # Days that no selected month has ('31 2') never fire and are refused by validation
+    # (tests/test_validate_refusals.py checks that rule against a calendar search).
+    try:
+        validate_cron(expr)
+    except ValueError as exc:
+        assume("never fires" not in str(exc))
+    return expr
 
 
 @cache
@@ -409,7 +416,8 @@ def test_is_wildcard(expr: str, wildcard: bool) -> None:
         ("@Daily", "@daily"),
         ("@midnight", "@midnight"),
         ("@annually", "@annually"),
-        ("0 0 31 2 *", "0 0 31 2 *"),  # valid syntax that never fires
+        ("0 0 29 2 *", "0 0 29 2 *"),  # leap days only, but it fires
+        ("0 0 31 2 1", "0 0 31 2 1"),  # day fields OR-ed: every Monday in February
     ],
 )
 def test_validate_cron_accepts(expr: str, normalized: str) -> None:
@@ -565,10 +573,9 @@ def test_build_trigger_argument_checks() -> None:
         trigger.next_after(datetime(2027, 1, 1))
 
 
-def test_never_firing_expression_returns_none() -> None:
-    trigger = parse_spec("0 0 31 2 *")
-    assert trigger.next_after(datetime(2027, 1, 1, tzinfo=UTC)) is None
-    assert trigger.occurrences(datetime(2027, 1, 1, tzinfo=UTC), 3) == []
+def test_never_firing_expression_is_refused_and_leap_days_fire() -> None:
+    with pytest.raises(ValueError, match="never fires"):
+        parse_spec("0 0 31 2 *")
     leap = parse_spec("0 0 29 2 *", "Europe/Berlin")
     assert leap.next_after(datetime(2027, 1, 1, tzinfo=UTC)) == datetime(
         2028, 2, 28, 23, tzinfo=UTC

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -60,14 +61,23 @@ def _with_store(store_url: str | None, fn: Callable[[Store], Awaitable[T]]) -> T
     return asyncio.run(go())
 
 
-def _read_schedule_file(path: str) -> Any:
+def _read_schedule_file(path: str, *, allow_private_targets: bool | None = None) -> Any:
+    """Read and validate a schedules file as of now.
+
+    ``allow_private_targets`` defaults to ``FIRECRON_ALLOW_PRIVATE_TARGETS``, the
+    setting the dispatcher's SSRF guard will apply to the targets.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InvalidInputError(f"{path}: no such file") from None
     except OSError as exc:
         raise InvalidInputError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_schedule_file(text, source=path)
+    if allow_private_targets is None:
+        allow_private_targets = _settings(None).allow_private_targets
+    return parse_schedule_file(
+        text, source=path, now=_now(), allow_private_targets=allow_private_targets
+    )
 
 
 store_option = click.option("--store", "store_url", metavar="URL", help=_STORE_HELP)
@@ -431,11 +441,23 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
         if not sep or not key:
             raise InvalidInputError(f"--param {pair!r}: expected KEY=VALUE")
         try:
-            # JSON when it parses (numbers, true, lists...), else the plain string.
-            params[key] = json.loads(raw)
+            # Strict JSON when it parses (numbers, true, lists...), else the plain string:
+            # NaN, Infinity and overflowing numbers are not JSON, so they stay text.
+            params[key] = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
         except ValueError:
             params[key] = raw
     return params
+
+
+def _not_json(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
 
 
 @cli.command()
@@ -654,7 +676,10 @@ def dev(schedules_file: str | None, port: int, source: str | None, store_url: st
 
     from firecron.dev import DevStack, default_source
 
-    doc = _read_schedule_file(schedules_file) if schedules_file else None
+    # The dev stack always allows private targets (its workers are on 127.0.0.1).
+    doc = (
+        _read_schedule_file(schedules_file, allow_private_targets=True) if schedules_file else None
+    )
     stack = DevStack(
         _settings(store_url),
         doc,

@@ -3,8 +3,10 @@
 Contract:
 - :func:`parse_duration` accepts one or more ``<integer><unit>`` groups with units
   ``ms``, ``s``, ``m``, ``h``, ``d`` (largest first is not required, but each unit
-  at most once), or a bare non-negative integer meaning seconds. Anything else
-  raises :class:`ValueError` naming the bad text.
+  at most once), or a non-negative :class:`~datetime.timedelta`. Anything else raises
+  :class:`ValueError` naming the bad text. A bare number (``10``, ``"10"``) is refused
+  with a hint (``write 10s``): it has no unit, and reading it as seconds would turn a
+  meant ``10m`` into ten seconds without a word.
 - :func:`format_duration` is its inverse on whole milliseconds:
   ``parse_duration(format_duration(d)) == d`` for every non-negative ``d`` that is
   a whole number of milliseconds.
@@ -26,25 +28,28 @@ _UNITS: dict[str, timedelta] = {
 }
 _GROUP = re.compile(r"(\d+)(ms|s|m|h|d)")
 _WHOLE = re.compile(r"^(?:\d+(?:ms|s|m|h|d))+$")
+_BARE = re.compile(r"^[0-9]+$")
 
 
 def parse_duration(value: object) -> timedelta:
-    """Parse ``value`` (a duration string, an int of seconds, or a timedelta)."""
+    """Parse ``value`` (a duration string or a timedelta); see the module contract."""
     if isinstance(value, timedelta):
         if value < timedelta(0):
             raise ValueError(f"duration must not be negative, got {value}")
         return value
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}: write it like 90s, 15m, 2h or 1d")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"duration must not be negative, got {value}")
-        return timedelta(seconds=value)
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"duration must not be negative, got {value}")
+    if isinstance(value, int) or (isinstance(value, str) and _BARE.match(value.strip())):
+        number = int(value)
+        raise ValueError(
+            f"invalid duration {value!r}: a bare number has no unit; "
+            f"write {number}s (or {number}m, {number}h, {number}d)"
+        )
     if not isinstance(value, str):
         raise ValueError(f"invalid duration {value!r}: write it like 90s, 15m, 2h or 1d")
     text = value.strip().lower()
-    if text.isdigit():
-        return timedelta(seconds=int(text))
     if not _WHOLE.match(text):
         raise ValueError(f"invalid duration {value!r}: write it like 90s, 15m, 2h or 1d")
     total = timedelta(0)

@@ -12,7 +12,9 @@ interpreted in the schedule's ``timezone``.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Self
@@ -24,11 +26,13 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic import JsonValue as _JsonValue
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from firecron.core.durations import format_duration, parse_duration
 from firecron.core.events import Route
@@ -47,6 +51,7 @@ __all__ = [
     "Target",
     "TargetAuth",
     "TriggerKind",
+    "check_strict_json",
 ]
 
 JsonValue = _JsonValue
@@ -59,7 +64,7 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str, when_used="json"),
 ]
-"""A duration field: accepts ``90s``/``15m``/``2h``/``1d`` (or int seconds), dumps as text in JSON."""
+"""A duration field: accepts ``90s``/``15m``/``2h``/``1d`` (a bare number is refused), dumps as text in JSON."""
 
 
 class _Frozen(BaseModel):
@@ -188,6 +193,51 @@ class MisfirePolicy(_Frozen):
         return {"policy": data} if isinstance(data, str) else data
 
 
+def _non_finite(
+    value: object, loc: tuple[int | str, ...]
+) -> Iterator[tuple[tuple[int | str, ...], float]]:
+    """Where ``value`` holds NaN or an infinity, which strict JSON cannot represent."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield loc, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, (*loc, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, (*loc, index))
+
+
+def check_strict_json(value: dict[str, JsonValue], title: str) -> dict[str, JsonValue]:
+    """Return ``value``, or raise a :class:`ValidationError` locating each NaN or infinity.
+
+    YAML's ``.nan``/``.inf`` (and a float literal too large, such as ``1.0e+999``) load
+    as non-finite floats; JSON has no such values, so a run could not carry them (they
+    would silently become ``null``). Each error's location is the path to the value
+    (``a[1]`` below the field), so the report names the param.
+    """
+    bad = list(_non_finite(value, ()))
+    if not bad:
+        return value
+    names = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+    raise ValidationError.from_exception_data(
+        title,
+        [
+            InitErrorDetails(
+                # 'value_error' keeps the report to the message (no "(got nan)" suffix).
+                type=PydanticCustomError(
+                    "value_error",
+                    "{value} is not JSON: params must be strict JSON (write a number, "
+                    "a string or null)",
+                    {"value": names[repr(number)]},
+                ),
+                loc=loc,
+                input=number,
+            )
+            for loc, number in bad
+        ],
+    )
+
+
 def _instant_field(value: Any, info: ValidationInfo) -> Any:
     """Parse ``at``/``start_at``/``end_at``: RFC 3339, or a naive wall time in the schedule's zone."""
     from firecron.core.triggers import parse_instant, validate_timezone
@@ -265,6 +315,11 @@ class ScheduleSpec(_Frozen):
         from firecron.core.triggers import validate_cron
 
         return None if value is None else validate_cron(value)
+
+    @field_validator("params")
+    @classmethod
+    def _check_params(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        return check_strict_json(value, "params")
 
     @field_validator("every")
     @classmethod

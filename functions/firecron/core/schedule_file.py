@@ -17,12 +17,17 @@ Contract of :func:`parse_schedule_file`:
 - YAML timestamps are *not* converted by the YAML loader: every time is parsed by
   firecron so that naive times are read in the schedule's ``timezone``.
 - Booleans are YAML 1.2's (``true``/``false``); ``on``, ``yes``, ``off`` stay strings.
+- Valid entries that can never work are errors too (:mod:`firecron.core.refusals`): a
+  target or webhook sink the SSRF guard always refuses, and an ``at`` that can no
+  longer fire. Those checks depend on ``now`` and on whether private targets are
+  allowed, which the caller passes in (the core reads no clock or environment).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import yaml
@@ -30,6 +35,7 @@ from pydantic import ValidationError
 
 from firecron.core.events import Notifications, resolve_routes
 from firecron.core.models import ScheduleSpec
+from firecron.core.refusals import unworkable, unworkable_sinks
 from firecron.errors import InvalidInputError
 
 __all__ = ["ScheduleFile", "ScheduleFileError", "format_validation_error", "parse_schedule_file"]
@@ -102,8 +108,21 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     return lines
 
 
-def parse_schedule_file(text: str, source: str = "<schedules>") -> ScheduleFile:
-    """Parse and validate a schedules document; raises :class:`ScheduleFileError`."""
+def parse_schedule_file(
+    text: str,
+    source: str = "<schedules>",
+    *,
+    now: datetime | None = None,
+    allow_private_targets: bool = True,
+) -> ScheduleFile:
+    """Parse and validate a schedules document; raises :class:`ScheduleFileError`.
+
+    ``now`` (aware) enables the checks that depend on the time, such as an ``at`` older
+    than its misfire grace; ``None`` skips them. ``allow_private_targets`` is the
+    deployment's ``FIRECRON_ALLOW_PRIVATE_TARGETS``: with ``False``, ``http``, loopback
+    and private targets are refused too; the metadata server and link-local addresses
+    are refused either way. The CLI passes both.
+    """
     try:
         doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as exc:
@@ -133,6 +152,12 @@ def parse_schedule_file(text: str, source: str = "<schedules>") -> ScheduleFile:
             for index, rule in enumerate(notifications.rules):
                 if rule.sink not in notifications.sinks:
                     errors.append(f"notifications.rules[{index}].sink: unknown sink {rule.sink!r}")
+            errors.extend(
+                f"notifications.{line}"
+                for line in unworkable_sinks(
+                    notifications, allow_private_targets=allow_private_targets
+                )
+            )
 
     specs: list[ScheduleSpec] = []
     seen: dict[str, int] = {}
@@ -154,6 +179,10 @@ def parse_schedule_file(text: str, source: str = "<schedules>") -> ScheduleFile:
             )
             continue
         seen[spec.id] = index
+        errors.extend(
+            f"{label}: {line}"
+            for line in unworkable(spec, now=now, allow_private_targets=allow_private_targets)
+        )
         specs.append(spec)
     if errors:
         raise ScheduleFileError(source, errors)

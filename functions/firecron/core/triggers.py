@@ -260,6 +260,32 @@ def _parse_cron(expr: str) -> _Cron:
     return _Cron(tuple(fields), tuple(values), seconds)
 
 
+# Days in each month, February counted in a leap year: a day that fits here occurs.
+_MONTH_DAYS: Final = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _check_fires(expr: str, parsed: _Cron) -> None:
+    """Raise :class:`ValueError` when ``parsed`` can never match a real date.
+
+    Vixie day semantics: when neither day field begins with ``*`` they are OR-ed (or
+    one of them covers every day), and every month has every weekday, so the
+    expression matches. Otherwise the day of month must match (together with the
+    weekday when both are restricted), so some selected day must fit some selected
+    month, February counted with 29 days. That suffices: over the 400-year Gregorian
+    cycle every existing (month, day) falls on each of the seven weekdays.
+    """
+    dom_text, month_text, dow_text = parsed.fields[-3:]
+    if not (dom_text.startswith("*") or dow_text.startswith("*")):
+        return
+    days, months = parsed.values[3], parsed.values[4]
+    if min(days) <= max(_MONTH_DAYS[month - 1] for month in months):
+        return
+    raise _cron_error(
+        expr,
+        f"it never fires: day of month {dom_text!r} does not occur in month {month_text!r}",
+    )
+
+
 def validate_cron(expr: str) -> str:
     """Validate a cron expression and return it normalized.
 
@@ -268,11 +294,13 @@ def validate_cron(expr: str) -> str:
     weekday 7 for Sunday), in 5 fields or 6 with seconds first, and the macros in
     :data:`MACROS`. Rejected, with :class:`ValueError`: other field counts (including the
     7-field year form), out-of-range values, reversed ranges, zero or oversized steps,
-    and croniter extensions (``H``, ``L``, ``W``, ``#``, ``?``).
+    croniter extensions (``H``, ``L``, ``W``, ``#``, ``?``), and expressions that never
+    fire (``0 0 30 2 *``: no selected day of month occurs in a selected month).
 
     Normalization collapses whitespace and lower-cases macros; nothing else changes.
     """
     parsed = _parse_cron(expr)
+    _check_fires(expr, parsed)
     text = expr.strip()
     if text.startswith("@"):
         return text.lower()
