@@ -664,12 +664,8 @@ def run_cmd(run_id: str, store_url: str | None, as_json: bool) -> None:
 def dev(schedules_file: str | None, port: int, source: str | None, store_url: str | None) -> None:
     """Run the local stack: SQLite store, every worker of main.py, a dispatcher ticking every second.
 
-    Workers are served by functions-framework at http://127.0.0.1:PORT/<name>, and
-    served again when the source file changes. Every dispatch is signed, and the
-    workers refuse unsigned requests: the secret is $FIRECRON_SIGNING_SECRET, or else
-    one made on the first start beside a SQLite store (DB.signing-secret, mode 0600),
-    which `firecron trigger` also uses. A live view shows upcoming fire times and
-    recent runs (when piped: one line per run that changes after the start).
+    Workers are served by functions-framework at http://127.0.0.1:PORT/<name>. A live
+    view shows upcoming fire times and recent runs (plain log lines when piped).
     Ctrl-C stops it; runs in flight are recovered by the watchdog on the next start.
 
     \b
