@@ -32,11 +32,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
+
+from _poll import TIMEOUT, poll
 
 __all__ = ["Sink", "SinkRequest", "closed_port", "serve", "serve_process"]
 
@@ -74,23 +75,24 @@ class Sink:
         """Base URL, without a trailing slash: ``http://127.0.0.1:PORT``."""
         return f"http://127.0.0.1:{self.port}"
 
-    def wait_for(self, n: int, timeout: float = 10.0) -> bool:
-        """Block until at least ``n`` requests were received; False on timeout."""
-        deadline = time.monotonic() + timeout
-        while self.received < n:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
+    def wait_for(self, n: int, timeout: float = TIMEOUT) -> None:
+        """Block until at least ``n`` requests were received (AssertionError on timeout).
 
-    def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Block until no request is open any more (clients closed); False on timeout."""
-        deadline = time.monotonic() + timeout
-        while self.open_now:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
+        Blocking is fine from an async test: the sink serves from its own thread.
+        """
+        poll(lambda: self.received, lambda got: got >= n, timeout=timeout, what=self._what(n))
+
+    def wait_idle(self, timeout: float = TIMEOUT) -> None:
+        """Block until no request is open any more (AssertionError on timeout)."""
+        poll(
+            lambda: self.open_now,
+            lambda open_now: open_now == 0,
+            timeout=timeout,
+            what=f"no open request at the sink {self.url}",
+        )
+
+    def _what(self, n: int) -> str:
+        return f"{n} request(s) at the sink {self.url} (value: requests received)"
 
 
 class _Connection(asyncio.Protocol):

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from _poll import apoll
 from _sinks import serve
 from firecron.core.lifecycle import SendOutcome
 from firecron.transport import guard
@@ -142,7 +143,7 @@ async def test_the_transport_streams_and_closes_at_the_headers() -> None:
             client.stream("POST", sink.url, content=b"x") as response,
         ):
             assert response.status_code == 202
-        assert sink.wait_idle(10)  # closing the response closed the connection
+        sink.wait_idle()  # closing the response closed the connection
 
 
 async def test_the_transport_reads_chunked_and_until_close_bodies() -> None:
@@ -364,7 +365,7 @@ async def test_the_socket_is_closed_when_send_returns() -> None:
         for _ in range(3):
             result = await sender().send(dispatch(sink.url))
             assert result.outcome is SendOutcome.acknowledged
-            assert sink.wait_idle(10)
+            sink.wait_idle()
 
 
 async def test_a_cancelled_send_frees_its_slots() -> None:
@@ -372,7 +373,7 @@ async def test_a_cancelled_send_frees_its_slots() -> None:
     with serve(hold=True) as sink:
         task = asyncio.ensure_future(s.send(dispatch(sink.url)))
         waiting = asyncio.ensure_future(s.send(dispatch(sink.url)))
-        assert await asyncio.to_thread(sink.wait_for, 1)
+        await apoll(lambda: sink.received, lambda n: n >= 1, what="the first request at the sink")
         waiting.cancel()
         task.cancel()
         for t in (task, waiting):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,13 +15,14 @@ from typing import Any
 
 import pytest
 
+from _poll import wait_run
 from _sinks import Sink, serve
 from _workers import serve_workers, worker_env
 from firecron import admin
-from firecron.core.events import EventType, Notifications, resolve_routes
+from firecron.core.events import DeliveryState, EventType, Notifications, resolve_routes
 from firecron.core.runs import Run, RunState
 from firecron.core.schedule_file import parse_schedule_file
-from firecron.dispatch import Dispatcher
+from firecron.dispatch import Dispatcher, TickSummary
 from firecron.settings import Settings
 from firecron.store import Store, open_store
 from firecron.transport.signing import verify_webhook
@@ -56,18 +56,23 @@ def events_at(sink: Sink) -> list[dict[str, Any]]:
     return [json.loads(r.body) for r in sink.requests]
 
 
-async def wait_run(store: Store, run_id: str, done: Any, timeout: float = 30) -> Run:
-    deadline = time.monotonic() + timeout
-    while True:
-        run = await store.get_run(run_id)
-        if run is not None and done(run):
-            return run
-        assert time.monotonic() < deadline, f"run {run_id} stuck in {run.state if run else None}"
-        await asyncio.sleep(0.1)
+def delivered(run: Run) -> bool:
+    """Every routed delivery of every event of ``run`` was acknowledged and recorded."""
+    return all(d.state is DeliveryState.delivered for e in run.events for d in e.deliveries)
 
 
-def wait_requests(sink: Sink, n: int, timeout: float = 20) -> None:
-    assert sink.wait_for(n, timeout), f"sink got {sink.received} requests, expected {n}"
+def routed(run: Run) -> list[tuple[str, str]]:
+    """``(event type, sink)`` of every delivery recorded on ``run``."""
+    return [(e.type.value, d.sink) for e in run.events for d in e.deliveries]
+
+
+async def tick(store: Store, at: datetime) -> TickSummary:
+    """One tick at ``at`` (claims, fires, then the watchdog pass) by a fresh dispatcher."""
+    d = Dispatcher(store, settings(store_url(store)))
+    try:
+        return await d.tick(at)
+    finally:
+        await d.aclose()
 
 
 async def test_failed_worker_notifies_a_webhook_in_cloudevents_and_slack(store: Store) -> None:
@@ -100,15 +105,20 @@ schedules:
 """,
             now,
         )
-        d = Dispatcher(store, settings(store_url(store)))
-        try:
-            await d.tick(now)
-        finally:
-            await d.aclose()
+        await tick(store, now)
         [run] = await store.list_runs()
-        failed = await wait_run(store, run.id, lambda r: r.state is RunState.failed)
-        wait_requests(ce_sink, 1)
-        wait_requests(slack_sink, 1)
+        # Wait while the worker lives: it records the deliveries after the sinks answered,
+        # and leaving the block kills it.
+        failed = await wait_run(
+            store,
+            run.id,
+            lambda r: r.state is RunState.failed and bool(routed(r)) and delivered(r),
+        )
+        assert routed(failed) == [("run.failed", "hook"), ("run.failed", "chat")]
+        assert failed.watch_at is None
+        # Both deliveries are recorded, so a later watchdog pass has nothing to send.
+        later = await tick(store, now + timedelta(minutes=30))
+        assert (later.watched, later.fired) == (0, 0)
         [ce_req] = ce_sink.requests
         [slack_req] = slack_sink.requests
     body = json.loads(ce_req.body)
@@ -126,18 +136,6 @@ schedules:
     assert "failed" in text
     assert "RuntimeError: disk full" in text
     assert f"firecron run {run.id}" in text
-    # Both deliveries are recorded, so the watchdog has nothing left to send.
-    recorded = (
-        failed
-        if failed.events
-        and all(d.state.value == "delivered" for e in failed.events for d in e.deliveries)
-        else await wait_run(
-            store,
-            run.id,
-            lambda r: all(d.state.value == "delivered" for e in r.events for d in e.deliveries),
-        )
-    )
-    assert recorded.watch_at is None
 
 
 async def test_sla_breach_is_notified_exactly_once(store: Store) -> None:
@@ -172,11 +170,13 @@ schedules:
                 await asyncio.gather(
                     d.tick(breach + timedelta(milliseconds=100 * i)), d.tick(breach)
                 )
-            await wait_run(store, run.id, lambda r: r.is_terminal)
+            done = await wait_run(store, run.id, lambda r: r.is_terminal and delivered(r))
+            assert routed(done) == [("run.sla_breached", "hook")]
+            # Nothing is left for the watchdog: one more pass sends nothing.
+            later = await d.tick(breach + timedelta(minutes=30))
+            assert (later.watched, later.fired) == (0, 0)
         finally:
             await d.aclose()
-        wait_requests(sink, 1)
-        time.sleep(0.5)
         assert [e["type"] for e in events_at(sink)] == ["dev.firecron.run.sla_breached"]
 
 
@@ -220,9 +220,10 @@ schedules:
             sink.status = 200  # the sink is back
             assert delivery.next_at is not None
             await d.tick(delivery.next_at)
-            await d.tick(
-                delivery.next_at + timedelta(minutes=30)
-            )  # and later ticks send nothing more
+            assert sink.received == 2
+            # Recorded as delivered, so a later watchdog pass sends nothing more.
+            later = await d.tick(delivery.next_at + timedelta(minutes=30))
+            assert (later.watched, later.fired) == (0, 0)
         finally:
             await d.aclose()
         assert sink.received == 2
@@ -290,15 +291,20 @@ schedules:
 """,
             now,
         )
-        d = Dispatcher(store, settings(store_url(store)))
-        try:
-            await d.tick(now)
-        finally:
-            await d.aclose()
-        for run in await store.list_runs():
-            await wait_run(store, run.id, lambda r: r.is_terminal)
-        wait_requests(sink, 1)
-        time.sleep(0.5)
+        await tick(store, now)
+        runs = await store.list_runs()
+        done = {
+            run.schedule_id: await wait_run(store, run.id, lambda r: r.is_terminal and delivered(r))
+            for run in runs
+        }
+        # Only the matching run has a delivery to the sink; the others have none to send.
+        assert {k: routed(r) for k, r in done.items()} == {
+            "data-fails": [("run.failed", "ops")],
+            "web-fails": [],
+            "data-succeeds": [],
+        }
+        later = await tick(store, now + timedelta(minutes=30))
+        assert (later.watched, later.fired) == (0, 0)
         received = events_at(sink)
     assert [(e["type"], e["data"]["schedule_id"]) for e in received] == [
         ("dev.firecron.run.failed", "data-fails")
