@@ -164,10 +164,14 @@ def test_a_running_stack_serves_a_worker_added_to_its_source(tmp_path: Path) -> 
 
         # A broken edit keeps the previous workers serving, and says where it broke.
         good = source.read_text()
+        seen = len(dev.output())  # a half-written append may have failed a reload already
         source.write_text(good + "\ndef broken(:\n")
-        poll(lambda: "reload failed" in dev.output(), what="the broken edit was reported", dev=dev)
-        broken_at = len(good.splitlines()) + 2
-        assert f"main.py:{broken_at}: SyntaxError" in dev.output()
+        report = poll(
+            lambda: dev.output()[seen:] if "reload failed" in dev.output()[seen:] else "",
+            what="the broken edit was reported",
+            dev=dev,
+        )
+        assert f"main.py:{len(good.splitlines()) + 2}: SyntaxError" in report
         before = {r["id"] for r in runs(tmp_path, "count-words")}
         poll(
             lambda: [
