@@ -48,6 +48,13 @@ def assert_user_error(proc: subprocess.CompletedProcess[str], fragment: str) -> 
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+def list_json(store_url: str) -> list[dict]:
+    """The schedules of ``firecron list --json`` (one page: these tests store a few)."""
+    listed = json.loads(run("list", "--json", "--store", store_url).stdout)
+    assert listed["next_after"] is None
+    return listed["schedules"]
+
+
 @pytest.fixture
 def store_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store' / 'firecron.db'}"
@@ -166,15 +173,15 @@ def test_apply_plan_lines_idempotence_and_prune(
     proc = run("apply", str(good_file), "--dry-run", "--store", store_url)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[:2] == ["+ hello", "+ nightly"]
-    assert json.loads(run("list", "--json", "--store", store_url).stdout) == []
+    assert list_json(store_url) == []
 
     assert run("apply", str(good_file), "--store", store_url).returncode == 0
-    before = {s["id"]: s for s in json.loads(run("list", "--json", "--store", store_url).stdout)}
+    before = {s["id"]: s for s in list_json(store_url)}
     assert set(before) == {"hello", "nightly"}
 
     proc = run("apply", str(good_file), "--store", store_url)
     assert proc.stdout.splitlines()[:2] == ["= hello", "= nightly"]
-    after = {s["id"]: s for s in json.loads(run("list", "--json", "--store", store_url).stdout)}
+    after = {s["id"]: s for s in list_json(store_url)}
     assert after == before  # next fire times and counters kept
 
     changed = tmp_path / "changed.yaml"
@@ -184,9 +191,7 @@ def test_apply_plan_lines_idempotence_and_prune(
     assert "- nightly" not in proc.stdout
     proc = run("apply", str(changed), "--prune", "--store", store_url)
     assert "- nightly" in proc.stdout.splitlines()
-    assert [s["id"] for s in json.loads(run("list", "--json", "--store", store_url).stdout)] == [
-        "hello"
-    ]
+    assert [s["id"] for s in list_json(store_url)] == ["hello"]
 
 
 def test_apply_writes_nothing_when_any_entry_is_invalid(
@@ -270,7 +275,7 @@ def test_pause_resume_delete(good_file: Path, store_url: str) -> None:
     assert json.loads(proc.stdout)["next_fire_at"] is None
     # Re-applying the file keeps the pause.
     run("apply", str(good_file), "--store", store_url)
-    listed = {s["id"]: s for s in json.loads(run("list", "--json", "--store", store_url).stdout)}
+    listed = {s["id"]: s for s in list_json(store_url)}
     assert listed["hello"]["status"] == "paused"
     resumed = json.loads(run("resume", "hello", "--json", "--store", store_url).stdout)
     assert resumed["status"] == "active"
@@ -282,10 +287,14 @@ def test_pause_resume_delete(good_file: Path, store_url: str) -> None:
 
 def test_apply_json(good_file: Path, store_url: str) -> None:
     proc = run("apply", str(good_file), "--json", "--store", store_url)
-    assert json.loads(proc.stdout) == [
-        {"action": "create", "id": "hello", "changed": []},
-        {"action": "create", "id": "nightly", "changed": []},
-    ]
+    assert json.loads(proc.stdout) == {
+        "created": ["hello", "nightly"],
+        "updated": [],
+        "unchanged": [],
+        "deleted": [],
+        "changed_fields": {},
+        "dry_run": False,
+    }
 
 
 def test_shell_completion_uses_clicks_mechanism() -> None:

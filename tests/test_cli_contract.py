@@ -176,9 +176,8 @@ def test_the_default_store_is_not_created_by_a_read_only_command(tmp_path: Path)
 def test_read_only_commands_work_on_an_existing_store(tmp_path: Path) -> None:
     store = apply(tmp_path, url_schedule("https://example.com/hook"))
     assert json.loads(firecron("runs", "--json", "--store", store).stdout) == []
-    assert [s["id"] for s in json.loads(firecron("list", "--json", "--store", store).stdout)] == [
-        "hook"
-    ]
+    listed = json.loads(firecron("list", "--json", "--store", store).stdout)
+    assert [s["id"] for s in listed["schedules"]] == ["hook"]
 
 
 # -- show and run ------------------------------------------------------------------------

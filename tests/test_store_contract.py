@@ -19,7 +19,7 @@ from firecron.core.events import Delivery, Event, EventType, PubSubSink, Route
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Attempt, Run, RunState, RunTrigger, scheduled_run_id
 from firecron.errors import ConflictError, InvalidInputError
-from firecron.store.base import Store
+from firecron.store.base import ScheduleWrite, Store
 
 US = timedelta(microseconds=1)
 
@@ -136,6 +136,115 @@ async def test_list_schedules_ordered_by_id(store: Store) -> None:
 
 async def test_list_schedules_empty(store: Store) -> None:
     assert await store.list_schedules() == []
+
+
+async def test_list_schedules_pages_by_id(store: Store) -> None:
+    ids = [f"s{i:02d}" for i in range(7)]
+    for schedule_id in reversed(ids):
+        await put(store, schedule_id)
+    assert [s.id for s in await store.list_schedules(limit=3)] == ids[:3]
+    assert [s.id for s in await store.list_schedules(after="s02", limit=3)] == ids[3:6]
+    assert [s.id for s in await store.list_schedules(after="s05", limit=3)] == ids[6:]
+    assert await store.list_schedules(after="s06", limit=3) == []
+    # ``after`` need not exist; no limit means the rest.
+    assert [s.id for s in await store.list_schedules(after="s025")] == ids[3:]
+    assert [s.id for s in await store.list_schedules(after="a")] == ids
+    assert await store.list_schedules(limit=0) == []
+    page = await store.list_schedules(after="s03", limit=1)
+    assert page == [await store.get_schedule("s04")]
+
+
+async def test_list_schedules_page_reads_only_its_documents(store: Store) -> None:
+    for i in range(30):
+        await put(store, f"s{i:02d}")
+    store.stats.reset()
+    await store.list_schedules(after="s10", limit=5)
+    assert (store.stats.reads, store.stats.queries) == (5, 1)
+
+
+async def test_write_schedules_creates_replaces_and_deletes(store: Store) -> None:
+    old = await put(store, "old", description="before")
+    doomed = await put(store, "doomed")
+    changed = make_spec("old", description="after")
+    results = await store.write_schedules(
+        [
+            ScheduleWrite(make_spec("new"), make_state(T0 + MINUTE), None),
+            ScheduleWrite(changed, old.state, old.version),
+        ],
+        deletes=[doomed.id, "never-existed"],
+    )
+    assert [r.id for r in results if r is not None] == ["new", "old"]
+    assert results == [await store.get_schedule("new"), await store.get_schedule("old")]
+    assert results[1] is not None
+    assert results[1].spec == changed
+    assert results[1].version != old.version
+    assert await store.get_schedule("doomed") is None
+    # The versions returned are the store's: the next compare-and-set accepts them.
+    again = await store.put_schedule(changed, old.state, expect_version=results[1].version)
+    assert again.version != results[1].version
+    # A created schedule's version is valid for a claim too.
+    assert results[0] is not None
+    state, run = advance(results[0])
+    claimed = await store.claim(results[0], state, [run])
+    assert claimed is not None
+    assert [r.id for r in claimed] == [run.id]
+
+
+async def test_write_schedules_skips_failed_conditions(store: Store) -> None:
+    taken = await put(store, "taken", description="first")
+    stale = await put(store, "stale")
+    fresh = await store.put_schedule(
+        stale.spec, stale.state, expect_version=stale.version
+    )  # ``stale.version`` is now out of date
+    writes = [
+        ScheduleWrite(make_spec("taken", description="second"), make_state(None), None),
+        ScheduleWrite(make_spec("stale", description="lost"), stale.state, stale.version),
+        ScheduleWrite(make_spec("ghost"), stale.state, stale.version),
+        ScheduleWrite(make_spec("other"), make_state(None), None),
+    ]
+    results = await store.write_schedules(writes)
+    assert results[:3] == [None, None, None]
+    assert await store.get_schedule("taken") == taken
+    assert await store.get_schedule("stale") == fresh
+    assert await store.get_schedule("ghost") is None
+    # A write whose condition held is applied, or (a backend writing atomic batches)
+    # voided with its batch; never half written.
+    assert results[3] == await store.get_schedule("other")
+
+
+async def test_write_schedules_many_batches(store: Store) -> None:
+    # More than two of Firestore's 500-write batches, with deletes of most of them after.
+    n = 1_100
+    writes = [ScheduleWrite(make_spec(f"s{i:04d}"), make_state(T0), None) for i in range(n)]
+    results = await store.write_schedules(writes)
+    assert all(r is not None for r in results)
+    listed = await store.list_schedules()
+    assert [s.id for s in listed] == [f"s{i:04d}" for i in range(n)]
+    assert listed == results
+    assert store.stats.writes >= n
+    results = await store.write_schedules(
+        [ScheduleWrite(make_spec("s0000", description="x"), make_state(None), listed[0].version)],
+        deletes=[s.id for s in listed[1:]],
+    )
+    assert results[0] is not None
+    assert await store.list_schedules() == results
+
+
+async def test_write_schedules_refuses_an_id_twice(store: Store) -> None:
+    await put(store, "alpha")
+    for writes, deletes in [
+        ([ScheduleWrite(make_spec("beta"), make_state(None), None)] * 2, []),
+        ([ScheduleWrite(make_spec("beta"), make_state(None), None)], ["beta"]),
+        ([], ["alpha", "alpha"]),
+    ]:
+        with pytest.raises(InvalidInputError, match="appears twice"):
+            await store.write_schedules(writes, deletes)
+    assert [s.id for s in await store.list_schedules()] == ["alpha"]
+
+
+async def test_write_schedules_with_nothing_to_do(store: Store) -> None:
+    assert await store.write_schedules([]) == []
+    assert await store.write_schedules([], deletes=["missing"]) == []
 
 
 async def test_delete_schedule(store: Store) -> None:

@@ -391,7 +391,7 @@ def test_validate_and_apply_exit_2_with_one_line_and_write_nothing(
     assert (code, out, len(err)) == (2, [], 1)
     code, out, _ = _firecron(capsys, "list", "--json", "--store", store)
     assert code == 0
-    assert [s["id"] for s in json.loads("\n".join(out))] == ["kept"]
+    assert [s["id"] for s in json.loads("\n".join(out))["schedules"]] == ["kept"]
 
 
 def test_validate_reads_allow_private_targets_from_the_environment(

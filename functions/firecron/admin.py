@@ -3,6 +3,10 @@
 Every write is a compare-and-set against the version read, so management commands
 race safely with dispatchers claiming the same schedules: on a lost race the
 operation re-reads and recomputes (a bounded number of times).
+
+``apply`` reads the stored schedules once, plans every change in memory, then writes
+them with one :meth:`Store.write_schedules` call (one transaction on SQLite, batches of
+500 on Firestore); only the writes that lost a race take the per-schedule path.
 """
 
 from __future__ import annotations
@@ -14,19 +18,33 @@ from enum import StrEnum
 
 from firecron.core import planning
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
-from firecron.errors import ConflictError, NotFoundError, StoreError
-from firecron.store.base import Store
+from firecron.errors import ConflictError, InvalidInputError, NotFoundError, StoreError
+from firecron.store.base import ScheduleWrite, Store
 
-__all__ = ["ApplyAction", "ApplyLine", "apply_schedules", "delete", "pause", "resume"]
+__all__ = [
+    "ApplyAction",
+    "ApplyLine",
+    "Progress",
+    "PruneRefused",
+    "apply_schedules",
+    "delete",
+    "pause",
+    "resume",
+]
 
 _CAS_TRIES = 5
+_PROGRESS_EVERY = 1_000
+"""Planned schedules between two progress reports."""
+
+Progress = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``: ``phase`` is ``"plan"`` or ``"write"``."""
 
 
 class ApplyAction(StrEnum):
     """What ``apply`` does to one schedule, with its plan-line symbol."""
 
     create = "+"
-    change = "~"
+    update = "~"
     unchanged = "="
     delete = "-"
 
@@ -40,13 +58,41 @@ class ApplyLine:
     changed_fields: tuple[str, ...] = ()
 
 
+class PruneRefused(InvalidInputError):
+    """``--prune`` would delete every stored schedule, or more than half of them."""
+
+    def __init__(self, deleting: int, stored: int) -> None:
+        self.deleting = deleting
+        self.stored = stored
+        super().__init__(
+            f"apply: --prune would delete {deleting} of {stored} stored schedules;"
+            " pass --yes to confirm"
+        )
+
+
+def prune_needs_confirmation(deleting: int, stored: int) -> bool:
+    """Whether a prune deleting ``deleting`` of ``stored`` schedules must be confirmed.
+
+    It must when it deletes every schedule (there being at least one) or more than
+    half of them: an empty or truncated file would otherwise wipe the store.
+    """
+    return deleting > 0 and (deleting == stored or 2 * deleting > stored)
+
+
 def _diff(old: ScheduleSpec, new: ScheduleSpec) -> tuple[str, ...]:
     a, b = old.model_dump(), new.model_dump()
     return tuple(k for k in b if a.get(k) != b.get(k))
 
 
 async def apply_schedules(
-    store: Store, specs: Sequence[ScheduleSpec], now: datetime, *, prune: bool, dry_run: bool
+    store: Store,
+    specs: Sequence[ScheduleSpec],
+    now: datetime,
+    *,
+    prune: bool,
+    dry_run: bool,
+    confirmed: bool = False,
+    progress: Progress | None = None,
 ) -> list[ApplyLine]:
     """Make the store match ``specs``; returns the plan (also when ``dry_run``, which writes nothing).
 
@@ -54,40 +100,65 @@ async def apply_schedules(
     counters. A changed definition keeps counters and pause; its next fire time is
     recomputed only if a field deciding *when* it fires changed. ``prune`` deletes
     stored schedules absent from ``specs`` (their run history is kept).
+
+    Unless ``confirmed`` or ``dry_run``, a prune that
+    :func:`prune_needs_confirmation` raises :class:`PruneRefused` and writes nothing.
+    ``progress`` is called as planning and writing advance (see :data:`Progress`).
     """
     existing = {s.id: s for s in await store.list_schedules()}
     lines: list[ApplyLine] = []
-    for spec in specs:
+    writes: list[ScheduleWrite] = []
+    total = len(specs)
+    for done, spec in enumerate(specs, 1):
         old = existing.get(spec.id)
         if old is None:
             lines.append(ApplyLine(ApplyAction.create, spec.id))
+            if not dry_run:
+                writes.append(ScheduleWrite(spec, planning.initial_state(spec, now), None))
         elif old.spec == spec:
             lines.append(ApplyLine(ApplyAction.unchanged, spec.id))
         else:
-            lines.append(ApplyLine(ApplyAction.change, spec.id, _diff(old.spec, spec)))
+            lines.append(ApplyLine(ApplyAction.update, spec.id, _diff(old.spec, spec)))
+            if not dry_run:
+                state = planning.replan(spec, old.spec, old.state, now)
+                writes.append(ScheduleWrite(spec, state, old.version))
+        if progress is not None and (done % _PROGRESS_EVERY == 0 or done == total):
+            progress("plan", done, total)
+    deletes: list[str] = []
     if prune:
         wanted = {s.id for s in specs}
-        lines += [ApplyLine(ApplyAction.delete, i) for i in sorted(existing) if i not in wanted]
-    if dry_run:
+        deletes = [i for i in sorted(existing) if i not in wanted]
+        lines += [ApplyLine(ApplyAction.delete, i) for i in deletes]
+        if not dry_run and not confirmed and prune_needs_confirmation(len(deletes), len(existing)):
+            raise PruneRefused(len(deletes), len(existing))
+    if dry_run or not (writes or deletes):
         return lines
 
-    by_id = {s.id: s for s in specs}
-    for line in lines:
-        if line.action is ApplyAction.create:
-            spec = by_id[line.schedule_id]
-            try:
-                await store.put_schedule(
-                    spec, planning.initial_state(spec, now), expect_version=None
-                )
-            except ConflictError:
-                # Created concurrently by another apply: converge like a change.
-                await _update(store, spec.id, _changed(spec, now))
-        elif line.action is ApplyAction.change:
-            spec = by_id[line.schedule_id]
-            await _update(store, spec.id, _changed(spec, now))
-        elif line.action is ApplyAction.delete:
-            await store.delete_schedule(line.schedule_id)
+    if progress is not None:
+        progress("write", 0, len(writes) + len(deletes))
+    results = await store.write_schedules(writes, deletes)
+    # The writes that lost a race with a dispatcher (or another apply) converge one by
+    # one: re-read, recompute, compare-and-set.
+    for write, result in zip(writes, results, strict=True):
+        if result is None:
+            await _converge(store, write.spec, now)
+    if progress is not None:
+        progress("write", len(writes) + len(deletes), len(writes) + len(deletes))
     return lines
+
+
+async def _converge(store: Store, spec: ScheduleSpec, now: datetime) -> None:
+    """Write ``spec`` whatever happened since the plan: create it, or update what is there."""
+    for _ in range(_CAS_TRIES):
+        if await store.get_schedule(spec.id) is not None:
+            await _update(store, spec.id, _changed(spec, now))
+            return
+        try:
+            await store.put_schedule(spec, planning.initial_state(spec, now), expect_version=None)
+            return
+        except ConflictError:
+            continue  # created concurrently: update it
+    raise StoreError(f"schedule {spec.id!r} kept changing; try again")
 
 
 def _changed(

@@ -8,10 +8,12 @@ Shell completion uses click's mechanism, e.g. ``eval "$(_FIRECRON_COMPLETE=bash_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +25,7 @@ from firecron._output import console, emit_json, err_console, jsonable, rfc3339,
 from firecron.core import planning
 from firecron.core.durations import format_duration as fd
 from firecron.core.events import Event, EventType, cloudevent
-from firecron.core.models import StoredSchedule
+from firecron.core.models import SCHEDULE_ID_PATTERN, StoredSchedule
 from firecron.core.runs import Run, RunState
 from firecron.core.schedule_file import ScheduleFileError, parse_schedule_file
 from firecron.core.triggers import parse_instant, parse_spec, validate_timezone
@@ -168,43 +170,114 @@ def validate(file: str) -> None:
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--prune", is_flag=True, help="Delete stored schedules that the file does not list.")
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Confirm a --prune that deletes every stored schedule or more than half of them.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
 @store_option
 @json_option
-def apply(file: str, prune: bool, dry_run: bool, store_url: str | None, as_json: bool) -> None:
+def apply(
+    file: str, prune: bool, yes: bool, dry_run: bool, store_url: str | None, as_json: bool
+) -> None:
     """Make the store match a schedules file, printing a plan line per schedule.
 
-    + created, ~ changed, = unchanged, - deleted (only with --prune). Nothing is
-    written when any entry is invalid. Re-applying an unchanged file changes nothing
-    and keeps next fire times and counters.
+    + created, ~ updated, = unchanged, - deleted (only with --prune), then a summary
+    line; --json prints the four lists instead. Nothing is written when any entry is
+    invalid. Re-applying an unchanged file changes nothing and keeps next fire times
+    and counters. A --prune that would delete every stored schedule, or more than
+    half of them, is refused (exit 2) unless --yes is given. --dry-run prints the same
+    plan and writes nothing. On a terminal, a progress bar shows on stderr.
 
     \b
-    Example:
+    Examples:
       firecron apply schedules.yaml --dry-run
+      firecron apply schedules.yaml --prune
     """
     doc = _read_schedule_file(file)
-    lines = _with_store(
-        store_url,
-        lambda s: admin.apply_schedules(s, doc.schedules, _now(), prune=prune, dry_run=dry_run),
+    with _apply_progress() as progress:
+        lines = _with_store(
+            store_url,
+            lambda s: admin.apply_schedules(
+                s,
+                doc.schedules,
+                _now(),
+                prune=prune,
+                dry_run=dry_run,
+                confirmed=yes,
+                progress=progress,
+            ),
+        )
+    by_action: dict[admin.ApplyAction, list[admin.ApplyLine]] = {a: [] for a in admin.ApplyAction}
+    for line in lines:
+        by_action[line.action].append(line)
+    deleting = len(by_action[admin.ApplyAction.delete])
+    stored = deleting + sum(
+        len(by_action[a]) for a in (admin.ApplyAction.update, admin.ApplyAction.unchanged)
     )
+    if dry_run and not yes and admin.prune_needs_confirmation(deleting, stored):
+        click.echo(
+            f"note: --prune would delete {deleting} of {stored} stored schedules;"
+            " without --dry-run it needs --yes",
+            err=True,
+        )
     if as_json:
         emit_json(
-            [
-                {"action": ln.action.name, "id": ln.schedule_id, "changed": list(ln.changed_fields)}
-                for ln in lines
-            ]
+            {
+                "created": [ln.schedule_id for ln in by_action[admin.ApplyAction.create]],
+                "updated": [ln.schedule_id for ln in by_action[admin.ApplyAction.update]],
+                "unchanged": [ln.schedule_id for ln in by_action[admin.ApplyAction.unchanged]],
+                "deleted": [ln.schedule_id for ln in by_action[admin.ApplyAction.delete]],
+                "changed_fields": {
+                    ln.schedule_id: list(ln.changed_fields)
+                    for ln in by_action[admin.ApplyAction.update]
+                },
+                "dry_run": dry_run,
+            }
         )
         return
-    for line in lines:
-        extra = f"  ({', '.join(line.changed_fields)})" if line.changed_fields else ""
-        click.echo(f"{line.action.value} {line.schedule_id}{extra}")
-    counts = {a: sum(1 for ln in lines if ln.action is a) for a in admin.ApplyAction}
-    verb = "would be" if dry_run else "were"
-    click.echo(
-        f"{counts[admin.ApplyAction.create]} created, {counts[admin.ApplyAction.change]} changed, "
+    out = [
+        f"{ln.action.value} {ln.schedule_id}"
+        + (f"  ({', '.join(ln.changed_fields)})" if ln.changed_fields else "")
+        for ln in lines
+    ]
+    counts = {a: len(found) for a, found in by_action.items()}
+    out.append(
+        f"{counts[admin.ApplyAction.create]} created, {counts[admin.ApplyAction.update]} updated, "
         f"{counts[admin.ApplyAction.unchanged]} unchanged, {counts[admin.ApplyAction.delete]} "
-        f"deleted{' (dry run: nothing ' + verb + ' written)' if dry_run else ''}"
+        f"deleted{' (dry run: nothing written)' if dry_run else ''}"
     )
+    # One write: a plan of 100,000 lines echoed line by line took seconds.
+    sys.stdout.write("\n".join(out) + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _apply_progress() -> Iterator[admin.Progress | None]:
+    """A rich progress bar on stderr when it is a terminal; None (no output) otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err_console,
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+    names = {"plan": "planning", "write": "writing"}
+
+    def report(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(names.get(phase, phase), total=total)
+        bar.update(tasks[phase], completed=done, total=total)
+
+    with bar:
+        yield report
 
 
 def _trigger_text(s: StoredSchedule) -> str:
@@ -237,22 +310,42 @@ def _summary(s: StoredSchedule) -> dict[str, Any]:
 
 
 @cli.command("list")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    show_default=True,
+    help="Schedules per page.",
+)
+@click.option("--after", metavar="ID", help="Start after this id (ids are listed in order).")
 @store_option
 @json_option
-def list_cmd(store_url: str | None, as_json: bool) -> None:
-    """List schedules with their status and next fire time.
+def list_cmd(limit: int, after: str | None, store_url: str | None, as_json: bool) -> None:
+    """List schedules in id order, a page at a time, with status and next fire time.
+
+    When more schedules follow, a last line gives the --after value of the next page
+    (--json: "next_after", null on the last page).
 
     \b
-    Example:
+    Examples:
       firecron list --json
+      firecron list --limit 50 --after nightly-report
     """
-    schedules = _with_store(store_url, lambda s: s.list_schedules())
-    rows = [_summary(s) for s in schedules]
+    if after is not None and not re.match(SCHEDULE_ID_PATTERN, after):
+        raise InvalidInputError(f"--after: invalid schedule id {after!r}")
+    # One more than a page tells whether another page follows, without a count.
+    found = _with_store(store_url, lambda s: s.list_schedules(after=after, limit=limit + 1))
+    page = found[:limit]
+    next_after = page[-1].id if len(found) > limit else None
+    rows = [_summary(s) for s in page]
     if as_json:
-        emit_json(rows)
+        emit_json({"schedules": rows, "next_after": next_after})
         return
     if not rows:
-        console.print("no schedules (add some with: firecron apply schedules.yaml)")
+        if after is None:
+            console.print("no schedules (add some with: firecron apply schedules.yaml)")
+        else:
+            console.print(f"no schedules after {after}")
         return
     table(
         None,
@@ -270,6 +363,8 @@ def list_cmd(store_url: str | None, as_json: bool) -> None:
             for r in rows
         ],
     )
+    if next_after is not None:
+        console.print(f"more: firecron list --limit {limit} --after {next_after}")
 
 
 async def _get(store: Store, schedule_id: str) -> StoredSchedule:

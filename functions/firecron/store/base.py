@@ -29,8 +29,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState
+from firecron.errors import InvalidInputError
 
-__all__ = ["Store", "StoreStats"]
+__all__ = ["ScheduleWrite", "Store", "StoreStats", "check_distinct"]
 
 
 @dataclass
@@ -47,6 +48,16 @@ class StoreStats:
     def reset(self) -> None:
         """Zero all counters."""
         self.reads = self.writes = self.queries = 0
+
+
+@dataclass(frozen=True)
+class ScheduleWrite:
+    """One write of :meth:`Store.write_schedules`: what :meth:`Store.put_schedule` takes."""
+
+    spec: ScheduleSpec
+    state: ScheduleState
+    expect_version: str | None
+    """None creates (the id must not exist); else the version the schedule must still have."""
 
 
 @runtime_checkable
@@ -73,8 +84,42 @@ class Store(Protocol):
         """The schedule, or None. One read."""
         ...
 
-    async def list_schedules(self) -> list[StoredSchedule]:
-        """Every schedule, ordered by id."""
+    async def list_schedules(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> list[StoredSchedule]:
+        """Schedules ordered by id (ascending): those with an id greater than ``after``,
+        at most ``limit`` of them (``None``: every one; ``limit <= 0``: none).
+
+        A page costs its own documents only, whatever the schedule count: this is how
+        ``firecron list`` pages (``after`` = the last id of the previous page).
+        """
+        ...
+
+    async def write_schedules(
+        self, writes: Sequence[ScheduleWrite], deletes: Sequence[str] = ()
+    ) -> list[StoredSchedule | None]:
+        """Many :meth:`put_schedule` writes and unconditional deletes, as few round trips.
+
+        Returns, in the order of ``writes``, the stored schedule of each write applied
+        and None for each write not applied. A write whose condition fails (the id
+        exists for a create; the version differs, or the schedule is gone, for a
+        replace) is never applied and is None; it raises nothing, so the caller can
+        re-read and retry those alone. Deleting an id that does not exist is not an
+        error. Runs are kept, as with :meth:`delete_schedule`.
+
+        Atomicity differs by backend, and callers must allow for both:
+
+        - SQLite: everything applied is committed in ONE transaction, so a failure
+          (:class:`StoreError`) leaves the store as it was. Only failed conditions
+          make a write None.
+        - Firestore: writes, then deletes, are committed in atomic batches of at most
+          500. A write whose condition fails voids its whole batch: every write of it
+          is None and none of it is applied, while the other batches are applied. A
+          :class:`StoreError` may come after some batches were committed.
+
+        The same id twice in ``writes`` and ``deletes`` together is
+        :class:`InvalidInputError`, and nothing is written.
+        """
         ...
 
     async def delete_schedule(self, schedule_id: str, *, expect_version: str | None = None) -> bool:
@@ -169,3 +214,15 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release connections. The store is unusable afterwards."""
         ...
+
+
+def check_distinct(writes: Sequence[ScheduleWrite], deletes: Sequence[str]) -> None:
+    """Raise :class:`InvalidInputError` when an id appears twice in ``writes`` and ``deletes``.
+
+    The backends call it before writing anything (see :meth:`Store.write_schedules`).
+    """
+    seen: set[str] = set()
+    for schedule_id in (*(w.spec.id for w in writes), *deletes):
+        if schedule_id in seen:
+            raise InvalidInputError(f"write_schedules: schedule {schedule_id!r} appears twice")
+        seen.add(schedule_id)

@@ -70,7 +70,7 @@ from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState
 from firecron.errors import ConflictError, InvalidInputError, StoreError
 from firecron.store._codec import plain, run_from_json, to_json
-from firecron.store.base import StoreStats
+from firecron.store.base import ScheduleWrite, StoreStats, check_distinct
 
 __all__ = ["NAMESPACE_PATTERN", "OPAQUE_FIELDS", "REQUIRED_INDEXES", "FirestoreStore"]
 
@@ -112,6 +112,8 @@ _NAMESPACE = re.compile(NAMESPACE_PATTERN)
 _VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z$")
 _MAX_BATCH_WRITES: Final = 500
 _CAS_ATTEMPTS: Final = 20
+_PARALLEL_BATCHES: Final = 4
+"""Batches of write_schedules in flight at once."""
 _DEFAULT_TIMEOUT: Final = 30.0
 
 # The raw protobuf class behind the client's proto-plus ``Write`` (see _write_pb).
@@ -463,10 +465,104 @@ class FirestoreStore:
         self.stats.reads += 1
         return self._stored(snapshot)
 
-    async def list_schedules(self) -> list[StoredSchedule]:
-        """See :meth:`Store.list_schedules`. One query over the whole collection."""
-        query = self._schedules().order_by("__name__")
+    async def list_schedules(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> list[StoredSchedule]:
+        """See :meth:`Store.list_schedules`. One query ordered by document id.
+
+        ``after`` must be a valid document id (else :class:`InvalidInputError`); it
+        need not exist.
+        """
+        if limit is not None and limit <= 0:
+            return []
+        collection = self._schedules()
+        query = collection.order_by("__name__")
+        if after is not None:
+            if not _valid_doc_id(after):
+                raise InvalidInputError(f"invalid schedule id {after!r}")
+            query = query.start_after({"__name__": collection.document(after)})
+        if limit is not None:
+            query = query.limit(limit)
         return [self._stored(s) for s in await self._stream("list_schedules", query)]
+
+    async def write_schedules(
+        self, writes: Sequence[ScheduleWrite], deletes: Sequence[str] = ()
+    ) -> list[StoredSchedule | None]:
+        """See :meth:`Store.write_schedules`. Batches of at most 500, a few in flight.
+
+        Every write is built first (raw protobufs, as a claim's), then the batches of
+        writes are committed, then those of deletes. A create is a write with an
+        ``exists: false`` precondition, a replace one with the ``last_update_time`` of
+        ``expect_version``; either failing voids its batch (None for each write of it).
+        """
+        check_distinct(writes, deletes)
+        built: list[Any] = []
+        for w in writes:
+            if w.expect_version is not None and not _issued_version(w.expect_version):
+                built.append(None)  # not a version this backend issued: it cannot match
+                continue
+            fields: dict[str, str | datetime | None] = {
+                "spec": to_json(w.spec),
+                "state": to_json(w.state),
+                "next_fire_at": w.state.next_fire_at,
+            }
+            path = self._path("schedules", w.spec.id)
+            with self._translate("write_schedules"):
+                if w.expect_version is None:
+                    write = _write_pb(path, fields, update=False)
+                    # As put_schedule's create: the document starts with revision 1.
+                    transform = write_types.Write.pb(write).update_transforms.add()
+                    transform.field_path = "revision"
+                    transform.increment.integer_value = 1
+                else:
+                    write = _write_pb(path, fields, update=True, last_update=w.expect_version)
+            built.append(write)
+        results: list[StoredSchedule | None] = [None] * len(writes)
+        slots = asyncio.Semaphore(_PARALLEL_BATCHES)
+
+        async def commit_writes(start: int) -> None:
+            chunk = [
+                (i, built[i])
+                for i in range(start, min(start + _MAX_BATCH_WRITES, len(writes)))
+                if built[i] is not None
+            ]
+            if not chunk:
+                return
+            async with slots:
+                with self._translate("write_schedules"):
+                    try:
+                        done = await self._commit([write for _, write in chunk])
+                    except (*_LOST_RACE, api_exceptions.NotFound):
+                        return  # a condition failed: nothing of this batch was applied
+            self.stats.writes += len(chunk)
+            for (i, _), result in zip(chunk, done, strict=True):
+                w = writes[i]
+                results[i] = StoredSchedule(
+                    spec=w.spec, state=w.state, version=_version_of(result.update_time)
+                )
+
+        await asyncio.gather(*(commit_writes(i) for i in range(0, len(writes), _MAX_BATCH_WRITES)))
+        doomed = [i for i in dict.fromkeys(deletes) if _valid_doc_id(i)]
+
+        async def commit_deletes(chunk: Sequence[str]) -> None:
+            pbs = []
+            for schedule_id in chunk:
+                pb = _WRITE_PB()
+                pb.delete = self._path("schedules", schedule_id)
+                pbs.append(write_types.Write.wrap(pb))
+            async with slots:
+                with self._translate("write_schedules"):
+                    await self._commit(pbs)
+            # Firestore does not say whether a document existed; a bill counts each.
+            self.stats.writes += len(chunk)
+
+        await asyncio.gather(
+            *(
+                commit_deletes(doomed[i : i + _MAX_BATCH_WRITES])
+                for i in range(0, len(doomed), _MAX_BATCH_WRITES)
+            )
+        )
+        return results
 
     async def delete_schedule(self, schedule_id: str, *, expect_version: str | None = None) -> bool:
         """See :meth:`Store.delete_schedule`. A version given for a missing schedule: False."""

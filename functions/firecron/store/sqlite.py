@@ -44,7 +44,7 @@ from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState
 from firecron.errors import ConflictError, InvalidInputError, StoreError
 from firecron.store._codec import run_from_json, to_json
-from firecron.store.base import StoreStats
+from firecron.store.base import ScheduleWrite, StoreStats, check_distinct
 
 __all__ = ["SQLiteStore"]
 
@@ -493,16 +493,100 @@ class SQLiteStore:
 
         return await self._call(get)
 
-    async def list_schedules(self) -> list[StoredSchedule]:
-        """See :meth:`Store.list_schedules`. Ordered by id."""
+    async def list_schedules(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> list[StoredSchedule]:
+        """See :meth:`Store.list_schedules`. One query on the primary key, ordered by id."""
+        if limit is not None and limit <= 0:
+            return []
+        # LIMIT -1 is SQLite's "no limit"; '' sorts before every id.
+        params = ("" if after is None else after, -1 if limit is None else limit)
 
-        def list_all(conn: sqlite3.Connection) -> list[StoredSchedule]:
+        def list_some(conn: sqlite3.Connection) -> list[StoredSchedule]:
             rows = self._query(
-                conn, f"SELECT id, spec, state, version FROM {self._schedules} ORDER BY id"
+                conn,
+                f"SELECT id, spec, state, version FROM {self._schedules}"
+                " WHERE id > ? ORDER BY id LIMIT ?",
+                params,
             )
             return [self._schedule_from_row(row) for row in rows]
 
-        return await self._call(list_all)
+        return await self._call(list_some)
+
+    async def write_schedules(
+        self, writes: Sequence[ScheduleWrite], deletes: Sequence[str] = ()
+    ) -> list[StoredSchedule | None]:
+        """See :meth:`Store.write_schedules`. One write call, so one transaction.
+
+        Everything is encoded first; then, inside the transaction, one ``SELECT`` per
+        500 ids reads the current versions, which decide each write's condition (no
+        one else can write in between), and ``executemany`` inserts, updates and
+        deletes the rows.
+        """
+        check_distinct(writes, deletes)
+        encoded = [
+            (
+                w.spec.id,
+                _encode(w.spec),
+                _encode(w.state),
+                _optional_micros(w.state.next_fire_at),
+                None if w.expect_version is None else _parse_version(w.expect_version),
+            )
+            for w in writes
+        ]
+        doomed = [(schedule_id,) for schedule_id in deletes]
+
+        def write(conn: sqlite3.Connection) -> list[int | None]:
+            current: dict[str, int] = {}
+            ids = [row[0] for row in encoded]
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                current.update(
+                    self._query(
+                        conn,
+                        f"SELECT id, version FROM {self._schedules} WHERE id IN ({marks})",
+                        chunk,
+                    )
+                )
+            inserts: list[tuple[str, str, str, int | None, int]] = []
+            updates: list[tuple[str, str, int | None, int, str]] = []
+            versions: list[int | None] = []
+            for schedule_id, spec_json, state_json, next_fire, expected in encoded:
+                have = current.get(schedule_id)
+                if (have is not None) if expected is None else (have is None or have != expected):
+                    versions.append(None)  # its condition failed: not applied
+                    continue
+                if have is None:
+                    version = secrets.randbelow(_VERSION_START_BOUND) + 1
+                    inserts.append((schedule_id, spec_json, state_json, next_fire, version))
+                else:
+                    version = have + 1
+                    updates.append((spec_json, state_json, next_fire, version, schedule_id))
+                versions.append(version)
+            conn.executemany(
+                f"INSERT INTO {self._schedules} (id, spec, state, next_fire_at, version)"
+                " VALUES (?, ?, ?, ?, ?)",
+                inserts,
+            )
+            conn.executemany(
+                f"UPDATE {self._schedules} SET spec = ?, state = ?, next_fire_at = ?,"
+                " version = ? WHERE id = ?",
+                updates,
+            )
+            deleted = conn.executemany(
+                f"DELETE FROM {self._schedules} WHERE id = ?", doomed
+            ).rowcount
+            self.stats.writes += len(inserts) + len(updates) + max(deleted, 0)
+            return versions
+
+        versions = await self._call(write, write=True)
+        return [
+            None
+            if version is None
+            else StoredSchedule(spec=w.spec, state=w.state, version=str(version))
+            for w, version in zip(writes, versions, strict=True)
+        ]
 
     async def delete_schedule(self, schedule_id: str, *, expect_version: str | None = None) -> bool:
         """See :meth:`Store.delete_schedule`. Runs are kept."""
