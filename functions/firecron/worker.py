@@ -7,8 +7,8 @@ Per request (see DESIGN.md, "Firing: one-way POST" and "Run states"):
 1. Only ``POST`` is accepted (405 otherwise).
 2. When ``FIRECRON_SIGNING_SECRET`` is set, the Standard Webhooks signature and its
    timestamp are verified; a bad one gets 401 ``{"error": ...}`` and nothing else
-   happens. With no secret, requests are accepted unsigned (local development) and
-   one warning per process says so.
+   happens. With no secret, requests are accepted unsigned and one warning per process
+   says so (``firecron dev`` always sets one); step 4 still holds them to the stored run.
 3. The body ``{"run_id", "schedule_id", "scheduled_for", "attempt", "trigger",
    "params"}`` is validated (400 when malformed; 400 when a signed ``webhook-id`` is
    not ``{run_id}/{attempt}``).
@@ -314,7 +314,7 @@ class _Runtime:
         if not settings.signing_secrets:
             _log.warning(
                 "firecron worker: FIRECRON_SIGNING_SECRET is not set, so requests are "
-                "accepted unsigned; set it everywhere but local development"
+                "accepted unsigned; set it everywhere (firecron dev sets its own)"
             )
         return cls(settings, store, loop, os.getpid(), notifier)
 
