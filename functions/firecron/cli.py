@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +28,7 @@ from firecron.core import planning
 from firecron.core.durations import format_duration as fd
 from firecron.core.events import Event, EventType, cloudevent
 from firecron.core.models import SCHEDULE_ID_PATTERN, StoredSchedule
-from firecron.core.runs import Run, RunState
+from firecron.core.runs import Attempt, Run, RunState
 from firecron.core.schedule_file import ScheduleFileError, parse_schedule_file
 from firecron.core.triggers import parse_instant, parse_spec, validate_timezone
 from firecron.dispatch import Dispatcher, run_tick
@@ -49,12 +51,18 @@ def _settings(store_url: str | None) -> Settings:
     return Settings.from_env().with_store(store_url)
 
 
-def _with_store(store_url: str | None, fn: Callable[[Store], Awaitable[T]]) -> T:
-    """Open the configured store, run ``fn`` on it, close it."""
+def _with_store(
+    store_url: str | None, fn: Callable[[Store], Awaitable[T]], *, create: bool = True
+) -> T:
+    """Open the configured store, run ``fn`` on it, close it.
+
+    Read-only commands pass ``create=False``: a SQLite store that does not exist is then
+    an :class:`InvalidInputError` naming its path (exit 2), and nothing is created.
+    """
     settings = _settings(store_url)
 
     async def go() -> T:
-        store = open_store(settings.store_url, settings.namespace)
+        store = open_store(settings.store_url, settings.namespace, create=create)
         try:
             return await fn(store)
         finally:
@@ -111,7 +119,27 @@ def cli() -> None:
     """
 
 
-@cli.command("next")
+class _SpecCommand(click.Command):
+    """A command whose SPEC may begin with ``-``: a hint to put it after ``--``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # the parser consumes ``args``
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption:
+            options = given[: given.index("--")] if "--" in given else given
+            # No option name holds a space, so such a word is a SPEC like "-1 * * * *".
+            spec = next((a for a in options if a.startswith("-") and " " in a), None)
+            if spec is None:
+                raise
+            raise click.UsageError(
+                f"SPEC {spec!r} begins with '-': put it after '--', as in "
+                f"firecron {ctx.info_name} -- {spec!r}",
+                ctx,
+            ) from None
+
+
+@cli.command("next", cls=_SpecCommand)
 @click.argument("spec")
 @click.option("--tz", default="UTC", show_default=True, help="IANA time zone of the expression.")
 @click.option(
@@ -124,11 +152,14 @@ def next_cmd(spec: str, tz: str, after: str | None, count: int, as_json: bool) -
 
     SPEC is a cron expression (5 fields, or 6 with seconds first), a macro
     (@hourly @daily @weekly @monthly @yearly), "every 15m", or "at RFC3339".
+    Put SPEC after "--" (and every option before it) when it may begin with "-":
+    otherwise it is read as an option.
 
     \b
     Examples:
       firecron next "30 2 * * *" --tz Europe/Berlin --after 2027-03-27T00:00:00Z -n 3
       firecron next "every 15m" -n 4 --json
+      firecron next -n 3 -- "$SPEC"    # whatever $SPEC begins with
     """
     zone_name = _user_value("--tz", lambda: validate_timezone(tz))
     trigger = _user_value("SPEC", lambda: parse_spec(spec, zone_name))
@@ -334,7 +365,9 @@ def list_cmd(limit: int, after: str | None, store_url: str | None, as_json: bool
     if after is not None and not re.match(SCHEDULE_ID_PATTERN, after):
         raise InvalidInputError(f"--after: invalid schedule id {after!r}")
     # One more than a page tells whether another page follows, without a count.
-    found = _with_store(store_url, lambda s: s.list_schedules(after=after, limit=limit + 1))
+    found = _with_store(
+        store_url, lambda s: s.list_schedules(after=after, limit=limit + 1), create=False
+    )
     page = found[:limit]
     next_after = page[-1].id if len(found) > limit else None
     rows = [_summary(s) for s in page]
@@ -385,7 +418,7 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
     Example:
       firecron show nightly-report
     """
-    stored = _with_store(store_url, lambda s: _get(s, schedule_id))
+    stored = _with_store(store_url, lambda s: _get(s, schedule_id), create=False)
     trigger = planning.trigger_of(stored.spec)
     upcoming: list[datetime] = []
     if stored.state.next_occurrence is not None:
@@ -422,7 +455,7 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
             _target_text(stored)
             + f" (auth: {spec.target.auth.value if spec.target.auth else 'default'})",
         ],
-        ["params", spec.params or None],
+        ["params", json.dumps(spec.params) if spec.params else None],
         [
             "overlap / misfire",
             f"{spec.overlap.value} / {spec.misfire.policy.value} within {fd(spec.misfire.grace)}",
@@ -444,6 +477,11 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
     ]
     table(None, ["FIELD", "VALUE"], rows)
     console.print()
+    if not upcoming:
+        # An empty table would squeeze its title into a column as narrow as its headers.
+        reason = "no occurrence left" if stored.status == "active" else stored.status
+        click.echo(f"Next fire times: none ({reason})")
+        return
     table(
         "Next fire times",
         ["LOCAL", "UTC"],
@@ -576,6 +614,10 @@ def trigger(
     $FIRECRON_SIGNING_SECRET or, when that is unset, with the secret `firecron dev`
     keeps beside a SQLite store (DB.signing-secret), so its workers accept it.
 
+    Exit code 1, with one line on stderr, when the run could not be sent (refused,
+    unreachable, an HTTP error; a retry may still be scheduled) or has already failed.
+    Its events are recorded with the run (see `firecron events`), not printed.
+
     \b
     Example:
       firecron trigger hello --param name=you
@@ -585,19 +627,64 @@ def trigger(
     overrides = _parse_params(params)
     settings = with_dev_secret(_settings(store_url), create=False)
 
+    _quiet_library_logs()
+
     async def go(store: Store) -> Run:
-        dispatcher = Dispatcher(store, settings)
+        # No event log lines: they would mix JSON into the printed run id. The events
+        # stay recorded with the run (`firecron events`).
+        dispatcher = Dispatcher(store, replace(settings, event_log=False))
         try:
-            return await dispatcher.trigger(schedule_id, overrides)
+            fired = await dispatcher.trigger(schedule_id, overrides)
         finally:
             await dispatcher.aclose()
+        # A worker records its start before it answers, so the send's own record may
+        # have lost to it: the store has the run's real state.
+        return await store.get_run(fired.id) or fired
 
-    run = _with_store(store_url, go)
+    run = _with_store(store_url, go, create=False)
+    failure = _trigger_failure(run)
     if as_json:
         emit_json(_run_dict(run))
-    else:
+    elif failure is None:
         click.echo(run.id)
-        err_console.print(f"state: {run.state.value}" + (f" ({run.error})" if run.error else ""))
+        click.echo(f"state: {run.state.value}", err=True)
+    if failure is not None:
+        raise FirecronError(failure)
+
+
+def _quiet_library_logs() -> None:
+    """Keep firecron's log records off stderr (logging's last-resort handler).
+
+    The command reports the outcome itself, in one line; a warning logged on the way
+    would print it a second time, in another format.
+    """
+    logger = logging.getLogger("firecron")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
+
+
+def _trigger_failure(run: Run) -> str | None:
+    """The one line `trigger` exits 1 with, or None when the run is on its way.
+
+    A run that could not be sent (refused, unreachable, an HTTP error) or that has
+    already ended badly is a failure, even when a retry is scheduled: nothing runs now.
+    """
+    verbs = {
+        RunState.failed: "failed",
+        RunState.retry_wait: "failed",
+        RunState.timed_out: "timed out",
+        RunState.lost: "was lost",
+    }
+    if run.state not in verbs:
+        return None
+    started = bool(run.attempts) and run.attempts[-1].started_at is not None
+    what = verbs[run.state] if started else "could not be sent"
+    reason = " ".join((run.error or "no error recorded").split())  # one line, always
+    retry = ""
+    if run.state is RunState.retry_wait and run.retry_at is not None:
+        nxt = run.attempt + 1
+        retry = f"; attempt {nxt} of {run.retry.max_attempts} at {rfc3339(run.retry_at)}"
+    return f"run {run.id} {what}: {reason}{retry}"
 
 
 def _duration(run: Run) -> str | None:
@@ -607,6 +694,14 @@ def _duration(run: Run) -> str | None:
     return fd(timedelta(seconds=round((end - run.started_at).total_seconds(), 1))) + (
         "" if run.ended_at else "+"
     )
+
+
+def _attempt_outcome(attempt: Attempt) -> str | None:
+    if attempt.outcome is None:
+        return None
+    # A plain target that took the request without answering within the ack timeout.
+    unanswered = attempt.outcome is RunState.delivered and attempt.acknowledged is False
+    return attempt.outcome.value + (" (no answer)" if unanswered else "")
 
 
 def _run_dict(run: Run) -> dict[str, Any]:
@@ -646,6 +741,7 @@ def runs_cmd(
         lambda s: s.list_runs(
             schedule_id=schedule_id, states=[RunState(x) for x in states] or None, limit=limit
         ),
+        create=False,
     )
     if as_json:
         emit_json([_run_dict(r) for r in found])
@@ -688,7 +784,7 @@ def run_cmd(run_id: str, store_url: str | None, as_json: bool) -> None:
             raise NotFoundError(f"unknown run {run_id!r}")
         return found
 
-    run = _with_store(store_url, get)
+    run = _with_store(store_url, get, create=False)
     if as_json:
         emit_json(_run_dict(run))
         return
@@ -713,19 +809,19 @@ def run_cmd(run_id: str, store_url: str | None, as_json: bool) -> None:
     ]
     table(None, ["FIELD", "VALUE"], rows)
     console.print()
+    # No SENT or ACK column: a worker records its start before it answers, so the
+    # dispatcher's record of the acknowledgement loses that race and stays empty, and
+    # the send time of an attempt whose connection failed is only when it was tried.
+    # (--json still has every recorded field.)
     table(
         "Attempts",
-        ["#", "SENT", "ACK", "STARTED", "ENDED", "OUTCOME", "ERROR"],
+        ["#", "STARTED", "ENDED", "OUTCOME", "ERROR"],
         [
             [
                 a.number,
-                rfc3339(a.dispatched_at),
-                {True: "yes", False: "no"}.get(a.acknowledged)
-                if a.acknowledged is not None
-                else None,
                 rfc3339(a.started_at),
                 rfc3339(a.ended_at),
-                a.outcome.value if a.outcome else None,
+                _attempt_outcome(a),
                 a.error,
             ]
             for a in run.attempts
@@ -759,8 +855,12 @@ def run_cmd(run_id: str, store_url: str | None, as_json: bool) -> None:
 def dev(schedules_file: str | None, port: int, source: str | None, store_url: str | None) -> None:
     """Run the local stack: SQLite store, every worker of main.py, a dispatcher ticking every second.
 
-    Workers are served by functions-framework at http://127.0.0.1:PORT/<name>. A live
-    view shows upcoming fire times and recent runs (plain log lines when piped).
+    Workers are served by functions-framework at http://127.0.0.1:PORT/<name>, and
+    served again when the source file changes. Every dispatch is signed, and the
+    workers refuse unsigned requests: the secret is $FIRECRON_SIGNING_SECRET, or else
+    one made on the first start beside a SQLite store (DB.signing-secret, mode 0600),
+    which `firecron trigger` also uses. A live view shows upcoming fire times and
+    recent runs (when piped: one line per run that changes after the start).
     Ctrl-C stops it; runs in flight are recovered by the watchdog on the next start.
 
     \b
@@ -833,7 +933,9 @@ def events(
       firecron events --schedule nightly-report --json
     """
     runs = _with_store(
-        store_url, lambda s: s.list_runs(schedule_id=schedule_id, limit=min(1000, limit * 5))
+        store_url,
+        lambda s: s.list_runs(schedule_id=schedule_id, limit=min(1000, limit * 5)),
+        create=False,
     )
     wanted = set(types)
     rows = sorted(
