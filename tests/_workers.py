@@ -30,9 +30,12 @@ from pathlib import Path
 
 import httpx
 
+from _poll import poll
+
 __all__ = [
     "FUNCTIONS_DIR",
     "MAIN_SOURCE",
+    "TEST_SOURCE",
     "WorkerProcess",
     "WorkerStartError",
     "functions_framework_bin",
@@ -45,6 +48,8 @@ FUNCTIONS_DIR = Path(__file__).resolve().parents[1] / "functions"
 """The Cloud Functions source root."""
 MAIN_SOURCE = FUNCTIONS_DIR / "main.py"
 """The entry module holding the example workers."""
+TEST_SOURCE = Path(__file__).resolve().with_name("_worker_app.py")
+"""Workers for tests only (``sleepy``: a 0.3 s heartbeat, so a cancel shows at once)."""
 
 
 class WorkerStartError(RuntimeError):
@@ -111,12 +116,43 @@ class WorkerProcess:
     def kill(self) -> None:
         """SIGKILL the whole process group (gunicorn arbiter and workers) and reap it.
 
-        Idempotent. Requests in flight die with it, as on a crashed instance.
+        Returns once no process of the group runs any more (where ``/proc`` shows it),
+        so nothing of this worker can write after the call. Idempotent. Requests in
+        flight die with it, as on a crashed instance.
         """
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
+        poll(
+            lambda: _live_members(self.process.pid),
+            lambda pids: not pids,
+            what=f"the processes of worker {self.target!r} to die",
+        )
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Pids of the processes of group ``pgid`` that are not dead or zombies.
+
+    The gunicorn children are not ours to reap, so ``wait`` cannot tell when they are
+    gone; ``/proc/PID/stat`` can. Empty where there is no ``/proc`` (not Linux).
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    live = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            live.append(int(entry.name))
+    return live
 
 
 def _free_ports(count: int) -> list[int]:
@@ -129,7 +165,7 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _wait_ready(worker: WorkerProcess, deadline: float) -> None:
-    while True:
+    def answers() -> bool:
         if not worker.alive:
             raise WorkerStartError(
                 f"worker {worker.target!r} exited with {worker.process.returncode} "
@@ -138,14 +174,16 @@ def _wait_ready(worker: WorkerProcess, deadline: float) -> None:
         try:
             # Any HTTP answer (the SDK says 405 to GET) means the app is loaded.
             httpx.get(worker.url, timeout=2)
-            return
         except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise WorkerStartError(
-                f"worker {worker.target!r} did not answer on port {worker.port}:\n{worker.logs()}"
-            )
-        time.sleep(0.1)
+            return False
+        return True
+
+    try:
+        poll(answers, timeout=max(0.0, deadline - time.monotonic()), interval=0.1)
+    except AssertionError:
+        raise WorkerStartError(
+            f"worker {worker.target!r} did not answer on port {worker.port}:\n{worker.logs()}"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ waiting for them.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from _workers import serve_worker, worker_env
+from _poll import wait_run
+from _workers import TEST_SOURCE, serve_worker, worker_env
 from firecron.core import planning
 from firecron.core.models import ScheduleSpec
 from firecron.core.runs import Run, RunState
@@ -71,22 +71,17 @@ async def add(backend: Backend, schedule_id: str, url: str, now: datetime, **fie
     await backend.store.put_schedule(spec, state, expect_version=None)
 
 
-async def wait_run(
-    store: Store, run_id: str, done: Callable[[Run], bool], timeout: float = 30
-) -> Run:
-    """Poll the store until ``done(run)``; the deadline is generous, never asserted on."""
-    deadline = time.monotonic() + timeout
-    while True:
-        run = await store.get_run(run_id)
-        if run is not None and done(run):
-            return run
-        if time.monotonic() > deadline:
-            raise AssertionError(f"run {run_id} stuck in {run.state if run else None}")
-        await asyncio.sleep(0.1)
+async def request_cancel(store: Store, run_id: str, now: datetime) -> None:
+    """Ask a running worker to stop, as the watchdog does past a run's ``timeout``."""
+    asked = await store.update_run(
+        run_id, [RunState.running], {"cancel_requested": True, "updated_at": now}
+    )
+    assert asked is not None, f"run {run_id} is no longer running"
 
 
-def _hour(now: datetime) -> datetime:
-    return now.replace(minute=0, second=0, microsecond=0)
+def retry_wait_after(attempt: int) -> Callable[[Run], bool]:
+    """The run waits for its retry after attempt ``attempt``."""
+    return lambda r: r.state is RunState.retry_wait and r.attempt == attempt
 
 
 async def test_worker_run_succeeds_with_output(backend: Backend) -> None:
@@ -123,11 +118,7 @@ async def test_failing_worker_retries_then_fails(backend: Backend) -> None:
             await d.tick(now)
             [run] = await backend.store.list_runs(schedule_id="broken")
             for attempt in (1, 2):
-                waiting = await wait_run(
-                    backend.store,
-                    run.id,
-                    lambda r, a=attempt: r.state is RunState.retry_wait and r.attempt == a,
-                )
+                waiting = await wait_run(backend.store, run.id, retry_wait_after(attempt))
                 assert waiting.retry_at is not None
                 await d.tick(waiting.retry_at)  # the watchdog sends the next attempt
             final = await wait_run(backend.store, run.id, lambda r: r.is_terminal)
@@ -217,8 +208,12 @@ async def test_killed_worker_run_is_lost_then_retried_and_succeeds(
 
 async def test_sla_breach_is_recorded_once(backend: Backend) -> None:
     now = datetime.now(UTC)
-    with serve_worker("sleep", env=backend.env()) as sleeper:
-        await add(backend, "slow", sleeper.url, now, params={"seconds": 3}, expected_duration="1s")
+    # The worker runs until cancelled, so the ticks past the SLA see it running however
+    # slowly they come.
+    with serve_worker("sleepy", env=backend.env(), source=TEST_SOURCE) as sleeper:
+        await add(
+            backend, "slow", sleeper.url, now, params={"seconds": 600}, expected_duration="1s"
+        )
         d = backend.dispatcher()
         try:
             await d.tick(now)
@@ -228,9 +223,12 @@ async def test_sla_breach_is_recorded_once(backend: Backend) -> None:
             breach_time = running.started_at + timedelta(seconds=1, milliseconds=100)
             first = await d.tick(breach_time)
             second = await d.tick(breach_time + timedelta(milliseconds=200))
+            await request_cancel(backend.store, run.id, breach_time + timedelta(seconds=1))
             done = await wait_run(backend.store, run.id, lambda r: r.is_terminal)
         finally:
             await d.aclose()
     assert first.events["run.sla_breached"] + second.events["run.sla_breached"] == 1
     assert done.state is RunState.succeeded
     assert done.sla_breached_at is not None
+    assert isinstance(done.output, dict)
+    assert done.output["cancelled"] is True

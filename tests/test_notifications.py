@@ -17,7 +17,7 @@ import pytest
 
 from _poll import wait_run
 from _sinks import Sink, serve
-from _workers import serve_workers, worker_env
+from _workers import TEST_SOURCE, serve_workers, worker_env
 from firecron import admin
 from firecron.core.events import DeliveryState, EventType, Notifications, resolve_routes
 from firecron.core.runs import Run, RunState
@@ -142,7 +142,9 @@ async def test_sla_breach_is_notified_exactly_once(store: Store) -> None:
     now = datetime.now(UTC)
     with (
         serve() as sink,
-        serve_workers(["sleep"], env=worker_env(store_url(store), secrets=[SECRET])) as w,
+        serve_workers(
+            ["sleepy"], env=worker_env(store_url(store), secrets=[SECRET]), source=TEST_SOURCE
+        ) as w,
     ):
         await apply(
             store,
@@ -153,8 +155,8 @@ notifications:
 schedules:
   - id: slow
     every: 1h
-    target: {{url: "{w["sleep"].url}", worker: true}}
-    params: {{seconds: 3}}
+    target: {{url: "{w["sleepy"].url}", worker: true}}
+    params: {{seconds: 600}}
     expected_duration: 1s
 """,
             now,
@@ -170,7 +172,11 @@ schedules:
                 await asyncio.gather(
                     d.tick(breach + timedelta(milliseconds=100 * i)), d.tick(breach)
                 )
+            # The worker runs until cancelled, so every tick above saw it running.
+            cancel = {"cancel_requested": True, "updated_at": breach + timedelta(seconds=1)}
+            assert await store.update_run(run.id, [RunState.running], cancel) is not None
             done = await wait_run(store, run.id, lambda r: r.is_terminal and delivered(r))
+            assert done.state is RunState.succeeded
             assert routed(done) == [("run.sla_breached", "hook")]
             # Nothing is left for the watchdog: one more pass sends nothing.
             later = await d.tick(breach + timedelta(minutes=30))

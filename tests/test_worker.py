@@ -4,18 +4,17 @@
 (``sleepy`` with a short heartbeat, ``bad_output``) are served by the real
 ``functions-framework`` in subprocesses sharing one database file with the test. Runs
 are created directly in the store and delivered as the dispatcher would: signed POSTs
-of the dispatch body. Waiting is a bounded poll of the store, never a tight timing.
+of the dispatch body. Waiting is a bounded poll of the store (``_poll.wait_run``),
+never a sleep or a timed assertion.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import importlib
 import json
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,18 +25,19 @@ import httpx
 import pytest
 
 from _factories import make_run
-from _workers import WorkerProcess, serve_worker, serve_workers, worker_env
+from _poll import wait_run
+from _workers import TEST_SOURCE, WorkerProcess, serve_worker, serve_workers, worker_env
 from firecron.core import lifecycle
 from firecron.core.models import RetryPolicy, Target
 from firecron.core.runs import Run, RunState, RunTrigger
+from firecron.dispatch import Dispatcher
+from firecron.settings import Settings
 from firecron.store.sqlite import SQLiteStore
 from firecron.transport.signing import signature_headers
 
 SECRET = "whsec_ZmlyZWNyb24td29ya2VyLXRlc3Qtc2VjcmV0"
-TEST_APP = Path(__file__).with_name("_worker_app.py")
 MAIN_TARGETS = ["hello", "sleep", "fail"]
 TEST_TARGETS = ["sleepy", "bad_output"]
-WAIT = 30.0
 
 
 @dataclass
@@ -60,7 +60,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = worker_env(f"sqlite:///{db_path}", secrets=[SECRET])
     with (
         serve_workers(MAIN_TARGETS, env=env, log_dir=tmp) as main_workers,
-        serve_workers(TEST_TARGETS, env=env, source=TEST_APP, log_dir=tmp) as test_workers,
+        serve_workers(TEST_TARGETS, env=env, source=TEST_SOURCE, log_dir=tmp) as test_workers,
     ):
         stack = Stack(db_path, {**main_workers, **test_workers}, env, tmp)
         yield stack
@@ -137,21 +137,6 @@ async def deliver(
     response = await client.post(url, content=body, headers=headers)
     lines = [json.loads(line) for line in response.text.splitlines() if line.strip()]
     return response, lines
-
-
-async def wait_for(
-    db: SQLiteStore, run_id: str, done: Callable[[Run], bool], timeout: float = WAIT
-) -> Run:
-    """Poll the store until ``done(run)``; fail with the last record after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        run = await db.get_run(run_id)
-        assert run is not None
-        if done(run):
-            return run
-        if time.monotonic() > deadline:
-            pytest.fail(f"run {run_id} still {run.state} after {timeout}s: {run!r}")
-        await asyncio.sleep(0.1)
 
 
 # --- the SDK as a library (no server) ---------------------------------------------
@@ -289,7 +274,7 @@ async def test_ack_is_early_and_the_run_survives_the_disconnect(
         assert response.json()["state"] == "running"
     # Leaving the block closed the connection, as the dispatcher does after the ack.
 
-    done = await wait_for(db, run.id, lambda r: r.is_terminal)
+    done = await wait_run(db, run.id, lambda r: r.is_terminal)
     assert done.state is RunState.succeeded
     assert done.output == {"slept": 4.0}
     assert len(done.attempts) == 1
@@ -407,8 +392,7 @@ async def test_bad_signatures_are_refused_and_nothing_runs(
 async def test_cancel_request_stops_a_long_worker(
     stack: Stack, db: SQLiteStore, client: httpx.AsyncClient
 ) -> None:
-    run = await new_run(db, "sleepy", params={"seconds": 30})
-    started = time.monotonic()
+    run = await new_run(db, "sleepy", params={"seconds": 600})
     headers, body = signed(run)
     async with client.stream("POST", stack.url("sleepy"), content=body, headers=headers) as resp:
         assert resp.status_code == 202
@@ -417,54 +401,65 @@ async def test_cancel_request_stops_a_long_worker(
     assert running.heartbeat_at is not None
     # Heartbeats flow (0.3 s interval) before the watchdog's cancel arrives.
     first_beat = running.heartbeat_at
-    await wait_for(db, run.id, lambda r: r.heartbeat_at is not None and r.heartbeat_at > first_beat)
+    await wait_run(db, run.id, lambda r: r.heartbeat_at is not None and r.heartbeat_at > first_beat)
 
     cancelled = await db.update_run(
         run.id, [RunState.running], {"cancel_requested": True, "updated_at": _now()}
     )
     assert cancelled is not None
 
-    done = await wait_for(db, run.id, lambda r: r.is_terminal)
-    assert time.monotonic() - started < 20
+    done = await wait_run(db, run.id, lambda r: r.is_terminal)
     assert done.state is RunState.succeeded
     assert isinstance(done.output, dict)
     assert done.output["cancelled"] is True
     assert isinstance(done.output["slept"], float)
-    assert done.output["slept"] < 20
+    assert done.output["slept"] < 600  # stopped early, long before its 10 minutes
 
 
-async def test_killed_worker_leaves_a_running_run_with_a_stale_heartbeat(
-    stack: Stack, db: SQLiteStore, client: httpx.AsyncClient
+async def test_killed_worker_leaves_a_running_run_that_the_watchdog_declares_lost(
+    stack: Stack, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    run = await new_run(db, "sleepy", params={"seconds": 60})
-    with serve_worker("sleepy", env=stack.env, source=TEST_APP, log_dir=stack.log_dir) as proc:
-        headers, body = signed(run)
-        async with client.stream("POST", proc.url, content=body, headers=headers) as resp:
-            assert resp.status_code == 202
-        started = await db.get_run(run.id)
-        assert started is not None
-        assert started.heartbeat_at is not None
-        first_beat = started.heartbeat_at
-        await wait_for(
-            db, run.id, lambda r: r.heartbeat_at is not None and r.heartbeat_at > first_beat
-        )
-        proc.kill()
-        assert not proc.alive
-    at_kill = await db.get_run(run.id)
-    await asyncio.sleep(1.5)  # five heartbeat intervals: none may arrive now
-    stale = await db.get_run(run.id)
-    assert stale is not None
-    assert at_kill is not None
-    assert stale.state is RunState.running
-    assert stale.heartbeat_at == at_kill.heartbeat_at
-    assert stale.version == at_kill.version
+    # A database of its own: the watchdog pass below must see this run only.
+    url = f"sqlite:///{tmp_path / 'killed.db'}"
+    db = SQLiteStore(tmp_path / "killed.db")
+    try:
+        run = await new_run(db, "sleepy", params={"seconds": 600})
+        env = worker_env(url, secrets=[SECRET])
+        with serve_worker("sleepy", env=env, source=TEST_SOURCE, log_dir=tmp_path) as proc:
+            headers, body = signed(run)
+            async with client.stream("POST", proc.url, content=body, headers=headers) as resp:
+                assert resp.status_code == 202
+            started = await db.get_run(run.id)
+            assert started is not None
+            assert started.heartbeat_at is not None
+            first_beat = started.heartbeat_at
+            await wait_run(
+                db, run.id, lambda r: r.heartbeat_at is not None and r.heartbeat_at > first_beat
+            )
+            proc.kill()  # returns once none of its processes is left to write
+            assert not proc.alive
+        stale = await db.get_run(run.id)
+        assert stale is not None
+        assert stale.state is RunState.running
+        assert stale.heartbeat_at is not None
+        assert stale.ended_at is None
 
-    # From here the watchdog declares the attempt lost and retries it.
-    timeouts = lifecycle.RunTimeouts()
-    assert stale.heartbeat_at is not None
-    decision = lifecycle.watch(stale, stale.heartbeat_at + timeouts.heartbeat_timeout, timeouts)
-    assert decision.change is not None
-    assert decision.change.new_state is RunState.retry_wait
+        # The watchdog's pass once the last heartbeat is too old: the attempt is lost and
+        # retried. Its compare-and-set is on the version read here, so it would not apply
+        # had anything written the run since.
+        settings = Settings(store_url=url, signing_secrets=(SECRET,), allow_private_targets=True)
+        d = Dispatcher(db, settings)
+        try:
+            summary = await d.tick(stale.heartbeat_at + d.timeouts.heartbeat_timeout)
+        finally:
+            await d.aclose()
+        assert summary.events["run.retrying"] == 1
+        lost = await db.get_run(run.id)
+        assert lost is not None
+        assert lost.state is RunState.retry_wait
+        assert [(a.number, a.outcome) for a in lost.attempts] == [(1, RunState.lost)]
+    finally:
+        await db.close()
 
 
 @pytest.mark.parametrize(
