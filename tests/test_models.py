@@ -212,6 +212,8 @@ def test_settings_from_env_defaults_and_errors() -> None:
     for env, fragment in [
         ({"FIRECRON_CONCURRENCY": "lots"}, "FIRECRON_CONCURRENCY"),
         ({"FIRECRON_ACK_TIMEOUT": "5 parsecs"}, "FIRECRON_ACK_TIMEOUT"),
+        # The same duration rule as the schedules file: a bare number has no unit.
+        ({"FIRECRON_RUN_RETENTION": "30"}, "FIRECRON_RUN_RETENTION: .* write 30s"),
         ({"FIRECRON_ALLOW_PRIVATE_TARGETS": "maybe"}, "FIRECRON_ALLOW_PRIVATE_TARGETS"),
         ({"FIRECRON_NAMESPACE": "Bad-NS"}, "FIRECRON_NAMESPACE"),
         ({"FIRECRON_CONCURRENCY": "100", "FIRECRON_MAX_OPEN": "10"}, "FIRECRON_MAX_OPEN"),
