@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 8080
 CODE := functions tests $(wildcard bench)
 
-.PHONY: help dev test lint fmt bench requirements clean
+.PHONY: help dev test lint fmt bench requirements clean flaky
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -31,6 +31,26 @@ dev: $(STAMP) ## run the local stack: SQLite store, workers, dispatcher, example
 
 test: $(STAMP) lint ## lint, type-check and run the whole test suite (starts the emulators itself)
 	$(BIN)/python -m pytest
+
+# The tests with real worker processes, sinks and emulators: the ones timing could break.
+FLAKY_TESTS := tests/test_end_to_end.py tests/test_worker.py tests/test_notifications.py tests/test_notify.py
+ROUNDS ?= 20
+
+flaky: $(STAMP) ## run the end-to-end, worker and notification tests ROUNDS times (default 20); report every failure
+	@failures=0; \
+	for round in $$(seq 1 $(ROUNDS)); do \
+		out=$$($(BIN)/python -m pytest -q -rfE -p no:cacheprovider $(FLAKY_TESTS) 2>&1); rc=$$?; \
+		if [ $$rc -eq 0 ]; then \
+			echo "round $$round/$(ROUNDS): $$(tail -n 1 <<<"$$out")"; \
+		else \
+			lines=$$(grep -E '^(FAILED|ERROR) ' <<<"$$out"); \
+			[ -n "$$lines" ] || lines="pytest exited with $$rc: $$(tail -n 1 <<<"$$out")"; \
+			while IFS= read -r line; do echo "round $$round/$(ROUNDS): $$line"; done <<<"$$lines"; \
+			failures=$$((failures + $$(wc -l <<<"$$lines"))); \
+		fi; \
+	done; \
+	echo "flaky: $$failures failures in $(ROUNDS) rounds"; \
+	[ $$failures -eq 0 ]
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check $(CODE)

@@ -6,7 +6,6 @@ No timing assertions: the machine is shared.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 
 from _emulators import EMULATOR_PROJECT, emulator_or_skip
 from _factories import T0, make_run
+from _poll import poll
 from _sinks import closed_port, serve
 from firecron.core.events import (
     Event,
@@ -322,10 +322,10 @@ def test_pubsub_attributes_are_cloudevents_binary_mode() -> None:
 
 
 def _pull(subscriber: Any, subscription: str, want: int) -> list[Any]:
-    """Synchronous pull until ``want`` messages arrived (bounded), acknowledging them."""
+    """Synchronous pulls until ``want`` messages arrived, acknowledging them."""
     received: list[Any] = []
-    deadline = time.monotonic() + 20
-    while len(received) < want and time.monotonic() < deadline:
+
+    def pull_some() -> int:
         response = subscriber.pull(
             request={"subscription": subscription, "max_messages": 10}, timeout=10
         )
@@ -337,8 +337,9 @@ def _pull(subscriber: Any, subscription: str, want: int) -> list[Any]:
                     "ack_ids": [m.ack_id for m in response.received_messages],
                 }
             )
-        else:
-            time.sleep(0.2)
+        return len(received)
+
+    poll(pull_some, lambda n: n >= want, interval=0.2, what=f"{want} message(s) on {subscription}")
     return received
 
 
