@@ -30,7 +30,7 @@ from cronsim import CronSim, CronSimError
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from firecron.core.triggers import CronTrigger, is_wildcard
+from firecron.core.triggers import CronTrigger
 
 ZONES = ("Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "America/Santiago")
 # Hours around each zone's transitions, drawn more often so that jobs land in gaps and
@@ -80,15 +80,16 @@ def shift(zone: ZoneInfo, transition: datetime) -> timedelta:
     return after - before
 
 
-def is_imaginary(value: datetime) -> bool:
-    """Whether aware ``value`` names a wall time that its zone skips (a gap)."""
-    return value != value.astimezone(UTC).astimezone(value.tzinfo)
-
-
 def in_second_pass(instant: datetime, zone: ZoneInfo) -> bool:
     """Whether ``instant`` lies in the second pass through a repeated wall hour."""
     local = instant.astimezone(zone)
     return local.replace(fold=0).astimezone(UTC) < instant
+
+
+def vixie_wildcard(expr: str) -> bool:
+    """Vixie's MIN_STAR/HR_STAR, restated here so that no filter depends on firecron."""
+    minute, hour = expr.split()[:2]
+    return minute.startswith("*") or hour.startswith("*")
 
 
 # ------------------------------------------------------------------- the deviations
@@ -111,30 +112,43 @@ def for_cronsim(expr: str) -> str:
     )
 
 
-def matches_wall(expr: str, wall: datetime) -> bool:
-    """Whether cron ``expr`` matches naive ``wall`` (cronsim's calendar matching, no zone)."""
-    return next(CronSim(for_cronsim(expr), wall - ONE_S)) == wall
+def midnight_gap(zone: ZoneInfo, transition: datetime) -> bool:
+    """Whether the wall clock jumps forward from 00:00 at ``transition`` (Santiago)."""
+    last = (transition - ONE_S).astimezone(zone)
+    return shift(zone, transition) > timedelta(0) and last.strftime("%H:%M:%S") == "23:59:59"
 
 
-def drop_midnight_gap_fires(expr: str, fires: list[datetime]) -> list[datetime]:
-    """Deviation 2b: drop cronsim's wildcard fires at a midnight that does not exist.
+def iterate(expr: str, zone: ZoneInfo, after: datetime, horizon: datetime) -> list[datetime]:
+    """cronsim's fires strictly after ``after``: up to LIMIT, or to the first past ``horizon``."""
+    fires: list[datetime] = []
+    for fire in CronSim(for_cronsim(expr), after.astimezone(zone)):
+        fires.append(fire)
+        if len(fires) >= LIMIT or fire.astimezone(UTC) > horizon:
+            break
+    return fires
 
-    When cronsim moves a wildcard job to the next day it starts at that day's 00:00,
-    and it does not check that 00:00 exists. On the day of Santiago's spring-forward
-    (00:00 -> 01:00) it reports the imaginary 00:00, which is the real instant 01:00, so
-    ``*/30 0 * * 0`` fires at 01:00. Vixie runs a wildcard job at the minute after a
+
+def resync_after_midnight_gap(
+    expr: str, zone: ZoneInfo, transition: datetime, start: datetime, fires: list[datetime]
+) -> list[datetime]:
+    """Deviation 2b: from a midnight gap on, cronsim restarted one second before it.
+
+    When cronsim moves a wildcard job to the next day, it starts that day at 00:00 and
+    does not check that 00:00 exists. On the day of Santiago's spring-forward (00:00 ->
+    01:00) that imaginary 00:00 is the real instant 01:00, and cronsim treats it as
+    midnight: ``*/30 0 * * 0`` fires at 01:00, and ``* 1 * * 0`` adds an hour to it and
+    skips the real 01:00-01:59. Vixie runs a wildcard job at the first minute after a
     gap only if that minute matches (cron.c, the "medium" wake-up runs wildcard jobs for
-    the current minute only), and so does firecron. A fire is dropped only when it is
-    an imaginary 00:00 and the real wall time of the instant does not match the job.
+    the current minute only), and from then on minute by minute, as firecron does.
+    cronsim restarted one real second before the gap ticks into the day in real time
+    and gets it right, so its fires replace the first iteration's from the gap on.
     """
-    kept = []
-    for fire in fires:
-        if fire.time() == datetime.min.time() and is_imaginary(fire):
-            real = fire.astimezone(UTC).astimezone(fire.tzinfo).replace(tzinfo=None)
-            if not matches_wall(expr, real):
-                continue
-        kept.append(fire)
-    return kept
+    if not midnight_gap(zone, transition) or start >= transition:
+        return fires
+    before = [fire for fire in fires if fire.astimezone(UTC) < transition]
+    if len(before) == len(fires):  # the first iteration stopped before the gap
+        return fires
+    return before + iterate(expr, zone, transition - ONE_S, start + SPAN)
 
 
 def lost_alignment_window(
@@ -204,15 +218,11 @@ def compare(expr: str, zone_name: str, transition: datetime, start: datetime) ->
         current = trigger.next_after(current)
         if current is not None:
             firecron.append(current)
-    raw: list[datetime] = []
-    for fire in CronSim(for_cronsim(expr), start.astimezone(zone)):
-        raw.append(fire)
-        if len(raw) >= LIMIT or fire.astimezone(UTC) > start + SPAN:
-            break
-    fires = list(raw)
-    wildcard = is_wildcard(expr)
+    raw = iterate(expr, zone, start, start + SPAN)
+    fires = raw
+    wildcard = vixie_wildcard(expr)
     if wildcard:
-        fires = drop_midnight_gap_fires(expr, fires)
+        fires = resync_after_midnight_gap(expr, zone, transition, start, fires)
     elif in_second_pass(start, zone):
         fires = drop_restarted_in_repeated_hour(start, fires)
     cronsim = [fire.astimezone(UTC) for fire in fires]
@@ -220,8 +230,9 @@ def compare(expr: str, zone_name: str, transition: datetime, start: datetime) ->
     horizon = start + SPAN
     if len(firecron) == LIMIT:
         horizon = min(horizon, firecron[-1])
-    if len(raw) == LIMIT:
-        horizon = min(horizon, raw[-1].astimezone(UTC))
+    for side in (raw, fires):
+        if len(side) >= LIMIT:
+            horizon = min(horizon, side[-1].astimezone(UTC))
     window = lost_alignment_window(zone, transition, start, firecron, cronsim) if wildcard else None
 
     def compared(instants: list[datetime]) -> list[datetime]:
@@ -369,6 +380,13 @@ DEVIATIONS = [
         "America/Santiago",
         datetime(2027, 9, 5, 2, tzinfo=UTC),
         ["09-12 00:00 -03", "09-12 00:30 -03"],
+    ),
+    (
+        "2b: the real 01:00 hour skipped after Santiago's midnight gap",
+        "* 1 * * 0",
+        "America/Santiago",
+        datetime(2028, 9, 3, 3, 57, tzinfo=UTC),
+        ["09-03 01:00 -03", "09-03 01:01 -03", "09-03 01:02 -03"],
     ),
     (
         "3: a fixed job restarted inside the repeated hour",
