@@ -11,10 +11,12 @@ after) the 2026-2028 transitions of four zones: Europe/Berlin and America/New_Yo
 (one-hour shifts at night), Australia/Lord_Howe (a 30-minute shift), and
 America/Santiago (a midnight gap, and a repeated 23:00 hour).
 
-cronsim is known to deviate from Vixie cron in three ways. Each is excluded below by its
-own narrow filter, with the reason firecron follows Vixie, and
-``test_each_known_deviation_is_real_and_filtered`` shows each one on a concrete example.
-The filters are written so that any other disagreement fails the test.
+cronsim is known to deviate from Vixie cron in three ways, numbered below: 1, the
+``a-a/s`` syntax; 2, DST shifts that are not a whole hour at night (2a, Lord Howe's
+30-minute shift; 2b, Santiago's midnight gap); 3, restarting a fixed-time job inside a
+repeated hour. Each is excluded by its own narrow filter, with the reason firecron
+follows Vixie, and ``test_each_known_deviation_is_real_and_filtered`` shows each one on
+a concrete example. Any other disagreement fails the test.
 """
 
 from __future__ import annotations
