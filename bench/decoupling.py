@@ -1,4 +1,4 @@
-"""The decoupling case (DESIGN "Why it exists"): N jobs of W seconds of work, all due at once.
+"""The decoupling case (docs/design.md, "Why it exists"): N jobs of W seconds of work, all due at once.
 
 - Baseline: a thread-holding scheduler with 4 slots. Four threads take the due jobs in
   order; each job is a blocking POST to the sink's ``/sync/W``, which starts the job

@@ -1,6 +1,6 @@
 # firecron on Google Cloud: one Cloud Scheduler job ticks the `dispatch` function every
 # minute; dispatch claims the due occurrences in Firestore and fires one-way, signed POSTs
-# at the worker functions. See /README.md ("Deploy") and DESIGN.md ("Architecture").
+# at the worker functions. See /README.md ("Deploy") and docs/design.md ("Architecture").
 #
 #   main.tf       APIs, URLs and settings, the signing secret, the scheduler job
 #   firestore.tf  database, composite indexes, TTL on finished runs

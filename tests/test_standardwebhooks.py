@@ -25,7 +25,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from _factories import make_run
 from _sinks import serve
-from _workers import WorkerProcess, serve_worker, worker_env
+from _workers import WorkerProcess, WorkerStartError, serve_worker, worker_env
 from firecron.core.events import EventType, Route, WebhookSink, make_event
 from firecron.core.lifecycle import SendOutcome
 from firecron.core.models import Target
@@ -248,14 +248,14 @@ def test_cli_refuses_a_bad_secret_with_exit_2(value: str, message: str, tmp_path
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
-def test_worker_with_a_bad_secret_answers_one_json_line_not_an_html_500(tmp_path: Path) -> None:
-    """The worker reads its settings on the first request: a bad secret is a retryable
-    configuration error in one JSON line naming the variable, never Flask's HTML page."""
+def test_worker_with_a_bad_secret_refuses_to_start_in_one_line(tmp_path: Path) -> None:
+    """A bad secret fails when the source is loaded (``@firecron.worker``), so the
+    process never serves: no delivery can get Flask's HTML 500, and the deploy fails
+    with one line naming the variable, never the secret."""
     value = "whsec_not*base64!"
     env = worker_env(f"sqlite:///{tmp_path / 'x.db'}", extra={"FIRECRON_SIGNING_SECRET": value})
-    with serve_worker("hello", env=env, log_dir=tmp_path) as proc:
-        response = httpx.post(proc.url, content=b"{}", timeout=30)
-    assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
-    assert error.startswith("FIRECRON_SIGNING_SECRET: entry 1 of 1 is not valid standard base64")
-    assert "not*base64" not in error
+    with pytest.raises(WorkerStartError) as info, serve_worker("hello", env=env, log_dir=tmp_path):
+        pass
+    log = str(info.value)
+    assert "FIRECRON_SIGNING_SECRET: entry 1 of 1 is not valid standard base64" in log
+    assert "not*base64" not in log

@@ -70,9 +70,10 @@ _tick_gc_saved = gc.get_threshold()
 def _tick_gc() -> Iterator[None]:
     """Collect garbage less eagerly while a tick runs; restored when the outermost tick ends.
 
-    Measured (bench/fanout.py): without it, gen-2 collections walking the whole pre-tick
-    heap took about a quarter of a 10,000-run tick. The pre-tick heap is frozen (never
-    scanned) and young objects are collected every 10,000 allocations instead of 700.
+    Why: gen-2 collections walking the whole pre-tick heap cost a large share of a big
+    tick (bench/fanout.py measures it; the README's Performance section has figures).
+    The pre-tick heap is frozen (never scanned) and young objects are collected every
+    10,000 allocations instead of 700.
     """
     global _tick_gc_depth, _tick_gc_saved
     _tick_gc_depth += 1

@@ -2,7 +2,7 @@
 
 The decorated function becomes a functions-framework HTTP function
 ``(flask.Request) -> flask.Response`` that executes each run attempt exactly once.
-Per request (see DESIGN.md, "Firing: one-way POST" and "Run states"):
+Per request (see docs/design.md, "Firing: one-way POST" and "Run states"):
 
 1. Only ``POST`` is accepted (405 otherwise).
 2. When ``FIRECRON_SIGNING_SECRET`` is set, the Standard Webhooks signature and its
@@ -235,8 +235,17 @@ def worker(
     is registered with ``functions_framework.http``. See the module docstring for what
     each request does. ``heartbeat_interval`` must be positive and at most a third of
     the watchdog's ``heartbeat_timeout`` (30 s); it defaults to
-    :data:`DEFAULT_HEARTBEAT_INTERVAL`. Raises ``ValueError`` otherwise.
+    :data:`DEFAULT_HEARTBEAT_INTERVAL`. Raises ``ValueError`` otherwise, and
+    :class:`~firecron.errors.InvalidInputError` (one line naming the variable, never the
+    secret) when ``FIRECRON_SIGNING_SECRET`` holds anything but ``whsec_`` secrets.
     """
+    # A bad FIRECRON_SIGNING_SECRET fails here, when the source is loaded, so a deploy
+    # or `firecron dev` refuses to start with one line instead of answering every
+    # delivery with an error. Reading the environment is not I/O; the rest of the
+    # settings are still read on the first request.
+    from firecron.transport.signing import parse_signing_secrets
+
+    parse_signing_secrets(os.environ.get("FIRECRON_SIGNING_SECRET", ""))
     interval = DEFAULT_HEARTBEAT_INTERVAL if heartbeat_interval is None else heartbeat_interval
     # At most a third of the timeout, so two heartbeats in a row may be lost or late
     # before the watchdog declares a healthy run lost.

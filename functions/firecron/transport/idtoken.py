@@ -1,6 +1,6 @@
 """Google ID tokens for targets whose auth is ``oidc`` (private Cloud Functions / Run).
 
-The audience is the target URL, as DESIGN "Firing: one-way POST" states: for a
+The audience is the target URL, as docs/design.md, "Firing: one-way POST" states: for a
 ``function`` target that is ``{FIRECRON_FUNCTIONS_BASE_URL}/{function}``, the URL
 Cloud Functions expects as the audience. (A Cloud Run service checks against its root
 URL or a configured custom audience; point such targets at that URL.)
