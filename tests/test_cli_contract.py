@@ -147,7 +147,17 @@ def test_trigger_of_a_worker_reports_the_state_the_worker_recorded(tmp_path: Pat
 
 @pytest.mark.parametrize(
     "args",
-    [["list"], ["show", "x"], ["runs"], ["run", "x@y"], ["events"], ["trigger", "x"]],
+    [
+        ["list"],
+        ["show", "x"],
+        ["runs"],
+        ["run", "x@y"],
+        ["events"],
+        ["trigger", "x"],
+        ["pause", "x"],
+        ["resume", "x"],
+        ["delete", "x"],
+    ],
     ids=lambda a: a[0],
 )
 @pytest.mark.parametrize("parent_exists", [True, False], ids=["file", "dir"])
@@ -287,3 +297,75 @@ def test_trigger_of_a_real_worker_prints_the_state_the_worker_recorded(tmp_path:
     assert proc.returncode == 0, proc.stderr
     [line] = proc.stderr.splitlines()
     assert line in ("state: running", "state: succeeded")
+
+
+# -- trigger --wait and tick follow and sign like the dev stack ----------------------------
+
+
+def worker_schedule(sid: str, url: str, *, retries: int = 1, every: str = "1h") -> str:
+    return (
+        f"schedules:\n  - id: {sid}\n    every: {every}\n"
+        f'    target: {{url: "{url}", worker: true}}\n'
+        f"    retry: {{max_attempts: {retries}}}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "code", "fragment"),
+    [
+        ("hello", 0, None),
+        ("fail", 1, "ended failed after 1 attempt(s): RuntimeError: this worker always fails"),
+    ],
+)
+def test_trigger_wait_follows_a_worker_run_to_its_end(
+    tmp_path: Path, target: str, code: int, fragment: str | None
+) -> None:
+    """Without --wait a failing worker still exits 0 (it acknowledged before working)."""
+    from _workers import serve_worker, worker_env
+
+    url = f"sqlite:///{tmp_path / 'store' / 'firecron.db'}"
+    with serve_worker(target, env=worker_env(url), log_dir=tmp_path / "logs") as worker:
+        store = apply(tmp_path, worker_schedule("w", worker.url))
+        proc = firecron("trigger", "w", "--wait", "--store", store)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    if fragment is None:
+        assert proc.stderr.splitlines() == ["state: succeeded"]
+    else:
+        [line] = proc.stderr.splitlines()
+        assert line.startswith("error: run w@m"), line
+        assert fragment in line, line
+
+
+def test_trigger_wait_gives_up_after_its_timeout(tmp_path: Path) -> None:
+    with serve(status=202, stream=True) as sink:  # acknowledges, never starts the run
+        store = apply(tmp_path, worker_schedule("w", f"{sink.url}/w"))
+        proc = firecron("trigger", "w", "--wait", "--wait-timeout", "1s", "--store", store)
+    assert proc.returncode == 1
+    [line] = proc.stderr.splitlines()
+    assert line.endswith("is still dispatched after 1s"), line
+
+
+def test_trigger_wait_timeout_must_be_a_duration(tmp_path: Path) -> None:
+    store = apply(tmp_path, url_schedule("https://example.com/hook"))
+    proc = firecron("trigger", "hook", "--wait", "--wait-timeout", "soon", "--store", store)
+    assert proc.returncode == 2
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("error: --wait-timeout: "), line
+
+
+def test_tick_signs_with_the_dev_secret_of_its_store(tmp_path: Path) -> None:
+    """`firecron tick` beside a dev stack signs like the stack, so its workers accept it."""
+    from _workers import serve_worker, worker_env
+    from firecron._dev_secret import with_dev_secret
+    from firecron.settings import Settings
+
+    url = f"sqlite:///{tmp_path / 'store' / 'firecron.db'}"
+    (tmp_path / "store").mkdir()
+    secret = with_dev_secret(Settings(store_url=url), create=True).signing_secrets
+    with serve_worker("hello", env=worker_env(url, secrets=secret), log_dir=tmp_path) as worker:
+        store = apply(tmp_path, worker_schedule("w", worker.url, every="1s"))
+        proc = firecron("tick", "--json", "--store", store)
+        assert proc.returncode == 0, proc.stderr
+        [run] = json.loads(firecron("runs", "--json", "--store", store).stdout)
+        # 401 (unsigned) would be a permanent failure; signed, the worker took it.
+        assert run["state"] in ("running", "succeeded"), run

@@ -26,6 +26,7 @@ from firecron import admin
 from firecron._output import console, emit_json, err_console, jsonable, rfc3339, table
 from firecron.core import planning
 from firecron.core.durations import format_duration as fd
+from firecron.core.durations import parse_duration
 from firecron.core.events import Event, EventType, cloudevent
 from firecron.core.models import SCHEDULE_ID_PATTERN, StoredSchedule
 from firecron.core.runs import Attempt, Run, RunState
@@ -495,7 +496,8 @@ def _state_command(name: str, verb: str, fn: Any, example: str, extra_doc: str) 
     @store_option
     @json_option
     def command(schedule_id: str, store_url: str | None, as_json: bool) -> None:
-        stored = _with_store(store_url, lambda s: fn(s, schedule_id, _now()))
+        # An unknown store is an unknown schedule: say so without creating an empty store.
+        stored = _with_store(store_url, lambda s: fn(s, schedule_id, _now()), create=False)
         if as_json:
             emit_json(_summary(stored))
         else:
@@ -531,7 +533,7 @@ def delete(schedule_id: str, store_url: str | None) -> None:
     Example:
       firecron delete old-report
     """
-    _with_store(store_url, lambda s: admin.delete(s, schedule_id))
+    _with_store(store_url, lambda s: admin.delete(s, schedule_id), create=False)
     click.echo(f"deleted {schedule_id}")
 
 
@@ -548,7 +550,10 @@ def tick(store_url: str | None, as_json: bool) -> None:
     Example:
       firecron tick --json
     """
-    settings = _settings(store_url)
+    from firecron._dev_secret import with_dev_secret
+
+    # Signed like `firecron dev`'s own ticks, so a dev stack's workers accept its sends.
+    settings = with_dev_secret(_settings(store_url), create=False)
     summary = _with_store(store_url, lambda s: run_tick(settings, s))
     data = summary.as_dict()
     if as_json:
@@ -602,10 +607,27 @@ def _finite(text: str) -> float:
     metavar="K=V",
     help="Override a parameter (VALUE is JSON or a string). Repeatable.",
 )
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Follow the run until it ends (its retries included) and exit 1 unless it succeeded.",
+)
+@click.option(
+    "--wait-timeout",
+    default="10m",
+    show_default=True,
+    metavar="DURATION",
+    help="With --wait: give up (exit 1) when the run has not ended by then.",
+)
 @store_option
 @json_option
 def trigger(
-    schedule_id: str, params: tuple[str, ...], store_url: str | None, as_json: bool
+    schedule_id: str,
+    params: tuple[str, ...],
+    wait: bool,
+    wait_timeout: str,
+    store_url: str | None,
+    as_json: bool,
 ) -> None:
     """Run a schedule now, with optional parameter overrides, and print the run id.
 
@@ -618,13 +640,20 @@ def trigger(
     unreachable, an HTTP error; a retry may still be scheduled) or has already failed.
     Its events are recorded with the run (see `firecron events`), not printed.
 
+    A worker acknowledges before it works, so without --wait the command ends when the
+    run has started. With --wait it follows the run in the store until it ends, while a
+    dispatcher (`firecron dev`, or the deployed one) drives its retries, and exits 1
+    unless it ended succeeded or delivered.
+
     \b
-    Example:
+    Examples:
       firecron trigger hello --param name=you
+      firecron trigger nightly-report --wait --wait-timeout 30m
     """
     from firecron._dev_secret import with_dev_secret
 
     overrides = _parse_params(params)
+    deadline = _user_value("--wait-timeout", lambda: parse_duration(wait_timeout))
     settings = with_dev_secret(_settings(store_url), create=False)
 
     _quiet_library_logs()
@@ -639,10 +668,13 @@ def trigger(
             await dispatcher.aclose()
         # A worker records its start before it answers, so the send's own record may
         # have lost to it: the store has the run's real state.
-        return await store.get_run(fired.id) or fired
+        run = await store.get_run(fired.id) or fired
+        if wait:
+            run = await _follow(store, run, deadline)
+        return run
 
     run = _with_store(store_url, go, create=False)
-    failure = _trigger_failure(run)
+    failure = _wait_failure(run, deadline) if wait else _trigger_failure(run)
     if as_json:
         emit_json(_run_dict(run))
     elif failure is None:
@@ -661,6 +693,29 @@ def _quiet_library_logs() -> None:
     logger = logging.getLogger("firecron")
     if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
         logger.addHandler(logging.NullHandler())
+
+
+_FOLLOW_INTERVAL_S = 0.5
+
+
+async def _follow(store: Store, run: Run, limit: timedelta) -> Run:
+    """The run as stored once it is terminal, or as last read when ``limit`` has passed."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + limit.total_seconds()
+    while not run.is_terminal and loop.time() < give_up:
+        await asyncio.sleep(_FOLLOW_INTERVAL_S)  # a user-facing poll of the store, not a test
+        run = await store.get_run(run.id) or run
+    return run
+
+
+def _wait_failure(run: Run, timeout: timedelta) -> str | None:
+    """The one line `trigger --wait` exits 1 with, or None when the run succeeded."""
+    if run.state in (RunState.succeeded, RunState.delivered):
+        return None
+    if not run.is_terminal:
+        return f"run {run.id} is still {run.state.value} after {fd(timeout)}"
+    reason = " ".join((run.error or "no error recorded").split())
+    return f"run {run.id} ended {run.state.value} after {run.attempt} attempt(s): {reason}"
 
 
 def _trigger_failure(run: Run) -> str | None:
