@@ -133,7 +133,32 @@ def test_at_fires_once_then_is_exhausted() -> None:
     assert len(p.to_fire) == 1
     assert p.new_state.exhausted
     assert p.new_state.next_fire_at is None
-    assert planning.initial_state(s, T0 + MIN).exhausted is True
+    # Applied after its instant but within misfire.grace (24h): due now, not lost.
+    late = planning.initial_state(s, T0 + MIN)
+    assert late.next_occurrence == T0
+    assert (
+        len(planning.plan(StoredSchedule(spec=s, state=late, version="1"), None, T0 + MIN).to_fire)
+        == 1
+    )
+    # Past the grace it can never fire (validate refuses it): exhausted.
+    assert planning.initial_state(s, T0 + timedelta(hours=25)).exhausted is True
+
+
+def test_a_late_applied_at_with_misfire_skip_is_recorded_missed_not_dropped() -> None:
+    s = spec(every=None, at="2027-01-01T00:00:00Z", misfire="skip")
+    st = planning.initial_state(s, T0 + timedelta(minutes=10))
+    p = planning.plan(
+        StoredSchedule(spec=s, state=st, version="1"), None, T0 + timedelta(minutes=10)
+    )
+    assert p.to_fire == []
+    assert p.missed == [T0]
+    assert p.new_state.exhausted
+
+
+def test_a_recurring_schedule_never_fires_occurrences_from_before_it_existed() -> None:
+    st = planning.initial_state(spec(), T0 + timedelta(seconds=30))
+    assert st.next_occurrence is not None
+    assert st.next_occurrence > T0 + timedelta(seconds=30)
 
 
 def test_overlap_skip_records_a_skipped_run_for_workers() -> None:

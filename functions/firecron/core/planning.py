@@ -57,6 +57,7 @@ DEFAULT_MISFIRE_THRESHOLD = timedelta(minutes=2)
 """How late an occurrence may be seen and still count as on time (a one-minute tick plus slack)."""
 MAX_FIRE_PER_TICK = 100
 """At most this many occurrences of one schedule fire in one plan (``misfire: all``)."""
+_ONE_MICROSECOND = timedelta(microseconds=1)
 MAX_SCAN = 10_000
 """At most this many occurrences are enumerated per plan; a longer backlog continues next tick."""
 
@@ -127,9 +128,21 @@ def _with_next(
 
 
 def initial_state(spec: ScheduleSpec, now: datetime) -> ScheduleState:
-    """State of a newly applied schedule: first occurrence strictly after ``now``."""
+    """State of a newly applied schedule: first occurrence strictly after ``now``.
+
+    Except a one-shot ``at`` applied after its instant but within ``misfire.grace``: it
+    points at that instant, so the next tick's misfire policy decides, as for a missed
+    tick (``coalesce``/``all`` fire it, ``skip`` records it missed unless it is still on
+    time). A one-shot applied a few seconds late must not vanish silently; ``validate``
+    refuses those older than the grace (:mod:`firecron.core.refusals`). Recurring
+    triggers never fire occurrences from before they existed.
+    """
     base = ScheduleState(created_at=now, updated_at=now)
-    return _with_next(spec, base, trigger_of(spec).next_after(now), now)
+    trigger = trigger_of(spec)
+    after = now
+    if spec.at is not None and now - spec.misfire.grace <= spec.at <= now:
+        after = spec.at - _ONE_MICROSECOND
+    return _with_next(spec, base, trigger.next_after(after), now)
 
 
 def replan(

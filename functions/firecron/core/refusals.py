@@ -17,8 +17,9 @@ Each reason is one line ``field: reason``. Refused:
   (jitter included). So an ``at`` earlier than ``now - misfire.grace``, or with
   ``skip`` a fire time earlier than ``now - DEFAULT_MISFIRE_THRESHOLD``, never fires.
 
-Not refused here, because only the store can tell: an ``at`` in the recent past that
-is still within grace. A schedule applied before and not yet ticked may still fire it.
+Not refused: an ``at`` in the recent past that is still within grace. A new schedule
+points at it (:func:`~firecron.core.planning.initial_state`) and the next tick's
+misfire policy decides; one applied before and not yet ticked may still fire it.
 
 Cron expressions that never match are refused by the model itself
 (:func:`~firecron.core.triggers.validate_cron`).
