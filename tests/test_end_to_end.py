@@ -64,8 +64,17 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
 
 async def add(backend: Backend, schedule_id: str, url: str, now: datetime, **fields: Any) -> None:
+    # Anchored at `now` (``every`` counts from the epoch otherwise): the first occurrence
+    # is due at `now` and the next one an hour later, whatever the time of day, so the
+    # test's later ticks (up to a few minutes ahead) fire nothing new.
     spec = ScheduleSpec.model_validate(
-        {"id": schedule_id, "every": "1h", "target": {"url": url, "worker": True}, **fields}
+        {
+            "id": schedule_id,
+            "every": "1h",
+            "start_at": now,
+            "target": {"url": url, "worker": True},
+            **fields,
+        }
     )
     state = planning.initial_state(spec, now - timedelta(hours=1))
     await backend.store.put_schedule(spec, state, expect_version=None)
@@ -141,14 +150,16 @@ async def test_crash_between_claim_and_post_executes_once(backend: Backend) -> N
             await backend.store.claim(stored, plan.new_state, plan.runs) is not None
         )  # ...and the dispatcher dies
         [run] = plan.runs
+        other = backend.dispatcher()
         try:
             assert (await d.tick(now + timedelta(seconds=10))).fired == 0
             later = now + d.timeouts.pending_grace + timedelta(seconds=1)
             # Two overlapping ticks at the deadline: exactly one re-fires.
-            summaries = await asyncio.gather(d.tick(later), backend.dispatcher().tick(later))
+            summaries = await asyncio.gather(d.tick(later), other.tick(later))
             done = await wait_run(backend.store, run.id, lambda r: r.is_terminal)
         finally:
             await d.aclose()
+            await other.aclose()
     assert sum(s.fired for s in summaries) == 1
     assert done.state is RunState.succeeded
     assert done.attempt == 2

@@ -46,10 +46,15 @@ def store_url(store: Store) -> str:
 
 
 async def apply(store: Store, yaml_text: str, now: datetime) -> None:
+    """Apply the schedules of ``yaml_text`` with their first occurrence due at ``now``.
+
+    ``every`` counts from the Unix epoch unless ``start_at`` is set; anchoring at ``now``
+    puts the next occurrence a whole interval later, whatever the time of day, so the
+    later ticks of a test fire nothing new.
+    """
     doc = parse_schedule_file(yaml_text)
-    await admin.apply_schedules(
-        store, doc.schedules, now - timedelta(hours=1), prune=False, dry_run=False
-    )
+    specs = [spec.model_copy(update={"start_at": now}) for spec in doc.schedules]
+    await admin.apply_schedules(store, specs, now - timedelta(hours=1), prune=False, dry_run=False)
 
 
 def events_at(sink: Sink) -> list[dict[str, Any]]:
