@@ -347,11 +347,6 @@ def test_citations_of_the_design_name_its_sections() -> None:
     assert not missing, f"sections not in {_DESIGN}: {missing}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the last citations of the design note that is not in the repository are being "
-    "replaced; remove this marker when they are",
-)
 def test_nothing_cites_a_design_note_the_repository_lacks() -> None:
     """The design is docs/design.md; a bare "DESIGN" or "DESIGN.md" points nowhere."""
     stale = re.compile(r"\bDESIGN\b")

@@ -13,8 +13,9 @@ General rules for every backend:
   and tests can check the cost model (an idle tick reads nothing but its queries).
   Where the backend bills a minimum per query (Firestore: an empty result costs one
   read) the backend counts it; SQLite counts rows returned only.
-- There is no ``set_paused`` (DESIGN.md lists one): pausing and resuming need trigger
-  math from the core to compute the next state, and a store must not compute. The
+- There is no ``set_paused`` (the first design listed one; see docs/design.md,
+  "Store contract"): pausing and resuming need trigger math from the core to compute
+  the next state, and a store must not compute. The
   admin service computes the state and writes it with ``put_schedule``'s
   compare-and-set, which also makes a pause race safely with a concurrent claim.
 - Schedules live in ``{namespace}_schedules`` and runs in ``{namespace}_runs``.
