@@ -26,14 +26,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+
+from _poll import poll
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -103,19 +105,6 @@ def fingerprint(root: Path) -> dict[str, str | None]:
         else None
         for name in (*EDITED, str(STORE))
     }
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Call ``check`` until it returns something truthy, and return that.
-
-    The deadline is generous and never asserted on as a timing: reaching it means
-    ``what`` never happened. (A local helper: tests/_poll.py was not there yet.)
-    """
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"{what}: not after {timeout:.0f} s"
-        time.sleep(0.2)  # the interval between two polls, not a wait for an event
-    return result
 
 
 def _free_port() -> int:
@@ -211,25 +200,30 @@ def test_the_copy_of_a_checkout_that_followed_the_quickstart_validates(tmp_path:
 
 
 def test_readme_quickstart(tmp_path: Path) -> None:
+    """Steps 1 to 4 in order: the stack runs first, and picks up the new worker itself."""
     before = fingerprint(ROOT)
     checkout = copy_repository(ROOT, tmp_path / "firecron")
-    follow_steps_2_and_3(checkout)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIRECRON_")}
     port = _free_port()
     with dev_stack(checkout, env, port) as dev:
 
-        def succeeded() -> list[dict[str, Any]]:
+        def alive() -> None:
             assert dev.poll() is None, dev.stdout.read() if dev.stdout else ""
-            if not (checkout / STORE).is_file():  # dev has not created its store yet
-                return []
-            runs: list[dict[str, Any]] = _firecron(
-                checkout, env, "runs", "--schedule", "count-words", "--state", "succeeded"
-            )
-            return runs
 
-        # The scheduled run of the new worker, on its own.
-        done = poll(succeeded, 60, "count-words never succeeded")
-        assert done[0]["output"] == {"words": 7}
+        def status(path: str) -> int:
+            alive()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/{path}", timeout=5).status_code
+            except httpx.TransportError:
+                return 0
+
+        # Step 1: the stack serves the example workers (the SDK answers GET with 405).
+        poll(lambda: status("hello"), lambda code: code == 405, what="dev serving hello")
+        assert status("word_count") == 404
+
+        # Steps 2 and 3 while it runs; step 4 says it reloads the source by itself.
+        follow_steps_2_and_3(checkout)
+        poll(lambda: status("word_count"), lambda code: code == 405, what="word_count reloaded")
 
         script = "set -euo pipefail\n" + block("commands").replace(
             "127.0.0.1:8080", f"127.0.0.1:{port}"
@@ -250,12 +244,28 @@ def test_readme_quickstart(tmp_path: Path) -> None:
         ]
         assert len(triggered) == 1
 
-        def ended() -> dict[str, Any] | None:
-            run: dict[str, Any] = _firecron(checkout, env, "run", triggered[0])
-            return run if run["state"] == "succeeded" else None
+        def run_of(run_id: str) -> dict[str, Any]:
+            alive()
+            run: dict[str, Any] = _firecron(checkout, env, "run", run_id)
+            return run
 
-        run = poll(ended, 30, f"{triggered[0]} never succeeded")
+        run = poll(
+            lambda: run_of(triggered[0]),
+            lambda r: r["state"] == "succeeded",
+            what=f"{triggered[0]} succeeded",
+        )
         assert run["output"] == {"words": 3}
+
+        def scheduled() -> list[dict[str, Any]]:
+            alive()
+            runs: list[dict[str, Any]] = _firecron(
+                checkout, env, "runs", "--schedule", "count-words", "--state", "succeeded"
+            )
+            return [r for r in runs if r["trigger"] == "schedule"]
+
+        # The scheduled runs of the new worker, applied by step 4, on their own.
+        done = poll(scheduled, what="a scheduled count-words run succeeded")
+        assert done[0]["output"] == {"words": 7}
 
     # Everything happened in the copy: its store holds the schedule, and the reader's
     # workers, schedules and store are as they were.
