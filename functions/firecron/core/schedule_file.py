@@ -26,6 +26,7 @@ Contract of :func:`parse_schedule_file`:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from firecron._gc import gc_paused
 from firecron.core.events import Notifications, Route, resolve_routes
 from firecron.core.models import ScheduleSpec
 from firecron.core.refusals import unworkable, unworkable_sinks
@@ -94,7 +96,7 @@ class _Unusual(Exception):
 _NO_KEY: Any = object()
 
 
-def _load_direct(loader: Any) -> Any:
+def _load_direct(loader: Any, on_entry: Callable[[int, Any], Any] | None = None) -> Any:
     """Build the document straight from ``loader``'s events, without a node graph.
 
     PyYAML composes a node object per scalar and collection before constructing
@@ -104,21 +106,32 @@ def _load_direct(loader: Any) -> Any:
     aliases, tags on collections, merge keys, collection keys and several documents
     raise :class:`_Unusual`, and the caller then uses the loader's own path, so every
     document still means (and fails) what it meant before.
+
+    ``on_entry(index, item)``, when given, replaces each item of the top-level
+    ``schedules`` list as soon as the item is complete, so a large file never holds
+    all of its raw entries at once.
     """
+    # Locals: this loop runs once per YAML event, millions of times for a large file.
     get = loader.get_event
     resolve = loader.resolve
     constructors = loader.yaml_constructors
+    scalar_event, scalar_node = yaml.ScalarEvent, yaml.ScalarNode
+    mapping_start, sequence_start = yaml.MappingStartEvent, yaml.SequenceStartEvent
+    mapping_end, sequence_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
+    document_end = yaml.DocumentEndEvent
+    str_tag, plain_tags, no_key = _STR_TAG, _PLAIN_COLLECTION_TAGS, _NO_KEY
     resolved: dict[str, str] = {}  # plain scalar -> tag (keys and values repeat a lot)
     get()  # StreamStartEvent
     if isinstance(get(), yaml.StreamEndEvent):
         return None
     containers: list[Any] = []
     keys: list[Any] = []  # per open mapping, the key waiting for its value
+    entries: Any = None  # the top-level ``schedules`` list, once it has begun
     root: Any = None
     while True:
         event = get()
         kind = type(event)
-        if kind is yaml.ScalarEvent:
+        if kind is scalar_event:
             if event.anchor is not None:
                 raise _Unusual
             value: Any = event.value
@@ -129,27 +142,33 @@ def _load_direct(loader: Any) -> Any:
                     # Resolution of a plain scalar depends on its text only.
                     tag = resolved.get(value)
                     if tag is None:
-                        tag = resolve(yaml.ScalarNode, value, implicit)
+                        tag = resolve(scalar_node, value, implicit)
                         if len(resolved) < _RESOLVED_CACHE_SIZE:
                             resolved[value] = tag
                 else:
-                    tag = resolve(yaml.ScalarNode, value, implicit)
-            if tag != _STR_TAG:
+                    tag = str_tag  # a quoted scalar is a string
+            if tag != str_tag:
                 construct = constructors.get(tag)
                 if construct is None or tag == "tag:yaml.org,2002:merge":
                     raise _Unusual
-                node = yaml.ScalarNode(tag, value, event.start_mark, event.end_mark, event.style)
+                node = scalar_node(tag, value, event.start_mark, event.end_mark, event.style)
                 value = construct(loader, node)
-        elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
-            if event.anchor is not None or event.tag not in _PLAIN_COLLECTION_TAGS:
+        elif kind is mapping_start or kind is sequence_start:
+            if event.anchor is not None or event.tag not in plain_tags:
                 raise _Unusual
-            containers.append({} if kind is yaml.MappingStartEvent else [])
-            keys.append(_NO_KEY)
+            if kind is mapping_start:
+                containers.append({})
+            else:
+                new: list[Any] = []
+                if len(containers) == 1 and keys[0] == "schedules" and on_entry is not None:
+                    entries = new
+                containers.append(new)
+            keys.append(no_key)
             continue
-        elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+        elif kind is mapping_end or kind is sequence_end:
             value = containers.pop()
             keys.pop()
-        elif kind is yaml.DocumentEndEvent:
+        elif kind is document_end:
             break
         else:  # AliasEvent
             raise _Unusual
@@ -158,24 +177,30 @@ def _load_direct(loader: Any) -> Any:
             continue
         parent = containers[-1]
         if type(parent) is list:
+            if parent is entries:
+                value = on_entry(len(parent), value)  # type: ignore[misc]
             parent.append(value)
-        elif keys[-1] is _NO_KEY:
+        elif keys[-1] is no_key:
             if isinstance(value, list | dict):
                 raise _Unusual  # PyYAML reports unhashable keys itself
             keys[-1] = value
         else:
             parent[keys[-1]] = value
-            keys[-1] = _NO_KEY
+            keys[-1] = no_key
     if not isinstance(get(), yaml.StreamEndEvent):
         raise _Unusual  # several documents: PyYAML's error says so
     return root
 
 
-def _load_yaml(text: str) -> Any:
-    """``yaml.load(text, Loader=_Loader)``, in a fraction of its time and memory."""
+def _load_yaml(text: str, on_entry: Callable[[int, Any], Any] | None = None) -> Any:
+    """``yaml.load(text, Loader=_Loader)``, in a fraction of its time and memory.
+
+    ``on_entry`` may have replaced the items of the top-level ``schedules`` list (see
+    :func:`_load_direct`), or not: the caller must accept both.
+    """
     loader = _Loader(text)
     try:
-        return _load_direct(loader)
+        return _load_direct(loader, on_entry)
     except _Unusual:
         pass
     finally:
@@ -229,8 +254,21 @@ def parse_schedule_file(
     and private targets are refused too; the metadata server and link-local addresses
     are refused either way. The CLI passes both.
     """
+    with gc_paused():  # see firecron._gc: a large file builds millions of live objects
+        return _parse(text, source, now=now, allow_private_targets=allow_private_targets)
+
+
+def _parse(
+    text: str, source: str, *, now: datetime | None, allow_private_targets: bool
+) -> ScheduleFile:
+    """:func:`parse_schedule_file`, with the collector paused."""
+
+    def check(index: int, entry: Any) -> _Checked:
+        return _check_entry(index, entry, now=now, allow_private_targets=allow_private_targets)
+
     try:
-        doc = _load_yaml(text)
+        # Entries are validated as the parser completes them (see _load_direct).
+        doc = _load_yaml(text, check)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -267,42 +305,58 @@ def parse_schedule_file(
 
     specs: list[ScheduleSpec] = []
     seen: dict[str, int] = {}
-    for index, entry in enumerate(entries):
-        # A raw entry is not needed once validated: dropping each as we go keeps the
-        # peak memory of a large file to about one copy of it.
-        entries[index] = None
-        if not isinstance(entry, dict):
-            errors.append(f"{_label(index, entry)}: must be a mapping, got {type(entry).__name__}")
+    for index, item in enumerate(entries):
+        checked = item if isinstance(item, _Checked) else check(index, item)
+        entries[index] = None  # keeps the peak memory of a large file down
+        spec = checked.spec
+        if spec is None:
+            errors.extend(checked.errors)
             continue
-        try:
-            spec = ScheduleSpec.model_validate(entry)
-        except ValidationError as exc:
-            label = _label(index, entry)
-            errors.extend(f"{label}: {line}" for line in format_validation_error(exc))
-            continue
-        if spec.id in seen:
+        first = seen.setdefault(spec.id, index)
+        if first != index:
             errors.append(
-                f"{_label(index, entry)}: duplicate id {spec.id!r}"
-                f" (first at schedules[{seen[spec.id]}])"
+                f"{_label(index, spec.id)}: duplicate id {spec.id!r} (first at schedules[{first}])"
             )
             continue
-        seen[spec.id] = index
-        errors.extend(
-            f"{_label(index, entry)}: {line}"
-            for line in unworkable(spec, now=now, allow_private_targets=allow_private_targets)
-        )
+        errors.extend(checked.errors)
         specs.append(spec)
     if errors:
         raise ScheduleFileError(source, errors)
     return ScheduleFile(schedules=_routed(specs, notifications), notifications=notifications)
 
 
-def _label(index: int, entry: Any) -> str:
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """One entry, validated: its spec (None when invalid) and its error lines."""
+
+    spec: ScheduleSpec | None
+    errors: tuple[str, ...]
+
+
+def _check_entry(
+    index: int, entry: Any, *, now: datetime | None, allow_private_targets: bool
+) -> _Checked:
+    """Validate entry ``index``; its error lines name it (see the module docstring).
+
+    A valid spec can still carry errors: the reasons it could never work.
+    """
+    if not isinstance(entry, dict):
+        return _Checked(
+            None, (f"{_label(index, None)}: must be a mapping, got {type(entry).__name__}",)
+        )
+    try:
+        spec = ScheduleSpec.model_validate(entry)
+    except ValidationError as exc:
+        label = _label(index, entry.get("id"))
+        return _Checked(None, tuple(f"{label}: {line}" for line in format_validation_error(exc)))
+    problems = unworkable(spec, now=now, allow_private_targets=allow_private_targets)
+    return _Checked(spec, tuple(f"{_label(index, spec.id)}: {line}" for line in problems))
+
+
+def _label(index: int, schedule_id: Any) -> str:
     """``schedules[3] (id=x)``: how an error names its entry (built only for errors)."""
     label = f"schedules[{index}]"
-    if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-        label += f" (id={entry['id']})"
-    return label
+    return f"{label} (id={schedule_id})" if isinstance(schedule_id, str) else label
 
 
 def _routed(specs: list[ScheduleSpec], notifications: Notifications) -> list[ScheduleSpec]:
@@ -314,10 +368,13 @@ def _routed(specs: list[ScheduleSpec], notifications: Notifications) -> list[Sch
     """
     # A route's sink is the one its name gives in ``notifications``.
     shared: dict[tuple[tuple[str, tuple[str, ...]], ...], list[Route]] = {}
-    out: list[ScheduleSpec] = []
-    for spec in specs:
-        routes = resolve_routes(notifications, spec.id, spec.labels)
-        key = tuple((r.sink_name, r.types) for r in routes)
-        routes = shared.setdefault(key, routes)
-        out.append(spec.model_copy(update={"notify": routes}))
-    return out
+    same = resolve_routes(notifications, "", {}) if not notifications.rules else None
+    # In place, so that each schedule's old copy is freed as the new one is made.
+    for index, spec in enumerate(specs):
+        routes = same
+        if routes is None:
+            routes = resolve_routes(notifications, spec.id, spec.labels)
+            key = tuple((r.sink_name, r.types) for r in routes)
+            routes = shared.setdefault(key, routes)
+        specs[index] = spec.model_copy(update={"notify": routes})
+    return specs
