@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from firecron._gc import gc_paused
 from firecron.core import planning
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.errors import ConflictError, InvalidInputError, NotFoundError, StoreError
@@ -35,9 +36,12 @@ __all__ = [
 _CAS_TRIES = 5
 _PROGRESS_EVERY = 1_000
 """Planned schedules between two progress reports."""
+_READ_PAGE = 2_000
+"""Stored schedules read per query by ``apply``."""
 
 Progress = Callable[[str, int, int], None]
-"""``progress(phase, done, total)``: ``phase`` is ``"plan"`` or ``"write"``."""
+"""``progress(phase, done, total)``: ``phase`` is ``"read"``, ``"plan"`` or ``"write"``;
+``total`` is 0 while it is not known (reading)."""
 
 
 class ApplyAction(StrEnum):
@@ -105,32 +109,33 @@ async def apply_schedules(
     :func:`prune_needs_confirmation` raises :class:`PruneRefused` and writes nothing.
     ``progress`` is called as planning and writing advance (see :data:`Progress`).
     """
-    existing = {s.id: s for s in await store.list_schedules()}
-    lines: list[ApplyLine] = []
-    writes: list[ScheduleWrite] = []
-    total = len(specs)
-    for done, spec in enumerate(specs, 1):
-        old = existing.get(spec.id)
-        if old is None:
-            lines.append(ApplyLine(ApplyAction.create, spec.id))
-            if not dry_run:
-                writes.append(ScheduleWrite(spec, planning.initial_state(spec, now), None))
-        elif old.spec == spec:
-            lines.append(ApplyLine(ApplyAction.unchanged, spec.id))
-        else:
-            lines.append(ApplyLine(ApplyAction.update, spec.id, _diff(old.spec, spec)))
-            if not dry_run:
-                state = planning.replan(spec, old.spec, old.state, now)
-                writes.append(ScheduleWrite(spec, state, old.version))
-        if progress is not None and (done % _PROGRESS_EVERY == 0 or done == total):
-            progress("plan", done, total)
+    with gc_paused():  # see firecron._gc: the plan of a large file is millions of objects
+        stored_ids, changed = await _read_stored(store, specs, progress)
+        stored = set(stored_ids)
+        lines: list[ApplyLine] = []
+        writes: list[ScheduleWrite] = []
+        total = len(specs)
+        for done, spec in enumerate(specs, 1):
+            if spec.id not in stored:
+                lines.append(ApplyLine(ApplyAction.create, spec.id))
+                if not dry_run:
+                    writes.append(ScheduleWrite(spec, planning.initial_state(spec, now), None))
+            elif (old := changed.get(spec.id)) is None:
+                lines.append(ApplyLine(ApplyAction.unchanged, spec.id))
+            else:
+                lines.append(ApplyLine(ApplyAction.update, spec.id, _diff(old.spec, spec)))
+                if not dry_run:
+                    state = planning.replan(spec, old.spec, old.state, now)
+                    writes.append(ScheduleWrite(spec, state, old.version))
+            if progress is not None and (done % _PROGRESS_EVERY == 0 or done == total):
+                progress("plan", done, total)
     deletes: list[str] = []
     if prune:
         wanted = {s.id for s in specs}
-        deletes = [i for i in sorted(existing) if i not in wanted]
+        deletes = [i for i in stored_ids if i not in wanted]  # in id order
         lines += [ApplyLine(ApplyAction.delete, i) for i in deletes]
-        if not dry_run and not confirmed and prune_needs_confirmation(len(deletes), len(existing)):
-            raise PruneRefused(len(deletes), len(existing))
+        if not dry_run and not confirmed and prune_needs_confirmation(len(deletes), len(stored)):
+            raise PruneRefused(len(deletes), len(stored))
     if dry_run or not (writes or deletes):
         return lines
 
@@ -145,6 +150,32 @@ async def apply_schedules(
     if progress is not None:
         progress("write", len(writes) + len(deletes), len(writes) + len(deletes))
     return lines
+
+
+async def _read_stored(
+    store: Store, specs: Sequence[ScheduleSpec], progress: Progress | None
+) -> tuple[list[str], dict[str, StoredSchedule]]:
+    """Every stored id (in id order), and the stored schedules that differ from ``specs``.
+
+    Read a page at a time, keeping only what the plan needs: a re-applied file of
+    100,000 unchanged schedules would otherwise hold a second copy of all of them.
+    """
+    by_id = {spec.id: spec for spec in specs}
+    ids: list[str] = []
+    changed: dict[str, StoredSchedule] = {}
+    after: str | None = None
+    while True:
+        page = await store.list_schedules(after=after, limit=_READ_PAGE)
+        for stored in page:
+            ids.append(stored.id)
+            wanted = by_id.get(stored.id)
+            if wanted is not None and wanted != stored.spec:
+                changed[stored.id] = stored
+        if progress is not None:
+            progress("read", len(ids), 0)
+        if len(page) < _READ_PAGE:
+            return ids, changed
+        after = page[-1].id
 
 
 async def _converge(store: Store, spec: ScheduleSpec, now: datetime) -> None:

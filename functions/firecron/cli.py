@@ -301,12 +301,13 @@ def _apply_progress() -> Iterator[admin.Progress | None]:
         transient=True,
     )
     tasks: dict[str, Any] = {}
-    names = {"plan": "planning", "write": "writing"}
+    names = {"read": "reading the store", "plan": "planning", "write": "writing"}
 
     def report(phase: str, done: int, total: int) -> None:
+        known = total or None  # 0: not known yet (a bar without an end)
         if phase not in tasks:
-            tasks[phase] = bar.add_task(names.get(phase, phase), total=total)
-        bar.update(tasks[phase], completed=done, total=total)
+            tasks[phase] = bar.add_task(names.get(phase, phase), total=known)
+        bar.update(tasks[phase], completed=done, total=known)
 
     with bar:
         yield report
