@@ -8,7 +8,9 @@ written to ``bench/results/summary.json``):
   ratios to the HTTP and store bounds measured in the same run (``bench/fanout.py``);
 - ``held``: 1,000 due runs whose target never answers in time (``bench/held.py``);
 - ``decoupling``: 9 and 50 jobs of 5 s due at once, a 4-slot blocking scheduler against
-  one firecron tick (``bench/decoupling.py``).
+  one firecron tick (``bench/decoupling.py``);
+- ``schedules_file``: ``firecron validate``, ``apply`` and ``list --limit 50`` on one file
+  of 100,000 schedules, each command in its own process (``bench/schedules_file.py``).
 
 Options: ``--only NAME`` (repeatable), ``--quick`` (smaller sizes, about 2 minutes),
 ``--backends sqlite,firestore`` (default: both when ``gcloud`` is on PATH), size
@@ -33,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import decoupling, fanout, held
+from bench import decoupling, fanout, held, schedules_file
 from bench._common import (
     RESULTS_DIR,
     Backends,
@@ -46,7 +48,7 @@ from bench._common import (
     write_json,
 )
 
-NAMES = ("fanout", "held", "decoupling")
+NAMES = ("fanout", "held", "decoupling", "schedules_file")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", help="decoupling: comma-separated job counts, e.g. 9,50")
     p.add_argument("--work-seconds", type=float, help="decoupling: seconds of work per job")
     p.add_argument("--http-requests", type=int, help="fan-out: requests per HTTP-bound probe")
+    p.add_argument("--file-schedules", type=int, help="schedules_file: entries in the file")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     return p
 
@@ -116,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     only = args.only or list(NAMES)
     f_cfg, h_cfg, d_cfg = _configs(args)
+    sf_cfg = schedules_file.SchedulesFileConfig()
+    if args.quick:
+        sf_cfg = replace(sf_cfg, schedules=10_000)
+    if args.file_schedules is not None:
+        sf_cfg = replace(sf_cfg, schedules=args.file_schedules)
     _raise_nofile()
     machine = machine_info()
     print(
@@ -127,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "fanout": lambda b, s: fanout.run(b, names, s, f_cfg),
         "held": lambda b, s: held.run(b, names, s, h_cfg),
         "decoupling": lambda b, s: decoupling.run(b, names, s, d_cfg),
+        "schedules_file": lambda b, s: schedules_file.run(b, names, sf_cfg),
     }
     results: list[BenchResult] = []
     crashed = False

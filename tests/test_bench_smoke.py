@@ -44,6 +44,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "5",
             "--work-seconds",
             "1",
+            "--file-schedules",
+            "300",
             "--results-dir",
             str(out),
         ],
@@ -121,4 +123,22 @@ def test_decoupling(results: Path) -> None:
 def test_summary(results: Path) -> None:
     summary = json.loads((results / "summary.json").read_text())
     assert summary["total"] == len(summary["checks"]) > 0
-    assert {c["benchmark"] for c in summary["checks"]} == {"fanout", "held", "decoupling"}
+    assert {c["benchmark"] for c in summary["checks"]} == {
+        "fanout",
+        "held",
+        "decoupling",
+        "schedules_file",
+    }
+
+
+def test_schedules_file(results: Path) -> None:
+    figures = load(results, "schedules_file")
+    assert figures["schedules"] == 300
+    assert {"validate_s", "validate_peak_rss_mb", "ratios_to_targets"} <= figures.keys()
+    assert figures["validate_peak_rss_mb"] > 0
+    r = figures["backends"]["sqlite"]
+    for key in ("apply_s", "apply_peak_rss_mb", "reapply_unchanged_s", "list_s"):
+        assert r[key] > 0, key
+    assert {"validate_s", "validate_mb", "apply_s_sqlite", "list_s_sqlite"} <= figures[
+        "ratios_to_targets"
+    ].keys()
