@@ -12,6 +12,7 @@ interpreted in the schedule's ``timezone``.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterator
@@ -193,6 +194,18 @@ class MisfirePolicy(_Frozen):
         return {"policy": data} if isinstance(data, str) else data
 
 
+@functools.lru_cache(maxsize=4096)
+def _validated_cron(value: str) -> str:
+    """``validate_cron``, remembered: a large file repeats a few expressions many times.
+
+    Only valid expressions are remembered (an error is not cached), and the result
+    depends on the text alone.
+    """
+    from firecron.core.triggers import validate_cron
+
+    return validate_cron(value)
+
+
 def _non_finite(
     value: object, loc: tuple[int | str, ...]
 ) -> Iterator[tuple[tuple[int | str, ...], float]]:
@@ -312,9 +325,7 @@ class ScheduleSpec(_Frozen):
     @field_validator("cron")
     @classmethod
     def _check_cron(cls, value: str | None) -> str | None:
-        from firecron.core.triggers import validate_cron
-
-        return None if value is None else validate_cron(value)
+        return None if value is None else _validated_cron(value)
 
     @field_validator("params")
     @classmethod
@@ -332,7 +343,17 @@ class ScheduleSpec(_Frozen):
 
     @model_validator(mode="after")
     def _check_trigger(self) -> Self:
-        given = [k for k in TriggerKind if getattr(self, k.value) is not None]
+        # Not ``for k in TriggerKind``: iterating an enum cost more than the rest of this
+        # check, once per schedule of a large file.
+        given = [
+            kind
+            for kind, value in (
+                (TriggerKind.cron, self.cron),
+                (TriggerKind.every, self.every),
+                (TriggerKind.at, self.at),
+            )
+            if value is not None
+        ]
         if len(given) != 1:
             found = ", ".join(given) if given else "none"
             raise ValueError(f"set exactly one of 'cron', 'every' or 'at' (found: {found})")
