@@ -149,9 +149,11 @@ class _Connection(asyncio.Protocol):
         body = bytes(self.buf[end + 4 : end + 4 + length])
         del self.buf[: end + 4 + length]
         sink = self.sink
-        sink.received += 1
+        # Recorded before it is counted: a test thread that saw ``received`` reach n
+        # must find n requests in ``requests``.
         if sink.record:
             sink.requests.append(SinkRequest(method, path, headers, body))
+        sink.received += 1
         self.busy = True
         self._open_request()
         keep_alive = headers.get("connection", "").lower() != "close"
