@@ -36,8 +36,9 @@ __all__ = [
 _CAS_TRIES = 5
 _PROGRESS_EVERY = 1_000
 """Planned schedules between two progress reports."""
-_READ_PAGE = 2_000
-"""Stored schedules read per query by ``apply``."""
+_READ_PAGE = 10_000
+"""Stored schedules read per query by ``apply`` (the emulator scans its whole collection
+for every query, so fewer, larger pages)."""
 
 Progress = Callable[[str, int, int], None]
 """``progress(phase, done, total)``: ``phase`` is ``"read"``, ``"plan"`` or ``"write"``;
