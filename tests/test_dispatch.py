@@ -8,7 +8,6 @@ and then with wide margins.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
@@ -88,18 +87,16 @@ async def test_tick_returns_within_ack_timeout_while_targets_hold(store: Store) 
         d = Dispatcher(
             store, settings(ack_timeout=timedelta(seconds=1), concurrency=4, max_open=100)
         )
-        started = time.monotonic()
         try:
             summary = await d.tick(T0)
         finally:
             await d.aclose()
-        elapsed = time.monotonic() - started
         peak = sink.peak_open
-    # Every request was open at once: waiting for acks did not hold the 4 send slots.
+    # Every request was open at once: waiting for acks did not hold the 4 send slots
+    # (serially by send slot the tick would take n / 4 ack timeouts; `make bench`
+    # measures the wall time, held.py).
     assert peak == n
     assert summary.outcomes["unacknowledged"] == n
-    # Serially by send slot this would take n / 4 * 1 s = 10 s.
-    assert elapsed < 6, elapsed
     runs = await store.list_runs(limit=100)
     assert {r.state for r in runs} == {RunState.delivered}
     assert all(r.attempts[-1].acknowledged is False for r in runs)

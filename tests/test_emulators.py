@@ -6,7 +6,6 @@ import os
 import shutil
 import stat
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -122,10 +121,8 @@ def test_emulator_that_never_answers_is_killed_with_its_children(tmp_path: Path)
     # starts a child and waits, as gcloud does with java.
     pgid_file = tmp_path / "pgid"
     gcloud = _fake_gcloud(tmp_path, f"echo $$ > {pgid_file}\necho starting\nsleep 300 &\nwait")
-    started = time.monotonic()
     with pytest.raises(EmulatorError, match=r"no answer in 1s(.|\n)*starting") as info:
         start_emulator("firestore", gcloud=str(gcloud), timeout=1.0)
-    assert time.monotonic() - started < 15
     assert group_members(int(pgid_file.read_text())) == []
     log = Path(str(info.value).split(" log ", 1)[1].split(":\n", 1)[0])
     assert log.exists()  # kept for whoever reads the message

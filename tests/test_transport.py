@@ -183,14 +183,13 @@ async def test_a_streamed_202_is_acknowledged_without_reading_the_body() -> None
     # Like a worker: 202 and headers at once, then the body never ends.
     sender = Sender(concurrency=4, max_open=4, ack_timeout=60, allow_private_targets=True)
     with serve(status=202, stream=True) as sink:
-        start = time.monotonic()
         result = await sender.send(dispatch_to(sink.url))
-        elapsed = time.monotonic() - start
         # The dispatcher closed its side, so the sink sees the request end.
         sink.wait_idle()
+    # The body never ends: waiting for it would have run into the ack timeout and been
+    # reported unacknowledged, so "acknowledged" means the headers were enough.
     assert result.outcome is SendOutcome.acknowledged
     assert result.status_code == 202
-    assert elapsed < 30  # far below the 60 s ack_timeout: it did not wait for the body
 
 
 async def test_no_response_after_writing_is_unacknowledged() -> None:
@@ -329,9 +328,7 @@ async def test_errors_never_contain_secrets() -> None:
 async def test_waiting_for_acks_holds_no_send_slot() -> None:
     sender = Sender(concurrency=2, max_open=8, ack_timeout=1.0, allow_private_targets=True)
     with serve(hold=True) as sink:
-        start = time.monotonic()
         results = await sender.send_all([dispatch_to(sink.url, attempt=i) for i in range(1, 25)])
-        elapsed = time.monotonic() - start
         peak = sink.peak_open
     assert [r.outcome for r in results] == [SendOutcome.unacknowledged] * 24
     # More requests were open at once than there are send slots, but never more than max_open.
@@ -340,8 +337,7 @@ async def test_waiting_for_acks_holds_no_send_slot() -> None:
     assert stats.peak_open == 8
     assert stats.peak_sending <= 2
     assert stats.unacknowledged == 24
-    # Holding a send slot while waiting would take 24 * 1 s / 2 = 12 s; the split takes ~3 s.
-    assert elapsed < 24 * 1.0 / 2 / 2
+    # (How much faster the split is, is measured by `make bench`, not asserted here.)
 
 
 async def test_send_all_keeps_input_order(sender: Sender) -> None:
