@@ -11,6 +11,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, cast
 
 import pytest
 
@@ -18,8 +19,9 @@ from _factories import T0
 from _sinks import closed_port, serve
 from firecron.core import planning
 from firecron.core.models import ScheduleSpec, StoredSchedule
-from firecron.core.runs import RunState
+from firecron.core.runs import Run, RunState
 from firecron.dispatch import Dispatcher
+from firecron.errors import StoreError
 from firecron.settings import Settings
 from firecron.store.base import Store
 
@@ -119,10 +121,92 @@ async def test_crash_between_claim_and_post_is_refired_once(store: Store) -> Non
             assert again.fired == 0
         finally:
             await d.aclose()
-        assert [r.headers["webhook-id"] for r in sink.requests] == [f"{plan.runs[0].id}/2"]
+        assert [r.headers["webhook-id"] for r in sink.requests] == [f"{plan.runs[0].id}/1"]
     run = await store.get_run(plan.runs[0].id)
     assert run is not None
-    assert (run.state, run.attempt) == (RunState.delivered, 2)
+    assert (run.state, run.attempt) == (RunState.delivered, 1)
+    [attempt] = run.attempts
+    assert [s.outcome for s in attempt.sends] == ["unknown", "acknowledged"]
+
+
+class _OutcomeWriteFails:
+    """The real store, except that recording a send's outcome fails, ``failures`` times.
+
+    A store that refuses one write on demand is a fault the real backends cannot
+    produce; everything else goes to the real store.
+    """
+
+    def __init__(self, store: Store, failures: int = 1) -> None:
+        self._store = store
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def update_run(
+        self, run_id: str, expect_states: Any, changes: Any, **kwargs: Any
+    ) -> Run | None:
+        sending = changes.get("state") in (RunState.delivered, RunState.dispatched)
+        if sending and self.failures > 0:
+            self.failures -= 1
+            raise StoreError("the store went away")
+        return await self._store.update_run(run_id, expect_states, changes, **kwargs)
+
+
+async def test_a_resend_of_an_unrecorded_send_keeps_its_key(store: Store) -> None:
+    failing = Dispatcher(cast(Store, _OutcomeWriteFails(store)), settings())
+    d = Dispatcher(store, settings())
+    with serve() as sink:
+        await seed(store, 1, sink.url + "/hook")
+        try:
+            first = await failing.tick(T0)
+            assert first.fired == 1
+            assert any("recording the send failed" in e for e in first.errors)
+            [unrecorded] = await store.list_runs(limit=1)
+            assert (unrecorded.state, unrecorded.attempt) == (RunState.pending, 1)
+            late = T0 + d.timeouts.pending_grace + timedelta(seconds=1)
+            resent = await d.tick(late)
+            assert resent.fired == 1
+            assert (await d.tick(late + timedelta(seconds=1))).fired == 0
+        finally:
+            await failing.aclose()
+            await d.aclose()
+        requests = list(sink.requests)
+    run_id = unrecorded.id
+    # The same attempt twice: same key, same webhook-id, same body, so a target that
+    # deduplicates on the key acts once.
+    assert [r.headers["idempotency-key"] for r in requests] == [f"{run_id}/1"] * 2
+    assert [r.headers["webhook-id"] for r in requests] == [f"{run_id}/1"] * 2
+    assert requests[0].body == requests[1].body
+    run = await store.get_run(run_id)
+    assert run is not None
+    assert (run.state, run.attempt) == (RunState.delivered, 1)
+    [attempt] = run.attempts
+    assert [(s.outcome, s.status_code) for s in attempt.sends] == [
+        ("unknown", None),
+        ("acknowledged", 200),
+    ]
+    assert attempt.sends[0].at == late
+
+
+async def test_blind_resends_end_lost(store: Store) -> None:
+    failing = Dispatcher(cast(Store, _OutcomeWriteFails(store, failures=100)), settings())
+    with serve() as sink:
+        await seed(store, 1, sink.url + "/hook", retry={"max_attempts": 5})
+        now = T0
+        try:
+            await failing.tick(now)
+            for _ in range(failing.timeouts.blind_sends):
+                now += failing.timeouts.pending_grace
+                await failing.tick(now)
+        finally:
+            await failing.aclose()
+        keys = set(webhook_ids(sink))
+        assert sink.received == failing.timeouts.blind_sends
+    [run] = await store.list_runs(limit=1)
+    assert keys == {f"{run.id}/1"}
+    assert (run.state, run.attempt) == (RunState.lost, 1)
+    assert "was never recorded" in (run.error or "")
 
 
 async def test_failing_target_is_retried_with_backoff_then_fails(store: Store) -> None:

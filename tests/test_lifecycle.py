@@ -127,15 +127,65 @@ def test_start_heartbeat_succeed() -> None:
     assert done.attempts[-1].outcome is S.succeeded
 
 
-def test_watchdog_refires_a_stale_pending_run_once_per_attempt() -> None:
-    base = run(S.pending)
+def test_watchdog_resends_a_stale_pending_run_as_the_same_attempt() -> None:
+    # The dispatcher died (or its write failed) around the POST: the outcome is unknown.
+    base = run(S.pending, target=PLAIN)
     assert lc.watch(base, T0 + T.pending_grace - timedelta(seconds=1), T).change is None
-    decision = lc.watch(base, T0 + T.pending_grace, T)
+    at = T0 + T.pending_grace
+    decision = lc.watch(base, at, T)
     assert decision.action is lc.WatchAction.fire
-    r = apply(base, decision.change)  # type: ignore[arg-type]
-    assert r.attempt == 2
-    last = run(S.pending, attempt=3, retry=RetryPolicy(max_attempts=3))
-    assert apply(last, lc.watch(last, T0 + T.pending_grace, T).change).state is S.lost  # type: ignore[arg-type]
+    assert decision.change is not None
+    assert decision.change.event is None
+    r = apply(base, decision.change)
+    # Same attempt (so the same key and body), the unknown send recorded, watched again.
+    assert (r.state, r.attempt, len(r.attempts)) == (S.pending, 1, 1)
+    assert [(x.at, x.outcome) for x in r.attempts[0].sends] == [(at, "unknown")]
+    assert r.watch_at == at + T.pending_grace
+    # The re-send's outcome is recorded beside it, on the same attempt.
+    later = at + timedelta(seconds=1)
+    done = apply(r, lc.sent(r, later, lc.SendOutcome.acknowledged, T, status_code=200))
+    assert (done.state, done.attempt) == (S.delivered, 1)
+    assert [(x.at, x.outcome, x.status_code) for x in done.attempts[0].sends] == [
+        (at, "unknown", None),
+        (later, "acknowledged", 200),
+    ]
+
+
+def test_blind_resends_of_one_attempt_are_bounded() -> None:
+    r = run(S.pending, retry=RetryPolicy(max_attempts=5))
+    now = T0
+    for _ in range(T.blind_sends - 1):
+        now += T.pending_grace
+        decision = lc.watch(r, now, T)
+        assert decision.action is lc.WatchAction.fire
+        r = apply(r, decision.change)  # type: ignore[arg-type]
+        assert (r.state, r.attempt) == (S.pending, 1)
+    now += T.pending_grace
+    final = lc.watch(r, now, T)
+    assert final.action is lc.WatchAction.none
+    assert final.change is not None
+    assert final.change.event == "run.lost"
+    lost = apply(r, final.change)
+    # Lost at once (no retry: a target that kills the dispatcher would kill it again).
+    assert (lost.state, lost.attempt, lost.watch_at) == (S.lost, 1, None)
+    assert [x.outcome for x in lost.attempts[0].sends] == ["unknown"] * T.blind_sends
+    assert lost.error == (
+        f"the outcome of {T.blind_sends} sends of attempt 1 was never recorded: "
+        "the dispatcher stopped, or could not write, after each"
+    )
+
+
+def test_attempt_grows_only_after_a_known_failure() -> None:
+    base = run(S.pending, retry=RetryPolicy(max_attempts=3, backoff=timedelta(seconds=1)))
+    failed = apply(base, lc.sent(base, T0, lc.SendOutcome.retryable, T, error="HTTP 503"))
+    assert failed.state is S.retry_wait
+    [first] = failed.attempts
+    assert [(x.outcome, x.error) for x in first.sends] == [("retryable", "HTTP 503")]
+    assert failed.retry_at is not None
+    decision = lc.watch(failed, failed.retry_at, T)
+    second = apply(failed, decision.change)  # type: ignore[arg-type]
+    assert (second.state, second.attempt) == (S.pending, 2)
+    assert second.attempts[-1].sends == []
 
 
 def test_watchdog_dispatched_without_start_is_lost_then_retried() -> None:
@@ -171,7 +221,7 @@ def test_watchdog_running_rules() -> None:
     assert lost.change is not None
     assert lost.change.event == "run.lost"
     assert apply(breached, lost.change).state is S.lost
-    # Past timeout: timed out, and the worker is asked to stop.
+    # Past timeout: the worker is asked to stop (the timeout itself is covered below).
     alive = breached.model_copy(
         update={
             "heartbeat_at": T0 + timedelta(minutes=10),
@@ -182,7 +232,81 @@ def test_watchdog_running_rules() -> None:
     timed = lc.watch(alive, T0 + timedelta(minutes=10), T)
     assert timed.change is not None
     r = apply(alive, timed.change)
-    assert (r.state, r.cancel_requested) == (S.timed_out, True)
+    assert (r.state, r.cancel_requested) == (S.running, True)
+
+
+def timed_out_run(**fields: Any) -> tuple[Run, Any]:
+    """A running attempt past its 1-minute timeout, heartbeating, after the watchdog's pass."""
+    timeout = timedelta(minutes=1)
+    alive = run(
+        S.running,
+        started_at=T0,
+        heartbeat_at=T0 + timeout - timedelta(seconds=5),
+        timeout=timeout,
+        watch_at=T0 + timeout,
+        **fields,
+    )
+    at = T0 + timeout
+    decision = lc.watch(alive, at, T)
+    assert decision.change is not None
+    return apply(alive, decision.change), at
+
+
+def test_timeout_requests_cancellation_and_waits_for_the_attempt_to_stop() -> None:
+    r, at = timed_out_run(retry=RetryPolicy(max_attempts=2))
+    # Still running: no retry is scheduled while the old attempt may still run.
+    assert (r.state, r.cancel_requested, r.timed_out_at) == (S.running, True, at)
+    assert r.retry_at is None
+    assert r.watch_at == at + T.heartbeat_timeout
+    # Heartbeats of the cancelled attempt go on but never extend its deadline.
+    beat = apply(r, lc.heartbeat(r, at + timedelta(seconds=30), T))
+    assert beat.watch_at == at + T.heartbeat_timeout
+    # A watchdog pass before that deadline changes nothing of the state.
+    early = lc.watch(beat, at + T.heartbeat_timeout - timedelta(seconds=1), T)
+    assert early.change is None or early.change.new_state is None
+    # The worker records its end after honouring the cancel: timed out, then retried.
+    end = at + timedelta(seconds=31)
+    change = lc.finish(beat, end, T, output={"cancelled": True})
+    assert change.event == "run.retrying"
+    done = apply(beat, change)
+    assert done.state is S.retry_wait
+    assert done.attempts[-1].outcome is S.timed_out
+    assert done.attempts[-1].ended_at == end
+    assert done.error == "timed out after 0:01:00"
+    assert done.retry_at is not None
+    assert done.retry_at >= end
+    # The next attempt starts clean.
+    nxt = apply(done, lc.watch(done, done.retry_at, T).change)  # type: ignore[arg-type]
+    assert (nxt.attempt, nxt.cancel_requested, nxt.timed_out_at) == (2, False, None)
+
+
+def test_timeout_ends_the_attempt_once_it_missed_its_heartbeats() -> None:
+    r, at = timed_out_run(retry=RetryPolicy(max_attempts=1))
+    decision = lc.watch(r, at + T.heartbeat_timeout, T)
+    assert decision.change is not None
+    assert decision.change.event == "run.timed_out"
+    done = apply(r, decision.change)
+    assert done.state is S.timed_out
+    assert done.error is not None
+    assert "did not stop within" in done.error
+    # A worker end that comes later finds the run ended: its compare-and-set fails.
+    assert done.state not in lc.finish(r, at + T.heartbeat_timeout, T).expect
+
+
+def test_timeout_of_a_silent_attempt_ends_it_at_once() -> None:
+    timeout = timedelta(minutes=5)
+    silent = run(S.running, started_at=T0, heartbeat_at=T0, timeout=timeout, watch_at=T0 + timeout)
+    decision = lc.watch(silent, T0 + timeout, T)
+    assert decision.change is not None
+    assert apply(silent, decision.change).state is S.retry_wait
+
+
+def test_finish_without_a_timeout() -> None:
+    r = run(S.running, started_at=T0, heartbeat_at=T0)
+    assert apply(r, lc.finish(r, T0, T, output=[1])).state is S.succeeded
+    failed = apply(r, lc.finish(r, T0, T, error="boom"))
+    assert (failed.state, failed.error) == (S.retry_wait, "boom")
+    assert apply(r, lc.finish(r, T0, T, error="bad output", retry=False)).state is S.failed
 
 
 def test_watchdog_queued_waits_for_its_blocker() -> None:

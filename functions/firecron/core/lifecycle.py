@@ -10,11 +10,16 @@ any) to the run's ``events`` with a pending delivery per routed sink, and derive
 ``watch_at`` = the earlier of ``deadline_at`` and the next pending delivery.
 
 Deadlines (``deadline_at``) per state:
-- ``pending``: ``pending_grace`` after it became pending; then the watchdog re-fires it
-  (the dispatcher died between claim and POST).
+- ``pending``: ``pending_grace`` after it became pending (or was last sent); then the
+  watchdog records the send as ``unknown`` and sends the SAME attempt again (the
+  dispatcher died, or its write failed, around the POST), at most
+  ``RunTimeouts.blind_sends`` times before the run ends ``lost``.
 - ``dispatched``: ``start_timeout`` after the send; then the attempt is lost.
 - ``running``: the earliest of heartbeat expiry, the SLA (until breached once) and
-  ``timeout``.
+  ``timeout``; once past ``timeout`` (``timed_out_at`` set, cancel requested),
+  ``heartbeat_timeout`` after the cancel request. The attempt then ends ``timed_out``
+  when the worker records its end, or at that deadline, and only then is it retried:
+  two attempts of one run never run at once while their workers honour cancellation.
 - ``retry_wait``: ``retry_at``.
 - ``queued``: every ``queue_recheck`` until its blocker has ended.
 """
@@ -30,7 +35,7 @@ from typing import Any, TypeVar
 
 from firecron.core.events import Event, EventType, make_event, next_delivery_at
 from firecron.core.models import JsonValue
-from firecron.core.runs import Attempt, Run, RunState, backoff_delay
+from firecron.core.runs import Attempt, Run, RunState, Send, backoff_delay
 
 __all__ = [
     "Change",
@@ -40,8 +45,10 @@ __all__ = [
     "WatchDecision",
     "attempt_failed",
     "derive_watch",
+    "finish",
     "heartbeat",
     "next_attempt",
+    "resend",
     "sent",
     "start",
     "succeed",
@@ -63,6 +70,10 @@ class RunTimeouts:
     """A running attempt whose latest heartbeat is older than this is lost."""
     queue_recheck: timedelta = timedelta(seconds=15)
     """How often a queued run's blocker is looked at."""
+    blind_sends: int = 3
+    """How many sends of one attempt may go unrecorded (outcome ``unknown``) before the
+    run ends ``lost``: a target that kills the dispatcher every time cannot loop forever.
+    Independent of the retry policy: these are the dispatcher's failures, not the target's."""
 
     @classmethod
     def for_tick(cls, tick_budget: timedelta, ack_timeout: timedelta) -> RunTimeouts:
@@ -156,7 +167,17 @@ def _attempts(run: Run, **fields: Any) -> list[Attempt]:
     return attempts
 
 
+def _with_send(attempts: list[Attempt], send: Send) -> list[Attempt]:
+    """``attempts`` with ``send`` appended to the last (current) attempt's sends."""
+    last = attempts[-1]
+    return [*attempts[:-1], last.model_copy(update={"sends": [*last.sends, send]})]
+
+
 def _running_deadline(run: Run, now: datetime, heartbeat_at: datetime, t: RunTimeouts) -> datetime:
+    if run.timed_out_at is not None:
+        # Cancel requested: heartbeats no longer extend anything; the attempt has one
+        # heartbeat timeout to stop before the watchdog gives up on it.
+        return run.timed_out_at + t.heartbeat_timeout
     started = run.started_at or now
     deadlines = [heartbeat_at + t.heartbeat_timeout]
     if run.expected_duration is not None and run.sla_breached_at is None:
@@ -181,10 +202,13 @@ def sent(
     A worker target moves to ``dispatched`` (watched for its start); a plain target is
     ``delivered`` and done. Delivered-but-unacknowledged counts as sent. A retryable
     failure goes to :func:`attempt_failed`; a permanent one fails the run at once.
+    Every outcome is appended to the current attempt's ``sends``.
     """
+    send = Send(at=now, outcome=outcome.value, status_code=status_code, error=error)
     if outcome in (SendOutcome.acknowledged, SendOutcome.unacknowledged):
         acked = outcome is SendOutcome.acknowledged
         attempts = _attempts(run, dispatched_at=now, acknowledged=acked, status_code=status_code)
+        attempts = _with_send(attempts, send)
         if run.target.is_worker:
             changes: dict[str, Any] = {
                 "state": _S.dispatched,
@@ -199,9 +223,9 @@ def sent(
         return Change((_S.pending,), {**changes, "attempts": attempts, "updated_at": now})
     if outcome is SendOutcome.permanent:
         return attempt_failed(
-            run, now, _S.failed, error or "dispatch refused", t, retry=False, dispatch=True
+            run, now, _S.failed, error or "dispatch refused", t, retry=False, send=send
         )
-    return attempt_failed(run, now, _S.failed, error or "dispatch failed", t, dispatch=True)
+    return attempt_failed(run, now, _S.failed, error or "dispatch failed", t, send=send)
 
 
 @_finalized
@@ -213,21 +237,24 @@ def attempt_failed(
     t: RunTimeouts,
     *,
     retry: bool = True,
-    dispatch: bool = False,
+    send: Send | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Change:
     """End the current attempt with ``outcome`` (failed, lost, timed_out).
 
     If ``retry`` and attempts remain, the run waits in ``retry_wait`` for a full-jitter
-    backoff; otherwise it ends in ``outcome``. ``dispatch`` marks a failed send (the run
-    was ``pending``) rather than a failed execution.
+    backoff; otherwise it ends in ``outcome``. ``send`` is the failed send that ends it
+    (the run was ``pending``), recorded in the attempt's sends, rather than a failed
+    execution.
     """
     del t  # retries are timed by the run's own policy snapshot
+    dispatch = send is not None
     attempts = _attempts(run, ended_at=now, outcome=outcome, error=error)
-    if dispatch:
+    if send is not None:
         attempts[-1] = attempts[-1].model_copy(
             update={"dispatched_at": attempts[-1].dispatched_at or now}
         )
+        attempts = _with_send(attempts, send)
     expect = (_S.pending,) if dispatch else (run.state,)
     base = {"attempts": attempts, "error": error, "updated_at": now, **(extra or {})}
     if retry and run.attempt < run.retry.max_attempts:
@@ -261,10 +288,34 @@ def next_attempt(run: Run, now: datetime, t: RunTimeouts) -> Change:
             "started_at": None,
             "heartbeat_at": None,
             "cancel_requested": False,
+            "timed_out_at": None,
             "deadline_at": now + t.pending_grace,
             "updated_at": now,
         },
     )
+
+
+@_finalized
+def resend(run: Run, now: datetime, t: RunTimeouts) -> Change:
+    """Send a ``pending`` run's current attempt again: its last send was never recorded.
+
+    The same attempt (same key, same body): the earlier POST may have reached the
+    target, so a new key would make one occurrence look like two. The unrecorded send
+    is appended to the attempt's sends as ``unknown``; past ``t.blind_sends`` of them
+    the run ends ``lost`` instead (see :func:`watch`).
+    """
+    attempts = _with_send(_attempts(run), Send(at=now, outcome="unknown"))
+    return Change(
+        (_S.pending,),
+        {"attempts": attempts, "deadline_at": now + t.pending_grace, "updated_at": now},
+    )
+
+
+def _unknown_sends(run: Run) -> int:
+    current = run.attempts[-1] if run.attempts else None
+    if current is None or current.number != run.attempt:
+        return 0
+    return sum(1 for s in current.sends if s.outcome == "unknown")
 
 
 @_finalized
@@ -316,6 +367,31 @@ def succeed(run: Run, now: datetime, output: JsonValue) -> Change:
     )
 
 
+@_finalized
+def finish(
+    run: Run,
+    now: datetime,
+    t: RunTimeouts,
+    *,
+    output: JsonValue = None,
+    error: str | None = None,
+    retry: bool = True,
+) -> Change:
+    """The worker records the end of its running attempt.
+
+    After a timeout (``timed_out_at`` set) the attempt ends ``timed_out`` whatever the
+    function did: this is the acknowledgement the retry waits for. Otherwise no
+    ``error`` is :func:`succeed` with ``output``, and an error fails the attempt
+    (``retry`` False: no further attempt, e.g. an output that cannot be stored).
+    """
+    if run.timed_out_at is not None:
+        reason = f"timed out after {run.timeout}" + (f"; then {error}" if error else "")
+        return attempt_failed(run, now, _S.timed_out, reason, t)
+    if error is None:
+        return succeed(run, now, output)
+    return attempt_failed(run, now, _S.failed, error, t, retry=retry)
+
+
 class WatchAction(StrEnum):
     """What the watchdog must do after applying a decision's change."""
 
@@ -351,11 +427,14 @@ def _watch_rules(
 ) -> WatchDecision:
     """Apply the watchdog rules to a run whose ``watch_at`` has passed.
 
-    - ``pending`` past its grace: re-fire as a new attempt (bounded: past
-      ``max_attempts`` it is ``lost``).
+    - ``pending`` past its grace: its send went unrecorded; send the same attempt
+      again (:func:`resend`), or end ``lost`` once ``t.blind_sends`` sends of it are
+      unknown.
     - ``dispatched`` past ``start_timeout``: the attempt is lost; retry.
-    - ``running``: heartbeat expired -> lost; past ``timeout`` -> timed_out with a
-      cancel request; past ``expected_duration`` -> SLA breach recorded once.
+    - ``running``: past ``timeout`` -> a cancel request (``timed_out_at``); the attempt
+      ends ``timed_out`` when its worker records the end, or ``heartbeat_timeout``
+      after the request, and only then may it be retried. Heartbeat expired -> lost.
+      Past ``expected_duration`` -> SLA breach recorded once.
     - ``retry_wait`` due: the next attempt.
     - ``queued``: fire once the blocker has ended (``blocker_ended``), else look again later.
     """
@@ -370,18 +449,23 @@ def _watch_rules(
         return WatchDecision(None)
     state = run.state
     if state is _S.pending:
-        if run.attempt >= run.retry.max_attempts:
+        unknown = _unknown_sends(run) + 1
+        if unknown >= t.blind_sends:
+            noted = run.model_copy(
+                update={"attempts": _with_send(_attempts(run), Send(at=now, outcome="unknown"))}
+            )
             return WatchDecision(
                 attempt_failed(
-                    run,
+                    noted,
                     now,
                     _S.lost,
-                    "never sent: dispatcher stopped before the POST",
+                    f"the outcome of {unknown} sends of attempt {run.attempt} was never "
+                    "recorded: the dispatcher stopped, or could not write, after each",
                     t,
                     retry=False,
                 )
             )
-        return WatchDecision(next_attempt(run, now, t), WatchAction.fire)
+        return WatchDecision(resend(run, now, t), WatchAction.fire)
     if state is _S.dispatched:
         return WatchDecision(
             attempt_failed(run, now, _S.lost, f"worker did not start within {t.start_timeout}", t)
@@ -411,19 +495,43 @@ def _watch_rules(
         )
     if state is _S.running:
         started = run.started_at or run.updated_at
-        if run.timeout is not None and now >= started + run.timeout:
+        heartbeat_at = run.heartbeat_at or started
+        silent = now >= heartbeat_at + t.heartbeat_timeout
+        if run.timed_out_at is not None:
+            stop_by = run.timed_out_at + t.heartbeat_timeout
+            if now < stop_by:
+                return WatchDecision(Change((state,), {"deadline_at": stop_by, "updated_at": now}))
             return WatchDecision(
                 attempt_failed(
                     run,
                     now,
                     _S.timed_out,
-                    f"timed out after {run.timeout}",
+                    f"timed out after {run.timeout}; the attempt did not stop within "
+                    f"{t.heartbeat_timeout} of the cancel request",
                     t,
-                    extra={"cancel_requested": True},
                 )
             )
-        heartbeat_at = run.heartbeat_at or started
-        if now >= heartbeat_at + t.heartbeat_timeout:
+        if run.timeout is not None and now >= started + run.timeout:
+            if silent:
+                # Already silent for a heartbeat timeout: nothing is left to wait for.
+                return WatchDecision(
+                    attempt_failed(run, now, _S.timed_out, f"timed out after {run.timeout}", t)
+                )
+            # Ask the attempt to stop (its next heartbeat reply says so) and wait for it:
+            # the retry goes out only once it has stopped or gone silent.
+            return WatchDecision(
+                Change(
+                    (state,),
+                    {
+                        "cancel_requested": True,
+                        "timed_out_at": now,
+                        "deadline_at": now + t.heartbeat_timeout,
+                        "updated_at": now,
+                    },
+                ),
+                notes=["cancel requested"],
+            )
+        if silent:
             return WatchDecision(
                 attempt_failed(run, now, _S.lost, f"no heartbeat for {t.heartbeat_timeout}", t)
             )

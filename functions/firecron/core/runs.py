@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -31,6 +32,8 @@ __all__ = [
     "Run",
     "RunState",
     "RunTrigger",
+    "Send",
+    "SendRecord",
     "backoff_delay",
     "can_transition",
     "manual_run_id",
@@ -118,8 +121,34 @@ def can_transition(current: RunState, new: RunState) -> bool:
     return new in TRANSITIONS[current]
 
 
+SendRecord = Literal["acknowledged", "unacknowledged", "retryable", "permanent", "unknown"]
+"""How one send of an attempt ended: a transport outcome (``SendOutcome``), or
+``unknown`` when the dispatcher never recorded it (it stopped, or its write failed)."""
+
+
+class Send(BaseModel):
+    """One POST of an attempt. An attempt whose outcome stayed unknown is sent again,
+    as the same attempt (same key, same body), so an attempt may have several sends."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at: AwareDatetime
+    """When the POST went out; for an ``unknown`` send, when the watchdog found it unrecorded."""
+    outcome: SendRecord
+    """How it ended, as recorded."""
+    status_code: int | None = None
+    """HTTP status of the answer, if any."""
+    error: str | None = None
+    """The transport's error, if any."""
+
+
 class Attempt(BaseModel):
-    """One delivery and execution try of a run."""
+    """One delivery and execution try of a run.
+
+    The attempt number grows only after a known failure (an error answer, a refused
+    connection, a failure the worker reported, or a loss or timeout declared by the
+    watchdog); a re-send whose first outcome is unknown stays the same attempt.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -139,6 +168,10 @@ class Attempt(BaseModel):
     """How this attempt ended (``succeeded``, ``failed``, ``lost``, ``timed_out``...)."""
     error: str | None = None
     """Dispatch or execution error of this attempt."""
+    sends: list[Send] = Field(default_factory=list)
+    """Every send of this attempt the dispatcher or the watchdog recorded, oldest first.
+    A worker that starts the attempt before the dispatcher records the answer wins
+    that race, so a started attempt may show no send."""
 
 
 def _utc(dt: datetime) -> str:
@@ -213,6 +246,10 @@ class Run(BaseModel):
     """When the run was first seen past ``expected_duration``; set once."""
     cancel_requested: bool = False
     """Set by the watchdog on timeout; the worker sees it in its heartbeat reply."""
+    timed_out_at: AwareDatetime | None = None
+    """When the watchdog found the current attempt past ``timeout`` and asked it to stop.
+    The run stays ``running`` until the attempt records its end (then it is timed out)
+    or ``heartbeat_timeout`` after this instant, so the retry never overlaps it."""
     blocked_by: str | None = None
     """For ``queued`` runs: the run it waits for."""
     output: JsonValue = None
