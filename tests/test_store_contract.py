@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from _factories import MINUTE, T0, make_run, make_spec, make_state
 from firecron.core.events import Delivery, Event, EventType, PubSubSink, Route
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
-from firecron.core.runs import Attempt, Run, RunState, RunTrigger, scheduled_run_id
+from firecron.core.runs import Attempt, Run, RunState, RunTrigger, Send, scheduled_run_id
 from firecron.errors import ConflictError, InvalidInputError
 from firecron.store.base import ScheduleWrite, Store
 
@@ -807,10 +807,25 @@ async def test_full_run_roundtrip(store: Store) -> None:
         retry_at=T0 + timedelta(minutes=5),
         sla_breached_at=T0 + timedelta(minutes=16),
         cancel_requested=True,
+        timed_out_at=T0 + timedelta(minutes=19),
         blocked_by="alpha@20261231T235900Z",
         output=[1, "two", {"three": 3.0}],
         error="boom",
-        attempts=[Attempt(number=1, outcome=RunState.lost), Attempt(number=2)],
+        attempts=[
+            Attempt(number=1, outcome=RunState.lost),
+            Attempt(
+                number=2,
+                sends=[
+                    Send(at=T0, outcome="unknown"),
+                    Send(
+                        at=T0 + timedelta(seconds=8),
+                        outcome="retryable",
+                        status_code=503,
+                        error="HTTP 503",
+                    ),
+                ],
+            ),
+        ],
         parent_run_id="pipe@20270101T000000Z",
         task="extract",
     )
