@@ -53,7 +53,7 @@ import asyncio
 import json
 import random
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final, NoReturn
@@ -541,7 +541,7 @@ class FirestoreStore:
                     spec=w.spec, state=w.state, version=_version_of(result.update_time)
                 )
 
-        await asyncio.gather(*(commit_writes(i) for i in range(0, len(writes), _MAX_BATCH_WRITES)))
+        await _all_settled(commit_writes(i) for i in range(0, len(writes), _MAX_BATCH_WRITES))
         doomed = [i for i in dict.fromkeys(deletes) if _valid_doc_id(i)]
 
         async def commit_deletes(chunk: Sequence[str]) -> None:
@@ -556,11 +556,9 @@ class FirestoreStore:
             # Firestore does not say whether a document existed; a bill counts each.
             self.stats.writes += len(chunk)
 
-        await asyncio.gather(
-            *(
-                commit_deletes(doomed[i : i + _MAX_BATCH_WRITES])
-                for i in range(0, len(doomed), _MAX_BATCH_WRITES)
-            )
+        await _all_settled(
+            commit_deletes(doomed[i : i + _MAX_BATCH_WRITES])
+            for i in range(0, len(doomed), _MAX_BATCH_WRITES)
         )
         return results
 
@@ -842,6 +840,14 @@ class FirestoreStore:
         if transport is not None:
             with self._translate("close"):
                 await transport.close()
+
+
+async def _all_settled(calls: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Await every call, then raise the first error: no batch is left running unseen."""
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _first_error(exc: Exception) -> str:
