@@ -54,7 +54,6 @@ BROKEN = {
     "list as a key": "? [a, b]\n: value\n",
     "mapping as a key": "? {a: 1}\n: value\n",
     "unknown tag": "a: !custom thing\n",
-    "bad int": "a: !!int nope\n",
     "tab": "a:\n\t- b\n",
     "alias to nothing": "a: *missing\n",
 }
@@ -74,13 +73,28 @@ def test_same_document_as_the_loader(text: str) -> None:
 
 @pytest.mark.parametrize("text", BROKEN.values(), ids=BROKEN.keys())
 def test_same_error_as_the_loader(text: str) -> None:
-    # PyYAML's own errors, and what its constructors let escape (``!!int nope``).
-    with pytest.raises(Exception) as expected:  # noqa: PT011
+    with pytest.raises(yaml.YAMLError) as expected:
         reference(text)
-    with pytest.raises(Exception) as got:  # noqa: PT011
+    with pytest.raises(yaml.YAMLError) as got:
         schedule_file._load_yaml(text)
     assert type(got.value) is type(expected.value)
     assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("anchor", ["", "&x "], ids=["fast path", "loader's path"])
+def test_a_value_its_tag_cannot_read_is_one_line_not_a_traceback(anchor: str) -> None:
+    # PyYAML lets a bare ValueError escape from ``!!int nope``.
+    text = f"schedules:\n  - id: a\n    every: {anchor}!!int nope\n"
+    with pytest.raises(ValueError, match="invalid literal"):
+        reference(text)
+    with pytest.raises(ScheduleFileError) as failed:
+        parse_schedule_file(text, "f.yaml")
+    [line] = failed.value.errors
+    assert line.startswith("invalid YAML")
+    assert "cannot read" in line
+    assert "nope" in line
+    if not anchor:
+        assert line.startswith("invalid YAML at line 3, column 12: cannot read int 'nope'")
 
 
 def test_the_fast_path_builds_common_documents_itself() -> None:

@@ -152,7 +152,10 @@ def _load_direct(loader: Any, on_entry: Callable[[int, Any], Any] | None = None)
                 if construct is None or tag == "tag:yaml.org,2002:merge":
                     raise _Unusual
                 node = scalar_node(tag, value, event.start_mark, event.end_mark, event.style)
-                value = construct(loader, node)
+                try:
+                    value = construct(loader, node)
+                except (ValueError, TypeError) as exc:
+                    raise _bad_scalar(tag, value, exc, event.start_mark) from None
         elif kind is mapping_start or kind is sequence_start:
             if event.anchor is not None or event.tag not in plain_tags:
                 raise _Unusual
@@ -205,7 +208,24 @@ def _load_yaml(text: str, on_entry: Callable[[int, Any], Any] | None = None) -> 
         pass
     finally:
         loader.dispose()
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    except (ValueError, TypeError) as exc:
+        # Where it was is lost by now; the problem still says which value.
+        raise _bad_scalar(None, None, exc, None) from None
+    finally:
+        loader.dispose()
+
+
+def _bad_scalar(tag: str | None, value: Any, exc: Exception, mark: Any) -> yaml.YAMLError:
+    """A YAML error for a scalar PyYAML's constructors failed on with a bare exception.
+
+    PyYAML lets ``ValueError`` escape from, for instance, ``!!int nope``: as a YAML error
+    it becomes one line naming the line and column, not a traceback.
+    """
+    what = f"{tag.rsplit(':', 1)[-1]} {value!r}" if tag is not None else "a value"
+    return yaml.constructor.ConstructorError(None, None, f"cannot read {what} ({exc})", mark)
 
 
 def _loc(parts: tuple[int | str, ...]) -> str:
