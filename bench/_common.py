@@ -422,51 +422,20 @@ def dispatch_keys(items: Iterable[tuple[ScheduleSpec, ScheduleState]], due: date
 async def seed(store: Store, items: Sequence[tuple[ScheduleSpec, ScheduleState]]) -> float:
     """Create the schedules as fast as the backend allows; returns the seconds it took.
 
-    SQLite: ``put_schedule`` calls (one short transaction each). Firestore: batched
-    creates of up to 500 documents written through the store's own client and document
-    layout, several batches at once; ``put_schedule`` calls if that layout is not there.
+    One :meth:`Store.write_schedules` call: one transaction on SQLite, batches of 500 on
+    Firestore (the store's public bulk write, so the bench seeds through the same
+    document layout and code as ``firecron apply``).
     """
+    from firecron.store.base import ScheduleWrite
+
     started = time.perf_counter()
-    from firecron.store.firestore import FirestoreStore
-
-    if isinstance(store, FirestoreStore) and await _seed_firestore_batched(store, items):
-        return time.perf_counter() - started
-    slots = asyncio.Semaphore(64)
-
-    async def put(spec: ScheduleSpec, state: ScheduleState) -> None:
-        async with slots:
-            await store.put_schedule(spec, state, expect_version=None)
-
-    await asyncio.gather(*(put(spec, state) for spec, state in items))
+    written = await store.write_schedules(
+        [ScheduleWrite(spec, state, None) for spec, state in items]
+    )
+    missing = sum(1 for stored in written if stored is None)
+    if missing:
+        raise RuntimeError(f"seed: {missing} of {len(items)} schedules were not created")
     return time.perf_counter() - started
-
-
-async def _seed_firestore_batched(
-    store: Any, items: Sequence[tuple[ScheduleSpec, ScheduleState]]
-) -> bool:
-    from firecron.store import firestore as fs
-    from firecron.store._codec import to_record
-
-    try:
-        client = store._client
-        collection = store._schedules()
-        encode = fs._encode_opaque
-        fields_of = store._schedule_fields
-    except AttributeError:  # the store's internals changed: fall back to put_schedule
-        return False
-    slots = asyncio.Semaphore(4)
-
-    async def commit(chunk: Sequence[tuple[ScheduleSpec, ScheduleState]]) -> None:
-        batch = client.batch()
-        for spec, state in chunk:
-            document = {"spec": encode(to_record(spec), "spec"), **fields_of(state)}
-            batch.create(collection.document(spec.id), document)
-        async with slots:
-            await batch.commit()
-
-    await asyncio.gather(*(commit(items[i : i + 500]) for i in range(0, len(items), 500)))
-    store.stats.writes += len(items)
-    return True
 
 
 async def wait_until(instant: datetime) -> None:
