@@ -10,11 +10,26 @@ A tick (:meth:`Dispatcher.tick`):
    most ``ack_timeout`` for its acknowledgement, never for the work; the outcome is
    recorded with a version compare-and-set (one write, no read);
 4. runs the watchdog over the runs whose ``watch_at`` has passed (one indexed query):
-   re-fires stale pending runs, marks lost/timed-out runs, records SLA breaches,
-   starts due retries and releases queued runs.
+   re-sends stale pending runs as the same attempt (same key), marks lost runs, asks
+   timed-out runs to stop (retrying them once they have), records SLA breaches, starts
+   due retries and releases queued runs.
 
 A duplicate or overlapping tick is harmless: every write is a compare-and-set, and a
 POST goes out only after the write that owns it has committed.
+
+Time is the store's (docs/design.md, "Clocks"): a tick first reads the store's clock
+(:meth:`Store.clock`). When the dispatcher's own clock is more than
+:data:`MAX_CLOCK_SKEW` off it, the tick fires nothing, does no watchdog action, logs one
+error line and emits ``dispatcher.clock_skew``; otherwise the store's time is the tick's
+``now``, and the records it writes are stamped with the local clock corrected by the
+measured offset.
+
+One schedule or run never stops a tick: any failure while planning, claiming or firing
+a schedule is recorded on it (``last_error``, status ``error``), announced as
+``schedule.error``, and its ``next_fire_at`` moves on by ``planning.ERROR_BACKOFF``;
+a failure on one run in the watchdog is logged and counted. A store error (the store
+unreachable or locked) is not the schedule's fault: it is logged and counted, and the
+schedule stays due for the next tick.
 """
 
 from __future__ import annotations
@@ -28,7 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from firecron import outbox
@@ -36,10 +51,10 @@ from firecron.core import events, lifecycle, planning
 from firecron.core.lifecycle import RunTimeouts, SendOutcome, WatchAction
 from firecron.core.models import JsonValue, OverlapPolicy, StoredSchedule, TargetAuth
 from firecron.core.runs import Run, RunState, RunTrigger, manual_run_id
-from firecron.errors import FirecronError, NotFoundError
+from firecron.errors import FirecronError, NotFoundError, StoreError
 from firecron.outbox import Deliverer
 from firecron.settings import Settings
-from firecron.store.base import Store
+from firecron.store.base import Store, clock_offset
 from firecron.transport import (
     GoogleIdTokens,
     IdTokenProvider,
@@ -49,12 +64,15 @@ from firecron.transport import (
     resolve_url,
 )
 
-__all__ = ["Dispatcher", "TickSummary", "run_tick", "timeouts_for"]
+__all__ = ["MAX_CLOCK_SKEW", "Dispatcher", "TickSummary", "run_tick", "timeouts_for"]
 
 log = logging.getLogger("firecron.dispatch")
 
 PAGE_SIZE = 500
 """Due schedules (and due watches) read per query."""
+MAX_CLOCK_SKEW = timedelta(seconds=10)
+"""A tick fires nothing when the dispatcher's clock is further than this from the store's."""
+_MAX_ERROR_CHARS = 500
 
 
 def _utcnow() -> datetime:
@@ -124,6 +142,12 @@ class TickSummary:
     """True when the budget ran out with due work left (the next tick continues)."""
     errors: list[str] = field(default_factory=list)
     """One line per schedule or run that could not be handled (the tick goes on)."""
+    schedule_errors: int = 0
+    """Schedules whose failure was recorded on them (``last_error``, ``schedule.error``)."""
+    clock_skew_s: float | None = None
+    """This dispatcher's clock minus the store's, in seconds (None: ``now`` was given)."""
+    skewed: bool = False
+    """True when the skew exceeded :data:`MAX_CLOCK_SKEW`, so the tick fired nothing."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form (times RFC 3339 UTC)."""
@@ -153,15 +177,21 @@ class TickSummary:
             "pages": self.pages,
             "more_due": self.more_due,
             "errors": self.errors[:50],
+            "schedule_errors": self.schedule_errors,
+            "clock_skew_s": self.clock_skew_s,
+            "skewed": self.skewed,
         }
 
 
 class Dispatcher:
     """Claims and fires due occurrences and runs the watchdog against one store.
 
-    ``clock`` is read for real-time stamps (signatures, send times); a tick's planning
-    instant can be passed explicitly (tests, backfills). The dispatcher keeps nothing
-    between ticks but its HTTP sender; :meth:`aclose` releases it.
+    ``clock`` is the local clock (injectable: tests skew it). A tick compares it with the
+    store's clock and plans at the store's time; record stamps (signatures, send times)
+    are ``clock()`` plus the offset the latest tick measured (:meth:`now`). A tick's
+    planning instant can instead be passed explicitly (tests, backfills): it is then
+    trusted as given and no clock is compared. The dispatcher keeps nothing between
+    ticks but its HTTP sender and that offset; :meth:`aclose` releases the sender.
     """
 
     def __init__(
@@ -183,6 +213,11 @@ class Dispatcher:
         self._sender = sender
         self._id_tokens = id_tokens
         self._notifier: Deliverer | None = None
+        self._offset = timedelta(0)
+
+    def now(self) -> datetime:
+        """The local clock corrected to the store's by the offset the latest tick measured."""
+        return self.clock() + self._offset
 
     @property
     def sender(self) -> Sender:
@@ -215,7 +250,7 @@ class Dispatcher:
     async def _emit(self, run: Run, known: set[str], summary: TickSummary) -> Run:
         """Log and offer the run's new events to their sinks; never raises."""
         try:
-            return await outbox.emit(self.store, self.notifier, run, known, self.clock())
+            return await outbox.emit(self.store, self.notifier, run, known, self.now())
         except FirecronError as exc:
             summary.errors.append(f"run {run.id}: events: {exc}")
             return run
@@ -228,8 +263,17 @@ class Dispatcher:
             return await self._tick(now)
 
     async def _tick(self, now: datetime | None) -> TickSummary:
-        now = now or self.clock()
-        summary = TickSummary(started_at=self.clock())
+        summary = TickSummary(started_at=self.now())
+        if now is None:
+            store_now, offset = await clock_offset(self.store, self.clock)
+            summary.clock_skew_s = round(-offset.total_seconds(), 3)
+            if abs(offset) > MAX_CLOCK_SKEW:
+                self._clock_skewed(store_now - offset, store_now, summary)
+                summary.finished_at = self.now()
+                return summary
+            self._offset = offset
+            now = store_now
+            summary.started_at = now
         deadline = time.monotonic() + self.settings.tick_budget.total_seconds()
         claim_slots = asyncio.Semaphore(self.settings.concurrency)
         fires: list[asyncio.Task[None]] = []
@@ -254,8 +298,25 @@ class Dispatcher:
         await self._watchdog(now, summary, fires)
         if fires:
             await asyncio.gather(*fires)
-        summary.finished_at = self.clock()
+        summary.finished_at = self.now()
         return summary
+
+    def _clock_skewed(self, local: datetime, store_now: datetime, summary: TickSummary) -> None:
+        """Refuse to act on a skewed clock: one error line, the event, the summary says so.
+
+        The offset is not applied instead: a clock this far off is broken (no NTP, a
+        frozen VM resumed), and the store's time alone cannot tell how it will move next.
+        """
+        event = events.clock_skew_event(local, store_now, MAX_CLOCK_SKEW)
+        line = str(event.data["error"])
+        summary.skewed = True
+        summary.errors.append(f"clock skew: {line}")
+        summary.events[event.type.value] += 1
+        log.error("clock skew: %s", line)
+        try:
+            self.notifier.log(event)
+        except Exception as exc:  # the log sink must not turn a refusal into a crash
+            log.error("clock skew: logging the event failed: %s", _one_line(exc))
 
     async def _latest_runs(self, schedules: list[StoredSchedule]) -> dict[str, Run]:
         """Latest runs of the schedules whose overlap policy needs them (one batched read)."""
@@ -292,9 +353,13 @@ class Dispatcher:
                 if not plan.runs and plan.new_state == stored.state:
                     return
                 created = await self.store.claim(stored, plan.new_state, plan.runs)
-            except FirecronError as exc:
+            except StoreError as exc:
+                # The store's failure, not the schedule's: it stays due for the next tick.
                 summary.errors.append(f"schedule {stored.id}: {exc}")
                 log.error("schedule %s: %s", stored.id, exc)
+                return
+            except Exception as exc:  # any other failure is this schedule's alone
+                await self._schedule_failed(stored, now, exc, summary)
                 return
         if created is None:
             summary.lost_claims += 1
@@ -313,6 +378,59 @@ class Dispatcher:
                 # waiting for acknowledgements never slows other claims down.
                 fires.append(asyncio.create_task(self._fire_task(run, summary)))
 
+    async def _schedule_failed(
+        self, stored: StoredSchedule, now: datetime, exc: BaseException, summary: TickSummary
+    ) -> None:
+        """Record a failure on its schedule, move it on, announce it; never raises.
+
+        The state is written with the claim's compare-and-set on the version read, so a
+        concurrent apply or claim wins and nothing is overwritten.
+        """
+        error = _one_line(exc)
+        state = planning.errored(stored.state, now, error)
+        summary.errors.append(f"schedule {stored.id}: {error}")
+        log.error(
+            "schedule %s: %s; next try at %s",
+            stored.id,
+            error,
+            _rfc3339(state.next_fire_at) if state.next_fire_at else "never",
+        )
+        try:
+            recorded = await self.store.claim(stored, state, [])
+        except Exception as write_exc:
+            summary.errors.append(f"schedule {stored.id}: recording its error failed: {write_exc}")
+            log.error("schedule %s: recording its error failed: %s", stored.id, write_exc)
+            return
+        if recorded is None:
+            return  # changed meanwhile (an apply, another tick): the next tick sees it anew
+        summary.schedule_errors += 1
+        event = events.schedule_error_event(
+            stored.id, dict(stored.spec.labels), error, now, state.next_fire_at
+        )
+        summary.events[event.type.value] += 1
+        await self._announce(event, stored.spec.notify)
+
+    async def _announce(self, event: events.Event, routes: list[events.Route]) -> None:
+        """Log an event that no run carries and offer it once to the routes that want it.
+
+        Without a run record there is nowhere to keep delivery state, so a failed delivery
+        is logged, not retried (the schedule's ``last_error`` keeps the failure visible,
+        and a failure that persists is announced again at each try). Never raises.
+        """
+        try:
+            if any(isinstance(r.sink, events.LogSink) for r in routes):
+                self.notifier.log(event)
+            wanted = [
+                r for r in routes if r.wants(event.type) and not isinstance(r.sink, events.LogSink)
+            ]
+            results = await asyncio.gather(*(self.notifier.deliver(event, r) for r in wanted))
+        except Exception as exc:
+            log.warning("event %s: %s", event.id, _one_line(exc))
+            return
+        for route, error in zip(wanted, results, strict=True):
+            if error is not None:
+                log.warning("event %s to sink %s failed: %s", event.id, route.sink_name, error)
+
     # -- firing ---------------------------------------------------------------------------
 
     async def fire(self, run: Run) -> Run:
@@ -326,7 +444,7 @@ class Dispatcher:
         summary.outcomes[result.outcome.value] += 1
         change = lifecycle.sent(
             run,
-            self.clock(),
+            self.now(),
             result.outcome,
             self.timeouts,
             status_code=result.status_code,
@@ -361,7 +479,7 @@ class Dispatcher:
                     self._id_tokens = GoogleIdTokens()
                 token = await self._id_tokens.token(url)
             dispatch = build_dispatch(
-                run, url, secrets=self.settings.signing_secrets, now=self.clock(), id_token=token
+                run, url, secrets=self.settings.signing_secrets, now=self.now(), id_token=token
             )
         except FirecronError as exc:
             return SendResult(SendOutcome.permanent, None, str(exc))
@@ -407,9 +525,9 @@ class Dispatcher:
             async with slots:
                 try:
                     await self._watch_one(run, now, summary, fires)
-                except FirecronError as exc:
-                    summary.errors.append(f"run {run.id}: {exc}")
-                    log.error("watchdog %s: %s", run.id, exc)
+                except Exception as exc:  # one run's failure never stops the others
+                    summary.errors.append(f"run {run.id}: {_one_line(exc)}")
+                    log.error("watchdog %s: %s", run.id, _one_line(exc))
 
         await asyncio.gather(*(one(r) for r in runs))
 
@@ -435,6 +553,13 @@ class Dispatcher:
             log.info("run %s: %s", run.id, decision.change.event)
             recorded = await self._emit(recorded, {e.id for e in run.events}, summary)
         if decision.action is WatchAction.fire:
+            if run.state is RunState.pending:
+                # The same attempt again, same key: the first send may have arrived.
+                log.warning(
+                    "run %s attempt %d: its send was never recorded; sending it again",
+                    run.id,
+                    run.attempt,
+                )
             fires.append(asyncio.create_task(self._fire_task(recorded, summary)))
 
     async def _fire_task(self, run: Run, summary: TickSummary) -> None:
@@ -444,6 +569,20 @@ class Dispatcher:
         for event in run.events:
             summary.events[event.type.value] += 1
         await self._emit(run, set(), summary)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc`` as one line: its message, prefixed with its type unless it is firecron's own."""
+    message = " ".join(str(exc).split())
+    if not isinstance(exc, FirecronError):
+        message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if len(message) > _MAX_ERROR_CHARS:
+        message = message[: _MAX_ERROR_CHARS - 1] + "…"
+    return message
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 async def run_tick(settings: Settings, store: Store, now: datetime | None = None) -> TickSummary:

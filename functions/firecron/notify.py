@@ -66,6 +66,8 @@ _ERROR_TYPES = frozenset(
         EventType.run_lost,
         EventType.run_timed_out,
         EventType.dispatch_failed,
+        EventType.schedule_error,
+        EventType.dispatcher_clock_skew,
     }
 )
 _WARNING_TYPES = frozenset(
@@ -96,6 +98,9 @@ def _one_line(text: str) -> str:
 def _summary(event: Event) -> str:
     """One human line about ``event``; never the params (they may hold anything)."""
     d = event.data
+    if event.type in (EventType.schedule_error, EventType.dispatcher_clock_skew):
+        # About a schedule or the dispatcher, not a run: no attempt to show.
+        return " ".join(f"{event.type.value}: {event.subject}: {d.get('error')}".split())
     text = (
         f"{event.type.value}: schedule {d.get('schedule_id')} run {event.subject}"
         f" {d.get('state')} (attempt {d.get('attempt')} of {d.get('max_attempts')})"

@@ -30,6 +30,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 __all__ = [
     "DELIVERY_BACKOFF",
     "DELIVERY_LEASE",
+    "RUN_EVENT_TYPES",
+    "UNROUTED_TYPES",
     "Delivery",
     "DeliveryState",
     "Event",
@@ -41,12 +43,14 @@ __all__ = [
     "Route",
     "SinkConfig",
     "WebhookSink",
+    "clock_skew_event",
     "cloudevent",
     "due_deliveries",
     "make_event",
     "next_delivery_at",
     "record_delivery",
     "resolve_routes",
+    "schedule_error_event",
     "slack_text",
 ]
 
@@ -70,6 +74,16 @@ class EventType(StrEnum):
     run_skipped = "run.skipped"
     run_missed = "run.missed"
     dispatch_failed = "dispatch.failed"
+    schedule_error = "schedule.error"
+    """A tick could not plan, claim or fire the schedule (not about a run)."""
+    dispatcher_clock_skew = "dispatcher.clock_skew"
+    """A dispatcher's clock is too far from the store's; its tick fired nothing."""
+
+
+UNROUTED_TYPES = frozenset({EventType.dispatcher_clock_skew})
+"""Types about no schedule: they go to the log only, so notification rules cannot name them."""
+RUN_EVENT_TYPES = frozenset(EventType) - {EventType.schedule_error, EventType.dispatcher_clock_skew}
+"""Types recorded in runs (the others are logged and offered once, see their constructors)."""
 
 
 class _Frozen(BaseModel):
@@ -118,7 +132,7 @@ class NotificationRule(BaseModel):
     @field_validator("on")
     @classmethod
     def _types(cls, value: list[str]) -> list[str]:
-        known = {t.value for t in EventType}
+        known = {t.value for t in EventType if t not in UNROUTED_TYPES}
         for item in value:
             if item != "*" and item not in known:
                 raise ValueError(
@@ -269,6 +283,67 @@ def make_event(run: Run, event_type: EventType, now: datetime, routes: list[Rout
     )
 
 
+def _rfc3339(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def schedule_error_event(
+    schedule_id: str,
+    labels: dict[str, str],
+    error: str,
+    now: datetime,
+    next_try: datetime | None,
+) -> Event:
+    """The ``schedule.error`` event: a tick could not plan, claim or fire ``schedule_id``.
+
+    Not about a run, so no run record carries it: it has no tracked deliveries (the
+    dispatcher logs it and offers it once to the schedule's routes, see
+    ``Dispatcher``), and the schedule's ``last_error`` keeps the error visible. The id,
+    ``{schedule_id}/schedule.error/{now}``, is stable per failure.
+    """
+    return Event(
+        id=f"{schedule_id}/{EventType.schedule_error.value}/{_rfc3339(now)}",
+        type=EventType.schedule_error,
+        source=f"//firecron/schedules/{schedule_id}",
+        subject=schedule_id,
+        time=now,
+        data={
+            "schedule_id": schedule_id,
+            "state": "error",
+            "error": error,
+            "next_try_at": None if next_try is None else _rfc3339(next_try),
+            "labels": dict(labels),
+        },
+    )
+
+
+def clock_skew_event(dispatcher_time: datetime, store_time: datetime, max_skew: timedelta) -> Event:
+    """The ``dispatcher.clock_skew`` event: the dispatcher's clock read ``dispatcher_time``
+    when the store's read ``store_time``, more than ``max_skew`` apart; the tick fired nothing.
+
+    About no schedule: it goes to the log sink only (:data:`UNROUTED_TYPES`).
+    """
+    skew = (dispatcher_time - store_time).total_seconds()
+    return Event(
+        id=f"dispatcher/{EventType.dispatcher_clock_skew.value}/{_rfc3339(store_time)}",
+        type=EventType.dispatcher_clock_skew,
+        source="//firecron/dispatcher",
+        subject="dispatcher",
+        time=store_time,
+        data={
+            "state": "skewed",
+            "dispatcher_time": _rfc3339(dispatcher_time),
+            "store_time": _rfc3339(store_time),
+            "skew_s": round(skew, 3),
+            "max_skew_s": max_skew.total_seconds(),
+            "error": (
+                f"the dispatcher's clock is {skew:+.1f}s off the store's (at most "
+                f"{max_skew.total_seconds():g}s allowed); the tick fired nothing"
+            ),
+        },
+    )
+
+
 def next_delivery_at(events: list[Event]) -> datetime | None:
     """The earliest ``next_at`` of any pending delivery, or None."""
     times = [
@@ -388,6 +463,11 @@ def slack_text(event: Event) -> str:
     """
     d = {k: _slack_escaped(v) for k, v in event.data.items() if v is not None}
     subject = _slack_escaped(event.subject)
+    if event.type is EventType.schedule_error:
+        lines = [f":rotating_light: *{event.type.value}*: schedule `{subject}` could not be fired"]
+        lines.extend(f"> {line}" for line in d.get("error", "").splitlines())
+        lines.append(f"Inspect: `firecron show {subject}`")
+        return "\n".join(lines)
     lines = [
         f"{_EMOJI.get(event.type, ':rotating_light:')} *{event.type.value}*: schedule `{d['schedule_id']}`"
         f" run `{subject}` is *{d['state']}* (attempt {d['attempt']} of {d['max_attempts']})",

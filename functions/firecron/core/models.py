@@ -414,14 +414,22 @@ class ScheduleState(_Frozen):
     """When the schedule was first applied."""
     updated_at: AwareDatetime | None = None
     """When the definition or the state last changed."""
+    last_error: str | None = None
+    """Why the latest tick could not plan, claim or fire this schedule (one line), until a
+    later plan succeeds; the dispatcher then moved ``next_fire_at`` on by a backoff."""
+    last_error_at: AwareDatetime | None = None
+    """When ``last_error`` was recorded."""
 
     @property
     def status(self) -> str:
-        """One word for listings: ``active``, ``paused`` or ``exhausted`` (``disabled`` comes from the spec)."""
+        """One word for listings: ``active``, ``paused``, ``exhausted`` or ``error``
+        (``disabled`` comes from the spec)."""
         if self.paused:
             return "paused"
         if self.exhausted:
             return "exhausted"
+        if self.last_error is not None:
+            return "error"
         return "active"
 
 
@@ -442,5 +450,5 @@ class StoredSchedule(_Frozen):
 
     @property
     def status(self) -> str:
-        """``disabled``, ``paused``, ``exhausted`` or ``active``."""
+        """``disabled``, ``paused``, ``exhausted``, ``error`` or ``active``."""
         return "disabled" if not self.spec.enabled else self.state.status

@@ -40,11 +40,13 @@ from firecron.core.triggers import Trigger, build_trigger, jitter_offset
 
 __all__ = [
     "DEFAULT_MISFIRE_THRESHOLD",
+    "ERROR_BACKOFF",
     "MAX_FIRE_PER_TICK",
     "MAX_SCAN",
     "Occurrence",
     "Plan",
     "build_run",
+    "errored",
     "initial_state",
     "pause",
     "plan",
@@ -60,6 +62,9 @@ MAX_FIRE_PER_TICK = 100
 _ONE_MICROSECOND = timedelta(microseconds=1)
 MAX_SCAN = 10_000
 """At most this many occurrences are enumerated per plan; a longer backlog continues next tick."""
+ERROR_BACKOFF = timedelta(hours=1)
+"""How long a schedule whose tick failed waits before the next try (see :func:`errored`)."""
+_MAX_ERROR_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,28 @@ def resume(spec: ScheduleSpec, state: ScheduleState, now: datetime) -> ScheduleS
     since = state.last_occurrence or state.paused_at or now
     resumed = state.model_copy(update={"paused": False, "paused_at": None})
     return _with_next(spec, resumed, trigger_of(spec).next_after(since), now)
+
+
+def errored(state: ScheduleState, now: datetime, error: str) -> ScheduleState:
+    """State of a schedule that could not be planned, claimed or fired at ``now``.
+
+    Records ``error`` (made one line, at most 500 characters, and encodable: a lone
+    surrogate becomes its escape) as ``last_error`` and moves ``next_fire_at`` to
+    ``now + ERROR_BACKOFF``, so a poison schedule costs one try per backoff, not one per
+    tick. ``next_occurrence`` is kept: when a later plan succeeds, the occurrences due
+    meanwhile are handled by the misfire policy, and that plan clears the error.
+    """
+    line = " ".join(error.split()).encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(line) > _MAX_ERROR_CHARS:
+        line = line[: _MAX_ERROR_CHARS - 1] + "…"
+    return state.model_copy(
+        update={
+            "last_error": line,
+            "last_error_at": now,
+            "next_fire_at": now + ERROR_BACKOFF,
+            "updated_at": now,
+        }
+    )
 
 
 def build_run(
@@ -365,6 +392,9 @@ def plan(
             "run_count": state.run_count + fired + queued,
             "skipped_count": state.skipped_count + skipped,
             "missed_count": state.missed_count + missed_count,
+            # A successful plan ends an earlier failure (see ``errored``).
+            "last_error": None,
+            "last_error_at": None,
         }
     )
     return Plan(

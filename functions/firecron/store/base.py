@@ -23,16 +23,16 @@ General rules for every backend:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState
 from firecron.errors import InvalidInputError
 
-__all__ = ["ScheduleWrite", "Store", "StoreStats", "check_distinct"]
+__all__ = ["ScheduleWrite", "Store", "StoreStats", "check_distinct", "clock_offset"]
 
 
 @dataclass
@@ -212,6 +212,18 @@ class Store(Protocol):
         """
         ...
 
+    async def clock(self) -> datetime:
+        """The store's current time (aware UTC): what its next commit would be stamped with.
+
+        The reference against which the dispatcher judges due times, heartbeats and
+        deadlines (see docs/design.md, "Clocks"). Firestore: the ``read_time`` of a get
+        of one document that never exists, one round trip billed as one read (counted in
+        ``stats.reads``). SQLite: the local clock, since the database file lives on this
+        machine; no I/O and nothing counted. Raises :class:`StoreError` when the store
+        cannot answer.
+        """
+        ...
+
     async def close(self) -> None:
         """Release connections. The store is unusable afterwards."""
         ...
@@ -227,3 +239,15 @@ def check_distinct(writes: Sequence[ScheduleWrite], deletes: Sequence[str]) -> N
         if schedule_id in seen:
             raise InvalidInputError(f"write_schedules: schedule {schedule_id!r} appears twice")
         seen.add(schedule_id)
+
+
+async def clock_offset(store: Store, local: Callable[[], datetime]) -> tuple[datetime, timedelta]:
+    """The store's time and ``store time - local time``, from one :meth:`Store.clock` call.
+
+    The local clock is read before and after the call and taken at the midpoint, so the
+    round trip's own duration is not counted as skew (the error is at most half of it).
+    """
+    before = local()
+    store_now = await store.clock()
+    after = local()
+    return store_now, store_now - (before + (after - before) / 2)

@@ -33,6 +33,9 @@ Writes are batched writes with preconditions, never transactions: a claim is one
 atomic batch (the schedule update with its precondition plus one ``create`` per run),
 and the emulator's transaction locking is unreliable under parallel use.
 
+The store's clock (:meth:`clock`) is the ``read_time`` of a get of
+``{namespace}_clock/store``, a document nothing writes.
+
 Queries and their indexes (declare :data:`REQUIRED_INDEXES` in Terraform; single-field
 indexes on ``next_fire_at``, ``watch_at`` and ``created_at`` are automatic):
 
@@ -591,6 +594,19 @@ class FirestoreStore:
                 raise ConflictError(f"schedule {schedule_id!r} changed since it was read")
         self.stats.writes += 1
         return True
+
+    async def clock(self) -> datetime:
+        """See :meth:`Store.clock`: the ``read_time`` of a get of ``{namespace}_clock/store``,
+        a document nothing ever writes (a missing document still bills one read).
+        """
+        ref = self._client.collection(f"{self.namespace}_clock").document("store")
+        with self._translate("clock"):
+            snapshot = await ref.get(**self._rpc)
+        self.stats.reads += 1
+        read_time = snapshot.read_time
+        if read_time is None:
+            raise StoreError("clock: Firestore returned no read time")
+        return datetime.fromtimestamp(read_time.timestamp(), UTC)
 
     async def due_schedules(self, now: datetime, limit: int) -> list[StoredSchedule]:
         """See :meth:`Store.due_schedules`. One query; ties in ``next_fire_at`` by id."""

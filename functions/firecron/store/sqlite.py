@@ -619,6 +619,10 @@ class SQLiteStore:
 
         return await self._call(delete, write=True)
 
+    async def clock(self) -> datetime:
+        """See :meth:`Store.clock`: the database file is on this machine, so its clock is ours."""
+        return datetime.now(UTC)
+
     async def due_schedules(self, now: datetime, limit: int) -> list[StoredSchedule]:
         """See :meth:`Store.due_schedules`. One query on the partial ``next_fire_at`` index."""
         bound = _micros(now)
