@@ -215,6 +215,103 @@ def test_a_token_without_exp_is_refused_saying_so(keys: dict[str, Any], certs_ur
         check_dispatch_caller(f"Bearer {stripped}", settings(certs_url, deployed=True))
 
 
+def _forged(header: dict[str, Any], claims: dict[str, Any], signature: str = "c2ln") -> str:
+    """A token with any header and claims (not validly signed)."""
+
+    def segment(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{segment(header)}.{segment(claims)}.{signature}"
+
+
+def _claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": "https://accounts.google.com",
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + 3600,
+        "email": CALLER,
+        "email_verified": True,
+    }
+    claims.update(overrides)
+    return claims
+
+
+_RS256 = {"alg": "RS256", "kid": KID}
+
+
+@pytest.mark.parametrize(
+    ("header", "claims", "message"),
+    [
+        ({"alg": "RS256", "kid": ["a"]}, _claims(), "kid is not a string"),
+        ({"alg": "RS256", "kid": {"a": 1}}, _claims(), "kid is not a string"),
+        ({"alg": ["RS256"]}, _claims(), "not RS256"),
+        ({"alg": {"RS256": 1}}, _claims(), "not RS256"),
+        (_RS256, _claims(exp="9999999999"), "exp claim is not a number"),
+        (_RS256, _claims(iat="0"), "iat claim is not a number"),
+        (_RS256, _claims(exp=10**400), "exp claim is not a number"),
+        (_RS256, _claims(iat=float("nan")), "iat claim is not a number"),
+        (_RS256, _claims(exp=True), "exp claim is not a number"),
+        (_RS256, _claims(iss=["https://accounts.google.com"]), "iss claim is not a string"),
+        (_RS256, _claims(aud=[AUDIENCE]), "aud claim is not a string"),
+        (_RS256, _claims(email={"a": 1}), "email claim is not a string"),
+        (_RS256, _claims(email_verified="true"), "email_verified claim is not a boolean"),
+        (_RS256, {k: v for k, v in _claims().items() if k != "iat"}, "no iat claim"),
+        (_RS256, ["not", "an", "object"], "payload is not a JSON object"),
+    ],
+)
+@pytest.mark.parametrize("deployed", [False, True], ids=["signed", "platform-verified"])
+def test_malformed_headers_and_claims_are_refused_in_one_line(
+    certs_url: str, header: dict[str, Any], claims: Any, message: str, deployed: bool
+) -> None:
+    # Each used to raise TypeError (a 500 from dispatch) before the signature check:
+    # a list kid in the certificate lookup, a string exp in arithmetic, a list iss in a
+    # set. Both paths check them: a signed token and one whose signature Cloud Run removed.
+    tok = _forged(header, claims, "SIGNATURE_REMOVED_BY_GOOGLE" if deployed else "c2ln")
+    with pytest.raises(SignatureError, match=message) as refused:
+        check_dispatch_caller(f"Bearer {tok}", settings(certs_url, deployed=deployed))
+    assert "\n" not in str(refused.value)
+    assert tok not in str(refused.value)
+
+
+def test_genuinely_signed_tokens_with_claims_of_the_wrong_type_are_refused(
+    keys: dict[str, Any], certs_url: str
+) -> None:
+    # Signed with the real key, so google-auth's own claim checks would run on them.
+    for claim, value, message in [
+        ("exp", "later", "exp claim is not a number"),
+        ("iat", [1], "iat claim is not a number"),
+        ("iss", ["https://accounts.google.com"], "iss claim is not a string"),
+        ("exp", 10**400, "exp claim is not a number"),
+    ]:
+        with pytest.raises(SignatureError, match=message):
+            check_dispatch_caller(f"Bearer {token(keys, **{claim: value})}", settings(certs_url))
+
+
+@pytest.mark.parametrize(
+    ("tok", "message"),
+    [
+        ("a.b", "three dot-separated parts"),
+        ("a.b.c.d", "three dot-separated parts"),
+        ("e30+.e30.c2ln", "header is not base64url"),
+        ("e30.é.c2ln", "payload is not base64url"),
+        ("_w.e30.c2ln", "header is not JSON"),  # invalid UTF-8
+        ("a.e30.c2ln", "header is not JSON"),  # impossible base64 length
+        (
+            base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).decode().rstrip("=") + ".e30.c2ln",
+            "header is not JSON",
+        ),
+        ("x" * 20000, "larger than 16,384 characters"),
+    ],
+)
+def test_malformed_token_text_is_refused_in_one_line(
+    certs_url: str, tok: str, message: str
+) -> None:
+    with pytest.raises(SignatureError, match=message):
+        check_dispatch_caller(f"Bearer {tok}", settings(certs_url))
+
+
 class CertsServer:
     """A certs endpoint whose document can change, counting the fetches it answers."""
 

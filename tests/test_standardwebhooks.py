@@ -128,6 +128,35 @@ def test_a_removed_secret_no_longer_verifies() -> None:
         verify_webhook(headers, body, [NEW], datetime.now(UTC))
 
 
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "9" * 400,
+        "9" * 16,
+        "+1700000000",
+        " 1700000000",
+        "1_700_000_000",
+        "\u0661\u0667" + "\u0660" * 8,
+        "1.7e9",
+    ],
+    ids=["400-digits", "16-digits", "plus", "space", "underscores", "arabic-digits", "float"],
+)
+def test_a_timestamp_that_is_not_plain_unix_seconds_is_refused(timestamp: str) -> None:
+    # 400 digits used to overflow the float arithmetic (a 500 and a traceback in the
+    # worker); int() alone also took signs, spaces, underscores and other scripts' digits.
+    body = b'{"hello":"world"}'
+    headers = {**_reference_signed(NEW, "run-1/1", body), "webhook-timestamp": timestamp}
+    with pytest.raises(SignatureError, match=r"^invalid webhook-timestamp: expected Unix seconds$"):
+        verify_webhook(headers, body, [NEW], datetime.now(UTC))
+
+
+def test_headers_that_are_not_valid_text_are_refused() -> None:
+    body = b'{"hello":"world"}'
+    headers = {**_reference_signed(NEW, "run-1/1", body), "webhook-id": "run-\ud800/1"}
+    with pytest.raises(SignatureError, match="not valid text"):
+        verify_webhook(headers, body, [NEW], datetime.now(UTC))
+
+
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WorkerProcess, Path]]:
     """The ``hello`` worker of functions/main.py during a rotation: ``NEW,OLD``."""

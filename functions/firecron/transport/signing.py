@@ -14,9 +14,10 @@ at startup (through :meth:`firecron.settings.Settings.from_env`), so a bad secre
 never surface later as a failure of every request.
 
 Contract of :func:`verify_webhook`: it raises :class:`SignatureError` (one line, never
-containing a secret) unless the three headers are present, the timestamp is within
-``tolerance`` of ``now`` in either direction, and at least one ``v1`` signature matches
-one secret, compared in constant time.
+containing a secret or a header's value) unless the three headers are present, the
+timestamp is Unix seconds written as at most 15 ASCII digits and within ``tolerance``
+of ``now`` in either direction, and at least one ``v1`` signature matches one secret,
+compared in constant time. It raises nothing else, whatever the headers hold.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import base64
 import functools
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
@@ -47,6 +49,9 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
 """The prefix of a Standard Webhooks secret; the base64 key follows it."""
 
 _SECRETS_VAR = "FIRECRON_SIGNING_SECRET"
+
+_TIMESTAMP = re.compile(r"[0-9]{1,15}")
+"""A ``webhook-timestamp`` that :func:`verify_webhook` reads: Unix seconds, ASCII digits."""
 
 
 class _BadSecretError(ValueError):
@@ -155,10 +160,17 @@ def verify_webhook(
     raw_sig = lowered.get("webhook-signature", "")
     if not (msg_id and raw_ts and raw_sig):
         raise SignatureError("missing webhook-id, webhook-timestamp or webhook-signature header")
+    # ASCII digits only, and few of them: int() would also take "+1", " 1", "1_0" and
+    # other scripts' digits, and 400 digits overflow the float arithmetic below.
+    if not _TIMESTAMP.fullmatch(raw_ts):
+        raise SignatureError("invalid webhook-timestamp: expected Unix seconds")
+    timestamp = int(raw_ts)
     try:
-        timestamp = int(raw_ts)
-    except ValueError:
-        raise SignatureError("invalid webhook-timestamp") from None
+        # HTTP headers are latin-1 text; a str from elsewhere may hold lone surrogates.
+        msg_id.encode()
+        raw_sig.encode()
+    except UnicodeEncodeError:
+        raise SignatureError("webhook-id or webhook-signature is not valid text") from None
     skew = abs(now.timestamp() - timestamp)
     if skew > tolerance.total_seconds():
         raise SignatureError(
