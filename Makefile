@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 8080
 CODE := functions tests $(wildcard bench)
 
-.PHONY: help dev test lint fmt bench requirements clean flaky
+.PHONY: help dev test lint fmt bench chaos requirements clean flaky
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ fmt: $(STAMP) ## format the code
 
 bench: $(STAMP) ## run the benchmarks; prints a table and writes bench/results/*.json
 	$(BIN)/python -m bench
+
+chaos: $(STAMP) ## run the chaos suite (about 15 min, 127.0.0.1 only); prints a table and writes bench/results/chaos.json
+	$(BIN)/python -m bench.chaos
 
 requirements: $(STAMP) ## regenerate functions/requirements.txt from pyproject
 	$(BIN)/python -m firecron._requirements > functions/requirements.txt.tmp

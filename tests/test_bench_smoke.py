@@ -142,3 +142,101 @@ def test_schedules_file(results: Path) -> None:
     assert {"validate_s", "validate_mb", "apply_s_sqlite", "list_s_sqlite"} <= figures[
         "ratios_to_targets"
     ].keys()
+
+
+# -- the chaos suite (bench/chaos) ------------------------------------------------------
+
+
+def test_chaos_counts_resends_apart_from_duplicates_and_losses() -> None:
+    from bench.chaos._count import count_receipts
+
+    expected = ["s-1@T", "s-2@T", "s-3@T", "s-4@T"]
+    keys = [
+        "s-1@T/1",  # once: fine
+        "s-2@T/1",
+        "s-2@T/1",  # the same key again: a re-send an idempotent target absorbs
+        "s-3@T/1",
+        "s-3@T/2",  # the same occurrence under a second key: a duplicate
+        "other@T/1",  # not expected
+    ]  # s-4 never arrived: a loss
+    r = count_receipts(keys, expected)
+    assert (r.received, r.resends, r.duplicates, r.losses, r.unexpected) == (6, 1, 1, 1, 1)
+    assert r.examples["lost"] == ["s-4@T"]
+
+
+def test_chaos_counts_overlapping_and_repeated_attempts() -> None:
+    from bench.chaos._count import OVERLAP_TOLERANCE_S, count_attempts
+
+    def line(event: str, run: str, attempt: int, pid: int, at: float) -> dict[str, object]:
+        return {"event": event, "run": run, "attempt": attempt, "pid": pid, "at": at}
+
+    lines = [
+        # r1: attempt 1 runs on 5 s past attempt 2's start: one overlap.
+        line("start", "r1", 1, 10, 0.0),
+        line("start", "r1", 2, 20, 10.0),
+        line("end", "r1", 1, 10, 15.0),
+        line("end", "r1", 2, 20, 16.0),
+        # r2: attempt 1 was killed (no end line) before attempt 2 started: no overlap.
+        line("start", "r2", 1, 11, 0.0),
+        line("start", "r2", 2, 21, 9.0),
+        line("end", "r2", 2, 21, 12.0),
+        # r3: attempt 1 ends within the tolerance of attempt 2's start; and it ran twice.
+        line("start", "r3", 1, 12, 0.0),
+        line("end", "r3", 1, 12, 5.0 + OVERLAP_TOLERANCE_S / 2),
+        line("start", "r3", 2, 22, 5.0),
+        line("end", "r3", 2, 22, 6.0),
+        line("start", "r3", 2, 23, 7.0),
+        line("end", "r3", 2, 23, 8.0),
+    ]
+    a = count_attempts(lines, killed_at={"11": 8.0})
+    assert (a.executions, a.overlaps, a.duplicates, a.unfinished) == (7, 1, 1, 1)
+    assert a.max_overlap_s == 5.0
+
+
+def test_chaos_counts_tracebacks() -> None:
+    from bench.chaos._count import count_tracebacks
+
+    log = "ok\nTraceback (most recent call last):\n  x\nValueError\nTraceback (most recent call last):\n"
+    assert count_tracebacks(log) == 2
+    assert count_tracebacks("error: one line\n") == 0
+
+
+def test_chaos_suite_runs_small(tmp_path: Path) -> None:
+    """Two rounds of the SIGKILL experiment and a few fuzzed files, on SQLite."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.chaos",
+            "--backends",
+            "sqlite",
+            "--only",
+            "kill",
+            "--only",
+            "files",
+            "--rounds",
+            "2",
+            "--due",
+            "30",
+            "--files",
+            "3",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Chaos suite" in proc.stdout
+    data = json.loads((tmp_path / "chaos.json").read_text())
+    rows = {r["experiment"]: r for r in data["rows"]}
+    kill = rows["dispatcher SIGKILL"]
+    assert kill["tries"] == 60
+    assert kill["details"]["received"] >= 60 - kill["losses"]
+    for column in ("duplicates", "resends", "losses", "stuck", "tracebacks"):
+        assert isinstance(kill[column], int), column
+    files = rows["schedule-file fuzzing"]
+    assert files["tries"] == 6  # validate and apply of each file
+    assert isinstance(files["partial_applies"], int)

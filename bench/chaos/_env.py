@@ -224,19 +224,24 @@ def workers(
     names: Sequence[str],
     log_dir: Path,
     attempt_log: Path,
+    *,
     source: Path | None = None,
+    target: str = "chaos_sleepy",
+    extra: dict[str, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Worker processes (``tests/_workers.py``) of the chaos app, one per name."""
+    """functions-framework processes (``tests/_workers.py``), one per name, serving ``target``
+    of ``source`` (default: the chaos worker) on ``ref``'s store, with ``extra`` env."""
     sys.path.insert(0, str(ROOT / "tests"))
     from _workers import serve_worker
 
     env = ref.env()
     env["CHAOS_ATTEMPT_LOG"] = str(attempt_log)
+    env.update(extra or {})
     with contextlib.ExitStack() as stack:
         served = {
             name: stack.enter_context(
                 serve_worker(
-                    "chaos_sleepy",
+                    target,
                     env=env,
                     source=source or WORKER_SOURCE,
                     log_dir=log_dir / name,
