@@ -8,9 +8,13 @@ and then with wide margins.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -323,3 +327,42 @@ async def test_finished_runs_get_an_expiry(store: Store) -> None:
     assert run.state is RunState.delivered
     assert run.ended_at is not None
     assert run.expire_at == run.ended_at + timedelta(days=2)
+
+
+def test_run_command_shows_the_unknown_send_and_the_resend(tmp_path: Path) -> None:
+    import asyncio
+
+    from _factories import make_run
+    from firecron.core import lifecycle as lc
+
+    url = f"sqlite:///{tmp_path / 'sends.db'}"
+    t = lc.RunTimeouts()
+    run = make_run("resent", target={"url": "https://example.com/hook"}, deadline_at=T0)
+    at = T0 + t.pending_grace
+    decision = lc.watch(run, at, t)
+    assert decision.change is not None
+    resent = run.model_copy(update=decision.change.changes)
+    done = lc.sent(resent, at, lc.SendOutcome.acknowledged, t, status_code=200)
+
+    async def seed() -> None:
+        from firecron.store import open_store
+
+        store = open_store(url)
+        await store.create_run(resent.model_copy(update=done.changes))
+        await store.close()
+
+    asyncio.run(seed())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIRECRON_")}
+    env["COLUMNS"] = "200"  # one line per attempt, whatever the terminal
+    shown = subprocess.run(
+        [str(Path(sys.executable).parent / "firecron"), "run", run.id, "--store", url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "SENDS" in shown.stdout
+    assert "unknown" in shown.stdout
+    assert "acknowledged 200" in shown.stdout

@@ -10,27 +10,32 @@ never a sleep or a timed assertion.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib
 import json
+import os
+import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import uuid4
 
 import httpx
 import pytest
 
 from _factories import make_run
-from _poll import wait_run
+from _poll import poll, wait_run
 from _workers import TEST_SOURCE, WorkerProcess, serve_worker, serve_workers, worker_env
 from firecron.core import lifecycle
 from firecron.core.models import RetryPolicy, Target
 from firecron.core.runs import Run, RunState, RunTrigger
 from firecron.dispatch import Dispatcher
+from firecron.errors import StoreError
 from firecron.settings import Settings
 from firecron.store.sqlite import SQLiteStore
 from firecron.transport.signing import signature_headers
@@ -485,3 +490,216 @@ async def test_unstorable_output_fails_the_run(
     assert stored.error is not None
     assert stored.error.startswith(error)
     assert stored.output is None
+
+
+# --- attempts of one run never overlap ----------------------------------------------
+
+
+def _dispatcher(db: SQLiteStore, db_path: Path, worker: WorkerProcess) -> Dispatcher:
+    """A dispatcher on ``db`` whose function targets resolve to ``worker``."""
+    settings = Settings(
+        store_url=f"sqlite:///{db_path}",
+        signing_secrets=(SECRET,),
+        allow_private_targets=True,
+        functions_base_url=worker.url,
+        ack_timeout=timedelta(seconds=5),
+    )
+    return Dispatcher(db, settings)
+
+
+async def _start_and_beat(client: httpx.AsyncClient, url: str, db: SQLiteStore, run: Run) -> Run:
+    """Deliver ``run``'s current attempt to ``url`` and wait until it has heartbeaten."""
+    headers, body = signed(run)
+    async with client.stream("POST", url, content=body, headers=headers) as resp:
+        assert resp.status_code == 202
+    started = await wait_run(db, run.id, lambda r: r.heartbeat_at is not None)
+    first_beat = started.heartbeat_at
+    assert first_beat is not None
+    return await wait_run(
+        db, run.id, lambda r: r.heartbeat_at is not None and r.heartbeat_at > first_beat
+    )
+
+
+async def test_a_timed_out_attempt_is_retried_only_once_it_has_stopped(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    db_path = tmp_path / "timeout.db"
+    db = SQLiteStore(db_path)
+    try:
+        run = await new_run(
+            db,
+            "sleepy",
+            params={"seconds": 600},
+            timeout=timedelta(seconds=1),
+            retry=RetryPolicy(max_attempts=2, backoff=timedelta(seconds=1)),
+        )
+        env = worker_env(f"sqlite:///{db_path}", secrets=[SECRET])
+        with serve_worker("sleepy", env=env, source=TEST_SOURCE, log_dir=tmp_path) as proc:
+            d = _dispatcher(db, db_path, proc)
+            try:
+                await _start_and_beat(client, proc.url, db, run)
+                # A heartbeat past the timeout: the attempt is alive and overdue.
+                running = await wait_run(
+                    db,
+                    run.id,
+                    lambda r: (
+                        r.started_at is not None
+                        and r.heartbeat_at is not None
+                        and r.heartbeat_at >= r.started_at + timedelta(seconds=1)
+                    ),
+                )
+                assert running.heartbeat_at is not None
+                # The watchdog's pass then: a cancel request, and no retry yet.
+                summary = await d.tick(running.heartbeat_at)
+                assert summary.watched == 1
+                assert summary.fired == 0
+                assert not summary.events  # neither retrying nor timed out: still running
+                # The worker sees the request in a heartbeat reply, its function returns,
+                # and it records the end: this is what lets the retry go.
+                stopped = await wait_run(db, run.id, lambda r: r.state is RunState.retry_wait)
+                [first] = stopped.attempts
+                assert first.outcome is RunState.timed_out
+                assert first.error == "timed out after 0:00:01"  # recorded by the worker
+                assert first.ended_at is not None
+                assert first.ended_at > running.heartbeat_at
+                assert stopped.retry_at is not None
+                retry = await d.tick(stopped.retry_at)
+                assert retry.fired == 1
+                second = await wait_run(
+                    db, run.id, lambda r: r.attempt == 2 and r.started_at is not None
+                )
+            finally:
+                await d.aclose()
+        assert second.started_at is not None
+        # Attempt 2 began after attempt 1 had ended: they never overlapped.
+        assert second.started_at >= first.ended_at
+        assert second.attempts[0] == first
+    finally:
+        await db.close()
+
+
+async def test_a_frozen_attempt_resumed_after_its_retry_records_nothing(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    db_path = tmp_path / "frozen.db"
+    db = SQLiteStore(db_path)
+    try:
+        run = await new_run(
+            db,
+            "sleepy",
+            params={"seconds": 600},
+            retry=RetryPolicy(max_attempts=2, backoff=timedelta(seconds=1)),
+        )
+        env = worker_env(f"sqlite:///{db_path}", secrets=[SECRET])
+        with (
+            serve_worker("sleepy", env=env, source=TEST_SOURCE, log_dir=tmp_path) as old,
+            serve_worker("sleepy", env=env, source=TEST_SOURCE, log_dir=tmp_path) as new,
+        ):
+            d = _dispatcher(db, db_path, new)  # the retry goes to the other instance
+            try:
+                running = await _start_and_beat(client, old.url, db, run)
+                # Freeze the first instance (as a throttled or paused one would be).
+                os.killpg(old.process.pid, signal.SIGSTOP)
+                try:
+                    assert running.heartbeat_at is not None
+                    lost_at = running.heartbeat_at + d.timeouts.heartbeat_timeout
+                    assert (await d.tick(lost_at)).events["run.retrying"] == 1
+                    waiting = await db.get_run(run.id)
+                    assert waiting is not None
+                    assert waiting.retry_at is not None
+                    assert (await d.tick(waiting.retry_at)).fired == 1
+                    second = await wait_run(
+                        db,
+                        run.id,
+                        lambda r: (
+                            r.attempt == 2
+                            and r.heartbeat_at is not None
+                            and r.started_at is not None
+                            and r.heartbeat_at > r.started_at
+                        ),
+                    )
+                finally:
+                    os.killpg(old.process.pid, signal.SIGCONT)
+                # The resumed attempt learns at its next heartbeat that it is stale, its
+                # function stops (ctx.cancelled), and its end is refused.
+                poll(
+                    old.logs,
+                    lambda text: f"the end of run {run.id} attempt 1 was not recorded" in text,
+                    what="the stale attempt's refused end in the first worker's log",
+                )
+                assert f"run {run.id} attempt 1 is no longer running here" in old.logs()
+                # Attempt 2 is untouched by attempt 1: still running, its own record.
+                now = await db.get_run(run.id)
+                assert now is not None
+                assert (now.state, now.attempt, now.output) == (RunState.running, 2, None)
+                assert now.started_at == second.started_at
+                assert [(a.number, a.outcome) for a in now.attempts] == [
+                    (1, RunState.lost),
+                    (2, None),
+                ]
+                # Its deadline follows its own heartbeats only.
+                assert now.heartbeat_at is not None
+                assert now.deadline_at == now.heartbeat_at + d.timeouts.heartbeat_timeout
+            finally:
+                await d.aclose()
+    finally:
+        await db.close()
+
+
+class _UpdatesFail:
+    """A real store whose next ``failures`` run updates raise :class:`StoreError`.
+
+    A store that fails one write on demand is a fault the real backends cannot produce.
+    """
+
+    def __init__(self, store: SQLiteStore, failures: int) -> None:
+        self._store = store
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def update_run(self, *args: Any, **kwargs: Any) -> Run | None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreError("database is locked")
+        return await self._store.update_run(*args, **kwargs)
+
+
+def test_a_failed_heartbeat_never_stops_the_heartbeats(tmp_path: Path) -> None:
+    from firecron.outbox import Deliverer
+    from firecron.store.base import Store
+    from firecron.worker import RunContext, _Execution, _Runtime
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def call(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+    async def open_db() -> SQLiteStore:
+        return SQLiteStore(tmp_path / "beat.db")
+
+    db = call(open_db())
+    try:
+        run = call(db.create_run(make_run("beat", target=Target(function="sleepy"))))
+        change = lifecycle.start(run, _now(), lifecycle.RunTimeouts())
+        started = call(db.update_run(run.id, change.expect, change.changes, current=run))
+        flaky = _UpdatesFail(db, failures=1)
+        runtime = _Runtime(Settings(), cast(Store, flaky), loop, os.getpid(), cast(Deliverer, None))
+        ctx = RunContext(
+            run_id=run.id, schedule_id=run.schedule_id, scheduled_for=run.scheduled_for
+        )
+        execution = _Execution(runtime, lambda c: None, ctx, started, timedelta(seconds=1))
+        execution.beat()  # the store refuses it: logged, never raised into the function
+        assert not ctx.cancelled
+        execution.beat()  # the next one goes through
+        beaten = call(db.get_run(run.id))
+        assert beaten.heartbeat_at > started.heartbeat_at
+        assert not ctx.cancelled
+    finally:
+        call(db.close())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -760,6 +760,16 @@ def _attempt_outcome(attempt: Attempt) -> str | None:
     return attempt.outcome.value + (" (no answer)" if unanswered else "")
 
 
+def _sends(attempt: Attempt) -> str | None:
+    """``"<time> <outcome>[ <status>]"`` per recorded send, oldest first, comma-separated."""
+    if not attempt.sends:
+        return None
+    return ", ".join(
+        f"{rfc3339(s.at)} {s.outcome}" + (f" {s.status_code}" if s.status_code else "")
+        for s in attempt.sends
+    )
+
+
 def _run_dict(run: Run) -> dict[str, Any]:
     data: dict[str, Any] = jsonable(run.model_dump(mode="python"))
     data["duration_s"] = run.duration.total_seconds() if run.duration else None
@@ -868,16 +878,18 @@ def run_cmd(run_id: str, store_url: str | None, as_json: bool) -> None:
     # No SENT or ACK column: a worker records its start before it answers, so the
     # dispatcher's record of the acknowledgement loses that race and stays empty, and
     # the send time of an attempt whose connection failed is only when it was tried.
-    # (--json still has every recorded field.)
+    # SENDS lists what was recorded: an `unknown` send is one whose outcome the
+    # dispatcher never wrote, re-sent as the same attempt. (--json has every field.)
     table(
         "Attempts",
-        ["#", "STARTED", "ENDED", "OUTCOME", "ERROR"],
+        ["#", "STARTED", "ENDED", "OUTCOME", "SENDS", "ERROR"],
         [
             [
                 a.number,
                 rfc3339(a.started_at),
                 rfc3339(a.ended_at),
                 _attempt_outcome(a),
+                _sends(a),
                 a.error,
             ]
             for a in run.attempts

@@ -45,7 +45,7 @@ class RunState(StrEnum):
     """Where a run is in its life. Terminal states have no ``watch_at``."""
 
     pending = "pending"
-    """Claimed, not yet sent (or being re-sent for a new attempt)."""
+    """Claimed and not yet sent, or sent with no outcome recorded yet (a new attempt included)."""
     dispatched = "dispatched"
     """Sent to a worker, which has not started it yet."""
     delivered = "delivered"
