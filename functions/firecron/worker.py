@@ -52,7 +52,11 @@ every store call is submitted to (the store is async; requests are threads). A
 forked process (gunicorn forks after importing the source) starts its own.
 
 Status codes, for the dispatcher: 202 started; 200 duplicate (acknowledged, not
-executed); 400/401/404/405/409 permanent; 500/503 (settings or store failure) retryable.
+executed); 400/401/404/405/409/413 permanent; 500/503 (settings or store failure)
+retryable. Malformed input of any kind (headers, a body over :data:`MAX_BODY_BYTES`,
+invalid UTF-8 or JSON, wrong types, out-of-range numbers) is a 4xx with a one-line
+``{"error": ...}`` that never quotes a secret, and nothing is read from or written to
+the store; a 5xx only ever means an operational failure worth retrying.
 
 Nothing here does I/O at import time, and flask / functions-framework are imported
 only when a worker is declared or called, so ``import firecron`` stays light.
@@ -91,6 +95,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
+    "MAX_BODY_BYTES",
     "MAX_OUTPUT_BYTES",
     "ChangeHook",
     "RunContext",
@@ -109,7 +114,15 @@ do not make the watchdog declare a healthy run lost.
 MAX_OUTPUT_BYTES: Final = 64 * 1024
 """Largest return value, as compact UTF-8 JSON, that is stored as the run's output."""
 
+MAX_BODY_BYTES: Final = 4 * 1024 * 1024
+"""Largest request body read; a larger one is refused with 413 before it is read.
+
+Four times what a Firestore document (the run, params included) can hold.
+"""
+
 _MAX_ERROR_CHARS: Final = 1000
+_MAX_ID_CHARS: Final = 1500
+_MAX_ATTEMPT: Final = 1_000_000
 _STORE_TIMEOUT_S: Final = 60.0
 # The final write is retried a little: losing it costs a whole attempt (the watchdog
 # would declare the run lost after heartbeat_timeout and run it again).
@@ -117,6 +130,10 @@ _END_WRITE_TRIES: Final = 3
 _CAS_TRIES: Final = 8
 """Refresh-and-retry rounds of one transition against concurrent watchdog writes."""
 _END_WRITE_BACKOFF_S: Final = 0.5
+_CLOCK_REFRESH_S: Final = 600.0
+"""Seconds between measurements of the local clock's offset to the store's."""
+_CLOCK_RETRY_S: Final = 30.0
+"""Seconds before a failed measurement is tried again."""
 _TIMEOUTS: Final = RunTimeouts()
 """Defaults, for checking a heartbeat interval when a worker is declared (before settings)."""
 """The worker only uses ``heartbeat_timeout``, which the dispatcher's watchdog shares."""
@@ -288,6 +305,7 @@ class _Runtime:
         loop: asyncio.AbstractEventLoop,
         pid: int,
         notifier: Deliverer,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -296,10 +314,51 @@ class _Runtime:
         self.notifier = notifier
         self.timeouts = RunTimeouts.for_tick(settings.tick_budget, settings.ack_timeout)
         """The same deadlines the dispatcher's watchdog enforces."""
+        self.clock = clock or _now
+        """The local clock (injectable: tests skew it); :meth:`now` corrects it."""
+        self._offset = timedelta(0)
+        self._synced_at: float | None = None
+        self._sync_lock = threading.Lock()
+
+    def now(self) -> datetime:
+        """The local clock corrected to the store's (docs/design.md, "Semantics > Clocks").
+
+        Starts, heartbeats and ends are judged by the dispatcher at the store's time, so
+        they are stamped at it too. The offset is measured by one :meth:`Store.clock`
+        call when first needed and every :data:`_CLOCK_REFRESH_S` seconds after (Firestore: one
+        read); a failed measurement keeps the last offset and is retried after
+        :data:`_CLOCK_RETRY_S` seconds.
+        """
+        synced = self._synced_at
+        if synced is None or time.monotonic() - synced >= _CLOCK_REFRESH_S:
+            self._sync()
+        return self.clock() + self._offset
+
+    def _sync(self) -> None:
+        if not self._sync_lock.acquire(blocking=self._synced_at is None):
+            return  # another thread is measuring; the current offset is good meanwhile
+        try:
+            synced = self._synced_at
+            if synced is not None and time.monotonic() - synced < _CLOCK_REFRESH_S:
+                return
+            from firecron.store.base import clock_offset
+
+            try:
+                _, self._offset = self.call(clock_offset(self.store, self.clock))
+            except Exception as exc:
+                _log.warning(
+                    "firecron worker: reading the store's clock failed: %s", _describe(exc)
+                )
+                self._synced_at = time.monotonic() - _CLOCK_REFRESH_S + _CLOCK_RETRY_S
+                return
+            self._synced_at = time.monotonic()
+        finally:
+            self._sync_lock.release()
 
     @classmethod
-    def start(cls) -> _Runtime:
-        """Read the settings, start the loop thread and open the store on it."""
+    def start(cls, clock: Callable[[], datetime] | None = None) -> _Runtime:
+        """Read the settings, start the loop thread, open the store on it and measure
+        the offset of ``clock`` (default: the system clock) to the store's."""
         from firecron.settings import Settings
         from firecron.store import open_store
 
@@ -330,7 +389,9 @@ class _Runtime:
                 "firecron worker: FIRECRON_SIGNING_SECRET is not set, so requests are "
                 "accepted unsigned; set it everywhere (firecron dev sets its own)"
             )
-        return cls(settings, store, loop, os.getpid(), notifier)
+        runtime = cls(settings, store, loop, os.getpid(), notifier, clock)
+        runtime.now()  # measures the clock offset now rather than in the first request
+        return runtime
 
     def call(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run a store coroutine on the loop thread and wait for its result."""
@@ -367,14 +428,19 @@ def _now() -> datetime:
 
 
 class _Delivery(BaseModel):
-    """The dispatch body (see ``transport.sender.dispatch_body``)."""
+    """The dispatch body (see ``transport.sender.dispatch_body``).
+
+    Bounded so that nothing read from it can overflow later: ids fit a store key (a
+    Firestore document id is at most 1,500 bytes) and ``attempt`` is far above any
+    retry policy (at most 100 attempts).
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    run_id: str = Field(min_length=1)
-    schedule_id: str = Field(min_length=1)
+    run_id: str = Field(min_length=1, max_length=_MAX_ID_CHARS)
+    schedule_id: str = Field(min_length=1, max_length=_MAX_ID_CHARS)
     scheduled_for: AwareDatetime
-    attempt: int = Field(ge=1, strict=True)
+    attempt: int = Field(ge=1, le=_MAX_ATTEMPT, strict=True)
     trigger: RunTrigger
     params: dict[str, JsonValue]
 
@@ -400,6 +466,21 @@ def _describe(exc: BaseException) -> str:
     return _one_line(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
 
 
+def _read_body(request: flask.Request) -> bytes | None:
+    """The whole body, or None when it is over :data:`MAX_BODY_BYTES` (not read then)."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    # A chunked body announces no length: read at most one byte past the limit.
+    while chunk := request.stream.read(min(64 * 1024, MAX_BODY_BYTES + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+    return b"".join(chunks)
+
+
 def _handle(fn: WorkerFunction, interval: timedelta, request: flask.Request) -> flask.Response:
     if request.method != "POST":
         response = _json({"error": f"method {request.method} not allowed; use POST"}, 405)
@@ -411,14 +492,19 @@ def _handle(fn: WorkerFunction, interval: timedelta, request: flask.Request) -> 
         # A settings or store URL error: 500 so the dispatcher retries once it is fixed.
         _log.error("firecron worker: cannot start: %s", _one_line(str(exc)))
         return _json({"error": _one_line(str(exc))}, 500)
-    body = request.get_data()
+    body = _read_body(request)
+    if body is None:
+        return _json(
+            {"error": f"request body larger than {MAX_BODY_BYTES:,} bytes; nothing was executed"},
+            413,
+        )
     secrets = runtime.settings.signing_secrets
     if secrets:
         from firecron.transport.signing import verify_webhook
 
         try:
             webhook_id: str | None = verify_webhook(
-                dict(request.headers.items()), body, secrets, _now()
+                dict(request.headers.items()), body, secrets, runtime.now()
             )
         except SignatureError as exc:
             return _json({"error": _one_line(str(exc))}, 401)
@@ -501,7 +587,7 @@ def _start(
         )
     if run.attempt != delivery.attempt or run.state not in (RunState.pending, RunState.dispatched):
         return _duplicate(run)
-    change = lifecycle.start(run, _now(), runtime.timeouts)
+    change = lifecycle.start(run, runtime.now(), runtime.timeouts)
     # Compare-and-set on the version just read: of two deliveries of this attempt,
     # exactly one starts it. `start` expects pending|dispatched, checked above.
     started = runtime.call(store.update_run(run.id, change.expect, change.changes, current=run))
@@ -631,7 +717,7 @@ class _Execution:
         with self.lock:
             if self.ended.is_set() or self.orphaned:
                 return
-            now = _now()
+            now = self.runtime.now()
             try:
                 before, change, after = self._transition(
                     lambda r: lifecycle.heartbeat(r, now, self.runtime.timeouts)
@@ -693,7 +779,13 @@ class _Execution:
         """Log this run's new events and try their deliveries once (bounded; never raises)."""
         try:
             self.run = self.runtime.call(
-                outbox.emit(self.runtime.store, self.runtime.notifier, self.run, self.known, _now())
+                outbox.emit(
+                    self.runtime.store,
+                    self.runtime.notifier,
+                    self.run,
+                    self.known,
+                    self.runtime.now(),
+                )
             )
         except Exception as exc:
             # Recorded already: the watchdog retries what was not delivered.
@@ -726,7 +818,7 @@ class _Execution:
     def _record(self, outcome: _Outcome) -> dict[str, Any]:
         """Write the end (a lifecycle transition) and describe it as the final line."""
         with self.lock:
-            now = _now()
+            now = self.runtime.now()
 
             def end(run: Run) -> Change:
                 # After a timeout this records `timed_out`: the acknowledgement of the
