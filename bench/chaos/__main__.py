@@ -21,6 +21,7 @@ crashes does (its row says so).
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 import tempfile
@@ -58,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Thousands of expected warnings (re-sends after kills) would bury the table; errors
+    # still show, and every count comes from the records, not from these logs.
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("firecron").setLevel(logging.ERROR)
     if args.backends:
         names = [b.strip() for b in args.backends.split(",") if b.strip()]
     else:

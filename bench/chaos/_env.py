@@ -70,6 +70,8 @@ class StoreRef:
             "namespace": self.namespace,
             "signing_secrets": (SECRET,),
             "allow_private_targets": True,
+            # The table is the output: no JSON event line per run on stdout.
+            "event_log": False,
         }
         fields.update(overrides)
         return Settings(**fields)
