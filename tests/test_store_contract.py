@@ -906,3 +906,33 @@ async def test_racing_version_cas_has_exactly_one_winner(
         )
     )
     assert sum(r is not None for r in results) == 1
+
+
+# -- the store clock and schedule errors (issue 10) --------------------------------------
+
+
+async def test_clock_is_the_store_time_in_utc_at_a_bounded_cost(store: Store) -> None:
+    """Both backends run on this machine here: their clock is this machine's (within 1 s)."""
+    from datetime import UTC, datetime
+
+    store.stats.reset()
+    before = datetime.now(UTC)
+    now = await store.clock()
+    after = datetime.now(UTC)
+    assert now.utcoffset() == timedelta(0)
+    assert before - timedelta(seconds=1) <= now <= after + timedelta(seconds=1)
+    # SQLite reads nothing; Firestore bills one read (a get of a missing document).
+    assert store.stats.reads <= 1
+    assert store.stats.writes == 0
+
+
+async def test_a_schedule_error_is_claimed_and_read_back(store: Store) -> None:
+    from firecron.core import planning
+
+    stored = await store.put_schedule(make_spec("e"), make_state(), expect_version=None)
+    errored = planning.errored(stored.state, T0, "OverflowError: date value out of range")
+    assert await store.claim(stored, errored, []) == []
+    [due] = await store.due_schedules(T0 + planning.ERROR_BACKOFF, 10)
+    assert due.state == errored
+    assert due.status == "error"
+    assert await store.due_schedules(T0 + planning.ERROR_BACKOFF - US, 10) == []
