@@ -12,8 +12,12 @@ poison schedule must carry its error (``last_error``, status ``error``), announc
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +30,9 @@ from firecron.core.runs import RunState
 from firecron.dispatch import Dispatcher
 from firecron.settings import Settings
 from firecron.store.base import Store
+from firecron.store.sqlite import SQLiteStore
+
+FIRECRON = str(Path(sys.executable).parent / "firecron")
 
 LAST_SECOND = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
@@ -193,3 +200,40 @@ async def test_one_failing_run_never_stops_the_watchdog(store: Store) -> None:
     assert summary.watched == 2
     [error] = summary.errors
     assert error.startswith(f"run {broken.id}: OverflowError")
+
+
+async def test_list_and_show_display_the_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'firecron.db'}"
+    store = SQLiteStore(tmp_path / "firecron.db")
+    try:
+        spec = ScheduleSpec.model_validate(
+            {"id": "bad", "every": "1h", "target": {"url": "https://example.com/hook"}}
+        )
+        state = planning.errored(
+            planning.initial_state(spec, T0), T0, "OverflowError: date value out of range"
+        )
+        await store.put_schedule(spec, state, expect_version=None)
+    finally:
+        await store.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIRECRON_")}
+
+    def firecron(*args: str) -> str:
+        proc = subprocess.run(
+            [FIRECRON, *args, "--store", url],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    [listed] = json.loads(firecron("list", "--json"))["schedules"]
+    assert listed["status"] == "error"
+    assert listed["last_error"] == "OverflowError: date value out of range"
+    assert " error " in firecron("list")
+    shown = " ".join(firecron("show", "bad").split())
+    assert "last error" in shown
+    assert "2027-01-01T00:00:00Z: OverflowError: date value out of range" in shown
+    assert "(next try 2027-01-01T01:00:00Z)" in shown
