@@ -9,9 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from firecron.core.durations import format_duration, parse_duration
-from firecron.core.models import ScheduleSpec
-from firecron.core.schedule_file import ScheduleFileError, parse_schedule_file
+from firecron.core.durations import MAX_DURATION, format_duration, parse_duration
+from firecron.core.models import EARLIEST_INSTANT, INPUT, MAX_PARAMS_DEPTH, ScheduleSpec
+from firecron.core.schedule_file import (
+    ScheduleFileError,
+    format_validation_error,
+    parse_schedule_file,
+)
 from firecron.errors import InvalidInputError
 from firecron.settings import Settings
 
@@ -220,3 +224,109 @@ def test_settings_from_env_defaults_and_errors() -> None:
     ]:
         with pytest.raises(InvalidInputError, match=fragment):
             Settings.from_env(env)
+
+
+# ------------------------------------------------------------------ bounds on input
+
+
+def test_durations_are_at_most_ten_years() -> None:
+    assert parse_duration("3650d") == MAX_DURATION == timedelta(days=3650)
+    assert parse_duration("3649d23h59m59s999ms") < MAX_DURATION
+    for over in ("3651d", "3650d1ms", "99999999d", timedelta(days=3651)):
+        with pytest.raises(ValueError, match=r"too long: at most 3650d \(ten years\)"):
+            parse_duration(over)
+    # What firecron wrote itself (a record read back) is not re-judged.
+    assert parse_duration("99999999d", bounded=False) == timedelta(days=99999999)
+
+
+@pytest.mark.parametrize("bounded", [True, False])
+@pytest.mark.parametrize(
+    "huge", ["99999999999999999999999d", "1000000000d", "9" * 5000 + "s", "9" * 40, 10**40]
+)
+def test_a_duration_too_large_for_an_integer_is_a_value_error(huge: object, bounded: bool) -> None:
+    # Before: OverflowError ("Python int too large to convert to C int"), a traceback.
+    with pytest.raises(ValueError, match="duration") as info:
+        parse_duration(huge, bounded=bounded)
+    assert len(str(info.value)) < 120
+    assert "\n" not in str(info.value)
+
+
+def _input(**fields: object) -> ScheduleSpec:
+    base: dict[str, object] = {"id": "job", "every": "1m", "target": {"function": "hello"}}
+    base.update(fields)
+    return ScheduleSpec.model_validate(base, context=INPUT)
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"every": "3651d"}, "every"),
+        ({"jitter": "99999999d"}, "jitter"),
+        ({"timeout": "3651d"}, "timeout"),
+        ({"expected_duration": "3651d"}, "expected_duration"),
+        ({"retention": "3651d"}, "retention"),
+        ({"retry": {"backoff": "3651d"}}, "retry.backoff"),
+        ({"retry": {"max_backoff": "3651d"}}, "retry.max_backoff"),
+        ({"misfire": {"grace": "3651d"}}, "misfire.grace"),
+    ],
+)
+def test_every_duration_field_is_bounded_on_input(fields: dict[str, object], where: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        _input(**fields)
+    [line] = format_validation_error(info.value)
+    assert line.startswith(f"{where}: duration '")
+    assert line.endswith("is too long: at most 3650d (ten years)")
+    ScheduleSpec.model_validate(
+        {"id": "job", "target": {"function": "hello"}, "every": "1m", **fields}
+    )
+
+
+@pytest.mark.parametrize("field", ["at", "start_at", "end_at"])
+def test_instants_are_from_1970_to_before_year_9000_on_input(field: str) -> None:
+    fields: dict[str, object] = {"every": None, "at": "2030-01-01T00:00:00Z"}
+    if field != "at":
+        fields = {}
+    for bad in ("9000-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "1969-12-31T23:59:59Z"):
+        with pytest.raises(ValidationError) as info:
+            _input(**{**fields, field: bad})
+        [line] = format_validation_error(info.value)
+        assert line.startswith(f"{field}: {bad} is out of range"), line
+    late = {**fields, field: "8999-12-31T23:59:59Z"}
+    if field == "start_at":
+        late["end_at"] = "8999-12-31T23:59:59Z"
+    assert getattr(_input(**late), field) == datetime(8999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert getattr(_input(**{**fields, field: "1970-01-01T00:00:00Z"}), field) == EARLIEST_INSTANT
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_params_nest_at_most_32_levels_on_input() -> None:
+    assert _input(params={"a": _nested(MAX_PARAMS_DEPTH - 1)}).params  # the dict is level 1
+    for depth in (MAX_PARAMS_DEPTH, 2000):
+        with pytest.raises(ValidationError) as info:
+            _input(params={"a": _nested(depth)})
+        # One short line, not pydantic's recursion error naming every level.
+        assert format_validation_error(info.value) == ["params: nested more than 32 levels deep"]
+
+
+def test_env_durations_are_bounded() -> None:
+    with pytest.raises(InvalidInputError, match="FIRECRON_RUN_RETENTION: duration '99999999d'"):
+        Settings.from_env({"FIRECRON_RUN_RETENTION": "99999999d"})
+    with pytest.raises(
+        InvalidInputError, match=r"^FIRECRON_TICK_BUDGET: duration '9{30}\.\.\.' is too long"
+    ):
+        Settings.from_env({"FIRECRON_TICK_BUDGET": "9" * 50 + "d"})
+
+
+def test_a_lone_surrogate_in_the_text_is_one_error_line() -> None:
+    # A str holding U+D800 (as a loader without libyaml makes of "\ud800"): libyaml
+    # refused to encode it with a UnicodeEncodeError, a traceback.
+    text = 'schedules:\n  - id: a\n    every: 1h\n    description: "x\ud800"\n    target: {function: f}\n'
+    with pytest.raises(ScheduleFileError) as info:
+        parse_schedule_file(text)
+    assert info.value.errors == ["invalid text: surrogates not allowed at line 4, column 20"]

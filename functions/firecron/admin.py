@@ -5,21 +5,31 @@ race safely with dispatchers claiming the same schedules: on a lost race the
 operation re-reads and recomputes (a bounded number of times).
 
 ``apply`` reads the stored schedules once, plans every change in memory, then writes
-them with one :meth:`Store.write_schedules` call (one transaction on SQLite, batches of
-500 on Firestore); only the writes that lost a race take the per-schedule path.
+them with one :meth:`Store.write_schedules` call; only the writes that lost a race take
+the per-schedule path. Nothing is written until every entry is prepared: planned, and
+encoded as the stores encode it (:func:`unwritable` is the same check, for
+``validate``); a failure there is :class:`UnpreparedSchedules` and writes nothing.
+
+All or nothing: on SQLite the writes and deletes are one transaction, so a failure
+leaves the store as it was. On Firestore they are batches of 500, each atomic, and an
+apply of more than 500 changes is not atomic across batches: a failure midway (the
+network, the quota) leaves some batches written, and running the same ``apply`` again
+converges, since it writes only what still differs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from firecron._gc import gc_paused
 from firecron.core import planning
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.errors import ConflictError, InvalidInputError, NotFoundError, StoreError
+from firecron.store._codec import to_json
 from firecron.store.base import ScheduleWrite, Store
 
 __all__ = [
@@ -27,15 +37,20 @@ __all__ = [
     "ApplyLine",
     "Progress",
     "PruneRefused",
+    "UnpreparedSchedules",
     "apply_schedules",
     "delete",
     "pause",
     "resume",
+    "unwritable",
 ]
 
 _CAS_TRIES = 5
 _PROGRESS_EVERY = 1_000
 """Planned schedules between two progress reports."""
+_MAX_SPEC_BYTES = 256 * 1024
+"""Largest encoded schedule: a Firestore document holds 1 MiB, and every run of the
+schedule carries its params again."""
 _READ_PAGE = 10_000
 """Stored schedules read per query by ``apply`` (the emulator scans its whole collection
 for every query, so fewer, larger pages)."""
@@ -75,6 +90,106 @@ class PruneRefused(InvalidInputError):
         )
 
 
+class UnpreparedSchedules(InvalidInputError):
+    """Schedules that could not be planned or encoded for the store; nothing was written.
+
+    ``errors`` holds one line per problem, ``schedules[i] (id=x): field: reason``.
+    """
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(errors))
+
+
+def _label(index: int, schedule_id: str) -> str:
+    return f"schedules[{index}] (id={schedule_id})"
+
+
+def _trigger_field(spec: ScheduleSpec) -> str:
+    return "cron" if spec.cron is not None else "every" if spec.every is not None else "at"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _bad_text(value: Any, loc: str = "") -> Iterator[tuple[str, str]]:
+    """``(path, text)`` of each string in a model dump that UTF-8 cannot encode."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                yield loc, value[exc.start : exc.end]
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{loc}.{key}" if loc else str(key)
+            yield from _bad_text(key, where)
+            yield from _bad_text(item, where)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _bad_text(item, f"{loc}[{index}]")
+
+
+def _encoding_problem(spec: ScheduleSpec, state: ScheduleState | None) -> str | None:
+    """Why the stores could not write ``spec`` (and ``state``), as ``field: reason``, or None.
+
+    The encoding is the stores' own (:func:`firecron.store._codec.to_json`, then UTF-8).
+    """
+    try:
+        size = len(to_json(spec).encode("utf-8"))
+        if state is not None:
+            to_json(state).encode("utf-8")
+    except UnicodeEncodeError:
+        for where, text in _bad_text(spec.model_dump()):
+            return f"{where}: {text!r} is not valid Unicode text (a lone surrogate)"
+        return "not valid Unicode text (a lone surrogate)"
+    except (TypeError, ValueError, OverflowError) as exc:
+        return f"cannot be encoded for the store: {_one_line(exc)}"
+    if size > _MAX_SPEC_BYTES:
+        return (
+            f"the schedule is {size:,} bytes once encoded; at most {_MAX_SPEC_BYTES:,} "
+            "(shorten params or description)"
+        )
+    return None
+
+
+def _plan_problem(spec: ScheduleSpec, now: datetime) -> tuple[ScheduleState | None, str | None]:
+    """``spec``'s initial state at ``now`` and its next occurrences, or why they fail."""
+    try:
+        state = planning.initial_state(spec, now)
+        if state.next_occurrence is not None:
+            planning.trigger_of(spec).occurrences(state.next_occurrence, 4)
+    except (ArithmeticError, ValueError) as exc:
+        return None, f"{_trigger_field(spec)}: cannot plan its occurrences: {_one_line(exc)}"
+    return state, None
+
+
+def unwritable(specs: Sequence[ScheduleSpec], now: datetime) -> list[str]:
+    """Why some of ``specs`` could not be applied at ``now``: one line per problem.
+
+    Each spec is planned as a new schedule (first occurrence and the four after it) and
+    encoded as the stores encode it, so a file that passes is one ``apply`` can write.
+    The plan depends on a schedule's id only through its jitter offset, which stays
+    below ``jitter``: specs whose trigger, bounds, jitter and grace are equal share one
+    plan, which keeps a file of 100,000 schedules cheap to check.
+    """
+    errors: list[str] = []
+    plans: dict[tuple[object, ...], tuple[ScheduleState | None, str | None]] = {}
+    for index, spec in enumerate(specs):
+        key = (*spec.trigger_fields(), spec.misfire.grace)
+        planned = plans.get(key)
+        if planned is None:
+            planned = plans[key] = _plan_problem(spec, now)
+        state, problem = planned
+        if problem is None:
+            problem = _encoding_problem(spec, state)
+        if problem is not None:
+            errors.append(f"{_label(index, spec.id)}: {problem}")
+    return errors
+
+
 def prune_needs_confirmation(deleting: int, stored: int) -> bool:
     """Whether a prune deleting ``deleting`` of ``stored`` schedules must be confirmed.
 
@@ -108,6 +223,8 @@ async def apply_schedules(
 
     Unless ``confirmed`` or ``dry_run``, a prune that
     :func:`prune_needs_confirmation` raises :class:`PruneRefused` and writes nothing.
+    A schedule that cannot be planned or encoded for the store raises
+    :class:`UnpreparedSchedules` (every such line) and writes nothing.
     ``progress`` is called as planning and writing advance (see :data:`Progress`).
     """
     with gc_paused():  # see firecron._gc: the plan of a large file is millions of objects
@@ -115,21 +232,42 @@ async def apply_schedules(
         stored = set(stored_ids)
         lines: list[ApplyLine] = []
         writes: list[ScheduleWrite] = []
+        positions: list[int] = []  # each write's index in ``specs``, for error lines
+        errors: list[str] = []
         total = len(specs)
         for done, spec in enumerate(specs, 1):
+            old = changed.get(spec.id)
             if spec.id not in stored:
                 lines.append(ApplyLine(ApplyAction.create, spec.id))
-                if not dry_run:
-                    writes.append(ScheduleWrite(spec, planning.initial_state(spec, now), None))
-            elif (old := changed.get(spec.id)) is None:
+            elif old is None:
                 lines.append(ApplyLine(ApplyAction.unchanged, spec.id))
             else:
                 lines.append(ApplyLine(ApplyAction.update, spec.id, _diff(old.spec, spec)))
-                if not dry_run:
-                    state = planning.replan(spec, old.spec, old.state, now)
-                    writes.append(ScheduleWrite(spec, state, old.version))
+            if not dry_run and (spec.id not in stored or old is not None):
+                try:
+                    state = (
+                        planning.initial_state(spec, now)
+                        if old is None
+                        else planning.replan(spec, old.spec, old.state, now)
+                    )
+                except (ArithmeticError, ValueError) as exc:
+                    errors.append(
+                        f"{_label(done - 1, spec.id)}: {_trigger_field(spec)}: "
+                        f"cannot plan its occurrences: {_one_line(exc)}"
+                    )
+                    continue
+                writes.append(ScheduleWrite(spec, state, None if old is None else old.version))
+                positions.append(done - 1)
             if progress is not None and (done % _PROGRESS_EVERY == 0 or done == total):
                 progress("plan", done, total)
+        # Every write is encoded here first, as the stores will: a value no store can
+        # take fails the whole apply before the first write.
+        for index, write in zip(positions, writes, strict=True):
+            problem = _encoding_problem(write.spec, write.state)
+            if problem is not None:
+                errors.append(f"{_label(index, write.spec.id)}: {problem}")
+        if errors:
+            raise UnpreparedSchedules(errors)
     deletes: list[str] = []
     if prune:
         wanted = {s.id for s in specs}

@@ -8,6 +8,15 @@ compare-and-set. Conversion to rows or documents happens only in ``firecron.stor
 All datetimes in these models are timezone-aware UTC; naive input is rejected or,
 where the YAML format allows wall-clock times (``at``, ``start_at``, ``end_at``),
 interpreted in the schedule's ``timezone``.
+
+Bounds on input: validated with ``context=INPUT`` (as
+:func:`~firecron.core.schedule_file.parse_schedule_file` reads a schedules file), a spec
+refuses durations over :data:`~firecron.core.durations.MAX_DURATION` (ten years),
+instants outside ``[EARLIEST_INSTANT, LATEST_INSTANT)`` and ``params`` nested deeper
+than :data:`MAX_PARAMS_DEPTH`. Within them, no sum of an instant and durations that the
+planner makes can leave the range of ``datetime``. Without the context (a record
+read back from a store) they are not re-judged, so a schedule stored before a bound
+existed stays readable.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import functools
 import math
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Self
 
@@ -39,6 +48,10 @@ from firecron.core.durations import format_duration, parse_duration
 from firecron.core.events import Route
 
 __all__ = [
+    "EARLIEST_INSTANT",
+    "INPUT",
+    "LATEST_INSTANT",
+    "MAX_PARAMS_DEPTH",
     "SCHEDULE_ID_PATTERN",
     "Duration",
     "JsonValue",
@@ -60,12 +73,32 @@ JsonValue = _JsonValue
 SCHEDULE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
 
+INPUT: dict[str, bool] = {"firecron_input": True}
+"""Validation context of user input: ``Model.model_validate(data, context=INPUT)``
+applies the bounds of the module docstring."""
+EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
+"""The earliest ``at``/``start_at``/``end_at`` accepted (the Unix epoch, every's anchor)."""
+LATEST_INSTANT = datetime(9000, 1, 1, tzinfo=UTC)
+"""Instants must be before this: ten years of durations later is still far from year 9999."""
+MAX_PARAMS_DEPTH = 32
+"""How deeply ``params`` may nest lists and objects (``{"a": [1]}`` is depth 2)."""
+
+
+def _is_input(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("firecron_input"))
+
+
+def _duration_field(value: object, info: ValidationInfo) -> timedelta:
+    return parse_duration(value, bounded=_is_input(info))
+
+
 Duration = Annotated[
     timedelta,
-    BeforeValidator(parse_duration),
+    BeforeValidator(_duration_field),
     PlainSerializer(format_duration, return_type=str, when_used="json"),
 ]
-"""A duration field: accepts ``90s``/``15m``/``2h``/``1d`` (a bare number is refused), dumps as text in JSON."""
+"""A duration field: accepts ``90s``/``15m``/``2h``/``1d`` (a bare number is refused), dumps
+as text in JSON. At most ten years when validated as :data:`INPUT`."""
 
 
 class _Frozen(BaseModel):
@@ -251,8 +284,34 @@ def check_strict_json(value: dict[str, JsonValue], title: str) -> dict[str, Json
     )
 
 
+def params_depth_problem(value: object, limit: int = MAX_PARAMS_DEPTH) -> str | None:
+    """Why ``value`` nests lists and dicts more than ``limit`` deep, or None.
+
+    Iterative, so that a value nested thousands of levels deep is judged without
+    recursion (pydantic would otherwise give up with a recursion error naming every
+    level of the path).
+    """
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children: Any
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return f"nested more than {limit} levels deep"
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
 def _instant_field(value: Any, info: ValidationInfo) -> Any:
-    """Parse ``at``/``start_at``/``end_at``: RFC 3339, or a naive wall time in the schedule's zone."""
+    """Parse ``at``/``start_at``/``end_at``: RFC 3339, or a naive wall time in the schedule's zone.
+
+    As :data:`INPUT`, an instant outside ``[EARLIEST_INSTANT, LATEST_INSTANT)`` is refused.
+    """
     from firecron.core.triggers import parse_instant, validate_timezone
 
     if value is None:
@@ -264,9 +323,15 @@ def _instant_field(value: Any, info: ValidationInfo) -> Any:
         tz = "UTC"  # the timezone field reports its own error
     if isinstance(value, datetime):
         value = value.isoformat()
-    if isinstance(value, str):
-        return parse_instant(value, tz)
-    raise ValueError(f"invalid time {value!r}: use RFC 3339, e.g. 2027-01-01T10:00:00+01:00")
+    if not isinstance(value, str):
+        raise ValueError(f"invalid time {value!r}: use RFC 3339, e.g. 2027-01-01T10:00:00+01:00")
+    instant = parse_instant(value, tz)
+    if _is_input(info) and not EARLIEST_INSTANT <= instant < LATEST_INSTANT:
+        raise ValueError(
+            f"{value.strip()} is out of range: firecron accepts instants from "
+            "1970-01-01T00:00:00Z to before 9000-01-01T00:00:00Z"
+        )
+    return instant
 
 
 class ScheduleSpec(_Frozen):
@@ -326,6 +391,16 @@ class ScheduleSpec(_Frozen):
     @classmethod
     def _check_cron(cls, value: str | None) -> str | None:
         return None if value is None else _validated_cron(value)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _check_params_depth(cls, value: Any, info: ValidationInfo) -> Any:
+        # Before pydantic's own walk, which recurses once per level.
+        if _is_input(info):
+            problem = params_depth_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
 
     @field_validator("params")
     @classmethod

@@ -17,6 +17,10 @@ Contract of :func:`parse_schedule_file`:
 - YAML timestamps are *not* converted by the YAML loader: every time is parsed by
   firecron so that naive times are read in the schedule's ``timezone``.
 - Booleans are YAML 1.2's (``true``/``false``); ``on``, ``yes``, ``off`` stay strings.
+- Entries are validated as user input (:data:`~firecron.core.models.INPUT`): durations
+  at most ten years, instants from 1970 to before year 9000, ``params`` at most 32
+  levels deep. Text that is not valid Unicode (a lone surrogate) and YAML nested too
+  deeply for the parser are one error line too, never an exception.
 - Valid entries that can never work are errors too (:mod:`firecron.core.refusals`): a
   target or webhook sink the SSRF guard always refuses, and an ``at`` that can no
   longer fire. Those checks depend on ``now`` and on whether private targets are
@@ -36,7 +40,7 @@ from pydantic import ValidationError
 
 from firecron._gc import gc_paused
 from firecron.core.events import Notifications, Route, resolve_routes
-from firecron.core.models import ScheduleSpec
+from firecron.core.models import INPUT, ScheduleSpec
 from firecron.core.refusals import unworkable, unworkable_sinks
 from firecron.errors import InvalidInputError
 
@@ -218,6 +222,16 @@ def _load_yaml(text: str, on_entry: Callable[[int, Any], Any] | None = None) -> 
         loader.dispose()
 
 
+def _position(text: str, exc: UnicodeEncodeError) -> str:
+    """``line L, column C`` of the character a :class:`UnicodeEncodeError` points at."""
+    start = exc.start
+    if exc.object != text:
+        return "an unknown position"
+    line = text.count("\n", 0, start) + 1
+    column = start - (text.rfind("\n", 0, start) + 1) + 1
+    return f"line {line}, column {column}"
+
+
 def _bad_scalar(tag: str | None, value: Any, exc: Exception, mark: Any) -> yaml.YAMLError:
     """A YAML error for a scalar PyYAML's constructors failed on with a bare exception.
 
@@ -294,6 +308,13 @@ def _parse(
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ScheduleFileError(source, [f"invalid YAML{where}: {problem}"]) from None
+    except UnicodeEncodeError as exc:
+        # A str holding a lone surrogate, which no store could encode either.
+        line = f"invalid text: {exc.reason} at {_position(text, exc)}"
+        raise ScheduleFileError(source, [line]) from None
+    except RecursionError:
+        # PyYAML's pure-Python composer recurses once per nesting level.
+        raise ScheduleFileError(source, ["invalid YAML: nested too deeply"]) from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -365,7 +386,7 @@ def _check_entry(
             None, (f"{_label(index, None)}: must be a mapping, got {type(entry).__name__}",)
         )
     try:
-        spec = ScheduleSpec.model_validate(entry)
+        spec = ScheduleSpec.model_validate(entry, context=INPUT)
     except ValidationError as exc:
         label = _label(index, entry.get("id"))
         return _Checked(None, tuple(f"{label}: {line}" for line in format_validation_error(exc)))
