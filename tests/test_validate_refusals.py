@@ -425,3 +425,121 @@ def test_next_refuses_a_spec_that_cannot_work(
     assert (code, out, len(err)) == (2, [], 1)
     assert err[0].startswith("error: SPEC: invalid ")
     assert "never fires" in err[0] or "'every 10s'" in err[0]
+
+
+# -------------------------------------------- values that used to crash at write time
+
+OK = "every: 1h\ntarget: {function: hello}"
+
+
+def _three(bad: str) -> str:
+    """A file ``[ok-1, bad, ok-3]``."""
+    return (
+        _entry(OK, "ok-1")
+        + _entry(bad, "bad").removeprefix("schedules:\n")
+        + _entry(OK, "ok-3").removeprefix("schedules:\n")
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (
+            'at: "9999-12-31T23:59:59Z"\njitter: 1d',
+            "at: 9999-12-31T23:59:59Z is out of range: firecron accepts instants from "
+            "1970-01-01T00:00:00Z to before 9000-01-01T00:00:00Z",
+        ),
+        ("every: 99999999d", "every: duration '99999999d' is too long: at most 3650d (ten years)"),
+        (
+            "every: 1h\njitter: 99999999d",
+            "jitter: duration '99999999d' is too long: at most 3650d (ten years)",
+        ),
+        (
+            'every: 1h\nstart_at: "9999-12-31T23:59:59Z"',
+            "start_at: 9999-12-31T23:59:59Z is out of range",
+        ),
+        (
+            "every: 99999999999999999999999d",
+            "every: duration '99999999999999999999999d' is too long: at most 3650d",
+        ),
+        ("every: 3000000d", "every: duration '3000000d' is too long"),
+        (
+            "every: 1h\nparams: {a: " + "[" * 40 + "]" * 40 + "}",
+            "params: nested more than 32 levels deep",
+        ),
+    ],
+)
+def test_values_that_crashed_at_write_time_are_refused_and_nothing_is_written(
+    bad: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], env: object
+) -> None:
+    store = f"sqlite:///{tmp_path / 'firecron.db'}"
+    path = tmp_path / "three.yaml"
+    path.write_text(_three(bad + "\ntarget: {function: hello}"))
+    for command in (["validate", str(path)], ["apply", str(path), "--store", store]):
+        code, out, err = _firecron(capsys, *command)
+        assert (code, out, len(err)) == (2, [], 1), err
+        assert err[0].startswith(f"{path}: schedules[1] (id=bad): {message}"), err[0]
+    assert asyncio.run(_stored_ids(store)) == []
+
+
+def test_a_file_that_is_not_utf8_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], env: object
+) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(_entry(OK + "\ndescription: café", "a").encode("latin-1"))
+    store = f"sqlite:///{tmp_path / 'firecron.db'}"
+    for command in (["validate", str(path)], ["apply", str(path), "--store", store]):
+        # Before: a UnicodeDecodeError traceback.
+        code, out, err = _firecron(capsys, *command)
+        assert (code, out) == (2, [])
+        assert err == [f"error: {path}: not UTF-8 text: byte 0xe9 at line 5, column 21"]
+
+
+@pytest.mark.parametrize("depth", [900, 2000])
+def test_deeply_nested_params_are_one_short_line(
+    depth: int, tmp_path: Path, capsys: pytest.CaptureFixture[str], env: object
+) -> None:
+    # 900 levels used to give pydantic's recursion error naming all 900 (a line of 7 kB);
+    # 2,000 stop at libyaml's own nesting limit, and at RecursionError in PyYAML's
+    # pure-Python composer where libyaml is missing.
+    path = tmp_path / "deep.yaml"
+    path.write_text(_entry(OK + "\nparams: {a: " + "[" * depth + "]" * depth + "}"))
+    code, out, err = _firecron(capsys, "validate", str(path))
+    assert (code, out, len(err)) == (2, [], 1)
+    assert len(err[0]) < len(str(path)) + 100, err[0]
+
+
+def test_show_does_not_crash_on_a_schedule_at_the_far_end_of_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], env: object
+) -> None:
+    """A schedule stored before the bounds (here written past them) still shows."""
+    url = f"sqlite:///{tmp_path / 'firecron.db'}"
+    last = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+    async def put() -> None:
+        store = open_store(url)
+        try:
+            for schedule_id, zone in (("far", "UTC"), ("far-east", "Asia/Tokyo")):
+                spec = ScheduleSpec.model_validate(
+                    {
+                        "id": schedule_id,
+                        "every": "1h",
+                        "timezone": zone,
+                        "start_at": "9999-12-31T20:00:00Z",
+                        "target": {"function": "hello"},
+                    }
+                )
+                state = ScheduleState(next_occurrence=last, next_fire_at=last)
+                await store.put_schedule(spec, state, expect_version=None)
+        finally:
+            await store.close()
+
+    asyncio.run(put())
+    for schedule_id in ("far", "far-east"):
+        # Before: OverflowError from the next fire times, and from their local time.
+        code, out, err = _firecron(capsys, "show", schedule_id, "--store", url)
+        assert (code, err) == (0, [])
+        assert any("9999-12-31T23:59:59Z" in line for line in out)
+        code, out, err = _firecron(capsys, "show", schedule_id, "--json", "--store", url)
+        assert code == 0
+        assert [t["utc"] for t in json.loads("\n".join(out))["next"]] == ["9999-12-31T23:59:59Z"]

@@ -27,7 +27,7 @@ from firecron._output import console, emit_json, err_console, jsonable, rfc3339,
 from firecron.core import planning
 from firecron.core.durations import format_duration as fd
 from firecron.core.durations import parse_duration
-from firecron.core.events import Event, EventType, cloudevent
+from firecron.core.events import RUN_EVENT_TYPES, Event, EventType, cloudevent
 from firecron.core.models import SCHEDULE_ID_PATTERN, StoredSchedule
 from firecron.core.runs import Attempt, Run, RunState
 from firecron.core.schedule_file import ScheduleFileError, parse_schedule_file
@@ -72,23 +72,40 @@ def _with_store(
     return asyncio.run(go())
 
 
-def _read_schedule_file(path: str, *, allow_private_targets: bool | None = None) -> Any:
-    """Read and validate a schedules file as of now.
+def _read_schedule_file(
+    path: str, *, allow_private_targets: bool | None = None, now: datetime | None = None
+) -> Any:
+    """Read and validate a schedules file as of ``now`` (default: the clock).
 
-    ``allow_private_targets`` defaults to ``FIRECRON_ALLOW_PRIVATE_TARGETS``, the
-    setting the dispatcher's SSRF guard will apply to the targets.
+    Valid means ``apply`` can write it: every schedule is also planned and encoded for
+    the store (:func:`admin.unwritable`). ``allow_private_targets`` defaults to
+    ``FIRECRON_ALLOW_PRIVATE_TARGETS``, the setting the dispatcher's SSRF guard will
+    apply to the targets. Raises :class:`ScheduleFileError` (or, for a file that cannot
+    be read or is not UTF-8, :class:`InvalidInputError`), one line per problem.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise InvalidInputError(f"{path}: no such file") from None
     except OSError as exc:
         raise InvalidInputError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        byte = f"byte 0x{data[exc.start]:02x} at line {line}, column {column}"
+        raise InvalidInputError(f"{path}: not UTF-8 text: {byte}") from None
     if allow_private_targets is None:
         allow_private_targets = _settings(None).allow_private_targets
-    return parse_schedule_file(
-        text, source=path, now=_now(), allow_private_targets=allow_private_targets
+    now = _now() if now is None else now
+    doc = parse_schedule_file(
+        text, source=path, now=now, allow_private_targets=allow_private_targets
     )
+    errors = admin.unwritable(doc.schedules, now)
+    if errors:
+        raise ScheduleFileError(path, errors)
+    return doc
 
 
 store_option = click.option("--store", "store_url", metavar="URL", help=_STORE_HELP)
@@ -190,6 +207,9 @@ def _user_value(what: str, fn: Callable[[], T]) -> T:
 def validate(file: str) -> None:
     """Check a schedules file; exit 2 with one line per error.
 
+    Valid means apply can write it: each schedule is also planned (its first
+    occurrences from now) and encoded as the store will encode it.
+
     \b
     Example:
       firecron validate schedules.yaml
@@ -217,8 +237,9 @@ def apply(
 
     + created, ~ updated, = unchanged, - deleted (only with --prune), then a summary
     line; --json prints the four lists instead. Nothing is written when any entry is
-    invalid. Re-applying an unchanged file changes nothing and keeps next fire times
-    and counters. A --prune that would delete every stored schedule, or more than
+    invalid or cannot be planned or stored (on SQLite the writes are one transaction;
+    on Firestore, batches of 500, see the README). Re-applying an unchanged file
+    changes nothing and keeps next fire times and counters. A --prune that would delete every stored schedule, or more than
     half of them, is refused (exit 2) unless --yes is given. --dry-run prints the same
     plan and writes nothing. On a terminal, a progress bar shows on stderr.
 
@@ -227,20 +248,24 @@ def apply(
       firecron apply schedules.yaml --dry-run
       firecron apply schedules.yaml --prune
     """
-    doc = _read_schedule_file(file)
+    now = _now()
+    doc = _read_schedule_file(file, now=now)
     with _apply_progress() as progress:
-        lines = _with_store(
-            store_url,
-            lambda s: admin.apply_schedules(
-                s,
-                doc.schedules,
-                _now(),
-                prune=prune,
-                dry_run=dry_run,
-                confirmed=yes,
-                progress=progress,
-            ),
-        )
+        try:
+            lines = _with_store(
+                store_url,
+                lambda s: admin.apply_schedules(
+                    s,
+                    doc.schedules,
+                    now,
+                    prune=prune,
+                    dry_run=dry_run,
+                    confirmed=yes,
+                    progress=progress,
+                ),
+            )
+        except admin.UnpreparedSchedules as exc:
+            raise ScheduleFileError(file, exc.errors) from None
     by_action: dict[admin.ApplyAction, list[admin.ApplyLine]] = {a: [] for a in admin.ApplyAction}
     for line in lines:
         by_action[line.action].append(line)
@@ -337,6 +362,7 @@ def _summary(s: StoredSchedule) -> dict[str, Any]:
         "next_fire_at": rfc3339(s.state.next_fire_at),
         "last_run_id": s.state.last_run_id,
         "run_count": s.state.run_count,
+        "last_error": s.state.last_error,
         "description": s.spec.description,
         "labels": s.spec.labels,
     }
@@ -422,12 +448,7 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
     """
     stored = _with_store(store_url, lambda s: _get(s, schedule_id), create=False)
     trigger = planning.trigger_of(stored.spec)
-    upcoming: list[datetime] = []
-    if stored.state.next_occurrence is not None:
-        upcoming = [stored.state.next_occurrence]
-        upcoming += trigger.occurrences(stored.state.next_occurrence, 4)
-        if stored.spec.max_runs is not None:
-            upcoming = upcoming[: max(0, stored.spec.max_runs - stored.state.run_count)]
+    upcoming = _upcoming(stored, trigger)
     from zoneinfo import ZoneInfo
 
     zone = ZoneInfo(stored.spec.timezone)
@@ -439,9 +460,7 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
                 "description_of_trigger": trigger.describe(),
                 "spec": stored.spec.model_dump(mode="python", exclude_none=True),
                 "state": stored.state,
-                "next": [
-                    {"utc": rfc3339(t), "local": t.astimezone(zone).isoformat()} for t in upcoming
-                ],
+                "next": [{"utc": rfc3339(t), "local": _local(t, zone)} for t in upcoming],
             }
         )
         return
@@ -477,6 +496,15 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
         ],
         ["last run", state.last_run_id],
     ]
+    if state.last_error is not None:
+        # The tick could not handle it; it retries at next_fire_at (see planning.errored).
+        rows.append(
+            [
+                "last error",
+                f"{rfc3339(state.last_error_at)}: {state.last_error} "
+                f"(next try {rfc3339(state.next_fire_at) or 'none'})",
+            ]
+        )
     table(None, ["FIELD", "VALUE"], rows)
     console.print()
     if not upcoming:
@@ -487,8 +515,43 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
     table(
         "Next fire times",
         ["LOCAL", "UTC"],
-        [[t.astimezone(zone).isoformat(), rfc3339(t)] for t in upcoming],
+        [[_local(t, zone), rfc3339(t)] for t in upcoming],
     )
+
+
+def _upcoming(stored: StoredSchedule, trigger: Any) -> list[datetime]:
+    """The next (at most) 5 nominal times, stopping where ``datetime`` ends (year 9999).
+
+    A schedule stored before the input bounds existed may sit at the far end of time;
+    show must still show it.
+    """
+    if stored.state.next_occurrence is None:
+        return []
+    upcoming = [stored.state.next_occurrence]
+    try:
+        upcoming += trigger.occurrences(stored.state.next_occurrence, 4)
+    except OverflowError:
+        # Trigger.occurrences stops at None only; past year 9999 it overflows. Collect
+        # what fits, one at a time.
+        while len(upcoming) < 5:
+            try:
+                following = trigger.next_after(upcoming[-1])
+            except OverflowError:
+                break
+            if following is None:
+                break
+            upcoming.append(following)
+    if stored.spec.max_runs is not None:
+        upcoming = upcoming[: max(0, stored.spec.max_runs - stored.state.run_count)]
+    return upcoming
+
+
+def _local(instant: datetime, zone: Any) -> str:
+    """``instant`` in ``zone``, ISO 8601; in UTC where the zone's wall time passes year 9999."""
+    try:
+        return instant.astimezone(zone).isoformat()
+    except OverflowError:
+        return instant.isoformat()
 
 
 def _state_command(name: str, verb: str, fn: Any, example: str, extra_doc: str) -> None:
@@ -977,7 +1040,8 @@ def _events_table(title: str | None, rows: list[tuple[Run, Event]]) -> None:
     "--type",
     "types",
     multiple=True,
-    type=click.Choice([t.value for t in EventType]),
+    # Only the types recorded in runs: schedule.error and dispatcher.clock_skew are logged.
+    type=click.Choice([t.value for t in EventType if t in RUN_EVENT_TYPES]),
     help="Only events of this type. Repeatable.",
 )
 @limit_option
