@@ -250,6 +250,8 @@ def dispatch_request(rng: random.Random, keys: _Keys, now: int) -> dict[str, str
 def _post(client: httpx.Client, url: str, headers: dict[str, str], body: bytes) -> int:
     try:
         return client.post(url, headers=headers, content=body).status_code
+    except httpx.LocalProtocolError:
+        return -1  # httpx refused to send it (e.g. a blank header value): not a try
     except httpx.HTTPError:
         return 0  # no answer at all (e.g. the server's header limit): listed as "0"
     except (UnicodeEncodeError, ValueError):
