@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -363,7 +364,11 @@ def test_tick_signs_with_the_dev_secret_of_its_store(tmp_path: Path) -> None:
     (tmp_path / "store").mkdir()
     secret = with_dev_secret(Settings(store_url=url), create=True).signing_secrets
     with serve_worker("hello", env=worker_env(url, secrets=secret), log_dir=tmp_path) as worker:
-        store = apply(tmp_path, worker_schedule("w", worker.url, every="1s"))
+        # A one-shot applied 10 s after its instant is due at once (within its misfire
+        # grace), so the very next tick fires it, whatever the clock's second.
+        due = (datetime.now(UTC) - timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        yaml = worker_schedule("w", worker.url).replace("every: 1h", f"at: {due}")
+        store = apply(tmp_path, yaml)
         proc = firecron("tick", "--json", "--store", store)
         assert proc.returncode == 0, proc.stderr
         [run] = json.loads(firecron("runs", "--json", "--store", store).stdout)
