@@ -246,7 +246,8 @@ def test_run_attempts_have_no_ack_or_sent_column(tmp_path: Path) -> None:
     [run] = json.loads(firecron("runs", "--json", "--store", store).stdout)
     out = firecron("run", run["id"], "--store", store).stdout
     header = next(line for line in out.splitlines() if line.startswith("#"))
-    assert header.split() == ["#", "STARTED", "ENDED", "OUTCOME", "ERROR"]
+    # No ACK or SENT column; SENDS counts the sends of each attempt (re-sends included).
+    assert header.split() == ["#", "STARTED", "ENDED", "OUTCOME", "SENDS", "ERROR"]
     # The error of the attempt, brackets included, is printed as it is.
     assert "[Errno 111]" in out
 

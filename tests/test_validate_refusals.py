@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from firecron.cli import main
 from firecron.core import planning
-from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
+from firecron.core.models import INPUT, ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import RunState
 from firecron.core.schedule_file import ScheduleFileError, parse_schedule_file
 from firecron.core.triggers import jitter_offset, parse_spec, validate_cron
@@ -31,10 +31,10 @@ from firecron.store import open_store
 NOW = datetime(2027, 6, 1, 12, 0, tzinfo=UTC)
 
 
-def _spec(**fields: object) -> ScheduleSpec:
+def _spec(context: dict[str, bool] | None = None, **fields: object) -> ScheduleSpec:
     base: dict[str, object] = {"id": "job", "every": "1m", "target": {"function": "hello"}}
     base.update(fields)
-    return ScheduleSpec.model_validate(base)
+    return ScheduleSpec.model_validate(base, context=context)
 
 
 def _file_errors(
@@ -59,10 +59,17 @@ NEVER = ["0 2 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6,9,11 *", "0 0 30 2 */2", "0 0
 @pytest.mark.parametrize("expr", NEVER)
 def test_a_cron_that_never_matches_is_refused_by_the_model(expr: str) -> None:
     with pytest.raises(ValidationError) as info:
-        _spec(every=None, cron=expr)
+        _spec(every=None, cron=expr, context=INPUT)
     assert "never fires" in str(info.value)
     with pytest.raises(ValueError, match="never fires"):
         parse_spec(expr)
+
+
+@pytest.mark.parametrize("expr", NEVER)
+def test_a_stored_cron_that_never_matches_still_reads_back_exhausted(expr: str) -> None:
+    """Stored before the rule (it was accepted then): it must not break reads of the store."""
+    spec = _spec(every=None, cron=expr)
+    assert planning.initial_state(spec, NOW).exhausted
 
 
 @pytest.mark.parametrize(

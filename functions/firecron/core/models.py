@@ -228,15 +228,15 @@ class MisfirePolicy(_Frozen):
 
 
 @functools.lru_cache(maxsize=4096)
-def _validated_cron(value: str) -> str:
+def _validated_cron(value: str, must_fire: bool) -> str:
     """``validate_cron``, remembered: a large file repeats a few expressions many times.
 
     Only valid expressions are remembered (an error is not cached), and the result
-    depends on the text alone.
+    depends on the arguments alone.
     """
     from firecron.core.triggers import validate_cron
 
-    return validate_cron(value)
+    return validate_cron(value, must_fire=must_fire)
 
 
 def _non_finite(
@@ -389,8 +389,11 @@ class ScheduleSpec(_Frozen):
 
     @field_validator("cron")
     @classmethod
-    def _check_cron(cls, value: str | None) -> str | None:
-        return None if value is None else _validated_cron(value)
+    def _check_cron(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A cron that never fires is refused as input only: a record stored before that
+        # rule (it was accepted, and is exhausted) must still read back, or one old
+        # schedule would break `list` and every read of the store.
+        return None if value is None else _validated_cron(value, _is_input(info))
 
     @field_validator("params", mode="before")
     @classmethod

@@ -286,7 +286,7 @@ def _check_fires(expr: str, parsed: _Cron) -> None:
     )
 
 
-def validate_cron(expr: str) -> str:
+def validate_cron(expr: str, *, must_fire: bool = True) -> str:
     """Validate a cron expression and return it normalized.
 
     Accepted: what Vixie cron accepts (numbers, ``*``, ranges ``a-b``, lists ``a,b``,
@@ -295,12 +295,14 @@ def validate_cron(expr: str) -> str:
     :data:`MACROS`. Rejected, with :class:`ValueError`: other field counts (including the
     7-field year form), out-of-range values, reversed ranges, zero or oversized steps,
     croniter extensions (``H``, ``L``, ``W``, ``#``, ``?``), and expressions that never
-    fire (``0 0 30 2 *``: no selected day of month occurs in a selected month).
+    fire (``0 0 30 2 *``: no selected day of month occurs in a selected month) unless
+    ``must_fire`` is false (records stored before that rule).
 
     Normalization collapses whitespace and lower-cases macros; nothing else changes.
     """
     parsed = _parse_cron(expr)
-    _check_fires(expr, parsed)
+    if must_fire:
+        _check_fires(expr, parsed)
     text = expr.strip()
     if text.startswith("@"):
         return text.lower()
@@ -542,7 +544,9 @@ class CronTrigger(Trigger):
         end_at: datetime | None = None,
     ):
         super().__init__(timezone=timezone, start_at=start_at, end_at=end_at)
-        self.expression = validate_cron(expression)
+        # A trigger is also built for stored schedules, which may predate the never-fires
+        # rule: such a one simply has no next occurrence (it is exhausted).
+        self.expression = validate_cron(expression, must_fire=False)
         parsed = _parse_cron(self.expression)
         self._croniter_expr = parsed.for_croniter()
         self.wildcard = parsed.wildcard
@@ -743,6 +747,7 @@ def parse_spec(spec: str, timezone: str = "UTC") -> Trigger:
         return build_trigger(every=interval, timezone=timezone)
     if keyword == "at":
         return build_trigger(at=parse_instant(rest, timezone), timezone=timezone)
+    validate_cron(text)  # the CLI's SPEC is input: a cron that never fires is refused
     return build_trigger(cron=text, timezone=timezone)
 
 
