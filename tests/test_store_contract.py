@@ -300,6 +300,44 @@ async def test_due_schedules_order_boundary_limit(store: Store) -> None:
     ]
 
 
+async def corrupt_spec(store: Store, schedule_id: str) -> None:
+    """Overwrite a schedule's stored spec with a record no version can read.
+
+    A fault the store's API cannot produce (it only writes valid models), so it is
+    written behind the store's back, through each backend's own client.
+    """
+    bad = '{"id": 1}'
+    from firecron.store.sqlite import SQLiteStore
+
+    if isinstance(store, SQLiteStore):
+        import contextlib
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(store._path)) as conn:
+            conn.execute(
+                f"UPDATE {store.namespace}_schedules SET spec = ? WHERE id = ?", (bad, schedule_id)
+            )
+            conn.commit()
+    else:
+        await store._schedules().document(schedule_id).update({"spec": bad})  # type: ignore[attr-defined]
+
+
+async def test_due_schedules_leave_out_a_record_they_cannot_read(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One unreadable record must not stop the tick for every other due schedule."""
+    await put(store, "before", T0 - timedelta(hours=1))
+    await put(store, "broken", T0 - timedelta(minutes=30))
+    await put(store, "after", T0 - timedelta(minutes=5))
+    await corrupt_spec(store, "broken")
+
+    due = await store.due_schedules(T0, 10)
+    assert [s.id for s in due] == ["before", "after"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "firecron.store"]
+    assert "'broken'" in line
+    assert "left out of the due schedules" in line
+
+
 async def test_due_schedules_skip_idle_without_reading_them(store: Store) -> None:
     idle_state_paused = make_state(None, paused=True, paused_at=T0 - timedelta(days=2))
     idle_state_exhausted = make_state(None, exhausted=True, last_occurrence=T0 - MINUTE)

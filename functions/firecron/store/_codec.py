@@ -14,16 +14,42 @@ dump, then the C JSON encoder, which calls back only for datetimes and durations
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from firecron.core.durations import format_duration
+from firecron.core.models import StoredSchedule
 from firecron.core.runs import Run
+from firecron.errors import StoreError
 
-__all__ = ["plain", "run_from_json", "to_json", "to_record"]
+__all__ = ["plain", "readable_schedules", "run_from_json", "to_json", "to_record"]
+
+_log = logging.getLogger("firecron.store")
+_Item = TypeVar("_Item")
+
+
+def readable_schedules(
+    items: Iterable[_Item], decode: Callable[[_Item], StoredSchedule]
+) -> list[StoredSchedule]:
+    """``decode`` of each item, leaving out (with one error line each) those it cannot read.
+
+    For the due query: one record that no longer decodes (written by hand, or by a
+    version with other rules) must not stop the tick for every other schedule. It stays
+    due, so it is reported at every tick until it is fixed or deleted. ``decode`` raises
+    :class:`StoreError` for an unreadable record; anything else propagates.
+    """
+    readable: list[StoredSchedule] = []
+    for item in items:
+        try:
+            readable.append(decode(item))
+        except StoreError as exc:
+            _log.error("%s; left out of the due schedules until it is fixed or deleted", exc)
+    return readable
 
 
 def plain(value: Any) -> Any:

@@ -135,6 +135,8 @@ class Store(Protocol):
 
         One indexed query. Idle schedules (``next_fire_at`` is None) are neither
         returned nor read, so an idle tick costs O(1) reads whatever the schedule count.
+        A record that cannot be decoded is left out with one error log line naming it
+        (it still counts against ``limit``), so one bad record never stops a tick.
         """
         ...
 

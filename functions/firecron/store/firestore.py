@@ -72,7 +72,7 @@ from pydantic import ValidationError
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState
 from firecron.errors import ConflictError, InvalidInputError, StoreError
-from firecron.store._codec import plain, run_from_json, to_json
+from firecron.store._codec import plain, readable_schedules, run_from_json, to_json
 from firecron.store.base import ScheduleWrite, StoreStats, check_distinct
 
 __all__ = ["NAMESPACE_PATTERN", "OPAQUE_FIELDS", "REQUIRED_INDEXES", "FirestoreStore"]
@@ -611,7 +611,7 @@ class FirestoreStore:
     async def due_schedules(self, now: datetime, limit: int) -> list[StoredSchedule]:
         """See :meth:`Store.due_schedules`. One query; ties in ``next_fire_at`` by id."""
         snapshots = await self._due(self._schedules(), "next_fire_at", now, limit, "due_schedules")
-        return [self._stored(s) for s in snapshots]
+        return readable_schedules(snapshots, self._stored)
 
     async def _due(
         self, collection: Any, field: str, now: datetime, limit: int, op: str

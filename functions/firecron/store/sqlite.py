@@ -43,7 +43,7 @@ from pydantic import BaseModel, ValidationError
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState
 from firecron.errors import ConflictError, InvalidInputError, StoreError
-from firecron.store._codec import run_from_json, to_json
+from firecron.store._codec import readable_schedules, run_from_json, to_json
 from firecron.store.base import ScheduleWrite, StoreStats, check_distinct
 
 __all__ = ["SQLiteStore"]
@@ -637,7 +637,7 @@ class SQLiteStore:
                 " ORDER BY next_fire_at, id LIMIT ?",
                 (bound, limit),
             )
-            return [self._schedule_from_row(row) for row in rows]
+            return readable_schedules(rows, self._schedule_from_row)
 
         return await self._call(due)
 
