@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, TypeVar
 import pytest
 
 import _poll
+from _cli import FIRECRON, clean_env, run_cli
 
 __all__ = [
     "FIRECRON",
@@ -38,9 +38,6 @@ __all__ = [
     "runs",
 ]
 
-FIRECRON = str(Path(sys.executable).parent / "firecron")
-"""The ``firecron`` script of the running environment."""
-
 _T = TypeVar("_T")
 
 
@@ -48,13 +45,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without any ``FIRECRON_*`` variable, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIRECRON_")}
-    env.update(extra or {})
-    return env
 
 
 @dataclass
@@ -136,15 +126,7 @@ def firecron(
     cwd: Path, *args: str, env: Mapping[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """Run ``firecron *args`` in ``cwd`` (clean environment unless ``env``)."""
-    return subprocess.run(
-        [FIRECRON, *args],
-        cwd=cwd,
-        env=dict(env) if env is not None else clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=check,
-    )
+    return run_cli(*args, cwd=cwd, env=env, check=check)
 
 
 def runs(cwd: Path, schedule_id: str | None = None) -> list[dict[str, Any]]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-FIRECRON = str(Path(sys.executable).parent / "firecron")
+from _cli import FIRECRON, clean_env, run_cli
 
 GOOD = """\
 schedules:
@@ -29,17 +28,7 @@ schedules:
 def run(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FIRECRON_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [FIRECRON, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=full_env,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, cwd=cwd, env=clean_env(env))
 
 
 def assert_user_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:

@@ -15,34 +15,23 @@ listening.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from _cli import clean_env, run_cli
 from _sinks import closed_port, serve
-
-FIRECRON = str(Path(sys.executable).parent / "firecron")
 
 
 def firecron(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """The real command with a clean ``FIRECRON_*`` environment (plus ``env``)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FIRECRON_")}
-    full_env["FIRECRON_ALLOW_PRIVATE_TARGETS"] = "1"  # the targets are on 127.0.0.1
-    full_env.update(env or {})
-    return subprocess.run(
-        [FIRECRON, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=full_env,
-        timeout=60,
-        check=False,
+    """The real command with a clean ``FIRECRON_*`` environment (plus ``env``); the
+    targets are on 127.0.0.1, so private targets are allowed."""
+    return run_cli(
+        *args, cwd=cwd, env=clean_env({"FIRECRON_ALLOW_PRIVATE_TARGETS": "1", **(env or {})})
     )
 
 
