@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", choices=NAMES, help="run only this (repeatable)")
     p.add_argument("--backends", default=None, help="comma-separated: sqlite,firestore")
     p.add_argument("--seed", type=int, default=10, help="seed of every random choice")
-    p.add_argument("--quick", action="store_true", help="small sizes (about 3 minutes)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes")
     p.add_argument("--rounds", type=int, help="kill: rounds")
     p.add_argument("--due", type=int, help="kill: due occurrences per round")
     p.add_argument("--freeze-due", type=int, help="freeze: due occurrences")
