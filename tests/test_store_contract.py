@@ -785,6 +785,8 @@ async def test_full_spec_and_state_roundtrip(store: Store) -> None:
         exhausted=True,
         created_at=T0 - timedelta(days=30),
         updated_at=T0 - timedelta(hours=1),
+        last_error="OverflowError: date value out of range",
+        last_error_at=T0 - timedelta(minutes=5),
     )
     assert_all_fields_set(spec, except_=("every", "at"))  # one trigger only
     assert_all_fields_set(state)
