@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,11 +38,12 @@ def assert_user_error(proc: subprocess.CompletedProcess[str], fragment: str) -> 
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def list_json(store_url: str) -> list[dict]:
+def list_json(store_url: str) -> list[dict[str, Any]]:
     """The schedules of ``firecron list --json`` (one page: these tests store a few)."""
     listed = json.loads(run("list", "--json", "--store", store_url).stdout)
     assert listed["next_after"] is None
-    return listed["schedules"]
+    schedules: list[dict[str, Any]] = listed["schedules"]
+    return schedules
 
 
 @pytest.fixture
@@ -309,7 +311,8 @@ def test_events_and_run_show_recorded_events(tmp_path: Path) -> None:
     import asyncio
 
     from _factories import T0, make_run
-    from firecron.core.events import EventType, Route, WebhookSink, make_event
+    from firecron.core.events import EventType, Route, WebhookSink
+    from firecron.core.lifecycle import make_event
     from firecron.core.runs import RunState
     from firecron.store import open_store
 

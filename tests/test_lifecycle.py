@@ -9,6 +9,7 @@ import pytest
 
 from _factories import T0
 from firecron.core import lifecycle as lc
+from firecron.core.events import EventType
 from firecron.core.models import RetryPolicy, Target
 from firecron.core.runs import (
     TERMINAL_STATES,
@@ -79,7 +80,7 @@ def test_retryable_send_failure_waits_with_backoff_then_fails() -> None:
     policy = RetryPolicy(max_attempts=2, backoff=timedelta(seconds=10))
     base = run(retry=policy)
     change = lc.sent(base, T0, lc.SendOutcome.retryable, T, error="connection refused")
-    assert change.event == "run.retrying"
+    assert change.event is EventType.run_retrying
     r = apply(base, change)
     assert r.state is S.retry_wait
     assert r.retry_at is not None
@@ -92,7 +93,7 @@ def test_retryable_send_failure_waits_with_backoff_then_fails() -> None:
     r2 = apply(r, decision.change)  # type: ignore[arg-type]
     assert (r2.state, r2.attempt, [a.number for a in r2.attempts]) == (S.pending, 2, [1, 2])
     last = lc.sent(r2, T0, lc.SendOutcome.retryable, T, error="connection refused")
-    assert last.event == "dispatch.failed"
+    assert last.event is EventType.dispatch_failed
     assert apply(r2, last).state is S.failed
 
 
@@ -164,7 +165,7 @@ def test_blind_resends_of_one_attempt_are_bounded() -> None:
     final = lc.watch(r, now, T)
     assert final.action is lc.WatchAction.none
     assert final.change is not None
-    assert final.change.event == "run.lost"
+    assert final.change.event is EventType.run_lost
     lost = apply(r, final.change)
     # Lost at once (no retry: a target that kills the dispatcher would kill it again).
     assert (lost.state, lost.attempt, lost.watch_at) == (S.lost, 1, None)
@@ -192,7 +193,7 @@ def test_watchdog_dispatched_without_start_is_lost_then_retried() -> None:
     base = run(S.dispatched, dispatched_at=T0, watch_at=T0 + T.start_timeout)
     decision = lc.watch(base, T0 + T.start_timeout, T)
     assert decision.change is not None
-    assert decision.change.event == "run.retrying"
+    assert decision.change.event is EventType.run_retrying
     r = apply(base, decision.change)
     assert r.state is S.retry_wait
     assert r.attempts[-1].outcome is S.lost
@@ -211,7 +212,7 @@ def test_watchdog_running_rules() -> None:
     # SLA: recorded once, with a new deadline.
     sla = lc.watch(started, T0 + timedelta(seconds=30), T)
     assert sla.change is not None
-    assert sla.change.event == "run.sla_breached"
+    assert sla.change.event is EventType.run_sla_breached
     breached = apply(started, sla.change)
     assert breached.state is S.running
     assert breached.sla_breached_at == T0 + timedelta(seconds=30)
@@ -219,7 +220,7 @@ def test_watchdog_running_rules() -> None:
     # Heartbeats stopped: lost (no attempts left).
     lost = lc.watch(breached, T0 + T.heartbeat_timeout, T)
     assert lost.change is not None
-    assert lost.change.event == "run.lost"
+    assert lost.change.event is EventType.run_lost
     assert apply(breached, lost.change).state is S.lost
     # Past timeout: the worker is asked to stop (the timeout itself is covered below).
     alive = breached.model_copy(
@@ -267,7 +268,7 @@ def test_timeout_requests_cancellation_and_waits_for_the_attempt_to_stop() -> No
     # The worker records its end after honouring the cancel: timed out, then retried.
     end = at + timedelta(seconds=31)
     change = lc.finish(beat, end, T, output={"cancelled": True})
-    assert change.event == "run.retrying"
+    assert change.event is EventType.run_retrying
     done = apply(beat, change)
     assert done.state is S.retry_wait
     assert done.attempts[-1].outcome is S.timed_out
@@ -284,7 +285,7 @@ def test_timeout_ends_the_attempt_once_it_missed_its_heartbeats() -> None:
     r, at = timed_out_run(retry=RetryPolicy(max_attempts=1))
     decision = lc.watch(r, at + T.heartbeat_timeout, T)
     assert decision.change is not None
-    assert decision.change.event == "run.timed_out"
+    assert decision.change.event is EventType.run_timed_out
     done = apply(r, decision.change)
     assert done.state is S.timed_out
     assert done.error is not None
@@ -348,3 +349,20 @@ def test_pending_grace_outlasts_a_tick_and_its_ack_wait() -> None:
     long = lc.RunTimeouts.for_tick(timedelta(minutes=5), timedelta(seconds=30))
     assert long.pending_grace == timedelta(minutes=6)
     assert long.heartbeat_timeout == lc.RunTimeouts().heartbeat_timeout
+
+
+def test_change_events_are_event_types_and_attempt_failed_needs_no_timeouts() -> None:
+    """``Change.event`` is an :class:`EventType`; the retry wait comes from the run's policy."""
+    base = run(S.running, retry=RetryPolicy(max_attempts=1))
+    change = lc.attempt_failed(base, T0, S.lost, "gone")
+    assert change.event is EventType.run_lost
+    assert [e.type for e in apply(base, change).events] == [EventType.run_lost]
+
+
+def test_planning_defaults_to_the_watchdog_pending_grace() -> None:
+    """A run planned without an explicit grace is watched after ``RunTimeouts().pending_grace``."""
+    from _factories import make_spec
+    from firecron.core.planning import Occurrence, build_run
+
+    new = build_run(make_spec("job"), "job@1", Occurrence(T0, T0), T0)
+    assert new.deadline_at == T0 + lc.RunTimeouts().pending_grace

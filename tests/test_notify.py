@@ -5,7 +5,9 @@ No timing assertions: the machine is shared.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,11 +26,13 @@ from firecron.core.events import (
     Route,
     WebhookSink,
     cloudevent,
-    make_event,
 )
+from firecron.core.lifecycle import make_event
 from firecron.core.runs import Run, RunState
 from firecron.notify import Notifier, pubsub_attributes
 from firecron.settings import Settings
+from firecron.transport import guard
+from firecron.transport.sender import user_agent
 from firecron.transport.signing import verify_webhook
 
 SECRET = "whsec_" + "c2VjcmV0LWtleS1vbmUtMTIzNDU2Nzg5MA=="
@@ -97,6 +101,31 @@ async def test_cloudevent_webhook_posts_signed_structured_json(notifier: Notifie
     # Signed like a dispatch, with the event id as webhook-id.
     assert request.headers["webhook-id"] == event.id
     assert verify_webhook(request.headers, request.body, [SECRET], datetime.now(UTC)) == event.id
+
+
+async def test_a_webhook_is_sent_like_a_dispatch_pinned_and_as_firecron(
+    notifier: Notifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The dispatch sender's path: the guard's address, the host name in Host, one
+    # connection per request, firecron's user-agent (a stock client says its own name).
+    guard._dns_cache.clear()
+    loop = asyncio.get_running_loop()
+
+    async def resolve(host: str, port: int, **_: Any) -> Any:
+        assert host == "events.test"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolve)
+    try:
+        with serve() as sink:
+            url = f"http://events.test:{sink.port}/e"
+            assert await notifier.deliver(_event(), _webhook(url)) is None
+            [request] = sink.requests
+    finally:
+        guard._dns_cache.clear()
+    assert request.headers["host"] == f"events.test:{sink.port}"
+    assert request.headers["user-agent"] == user_agent()
+    assert request.headers["connection"] == "close"
 
 
 async def test_cloudevent_webhook_signed_by_every_secret_during_rotation() -> None:
@@ -345,7 +374,7 @@ def _pull(subscriber: Any, subscription: str, want: int) -> list[Any]:
 
 @pytest.mark.emulator
 async def test_pubsub_publishes_to_the_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
-    from google.cloud import pubsub_v1
+    import google.cloud.pubsub_v1 as pubsub_v1
 
     with emulator_or_skip("pubsub") as host:
         monkeypatch.setenv("PUBSUB_EMULATOR_HOST", host)
@@ -405,7 +434,8 @@ def test_event_log_can_be_turned_off(capsys: pytest.CaptureFixture[str]) -> None
 
 def _failed_event_for_log_switch() -> Any:
     from _factories import T0, make_run
-    from firecron.core.events import EventType, make_event
+    from firecron.core.events import EventType
+    from firecron.core.lifecycle import make_event
     from firecron.core.runs import RunState
 
     run = make_run("logswitch", T0, state=RunState.failed, error="boom")

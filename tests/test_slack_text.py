@@ -14,15 +14,10 @@ from datetime import timedelta
 
 from _factories import T0, make_run
 from _sinks import serve
-from firecron.core.events import (
-    EventType,
-    Route,
-    WebhookSink,
-    make_event,
-    slack_text,
-)
+from firecron.core.events import EventType, Route, WebhookSink
+from firecron.core.lifecycle import make_event
 from firecron.core.runs import RunState
-from firecron.notify import Notifier
+from firecron.notify import Notifier, slack_text
 from firecron.settings import Settings
 
 HOSTILE = "boom <!channel> <https://evil.example|click> & <@U123> &lt;already&gt;"

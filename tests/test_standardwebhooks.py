@@ -26,8 +26,8 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from _factories import make_run
 from _sinks import serve
 from _workers import WorkerProcess, WorkerStartError, serve_worker, worker_env
-from firecron.core.events import EventType, Route, WebhookSink, make_event
-from firecron.core.lifecycle import SendOutcome
+from firecron.core.events import EventType, Route, WebhookSink
+from firecron.core.lifecycle import SendOutcome, make_event
 from firecron.core.models import Target
 from firecron.core.runs import Run, RunState
 from firecron.errors import InvalidInputError, SignatureError

@@ -645,3 +645,24 @@ def test_generated_expressions_validate_and_describe(expr: str) -> None:
     assume(expr.strip())
     assert validate_cron(expr) == expr
     assert describe_cron(expr)
+
+
+def test_a_stored_cron_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a schedule validates its cron; its trigger reuses that parse, once per text."""
+    from _factories import make_spec
+    from firecron.core import triggers
+    from firecron.core.planning import trigger_of
+
+    fields: list[str] = []
+    check = triggers._check_field
+
+    def counted(expr: str, spec: triggers._FieldSpec, text: str) -> frozenset[int]:
+        fields.append(text)
+        return check(expr, spec, text)
+
+    monkeypatch.setattr(triggers, "_check_field", counted)
+    expr = "17 3 1-28/9 * *"  # used by no other test, so no earlier parse is remembered
+    spec = make_spec("parsed-once", every=None, cron=expr)
+    for _ in range(3):
+        trigger_of(spec)
+    assert fields == expr.split()

@@ -21,10 +21,12 @@ Sinks:
   publish future resolves within ``timeout``.
 - ``log``: one JSON line on stdout in Cloud Logging's structured format (:meth:`Notifier.log`).
 
-Webhook URLs pass the SSRF guard (:func:`~firecron.transport.guard.resolve_target`)
-and the request is sent to the exact address the guard approved (host name kept for
-``Host``, SNI and certificate checks) on a new connection, so DNS rebinding between
-check and connect is impossible (the same pinning as the dispatch sender).
+Webhooks are sent by a :class:`~firecron.transport.sender.Sender`, the code that sends
+dispatches: the same SSRF guard, the request sent to the exact address the guard
+approved (host name kept for ``Host``, SNI and certificate checks) on a new connection,
+so DNS rebinding between check and connect is impossible, the same HTTP/1.1 client
+and ``user-agent``. ``timeout`` bounds each try as a whole (DNS, connect, TLS, write
+and the status line); the response body is never read.
 """
 
 from __future__ import annotations
@@ -33,13 +35,11 @@ import asyncio
 import contextlib
 import importlib
 import json
-import socket
 import sys
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from cloudevents.conversion import to_structured
 from cloudevents.http import CloudEvent
 
@@ -51,14 +51,14 @@ from firecron.core.events import (
     Route,
     WebhookSink,
     cloudevent,
-    slack_text,
 )
-from firecron.errors import TargetRefusedError
+from firecron.core.lifecycle import SendOutcome
 from firecron.settings import Settings
-from firecron.transport.guard import ResolvedTarget, redact_url, resolve_target
+from firecron.transport.guard import redact_url
+from firecron.transport.sender import Dispatch, Sender, user_agent
 from firecron.transport.signing import signature_headers
 
-__all__ = ["Notifier", "log_entry", "log_severity", "pubsub_attributes"]
+__all__ = ["Notifier", "log_entry", "log_severity", "pubsub_attributes", "slack_text"]
 
 _ERROR_TYPES = frozenset(
     {
@@ -79,6 +79,10 @@ _WARNING_TYPES = frozenset(
     }
 )
 _MAX_ERROR = 300
+# Limits of a Notifier's own sender. Deliveries come a few per run; the limits only
+# keep a burst (a watchdog pass over many runs) from opening sockets without bound.
+_WEBHOOK_CONCURRENCY = 64
+_WEBHOOK_MAX_OPEN = 1024
 
 
 def log_severity(event_type: EventType) -> str:
@@ -157,6 +161,52 @@ def _structured(event: Event) -> tuple[dict[str, str], bytes]:
     return dict(headers), body
 
 
+_EMOJI = {
+    EventType.run_succeeded: ":white_check_mark:",
+    EventType.run_started: ":arrow_forward:",
+    EventType.run_sla_breached: ":hourglass:",
+    EventType.run_skipped: ":fast_forward:",
+    EventType.run_missed: ":zzz:",
+    EventType.run_retrying: ":repeat:",
+}
+
+
+def _slack_escaped(value: object) -> str:
+    """``value`` as Slack text that shows it literally: ``&``, ``<`` and ``>`` as entities.
+
+    Slack reads ``<...>`` as a mention or link (``<!channel>``, ``<https://x|click>``);
+    its "Escaping text" rule is to replace exactly these three, ``&`` first.
+    """
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_text(event: Event) -> str:
+    """A readable Slack message: schedule, state, error, and the command to inspect the run.
+
+    Every piece taken from the event is escaped (:func:`_slack_escaped`), so an error
+    message or an id can neither mention anyone nor make a link; only the message's own
+    formatting (emoji, bold, code, the quote of the error) is Slack markup.
+    """
+    d = {k: _slack_escaped(v) for k, v in event.data.items() if v is not None}
+    subject = _slack_escaped(event.subject)
+    if event.type is EventType.schedule_error:
+        lines = [f":rotating_light: *{event.type.value}*: schedule `{subject}` could not be fired"]
+        lines.extend(f"> {line}" for line in d.get("error", "").splitlines())
+        lines.append(f"Inspect: `firecron show {subject}`")
+        return "\n".join(lines)
+    lines = [
+        f"{_EMOJI.get(event.type, ':rotating_light:')} *{event.type.value}*: schedule `{d['schedule_id']}`"
+        f" run `{subject}` is *{d['state']}* (attempt {d['attempt']} of {d['max_attempts']})",
+    ]
+    if event.data.get("error"):
+        # Every line of the error is quoted, so a newline in it cannot end the quote.
+        lines.extend(f"> {line}" for line in d["error"].splitlines())
+    if event.type is EventType.run_sla_breached and "expected_duration_s" in d:
+        lines.append(f"Expected to take {d['expected_duration_s']}s; still running.")
+    lines.append(f"Inspect: `firecron run {subject}`")
+    return "\n".join(lines)
+
+
 def _origin(url: str) -> str:
     """Scheme, host and port only: a Slack webhook's path is its secret."""
     parts = urlsplit(redact_url(url))
@@ -175,29 +225,30 @@ def _scrub(text: str, url: str, shown: str) -> str:
     return _one_line(text)
 
 
-def _pinned_request(
-    target: ResolvedTarget, headers: dict[str, str]
-) -> tuple[str, dict[str, str], dict[str, Any]]:
-    # Connect to the approved address, not the name: a second lookup could be rebound.
-    # The host name stays in Host and is the TLS SNI / certificate name.
-    address = target.addresses[0]
-    host = f"[{address}]" if ":" in address else address
-    url = f"{target.scheme}://{host}:{target.port}{target.target}"
-    return url, {**headers, "host": target.host_header}, {"sni_hostname": target.host}
-
-
 class Notifier:
     """Delivers events to sinks. Never raises for a sink's failure: returns the error line.
 
     One ``Notifier`` serves one event loop; create it per process (or per request) and
-    :meth:`aclose` it. The HTTP client and the Pub/Sub publisher are created on first
-    use, so constructing a ``Notifier`` does no I/O.
+    :meth:`aclose` it. Constructing one does no I/O: the Pub/Sub publisher is created
+    on first use, and so is the TLS context of the webhook ``sender``. ``sender``
+    replaces the default one (its limits and TLS context; ``timeout`` still bounds
+    each try).
     """
 
-    def __init__(self, settings: Settings, *, timeout: float = 3.0) -> None:
+    def __init__(
+        self, settings: Settings, *, timeout: float = 3.0, sender: Sender | None = None
+    ) -> None:
         self._settings = settings
         self._timeout = timeout
-        self._client: httpx.AsyncClient | None = None
+        # Its own timeouts never fire first: deliver() bounds the whole try by
+        # ``timeout``. The limits only cap a burst; every try still ends by ``timeout``.
+        self._sender = sender or Sender(
+            concurrency=_WEBHOOK_CONCURRENCY,
+            max_open=_WEBHOOK_MAX_OPEN,
+            ack_timeout=timeout,
+            connect_timeout=timeout,
+            allow_private_targets=settings.allow_private_targets,
+        )
         self._publisher: Any = None
         self._publisher_lock = asyncio.Lock()
 
@@ -229,10 +280,8 @@ class Notifier:
         sys.stdout.flush()
 
     async def aclose(self) -> None:
-        """Close the HTTP client and stop the publisher (flushing what it holds)."""
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        """Close the webhook sender and stop the publisher (flushing what it holds)."""
+        await self._sender.aclose()
         if self._publisher is not None:
             publisher, self._publisher = self._publisher, None
 
@@ -247,19 +296,6 @@ class Notifier:
 
     # -- webhook ---------------------------------------------------------------
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self._timeout,
-                # No connection is kept: each request connects to the address its own
-                # guard check approved, and a pooled connection made for one host name
-                # (TLS verified for it) must never carry a request for another.
-                limits=httpx.Limits(max_keepalive_connections=0),
-                follow_redirects=False,
-                trust_env=False,
-            )
-        return self._client
-
     async def _webhook(self, event: Event, sink: WebhookSink) -> str | None:
         url = sink.url
         shown = _origin(url) if sink.format == "slack" else redact_url(url)
@@ -268,42 +304,22 @@ class Notifier:
             headers = {"content-type": "application/json"}
         else:
             headers, body = _structured(event)
+        headers = {k.lower(): v for k, v in headers.items()}
+        headers["user-agent"] = user_agent()
         headers.update(
             signature_headers(event.id, datetime.now(UTC), body, self._settings.signing_secrets)
         )
+        post = Dispatch(url=url, body=body, headers=headers, key=event.id)
         try:
-            # One bound for everything: DNS, connect, TLS, write and the status line.
+            # One bound for everything: waiting for a slot, DNS, connect, TLS, write and
+            # the status line.
             async with asyncio.timeout(self._timeout):
-                target = await resolve_target(
-                    url, allow_private=self._settings.allow_private_targets
-                )
-                pinned_url, pinned_headers, extensions = _pinned_request(target, headers)
-                client = self._http()
-                request = client.build_request(
-                    "POST",
-                    pinned_url,
-                    content=body,
-                    headers=pinned_headers,
-                    extensions=extensions,
-                )
-                response = await client.send(request, stream=True)
-                # The status is the answer; the body is never read.
-                await response.aclose()
-        except (TimeoutError, httpx.TimeoutException):
+                result = await self._sender.send(post, label=f"webhook {shown}")
+        except TimeoutError:
             return f"webhook {shown}: no response within {self._timeout:g}s"
-        except TargetRefusedError as exc:
-            return _scrub(str(exc), url, shown)
-        except socket.gaierror as exc:
-            return _scrub(f"webhook {shown}: DNS lookup failed: {exc}", url, shown)
-        except (httpx.HTTPError, OSError) as exc:
-            detail = str(exc) or type(exc).__name__
-            return _scrub(f"webhook {shown}: connection failed: {detail}", url, shown)
-        status = response.status_code
-        if 200 <= status < 300:
+        if result.outcome is SendOutcome.acknowledged:
             return None
-        if 300 <= status < 400:
-            return f"webhook {shown}: HTTP {status} (redirects are not followed)"
-        return f"webhook {shown}: HTTP {status}"
+        return _scrub(result.error or f"webhook {shown}: failed", url, shown)
 
     # -- pubsub ----------------------------------------------------------------
 

@@ -20,10 +20,7 @@ from __future__ import annotations
 import fnmatch
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Literal
-
-if TYPE_CHECKING:  # runs.py imports this module; the annotation alone needs Run
-    from firecron.core.runs import Run
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -46,12 +43,10 @@ __all__ = [
     "clock_skew_event",
     "cloudevent",
     "due_deliveries",
-    "make_event",
     "next_delivery_at",
     "record_delivery",
     "resolve_routes",
     "schedule_error_event",
-    "slack_text",
 ]
 
 CE_TYPE_PREFIX = "dev.firecron."
@@ -236,53 +231,6 @@ class Event(BaseModel):
     deliveries: list[Delivery] = Field(default_factory=list)
 
 
-def _seconds(delta: timedelta | None) -> float | None:
-    return None if delta is None else round(delta.total_seconds(), 3)
-
-
-def make_event(run: Run, event_type: EventType, now: datetime, routes: list[Route]) -> Event:
-    """The event ``event_type`` for ``run`` (as it is after the change), routed by ``routes``.
-
-    The id is stable per run, type and attempt.
-    """
-    suffix = (
-        ""
-        if event_type in (EventType.run_sla_breached, EventType.run_skipped, EventType.run_missed)
-        else f"/{run.attempt}"
-    )
-    duration = (run.ended_at or now) - run.started_at if run.started_at else None
-    data = {
-        "run_id": run.id,
-        "schedule_id": run.schedule_id,
-        "scheduled_for": run.scheduled_for.isoformat().replace("+00:00", "Z"),
-        "attempt": run.attempt,
-        "max_attempts": run.retry.max_attempts,
-        "state": run.state.value,
-        "trigger": run.trigger.value,
-        "duration_s": _seconds(duration),
-        "expected_duration_s": _seconds(run.expected_duration),
-        "lateness_s": _seconds(run.started_at - run.scheduled_for) if run.started_at else None,
-        "error": run.error,
-        "labels": dict(run.labels),
-        "params": dict(run.params),
-    }
-    # The log sink is written in-process by whoever records the event: nothing to track.
-    deliveries = [
-        Delivery(sink=r.sink_name, next_at=now + DELIVERY_LEASE)
-        for r in routes
-        if r.wants(event_type) and not isinstance(r.sink, LogSink)
-    ]
-    return Event(
-        id=f"{run.id}/{event_type.value}{suffix}",
-        type=event_type,
-        source=f"//firecron/schedules/{run.schedule_id}",
-        subject=run.id,
-        time=now,
-        data=data,
-        deliveries=deliveries,
-    )
-
-
 def _rfc3339(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
@@ -433,49 +381,3 @@ def cloudevent(event: Event) -> dict[str, Any]:
         "datacontenttype": "application/json",
         "data": event.data,
     }
-
-
-_EMOJI = {
-    EventType.run_succeeded: ":white_check_mark:",
-    EventType.run_started: ":arrow_forward:",
-    EventType.run_sla_breached: ":hourglass:",
-    EventType.run_skipped: ":fast_forward:",
-    EventType.run_missed: ":zzz:",
-    EventType.run_retrying: ":repeat:",
-}
-
-
-def _slack_escaped(value: object) -> str:
-    """``value`` as Slack text that shows it literally: ``&``, ``<`` and ``>`` as entities.
-
-    Slack reads ``<...>`` as a mention or link (``<!channel>``, ``<https://x|click>``);
-    its "Escaping text" rule is to replace exactly these three, ``&`` first.
-    """
-    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def slack_text(event: Event) -> str:
-    """A readable Slack message: schedule, state, error, and the command to inspect the run.
-
-    Every piece taken from the event is escaped (:func:`_slack_escaped`), so an error
-    message or an id can neither mention anyone nor make a link; only the message's own
-    formatting (emoji, bold, code, the quote of the error) is Slack markup.
-    """
-    d = {k: _slack_escaped(v) for k, v in event.data.items() if v is not None}
-    subject = _slack_escaped(event.subject)
-    if event.type is EventType.schedule_error:
-        lines = [f":rotating_light: *{event.type.value}*: schedule `{subject}` could not be fired"]
-        lines.extend(f"> {line}" for line in d.get("error", "").splitlines())
-        lines.append(f"Inspect: `firecron show {subject}`")
-        return "\n".join(lines)
-    lines = [
-        f"{_EMOJI.get(event.type, ':rotating_light:')} *{event.type.value}*: schedule `{d['schedule_id']}`"
-        f" run `{subject}` is *{d['state']}* (attempt {d['attempt']} of {d['max_attempts']})",
-    ]
-    if event.data.get("error"):
-        # Every line of the error is quoted, so a newline in it cannot end the quote.
-        lines.extend(f"> {line}" for line in d["error"].splitlines())
-    if event.type is EventType.run_sla_breached and "expected_duration_s" in d:
-        lines.append(f"Expected to take {d['expected_duration_s']}s; still running.")
-    lines.append(f"Inspect: `firecron run {subject}`")
-    return "\n".join(lines)

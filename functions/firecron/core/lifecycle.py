@@ -33,7 +33,15 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from firecron.core.events import Event, EventType, make_event, next_delivery_at
+from firecron.core.events import (
+    DELIVERY_LEASE,
+    Delivery,
+    Event,
+    EventType,
+    LogSink,
+    Route,
+    next_delivery_at,
+)
 from firecron.core.models import JsonValue
 from firecron.core.runs import Attempt, Run, RunState, Send, backoff_delay
 
@@ -47,6 +55,7 @@ __all__ = [
     "derive_watch",
     "finish",
     "heartbeat",
+    "make_event",
     "next_attempt",
     "resend",
     "sent",
@@ -56,6 +65,13 @@ __all__ = [
 ]
 
 _S = RunState
+
+_END_EVENTS = {
+    _S.failed: EventType.run_failed,
+    _S.lost: EventType.run_lost,
+    _S.timed_out: EventType.run_timed_out,
+}
+"""The event of an attempt that ends its run in each outcome :func:`attempt_failed` takes."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +108,8 @@ class Change:
 
     expect: tuple[RunState, ...]
     changes: dict[str, Any]
-    event: str | None = None
-    """Name of the event this change is (``run.lost``, ``run.sla_breached``...), if any."""
+    event: EventType | None = None
+    """The event this change is (``run.lost``, ``run.sla_breached``...), if any."""
     finalized: bool = False
     """Set by :func:`_finalize`: the event is attached and ``watch_at`` derived."""
 
@@ -123,6 +139,53 @@ def derive_watch(deadline: datetime | None, events: list[Event]) -> datetime | N
     return min(times, default=None)
 
 
+def _seconds(delta: timedelta | None) -> float | None:
+    return None if delta is None else round(delta.total_seconds(), 3)
+
+
+def make_event(run: Run, event_type: EventType, now: datetime, routes: list[Route]) -> Event:
+    """The event ``event_type`` for ``run`` (as it is after the change), routed by ``routes``.
+
+    The id is stable per run, type and attempt.
+    """
+    suffix = (
+        ""
+        if event_type in (EventType.run_sla_breached, EventType.run_skipped, EventType.run_missed)
+        else f"/{run.attempt}"
+    )
+    duration = (run.ended_at or now) - run.started_at if run.started_at else None
+    data = {
+        "run_id": run.id,
+        "schedule_id": run.schedule_id,
+        "scheduled_for": run.scheduled_for.isoformat().replace("+00:00", "Z"),
+        "attempt": run.attempt,
+        "max_attempts": run.retry.max_attempts,
+        "state": run.state.value,
+        "trigger": run.trigger.value,
+        "duration_s": _seconds(duration),
+        "expected_duration_s": _seconds(run.expected_duration),
+        "lateness_s": _seconds(run.started_at - run.scheduled_for) if run.started_at else None,
+        "error": run.error,
+        "labels": dict(run.labels),
+        "params": dict(run.params),
+    }
+    # The log sink is written in-process by whoever records the event: nothing to track.
+    deliveries = [
+        Delivery(sink=r.sink_name, next_at=now + DELIVERY_LEASE)
+        for r in routes
+        if r.wants(event_type) and not isinstance(r.sink, LogSink)
+    ]
+    return Event(
+        id=f"{run.id}/{event_type.value}{suffix}",
+        type=event_type,
+        source=f"//firecron/schedules/{run.schedule_id}",
+        subject=run.id,
+        time=now,
+        data=data,
+        deliveries=deliveries,
+    )
+
+
 def _finalize(run: Run, change: Change, now: datetime) -> Change:
     """Attach the change's event (once) and derive ``watch_at``; idempotent."""
     if change.finalized:
@@ -131,7 +194,7 @@ def _finalize(run: Run, change: Change, now: datetime) -> Change:
     events = list(run.events)
     if change.event is not None:
         after = run.model_copy(update=changes)
-        event = make_event(after, EventType(change.event), now, run.notify)
+        event = make_event(after, change.event, now, run.notify)
         if all(e.id != event.id for e in events):
             events.append(event)
             changes["events"] = events
@@ -223,9 +286,9 @@ def sent(
         return Change((_S.pending,), {**changes, "attempts": attempts, "updated_at": now})
     if outcome is SendOutcome.permanent:
         return attempt_failed(
-            run, now, _S.failed, error or "dispatch refused", t, retry=False, send=send
+            run, now, _S.failed, error or "dispatch refused", retry=False, send=send
         )
-    return attempt_failed(run, now, _S.failed, error or "dispatch failed", t, send=send)
+    return attempt_failed(run, now, _S.failed, error or "dispatch failed", send=send)
 
 
 @_finalized
@@ -234,7 +297,6 @@ def attempt_failed(
     now: datetime,
     outcome: RunState,
     error: str,
-    t: RunTimeouts,
     *,
     retry: bool = True,
     send: Send | None = None,
@@ -247,7 +309,6 @@ def attempt_failed(
     (the run was ``pending``), recorded in the attempt's sends, rather than a failed
     execution.
     """
-    del t  # retries are timed by the run's own policy snapshot
     dispatch = send is not None
     attempts = _attempts(run, ended_at=now, outcome=outcome, error=error)
     if send is not None:
@@ -262,13 +323,9 @@ def attempt_failed(
         return Change(
             expect,
             {**base, "state": _S.retry_wait, "retry_at": retry_at, "deadline_at": retry_at},
-            event="run.retrying",
+            event=EventType.run_retrying,
         )
-    event = {"failed": "run.failed", "lost": "run.lost", "timed_out": "run.timed_out"}[
-        outcome.value
-    ]
-    if dispatch:
-        event = "dispatch.failed"
+    event = _END_EVENTS[outcome] if not dispatch else EventType.dispatch_failed
     return Change(expect, {**base, "state": outcome, **_ended(run, now)}, event=event)
 
 
@@ -333,7 +390,7 @@ def start(run: Run, now: datetime, t: RunTimeouts) -> Change:
             "deadline_at": _running_deadline(started, now, now, t),
             "updated_at": now,
         },
-        event="run.started",
+        event=EventType.run_started,
     )
 
 
@@ -363,7 +420,7 @@ def succeed(run: Run, now: datetime, output: JsonValue) -> Change:
             "attempts": _attempts(run, ended_at=now, outcome=_S.succeeded),
             "updated_at": now,
         },
-        event="run.succeeded",
+        event=EventType.run_succeeded,
     )
 
 
@@ -386,10 +443,10 @@ def finish(
     """
     if run.timed_out_at is not None:
         reason = f"timed out after {run.timeout}" + (f"; then {error}" if error else "")
-        return attempt_failed(run, now, _S.timed_out, reason, t)
+        return attempt_failed(run, now, _S.timed_out, reason)
     if error is None:
         return succeed(run, now, output)
-    return attempt_failed(run, now, _S.failed, error, t, retry=retry)
+    return attempt_failed(run, now, _S.failed, error, retry=retry)
 
 
 class WatchAction(StrEnum):
@@ -461,14 +518,13 @@ def _watch_rules(
                     _S.lost,
                     f"the outcome of {unknown} sends of attempt {run.attempt} was never "
                     "recorded: the dispatcher stopped, or could not write, after each",
-                    t,
                     retry=False,
                 )
             )
         return WatchDecision(resend(run, now, t), WatchAction.fire)
     if state is _S.dispatched:
         return WatchDecision(
-            attempt_failed(run, now, _S.lost, f"worker did not start within {t.start_timeout}", t)
+            attempt_failed(run, now, _S.lost, f"worker did not start within {t.start_timeout}")
         )
     if state is _S.retry_wait:
         if run.retry_at is not None and run.retry_at > now:
@@ -508,14 +564,13 @@ def _watch_rules(
                     _S.timed_out,
                     f"timed out after {run.timeout}; the attempt did not stop within "
                     f"{t.heartbeat_timeout} of the cancel request",
-                    t,
                 )
             )
         if run.timeout is not None and now >= started + run.timeout:
             if silent:
                 # Already silent for a heartbeat timeout: nothing is left to wait for.
                 return WatchDecision(
-                    attempt_failed(run, now, _S.timed_out, f"timed out after {run.timeout}", t)
+                    attempt_failed(run, now, _S.timed_out, f"timed out after {run.timeout}")
                 )
             # Ask the attempt to stop (its next heartbeat reply says so) and wait for it:
             # the retry goes out only once it has stopped or gone silent.
@@ -533,7 +588,7 @@ def _watch_rules(
             )
         if silent:
             return WatchDecision(
-                attempt_failed(run, now, _S.lost, f"no heartbeat for {t.heartbeat_timeout}", t)
+                attempt_failed(run, now, _S.lost, f"no heartbeat for {t.heartbeat_timeout}")
             )
         if (
             run.expected_duration is not None
@@ -549,7 +604,7 @@ def _watch_rules(
                         "deadline_at": _running_deadline(breached, now, heartbeat_at, t),
                         "updated_at": now,
                     },
-                    event="run.sla_breached",
+                    event=EventType.run_sla_breached,
                 )
             )
         return WatchDecision(

@@ -26,7 +26,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from firecron.core.durations import format_duration
-from firecron.core.events import EventType, make_event, next_delivery_at
+from firecron.core.events import EventType, next_delivery_at
+from firecron.core.lifecycle import RunTimeouts, make_event
 from firecron.core.models import (
     JsonValue,
     MisfirePolicyKind,
@@ -217,7 +218,7 @@ def build_run(
     trigger: RunTrigger = RunTrigger.schedule,
     state: RunState = RunState.pending,
     params: Mapping[str, JsonValue] | None = None,
-    pending_grace: timedelta = timedelta(minutes=2),
+    pending_grace: timedelta = RunTimeouts.pending_grace,
     blocked_by: str | None = None,
     default_retention: timedelta | None = None,
     error: str | None = None,
@@ -281,7 +282,7 @@ def plan(
     now: datetime,
     *,
     misfire_threshold: timedelta = DEFAULT_MISFIRE_THRESHOLD,
-    pending_grace: timedelta = timedelta(minutes=2),
+    pending_grace: timedelta = RunTimeouts.pending_grace,
     default_retention: timedelta | None = None,
 ) -> Plan:
     """Plan one tick for a schedule (see the module docstring for the policies).

@@ -36,6 +36,7 @@ handling is unreliable around DST transitions.
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterator
@@ -240,9 +241,19 @@ def _join(values: frozenset[int]) -> str:
 
 
 def _parse_cron(expr: str) -> _Cron:
-    """Validate ``expr`` (macros allowed) and return its parsed form."""
+    """Validate ``expr`` (macros allowed) and return its parsed form.
+
+    Each distinct text is parsed once per process: a stored schedule's expression is
+    validated when the record is read and then needed again by its trigger.
+    """
     if not isinstance(expr, str):
         raise ValueError(f"invalid cron expression {expr!r}: expected a string")
+    return _parse_cron_text(expr)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cron_text(expr: str) -> _Cron:
+    # Pure and returns an immutable value, so caching is safe; an error is not cached.
     if not expr.strip():
         raise _cron_error(expr, "it is empty")
     fields = expand_macro(expr).split()
@@ -303,6 +314,11 @@ def validate_cron(expr: str, *, must_fire: bool = True) -> str:
     parsed = _parse_cron(expr)
     if must_fire:
         _check_fires(expr, parsed)
+    return _normalized(expr, parsed)
+
+
+def _normalized(expr: str, parsed: _Cron) -> str:
+    """``expr`` (already parsed into ``parsed``) with whitespace collapsed, macros lower-cased."""
     text = expr.strip()
     if text.startswith("@"):
         return text.lower()
@@ -546,8 +562,8 @@ class CronTrigger(Trigger):
         super().__init__(timezone=timezone, start_at=start_at, end_at=end_at)
         # A trigger is also built for stored schedules, which may predate the never-fires
         # rule: such a one simply has no next occurrence (it is exhausted).
-        self.expression = validate_cron(expression, must_fire=False)
-        parsed = _parse_cron(self.expression)
+        parsed = _parse_cron(expression)
+        self.expression = _normalized(expression, parsed)
         self._croniter_expr = parsed.for_croniter()
         self.wildcard = parsed.wildcard
 
