@@ -71,7 +71,6 @@ async def held_once(
             summary = await dispatcher.tick()
             wall = time.perf_counter() - started
             cpu = meter.stop()
-            sender = dispatcher.sender.stats
         finally:
             await dispatcher.aclose()
         stats = await asyncio.to_thread(sink.stats)
@@ -94,8 +93,6 @@ async def held_once(
         "last_request_received_s": round(last_sent, 2),
         "after_last_ack_deadline_s": round(wall - last_sent - cfg.ack_timeout_s, 2),
         "sink_peak_open": stats["peak_open"],
-        "sender_peak_open": sender.peak_open,
-        "sender_peak_sending": sender.peak_sending,
         "run_states": states,
         **cpu,
         "receipts": receipt_check(stats["records"], dispatch_keys(items, due)),
@@ -131,7 +128,6 @@ def run(
                 f"{r['tick_wall_s'] / cfg.ack_timeout_s:.2f}x",
                 f"{serial:,.0f}",
                 r["sink_peak_open"],
-                r["sender_peak_sending"],
                 r["receipts"]["exactly_once"],
             ]
         )
@@ -166,7 +162,6 @@ def run(
             "tick/ack",
             "if serial by slot, s",
             "sink peak open",
-            "peak sending",
             "once",
         ],
         rows,

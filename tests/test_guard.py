@@ -12,7 +12,7 @@ import pytest
 from firecron.core.target_rules import check_static
 from firecron.errors import TargetRefusedError
 from firecron.transport import guard
-from firecron.transport.guard import check_target, redact_url, resolve_target
+from firecron.transport.guard import redact_url, resolve_target
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +40,7 @@ def fake_dns(table: dict[str, list[str]]) -> tuple[Any, list[str]]:
 
 async def refused(url: str, *, allow_private: bool) -> str:
     with pytest.raises(TargetRefusedError) as info:
-        await check_target(url, allow_private=allow_private)
+        await resolve_target(url, allow_private=allow_private)
     return str(info.value)
 
 
@@ -57,7 +57,7 @@ async def test_http_is_refused_without_allow_private() -> None:
 
 
 async def test_http_is_allowed_with_allow_private() -> None:
-    await check_target("http://8.8.8.8/hook", allow_private=True)
+    await resolve_target("http://8.8.8.8/hook", allow_private=True)
 
 
 @pytest.mark.parametrize("scheme", ["ftp", "file", "gopher"])
@@ -71,8 +71,8 @@ async def test_loopback_is_refused_without_allow_private() -> None:
 
 
 async def test_loopback_is_allowed_with_allow_private() -> None:
-    await check_target("https://127.0.0.1:8443/x", allow_private=True)
-    await check_target("http://[::1]:8080/x", allow_private=True)
+    await resolve_target("https://127.0.0.1:8443/x", allow_private=True)
+    await resolve_target("http://[::1]:8080/x", allow_private=True)
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ async def test_private_follows_allow_private(url: str) -> None:
     assert "private" in await refused(url, allow_private=False) or "loopback" in await refused(
         url, allow_private=False
     )
-    await check_target(url, allow_private=True)
+    await resolve_target(url, allow_private=True)
 
 
 async def test_localhost_name_follows_the_private_rule_without_dns() -> None:
@@ -134,8 +134,8 @@ async def test_localhost_name_follows_the_private_rule_without_dns() -> None:
         "https://API.localhost./x", allow_private=False
     )
     assert calls == []  # refused by name: RFC 6761 reserves localhost for loopback
-    await check_target("https://localhost:9/x", allow_private=True)
-    await check_target("http://api.localhost/x", allow_private=True)
+    await resolve_target("https://localhost:9/x", allow_private=True)
+    await resolve_target("http://api.localhost/x", allow_private=True)
 
 
 # Hosts that need no DNS: the static rules alone decide, for validation and runtime alike.
@@ -171,7 +171,7 @@ async def test_static_rules_are_the_runtime_rules(url: str, allow_private: bool)
     else:
         static = None
     try:
-        await check_target(url, allow_private=allow_private)
+        await resolve_target(url, allow_private=allow_private)
     except TargetRefusedError as exc:
         runtime: str | None = str(exc)
     else:
@@ -220,7 +220,7 @@ async def test_an_unknown_name_is_an_os_error_not_a_refusal() -> None:
     fake, _ = fake_dns({})
     loop.getaddrinfo = fake  # type: ignore[method-assign]
     with pytest.raises(OSError, match="not known"):
-        await check_target("https://nowhere.test/x", allow_private=False)
+        await resolve_target("https://nowhere.test/x", allow_private=False)
 
 
 async def test_refusals_are_one_line_without_query_or_userinfo() -> None:

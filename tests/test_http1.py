@@ -1,5 +1,6 @@
-"""firecron's HTTP/1.1 client (``transport/_http1.py``): as an httpx transport, over TLS,
-and the edge cases of the one-way send that a well-behaved sink never shows.
+"""firecron's HTTP/1.1 client (``transport/_http1.py``) through the one path that uses it,
+the :class:`Sender`: over TLS (dispatches and notification webhooks alike), and the
+edge cases of the one-way send that a well-behaved sink never shows.
 
 Servers are real sockets on 127.0.0.1: the ``_sinks`` sink, or a raw asyncio server in a
 thread scripted per test. TLS uses a self-signed certificate made here and trusted
@@ -19,14 +20,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from _factories import T0
 from _poll import apoll
 from _sinks import serve
+from firecron.core.events import Route, WebhookSink, schedule_error_event
 from firecron.core.lifecycle import SendOutcome
+from firecron.notify import Notifier
+from firecron.settings import Settings
 from firecron.transport import guard
-from firecron.transport._http1 import OneShotTransport
 from firecron.transport.sender import Dispatch, Sender
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -118,58 +121,6 @@ def sender(**overrides: Any) -> Sender:
 
 def dispatch(url: str, **headers: str) -> Dispatch:
     return Dispatch(url=url, body=b'{"run_id":"r"}', headers=dict(headers), key="r/1")
-
-
-# --- the httpx transport --------------------------------------------------------------
-
-
-async def test_the_transport_works_as_an_httpx_client_transport() -> None:
-    with serve(status=201, headers={"x-answer": "42"}) as sink:
-        async with httpx.AsyncClient(transport=OneShotTransport()) as client:
-            response = await client.post(f"{sink.url}/hook?q=1", json={"a": 1})
-        [got] = sink.requests
-    assert response.status_code == 201
-    assert response.headers["x-answer"] == "42"
-    assert response.json() == {"ok": True}
-    assert response.http_version == "HTTP/1.1"
-    assert (got.method, got.path, got.body) == ("POST", "/hook?q=1", b'{"a":1}')
-    assert got.headers["connection"] == "close"
-
-
-async def test_the_transport_streams_and_closes_at_the_headers() -> None:
-    with serve(status=202, stream=True) as sink:
-        async with (
-            httpx.AsyncClient(transport=OneShotTransport()) as client,
-            client.stream("POST", sink.url, content=b"x") as response,
-        ):
-            assert response.status_code == 202
-        sink.wait_idle()  # closing the response closed the connection
-
-
-async def test_the_transport_reads_chunked_and_until_close_bodies() -> None:
-    chunked = (
-        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
-        b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n"
-    )
-    until_close = b"HTTP/1.1 200 OK\r\n\r\nall of it"
-    for raw, body in ((chunked, b"hello, world"), (until_close, b"all of it")):
-        with raw_server(reply(raw)) as port:
-            async with httpx.AsyncClient(transport=OneShotTransport()) as client:
-                response = await client.post(f"http://127.0.0.1:{port}/", content=b"x")
-        assert response.content == body
-
-
-async def test_the_transport_maps_errors_to_httpx_exceptions() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    async with httpx.AsyncClient(transport=OneShotTransport()) as client:
-        with pytest.raises(httpx.ConnectError):
-            await client.post(f"http://127.0.0.1:{port}/", content=b"x")
-        with raw_server(reply(b"")) as port, pytest.raises(httpx.RemoteProtocolError):
-            await client.post(f"http://127.0.0.1:{port}/", content=b"x")
-        with pytest.raises(httpx.UnsupportedProtocol):
-            await client.post("ftp://127.0.0.1/", content=b"x")
 
 
 # --- TLS ------------------------------------------------------------------------------
@@ -264,22 +215,29 @@ async def test_https_verifies_the_certificate_for_the_host_name(
 
 
 @pytest.mark.usefixtures("worker_test_resolves_to_loopback")
-async def test_https_through_the_httpx_transport_with_sni(
+async def test_a_notification_webhook_goes_through_the_same_verified_tls(
     tls: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
     server_ctx, client_ctx = tls
     seen: list[bytes] = []
+    event = schedule_error_event("nightly", {}, "boom", T0, None)
+    settings = Settings(allow_private_targets=True)
     with raw_server(tls_ok(seen), server_ctx) as port:
-        async with httpx.AsyncClient(transport=OneShotTransport(client_ctx)) as client:
-            # The URL holds the address; the extension names the host to verify.
-            response = await client.post(
-                f"https://127.0.0.1:{port}/h",
-                content=b"x",
-                headers={"host": HOST},
-                extensions={"sni_hostname": HOST},
-            )
-    assert response.status_code == 202
-    assert len(seen) == 1
+        url = f"https://{HOST}:{port}/e"
+        route = Route(sink_name="hook", types=(), sink=WebhookSink(type="webhook", url=url))
+        trusted = Notifier(settings, sender=sender(ssl_context=client_ctx))
+        assert await trusted.deliver(event, route) is None
+        [request] = seen
+        # Pinned to the approved address, verified and named for the host.
+        assert request.startswith(b"POST /e HTTP/1.1\r\n")
+        assert f"\r\nhost: {HOST}:{port}\r\n".encode() in request
+
+        # The default trust store does not know this certificate: never sent.
+        error = await Notifier(settings).deliver(event, route)
+        assert error is not None
+        assert error.startswith(f"webhook {url}: connection failed")
+        assert "certificate verify failed" in error
+        assert len(seen) == 1
 
 
 # --- edge cases of the one-way send ----------------------------------------------------
@@ -333,13 +291,12 @@ async def test_a_status_line_split_across_reads_is_parsed() -> None:
 
 async def test_header_injection_is_refused_before_connecting() -> None:
     with serve() as sink:
-        results = await sender().send_all(
-            [
-                dispatch(sink.url, **{"x-evil": "a\r\nx-injected: 1"}),
-                dispatch(sink.url, **{"bad name": "v"}),
-                dispatch(sink.url, **{"x-text": "caf\u00e9"}),
-            ]
-        )
+        s = sender()
+        results = [
+            await s.send(dispatch(sink.url, **{"x-evil": "a\r\nx-injected: 1"})),
+            await s.send(dispatch(sink.url, **{"bad name": "v"})),
+            await s.send(dispatch(sink.url, **{"x-text": "caf\u00e9"})),
+        ]
         assert sink.requests == []
     assert [r.outcome for r in results] == [SendOutcome.permanent] * 3
     assert "line break" in (results[0].error or "")
@@ -383,30 +340,3 @@ async def test_a_cancelled_send_frees_its_slots() -> None:
         # The same sender must have both its slots back.
         result = await asyncio.wait_for(s.send(dispatch(sink.url)), 10)
     assert result.outcome is SendOutcome.acknowledged
-
-
-async def _aiter_bytes(chunks: list[bytes]) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk
-
-
-async def test_the_transport_sends_a_streamed_request_body_chunked() -> None:
-    seen: list[bytes] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        body = await reader.readuntil(b"0\r\n\r\n")
-        seen.append(head + body)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-        await writer.drain()
-        writer.close()
-
-    with raw_server(handle) as port:
-        async with httpx.AsyncClient(transport=OneShotTransport()) as client:
-            response = await client.post(
-                f"http://127.0.0.1:{port}/", content=_aiter_bytes([b"ab", b"cd"])
-            )
-    assert response.content == b"ok"
-    [raw] = seen
-    assert b"transfer-encoding: chunked" in raw.lower()
-    assert raw.endswith(b"\r\n\r\n4\r\nabcd\r\n0\r\n\r\n")

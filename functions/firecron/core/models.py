@@ -441,11 +441,6 @@ class ScheduleSpec(_Frozen):
             raise ValueError("expected_duration is longer than timeout")
         return self
 
-    @property
-    def trigger_kind(self) -> TriggerKind:
-        """Which of ``cron``, ``every`` and ``at`` is set."""
-        return next(k for k in TriggerKind if getattr(self, k.value) is not None)
-
     def trigger_fields(self) -> tuple[object, ...]:
         """The fields that decide *when* the schedule fires; a change re-plans ``next_fire_at``."""
         return (

@@ -1,19 +1,18 @@
-"""The one-way HTTP invocation: building, signing, guarding and sending dispatch POSTs.
+"""The one-way HTTP invocation: building, signing, guarding and sending POSTs.
 
 - :mod:`~firecron.transport.sender`: :func:`build_dispatch` and the :class:`Sender`
-  with firecron's ack semantics and the send-slot / open-slot split.
-- :mod:`~firecron.transport.guard`: the SSRF guard (:func:`check_target`).
+  with firecron's ack semantics and the send-slot / open-slot split: the one
+  outbound HTTP path, for dispatches and webhook notifications alike.
+- :mod:`~firecron.transport.guard`: the SSRF guard (:func:`resolve_target`).
 - :mod:`~firecron.transport.signing`: Standard Webhooks signatures.
 - :mod:`~firecron.transport.idtoken`: Google ID tokens for ``auth: oidc`` targets.
 """
 
-from firecron.transport.guard import ResolvedTarget, check_target, redact_url, resolve_target
+from firecron.transport.guard import ResolvedTarget, redact_url, resolve_target
 from firecron.transport.idtoken import GoogleIdTokens, IdTokenProvider
 from firecron.transport.sender import (
     Dispatch,
-    OneShotTransport,
     Sender,
-    SenderStats,
     SendResult,
     build_dispatch,
     dispatch_body,
@@ -25,13 +24,10 @@ __all__ = [
     "Dispatch",
     "GoogleIdTokens",
     "IdTokenProvider",
-    "OneShotTransport",
     "ResolvedTarget",
     "SendResult",
     "Sender",
-    "SenderStats",
     "build_dispatch",
-    "check_target",
     "dispatch_body",
     "redact_url",
     "resolve_target",

@@ -1,6 +1,6 @@
 """The SSRF guard: which URLs firecron may POST to.
 
-Contract of :func:`check_target` / :func:`resolve_target`: the URL is refused with a
+Contract of :func:`resolve_target`: the URL is refused with a
 :class:`~firecron.errors.TargetRefusedError` (one line naming the URL, without its
 query or userinfo, and the reason) when
 
@@ -30,10 +30,10 @@ DNS is resolved with the running event loop's ``getaddrinfo`` and cached for
 
 DNS rebinding: a check followed by a separate connect could be fooled by a name
 that resolves to a public address for the check and to a private one for the connect.
-:class:`~firecron.transport.sender.Sender` does not do that: it connects to the exact
-address :func:`resolve_target` approved (with the original host name kept for the
-``Host`` header, TLS SNI and certificate verification). :func:`check_target` alone
-has the check-then-connect gap and is meant for validation and messages only.
+:class:`~firecron.transport.sender.Sender` (which sends dispatches and notification
+webhooks alike) does not do that: it connects to the exact address
+:func:`resolve_target` approved (with the original host name kept for the ``Host``
+header, TLS SNI and certificate verification).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from firecron.core.target_rules import address_problem, check_static, redact_url
 from firecron.errors import TargetRefusedError
 
-__all__ = ["DNS_CACHE_SECONDS", "ResolvedTarget", "check_target", "redact_url", "resolve_target"]
+__all__ = ["DNS_CACHE_SECONDS", "ResolvedTarget", "redact_url", "resolve_target"]
 
 DNS_CACHE_SECONDS = 30.0
 """How long a successful lookup is reused. Short: targets may move between ticks."""
@@ -123,11 +123,3 @@ async def resolve_target(url: str, *, allow_private: bool) -> ResolvedTarget:
         if problem is not None:
             raise _refuse(url, f"{host} resolves to {problem}")
     return ResolvedTarget(static.scheme, host, static.port, static.target, addresses)
-
-
-async def check_target(url: str, *, allow_private: bool) -> None:
-    """Raise :class:`TargetRefusedError` unless ``url`` may be POSTed to (module rules).
-
-    This only checks; see the module docstring about DNS rebinding.
-    """
-    await resolve_target(url, allow_private=allow_private)

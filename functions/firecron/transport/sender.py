@@ -1,7 +1,11 @@
 """Building dispatch POSTs and sending them one-way, with firecron's ack semantics.
 
 A :class:`Dispatch` is one POST, ready to send (URL, body, headers, key). The
-:class:`Sender` sends many of them concurrently and judges each one:
+:class:`Sender` sends many of them concurrently and judges each one. It is firecron's
+one outbound HTTP path: dispatches, and webhook notifications too
+(:class:`firecron.notify.Notifier` builds its signed POSTs as :class:`Dispatch` values
+and sends them with a :class:`Sender` of its own), so both pass the same SSRF guard,
+the same address pinning and the same client. The verdicts:
 
 - ``acknowledged``: any 2xx within ``ack_timeout``.
 - ``unacknowledged``: the request was fully written and no response came within
@@ -35,14 +39,12 @@ Timeouts: ``connect_timeout`` bounds DNS, connect, TLS and the write together; t
 
 Client: firecron's own minimal HTTP/1.1 client (:mod:`firecron.transport._http1`):
 one asyncio connection per request to the address the SSRF guard approved (TLS
-verified for the URL's host name, also sent as SNI), the request line, headers and
-body in one write, then the status line and headers only (at most 64 KiB), then close.
-httpx stays the API: the same client is :class:`OneShotTransport`, an httpx transport
-(``httpx.AsyncClient(transport=OneShotTransport())``); the sender calls its lower
-layer directly, skipping httpx's Request/Response objects on the hot path. It
-replaced httpx over httpcore because it costs less CPU per dispatch;
-``bench/fanout.py`` ("Sender alone") and ``bench/http_clients.py`` measure that, and
-the README's Performance section reports the figures.
+verified for the URL's host name, also sent as SNI, against the sender's
+:class:`ssl.SSLContext`), the request line, headers and body in one write, then the
+status line and headers only (at most 64 KiB), then close. It replaced httpx over
+httpcore because it costs less CPU per dispatch; ``bench/fanout.py`` ("Sender alone")
+and ``bench/http_clients.py`` measure that, and the README's Performance section
+reports the figures.
 """
 
 from __future__ import annotations
@@ -62,24 +64,24 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final
 from urllib.parse import quote
 
+import httpx
+
 from firecron.core.lifecycle import SendOutcome
 from firecron.core.models import Target
 from firecron.core.runs import Run, RunTrigger
 from firecron.errors import InvalidInputError, TargetRefusedError
 from firecron.transport import _http1
-from firecron.transport._http1 import OneShotTransport
 from firecron.transport.guard import ResolvedTarget, redact_url, resolve_target
 from firecron.transport.signing import signature_headers
 
 __all__ = [
     "Dispatch",
-    "OneShotTransport",
     "SendResult",
     "Sender",
-    "SenderStats",
     "build_dispatch",
     "dispatch_body",
     "resolve_url",
+    "user_agent",
 ]
 
 
@@ -114,22 +116,6 @@ class SendResult:
     and what happened. Never contains a header value or a secret."""
 
 
-@dataclass(frozen=True)
-class SenderStats:
-    """Counters of a :class:`Sender` since it was created (a snapshot)."""
-
-    sent: int = 0
-    """Dispatches finished, whatever the outcome."""
-    acknowledged: int = 0
-    unacknowledged: int = 0
-    retryable: int = 0
-    permanent: int = 0
-    peak_open: int = 0
-    """Most requests open at once (sending or waiting); never above ``max_open``."""
-    peak_sending: int = 0
-    """Most requests holding a send slot at once; never above ``concurrency``."""
-
-
 def _rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -155,7 +141,8 @@ def dispatch_body(run: Run) -> bytes:
 
 
 @functools.cache
-def _user_agent() -> str:
+def user_agent() -> str:
+    """The ``user-agent`` of every request firecron sends: ``firecron/<version>``."""
     # Read lazily: package metadata is file I/O, and nothing does I/O at import time.
     try:
         return f"firecron/{version('firecron')}"
@@ -184,7 +171,7 @@ def build_dispatch(
     body = dispatch_body(run)
     headers = {
         "content-type": "application/json",
-        "user-agent": _user_agent(),
+        "user-agent": user_agent(),
         "idempotency-key": key,
         **signature_headers(key, now, body, secrets),
     }
@@ -256,23 +243,6 @@ def _encode_request(d: Dispatch, target: ResolvedTarget) -> bytes:
         raise _UnencodableError("a header value is not ASCII") from None
 
 
-class _Gauge:
-    """How many are in use now, and the most ever."""
-
-    __slots__ = ("now", "peak")
-
-    def __init__(self) -> None:
-        self.now = 0
-        self.peak = 0
-
-    def up(self) -> None:
-        self.now += 1
-        self.peak = max(self.peak, self.now)
-
-    def down(self) -> None:
-        self.now -= 1
-
-
 class _Limiter:
     """A FIFO counting semaphore whose acquire and release cost O(1).
 
@@ -282,12 +252,11 @@ class _Limiter:
     oldest waiter, so none can barge ahead of the queue.
     """
 
-    __slots__ = ("_free", "_waiters", "gauge")
+    __slots__ = ("_free", "_waiters")
 
     def __init__(self, size: int) -> None:
         self._free = size
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self.gauge = _Gauge()
 
     async def acquire(self) -> None:
         if self._free > 0:
@@ -303,10 +272,8 @@ class _Limiter:
                 if waiter.done() and not waiter.cancelled():
                     self._hand_over()
                 raise
-        self.gauge.up()
 
     def release(self) -> None:
-        self.gauge.down()
         self._hand_over()
 
     def _hand_over(self) -> None:
@@ -343,28 +310,30 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _judge(status: int, url: str) -> SendResult:
-    if 200 <= status < 300:
-        return SendResult(SendOutcome.acknowledged, status, None)
-    shown = redact_url(url)
+def _label(d: Dispatch) -> str:
+    # Built only for an error line, so parsing the URL stays off the 2xx hot path.
+    return f"POST {redact_url(d.url)}"
+
+
+def _judge(status: int, label: str) -> SendResult:
+    """The verdict on a final status that is not 2xx."""
     if status in (408, 429) or 500 <= status < 600:
-        return SendResult(SendOutcome.retryable, status, f"POST {shown}: HTTP {status}")
+        return SendResult(SendOutcome.retryable, status, f"{label}: HTTP {status}")
     if 300 <= status < 400:
         return SendResult(
-            SendOutcome.permanent,
-            status,
-            f"POST {shown}: HTTP {status} (redirects are not followed)",
+            SendOutcome.permanent, status, f"{label}: HTTP {status} (redirects are not followed)"
         )
-    return SendResult(SendOutcome.permanent, status, f"POST {shown}: HTTP {status}")
+    return SendResult(SendOutcome.permanent, status, f"{label}: HTTP {status}")
 
 
 class Sender:
     """Sends dispatches concurrently with the send-slot / open-slot split (module docstring).
 
-    One ``Sender`` serves one event loop. :meth:`send` and :meth:`send_all` never raise
-    for network, HTTP or target problems; they return a :class:`SendResult`.
-    Cancellation propagates. ``ssl_context`` replaces the default certificate-verifying
-    TLS context (certifi's CA bundle, created on the first https send).
+    One ``Sender`` serves one event loop. :meth:`send` never raises for network, HTTP
+    or target problems; it returns a :class:`SendResult`. Cancellation propagates (and
+    closes the connection). ``ssl_context`` replaces the default certificate-verifying
+    TLS context (httpx's trust store, certifi's CA bundle), which is created on the
+    first https send: loading the bundle is file I/O, so constructing does none.
     """
 
     def __init__(
@@ -386,44 +355,33 @@ class Sender:
         self._allow_private = allow_private_targets
         self._send_slots = _Limiter(concurrency)
         self._open_slots = _Limiter(max_open)
-        # Sends go through the transport's low-level client directly (no httpx
-        # Request/Response objects on the hot path); the transport owns the TLS context.
-        self._transport = OneShotTransport(ssl_context)
-        self._counts = dict.fromkeys(SendOutcome, 0)
+        self._ssl_context = ssl_context
 
-    @property
-    def stats(self) -> SenderStats:
-        """Counters so far (a snapshot)."""
-        c = self._counts
-        return SenderStats(
-            sent=sum(c.values()),
-            acknowledged=c[SendOutcome.acknowledged],
-            unacknowledged=c[SendOutcome.unacknowledged],
-            retryable=c[SendOutcome.retryable],
-            permanent=c[SendOutcome.permanent],
-            peak_open=self._open_slots.gauge.peak,
-            peak_sending=self._send_slots.gauge.peak,
-        )
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = httpx.create_ssl_context()
+        return self._ssl_context
 
-    async def send(self, d: Dispatch) -> SendResult:
-        """POST ``d`` and judge the outcome (never raises for network or HTTP problems)."""
+    async def send(self, d: Dispatch, *, label: str | None = None) -> SendResult:
+        """POST ``d`` and judge the outcome (never raises for network or HTTP problems).
+
+        ``label`` starts every error line (default ``POST <url>``, the URL without
+        query or userinfo); a caller whose URL path is itself a secret (a Slack
+        webhook) passes one that hides it.
+        """
         await self._open_slots.acquire()
         try:
-            result = await self._attempt(d)
+            return await self._attempt(d, label)
         finally:
             self._open_slots.release()
-        self._counts[result.outcome] += 1
-        return result
-
-    async def send_all(self, ds: Sequence[Dispatch]) -> list[SendResult]:
-        """Send every dispatch concurrently (within the limits); results in input order."""
-        return list(await asyncio.gather(*(self.send(d) for d in ds)))
 
     async def aclose(self) -> None:
-        """Release resources. Connections never outlive their request, so little is left."""
-        await self._transport.aclose()
+        """Release resources: nothing is held, as no connection outlives its request.
 
-    async def _attempt(self, d: Dispatch) -> SendResult:
+        Kept so that owners close a ``Sender`` like any client.
+        """
+
+    async def _attempt(self, d: Dispatch, label: str | None) -> SendResult:
         loop = asyncio.get_running_loop()
         slot = _Slot(self._send_slots)
         written = False
@@ -439,7 +397,7 @@ class Sender:
                 connection = await _http1.connect(
                     target.addresses[0],
                     target.port,
-                    ssl_context=self._transport.ssl_context if https else None,
+                    ssl_context=self._tls() if https else None,
                     server_hostname=target.host if https else None,
                 )
                 await connection.write(request)
@@ -449,37 +407,37 @@ class Sender:
                 deadline.reschedule(loop.time() + self._ack_timeout)
                 # Status line and headers only; the body is never read.
                 head = await connection.read_head()
-            return _judge(head.status, d.url)
+            if 200 <= head.status < 300:
+                return SendResult(SendOutcome.acknowledged, head.status, None)
+            return _judge(head.status, label or _label(d))
         except TimeoutError:
-            shown = redact_url(d.url)
+            label = label or _label(d)
             if written:
                 return SendResult(
                     SendOutcome.unacknowledged,
                     None,
-                    f"POST {shown}: no response within {self._ack_timeout:g}s after sending",
+                    f"{label}: no response within {self._ack_timeout:g}s after sending",
                 )
             return SendResult(
                 SendOutcome.retryable,
                 None,
-                f"POST {shown}: not sent within {self._connect_timeout:g}s (DNS, connect or write)",
+                f"{label}: not sent within {self._connect_timeout:g}s (DNS, connect or write)",
             )
         except TargetRefusedError as exc:
             return SendResult(SendOutcome.permanent, None, str(exc))
         except _UnencodableError as exc:
-            return SendResult(SendOutcome.permanent, None, f"POST {redact_url(d.url)}: {exc}")
+            return SendResult(SendOutcome.permanent, None, f"{label or _label(d)}: {exc}")
         except socket.gaierror as exc:
+            label = label or _label(d)
             return SendResult(
-                SendOutcome.retryable,
-                None,
-                f"POST {redact_url(d.url)}: DNS lookup failed: {_one_line(exc)}",
+                SendOutcome.retryable, None, f"{label}: DNS lookup failed: {_one_line(exc)}"
             )
         except (_http1.ProtocolError, OSError) as exc:
             # OSError covers refused/reset connections, TLS failures (ssl.SSLError) and
             # a drop before the status line (_http1.ConnectionDropped).
+            label = label or _label(d)
             what = "connection dropped before a response" if written else "connection failed"
-            return SendResult(
-                SendOutcome.retryable, None, f"POST {redact_url(d.url)}: {what}: {_one_line(exc)}"
-            )
+            return SendResult(SendOutcome.retryable, None, f"{label}: {what}: {_one_line(exc)}")
         finally:
             slot.release()
             if connection is not None:
