@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -19,19 +20,22 @@ from firecron.core.events import Delivery, Event, EventType, PubSubSink, Route
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Attempt, Run, RunState, RunTrigger, Send, scheduled_run_id
 from firecron.errors import ConflictError, InvalidInputError
+from firecron.store import open_store
 from firecron.store.base import ScheduleWrite, Store
 
 US = timedelta(microseconds=1)
 
 
-async def put(store: Store, schedule_id: str, next_fire_at=T0, **spec) -> StoredSchedule:
+async def put(
+    store: Store, schedule_id: str, next_fire_at: datetime | None = T0, **spec: Any
+) -> StoredSchedule:
     """Create a schedule due at ``next_fire_at`` (None: idle)."""
     return await store.put_schedule(
         make_spec(schedule_id, **spec), make_state(next_fire_at), expect_version=None
     )
 
 
-def advance(stored: StoredSchedule, now=T0) -> tuple[ScheduleState, Run]:
+def advance(stored: StoredSchedule, now: datetime = T0) -> tuple[ScheduleState, Run]:
     """What a dispatcher writes when it claims ``stored``'s due occurrence."""
     occurrence = stored.state.next_fire_at
     assert occurrence is not None
@@ -52,6 +56,23 @@ def advance(stored: StoredSchedule, now=T0) -> tuple[ScheduleState, Run]:
 def test_store_instances_satisfy_protocol(store: Store) -> None:
     assert isinstance(store, Store)
     assert store.namespace.startswith(("firecron", "t"))
+
+
+@pytest.mark.parametrize("url", ["sqlite:///unused.db", "firestore://firecron-test"])
+@pytest.mark.parametrize("namespace", ["firecron\n", "Firecron", "9lives", "a" * 42, ""])
+def test_every_backend_refuses_a_bad_namespace_in_one_line(url: str, namespace: str) -> None:
+    # Opening does no I/O, so a bad name must fail here, not at the first statement.
+    with pytest.raises(InvalidInputError) as caught:
+        open_store(url, namespace)
+    assert str(caught.value) == (
+        f"invalid namespace {namespace!r}: "
+        "use a lowercase letter, then up to 40 lowercase letters, digits or '_'"
+    )
+
+
+@pytest.mark.parametrize("url", ["sqlite:///unused.db", "firestore://firecron-test"])
+def test_every_backend_takes_the_longest_namespace(url: str) -> None:
+    assert open_store(url, "a" * 41).namespace == "a" * 41
 
 
 # -- schedules -------------------------------------------------------------------------
@@ -602,11 +623,20 @@ async def test_update_run_applies_and_roundtrips_all_field_types(store: Store) -
 
 async def test_update_run_rejects_bad_changes(store: Store) -> None:
     run = make_run("alpha", T0)
-    assert await store.create_run(run)
-    with pytest.raises((InvalidInputError, ValueError)):
-        await store.update_run(run.id, [RunState.pending], {"state": "no-such-state"})
-    with pytest.raises((InvalidInputError, ValueError)):
-        await store.update_run(run.id, [RunState.pending], {"no_such_field": 1})
+    created = await store.create_run(run)
+    assert created is not None
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"state": "no-such-state"}, "invalid changes: state: "),
+        ({"no_such_field": 1}, "unknown run field(s) no_such_field"),
+        ({"id": "other"}, "a run's id cannot change"),
+    ]
+    for changes, fault in bad:
+        for current in (None, created):
+            with pytest.raises(InvalidInputError) as caught:
+                await store.update_run(run.id, [RunState.pending], changes, current=current)
+            message = str(caught.value)
+            assert message.startswith(f"update_run {run.id!r}: {fault}"), message
+            assert "\n" not in message
     assert await store.get_run(run.id) == run
 
 

@@ -9,7 +9,6 @@ Secrets are excluded from ``repr`` so they never reach logs.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -17,6 +16,7 @@ from datetime import timedelta
 from firecron.core.durations import parse_duration
 from firecron.core.models import TargetAuth
 from firecron.errors import InvalidInputError
+from firecron.store._common import NAMESPACE_RULE, valid_namespace
 from firecron.transport.signing import check_signing_secrets, parse_signing_secrets
 
 __all__ = ["ENV_VARS", "Settings"]
@@ -123,10 +123,8 @@ class Settings:
         """Read the ``FIRECRON_*`` variables from ``env`` (default: ``os.environ``)."""
         env = os.environ if env is None else env
         namespace = env.get("FIRECRON_NAMESPACE", "").strip() or "firecron"
-        if not re.match(r"^[a-z][a-z0-9_]{0,40}$", namespace):
-            raise InvalidInputError(
-                f"FIRECRON_NAMESPACE={namespace!r}: use lowercase letters, digits and '_'"
-            )
+        if not valid_namespace(namespace):
+            raise InvalidInputError(f"FIRECRON_NAMESPACE={namespace!r}: {NAMESPACE_RULE}")
         settings = cls(
             store_url=env.get("FIRECRON_STORE", "").strip() or cls.store_url,
             namespace=namespace,

@@ -19,10 +19,6 @@ Firestore refuses arrays inside arrays, empty or ``__reserved__`` map keys and i
 beyond 64 bits, all of which are valid JSON (``params``, ``output``), and it would
 otherwise index every key a worker returns. Nothing queries inside them.
 
-Documents written by earlier versions (``spec``, ``state`` and the run as Firestore
-maps, with :data:`OPAQUE_FIELDS` as JSON text) are still read; a run in that layout
-gets ``data`` on its next update, which then wins over its old fields.
-
 A schedule's ``version`` is its document's ``update_time`` as RFC 3339 with nine
 fraction digits. Replacing or claiming a schedule writes with a ``last_update_time``
 precondition built from that exact string, so the compare-and-set is the server's.
@@ -47,13 +43,13 @@ indexes on ``next_fire_at``, ``watch_at`` and ``created_at`` are automatic):
 
 The client honours ``FIRESTORE_EMULATOR_HOST`` (anonymous credentials, plain gRPC). It is
 created on first use, inside the running event loop, so constructing a store does no
-I/O; a store must then stay on that event loop.
+I/O; a store must then stay on that event loop. The few private client APIs this
+store needs are all in :mod:`firecron.store._firestore_private`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import re
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
@@ -73,12 +69,21 @@ from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState
 from firecron.errors import ConflictError, InvalidInputError, StoreError
 from firecron.store._codec import plain, readable_schedules, run_from_json, to_json
+from firecron.store._common import (
+    NAMESPACE_PATTERN,
+    check_namespace,
+    check_run_changes,
+    merge_run,
+)
+from firecron.store._firestore_private import (
+    check_client,
+    close_client,
+    commit_writes,
+    database_path,
+)
 from firecron.store.base import ScheduleWrite, StoreStats, check_distinct
 
-__all__ = ["NAMESPACE_PATTERN", "OPAQUE_FIELDS", "REQUIRED_INDEXES", "FirestoreStore"]
-
-NAMESPACE_PATTERN: Final = r"^[a-z][a-z0-9_]{0,40}$"
-"""Valid namespaces: the collections are ``{namespace}_schedules`` and ``{namespace}_runs``."""
+__all__ = ["NAMESPACE_PATTERN", "REQUIRED_INDEXES", "RUN_QUERY_FIELDS", "FirestoreStore"]
 
 REQUIRED_INDEXES: Final[list[tuple[str, list[tuple[str, str]]]]] = [
     (
@@ -102,16 +107,9 @@ The collection is ``{namespace}_{suffix}``. The emulator needs none of them; a r
 database answers ``FAILED_PRECONDITION`` (with a link to create it) without them.
 """
 
-OPAQUE_FIELDS: Final[Mapping[str, frozenset[str]]] = {
-    "spec": frozenset({"params", "labels"}),
-    "run": frozenset({"params", "output", "labels"}),
-}
-"""Free-form JSON fields that the earlier map layout stored as JSON text (read only)."""
-
 RUN_QUERY_FIELDS: Final = ("schedule_id", "state", "created_at", "watch_at", "expire_at")
 """Run fields copied to the top level of the run document (see the module docstring)."""
 
-_NAMESPACE = re.compile(NAMESPACE_PATTERN)
 _VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z$")
 _MAX_BATCH_WRITES: Final = 500
 _CAS_ATTEMPTS: Final = 20
@@ -152,29 +150,12 @@ def _utc(value: datetime, name: str) -> datetime:
     return value.astimezone(UTC)
 
 
-def _plain_datetimes(value: Any) -> Any:
-    """Turn the client's DatetimeWithNanoseconds into plain aware UTC ``datetime`` values."""
-    if isinstance(value, datetime):
-        # Firestore keeps microseconds, so nothing is lost; plain values compare and
-        # print like the ones the caller wrote.
-        v = value.astimezone(UTC)
-        return datetime(
-            v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, tzinfo=UTC
-        )
-    if isinstance(value, dict):
-        return {k: _plain_datetimes(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain_datetimes(v) for v in value]
+def _text(document: Mapping[str, Any], field: str) -> str:
+    """The JSON text in ``document[field]``; ``ValueError`` when it is missing or not text."""
+    value = document.get(field)
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: expected JSON text, got {type(value).__name__}")
     return value
-
-
-def _decode_opaque(record: dict[str, Any], kind: str) -> dict[str, Any]:
-    """Parse the JSON-text fields of a record in the earlier map layout."""
-    out = dict(record)
-    for name in OPAQUE_FIELDS[kind]:
-        if isinstance(out.get(name), str):
-            out[name] = json.loads(out[name])
-    return out
 
 
 def _run_document(run: Run) -> dict[str, str | datetime | None]:
@@ -283,11 +264,7 @@ class FirestoreStore:
         namespace: str = "firecron",
         timeout: float = _DEFAULT_TIMEOUT,
     ) -> None:
-        if not _NAMESPACE.match(namespace):
-            raise InvalidInputError(
-                f"invalid namespace {namespace!r}: use lowercase letters, digits and '_', "
-                "starting with a letter, at most 41 characters"
-            )
+        check_namespace(namespace)
         if not project:
             raise InvalidInputError("invalid Firestore project: empty")
         self.namespace = namespace
@@ -322,9 +299,9 @@ class FirestoreStore:
             raise StoreError("the Firestore store is closed")
         if self._client_instance is None:
             with self._translate("connect"):
-                self._client_instance = firestore.AsyncClient(
-                    project=self._project, database=self._database
-                )
+                client = firestore.AsyncClient(project=self._project, database=self._database)
+                check_client(client)
+                self._client_instance = client
         return self._client_instance
 
     def _schedules(self) -> Any:
@@ -332,19 +309,12 @@ class FirestoreStore:
 
     def _path(self, kind: str, doc_id: str) -> str:
         """The full resource name of document ``doc_id`` in ``{namespace}_{kind}``."""
-        # The client's own way of naming documents (_database_string) without building
-        # a DocumentReference per write.
-        return f"{self._client._database_string}/documents/{self.namespace}_{kind}/{doc_id}"
+        # Without building a DocumentReference per write.
+        return f"{database_path(self._client)}/documents/{self.namespace}_{kind}/{doc_id}"
 
     async def _commit(self, writes: list[Any]) -> list[Any]:
-        """Commit raw ``writes`` (:func:`_write_pb`) atomically; their write results in order.
-
-        Goes through a client batch so retries, timeouts and metadata stay the client's;
-        ``_add_write_pbs`` is how the client's own batch methods add their writes.
-        """
-        batch = self._client.batch()
-        batch._add_write_pbs(writes)
-        return list(await batch.commit(**self._rpc))
+        """Commit raw ``writes`` (:func:`_write_pb`) atomically; their write results in order."""
+        return await commit_writes(self._client, writes, **self._rpc)
 
     def _runs(self) -> Any:
         return self._client.collection(f"{self.namespace}_runs")
@@ -379,21 +349,9 @@ class FirestoreStore:
 
     def _stored(self, snapshot: Any) -> StoredSchedule:
         data = snapshot.to_dict() or {}
-        spec_data, state_data = data.get("spec") or {}, data.get("state") or {}
         try:
-            # JSON text, or a map in the earlier layout.
-            spec = (
-                ScheduleSpec.model_validate_json(spec_data)
-                if isinstance(spec_data, str)
-                else ScheduleSpec.model_validate(
-                    _decode_opaque(_plain_datetimes(spec_data), "spec")
-                )
-            )
-            state = (
-                ScheduleState.model_validate_json(state_data)
-                if isinstance(state_data, str)
-                else ScheduleState.model_validate(_plain_datetimes(state_data))
-            )
+            spec = ScheduleSpec.model_validate_json(_text(data, "spec"))
+            state = ScheduleState.model_validate_json(_text(data, "state"))
         except (ValidationError, ValueError) as exc:
             raise StoreError(
                 f"corrupt schedule document {snapshot.id!r}: {_first_error(exc)}"
@@ -402,13 +360,8 @@ class FirestoreStore:
 
     def _run(self, snapshot: Any) -> Run:
         data = snapshot.to_dict() or {}
-        text = data.get("data")
         try:
-            if isinstance(text, str):
-                run = run_from_json(text)
-            else:  # the earlier layout: the run record as top-level fields
-                data.pop("revision", None)
-                run = Run.model_validate(_decode_opaque(_plain_datetimes(data), "run"))
+            run = run_from_json(_text(data, "data"))
             run.version = _version_of(snapshot.update_time)
             return run
         except (ValidationError, ValueError) as exc:
@@ -730,11 +683,7 @@ class FirestoreStore:
         that one write, no read. Unknown fields or values that do not validate raise
         :class:`InvalidInputError` before any write.
         """
-        unknown = sorted(set(changes) - set(Run.model_fields))
-        if unknown:
-            raise InvalidInputError(f"update_run: unknown run field(s) {', '.join(unknown)}")
-        if "id" in changes and changes["id"] != run_id:
-            raise InvalidInputError("update_run: a run's id cannot change")
+        check_run_changes(run_id, changes)
         if not _valid_doc_id(run_id):
             return None
         expected = _run_states(expect_states)
@@ -752,7 +701,7 @@ class FirestoreStore:
                 getattr(stored, k) != v for k, v in (expect or {}).items()
             ):
                 return None
-            updated = self._merged(run_id, stored, changes)
+            updated = merge_run(run_id, stored, changes)
             if not changes:
                 return updated
             with self._translate("update_run"):
@@ -775,25 +724,17 @@ class FirestoreStore:
             return updated.model_copy(update={"version": _version_of(result.update_time)})
         raise ConflictError(f"run {run_id!r} kept changing; gave up after {_CAS_ATTEMPTS} tries")
 
-    @staticmethod
-    def _merged(run_id: str, base: Run, changes: Mapping[str, Any]) -> Run:
-        try:
-            return Run.model_validate({**base.model_dump(), **changes})
-        except ValidationError as exc:
-            raise InvalidInputError(f"update_run {run_id!r}: {_first_error(exc)}") from None
-
     async def _update_known(
         self, run_id: str, current: Run, changes: Mapping[str, Any]
     ) -> Run | None:
         """The version path of :meth:`update_run`: one precondition write, no read."""
         if current.version is None or not _issued_version(current.version):
             raise InvalidInputError(f"update_run {run_id!r}: 'current' carries no version")
-        updated = self._merged(run_id, current, changes)
+        updated = merge_run(run_id, current, changes)
         with self._translate("update_run"):
             try:
                 # The whole run document, not only the changed fields: ``data`` holds
-                # every field anyway, and rewriting the copies keeps them equal to it
-                # (and moves a document of the earlier layout to this one).
+                # every field anyway, and rewriting the copies keeps them equal to it.
                 [result] = await self._commit(
                     [
                         _write_pb(
@@ -851,11 +792,9 @@ class FirestoreStore:
         """See :meth:`Store.close`. Closes the gRPC channel if one was opened."""
         self._closed = True
         client, self._client_instance = self._client_instance, None
-        # The async client has no public close(); its transport owns the channel.
-        transport = getattr(client, "_transport", None) if client is not None else None
-        if transport is not None:
+        if client is not None:
             with self._translate("close"):
-                await transport.close()
+                await close_client(client)
 
 
 async def _all_settled(calls: Iterable[Coroutine[Any, Any, None]]) -> None:

@@ -3,17 +3,14 @@
 Implements :class:`firecron.store.base.Store` with the standard library's ``sqlite3``.
 
 - Every call runs on the instance's own thread, on its one connection, so the event
-  loop never blocks on disk. Calls are handed over in batches: everything submitted
-  during one event-loop iteration goes in one queue put, and the thread sends the
-  results of a batch back in one wake-up of the loop. (A thread hop per call, as
-  ``asyncio.to_thread`` does it, cost more CPU than most calls themselves.)
+  loop never blocks on disk (:mod:`firecron.store._sqlite_batch`). The calls of one
+  event-loop iteration are handed over together, and their writes share one
+  ``BEGIN IMMEDIATE`` transaction (group commit), each in its own savepoint: each
+  write is still all or nothing, a lost compare-and-set undoes only its own call, and
+  results are delivered only after the ``COMMIT``.
 - The database is in WAL mode with ``synchronous=NORMAL`` and a 30 s busy timeout.
-  The writes of a batch share one ``BEGIN IMMEDIATE`` transaction (group commit), each
-  in its own savepoint, so each write is still all or nothing and a lost
-  compare-and-set undoes only its own call; results are delivered only after the
-  ``COMMIT``, and a failed ``COMMIT`` fails every call of the batch. Several instances,
-  in one process or many, can share one file: writers queue on SQLite's lock and each
-  compare-and-set is decided inside its transaction.
+  Several instances, in one process or many, can share one file: writers queue on
+  SQLite's lock and each compare-and-set is decided inside its transaction.
 - Rows: ``{namespace}_schedules(id, spec, state, next_fire_at, version)`` and
   ``{namespace}_runs(id, schedule_id, state, created_at, watch_at, data)``. ``spec``,
   ``state`` and ``data`` are JSON records (``_codec.to_record``, datetimes as ISO 8601);
@@ -24,14 +21,9 @@ Implements :class:`firecron.store.base.Store` with the standard library's ``sqli
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import queue
-import re
 import secrets
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +36,8 @@ from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState
 from firecron.errors import ConflictError, InvalidInputError, StoreError
 from firecron.store._codec import readable_schedules, run_from_json, to_json
+from firecron.store._common import check_namespace, check_run_changes, merge_run
+from firecron.store._sqlite_batch import Abort, Batcher
 from firecron.store.base import ScheduleWrite, StoreStats, check_distinct
 
 __all__ = ["SQLiteStore"]
@@ -54,7 +48,6 @@ _RunValues = tuple[str, str, int, int | None, str]
 _RunRow = tuple[str, str, str, int, int | None, str]
 """A run's id and :data:`_RunValues`: one ``INSERT`` row."""
 
-_NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _BUSY_TIMEOUT_S = 30.0
@@ -89,51 +82,6 @@ def _parse_version(version: str) -> int | None:
         return None
 
 
-_MAX_BATCH = 256
-"""Most calls run in one transaction: bounds how long a batch holds SQLite's write lock."""
-
-
-class _Abort(Exception):
-    """Raised by a write call to roll back its own changes and return ``value``."""
-
-    def __init__(self, value: object) -> None:
-        super().__init__()
-        self.value = value
-
-
-class _Job:
-    """One submitted call: the function, whether it writes, where its result goes."""
-
-    __slots__ = ("fn", "future", "loop", "write")
-
-    def __init__(
-        self,
-        fn: Callable[[sqlite3.Connection], Any],
-        write: bool,
-        future: asyncio.Future[Any],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.fn = fn
-        self.write = write
-        self.future = future
-        self.loop = loop
-
-
-_Outcome = tuple["asyncio.Future[Any]", bool, Any]
-"""A job's future, whether it succeeded, and its result or exception."""
-
-
-def _deliver(outcomes: Sequence[_Outcome]) -> None:
-    """On the caller's loop: settle the futures of a batch (skipping cancelled ones)."""
-    for future, ok, value in outcomes:
-        if future.done():
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-
 class SQLiteStore:
     """A :class:`~firecron.store.base.Store` in one SQLite file.
 
@@ -151,11 +99,7 @@ class SQLiteStore:
     def __init__(
         self, path: str | os.PathLike[str], *, namespace: str = "firecron", create: bool = True
     ) -> None:
-        if not _NAMESPACE.match(namespace):
-            raise InvalidInputError(
-                f"invalid namespace {namespace!r}: use a lowercase letter then up to 40 "
-                "lowercase letters, digits or '_'"
-            )
+        check_namespace(namespace)
         self.namespace = namespace
         self.stats = StoreStats()
         self._path = Path(path)
@@ -163,14 +107,9 @@ class SQLiteStore:
         self._url = f"sqlite:///{os.fspath(path)}"
         self._schedules = f"{namespace}_schedules"
         self._runs = f"{namespace}_runs"
-        # The store's one thread (started on the first call) owns the connection; the
-        # lock only orders it against close().
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
-        self._pending: list[_Job] = []
-        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._batcher = Batcher(
+            self._connect, url=self._url, name=f"firecron-sqlite-{namespace}", stats=self.stats
+        )
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self._url!r}, namespace={self.namespace!r})"
@@ -178,137 +117,11 @@ class SQLiteStore:
     # -- plumbing -----------------------------------------------------------------
 
     async def _call(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
-        """Run ``fn(connection)`` on the store's thread and return its result.
-
-        ``write=True``: ``fn`` runs inside the batch's ``BEGIN IMMEDIATE`` transaction,
-        within its own savepoint; raising :class:`_Abort` (or anything else) rolls back
-        only ``fn``'s changes. The result is delivered once the batch has committed;
-        if the commit fails, every call of the batch gets the :class:`StoreError`.
-        sqlite3 errors become :class:`StoreError`.
-        """
-        if self._closed:
-            raise StoreError(f"store {self._url} is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Job(fn, write, future, loop))
-        if len(self._pending) == 1:
-            # Hand over everything submitted during this loop iteration at once: one
-            # queue put and one thread wake-up for the whole batch.
-            loop.call_soon(self._flush)
-        result: _T = await future
-        return result
-
-    def _flush(self) -> None:
-        jobs, self._pending = self._pending, []
-        if not jobs:
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._serve, name=f"firecron-sqlite-{self.namespace}", daemon=True
-            )
-            self._thread.start()
-        self._queue.put(jobs)
-
-    def _serve(self) -> None:
-        """The store's thread: runs batches of calls in order and sends results back."""
-        while True:
-            jobs = self._queue.get()
-            if jobs is None:
-                return
-            # Whatever else is already waiting joins this batch (one transaction).
-            while len(jobs) < _MAX_BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                jobs.extend(more)
-            results = self._run_batch(jobs)
-            by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
-            for job, outcome in zip(jobs, results, strict=True):
-                by_loop.setdefault(job.loop, []).append((job.future, *outcome))
-            for loop, outcomes in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                    loop.call_soon_threadsafe(_deliver, outcomes)
-
-    def _run_batch(self, jobs: Sequence[_Job]) -> list[tuple[bool, Any]]:
-        """Run ``jobs`` in order; writes together in one transaction, one savepoint each."""
-        with self._lock:
-            try:
-                conn = self._connect()
-            except StoreError as exc:
-                return [(False, exc)] * len(jobs)
-            # A caller that was cancelled before its turn does not get its call run
-            # (best effort, as with a thread pool job that has not started).
-            live = [not job.future.cancelled() for job in jobs]
-            writes = sum(1 for job, ok in zip(jobs, live, strict=True) if ok and job.write)
-            written_before = self.stats.writes
-            try:
-                if writes:
-                    conn.execute("BEGIN IMMEDIATE")
-                results: list[tuple[bool, Any]] = []
-                for job, ok in zip(jobs, live, strict=True):
-                    if not ok:
-                        results.append((False, asyncio.CancelledError()))
-                    elif job.write:
-                        results.append(self._run_write(conn, job.fn))
-                    else:
-                        results.append(self._run_read(conn, job.fn))
-                if writes:
-                    conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                # BEGIN, a savepoint or COMMIT failed: nothing of the batch is kept.
-                self._rollback(conn)
-                self.stats.writes = written_before
-                error = StoreError(f"store {self._url}: {exc}")
-                return [(False, error)] * len(jobs)
-            return results
-
-    def _run_read(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        try:
-            return (True, fn(conn))
-        except sqlite3.Error as exc:
-            return (False, StoreError(f"store {self._url}: {exc}"))
-        except Exception as exc:
-            return (False, exc)
-
-    def _run_write(
-        self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]
-    ) -> tuple[bool, Any]:
-        conn.execute("SAVEPOINT call")
-        written_before = self.stats.writes
-        try:
-            value = fn(conn)
-        except _Abort as abort:
-            outcome: tuple[bool, Any] = (True, abort.value)
-        except sqlite3.Error as exc:
-            outcome = (False, StoreError(f"store {self._url}: {exc}"))
-        except Exception as exc:
-            outcome = (False, exc)
-        else:
-            conn.execute("RELEASE call")
-            return (True, value)
-        # Undo only this call's changes; the rest of the batch goes on.
-        self.stats.writes = written_before
-        conn.execute("ROLLBACK TO call")
-        conn.execute("RELEASE call")
-        return outcome
-
-    @staticmethod
-    def _rollback(conn: sqlite3.Connection) -> None:
-        # Leave no transaction open whatever went wrong, so the next call starts clean.
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.rollback()
+        """Run ``fn(connection)`` on the store's thread: see :meth:`Batcher.call`."""
+        return await self._batcher.call(fn, write=write)
 
     def _connect(self) -> sqlite3.Connection:
-        """The connection, opened and migrated on first use. Caller holds the lock."""
-        if self._closed:
-            raise StoreError(f"store {self._url} is closed")
-        if self._conn is not None:
-            return self._conn
+        """Open the connection and migrate the schema (the batcher's ``connect``)."""
         conn: sqlite3.Connection | None = None
         try:
             if self._create:
@@ -324,7 +137,7 @@ class SQLiteStore:
                 target,
                 timeout=_BUSY_TIMEOUT_S,
                 isolation_level=None,
-                check_same_thread=False,  # used from worker threads, serialised by _lock
+                check_same_thread=False,  # closed from another thread, under the batcher's lock
                 uri=not self._create,
             )
             # busy_timeout first: switching to WAL needs a lock another opener may hold.
@@ -341,7 +154,6 @@ class SQLiteStore:
             if isinstance(exc, OSError) and exc.strerror:
                 reason = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
             raise StoreError(f"cannot open store {self._url}: {reason}") from exc
-        self._conn = conn
         return conn
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
@@ -661,7 +473,7 @@ class SQLiteStore:
             if cursor.rowcount == 0:
                 return False
             if rows and not self._insert_runs(conn, rows):
-                raise _Abort(False)  # a run exists: undo the schedule update too
+                raise Abort(False)  # a run exists: undo the schedule update too
             self.stats.writes += 1 + len(rows)
             return True
 
@@ -738,8 +550,7 @@ class SQLiteStore:
         unknown field, hold an invalid value or try to change the run's ``id``.
         """
         allowed = {RunState(state).value for state in expect_states}
-        if "id" in changes and changes["id"] != run_id:
-            raise InvalidInputError(f"update_run cannot change the id of run {run_id!r}")
+        check_run_changes(run_id, changes)
         if current is not None:
             return await self._update_known(run_id, current, changes)
 
@@ -757,7 +568,7 @@ class SQLiteStore:
                 getattr(stored, k) != v for k, v in (expect or {}).items()
             ):
                 return None
-            updated = _merged(run_id, stored, changes)
+            updated = merge_run(run_id, stored, changes)
             conn.execute(
                 f"UPDATE {self._runs} SET schedule_id = ?, state = ?, created_at = ?,"
                 " watch_at = ?, data = ?, version = version + 1 WHERE id = ?",
@@ -777,7 +588,7 @@ class SQLiteStore:
             raise InvalidInputError(f"update_run {run_id!r}: 'current' carries no version")
         # The caller vouches for the conditions on ``current`` (see Store.update_run), so
         # the merged record is built from it, validated and encoded before the hop.
-        updated = _merged(run_id, current, changes)
+        updated = merge_run(run_id, current, changes)
         values = self._run_values(updated)
         version = _parse_version(current.version)
         if version is None:
@@ -857,34 +668,7 @@ class SQLiteStore:
 
     async def close(self) -> None:
         """See :meth:`Store.close`. Idempotent; the calls already submitted run first."""
-        self._flush()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            await asyncio.to_thread(thread.join)
-        await asyncio.to_thread(self._close_sync)
-
-    def _close_sync(self) -> None:
-        with self._lock:
-            self._closed = True
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                try:
-                    conn.close()
-                except sqlite3.Error as exc:
-                    raise StoreError(f"store {self._url}: {exc}") from exc
-
-
-def _merged(run_id: str, base: Run, changes: Mapping[str, Any]) -> Run:
-    """``base`` with ``changes`` applied, validated as a whole (no version set).
-
-    ``model_copy(update=...)`` would not validate, so a bad value or an unknown field
-    would be stored; this raises :class:`InvalidInputError` instead.
-    """
-    try:
-        return Run.model_validate({**base.model_dump(), **changes})
-    except ValidationError as exc:
-        raise InvalidInputError(f"invalid changes to run {run_id!r}: {_first_line(exc)}") from exc
+        await self._batcher.close()
 
 
 def _first_line(exc: BaseException) -> str:
