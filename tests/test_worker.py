@@ -158,17 +158,20 @@ def test_package_exports_the_sdk() -> None:
     assert firecron.RunContext is sys.modules["firecron.worker"].RunContext
 
 
-def test_decorator_marks_and_keeps_the_name() -> None:
+def test_decorator_registers_and_keeps_the_name() -> None:
     import firecron
+    from firecron.worker import declared_in
 
     def job(ctx: firecron.RunContext) -> None:
         return None
 
     bare = firecron.worker(job)
     configured = firecron.worker(heartbeat_interval=timedelta(seconds=5))(job)
-    for handler in (bare, configured):
+    declared = declared_in(sys.modules[__name__])
+    for handler, interval in ((bare, timedelta(seconds=15)), (configured, timedelta(seconds=5))):
         assert handler.__name__ == "job"
-        assert getattr(handler, "__firecron_worker__", False)
+        [entry] = [d for d in declared if d.handler is handler]
+        assert (entry.name, entry.heartbeat_interval) == ("job", interval)
     for bad in (timedelta(0), timedelta(seconds=-1), timedelta(seconds=31)):
         with pytest.raises(ValueError, match="heartbeat_interval"):
             firecron.worker(heartbeat_interval=bad)

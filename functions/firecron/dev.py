@@ -60,6 +60,7 @@ from firecron.dispatch import Dispatcher
 from firecron.errors import InvalidInputError
 from firecron.settings import Settings
 from firecron.store import Store, open_store
+from firecron.worker import declared_in
 
 __all__ = ["DevStack", "default_source", "find_workers"]
 
@@ -125,11 +126,10 @@ def find_workers(source: Path) -> list[str]:
     if not source.is_file():
         raise InvalidInputError(f"{source}: no such file (pass --source functions/main.py)")
     module = _load(source)
-    return sorted(
-        name
-        for name, value in vars(module).items()
-        if callable(value) and getattr(value, "__firecron_worker__", False)
-    )
+    # The names the module binds to its declared workers: functions-framework serves
+    # a target by looking that name up in the module.
+    handlers = [declared.handler for declared in declared_in(module)]
+    return sorted(name for name, value in vars(module).items() if any(value is h for h in handlers))
 
 
 def _workers_app(source: Path, names: list[str]) -> Any:

@@ -1,0 +1,567 @@
+"""One run attempt: start it, call the function once, heartbeat, record the end.
+
+Every write is a transition from :mod:`firecron.core.lifecycle`, applied with the
+store's compare-and-set, and announced to the :data:`on_change` hooks. Nothing here
+knows HTTP: :mod:`firecron.worker._http` turns what :func:`_begin` returns into an
+answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from firecron import outbox
+from firecron.core import lifecycle
+from firecron.core.lifecycle import Change
+from firecron.core.models import JsonValue
+from firecron.core.runs import Run, RunState, RunTrigger
+from firecron.worker._runtime import _Runtime
+from firecron.worker._text import _describe, _one_line
+
+MAX_OUTPUT_BYTES: Final = 64 * 1024
+"""Largest return value, as compact UTF-8 JSON, that is stored as the run's output."""
+
+_MAX_ID_CHARS: Final = 1500
+_MAX_ATTEMPT: Final = 1_000_000
+# The final write is retried a little: losing it costs a whole attempt (the watchdog
+# would declare the run lost after heartbeat_timeout and run it again).
+_END_WRITE_TRIES: Final = 3
+_END_WRITE_BACKOFF_S: Final = 0.5
+_CAS_TRIES: Final = 8
+"""Refresh-and-retry rounds of one transition against concurrent watchdog writes."""
+
+_log = logging.getLogger("firecron.worker")
+
+ChangeHook = Callable[[Run, Change, Run], None]
+"""``hook(run_before, change, run_after)``: see :data:`on_change`."""
+
+on_change: list[ChangeHook] = []
+"""Hooks called after every change the SDK applies to a run (start, heartbeats, end).
+
+Each hook gets the run as it was, the applied :class:`~firecron.core.lifecycle.Change`
+(``change.event`` names it, e.g. ``run.started``, ``run.succeeded``; heartbeats have
+none) and the run as written. This is the seam for run events (pipelines, chaining).
+Hooks run synchronously in the thread that made the write (the request thread or the
+heartbeat thread) while that run's writes are serialised, in write order: they must be
+quick and must not call back into the SDK for the same run. An exception in a hook is
+logged and ignored; it never changes the run.
+"""
+
+
+class RunContext:
+    """What a worker function is told about the run attempt it executes.
+
+    Built by the SDK for each execution. It can also be built directly, for unit tests
+    of a worker function: then :meth:`heartbeat` does nothing and :attr:`cancelled`
+    stays False.
+    """
+
+    __slots__ = (
+        "_execution",
+        "attempt",
+        "params",
+        "run_id",
+        "schedule_id",
+        "scheduled_for",
+        "trigger",
+    )
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        schedule_id: str,
+        scheduled_for: datetime,
+        attempt: int = 1,
+        params: Mapping[str, JsonValue] | None = None,
+        trigger: RunTrigger = RunTrigger.schedule,
+    ) -> None:
+        self.run_id = run_id
+        """The run's id (deterministic for scheduled runs)."""
+        self.schedule_id = schedule_id
+        """The schedule the run belongs to."""
+        self.scheduled_for = scheduled_for
+        """Nominal occurrence time, timezone-aware (jitter not included)."""
+        self.attempt = attempt
+        """This attempt's number, 1 for the first try."""
+        self.params: dict[str, JsonValue] = dict(params or {})
+        """The schedule's (or the manual trigger's) parameters."""
+        self.trigger = trigger
+        """Why this attempt was sent (``retry`` for every attempt after the first)."""
+        self._execution: _Execution | None = None
+
+    def heartbeat(self) -> None:
+        """Send a heartbeat now, in this thread (the SDK also sends them periodically).
+
+        Useful before and after a long blocking call. Never raises: a failed heartbeat
+        is logged, and the periodic thread keeps trying. Updates :attr:`cancelled`.
+        """
+        if self._execution is not None:
+            self._execution.beat()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run should stop: the watchdog asked (``cancel_requested``,
+        seen in a heartbeat reply) or the run no longer belongs to this attempt.
+
+        Long workers poll it and return early. What they return is still recorded if
+        the run is still theirs; after a timeout the attempt ends ``timed_out`` (and
+        may be retried) whatever they return.
+        """
+        return self._execution is not None and self._execution.cancelled.is_set()
+
+    def __repr__(self) -> str:
+        # params are left out on purpose: they may hold secrets and reprs end up in logs.
+        return (
+            f"RunContext(run_id={self.run_id!r}, schedule_id={self.schedule_id!r}, "
+            f"scheduled_for={self.scheduled_for.isoformat()!r}, attempt={self.attempt}, "
+            f"trigger={self.trigger.value!r})"
+        )
+
+
+WorkerFunction = Callable[[RunContext], object]
+"""What ``@worker`` decorates: ``fn(ctx)`` returning a JSON-serialisable value."""
+
+
+class _Delivery(BaseModel):
+    """The dispatch body (see ``transport.sender.dispatch_body``).
+
+    Bounded so that nothing read from it can overflow later: ids fit a store key (a
+    Firestore document id is at most 1,500 bytes) and ``attempt`` is far above any
+    retry policy (at most 100 attempts).
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    run_id: str = Field(min_length=1, max_length=_MAX_ID_CHARS)
+    schedule_id: str = Field(min_length=1, max_length=_MAX_ID_CHARS)
+    scheduled_for: AwareDatetime
+    attempt: int = Field(ge=1, le=_MAX_ATTEMPT, strict=True)
+    trigger: RunTrigger
+    params: dict[str, JsonValue]
+
+
+# --- start ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Unknown:
+    """No run has the delivery's ``run_id``: nothing runs."""
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """The body's ``field`` disagrees with the stored ``run``: nothing runs, nothing is written."""
+
+    run: Run
+    field: str
+
+
+@dataclass(frozen=True)
+class _Duplicate:
+    """Acknowledged, not executed: an earlier attempt, a run past starting, or a lost start race."""
+
+    run: Run
+
+
+def _sent_trigger(run: Run, attempt: int) -> RunTrigger:
+    """The ``trigger`` a dispatch of ``attempt`` of ``run`` carries (see ``dispatch_body``)."""
+    return RunTrigger.retry if attempt > 1 else run.trigger
+
+
+def _canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _disagreement(run: Run, delivery: _Delivery) -> str | None:
+    """The first body field that disagrees with the stored run, or None when all agree.
+
+    Params are compared as canonical JSON, so ``1`` and ``true`` differ (Python's
+    ``==`` would not tell them apart), while key order does not matter.
+    """
+    if delivery.schedule_id != run.schedule_id:
+        return "schedule_id"
+    if delivery.scheduled_for != run.scheduled_for:
+        return "scheduled_for"
+    # An earlier attempt is a late or repeated delivery; a later one was never sent.
+    if delivery.attempt > run.attempt:
+        return "attempt"
+    if delivery.trigger is not _sent_trigger(run, delivery.attempt):
+        return "trigger"
+    if _canonical(delivery.params) != _canonical(run.params):
+        return "params"
+    return None
+
+
+def _begin(
+    runtime: _Runtime, fn: WorkerFunction, interval: timedelta, delivery: _Delivery
+) -> _Execution | _Unknown | _Refused | _Duplicate:
+    """Check ``delivery`` against the stored run and start it (steps 4 to 6 of the
+    package docstring).
+
+    Returns the started :class:`_Execution`, whose function has not run yet, or why
+    nothing runs. Store failures raise :class:`~firecron.errors.StoreError`.
+    """
+    store = runtime.store
+    run = runtime.call(store.get_run(delivery.run_id))
+    if run is None:
+        return _Unknown()
+    field = _disagreement(run, delivery)
+    if field is not None:
+        _log.warning(
+            "firecron worker: refused a delivery of run %s: its %s differs from the stored run",
+            run.id,
+            field,
+        )
+        return _Refused(run, field)
+    if run.attempt != delivery.attempt or run.state not in (RunState.pending, RunState.dispatched):
+        return _Duplicate(run)
+    change = lifecycle.start(run, runtime.now(), runtime.timeouts)
+    # Compare-and-set on the version just read: of two deliveries of this attempt,
+    # exactly one starts it. `start` expects pending|dispatched, checked above.
+    started = runtime.call(store.update_run(run.id, change.expect, change.changes, current=run))
+    if started is None:
+        again = runtime.call(store.get_run(run.id))
+        return _Duplicate(again or run)
+    # Everything the function is told comes from the stored record: the body only
+    # names the run, and was checked against it above.
+    ctx = RunContext(
+        run_id=started.id,
+        schedule_id=started.schedule_id,
+        scheduled_for=started.scheduled_for,
+        attempt=started.attempt,
+        params=started.params,
+        trigger=_sent_trigger(started, started.attempt),
+    )
+    execution = _Execution(runtime, fn, ctx, started, interval)
+    # Events already in the record before this start were emitted by their writers.
+    execution.known = {e.id for e in run.events}
+    _notify(run, change, started)
+    return execution
+
+
+def _notify(before: Run, change: Change, after: Run) -> None:
+    for hook in list(on_change):
+        try:
+            hook(before, change, after)
+        except Exception:
+            _log.exception("firecron worker: on_change hook %r failed on run %s", hook, after.id)
+
+
+def _line(payload: Mapping[str, Any]) -> bytes:
+    return (json.dumps(payload, separators=(",", ":")) + "\n").encode()
+
+
+# --- the end ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """How the function ended: an output to store, or an error."""
+
+    output: JsonValue = None
+    error: str | None = None
+    retry: bool = True
+
+
+def _encode_output(value: object) -> _Outcome:
+    """Check the return value: JSON, at most ``MAX_OUTPUT_BYTES``; a failure otherwise."""
+    try:
+        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return _Outcome(error=_describe_output(exc), retry=False)
+    size = len(encoded.encode())
+    if size > MAX_OUTPUT_BYTES:
+        return _Outcome(
+            error=(
+                f"output too large: {size:,} bytes of JSON, the limit is "
+                f"{MAX_OUTPUT_BYTES:,} (64 KiB); store large results elsewhere and return a reference"
+            ),
+            retry=False,
+        )
+    # Round-trip so that only plain JSON types (no tuples, no int keys) reach the store.
+    output: JsonValue = json.loads(encoded)
+    return _Outcome(output=output)
+
+
+def _describe_output(exc: BaseException) -> str:
+    return _one_line(f"output is not JSON-serialisable: {_describe(exc)}")
+
+
+def _written(run: Run, change: Change) -> Run | None:
+    """The record that applying ``change`` to ``run`` stores (version aside), or None
+    when it cannot be computed (the store would have refused the write anyway)."""
+    try:
+        return Run.model_validate({**run.model_dump(), **change.changes})
+    except ValidationError:
+        return None
+
+
+class _Execution:
+    """One started attempt: runs the function once, heartbeats, records the end.
+
+    ``lock`` serialises this run's store writes between the request thread and the
+    heartbeat thread, and ``run`` is the record as last written by us, from which the
+    next transition is computed.
+    """
+
+    def __init__(
+        self,
+        runtime: _Runtime,
+        fn: WorkerFunction,
+        ctx: RunContext,
+        run: Run,
+        interval: timedelta,
+    ) -> None:
+        self.runtime = runtime
+        self.fn = fn
+        self.ctx = ctx
+        self.run = run
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.cancelled = threading.Event()
+        self.ended = threading.Event()
+        """Set when the function has returned: no heartbeat is sent after it."""
+        self.orphaned = False
+        """True once a write found the run no longer this attempt's (or not running)."""
+        self.known: set[str] = set()
+        """Ids of this run's events already logged and offered to their sinks."""
+        self.final: dict[str, Any] | None = None
+        self._ran = False
+        self._ran_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        ctx._execution = self
+        if run.cancel_requested:
+            self.cancelled.set()
+
+    # heartbeats
+
+    def _start_heartbeats(self) -> None:
+        self._thread = threading.Thread(
+            target=self._beat_loop, name=f"firecron-heartbeat-{self.run.id}", daemon=True
+        )
+        self._thread.start()
+
+    def _beat_loop(self) -> None:
+        while not self.ended.wait(self.interval.total_seconds()):
+            if self.orphaned:
+                return
+            self.beat()
+
+    def beat(self) -> None:
+        """One heartbeat; never raises (a failure is logged and the next one retries)."""
+        with self.lock:
+            if self.ended.is_set() or self.orphaned:
+                return
+            now = self.runtime.now()
+            try:
+                before, change, after, _ = self._transition(
+                    lambda r: lifecycle.heartbeat(r, now, self.runtime.timeouts)
+                )
+            except Exception as exc:
+                # A store outage must not end the heartbeats: the next one retries.
+                _log.warning(
+                    "firecron worker: heartbeat of run %s failed: %s", self.run.id, _describe(exc)
+                )
+                return
+            if after is None:
+                # Timed out, lost or retried by the watchdog: the work is no longer ours.
+                self.orphaned = True
+                self.cancelled.set()
+                _log.warning(
+                    "firecron worker: run %s attempt %d is no longer running here; cancelling",
+                    before.id,
+                    before.attempt,
+                )
+                return
+            self.run = after
+            if after.cancel_requested:
+                self.cancelled.set()
+            _notify(before, change, after)
+
+    # execution
+
+    def stream(self) -> Iterator[bytes]:
+        """The response body: the started line at once, the final line after the end."""
+        yield _line({"run_id": self.run.id, "state": RunState.running.value})
+        final = self.run_once()
+        yield _line(final)
+
+    def run_once(self) -> dict[str, Any]:
+        """Run the function and record its end, the first time only; the final line."""
+        with self._ran_lock:
+            if self._ran:
+                return self.final or {"run_id": self.run.id, "state": None}
+            self._ran = True
+        # The start's event goes out after the 202 (a slow sink must not delay the ack)
+        # and before the work (so it precedes the end's).
+        self._emit()
+        # Heartbeats start with the work, not with the start write: if the stream were
+        # never run, the watchdog must see this attempt go silent and retry it.
+        self._start_heartbeats()
+        try:
+            outcome = self._call()
+        finally:
+            # Stop heartbeats before the end is written; a beat in flight finishes first
+            # (the end write below takes the same lock).
+            self.ended.set()
+        self.final = self._record(outcome)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._emit()
+        return self.final
+
+    def _emit(self) -> None:
+        """Log this run's new events and try their deliveries once (bounded; never raises)."""
+        try:
+            self.run = self.runtime.call(
+                outbox.emit(
+                    self.runtime.store,
+                    self.runtime.notifier,
+                    self.run,
+                    self.known,
+                    self.runtime.now(),
+                )
+            )
+        except Exception as exc:
+            # Recorded already: the watchdog retries what was not delivered.
+            _log.warning("firecron worker: events of run %s: %s", self.run.id, _describe(exc))
+
+    def _call(self) -> _Outcome:
+        try:
+            value = self.fn(self.ctx)
+        except Exception as exc:
+            _log.error(
+                "firecron worker: run %s attempt %d raised",
+                self.ctx.run_id,
+                self.ctx.attempt,
+                exc_info=exc,
+            )
+            return _Outcome(error=_describe(exc))
+        except BaseException as exc:
+            # SystemExit and friends: record the failure, then let them do their job.
+            _log.error(
+                "firecron worker: run %s attempt %d exited",
+                self.ctx.run_id,
+                self.ctx.attempt,
+                exc_info=exc,
+            )
+            self.ended.set()
+            self._record(_Outcome(error=_describe(exc)))
+            raise
+        return _encode_output(value)
+
+    def _record(self, outcome: _Outcome) -> dict[str, Any]:
+        """Write the end (a lifecycle transition) and describe it as the final line."""
+        with self.lock:
+            now = self.runtime.now()
+
+            def end(run: Run) -> Change:
+                # After a timeout this records `timed_out`: the acknowledgement of the
+                # cancel request that the watchdog's retry waits for.
+                return lifecycle.finish(
+                    run,
+                    now,
+                    self.runtime.timeouts,
+                    output=outcome.output,
+                    error=outcome.error,
+                    retry=outcome.retry,
+                )
+
+            before, change, after, seen = self._write_end(end)
+            if after is not None:
+                self.run = after
+                _notify(before, change, after)
+                return {"run_id": before.id, "state": after.state.value, "recorded": True}
+        state = seen.state.value if seen is not None else None
+        _log.warning(
+            "firecron worker: the end of run %s attempt %d was not recorded (the run is %s)",
+            before.id,
+            before.attempt,
+            state or "unreadable",
+        )
+        return {"run_id": before.id, "state": state, "recorded": False}
+
+    def _transition(
+        self,
+        make: Callable[[Run], Change],
+        sent: list[tuple[Run, Change, Run]] | None = None,
+    ) -> tuple[Run, Change, Run | None, Run | None]:
+        """Apply ``make(run)`` by version compare-and-set, refreshing on a concurrent write.
+
+        The watchdog may write the run meanwhile (an SLA breach, event deliveries): then
+        the run is re-read and, if it is still this attempt in an expected state, the
+        change is recomputed from the fresh record, so nothing it wrote is overwritten.
+        A run that has moved on to another attempt is never written: every write is a
+        compare-and-set on a version of this attempt's record, so a stale attempt (one
+        the watchdog declared lost and retried while its instance was frozen) can
+        neither extend the new attempt's deadline nor record its output, error or state.
+
+        ``sent`` collects ``(run, change, record it stores)`` for every write sent, and
+        is read too: a write whose call raised may still have committed, and a later
+        compare-and-set then loses to it. A re-read record equal to one of those (the
+        version token aside) is that write's result and counts as applied.
+
+        Returns ``(run the change was computed from, change, recorded run or None, the
+        run as last seen: recorded, re-read, or None when it could not be read)``.
+        """
+        sent = [] if sent is None else sent
+        run = self.run
+        change = make(run)
+        for _ in range(_CAS_TRIES):
+            written = _written(run, change)
+            if written is not None:
+                sent.append((run, change, written))
+            after = self.runtime.call(
+                self.runtime.store.update_run(run.id, change.expect, change.changes, current=run)
+            )
+            if after is not None:
+                return run, change, after, after
+            fresh = self.runtime.call(self.runtime.store.get_run(run.id))
+            for sent_run, sent_change, stored in sent:
+                if fresh == stored:
+                    return sent_run, sent_change, fresh, fresh
+            if fresh is None or fresh.attempt != run.attempt or fresh.state not in change.expect:
+                return run, change, None, fresh
+            run = fresh
+            change = make(run)
+        return run, change, None, run
+
+    def _write_end(
+        self, make: Callable[[Run], Change]
+    ) -> tuple[Run, Change, Run | None, Run | None]:
+        """:meth:`_transition`, tried :data:`_END_WRITE_TRIES` times while the store
+        fails; a try that raised after its write committed is recognised by the next."""
+        before, change = self.run, make(self.run)
+        sent: list[tuple[Run, Change, Run]] = []
+        for attempt in range(1, _END_WRITE_TRIES + 1):
+            try:
+                return self._transition(make, sent)
+            except Exception as exc:
+                _log.warning(
+                    "firecron worker: recording the end of run %s failed (try %d/%d): %s",
+                    before.id,
+                    attempt,
+                    _END_WRITE_TRIES,
+                    _describe(exc),
+                )
+                if attempt < _END_WRITE_TRIES:
+                    time.sleep(_END_WRITE_BACKOFF_S * attempt)
+        return before, change, None, self._read_quietly(before.id)
+
+    def _read_quietly(self, run_id: str) -> Run | None:
+        """The stored run, or None when it cannot be read (logged)."""
+        try:
+            return self.runtime.call(self.runtime.store.get_run(run_id))
+        except Exception as exc:
+            _log.warning("firecron worker: cannot re-read run %s: %s", run_id, _describe(exc))
+            return None
