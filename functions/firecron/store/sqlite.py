@@ -24,10 +24,10 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
@@ -42,7 +42,6 @@ from firecron.store.base import ScheduleWrite, StoreStats, check_distinct
 
 __all__ = ["SQLiteStore"]
 
-_T = TypeVar("_T")
 _RunValues = tuple[str, str, int, int | None, str]
 """A run's columns after its id: schedule_id, state, created_at, watch_at, data."""
 _RunRow = tuple[str, str, str, int, int | None, str]
@@ -110,15 +109,14 @@ class SQLiteStore:
         self._batcher = Batcher(
             self._connect, url=self._url, name=f"firecron-sqlite-{namespace}", stats=self.stats
         )
+        # Every call runs ``fn(connection)`` on the store's thread (see Batcher.call);
+        # bound once, as calling through a method of ours would add a coroutine per call.
+        self._call = self._batcher.call
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self._url!r}, namespace={self.namespace!r})"
 
     # -- plumbing -----------------------------------------------------------------
-
-    async def _call(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
-        """Run ``fn(connection)`` on the store's thread: see :meth:`Batcher.call`."""
-        return await self._batcher.call(fn, write=write)
 
     def _connect(self) -> sqlite3.Connection:
         """Open the connection and migrate the schema (the batcher's ``connect``)."""
