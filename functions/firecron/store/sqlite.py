@@ -13,7 +13,7 @@ Implements :class:`firecron.store.base.Store` with the standard library's ``sqli
   SQLite's lock and each compare-and-set is decided inside its transaction.
 - Rows: ``{namespace}_schedules(id, spec, state, next_fire_at, version)`` and
   ``{namespace}_runs(id, schedule_id, state, created_at, watch_at, data)``. ``spec``,
-  ``state`` and ``data`` are JSON records (``_codec.to_record``, datetimes as ISO 8601);
+  ``state`` and ``data`` are JSON records (``_codec.to_json``, datetimes as ISO 8601);
   the indexed time columns are integer epoch microseconds. ``next_fire_at`` and
   ``watch_at`` have partial indexes, so idle schedules and terminal runs cost nothing.
 - ``version`` is an integer, exposed as its decimal string.
