@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ from _factories import make_run
 from _poll import poll, wait_run
 from _workers import TEST_SOURCE, WorkerProcess, serve_worker, serve_workers, worker_env
 from firecron.core import lifecycle
+from firecron.core.lifecycle import Change
 from firecron.core.models import RetryPolicy, Target
 from firecron.core.runs import Run, RunState, RunTrigger
 from firecron.dispatch import Dispatcher
@@ -706,3 +707,172 @@ def test_a_failed_heartbeat_never_stops_the_heartbeats(tmp_path: Path) -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+# --- the registry of declared workers ----------------------------------------------
+
+
+def test_a_source_executed_again_declares_only_its_new_workers(tmp_path: Path) -> None:
+    """``firecron dev`` executes the source again on every change: the registry then
+    answers for the new execution only, with no entries left from the earlier one."""
+    from firecron.dev import _load, find_workers
+    from firecron.worker import declared_in
+
+    source = tmp_path / "main.py"
+    declare = "@firecron.worker\ndef {0}(ctx: firecron.RunContext) -> None:\n    return None\n"
+    source.write_text("import firecron\n" + declare.format("a") + declare.format("b"))
+    first = _load(source)
+    assert [d.name for d in declared_in(first)] == ["a", "b"]
+    source.write_text("import firecron\n" + declare.format("b") + "alias = b\n")
+    second = _load(source)
+    assert [d.name for d in declared_in(second)] == ["b"]
+    assert declared_in(first) == []  # an earlier execution is never served
+    # dev serves the names the module binds to its workers.
+    assert find_workers(source) == ["alias", "b"]
+    source.write_text("import firecron\n")
+    assert find_workers(source) == []
+
+
+# --- recording the end, in process --------------------------------------------------
+
+
+@dataclass
+class _InProcess:
+    """A SQLite store on a loop thread, and a started attempt-1 run of ``sleepy``."""
+
+    db: SQLiteStore
+    loop: asyncio.AbstractEventLoop
+    started: Run
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+
+@pytest.fixture
+def in_process(tmp_path: Path) -> Iterator[_InProcess]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def open_db() -> SQLiteStore:
+        return SQLiteStore(tmp_path / "end.db")
+
+    def call(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+    db: SQLiteStore = call(open_db())
+    try:
+        run = call(db.create_run(make_run("end", target=Target(function="sleepy"))))
+        change = lifecycle.start(run, _now(), lifecycle.RunTimeouts())
+        started = call(db.update_run(run.id, change.expect, change.changes, current=run))
+        yield _InProcess(db, loop, started)
+    finally:
+        call(db.close())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+class _EndInterference:
+    """A real store that, on the worker's end write (a change of state), first lets
+    ``before_end`` run and then, once, commits the write and raises anyway.
+
+    Another writer ending the run at the same instant, and a write that commits but
+    reports an error, are faults the real backends cannot produce on demand.
+    """
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self.before_end: Callable[[], Awaitable[object]] | None = None
+        self.raise_after_commit = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def update_run(self, *args: Any, **kwargs: Any) -> Run | None:
+        ending = "state" in args[2]
+        if ending and self.before_end is not None:
+            before_end, self.before_end = self.before_end, None
+            await before_end()
+        written = await self._store.update_run(*args, **kwargs)
+        if ending and self.raise_after_commit:
+            self.raise_after_commit = False
+            raise StoreError("connection reset after the commit")
+        return written
+
+
+def _execution_on(env: _InProcess, store: _EndInterference) -> Any:
+    """An execution of ``env.started`` on ``store``, stamping at a fixed clock."""
+    from firecron.outbox import Deliverer
+    from firecron.store.base import Store
+    from firecron.worker import RunContext, _Execution, _Runtime
+
+    fixed = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
+    runtime = _Runtime(
+        Settings(), cast(Store, store), env.loop, os.getpid(), cast(Deliverer, None), lambda: fixed
+    )
+    run = env.started
+    ctx = RunContext(run_id=run.id, schedule_id=run.schedule_id, scheduled_for=run.scheduled_for)
+    execution = _Execution(runtime, lambda c: None, ctx, run, timedelta(seconds=1))
+    return runtime, execution
+
+
+def test_an_end_written_by_another_writer_is_not_taken_for_ours(in_process: _InProcess) -> None:
+    """The worker's end loses its compare-and-set to another writer that ended the run
+    with the same state at the same instant: the worker reports it did not record the
+    end (and announces nothing), whatever the timestamps say."""
+    from firecron.worker import _encode_output, on_change
+
+    env = in_process
+    store = _EndInterference(env.db)
+    announced: list[Change] = []
+    runtime, execution = _execution_on(env, store)
+    now = runtime.now()
+
+    async def someone_else_ends_it() -> object:
+        return await env.db.update_run(
+            env.started.id,
+            [RunState.running],
+            {"state": RunState.succeeded, "output": "theirs", "ended_at": now, "updated_at": now},
+        )
+
+    store.before_end = someone_else_ends_it
+
+    def hook(before: Run, change: Change, after: Run) -> None:
+        announced.append(change)
+
+    on_change.append(hook)
+    try:
+        final = execution._record(_encode_output("mine"))
+    finally:
+        on_change.remove(hook)
+    assert final == {"run_id": env.started.id, "state": "succeeded", "recorded": False}
+    assert announced == []
+    stored = env.call(env.db.get_run(env.started.id))
+    assert stored.output == "theirs"
+
+
+def test_an_end_that_committed_before_its_error_is_recorded(in_process: _InProcess) -> None:
+    """A write that commits and then fails (a reset after the commit) is recognised by
+    the retry as this attempt's own end: recorded, and announced once."""
+    from firecron.worker import _encode_output, on_change
+
+    env = in_process
+    store = _EndInterference(env.db)
+    store.raise_after_commit = True
+    announced: list[Change] = []
+    _, execution = _execution_on(env, store)
+
+    def hook(before: Run, change: Change, after: Run) -> None:
+        announced.append(change)
+
+    on_change.append(hook)
+    try:
+        final = execution._record(_encode_output("mine"))
+    finally:
+        on_change.remove(hook)
+    assert final == {"run_id": env.started.id, "state": "succeeded", "recorded": True}
+    assert [change.new_state for change in announced] == [RunState.succeeded]
+    stored = env.call(env.db.get_run(env.started.id))
+    assert (stored.state, stored.output) == (RunState.succeeded, "mine")
+    assert execution.run == stored
