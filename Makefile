@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 8080
 CODE := functions tests $(wildcard bench)
 
-.PHONY: help dev test lint fmt bench chaos requirements clean flaky
+.PHONY: help dev test lint fmt hooks bench chaos requirements clean flaky
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -52,7 +52,8 @@ flaky: $(STAMP) ## run the end-to-end, worker and notification tests ROUNDS time
 	echo "flaky: $$failures failures in $(ROUNDS) rounds"; \
 	[ $$failures -eq 0 ]
 
-lint: $(STAMP) ## ruff and mypy
+# mypy's scope (the package and tests/) is [tool.mypy] files in pyproject.toml.
+lint: $(STAMP) ## ruff and mypy --strict, on the code and the tests
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy
@@ -60,6 +61,9 @@ lint: $(STAMP) ## ruff and mypy
 fmt: $(STAMP) ## format the code
 	$(BIN)/ruff format $(CODE)
 	$(BIN)/ruff check --fix $(CODE)
+
+hooks: $(STAMP) ## install the git pre-commit hook: ruff, ruff format and mypy (.pre-commit-config.yaml)
+	$(BIN)/pre-commit install
 
 bench: $(STAMP) ## run the benchmarks; prints a table and writes bench/results/*.json
 	$(BIN)/python -m bench

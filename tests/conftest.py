@@ -15,8 +15,7 @@ FIRESTORE_TEST_PROJECT = "firecron-test"
 
 
 @pytest.fixture(scope="session")
-def firestore_emulator() -> Iterator[str]:
-    """``host:port`` of a Firestore emulator started for this session (or skip)."""
+def _firestore_emulator_session() -> Iterator[str]:
     from _emulators import emulator_or_skip
 
     with emulator_or_skip("firestore") as host:
@@ -24,7 +23,29 @@ def firestore_emulator() -> Iterator[str]:
         yield host
 
 
-@pytest.fixture(params=["sqlite", "firestore"])
+@pytest.fixture
+def firestore_emulator(request: pytest.FixtureRequest) -> str:
+    """``host:port`` of the Firestore emulator shared by the session (or skip).
+
+    Only a test marked ``emulator`` may use it (a ``pytest.param(...,
+    marks=pytest.mark.emulator)`` for a parametrised fixture): an unmarked one fails
+    before anything starts, so ``pytest -m "not emulator"`` never starts a JVM.
+    """
+    if request.node.get_closest_marker("emulator") is None:
+        pytest.fail(
+            f"{request.node.nodeid} uses the Firestore emulator but is not marked"
+            " emulator: add @pytest.mark.emulator (or marks=pytest.mark.emulator)",
+            pytrace=False,
+        )
+    host: str = request.getfixturevalue("_firestore_emulator_session")
+    return host
+
+
+STORE_BACKENDS = ["sqlite", pytest.param("firestore", marks=pytest.mark.emulator)]
+"""The store backends; the Firestore one runs on the emulator (marked ``emulator``)."""
+
+
+@pytest.fixture(params=STORE_BACKENDS)
 async def store_factory(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[Callable[[], Store]]:

@@ -28,6 +28,7 @@ from uuid import uuid4
 import pytest
 
 from _factories import T0, make_spec
+from conftest import STORE_BACKENDS
 from firecron import admin
 from firecron.core import planning
 from firecron.core.models import ScheduleSpec, StoredSchedule
@@ -90,7 +91,7 @@ class Cli:
         return schedules
 
 
-@pytest.fixture(params=["sqlite", "firestore"])
+@pytest.fixture(params=STORE_BACKENDS)
 def cli(request: pytest.FixtureRequest, tmp_path: Path) -> Cli:
     if request.param == "sqlite":
         return Cli(f"sqlite:///{tmp_path / 'store' / 'firecron.db'}", {}, tmp_path)
@@ -188,7 +189,7 @@ def test_apply_prints_every_action_and_dry_run_prints_the_same_without_writing(
     real = cli.apply(text, "--prune", "--json")
     assert real.returncode == 0, real.stderr
     assert json.loads(real.stdout) == {**dry_json, "dry_run": False}
-    after = {s["id"]: s for s in cli.listed()}
+    after = {str(s["id"]): s for s in cli.listed()}
     assert sorted(after) == ["keep", "new", "old"]
     assert after["keep"] == next(s for s in before if s["id"] == "keep")
     assert after["old"]["description"] == "changed"

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,7 +60,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def load(results: Path, name: str) -> dict:
+def load(results: Path, name: str) -> dict[str, Any]:
     path = results / f"{name}.json"
     assert path.is_file(), f"{name}.json was not written"
     data = json.loads(path.read_text())
@@ -68,10 +69,11 @@ def load(results: Path, name: str) -> dict:
     assert data["checks"], "no targets reported"
     for check in data["checks"]:
         assert {"target", "measured", "passed", "verdict", "backend"} <= check.keys()
-    return data["figures"]
+    figures: dict[str, Any] = data["figures"]
+    return figures
 
 
-def assert_exactly_once(receipts: dict, n: int) -> None:
+def assert_exactly_once(receipts: dict[str, Any], n: int) -> None:
     assert receipts["expected"] == n
     assert receipts["received"] == n
     assert receipts["unique"] == n

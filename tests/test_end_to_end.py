@@ -20,6 +20,7 @@ import pytest
 
 from _poll import wait_run
 from _workers import TEST_SOURCE, serve_worker, worker_env
+from conftest import STORE_BACKENDS
 from firecron.core import planning
 from firecron.core.models import ScheduleSpec
 from firecron.core.runs import Run, RunState
@@ -51,7 +52,7 @@ class Backend:
         return Dispatcher(self.store, Settings(**fields))
 
 
-@pytest.fixture(params=["sqlite", "firestore"])
+@pytest.fixture(params=STORE_BACKENDS)
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "sqlite":
         url, namespace = f"sqlite:///{tmp_path / 'e2e.db'}", "firecron"

@@ -23,12 +23,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from google.auth import crypt, jwt
+from google.auth import crypt as _crypt
+from google.auth import jwt as _jwt
 
 from _workers import serve_worker, worker_env
 from firecron.errors import FirecronError, SignatureError
 from firecron.oidc import CertsCache, check_dispatch_caller, verify_google_id_token
 from firecron.settings import Settings
+
+# google-auth ships no type hints for these modules (firecron/oidc.py does the same).
+crypt: Any = _crypt
+jwt: Any = _jwt
 
 AUDIENCE = "https://europe-west1-proj.cloudfunctions.net/dispatch"
 CALLER = "firecron-scheduler@proj.iam.gserviceaccount.com"
@@ -107,7 +112,8 @@ def token(keys: dict[str, Any], signer: str = "signer", **overrides: Any) -> str
     }
     claims.update(overrides)
     claims = {k: v for k, v in claims.items() if v is not None}
-    return jwt.encode(keys[signer], claims).decode()
+    encoded: bytes = jwt.encode(keys[signer], claims)
+    return encoded.decode()
 
 
 def settings(certs_url: str, **overrides: Any) -> Settings:
@@ -286,7 +292,9 @@ def test_genuinely_signed_tokens_with_claims_of_the_wrong_type_are_refused(
         ("exp", 10**400, "exp claim is not a number"),
     ]:
         with pytest.raises(SignatureError, match=message):
-            check_dispatch_caller(f"Bearer {token(keys, **{claim: value})}", settings(certs_url))
+            check_dispatch_caller(
+                f"Bearer {token(keys, 'signer', **{claim: value})}", settings(certs_url)
+            )
 
 
 @pytest.mark.parametrize(

@@ -178,7 +178,7 @@ def test_an_at_is_refused_exactly_when_the_planner_could_never_fire_it(
     misfire: dict[str, object], age: timedelta, refused: bool
 ) -> None:
     at = NOW - age
-    spec = _spec(every=None, at=at.isoformat(), **misfire)
+    spec = _spec(None, every=None, at=at.isoformat(), **misfire)
     text = _entry(
         f"at: {at.isoformat()}\ntarget: {{function: hello}}\n"
         + (f"misfire: {json.dumps(misfire['misfire'])}" if misfire else "")

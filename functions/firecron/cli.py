@@ -25,12 +25,11 @@ import click
 from firecron import admin
 from firecron._output import console, emit_json, err_console, jsonable, rfc3339, table
 from firecron.core import planning
-from firecron.core.durations import format_duration as fd
-from firecron.core.durations import parse_duration
+from firecron.core.durations import format_duration, parse_duration
 from firecron.core.events import RUN_EVENT_TYPES, Event, EventType, cloudevent
 from firecron.core.models import SCHEDULE_ID_PATTERN, StoredSchedule
 from firecron.core.runs import Attempt, Run, RunState
-from firecron.core.schedule_file import ScheduleFileError, parse_schedule_file
+from firecron.core.schedule_file import ScheduleFile, ScheduleFileError, parse_schedule_file
 from firecron.core.triggers import parse_instant, parse_spec, validate_timezone
 from firecron.dispatch import Dispatcher, run_tick
 from firecron.errors import FirecronError, InvalidInputError, NotFoundError, UserError
@@ -74,7 +73,7 @@ def _with_store(
 
 def _read_schedule_file(
     path: str, *, allow_private_targets: bool | None = None, now: datetime | None = None
-) -> Any:
+) -> ScheduleFile:
     """Read and validate a schedules file as of ``now`` (default: the clock).
 
     Valid means ``apply`` can write it: every schedule is also planned and encoded for
@@ -343,7 +342,7 @@ def _trigger_text(s: StoredSchedule) -> str:
     if spec.cron is not None:
         return f"cron {spec.cron}"
     if spec.every is not None:
-        return f"every {fd(spec.every)}"
+        return f"every {format_duration(spec.every)}"
     return f"at {rfc3339(spec.at)}"
 
 
@@ -479,16 +478,20 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
         ["params", json.dumps(spec.params) if spec.params else None],
         [
             "overlap / misfire",
-            f"{spec.overlap.value} / {spec.misfire.policy.value} within {fd(spec.misfire.grace)}",
+            f"{spec.overlap.value} / {spec.misfire.policy.value}"
+            f" within {format_duration(spec.misfire.grace)}",
         ],
         [
             "retry",
-            f"{spec.retry.max_attempts} attempts, backoff {fd(spec.retry.backoff)} "
-            f"x{spec.retry.multiplier:g} up to {fd(spec.retry.max_backoff)}",
+            f"{spec.retry.max_attempts} attempts, backoff {format_duration(spec.retry.backoff)} "
+            f"x{spec.retry.multiplier:g} up to {format_duration(spec.retry.max_backoff)}",
         ],
-        ["expected_duration", fd(spec.expected_duration) if spec.expected_duration else None],
-        ["timeout", fd(spec.timeout) if spec.timeout else None],
-        ["jitter", fd(spec.jitter) if spec.jitter else None],
+        [
+            "expected_duration",
+            format_duration(spec.expected_duration) if spec.expected_duration else None,
+        ],
+        ["timeout", format_duration(spec.timeout) if spec.timeout else None],
+        ["jitter", format_duration(spec.jitter) if spec.jitter else None],
         ["labels", ", ".join(f"{k}={v}" for k, v in spec.labels.items()) or None],
         [
             "runs / skipped / missed",
@@ -777,7 +780,7 @@ def _wait_failure(run: Run, timeout: timedelta) -> str | None:
     if run.state in (RunState.succeeded, RunState.delivered):
         return None
     if not run.is_terminal:
-        return f"run {run.id} is still {run.state.value} after {fd(timeout)}"
+        return f"run {run.id} is still {run.state.value} after {format_duration(timeout)}"
     reason = " ".join((run.error or "no error recorded").split())
     return f"run {run.id} ended {run.state.value} after {run.attempt} attempt(s): {reason}"
 
@@ -810,7 +813,7 @@ def _duration(run: Run) -> str | None:
     if run.started_at is None:
         return None
     end = run.ended_at or _now()
-    return fd(timedelta(seconds=round((end - run.started_at).total_seconds(), 1))) + (
+    return format_duration(timedelta(seconds=round((end - run.started_at).total_seconds(), 1))) + (
         "" if run.ended_at else "+"
     )
 
@@ -930,7 +933,10 @@ def run_cmd(run_id: str, store_url: str | None, as_json: bool) -> None:
         ["started", rfc3339(run.started_at)],
         ["ended", rfc3339(run.ended_at)],
         ["duration", _duration(run)],
-        ["expected duration", fd(run.expected_duration) if run.expected_duration else None],
+        [
+            "expected duration",
+            format_duration(run.expected_duration) if run.expected_duration else None,
+        ],
         ["SLA breached at", rfc3339(run.sla_breached_at)],
         ["next retry", rfc3339(run.retry_at)],
         ["output", json.dumps(run.output) if run.output is not None else None],
