@@ -621,6 +621,17 @@ async def test_update_run_applies_and_roundtrips_all_field_types(store: Store) -
     assert await store.due_watches(T0 + timedelta(days=1), 10) == []
 
 
+async def test_update_run_without_changes_returns_the_run_with_its_version(store: Store) -> None:
+    run = make_run("alpha", T0)
+    assert await store.create_run(run)
+    same = await store.update_run(run.id, [RunState.pending], {})
+    assert same == run
+    assert same.version is not None  # usable as ``current``, like every run a store returns
+    moved = await store.update_run(run.id, [RunState.pending], {"error": "e"}, current=same)
+    assert moved is not None
+    assert moved.error == "e"
+
+
 async def test_update_run_rejects_bad_changes(store: Store) -> None:
     run = make_run("alpha", T0)
     created = await store.create_run(run)

@@ -701,9 +701,9 @@ class FirestoreStore:
                 getattr(stored, k) != v for k, v in (expect or {}).items()
             ):
                 return None
-            updated = merge_run(run_id, stored, changes)
             if not changes:
-                return updated
+                return stored  # nothing to write, and it carries its version
+            updated = merge_run(run_id, stored, changes)
             with self._translate("update_run"):
                 try:
                     [result] = await self._commit(
