@@ -24,7 +24,7 @@ variable "namespace" {
   default     = "firecron"
 
   validation {
-    # The same pattern as firecron.store.firestore.NAMESPACE_PATTERN.
+    # The same pattern as firecron.store._common.NAMESPACE_PATTERN.
     condition     = can(regex("^[a-z][a-z0-9_]{0,40}$", var.namespace))
     error_message = "namespace must match ^[a-z][a-z0-9_]{0,40}$ (lowercase letters, digits, '_')."
   }
