@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
-from enum import Enum
+from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from firecron.core.durations import format_duration
+from firecron.core import render
 
 __all__ = ["console", "emit_json", "err_console", "jsonable", "rfc3339", "table"]
 
@@ -28,27 +26,13 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def rfc3339(value: datetime | None) -> str | None:
-    """``2027-01-01T09:00:00Z`` (fractional seconds only when present)."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """:func:`firecron.core.render.rfc3339` of ``value``; None stays None."""
+    return None if value is None else render.rfc3339(value)
 
 
 def jsonable(value: Any) -> Any:
-    """Recursively convert models, datetimes, durations and enums for JSON output."""
-    if isinstance(value, BaseModel):
-        return jsonable(value.model_dump(mode="python"))
-    if isinstance(value, datetime):
-        return rfc3339(value)
-    if isinstance(value, timedelta):
-        return format_duration(value)
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
+    """``value`` ready for JSON output: :func:`~firecron.core.render.plain` with RFC 3339 times."""
+    return render.plain(value, render.rfc3339)
 
 
 def emit_json(value: Any) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 from firecron._gc import gc_paused
 from firecron.core import planning
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
+from firecron.core.render import one_line
 from firecron.errors import ConflictError, InvalidInputError, NotFoundError, StoreError
 from firecron.store._codec import to_json
 from firecron.store.base import ScheduleWrite, Store
@@ -109,9 +110,8 @@ def _trigger_field(spec: ScheduleSpec) -> str:
     return "cron" if spec.cron is not None else "every" if spec.every is not None else "at"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:199] + "…"
+def _error_line(exc: BaseException) -> str:
+    return one_line(str(exc), 200) or type(exc).__name__
 
 
 def _bad_text(value: Any, loc: str = "") -> Iterator[tuple[str, str]]:
@@ -146,7 +146,7 @@ def _encoding_problem(spec: ScheduleSpec, state: ScheduleState | None) -> str | 
             return f"{where}: {text!r} is not valid Unicode text (a lone surrogate)"
         return "not valid Unicode text (a lone surrogate)"
     except (TypeError, ValueError, OverflowError) as exc:
-        return f"cannot be encoded for the store: {_one_line(exc)}"
+        return f"cannot be encoded for the store: {_error_line(exc)}"
     if size > _MAX_SPEC_BYTES:
         return (
             f"the schedule is {size:,} bytes once encoded; at most {_MAX_SPEC_BYTES:,} "
@@ -162,7 +162,7 @@ def _plan_problem(spec: ScheduleSpec, now: datetime) -> tuple[ScheduleState | No
         if state.next_occurrence is not None:
             planning.trigger_of(spec).occurrences(state.next_occurrence, 4)
     except (ArithmeticError, ValueError) as exc:
-        return None, f"{_trigger_field(spec)}: cannot plan its occurrences: {_one_line(exc)}"
+        return None, f"{_trigger_field(spec)}: cannot plan its occurrences: {_error_line(exc)}"
     return state, None
 
 
@@ -253,7 +253,7 @@ async def apply_schedules(
                 except (ArithmeticError, ValueError) as exc:
                     errors.append(
                         f"{_label(done - 1, spec.id)}: {_trigger_field(spec)}: "
-                        f"cannot plan its occurrences: {_one_line(exc)}"
+                        f"cannot plan its occurrences: {_error_line(exc)}"
                     )
                     continue
                 writes.append(ScheduleWrite(spec, state, None if old is None else old.version))

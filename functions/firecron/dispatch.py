@@ -50,6 +50,7 @@ from firecron import outbox
 from firecron.core import events, lifecycle, planning
 from firecron.core.lifecycle import RunTimeouts, SendOutcome, WatchAction
 from firecron.core.models import JsonValue, OverlapPolicy, StoredSchedule, TargetAuth
+from firecron.core.render import error_line, one_line, rfc3339
 from firecron.core.runs import Run, RunState, RunTrigger, manual_run_id
 from firecron.errors import FirecronError, NotFoundError, StoreError
 from firecron.outbox import Deliverer
@@ -153,9 +154,7 @@ class TickSummary:
         """JSON-friendly form (times RFC 3339 UTC)."""
 
         def ts(value: datetime | None) -> str | None:
-            return (
-                None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-            )
+            return None if value is None else rfc3339(value)
 
         return {
             "started_at": ts(self.started_at),
@@ -316,7 +315,7 @@ class Dispatcher:
         try:
             self.notifier.log(event)
         except Exception as exc:  # the log sink must not turn a refusal into a crash
-            log.error("clock skew: logging the event failed: %s", _one_line(exc))
+            log.error("clock skew: logging the event failed: %s", _error_line(exc))
 
     async def _latest_runs(self, schedules: list[StoredSchedule]) -> dict[str, Run]:
         """Latest runs of the schedules whose overlap policy needs them (one batched read)."""
@@ -386,14 +385,14 @@ class Dispatcher:
         The state is written with the claim's compare-and-set on the version read, so a
         concurrent apply or claim wins and nothing is overwritten.
         """
-        error = _one_line(exc)
+        error = _error_line(exc)
         state = planning.errored(stored.state, now, error)
         summary.errors.append(f"schedule {stored.id}: {error}")
         log.error(
             "schedule %s: %s; next try at %s",
             stored.id,
             error,
-            _rfc3339(state.next_fire_at) if state.next_fire_at else "never",
+            rfc3339(state.next_fire_at) if state.next_fire_at else "never",
         )
         try:
             recorded = await self.store.claim(stored, state, [])
@@ -425,7 +424,7 @@ class Dispatcher:
             ]
             results = await asyncio.gather(*(self.notifier.deliver(event, r) for r in wanted))
         except Exception as exc:
-            log.warning("event %s: %s", event.id, _one_line(exc))
+            log.warning("event %s: %s", event.id, _error_line(exc))
             return
         for route, error in zip(wanted, results, strict=True):
             if error is not None:
@@ -526,8 +525,8 @@ class Dispatcher:
                 try:
                     await self._watch_one(run, now, summary, fires)
                 except Exception as exc:  # one run's failure never stops the others
-                    summary.errors.append(f"run {run.id}: {_one_line(exc)}")
-                    log.error("watchdog %s: %s", run.id, _one_line(exc))
+                    summary.errors.append(f"run {run.id}: {_error_line(exc)}")
+                    log.error("watchdog %s: %s", run.id, _error_line(exc))
 
         await asyncio.gather(*(one(r) for r in runs))
 
@@ -571,18 +570,11 @@ class Dispatcher:
         await self._emit(run, set(), summary)
 
 
-def _one_line(exc: BaseException) -> str:
+def _error_line(exc: BaseException) -> str:
     """``exc`` as one line: its message, prefixed with its type unless it is firecron's own."""
-    message = " ".join(str(exc).split())
-    if not isinstance(exc, FirecronError):
-        message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    if len(message) > _MAX_ERROR_CHARS:
-        message = message[: _MAX_ERROR_CHARS - 1] + "…"
-    return message
-
-
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(exc, FirecronError) and str(exc).strip():
+        return one_line(str(exc), _MAX_ERROR_CHARS)
+    return error_line(exc, _MAX_ERROR_CHARS)
 
 
 async def run_tick(settings: Settings, store: Store, now: datetime | None = None) -> TickSummary:

@@ -53,6 +53,7 @@ from firecron.core.events import (
     cloudevent,
 )
 from firecron.core.lifecycle import SendOutcome
+from firecron.core.render import one_line
 from firecron.settings import Settings
 from firecron.transport.guard import redact_url
 from firecron.transport.sender import Dispatch, Sender, user_agent
@@ -92,11 +93,6 @@ def log_severity(event_type: EventType) -> str:
     if event_type in _WARNING_TYPES:
         return "WARNING"
     return "INFO"
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
 
 
 def _summary(event: Event) -> str:
@@ -222,7 +218,7 @@ def _scrub(text: str, url: str, shown: str) -> str:
     path = urlsplit(url).path
     if len(path) > 1 and path not in shown:
         text = text.replace(path, "/...")
-    return _one_line(text)
+    return one_line(text, _MAX_ERROR)
 
 
 class Notifier:
@@ -264,7 +260,7 @@ class Notifier:
             if isinstance(sink, PubSubSink):
                 return await self._pubsub(event, sink)
         except Exception as exc:  # the contract: a sink's failure is a value, never raised
-            return _one_line(f"sink {route.sink_name}: {type(exc).__name__}: {exc}")
+            return one_line(f"sink {route.sink_name}: {type(exc).__name__}: {exc}", _MAX_ERROR)
         return f"sink {route.sink_name}: unknown sink type"  # pragma: no cover
 
     def log(self, event: Event, *, trace: str | None = None) -> None:
@@ -341,5 +337,5 @@ class Notifier:
         except TimeoutError:
             return f"pubsub {sink.topic}: not acknowledged within {self._timeout:g}s"
         except Exception as exc:  # google.api_core / grpc errors, translated to one line
-            return _one_line(f"pubsub {sink.topic}: {type(exc).__name__}: {exc}")
+            return one_line(f"pubsub {sink.topic}: {type(exc).__name__}: {exc}", _MAX_ERROR)
         return None

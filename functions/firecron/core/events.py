@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from firecron.core.render import rfc3339
+
 __all__ = [
     "DELIVERY_BACKOFF",
     "DELIVERY_LEASE",
@@ -231,10 +233,6 @@ class Event(BaseModel):
     deliveries: list[Delivery] = Field(default_factory=list)
 
 
-def _rfc3339(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
-
-
 def schedule_error_event(
     schedule_id: str,
     labels: dict[str, str],
@@ -250,7 +248,7 @@ def schedule_error_event(
     ``{schedule_id}/schedule.error/{now}``, is stable per failure.
     """
     return Event(
-        id=f"{schedule_id}/{EventType.schedule_error.value}/{_rfc3339(now)}",
+        id=f"{schedule_id}/{EventType.schedule_error.value}/{rfc3339(now)}",
         type=EventType.schedule_error,
         source=f"//firecron/schedules/{schedule_id}",
         subject=schedule_id,
@@ -259,7 +257,7 @@ def schedule_error_event(
             "schedule_id": schedule_id,
             "state": "error",
             "error": error,
-            "next_try_at": None if next_try is None else _rfc3339(next_try),
+            "next_try_at": None if next_try is None else rfc3339(next_try),
             "labels": dict(labels),
         },
     )
@@ -273,15 +271,15 @@ def clock_skew_event(dispatcher_time: datetime, store_time: datetime, max_skew: 
     """
     skew = (dispatcher_time - store_time).total_seconds()
     return Event(
-        id=f"dispatcher/{EventType.dispatcher_clock_skew.value}/{_rfc3339(store_time)}",
+        id=f"dispatcher/{EventType.dispatcher_clock_skew.value}/{rfc3339(store_time)}",
         type=EventType.dispatcher_clock_skew,
         source="//firecron/dispatcher",
         subject="dispatcher",
         time=store_time,
         data={
             "state": "skewed",
-            "dispatcher_time": _rfc3339(dispatcher_time),
-            "store_time": _rfc3339(store_time),
+            "dispatcher_time": rfc3339(dispatcher_time),
+            "store_time": rfc3339(store_time),
             "skew_s": round(skew, 3),
             "max_skew_s": max_skew.total_seconds(),
             "error": (
@@ -377,7 +375,7 @@ def cloudevent(event: Event) -> dict[str, Any]:
         "source": event.source,
         "type": CE_TYPE_PREFIX + event.type.value,
         "subject": event.subject,
-        "time": event.time.isoformat().replace("+00:00", "Z"),
+        "time": rfc3339(event.time),
         "datacontenttype": "application/json",
         "data": event.data,
     }

@@ -43,6 +43,7 @@ from firecron.core.events import (
     next_delivery_at,
 )
 from firecron.core.models import JsonValue
+from firecron.core.render import rfc3339
 from firecron.core.runs import Attempt, Run, RunState, Send, backoff_delay
 
 __all__ = [
@@ -157,7 +158,7 @@ def make_event(run: Run, event_type: EventType, now: datetime, routes: list[Rout
     data = {
         "run_id": run.id,
         "schedule_id": run.schedule_id,
-        "scheduled_for": run.scheduled_for.isoformat().replace("+00:00", "Z"),
+        "scheduled_for": rfc3339(run.scheduled_for),
         "attempt": run.attempt,
         "max_attempts": run.retry.max_attempts,
         "state": run.state.value,

@@ -36,6 +36,7 @@ from firecron.core.models import (
     ScheduleState,
     StoredSchedule,
 )
+from firecron.core.render import one_line
 from firecron.core.runs import ACTIVE_STATES, Run, RunState, RunTrigger, scheduled_run_id
 from firecron.core.triggers import Trigger, build_trigger, jitter_offset
 
@@ -196,9 +197,7 @@ def errored(state: ScheduleState, now: datetime, error: str) -> ScheduleState:
     tick. ``next_occurrence`` is kept: when a later plan succeeds, the occurrences due
     meanwhile are handled by the misfire policy, and that plan clears the error.
     """
-    line = " ".join(error.split()).encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(line) > _MAX_ERROR_CHARS:
-        line = line[: _MAX_ERROR_CHARS - 1] + "…"
+    line = one_line(error.encode("utf-8", "backslashreplace").decode("utf-8"), _MAX_ERROR_CHARS)
     return state.model_copy(
         update={
             "last_error": line,

@@ -33,6 +33,7 @@ from firecron.core.durations import format_duration
 from firecron.core.events import Notifications, WebhookSink
 from firecron.core.models import MisfirePolicyKind, ScheduleSpec
 from firecron.core.planning import DEFAULT_MISFIRE_THRESHOLD
+from firecron.core.render import rfc3339
 from firecron.core.target_rules import check_static, redact_url
 from firecron.core.triggers import jitter_offset
 
@@ -40,7 +41,7 @@ __all__ = ["unworkable", "unworkable_sinks"]
 
 
 def _rfc3339(value: datetime) -> str:
-    return value.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return rfc3339(value.replace(microsecond=0))
 
 
 def _url_problem(url: str, *, allow_private_targets: bool) -> str | None:

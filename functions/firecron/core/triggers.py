@@ -48,6 +48,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, CroniterError, croniter
 
 from firecron.core.durations import format_duration, parse_duration
+from firecron.core.render import rfc3339
 
 __all__ = [
     "MACROS",
@@ -692,7 +693,7 @@ class AtTrigger(Trigger):
 
     @property
     def spec(self) -> str:
-        return f"at {self.at.isoformat().replace('+00:00', 'Z')}"
+        return f"at {rfc3339(self.at)}"
 
     def _describe(self) -> str:
         from firecron.core.describe import describe_at

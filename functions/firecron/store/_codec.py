@@ -24,9 +24,11 @@ from pydantic import BaseModel
 
 from firecron.core.durations import format_duration
 from firecron.core.models import StoredSchedule
+from firecron.core.render import plain
 from firecron.core.runs import Run
 from firecron.errors import StoreError
 
+# plain is re-exported for the backends: the walk itself is shared with the CLI output.
 __all__ = ["plain", "readable_schedules", "run_from_json", "to_json", "to_record"]
 
 _log = logging.getLogger("firecron.store")
@@ -52,23 +54,8 @@ def readable_schedules(
     return readable
 
 
-def plain(value: Any) -> Any:
-    """Recursively turn model dumps into record values (see module docstring)."""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC)
-    if isinstance(value, timedelta):
-        return format_duration(value)
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
-
-
 def to_record(model: BaseModel) -> dict[str, Any]:
-    """A record of ``model`` (spec, state or run)."""
+    """A record of ``model`` (spec, state or run): :func:`~firecron.core.render.plain` of it."""
     result: dict[str, Any] = plain(model.model_dump(mode="python"))
     return result
 
