@@ -59,7 +59,7 @@ import string
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final
 from urllib.parse import quote
@@ -68,6 +68,7 @@ import httpx
 
 from firecron.core.lifecycle import SendOutcome
 from firecron.core.models import Target
+from firecron.core.render import one_line, rfc3339
 from firecron.core.runs import Run, RunTrigger
 from firecron.errors import InvalidInputError, TargetRefusedError
 from firecron.transport import _http1
@@ -116,10 +117,6 @@ class SendResult:
     and what happened. Never contains a header value or a secret."""
 
 
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def dispatch_body(run: Run) -> bytes:
     """The compact JSON body of ``run``'s current attempt.
 
@@ -131,7 +128,7 @@ def dispatch_body(run: Run) -> bytes:
     payload: dict[str, Any] = {
         "run_id": run.id,
         "schedule_id": run.schedule_id,
-        "scheduled_for": _rfc3339(run.scheduled_for),
+        "scheduled_for": rfc3339(run.scheduled_for),
         "attempt": run.attempt,
         "trigger": trigger.value,
         "params": run.params,
@@ -305,9 +302,8 @@ class _Slot:
             self._limiter.release()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+def _error_line(exc: BaseException) -> str:
+    return one_line(str(exc), 200) or type(exc).__name__
 
 
 def _label(d: Dispatch) -> str:
@@ -430,14 +426,14 @@ class Sender:
         except socket.gaierror as exc:
             label = label or _label(d)
             return SendResult(
-                SendOutcome.retryable, None, f"{label}: DNS lookup failed: {_one_line(exc)}"
+                SendOutcome.retryable, None, f"{label}: DNS lookup failed: {_error_line(exc)}"
             )
         except (_http1.ProtocolError, OSError) as exc:
             # OSError covers refused/reset connections, TLS failures (ssl.SSLError) and
             # a drop before the status line (_http1.ConnectionDropped).
             label = label or _label(d)
             what = "connection dropped before a response" if written else "connection failed"
-            return SendResult(SendOutcome.retryable, None, f"{label}: {what}: {_one_line(exc)}")
+            return SendResult(SendOutcome.retryable, None, f"{label}: {what}: {_error_line(exc)}")
         finally:
             slot.release()
             if connection is not None:

@@ -23,9 +23,10 @@ from firecron import outbox
 from firecron.core import lifecycle
 from firecron.core.lifecycle import Change
 from firecron.core.models import JsonValue
+from firecron.core.render import one_line
 from firecron.core.runs import Run, RunState, RunTrigger
 from firecron.worker._runtime import _Runtime
-from firecron.worker._text import _describe, _one_line
+from firecron.worker._text import MAX_ERROR_CHARS, describe
 
 MAX_OUTPUT_BYTES: Final = 64 * 1024
 """Largest return value, as compact UTF-8 JSON, that is stored as the run's output."""
@@ -294,7 +295,7 @@ def _encode_output(value: object) -> _Outcome:
 
 
 def _describe_output(exc: BaseException) -> str:
-    return _one_line(f"output is not JSON-serialisable: {_describe(exc)}")
+    return one_line(f"output is not JSON-serialisable: {describe(exc)}", MAX_ERROR_CHARS)
 
 
 def _written(run: Run, change: Change) -> Run | None:
@@ -370,7 +371,7 @@ class _Execution:
             except Exception as exc:
                 # A store outage must not end the heartbeats: the next one retries.
                 _log.warning(
-                    "firecron worker: heartbeat of run %s failed: %s", self.run.id, _describe(exc)
+                    "firecron worker: heartbeat of run %s failed: %s", self.run.id, describe(exc)
                 )
                 return
             if after is None:
@@ -434,7 +435,7 @@ class _Execution:
             )
         except Exception as exc:
             # Recorded already: the watchdog retries what was not delivered.
-            _log.warning("firecron worker: events of run %s: %s", self.run.id, _describe(exc))
+            _log.warning("firecron worker: events of run %s: %s", self.run.id, describe(exc))
 
     def _call(self) -> _Outcome:
         try:
@@ -446,7 +447,7 @@ class _Execution:
                 self.ctx.attempt,
                 exc_info=exc,
             )
-            return _Outcome(error=_describe(exc))
+            return _Outcome(error=describe(exc))
         except BaseException as exc:
             # SystemExit and friends: record the failure, then let them do their job.
             _log.error(
@@ -456,7 +457,7 @@ class _Execution:
                 exc_info=exc,
             )
             self.ended.set()
-            self._record(_Outcome(error=_describe(exc)))
+            self._record(_Outcome(error=describe(exc)))
             raise
         return _encode_output(value)
 
@@ -552,7 +553,7 @@ class _Execution:
                     before.id,
                     attempt,
                     _END_WRITE_TRIES,
-                    _describe(exc),
+                    describe(exc),
                 )
                 if attempt < _END_WRITE_TRIES:
                     time.sleep(_END_WRITE_BACKOFF_S * attempt)
@@ -563,5 +564,5 @@ class _Execution:
         try:
             return self.runtime.call(self.runtime.store.get_run(run_id))
         except Exception as exc:
-            _log.warning("firecron worker: cannot re-read run %s: %s", run_id, _describe(exc))
+            _log.warning("firecron worker: cannot re-read run %s: %s", run_id, describe(exc))
             return None

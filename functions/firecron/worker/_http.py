@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import ValidationError
 
+from firecron.core.render import one_line
 from firecron.core.runs import Run
 from firecron.errors import FirecronError, SignatureError, StoreError
 from firecron.worker._execution import (
@@ -26,7 +27,7 @@ from firecron.worker._execution import (
     _Unknown,
 )
 from firecron.worker._runtime import _get_runtime
-from firecron.worker._text import _describe, _one_line
+from firecron.worker._text import MAX_ERROR_CHARS, describe
 
 if TYPE_CHECKING:
     import flask
@@ -75,8 +76,8 @@ def _handle(fn: WorkerFunction, interval: timedelta, request: flask.Request) -> 
         runtime = _get_runtime()
     except FirecronError as exc:
         # A settings or store URL error: 500 so the dispatcher retries once it is fixed.
-        _log.error("firecron worker: cannot start: %s", _one_line(str(exc)))
-        return _json({"error": _one_line(str(exc))}, 500)
+        _log.error("firecron worker: cannot start: %s", one_line(str(exc), MAX_ERROR_CHARS))
+        return _json({"error": one_line(str(exc), MAX_ERROR_CHARS)}, 500)
     body = _read_body(request)
     if body is None:
         return _json(
@@ -92,7 +93,7 @@ def _handle(fn: WorkerFunction, interval: timedelta, request: flask.Request) -> 
                 dict(request.headers.items()), body, secrets, runtime.now()
             )
         except SignatureError as exc:
-            return _json({"error": _one_line(str(exc))}, 401)
+            return _json({"error": one_line(str(exc), MAX_ERROR_CHARS)}, 401)
     else:
         webhook_id = None
     try:
@@ -101,14 +102,14 @@ def _handle(fn: WorkerFunction, interval: timedelta, request: flask.Request) -> 
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         detail = f"{where}: {first['msg']}" if where else str(first["msg"])
-        return _json({"error": _one_line(f"invalid body: {detail}", 200)}, 400)
+        return _json({"error": one_line(f"invalid body: {detail}", 200)}, 400)
     if webhook_id is not None and webhook_id != f"{delivery.run_id}/{delivery.attempt}":
         return _json({"error": "webhook-id does not match the body's run_id/attempt"}, 400)
     try:
         begun = _begin(runtime, fn, interval, delivery)
     except StoreError as exc:
-        _log.error("firecron worker: store error on run %s: %s", delivery.run_id, _describe(exc))
-        return _json({"error": _one_line(f"store unavailable: {exc}")}, 503)
+        _log.error("firecron worker: store error on run %s: %s", delivery.run_id, describe(exc))
+        return _json({"error": one_line(f"store unavailable: {exc}", MAX_ERROR_CHARS)}, 503)
     if isinstance(begun, _Unknown):
         return _json({"error": f"unknown run {delivery.run_id!r}"}, 404)
     if isinstance(begun, _Refused):

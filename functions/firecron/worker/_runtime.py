@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from firecron.errors import StoreError
-from firecron.worker._text import _describe
+from firecron.worker._text import describe
 
 if TYPE_CHECKING:
     from firecron.outbox import Deliverer
@@ -91,9 +91,7 @@ class _Runtime:
             try:
                 _, self._offset = self.call(clock_offset(self.store, self.clock))
             except Exception as exc:
-                _log.warning(
-                    "firecron worker: reading the store's clock failed: %s", _describe(exc)
-                )
+                _log.warning("firecron worker: reading the store's clock failed: %s", describe(exc))
                 self._synced_at = time.monotonic() - _CLOCK_REFRESH_S + _CLOCK_RETRY_S
                 return
             self._synced_at = time.monotonic()

@@ -1,19 +1,15 @@
-"""One-line texts for errors and logs, shared by the worker's modules."""
+"""The worker's limit on its one-line errors and logs (the helpers are in firecron.core.render)."""
 
 from __future__ import annotations
 
 from typing import Final
 
-_MAX_ERROR_CHARS: Final = 1000
+from firecron.core.render import error_line
+
+MAX_ERROR_CHARS: Final = 1000
+"""At most this many characters of an error the worker records, answers or logs."""
 
 
-def _one_line(text: str, limit: int = _MAX_ERROR_CHARS) -> str:
-    """``text`` with its whitespace collapsed, cut to ``limit`` characters (``…`` last)."""
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _describe(exc: BaseException) -> str:
-    """``"<Type>: <message>"`` on one line, at most 1000 characters."""
-    message = str(exc)
-    return _one_line(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+def describe(exc: BaseException) -> str:
+    """``"<Type>: <message>"`` on one line, at most :data:`MAX_ERROR_CHARS` characters."""
+    return error_line(exc, MAX_ERROR_CHARS)
