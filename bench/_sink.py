@@ -21,6 +21,9 @@ fully received, and for ``/work`` and ``/sync`` when its work ended.
 Control (GET or POST, answered at once, never recorded): ``/_stats`` returns JSON
 ``{"received", "open_now", "peak_open", "records": [[key, path, received_at,
 ended_at|null], ...]}``; ``/_reset`` clears the records and counters.
+
+Requests are read and their open ones counted by ``tests/_sinks.py``'s
+:class:`SinkConnection`, the tests' sink: only the routing by path is this module's.
 """
 
 from __future__ import annotations
@@ -31,7 +34,12 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+# tests/ is not a package: its modules are imported from its folder, as pytest does.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from _sinks import SinkConnection, SinkRequest
 
 _HEAD_200 = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n"
@@ -67,46 +75,21 @@ class _State:
         ).encode()
 
 
-class _Connection(asyncio.Protocol):
-    """One connection, one request (the dispatcher and the baseline never reuse one)."""
+class _Connection(SinkConnection):
+    """One connection, one request (the dispatcher and the baseline never reuse one).
+
+    A timer keeps running when its client leaves: a /work or /sync job goes on (and
+    records its end); the others then have nobody to answer.
+    """
 
     def __init__(self, state: _State) -> None:
+        super().__init__(state)
         self.state = state
-        self.buf = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self.done = False
-        self.is_open = False
-        self.timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        # A /work timer keeps running (the worker goes on); others have nobody to answer.
-        self._close_request()
-
-    def data_received(self, data: bytes) -> None:
-        if self.done:
-            return
-        self.buf += data
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-        method, path, _ = lines[0].split(" ", 2)
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if len(self.buf) < end + 4 + int(headers.get("content-length", "0")):
-            return
-        self.done = True
-        self._handle(method, path, headers.get("webhook-id", "-"))
-
-    def _handle(self, method: str, path: str, key: str) -> None:
+    def handle(self, request: SinkRequest) -> None:
         state = self.state
+        path = request.path
+        key = request.headers.get("webhook-id", "-")
         if path.startswith("/_"):
             body = state.stats() if path == "/_stats" else b"{}"
             if path == "/_reset":
@@ -127,26 +110,24 @@ class _Connection(asyncio.Protocol):
         record: list[Any] = [key, path, time.time(), None]
         state.received += 1
         state.records.append(record)
-        self.is_open = True
-        state.open_now += 1
-        state.peak_open = max(state.peak_open, state.open_now)
+        self.open_request()
         loop = asyncio.get_running_loop()
         if kind == "ack":
             if value > 0:
-                self.timer = loop.call_later(value / 1000, self._answer)
+                loop.call_later(value / 1000, self._answer)
             else:
                 self._answer()
         elif kind == "hold":
-            self.timer = loop.call_later(value, self._answer)
+            loop.call_later(value, self._answer)
         elif kind == "work":
             self._write(_HEAD_202 + b"b\r\n" + _BODY + b"\r\n")
-            self._close_request()  # acknowledged: the response has started
+            self.close_request()  # acknowledged: the response has started
             loop.call_later(value, self._work_done, record)
         elif kind == "sync":
-            self.timer = loop.call_later(value, self._sync_done, record)
+            loop.call_later(value, self._sync_done, record)
         else:
             self._write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            self._close_request()
+            self.close_request()
             self._close()
 
     def _write(self, data: bytes) -> None:
@@ -157,14 +138,9 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _close_request(self) -> None:
-        if self.is_open:
-            self.is_open = False
-            self.state.open_now -= 1
-
     def _answer(self) -> None:
         self._write(_HEAD_200 + _BODY)
-        self._close_request()
+        self.close_request()
         self._close()
 
     def _work_done(self, record: list[Any]) -> None:

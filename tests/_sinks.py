@@ -21,6 +21,8 @@ until stdin closes). :func:`closed_port` gives a port with nothing listening.
 
 The parser is deliberately small: HTTP/1.1 with ``content-length`` bodies (what httpx
 and aiohttp send for ``bytes``), keep-alive unless the client says ``connection: close``.
+It and the open-request counting (:class:`SinkConnection`) are shared with the
+benchmarks' path-routed sink, ``bench/_sink.py``.
 """
 
 from __future__ import annotations
@@ -36,10 +38,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
+from typing import Protocol
 
 from _poll import TIMEOUT, poll
 
-__all__ = ["Sink", "SinkRequest", "closed_port", "serve", "serve_process"]
+__all__ = [
+    "OpenCounts",
+    "Sink",
+    "SinkConnection",
+    "SinkRequest",
+    "closed_port",
+    "serve",
+    "serve_process",
+    "take_request",
+]
 
 
 @dataclass(frozen=True)
@@ -95,68 +107,119 @@ class Sink:
         return f"{n} request(s) at the sink {self.url} (value: requests received)"
 
 
-class _Connection(asyncio.Protocol):
-    def __init__(self, sink: Sink, live: set[asyncio.Transport]) -> None:
-        self.sink = sink
-        self.live = live
+def take_request(buf: bytearray) -> SinkRequest | None:
+    """The first complete request in ``buf``, removed from it; None while it is incomplete."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    if len(buf) < end + 4 + length:
+        return None
+    body = bytes(buf[end + 4 : end + 4 + length])
+    del buf[: end + 4 + length]
+    return SinkRequest(method, path, headers, body)
+
+
+class OpenCounts(Protocol):
+    """Where a sink counts its open requests (see the module docstring)."""
+
+    open_now: int
+    peak_open: int
+
+
+class SinkConnection(asyncio.Protocol):
+    """One client connection: reads requests one at a time and counts the open ones.
+
+    :meth:`handle` gets each complete request; the next is read only once
+    :meth:`request_done` says the answer is complete (keep-alive), so a connection has
+    at most one request open. A subclass that answers one request per connection never
+    calls it.
+    """
+
+    def __init__(self, counts: OpenCounts) -> None:
+        self.counts = counts
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.busy = False
         self.is_open = False
-        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.live.add(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.close_request()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._next()
+
+    def handle(self, request: SinkRequest) -> None:
+        """Record and answer ``request``, calling :meth:`open_request` once it is recorded."""
+        raise NotImplementedError
+
+    def open_request(self) -> None:
+        """Count the request being handled as open until :meth:`close_request`."""
+        self.is_open = True
+        self.counts.open_now += 1
+        self.counts.peak_open = max(self.counts.peak_open, self.counts.open_now)
+
+    def request_done(self) -> None:
+        """The answer is complete: read the next request on this connection."""
+        self.busy = False
+        self._next()
+
+    def close_request(self) -> None:
+        """The open request has its answer, or its client left; idempotent."""
+        if self.is_open:
+            self.is_open = False
+            self.counts.open_now -= 1
+
+    def _next(self) -> None:
+        if self.busy:
+            return
+        request = take_request(self.buf)
+        if request is None:
+            return
+        self.busy = True
+        self.handle(request)
+
+
+class _Connection(SinkConnection):
+    def __init__(self, sink: Sink, live: set[asyncio.Transport]) -> None:
+        super().__init__(sink)
+        self.sink = sink
+        self.live = live
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert self.transport is not None
+        self.live.add(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:
             self.live.discard(self.transport)
         if self.timer is not None:
             self.timer.cancel()
-        self._close_request()
+        super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        self._next()
-
-    def _open_request(self) -> None:
-        self.is_open = True
-        self.sink.open_now += 1
-        self.sink.peak_open = max(self.sink.peak_open, self.sink.open_now)
-
-    def _close_request(self) -> None:
-        if self.is_open:
-            self.is_open = False
-            self.sink.open_now -= 1
-
-    def _next(self) -> None:
-        if self.busy:
-            return
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-        method, path, _ = lines[0].split(" ", 2)
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", "0"))
-        if len(self.buf) < end + 4 + length:
-            return
-        body = bytes(self.buf[end + 4 : end + 4 + length])
-        del self.buf[: end + 4 + length]
+    def handle(self, request: SinkRequest) -> None:
         sink = self.sink
         # Recorded before it is counted: a test thread that saw ``received`` reach n
         # must find n requests in ``requests``.
         if sink.record:
-            sink.requests.append(SinkRequest(method, path, headers, body))
+            sink.requests.append(request)
         sink.received += 1
-        self.busy = True
-        self._open_request()
-        keep_alive = headers.get("connection", "").lower() != "close"
+        self.open_request()
+        keep_alive = request.headers.get("connection", "").lower() != "close"
         if sink.stream:
             self._write_head(sink.status, {"transfer-encoding": "chunked"})
             assert self.transport is not None
@@ -189,10 +252,9 @@ class _Connection(asyncio.Protocol):
             extra["connection"] = "close"
         self._write_head(status, extra)
         self.transport.write(body)
-        self._close_request()
-        self.busy = False
+        self.close_request()
         if keep_alive:
-            self._next()
+            self.request_done()
         else:
             self.transport.close()
 
