@@ -1,30 +1,34 @@
 """Worker entry points used only by the tests, served like ``functions/main.py``.
 
-- ``sleepy``: ``main.sleep`` with a 0.3 s heartbeat, so cancellation and heartbeat
-  staleness show within a second or two.
+- ``sleepy``: ``main.sleep`` (the same function, not a copy) with a 0.3 s heartbeat,
+  so cancellation and heartbeat staleness show within a second or two.
 - ``bad_output``: returns what the SDK must refuse: ``params["kind"]`` ``huge``
   (more than 64 KiB of JSON) or ``set`` (not JSON).
+
+The workers of ``functions/main.py`` itself are served from that file.
 """
 
 from __future__ import annotations
 
-import time
+import inspect
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import firecron
 
+# functions/ is the Cloud Functions source root, not a package: main is imported from it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "functions"))
+import main
+
+_sleep = inspect.unwrap(main.sleep)
+"""The plain function under ``@firecron.worker``: it can be declared again with options."""
+
 
 @firecron.worker(heartbeat_interval=timedelta(seconds=0.3))
-def sleepy(ctx: firecron.RunContext) -> dict[str, float | bool]:
-    """Sleeps ``params["seconds"]`` in small steps; stops early when cancelled."""
-    raw = ctx.params.get("seconds", 1)
-    seconds = float(raw) if isinstance(raw, int | float | str) else 1.0
-    started = time.monotonic()
-    while (elapsed := time.monotonic() - started) < seconds:
-        if ctx.cancelled:
-            return {"slept": round(elapsed, 3), "cancelled": True}
-        time.sleep(min(0.05, seconds - elapsed))
-    return {"slept": seconds}
+def sleepy(ctx: firecron.RunContext) -> object:
+    """``main.sleep``: sleeps ``params["seconds"]``; stops early when cancelled."""
+    return _sleep(ctx)
 
 
 @firecron.worker
