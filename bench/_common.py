@@ -29,6 +29,7 @@ from uuid import uuid4
 
 from firecron.core import planning
 from firecron.core.models import ScheduleSpec, ScheduleState
+from firecron.core.render import rfc3339
 from firecron.core.runs import scheduled_run_id
 from firecron.settings import Settings
 from firecron.store.base import Store
@@ -109,7 +110,7 @@ def machine_info() -> dict[str, Any]:
                 "grpcio",
             )
         },
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "measured_at": rfc3339(datetime.now(UTC).replace(microsecond=0)),
     }
 
 
