@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
 import json
 import threading
 import time
@@ -19,13 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from google.auth import crypt as _crypt
 from google.auth import jwt as _jwt
 
+from _certs import rsa_key_and_cert
 from _workers import serve_worker, worker_env
 from firecron.errors import FirecronError, SignatureError
 from firecron.oidc import CertsCache, check_dispatch_caller, verify_google_id_token
@@ -41,31 +37,11 @@ KID = "test-key-1"
 NEXT_KID = "test-key-2"
 
 
-def _key_and_cert() -> tuple[bytes, bytes]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "firecron-test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    pem_key = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return pem_key, cert.public_bytes(serialization.Encoding.PEM)
-
-
 @pytest.fixture(scope="module")
 def keys() -> dict[str, Any]:
-    good_key, good_cert = _key_and_cert()
-    other_key, _ = _key_and_cert()
-    next_key, next_cert = _key_and_cert()
+    good_key, good_cert = rsa_key_and_cert()
+    other_key, _ = rsa_key_and_cert()
+    next_key, next_cert = rsa_key_and_cert()
     return {
         "signer": crypt.RSASigner.from_string(good_key, key_id=KID),
         "other": crypt.RSASigner.from_string(other_key, key_id=KID),

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import random
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -145,33 +146,15 @@ def worker_request(rng: random.Random, now: int) -> tuple[dict[str, str], bytes]
 
 class _Keys:
     def __init__(self) -> None:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-        from cryptography.x509.oid import NameOID
         from google.auth import crypt as _crypt
 
+        sys.path.insert(0, str(ROOT / "tests"))
+        from _certs import rsa_key_and_cert
+
         crypt: Any = _crypt  # google-auth ships no type hints
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "firecron-chaos")])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256())
-        )
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        pem, cert = rsa_key_and_cert("firecron-chaos")
         self.signer = crypt.RSASigner.from_string(pem, key_id=KID)
-        self.cert = cert.public_bytes(serialization.Encoding.PEM).decode()
+        self.cert = cert.decode()
 
 
 @contextmanager
