@@ -24,6 +24,7 @@ from firecron.core.lifecycle import SendOutcome
 from firecron.core.models import Target
 from firecron.core.runs import RunTrigger
 from firecron.errors import FirecronError, InvalidInputError, SignatureError, TargetRefusedError
+from firecron.settings import Settings
 from firecron.transport import guard
 from firecron.transport.idtoken import GoogleIdTokens, IdTokenError
 from firecron.transport.sender import (
@@ -133,6 +134,37 @@ def test_resolve_url() -> None:
     )
     with pytest.raises(TargetRefusedError, match="'report' needs FIRECRON_FUNCTIONS_BASE_URL"):
         resolve_url(Target(function="report"), None)
+
+
+def test_resolve_url_fills_a_run_app_template() -> None:
+    # Deployed workers answer (and accept ID tokens) at their own run.app host, not at a
+    # path under one shared base: the name goes into the host.
+    settings = Settings.from_env(
+        {"FIRECRON_FUNCTIONS_BASE_URL": "https://{function}-123456789.europe-west1.run.app/"}
+    )
+    assert settings.functions_base_url is not None
+    assert (
+        resolve_url(Target(function="report"), settings.functions_base_url)
+        == "https://report-123456789.europe-west1.run.app"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("https://{name}-1.r.run.app", "the only placeholder allowed is {function}, once"),
+        ("https://{function}-{function}.run.app", "the only placeholder allowed"),
+        ("https://{function-1.r.run.app", "the only placeholder allowed"),
+        ("{function}.run.app", "expected an http:// or https:// URL"),
+    ],
+)
+def test_functions_base_url_is_checked(value: str, fragment: str) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        Settings.from_env({"FIRECRON_FUNCTIONS_BASE_URL": value})
+    message = str(caught.value)
+    assert message.startswith("FIRECRON_FUNCTIONS_BASE_URL=")
+    assert fragment in message
+    assert "\n" not in message
 
 
 # --- outcomes against real sinks ------------------------------------------------------

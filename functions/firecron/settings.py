@@ -17,6 +17,7 @@ from firecron.core.durations import parse_duration
 from firecron.core.models import TargetAuth
 from firecron.errors import InvalidInputError
 from firecron.store._common import NAMESPACE_RULE, valid_namespace
+from firecron.transport.sender import FUNCTION_PLACEHOLDER
 from firecron.transport.signing import check_signing_secrets, parse_signing_secrets
 
 __all__ = ["ENV_VARS", "Settings"]
@@ -24,7 +25,7 @@ __all__ = ["ENV_VARS", "Settings"]
 ENV_VARS: dict[str, str] = {
     "FIRECRON_STORE": "store URL: sqlite:///PATH or firestore://PROJECT[/DATABASE]",
     "FIRECRON_NAMESPACE": "prefix of the collections/tables (default firecron)",
-    "FIRECRON_FUNCTIONS_BASE_URL": "base URL that 'function' targets are resolved against",
+    "FIRECRON_FUNCTIONS_BASE_URL": "base URL that 'function' targets are resolved against ({base}/NAME), or a template holding {function} once (https://{function}-PROJECT_NUMBER.REGION.run.app)",
     "FIRECRON_SIGNING_SECRET": "comma-separated whsec_<base64> secrets (Standard Webhooks); all sign, the first first, any verifies",
     "FIRECRON_DISPATCH_AUDIENCE": "when set, dispatch verifies the caller's OIDC token",
     "FIRECRON_CONCURRENCY": "requests being sent at once (default 64)",
@@ -91,6 +92,21 @@ def _function_auth(env: Mapping[str, str]) -> TargetAuth:
         ) from None
 
 
+def _functions_base_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("FIRECRON_FUNCTIONS_BASE_URL", "").strip()
+    if not raw:
+        return None
+    name = "FIRECRON_FUNCTIONS_BASE_URL"
+    if not raw.startswith(("https://", "http://")):
+        raise InvalidInputError(f"{name}={raw!r}: expected an http:// or https:// URL")
+    rest = raw.replace(FUNCTION_PLACEHOLDER, "", 1)
+    if "{" in rest or "}" in rest:
+        raise InvalidInputError(
+            f"{name}={raw!r}: the only placeholder allowed is {FUNCTION_PLACEHOLDER}, once"
+        )
+    return raw.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, with the documented defaults."""
@@ -128,8 +144,7 @@ class Settings:
         settings = cls(
             store_url=env.get("FIRECRON_STORE", "").strip() or cls.store_url,
             namespace=namespace,
-            functions_base_url=env.get("FIRECRON_FUNCTIONS_BASE_URL", "").strip().rstrip("/")
-            or None,
+            functions_base_url=_functions_base_url(env),
             signing_secrets=parse_signing_secrets(env.get("FIRECRON_SIGNING_SECRET", "")),
             dispatch_audience=env.get("FIRECRON_DISPATCH_AUDIENCE", "").strip() or None,
             concurrency=_int(env, "FIRECRON_CONCURRENCY", 64, 1, 10_000),

@@ -1,9 +1,10 @@
 """Google ID tokens for targets whose auth is ``oidc`` (private Cloud Functions / Run).
 
-The audience is the target URL, as docs/design.md, "Firing: one-way POST" states: for a
-``function`` target that is ``{FIRECRON_FUNCTIONS_BASE_URL}/{function}``, the URL
-Cloud Functions expects as the audience. (A Cloud Run service checks against its root
-URL or a configured custom audience; point such targets at that URL.)
+The audience is the target URL, as docs/design.md, "Firing: one-way POST" states. A
+Cloud Run service (every 2nd gen function is one) accepts only its ``run.app`` URL or a
+configured custom audience, so the deploy resolves a ``function`` target to its service's
+root, ``https://{function}-PROJECT_NUMBER.REGION.run.app`` (a ``FIRECRON_FUNCTIONS_BASE_URL``
+template), which is then both where the request goes and its token's audience.
 
 Contract of :class:`IdTokenProvider`: ``await token(audience)`` returns a bearer token
 for ``audience`` or raises a :class:`~firecron.errors.FirecronError` with one line that

@@ -177,10 +177,18 @@ def build_dispatch(
     return Dispatch(url=url, body=body, headers=headers, key=key)
 
 
-def resolve_url(target: Target, functions_base_url: str | None) -> str:
-    """The URL to POST to: a ``url`` target's URL, or ``{base}/{function}``.
+FUNCTION_PLACEHOLDER: Final = "{function}"
+"""Where a ``FIRECRON_FUNCTIONS_BASE_URL`` template puts a ``function`` target's name."""
 
-    Raises :class:`TargetRefusedError` for a ``function`` target without a base URL.
+
+def resolve_url(target: Target, functions_base_url: str | None) -> str:
+    """The URL to POST to: a ``url`` target's URL, or the function's URL.
+
+    A base holding :data:`FUNCTION_PLACEHOLDER` is a template and the name replaces the
+    placeholder (Cloud Run's ``https://{function}-PROJECT_NUMBER.REGION.run.app``, whose
+    root is also the ID-token audience the service accepts); any other base gives
+    ``{base}/{function}``. Raises :class:`TargetRefusedError` for a ``function`` target
+    without a base URL.
     """
     if target.url is not None:
         return target.url
@@ -188,6 +196,8 @@ def resolve_url(target: Target, functions_base_url: str | None) -> str:
         raise TargetRefusedError(
             f"target function {target.function!r} needs FIRECRON_FUNCTIONS_BASE_URL"
         )
+    if FUNCTION_PLACEHOLDER in functions_base_url:
+        return functions_base_url.replace(FUNCTION_PLACEHOLDER, str(target.function))
     return f"{functions_base_url.rstrip('/')}/{target.function}"
 
 
