@@ -4,6 +4,7 @@
 #   scheduler  may invoke dispatch, nothing else (Cloud Scheduler signs its OIDC token as it)
 #   dispatch   reads/writes Firestore, reads the signing secret, invokes each worker
 #   workers    read/write Firestore (run state, heartbeats), read the signing secret
+#   (both)     publish to var.pubsub_topics, the Pub/Sub sinks of notifications
 #   build      builds the functions' images (Cloud Build), instead of a default account
 
 locals {
@@ -79,7 +80,7 @@ resource "google_secret_manager_secret_iam_member" "signing_accessor" {
 resource "google_cloud_run_service_iam_member" "scheduler_invokes_dispatch" {
   project  = var.project_id
   location = var.region
-  service  = google_cloudfunctions2_function.dispatch.name
+  service  = google_cloudfunctions2_function.dispatch.service_config[0].service
   role     = "roles/run.invoker"
   member   = "serviceAccount:${google_service_account.scheduler.email}"
 }
@@ -89,7 +90,7 @@ resource "google_cloud_run_service_iam_member" "dispatch_invokes_worker" {
 
   project  = var.project_id
   location = var.region
-  service  = each.value.name
+  service  = each.value.service_config[0].service
   role     = "roles/run.invoker"
   member   = "serviceAccount:${google_service_account.dispatch.email}"
 }
@@ -106,4 +107,40 @@ resource "google_project_iam_member" "build" {
   project = var.project_id
   role    = each.value
   member  = "serviceAccount:${google_service_account.build.email}"
+}
+
+# IAM grants take a while to propagate: a build that starts at once cannot pull the source
+# zip, and a new revision cannot read the secret. Wait, as the provider's own 2nd gen
+# function example does; both functions depend on this.
+resource "time_sleep" "grants_settle" {
+  create_duration = "60s"
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_secret_manager_secret_iam_member.signing_accessor,
+  ]
+}
+
+# --- Pub/Sub sinks: the function identities publish events (outbox) to these topics --------
+
+resource "google_pubsub_topic_iam_member" "dispatch_publishes" {
+  for_each = toset(var.pubsub_topics)
+
+  project = split("/", each.value)[1]
+  topic   = each.value
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:${google_service_account.dispatch.email}"
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_pubsub_topic_iam_member" "workers_publish" {
+  for_each = toset(var.pubsub_topics)
+
+  project = split("/", each.value)[1]
+  topic   = each.value
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:${google_service_account.workers.email}"
+
+  depends_on = [google_project_service.required]
 }

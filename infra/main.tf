@@ -9,7 +9,7 @@
 #   outputs.tf
 
 locals {
-  services = toset([
+  always_services = [
     "artifactregistry.googleapis.com",     # function images
     "cloudbuild.googleapis.com",           # function builds
     "cloudfunctions.googleapis.com",       # 2nd gen functions
@@ -21,15 +21,22 @@ locals {
     "run.googleapis.com",                  # 2nd gen functions run on Cloud Run
     "secretmanager.googleapis.com",        # the signing secret
     "storage.googleapis.com",              # the source bucket
-  ])
+  ]
+  # Pub/Sub only when schedules notify a Pub/Sub sink (var.pubsub_topics).
+  pubsub_services = length(var.pubsub_topics) > 0 ? ["pubsub.googleapis.com"] : []
+  services        = toset(concat(local.always_services, local.pubsub_services))
 
-  # 2nd gen functions answer at https://REGION-PROJECT.cloudfunctions.net/NAME, and
-  # `function` targets resolve to FIRECRON_FUNCTIONS_BASE_URL/NAME. The URLs are computed,
-  # not read from the resources, because dispatch's own URL is one of its settings
-  # (FIRECRON_DISPATCH_AUDIENCE): reading it would be a cycle. Checks in functions.tf
-  # compare them with the URLs the functions really got.
-  functions_base_url = "https://${var.region}-${var.project_id}.cloudfunctions.net"
-  dispatch_url       = "${local.functions_base_url}/dispatch"
+  # Every function is called at its Cloud Run service's deterministic run.app URL,
+  # https://NAME-PROJECT_NUMBER.REGION.run.app, which is also the ID-token audience:
+  # Cloud Run counts Cloud Scheduler's calls as internal (dispatch is internal-only) only
+  # at a run.app URL, and accepts only a run.app URL (or a custom audience) as `aud`.
+  # The URLs are computed, not read from service_config[0].uri (the hashed run.app form),
+  # because dispatch's own URL is one of its settings (FIRECRON_DISPATCH_AUDIENCE):
+  # reading it would be a cycle. `function` targets fill the {function} placeholder
+  # (FIRECRON_FUNCTIONS_BASE_URL). docs/design.md, "Firing: one-way POST".
+  project_number     = data.google_project.this.number
+  functions_base_url = "https://{function}-${local.project_number}.${var.region}.run.app"
+  dispatch_url       = replace(local.functions_base_url, "{function}", "dispatch")
 
   run_retention = "${var.run_retention_days}d"
 
@@ -54,6 +61,10 @@ locals {
   }
 }
 
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
 resource "google_project_service" "required" {
   for_each = local.services
 
@@ -76,7 +87,9 @@ resource "random_id" "signing" {
 }
 
 locals {
-  # var.signing_secret wins; otherwise the generated one. Both live in the Terraform state.
+  # var.signing_secret wins; otherwise the generated one. A given one is not kept in the
+  # state (the version below is write-only), but random_id's result is: with a generated
+  # secret the state holds it, so keep the state in a private bucket (infra/README.md).
   signing_secret = coalesce(var.signing_secret, one([for id in random_id.signing : "whsec_${id.b64_std}"]))
 }
 
@@ -92,8 +105,13 @@ resource "google_secret_manager_secret" "signing" {
 }
 
 resource "google_secret_manager_secret_version" "signing" {
-  secret      = google_secret_manager_secret.signing.id
-  secret_data = local.signing_secret
+  secret = google_secret_manager_secret.signing.id
+
+  # Write-only (Terraform 1.11+): sent to Secret Manager, never stored in the state. Only
+  # a change of secret_data_wo_version writes a new value, so it is derived from the
+  # secret: 32 bits of its SHA-256, which say nothing useful about a 32-byte key.
+  secret_data_wo         = local.signing_secret
+  secret_data_wo_version = parseint(substr(sha256(local.signing_secret), 0, 8), 16)
 
   # A new value is a new version; the functions pin the version (functions.tf), so a
   # change redeploys them all. Create the new one before the old one is destroyed.

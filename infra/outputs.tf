@@ -1,15 +1,15 @@
 output "dispatch_url" {
-  description = "URL of the dispatch function (private: only the scheduler's identity may invoke it)."
-  value       = google_cloudfunctions2_function.dispatch.url
+  description = "run.app URL of the dispatch function, which the scheduler job calls and signs its token for (private: only the scheduler's identity may invoke it)."
+  value       = local.dispatch_url
 }
 
 output "worker_urls" {
-  description = "URL of each worker function, by name; schedules target them as {function: NAME}."
-  value       = { for name, f in google_cloudfunctions2_function.worker : name => f.url }
+  description = "run.app URL of each worker function, by name, where dispatch sends them; schedules target them as {function: NAME}."
+  value       = { for name, f in google_cloudfunctions2_function.worker : name => replace(local.functions_base_url, "{function}", name) }
 }
 
 output "functions_base_url" {
-  description = "FIRECRON_FUNCTIONS_BASE_URL: where `function` targets resolve."
+  description = "FIRECRON_FUNCTIONS_BASE_URL: the template `function` targets resolve with ({function} is the name)."
   value       = local.functions_base_url
 }
 

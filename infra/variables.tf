@@ -206,6 +206,17 @@ variable "source_bucket_name" {
   default     = null
 }
 
+variable "pubsub_topics" {
+  type        = list(string)
+  description = "Pub/Sub topics that schedules notify (sinks of `type: pubsub`), as projects/PROJECT/topics/TOPIC. Non-empty: enables pubsub.googleapis.com and lets dispatch and the workers publish to each."
+  default     = []
+
+  validation {
+    condition     = alltrue([for t in var.pubsub_topics : can(regex("^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/topics/[A-Za-z][A-Za-z0-9._~%+-]{2,254}$", t))])
+    error_message = "pubsub_topics: every entry must be a topic name projects/PROJECT/topics/TOPIC, as the schedules' sinks write it."
+  }
+}
+
 variable "labels" {
   type        = map(string)
   description = "Labels put on every resource that takes labels (provider default_labels)."

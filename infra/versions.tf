@@ -1,12 +1,13 @@
 terraform {
-  # 1.5: `check` blocks (see functions.tf) and optional() object attributes with defaults.
-  required_version = ">= 1.5"
+  # 1.11: write-only arguments (the signing secret's secret_data_wo, main.tf).
+  required_version = ">= 1.11"
 
   required_providers {
     google = {
       source = "hashicorp/google"
-      # 5.26: build_config.service_account on google_cloudfunctions2_function.
-      version = ">= 5.26, < 8.0"
+      # The version the infra was audited against; any later 7.x. Its exact build is in
+      # .terraform.lock.hcl, written by the first `make deploy` (commit it).
+      version = "~> 7.45"
     }
     random = {
       source  = "hashicorp/random"
@@ -17,10 +18,16 @@ terraform {
       # 2.5: glob patterns in archive_file's `excludes`.
       version = ">= 2.5"
     }
+    time = {
+      source = "hashicorp/time"
+      # time_sleep: IAM grants settle before the functions build (iam.tf).
+      version = ">= 0.9"
+    }
   }
 
-  # State is local (infra/terraform.tfstate, git-ignored) and holds the signing secret.
-  # A team should keep it in a bucket instead: add `backend "gcs" { bucket = "..." }` here.
+  # State is local (infra/terraform.tfstate, git-ignored). It holds a generated signing
+  # secret (random_id); a given one is write-only and is not kept. A team should keep the
+  # state in a versioned, private bucket: the `backend "gcs"` in infra/README.md.
 }
 
 provider "google" {

@@ -1,5 +1,6 @@
-"""Offline checks of the Google Cloud deployment: infra/*.tf, the Makefile targets, and
-functions/requirements.txt. Nothing here talks to Google Cloud or needs providers.
+"""Offline checks of the Google Cloud deployment: infra/*.tf and the Makefile targets
+(functions/requirements.txt has tests/test_requirements.py). Nothing here talks to Google
+Cloud or needs providers.
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import hcl2
 import pytest
 
 from _hcl import Module, load_module, single
-from firecron import _requirements
+from firecron.core.models import Target
 from firecron.core.runs import Run
 from firecron.errors import InvalidInputError
-from firecron.settings import ENV_VARS
+from firecron.settings import ENV_VARS, Settings
 from firecron.store.firestore import REQUIRED_INDEXES
+from firecron.transport.sender import resolve_url
 from firecron.transport.signing import parse_signing_secrets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,22 +137,48 @@ def test_every_function_gets_the_store_the_namespace_and_the_secret(tf: Module) 
         secret = _secret_env(tf, name)["FIRECRON_SIGNING_SECRET"]
         assert secret["secret"] == "${google_secret_manager_secret.signing.secret_id}", name
         assert secret["version"] == "${google_secret_manager_secret_version.signing.version}"
+        # The project number, which the API reports back: an id would show as a diff.
+        assert secret["project_id"] == "${local.project_number}", name
+    assert tf.locals["project_number"] == "${data.google_project.this.number}"
     assert tf.locals["store_url"].count("firestore://${var.project_id}") == 2
     assert tf.locals["run_retention"] == "${var.run_retention_days}d"
 
 
-def test_dispatch_knows_the_workers_base_and_its_own_audience(tf: Module) -> None:
+def test_dispatch_knows_the_workers_run_app_urls_and_its_own_audience(tf: Module) -> None:
     env = _env(tf, "dispatch")
     assert env["FIRECRON_FUNCTIONS_BASE_URL"] == "${local.functions_base_url}"
     assert env["FIRECRON_DISPATCH_AUDIENCE"] == "${local.dispatch_url}"
     assert env["FIRECRON_CONCURRENCY"] == "${tostring(var.concurrency)}"
     assert env["FIRECRON_ACK_TIMEOUT"] == "${var.ack_timeout}"
-    base = "https://${var.region}-${var.project_id}.cloudfunctions.net"
-    assert tf.locals["functions_base_url"] == base
+    # Each function's deterministic run.app URL: Cloud Run counts the scheduler's calls as
+    # internal, and accepts an ID token's aud, only at a run.app URL (docs/design.md).
+    template = "https://{function}-${local.project_number}.${var.region}.run.app"
+    assert tf.locals["functions_base_url"] == template
     # Computed, not read from the resource (that would be a cycle): it must name dispatch.
-    assert tf.locals["dispatch_url"] == "${local.functions_base_url}/dispatch"
+    assert (
+        tf.locals["dispatch_url"]
+        == '${replace(local.functions_base_url, "{function}", "dispatch")}'
+    )
     assert _functions(tf)["dispatch"]["name"] == "dispatch"
     assert _functions(tf)["worker"]["name"] == "${each.key}"
+    assert "cloudfunctions.net" not in tf.text
+
+
+def test_function_targets_resolve_to_the_workers_run_app_urls(tf: Module) -> None:
+    """What firecron makes of the template the infra sets: the URL it posts to, which is
+    also the audience of the worker's ID token (transport.idtoken)."""
+    base = tf.locals["functions_base_url"]
+    rendered = base.replace("${local.project_number}", "123456789012").replace(
+        "${var.region}", "europe-west1"
+    )
+    settings = Settings.from_env({"FIRECRON_FUNCTIONS_BASE_URL": rendered})
+    assert resolve_url(Target(function="hello"), settings.functions_base_url) == (
+        "https://hello-123456789012.europe-west1.run.app"
+    )
+    # A worker name that would not fit the URL's DNS label is refused at plan time.
+    worker = _functions(tf)["worker"]
+    condition = single(single(worker["lifecycle"], "worker.lifecycle")["precondition"], "pre")
+    assert condition["condition"] == '${length("${each.key}-${local.project_number}") <= 63}'
 
 
 # --- the scheduler job and who may call what ---------------------------------------------
@@ -162,12 +190,14 @@ def test_scheduler_job_calls_dispatch_with_an_oidc_token(tf: Module) -> None:
     job = jobs["tick"]
     assert job["schedule"] == "${var.schedule}"
     target = single(job["http_target"], "http_target")
-    assert target["uri"] == "${local.dispatch_url}"
     assert target["http_method"] == "POST"
     oidc = single(target["oidc_token"], "oidc_token")
     assert oidc["service_account_email"] == "${google_service_account.scheduler.email}"
-    # The audience dispatch verifies (FIRECRON_DISPATCH_AUDIENCE) is the one the job signs.
+    # The job calls the URL it signs for, and dispatch verifies (FIRECRON_DISPATCH_AUDIENCE)
+    # that same audience: one expression, dispatch's run.app URL.
+    assert target["uri"] == oidc["audience"] == "${local.dispatch_url}"
     assert oidc["audience"] == _env(tf, "dispatch")["FIRECRON_DISPATCH_AUDIENCE"]
+    assert "run.app" in tf.locals["functions_base_url"]
     assert single(job["retry_config"], "retry_config")["retry_count"] == (
         "${var.scheduler_retry_count}"
     )
@@ -188,12 +218,17 @@ def test_dispatch_is_internal_only_and_invokable_only_by_the_scheduler(tf: Modul
     assert list(invokers) == ["scheduler_invokes_dispatch"], sorted(invokers)
     grant = invokers["scheduler_invokes_dispatch"]
     assert grant["role"] == "roles/run.invoker"
+    # The function's Cloud Run service, as the API names it (not the function's name).
+    assert grant["service"] == (
+        "${google_cloudfunctions2_function.dispatch.service_config[0].service}"
+    )
     assert grant["member"] == "serviceAccount:${google_service_account.scheduler.email}"
 
 
 def test_dispatcher_may_invoke_every_worker(tf: Module) -> None:
     grant = tf.resource("google_cloud_run_service_iam_member", "dispatch_invokes_worker")
     assert grant["for_each"] == "${google_cloudfunctions2_function.worker}"
+    assert grant["service"] == "${each.value.service_config[0].service}"
     assert grant["role"] == "roles/run.invoker"
     assert grant["member"] == "serviceAccount:${google_service_account.dispatch.email}"
 
@@ -277,8 +312,77 @@ def test_runs_expire_by_ttl_on_expire_at(tf: Module) -> None:
 def test_apis_stay_enabled_on_destroy(tf: Module) -> None:
     services = tf.resource("google_project_service", "required")
     assert services["disable_on_destroy"] is False
+    assert services["for_each"] == "${local.services}"
     for api in ("cloudfunctions", "run", "cloudbuild", "cloudscheduler", "firestore"):
-        assert f"{api}.googleapis.com" in tf.locals["services"], api
+        assert f"{api}.googleapis.com" in tf.locals["always_services"], api
+
+
+def test_pubsub_api_and_publishers_only_with_pubsub_topics(tf: Module) -> None:
+    assert "pubsub.googleapis.com" not in tf.locals["always_services"]
+    assert tf.locals["pubsub_services"] == (
+        '${length(var.pubsub_topics) > 0 ? ["pubsub.googleapis.com"] : []}'
+    )
+    assert tf.locals["services"] == (
+        "${toset(concat(local.always_services, local.pubsub_services))}"
+    )
+    assert tf.variables["pubsub_topics"]["default"] == []
+    # Both function identities deliver events (dispatch's outbox and the workers').
+    grants = tf.resources["google_pubsub_topic_iam_member"]
+    assert {body["member"] for body in grants.values()} == {
+        "serviceAccount:${google_service_account.dispatch.email}",
+        "serviceAccount:${google_service_account.workers.email}",
+    }
+    for body in grants.values():
+        assert body["for_each"] == "${toset(var.pubsub_topics)}"
+        assert body["role"] == "roles/pubsub.publisher"
+
+
+def test_functions_wait_for_the_grants_to_settle(tf: Module) -> None:
+    wait = tf.resource("time_sleep", "grants_settle")
+    assert wait["create_duration"] == "60s"
+    assert set(wait["depends_on"]) == {
+        "${google_project_iam_member.build}",
+        "${google_secret_manager_secret_iam_member.signing_accessor}",
+    }
+    for name, body in _functions(tf).items():
+        assert "${time_sleep.grants_settle}" in body["depends_on"], name
+
+
+def _terraform_block() -> dict[str, Any]:
+    with (INFRA / "versions.tf").open(encoding="utf-8") as f:
+        parsed = hcl2.load(
+            f,
+            serialization_options=hcl2.SerializationOptions(
+                strip_string_quotes=True, explicit_blocks=False, with_comments=False
+            ),
+        )
+    return single(parsed["terraform"], "terraform")
+
+
+def test_versions_are_pinned() -> None:
+    block = _terraform_block()
+    # Write-only arguments (the signing secret's secret_data_wo) need Terraform 1.11.
+    assert block["required_version"] == ">= 1.11"
+    providers = single(block["required_providers"], "required_providers")
+    assert providers["google"] == {"source": "hashicorp/google", "version": "~> 7.45"}
+    assert providers["time"]["source"] == "hashicorp/time"
+
+
+def test_terraform_lock_file_is_not_ignored() -> None:
+    # The lock file pins each provider's exact build: `make deploy` writes it on its first
+    # init, and it must be committable.
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    result = subprocess.run(
+        [git, "check-ignore", "-q", "--no-index", "infra/.terraform.lock.hcl"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1, "infra/.terraform.lock.hcl is git-ignored: commit it instead"
 
 
 def test_outputs(tf: Module) -> None:
@@ -314,7 +418,13 @@ def test_generated_signing_secret_is_a_standard_webhooks_secret(tf: Module) -> N
     assert '"whsec_${id.b64_std}"' in tf.locals["signing_secret"]
     assert tf.locals["signing_secret"].startswith("${coalesce(var.signing_secret, ")
     secret = tf.resource("google_secret_manager_secret_version", "signing")
-    assert secret["secret_data"] == "${local.signing_secret}"
+    # Write-only: the value reaches Secret Manager but not the Terraform state, and a new
+    # value (hence a new hash) writes a new version.
+    assert "secret_data" not in secret
+    assert secret["secret_data_wo"] == "${local.signing_secret}"
+    assert secret["secret_data_wo_version"] == (
+        "${parseint(substr(sha256(local.signing_secret), 0, 8), 16)}"
+    )
     # What random_id.b64_std holds (standard base64, padded) passes firecron's own check.
     assert parse_signing_secrets(f"whsec_{_KEY}") == (f"whsec_{_KEY}",)
 
@@ -370,42 +480,6 @@ def test_signing_secret_variable_is_validated(tmp_path: Path, value: str, accept
             parse_signing_secrets(value)
 
 
-# --- functions/requirements.txt --------------------------------------------------------------
-
-
-def test_requirements_txt_is_up_to_date() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "firecron._requirements"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    path = ROOT / "functions" / "requirements.txt"
-    assert path.exists(), "functions/requirements.txt is missing: run `make requirements`"
-    assert path.read_text(encoding="utf-8") == result.stdout, (
-        "functions/requirements.txt is stale: run `make requirements`"
-    )
-
-
-def test_requirements_render(tmp_path: Path) -> None:
-    pyproject = tmp_path / "pyproject.toml"
-    pyproject.write_text('[project]\ndependencies = ["a>=1", "b[x]; python_version<\'4\'"]\n')
-    assert _requirements.render(pyproject) == (
-        f"{_requirements.HEADER}\na>=1\nb[x]; python_version<'4'\n"
-    )
-
-
-def test_requirements_without_pyproject(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _requirements.main(tmp_path / "pyproject.toml") == 1
-    out, err = capsys.readouterr()
-    assert out == ""
-    assert "pyproject.toml not found" in err
-    assert len(err.strip().splitlines()) == 1
-
-
 # --- Makefile targets ----------------------------------------------------------------------
 
 MAKE = shutil.which("make")
@@ -453,7 +527,7 @@ def test_make_n_deploy_shows_the_whole_sequence() -> None:
         assert hits, f"{pattern!r} not in:\n{result.stdout}"
         return hits[0]
 
-    requirements = first(r"-m firecron\._requirements > functions/requirements\.txt")
+    requirements = first(r"-m firecron\._requirements functions/requirements\.txt")
     init = first(r"terraform -chdir=infra init")
     apply = first(r"terraform -chdir=infra apply")
     assert requirements < init < apply
