@@ -71,9 +71,8 @@ bench: $(STAMP) ## run the benchmarks; prints a table and writes bench/results/*
 chaos: $(STAMP) ## run the chaos suite (about 15 min, 127.0.0.1 only); prints a table and writes bench/results/chaos.json
 	$(BIN)/python -m bench.chaos
 
-requirements: $(STAMP) ## regenerate functions/requirements.txt from pyproject
-	$(BIN)/python -m firecron._requirements > functions/requirements.txt.tmp
-	mv functions/requirements.txt.tmp functions/requirements.txt
+requirements: $(STAMP) ## pin functions/requirements.txt from pyproject with uv (needs the registry; keeps pins that still fit)
+	$(BIN)/python -m firecron._requirements functions/requirements.txt
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
