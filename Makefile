@@ -79,10 +79,10 @@ clean: ## remove the virtualenv and caches
 
 # --- Google Cloud (infra/) -------------------------------------------------------------
 # make deploy PROJECT=my-project REGION=europe-west1   (TF_ARGS=-auto-approve to skip the prompt)
-.PHONY: deploy plan destroy schedules-apply logs infra-check
+.PHONY: deploy plan destroy schedules-apply logs infra-check smoke
 
 TF := terraform -chdir=infra
-TF_VARS = -var project_id=$(PROJECT) -var region=$(REGION)
+TF_VARS = -var project_id=$(PROJECT) -var region=$(REGION)$(if $(DATABASE), -var 'firestore_database=$(DATABASE)')
 TF_ARGS ?=
 SCHEDULES ?= schedules.yaml
 FUNCTION ?= dispatch
@@ -90,6 +90,20 @@ LIMIT ?= 50
 ADC_HINT := it uses gcloud application-default credentials: run gcloud auth application-default login first
 TF_HINT := install Terraform 1.5 or newer: https://developer.hashicorp.com/terraform/install
 GCLOUD_HINT := install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) and run gcloud auth application-default login
+
+# DATABASE (optional): the Firestore database firecron uses, (default) when empty.
+FIRESTORE_DATABASE = $(or $(DATABASE),(default))
+STORE_URL = firestore://$(PROJECT)$(if $(filter-out (default),$(FIRESTORE_DATABASE)),/$(FIRESTORE_DATABASE))
+# A shell snippet printing -var create_firestore_database=false when the database exists
+# (Firebase and App Engine projects have a (default) one; creating it again fails with
+# ALREADY_EXISTS), nothing when gcloud says NOT_FOUND, and one line of advice otherwise.
+# Skipped when TF_ARGS sets create_firestore_database itself.
+DB_CHECK = $(if $(findstring create_firestore_database,$(TF_ARGS)),,$$(if out=$$(gcloud firestore databases describe --database='$(FIRESTORE_DATABASE)' --project=$(PROJECT) --format='value(name)' 2>&1); then \
+	echo "$@: Firestore database $(FIRESTORE_DATABASE) exists; reusing it (-var create_firestore_database=false)" >&2; \
+	echo "-var create_firestore_database=false"; \
+	elif ! grep -q NOT_FOUND <<<"$$out"; then \
+	echo "$@: could not tell whether Firestore database $(FIRESTORE_DATABASE) exists ($$(head -n 1 <<<"$$out")); if it does, add TF_ARGS=\"-var create_firestore_database=false\"" >&2; \
+	fi))
 
 # $(call need-var,NAME,usage): one clear line and exit 2 when the make variable NAME is empty.
 need-var = @test -n "$($(1))" || { echo "error: $(1) is required: make $@ $(2)" >&2; exit 2; }
@@ -103,7 +117,7 @@ deploy: ## build and deploy to Google Cloud: make deploy PROJECT=my-project REGI
 	$(call need-tool,gcloud,$(GCLOUD_HINT))
 	$(MAKE) --no-print-directory requirements
 	$(TF) init -input=false
-	$(TF) apply $(TF_VARS) $(TF_ARGS)
+	$(TF) apply $(TF_VARS) $(DB_CHECK) $(TF_ARGS)
 
 plan: ## show what deploy would change (PROJECT, REGION)
 	$(call need-var,PROJECT,PROJECT=my-project REGION=europe-west1)
@@ -112,7 +126,7 @@ plan: ## show what deploy would change (PROJECT, REGION)
 	$(call need-tool,gcloud,$(GCLOUD_HINT))
 	$(MAKE) --no-print-directory requirements
 	$(TF) init -input=false
-	$(TF) plan $(TF_VARS) $(TF_ARGS)
+	$(TF) plan $(TF_VARS) $(DB_CHECK) $(TF_ARGS)
 
 destroy: ## delete what deploy created; a created Firestore database and its data stay (PROJECT, REGION)
 	$(call need-var,PROJECT,PROJECT=my-project REGION=europe-west1)
@@ -133,6 +147,21 @@ logs: ## recent logs of a function: make logs PROJECT=p REGION=r [FUNCTION=dispa
 	$(call need-var,REGION,PROJECT=$(or $(PROJECT),my-project) REGION=europe-west1 [FUNCTION=dispatch])
 	$(call need-tool,gcloud,$(GCLOUD_HINT))
 	gcloud functions logs read $(FUNCTION) --project $(PROJECT) --region $(REGION) --gen2 --limit $(LIMIT)
+
+# The scheduler job infra/main.tf names "<namespace>-tick"; dispatch's logs are its Cloud
+# Run service's, and the job's own attempt logs show the calls that never reached it.
+SMOKE_JOB = $(subst _,-,$(or $(FIRECRON_NAMESPACE),firecron))-tick
+SMOKE_FILTER = (resource.type="cloud_run_revision" AND resource.labels.service_name="dispatch") OR (resource.type="cloud_scheduler_job" AND resource.labels.job_id="$(SMOKE_JOB)")
+SMOKE := $(BIN)/python -m firecron._smoke
+
+smoke: ## after deploy, prove it works: a forced tick, its logs, a hello run (PROJECT, REGION; DATABASE, FIRECRON_NAMESPACE optional)
+	$(call need-var,PROJECT,PROJECT=my-project REGION=europe-west1 [DATABASE=(default)])
+	$(call need-var,REGION,PROJECT=$(or $(PROJECT),my-project) REGION=europe-west1 [DATABASE=(default)])
+	$(call need-tool,gcloud,$(GCLOUD_HINT))
+	@$(MAKE) --no-print-directory venv
+	$(SMOKE) scheduler -- gcloud scheduler jobs run $(SMOKE_JOB) --location $(REGION) --project $(PROJECT)
+	$(SMOKE) logs -- gcloud logging read '$(SMOKE_FILTER)' --project $(PROJECT) --freshness 5m --order desc --limit 50 --format json
+	$(if $(FIRECRON_NAMESPACE),FIRECRON_NAMESPACE=$(FIRECRON_NAMESPACE) )$(SMOKE) hello --store '$(STORE_URL)' --firecron $(BIN)/firecron
 
 infra-check: $(STAMP) ## terraform fmt -check (when terraform is installed) and the offline infra tests
 	@if command -v terraform >/dev/null 2>&1; then \
