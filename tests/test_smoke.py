@@ -73,6 +73,18 @@ def test_a_newer_failure_wins_over_an_older_summary() -> None:
     assert verdict.cause == "iam"
 
 
+def test_entries_from_before_the_window_prove_nothing() -> None:
+    summary_at = datetime(2026, 11, 30, 7, 1, 2, 385000, tzinfo=UTC)
+    assert logs_verdict(sample("ok"), summary_at) is not None
+    assert logs_verdict(sample("ok"), summary_at + timedelta(milliseconds=10)) is None
+    # Nanosecond timestamps order by time, not as text ("02.5Z" sorts before "02Z").
+    a, b = sample("iam_403")[1], sample("ok")[2]
+    a["timestamp"], b["timestamp"] = "2026-11-30T07:01:02Z", "2026-11-30T07:01:02.500000001Z"
+    verdict = logs_verdict([a, b])
+    assert verdict is not None
+    assert verdict.ok
+
+
 def test_cloud_runs_own_401_is_the_audience_and_nothing_yet_decides_nothing() -> None:
     request_only = [e for e in sample("audience_401") if "httpRequest" in e]
     platform = [e for e in request_only if e["resource"]["type"] == "cloud_run_revision"]
@@ -184,10 +196,11 @@ def run_smoke(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_logs_step_runs_its_command_and_judges_its_json() -> None:
-    ok = run_smoke("logs", "--", "cat", str(SAMPLES / "ok.json"))
+    # The samples are from a fixed past day: a window reaching back to them takes them.
+    ok = run_smoke("logs", "--window", "1e9", "--", "cat", str(SAMPLES / "ok.json"))
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("smoke: logs ok in ")
-    refused = run_smoke("logs", "--", "cat", str(SAMPLES / "ingress_404.json"))
+    refused = run_smoke("logs", "--window", "1e9", "--", "cat", str(SAMPLES / "ingress_404.json"))
     assert refused.returncode == 1
     assert refused.stderr.strip().endswith(CAUSES["ingress"])
     assert len(refused.stderr.strip().splitlines()) == 1

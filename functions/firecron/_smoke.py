@@ -187,15 +187,21 @@ def _scheduler_entry_verdict(entry: dict[str, Any]) -> Verdict | None:
     return Verdict(False, detail, "dispatch")
 
 
-def logs_verdict(entries: Sequence[dict[str, Any]]) -> Verdict | None:
+def logs_verdict(
+    entries: Sequence[dict[str, Any]], not_before: datetime | None = None
+) -> Verdict | None:
     """Judge ``gcloud logging read --format=json`` output; ``None``: nothing decisive yet.
 
     dispatch's own entries (Cloud Run's request log and the function's lines) decide
     first, the newest decisive one winning, so that a tick summary after a failure means
     the failure was fixed; entries are sorted by ``timestamp`` here, whatever gcloud's
-    order. Only when none decides do the scheduler job's attempt logs.
+    order. Only when none decides do the scheduler job's attempt logs. Entries older
+    than ``not_before`` (aware), or without a timestamp, are ignored: a summary from
+    before the deploy proves nothing about it.
     """
-    ordered = sorted(entries, key=lambda e: str(e.get("timestamp", "")), reverse=True)
+    floor = not_before or datetime.min.replace(tzinfo=UTC)
+    stamped = [(t, e) for e in entries if (t := _timestamp(e)) is not None and t >= floor]
+    ordered = [e for _, e in sorted(stamped, key=lambda te: te[0], reverse=True)]
     scheduler = [e for e in ordered if _resource_type(e) == "cloud_scheduler_job"]
     service = [e for e in ordered if _resource_type(e) != "cloud_scheduler_job"]
     for entry in service:
@@ -207,6 +213,18 @@ def logs_verdict(entries: Sequence[dict[str, Any]]) -> Verdict | None:
         if verdict is not None:
             return verdict
     return None
+
+
+def _timestamp(entry: dict[str, Any]) -> datetime | None:
+    value = entry.get("timestamp")
+    if not isinstance(value, str):
+        return None
+    try:
+        # RFC 3339 with Z and up to nanoseconds, which fromisoformat truncates to micro.
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
 def _resource_type(entry: dict[str, Any]) -> str:
@@ -277,7 +295,9 @@ def _step_scheduler(command: Sequence[str]) -> Verdict:
     return scheduler_verdict(done.returncode, done.stderr)
 
 
-def _step_logs(command: Sequence[str], timeout_s: float) -> Verdict:
+def _step_logs(command: Sequence[str], timeout_s: float, window_s: float) -> Verdict:
+    not_before = datetime.now(UTC) - timedelta(seconds=window_s)
+
     def attempt() -> Verdict | None:
         done = _run(command)
         if done.returncode != 0:
@@ -287,7 +307,7 @@ def _step_logs(command: Sequence[str], timeout_s: float) -> Verdict:
             entries = json.loads(done.stdout or "[]")
         except json.JSONDecodeError:
             return Verdict(False, "gcloud logging read did not print JSON")
-        return logs_verdict(entries if isinstance(entries, list) else [])
+        return logs_verdict(entries if isinstance(entries, list) else [], not_before)
 
     return _poll(attempt, timeout_s, "tick summary or failure in dispatch's logs")
 
@@ -321,6 +341,12 @@ def _parser() -> argparse.ArgumentParser:
     sched.add_argument("command", nargs=argparse.REMAINDER)
     logs = steps.add_parser("logs", help="poll the command after --: gcloud logging read")
     logs.add_argument("--timeout", type=float, default=120.0)
+    logs.add_argument(
+        "--window",
+        type=float,
+        default=60.0,
+        help="ignore entries older than this many seconds before the step (default 60)",
+    )
     logs.add_argument("command", nargs=argparse.REMAINDER)
     hello = steps.add_parser("hello", help="apply a one-shot hello schedule, wait for its run")
     hello.add_argument("--store", required=True)
@@ -340,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.step == "scheduler":
         verdict = _step_scheduler(command)
     elif args.step == "logs":
-        verdict = _step_logs(command, args.timeout)
+        verdict = _step_logs(command, args.timeout, args.window)
     else:
         verdict = _step_hello(args.firecron, args.store, args.timeout)
     line = verdict.line(args.step, time.monotonic() - started)
