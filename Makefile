@@ -88,7 +88,7 @@ SCHEDULES ?= schedules.yaml
 FUNCTION ?= dispatch
 LIMIT ?= 50
 ADC_HINT := it uses gcloud application-default credentials: run gcloud auth application-default login first
-TF_HINT := install Terraform 1.5 or newer: https://developer.hashicorp.com/terraform/install
+TF_HINT := install Terraform 1.11 or newer: https://developer.hashicorp.com/terraform/install
 GCLOUD_HINT := install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) and run gcloud auth application-default login
 
 # DATABASE (optional): the Firestore database firecron uses, (default) when empty.
