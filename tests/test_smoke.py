@@ -50,6 +50,11 @@ def sample(name: str) -> list[dict[str, Any]]:
         ("iam_403", "iam"),
         ("firestore_not_found", "firestore"),
     ],
+    # Ids name the sample only: an id ending "-firestore]" reads as the Firestore store
+    # backend to tests/test_emulator_marker.py, and these need no emulator.
+    ids=lambda value: (
+        f"cause={value}" if value in ("firestore", "iam", "ingress", "audience") else None
+    ),
 )
 def test_each_recorded_outcome_names_its_cause(name: str, cause: str | None) -> None:
     verdict = logs_verdict(sample(name))
@@ -156,6 +161,7 @@ def test_the_forced_tick(returncode: int, stderr: str, ok: bool, cause: str | No
             "iam",
         ),
     ],
+    ids=lambda value: f"cause={value}" if value in ("firestore", "iam") else None,
 )
 def test_the_apply_failure_names_its_cause(output: str, cause: str) -> None:
     verdict = apply_verdict(1, output)
