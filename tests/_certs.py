@@ -6,14 +6,19 @@ certs endpoint serving the certificate (``{kid: PEM}``, Google's v1 format).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-__all__ = ["rsa_key_and_cert"]
+__all__ = ["CertsServer", "rsa_key_and_cert"]
 
 
 def rsa_key_and_cert(common_name: str = "firecron-test") -> tuple[bytes, bytes]:
@@ -36,3 +41,40 @@ def rsa_key_and_cert(common_name: str = "firecron-test") -> tuple[bytes, bytes]:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return pem_key, cert.public_bytes(serialization.Encoding.PEM)
+
+
+class CertsServer:
+    """A certs endpoint whose document can change, counting the fetches it answers."""
+
+    def __init__(self, document: dict[str, str]) -> None:
+        self.document = document
+        self.fetches = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[str]:
+        """Serve on 127.0.0.1 and give the certs URL."""
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with owner._lock:
+                    owner.fetches += 1
+                    payload = json.dumps(owner.document).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_port}/oauth2/v1/certs"
+        finally:
+            server.shutdown()
+            server.server_close()

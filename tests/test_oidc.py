@@ -7,12 +7,10 @@ way Google's certs endpoint does, and signs tokens with google-auth's own signer
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import pytest
 from google.auth import crypt as _crypt
 from google.auth import jwt as _jwt
 
-from _certs import rsa_key_and_cert
+from _certs import CertsServer, rsa_key_and_cert
 from _workers import serve_worker, worker_env
 from firecron.errors import FirecronError, SignatureError
 from firecron.oidc import CertsCache, check_dispatch_caller, verify_google_id_token
@@ -55,24 +53,8 @@ def keys() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def certs_url(keys: dict[str, Any]) -> Iterator[str]:
     """A local stand-in for https://www.googleapis.com/oauth2/v1/certs."""
-    payload = json.dumps({KID: keys["cert"]}).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/oauth2/v1/certs"
-    server.shutdown()
+    with CertsServer({KID: keys["cert"]}).serve() as url:
+        yield url
 
 
 def token(keys: dict[str, Any], signer: str = "signer", **overrides: Any) -> str:
@@ -294,43 +276,6 @@ def test_malformed_token_text_is_refused_in_one_line(
 ) -> None:
     with pytest.raises(SignatureError, match=message):
         check_dispatch_caller(f"Bearer {tok}", settings(certs_url))
-
-
-class CertsServer:
-    """A certs endpoint whose document can change, counting the fetches it answers."""
-
-    def __init__(self, document: dict[str, str]) -> None:
-        self.document = document
-        self.fetches = 0
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def serve(self) -> Iterator[str]:
-        """Serve on 127.0.0.1 and give the certs URL."""
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with owner._lock:
-                    owner.fetches += 1
-                    payload = json.dumps(owner.document).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_port}/oauth2/v1/certs"
-        finally:
-            server.shutdown()
-            server.server_close()
 
 
 class FakeClock:

@@ -26,11 +26,8 @@ import hmac
 import json
 import random
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -157,30 +154,6 @@ class _Keys:
         self.cert = cert.decode()
 
 
-@contextmanager
-def _certs_endpoint(keys: _Keys) -> Iterator[str]:
-    payload = json.dumps({KID: keys.cert}).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/oauth2/v1/certs"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -243,12 +216,14 @@ def _post(client: httpx.Client, url: str, headers: dict[str, str], body: bytes) 
 
 def _fuzz(lab: Lab, ref: StoreRef, backend: str, cfg: EndpointsConfig) -> list[Row]:
     rng = random.Random(f"{lab.seed}-endpoints")
-    keys = _Keys()
+    keys = _Keys()  # puts tests/ on the path
+    from _certs import CertsServer
+
     log_dir = lab.tmp / f"endpoints-{backend}"
     attempt_log = log_dir / "attempts.jsonl"
     rows = []
     with (
-        _certs_endpoint(keys) as certs_url,
+        CertsServer({KID: keys.cert}).serve() as certs_url,
         httpx.Client(timeout=30, trust_env=False) as client,
     ):
         ref_env = {
