@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import resource
-import shutil
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from bench._common import (
     BenchResult,
     Check,
     SinkProcess,
+    backend_names,
     machine_info,
     print_table,
     sink_process,
@@ -107,15 +107,8 @@ def _raise_nofile() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.backends:
-        names = [b.strip() for b in args.backends.split(",") if b.strip()]
-    else:
-        names = ["sqlite", "firestore"] if shutil.which("gcloud") else ["sqlite"]
-        if "firestore" not in names:
-            print("gcloud not on PATH: Firestore emulator runs skipped", flush=True)
-    bad = [b for b in names if b not in ("sqlite", "firestore")]
-    if bad:
-        print(f"unknown backend(s): {', '.join(bad)}", file=sys.stderr)
+    names = backend_names(args.backends)
+    if names is None:
         return 2
     only = args.only or list(NAMES)
     f_cfg, h_cfg, d_cfg = _configs(args)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -112,6 +113,23 @@ def machine_info() -> dict[str, Any]:
         },
         "measured_at": rfc3339(datetime.now(UTC).replace(microsecond=0)),
     }
+
+
+def backend_names(option: str | None) -> list[str] | None:
+    """The backends a ``--backends a,b`` option names; by default SQLite, plus the
+    Firestore emulator when ``gcloud`` is on PATH. None (after one line on stderr) when
+    it names an unknown backend."""
+    if option:
+        names = [b.strip() for b in option.split(",") if b.strip()]
+    else:
+        names = ["sqlite", "firestore"] if shutil.which("gcloud") else ["sqlite"]
+        if "firestore" not in names:
+            print("gcloud not on PATH: Firestore emulator runs skipped", flush=True)
+    bad = [b for b in names if b not in ("sqlite", "firestore")]
+    if bad:
+        print(f"unknown backend(s): {', '.join(bad)}", file=sys.stderr)
+        return None
+    return names
 
 
 def write_json(results_dir: Path, name: str, data: dict[str, Any]) -> Path:

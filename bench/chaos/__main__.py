@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import tempfile
 import time
@@ -32,7 +31,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench._common import RESULTS_DIR, Backends, machine_info, print_table, sink_process, write_json
+from bench._common import (
+    RESULTS_DIR,
+    Backends,
+    backend_names,
+    machine_info,
+    print_table,
+    sink_process,
+    write_json,
+)
 from bench.chaos import endpoints, files, freeze, kill, skew, workers
 from bench.chaos._count import COLUMNS, Row
 from bench.chaos._env import Lab
@@ -63,15 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     # still show, and every count comes from the records, not from these logs.
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("firecron").setLevel(logging.ERROR)
-    if args.backends:
-        names = [b.strip() for b in args.backends.split(",") if b.strip()]
-    else:
-        names = ["sqlite", "firestore"] if shutil.which("gcloud") else ["sqlite"]
-        if "firestore" not in names:
-            print("gcloud not on PATH: Firestore emulator runs skipped", flush=True)
-    bad = [b for b in names if b not in ("sqlite", "firestore")]
-    if bad:
-        print(f"unknown backend(s): {', '.join(bad)}", file=sys.stderr)
+    names = backend_names(args.backends)
+    if names is None:
         return 2
     k_cfg, f_cfg = kill.KillConfig(), freeze.FreezeConfig()
     e_cfg, s_cfg, sk_cfg = endpoints.EndpointsConfig(), files.FilesConfig(), skew.SkewConfig()
