@@ -35,18 +35,17 @@ schedule stays due for the next tick.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
 import secrets as _secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from firecron import outbox
+from firecron._gc import gc_eased
 from firecron.core import events, lifecycle, planning
 from firecron.core.lifecycle import RunTimeouts, SendOutcome, WatchAction
 from firecron.core.models import JsonValue, OverlapPolicy, StoredSchedule, TargetAuth
@@ -78,35 +77,6 @@ _MAX_ERROR_CHARS = 500
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-_TICK_GC_THRESHOLD = 10_000
-_tick_gc_depth = 0
-_tick_gc_saved = gc.get_threshold()
-
-
-@contextlib.contextmanager
-def _tick_gc() -> Iterator[None]:
-    """Collect garbage less eagerly while a tick runs; restored when the outermost tick ends.
-
-    Why: gen-2 collections walking the whole pre-tick heap cost a large share of a big
-    tick (bench/fanout.py measures it; the README's Performance section has figures).
-    The pre-tick heap is frozen (never scanned) and young objects are collected every
-    10,000 allocations instead of 700.
-    """
-    global _tick_gc_depth, _tick_gc_saved
-    _tick_gc_depth += 1
-    if _tick_gc_depth == 1:
-        _tick_gc_saved = gc.get_threshold()
-        gc.freeze()
-        gc.set_threshold(_TICK_GC_THRESHOLD, *_tick_gc_saved[1:])
-    try:
-        yield
-    finally:
-        _tick_gc_depth -= 1
-        if _tick_gc_depth == 0:
-            gc.set_threshold(*_tick_gc_saved)
-            gc.unfreeze()
 
 
 def timeouts_for(settings: Settings) -> RunTimeouts:
@@ -258,7 +228,7 @@ class Dispatcher:
 
     async def tick(self, now: datetime | None = None) -> TickSummary:
         """Run one tick at ``now`` (default: the clock). Never raises for one bad schedule or run."""
-        with _tick_gc():
+        with gc_eased():
             return await self._tick(now)
 
     async def _tick(self, now: datetime | None) -> TickSummary:
