@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+from _emulators import group_members
 from _poll import poll
 
 __all__ = [
@@ -125,34 +126,10 @@ class WorkerProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
         poll(
-            lambda: _live_members(self.process.pid),
+            lambda: group_members(self.process.pid),
             lambda pids: not pids,
             what=f"the processes of worker {self.target!r} to die",
         )
-
-
-def _live_members(pgid: int) -> list[int]:
-    """Pids of the processes of group ``pgid`` that are not dead or zombies.
-
-    The gunicorn children are not ours to reap, so ``wait`` cannot tell when they are
-    gone; ``/proc/PID/stat`` can. Empty where there is no ``/proc`` (not Linux).
-    """
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return []
-    live = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        state, _ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
-        if int(pgrp) == pgid and state not in ("Z", "X"):
-            live.append(int(entry.name))
-    return live
 
 
 def _free_ports(count: int) -> list[int]:

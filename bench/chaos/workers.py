@@ -268,9 +268,9 @@ async def _async(value: bool) -> bool:
 
 
 def _group(pgid: int) -> list[int]:
-    from _workers import _live_members
+    from _emulators import group_members
 
-    members: list[int] = _live_members(pgid)
+    members: list[int] = group_members(pgid)
     return members
 
 
