@@ -293,7 +293,7 @@ class Dispatcher:
             s.state.last_run_id
             for s in schedules
             if s.state.last_run_id
-            and s.spec.target.is_worker
+            and s.spec.target.tracks_end
             and s.spec.overlap is not OverlapPolicy.allow
         ]
         if not wanted:

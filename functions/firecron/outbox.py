@@ -86,7 +86,7 @@ async def _deliver(
             events = ev.record_delivery(events, event.id, delivery.sink, now, error)
         changes = {
             "events": events,
-            "watch_at": derive_watch(current.deadline_at, events),
+            "watch_at": derive_watch(current.deadline_at, events, current.settle_at),
             "updated_at": max(now, current.updated_at),
         }
         try:

@@ -42,9 +42,18 @@ from firecron.core.events import (
     Route,
     next_delivery_at,
 )
-from firecron.core.models import JsonValue
+from firecron.core.models import ChainOn, JsonValue
 from firecron.core.render import rfc3339
-from firecron.core.runs import Attempt, Run, RunState, Send, backoff_delay
+from firecron.core.runs import (
+    FAILED_STATES,
+    SUCCEEDED_STATES,
+    Attempt,
+    Run,
+    RunState,
+    Send,
+    UpstreamEnd,
+    backoff_delay,
+)
 
 __all__ = [
     "Change",
@@ -53,7 +62,18 @@ __all__ = [
     "WatchAction",
     "WatchDecision",
     "attempt_failed",
+    "cancel",
+    "causes_runs",
+    "chain_matches",
     "derive_watch",
+    "end_pipeline",
+    "fail_task",
+    "pipeline_verdict",
+    "release_task",
+    "settled",
+    "skip_task",
+    "start_pipeline",
+    "upstream_end",
     "finish",
     "heartbeat",
     "make_event",
@@ -134,9 +154,12 @@ class SendOutcome(StrEnum):
     """Any other 4xx, or a refused target: retrying cannot help."""
 
 
-def derive_watch(deadline: datetime | None, events: list[Event]) -> datetime | None:
-    """``watch_at``: the earlier of the state deadline and the next pending delivery."""
-    times = [t for t in (deadline, next_delivery_at(events)) if t is not None]
+def derive_watch(
+    deadline: datetime | None, events: list[Event], settle_at: datetime | None = None
+) -> datetime | None:
+    """``watch_at``: the earliest of the state deadline, the next pending delivery and,
+    for an ended run whose successors are not yet claimed, ``settle_at``."""
+    times = [t for t in (deadline, next_delivery_at(events), settle_at) if t is not None]
     return min(times, default=None)
 
 
@@ -170,6 +193,11 @@ def make_event(run: Run, event_type: EventType, now: datetime, routes: list[Rout
         "labels": dict(run.labels),
         "params": dict(run.params),
     }
+    # Orchestration fields, only where set: older consumers see the data they knew.
+    for key in ("pipeline", "task", "parent_run_id", "cause_run_id"):
+        value = getattr(run, key)
+        if value is not None:
+            data[key] = value
     # The log sink is written in-process by whoever records the event: nothing to track.
     deliveries = [
         Delivery(sink=r.sink_name, next_at=now + DELIVERY_LEASE)
@@ -199,7 +227,11 @@ def _finalize(run: Run, change: Change, now: datetime) -> Change:
         if all(e.id != event.id for e in events):
             events.append(event)
             changes["events"] = events
-    changes["watch_at"] = derive_watch(changes.get("deadline_at", run.deadline_at), events)
+    changes["watch_at"] = derive_watch(
+        changes.get("deadline_at", run.deadline_at),
+        events,
+        changes.get("settle_at", run.settle_at),
+    )
     return replace(change, changes=changes, finalized=True)
 
 
@@ -216,10 +248,38 @@ def _finalized(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def _ended(run: Run, now: datetime) -> dict[str, Any]:
-    """The fields every terminal transition sets: end time, no deadline, expiry."""
+def causes_runs(run: Run, state: RunState) -> bool:
+    """True when ``run`` ending in ``state`` causes other runs, which its recorder then
+    claims (``settle_at`` marks the end until they are): a task run (its downstream
+    tasks, its pipeline), a pipeline run (its unfinished tasks, its ``then`` steps), or
+    a run with a ``then`` step for this end. Skipped, missed and cancelled runs chain
+    nothing. Decided from the run alone, so a run that causes nothing costs no read."""
+    if run.parent_run_id is not None or run.is_pipeline_run:
+        return True
+    return any(chain_matches(step.on, state) for step in run.then)
+
+
+def chain_matches(on: ChainOn, state: RunState) -> bool:
+    """True when a ``then`` step with ``on`` starts after a run ended in ``state``."""
+    if state in SUCCEEDED_STATES:
+        return on is not ChainOn.failed
+    if state in (_S.failed, _S.timed_out, _S.lost):
+        return on is not ChainOn.succeeded
+    return False
+
+
+def _ended(run: Run, now: datetime, state: RunState) -> dict[str, Any]:
+    """The fields every terminal transition sets: end time, no deadline, expiry, and
+    ``settle_at`` when the end causes other runs (:func:`causes_runs`)."""
     expire_at = now + run.retention if run.retention is not None else None
-    return {"ended_at": now, "deadline_at": None, "expire_at": expire_at}
+    settle_at = now if causes_runs(run, state) else None
+    return {
+        "state": state,
+        "ended_at": now,
+        "deadline_at": None,
+        "expire_at": expire_at,
+        "settle_at": settle_at,
+    }
 
 
 def _attempts(run: Run, **fields: Any) -> list[Attempt]:
@@ -238,10 +298,11 @@ def _with_send(attempts: list[Attempt], send: Send) -> list[Attempt]:
 
 
 def _running_deadline(run: Run, now: datetime, heartbeat_at: datetime, t: RunTimeouts) -> datetime:
-    if run.timed_out_at is not None:
+    stop_requested = run.timed_out_at or run.cancelled_at
+    if stop_requested is not None:
         # Cancel requested: heartbeats no longer extend anything; the attempt has one
         # heartbeat timeout to stop before the watchdog gives up on it.
-        return run.timed_out_at + t.heartbeat_timeout
+        return stop_requested + t.heartbeat_timeout
     started = run.started_at or now
     deadlines = [heartbeat_at + t.heartbeat_timeout]
     if run.expected_duration is not None and run.sla_breached_at is None:
@@ -280,10 +341,16 @@ def sent(
                 "deadline_at": now + t.start_timeout,
             }
         else:
-            attempts[-1] = attempts[-1].model_copy(
-                update={"outcome": _S.delivered, "ended_at": now}
-            )
-            changes = {"state": _S.delivered, "dispatched_at": now, **_ended(run, now)}
+            # A message (a notify target) is done once sent; a plain endpoint reports nothing.
+            end = _S.succeeded if run.target.notify is not None else _S.delivered
+            attempts[-1] = attempts[-1].model_copy(update={"ended_at": now, "outcome": end})
+            changes = {"dispatched_at": now, **_ended(run, now, end)}
+            if end is _S.succeeded:
+                return Change(
+                    (_S.pending,),
+                    {**changes, "error": None, "attempts": attempts, "updated_at": now},
+                    event=EventType.run_succeeded,
+                )
         return Change((_S.pending,), {**changes, "attempts": attempts, "updated_at": now})
     if outcome is SendOutcome.permanent:
         return attempt_failed(
@@ -327,7 +394,7 @@ def attempt_failed(
             event=EventType.run_retrying,
         )
     event = _END_EVENTS[outcome] if not dispatch else EventType.dispatch_failed
-    return Change(expect, {**base, "state": outcome, **_ended(run, now)}, event=event)
+    return Change(expect, {**base, **_ended(run, now, outcome)}, event=event)
 
 
 @_finalized
@@ -414,10 +481,9 @@ def succeed(run: Run, now: datetime, output: JsonValue) -> Change:
     return Change(
         (_S.running,),
         {
-            "state": _S.succeeded,
             "output": output,
             "error": None,
-            **_ended(run, now),
+            **_ended(run, now, _S.succeeded),
             "attempts": _attempts(run, ended_at=now, outcome=_S.succeeded),
             "updated_at": now,
         },
@@ -442,12 +508,178 @@ def finish(
     ``error`` is :func:`succeed` with ``output``, and an error fails the attempt
     (``retry`` False: no further attempt, e.g. an output that cannot be stored).
     """
+    if run.cancelled_at is not None:
+        return _cancelled(run, now, run.error or "cancelled")
     if run.timed_out_at is not None:
         reason = f"timed out after {run.timeout}" + (f"; then {error}" if error else "")
         return attempt_failed(run, now, _S.timed_out, reason)
     if error is None:
         return succeed(run, now, output)
     return attempt_failed(run, now, _S.failed, error, retry=retry)
+
+
+# --- orchestration: ends that cause runs, pipelines, cancellation -------------------
+
+
+def _cancelled(run: Run, now: datetime, reason: str) -> Change:
+    attempts = _attempts(run, ended_at=now, outcome=_S.cancelled) if run.attempts else []
+    return Change(
+        (run.state,),
+        {
+            **_ended(run, now, _S.cancelled),
+            "attempts": attempts,
+            "error": reason,
+            "cancel_requested": run.state is _S.running,
+            "updated_at": now,
+        },
+    )
+
+
+def cancel(run: Run, now: datetime, t: RunTimeouts, reason: str) -> Change | None:
+    """Stop a run that has not ended: ``cancelled`` at once, or, for a running attempt, a
+    cancel request (``cancel_requested``, ``cancelled_at``) that its worker sees in its
+    next heartbeat reply; the attempt then ends ``cancelled`` when it records its end, or
+    ``heartbeat_timeout`` after the request (see :func:`watch`). None for an ended run
+    or one whose cancel was already requested."""
+    if run.is_terminal or run.cancelled_at is not None:
+        return None
+    if run.state is _S.running and not run.is_pipeline_run:
+        change = Change(
+            (_S.running,),
+            {
+                "cancel_requested": True,
+                "cancelled_at": now,
+                "error": reason,
+                "deadline_at": now + t.heartbeat_timeout,
+                "updated_at": now,
+            },
+        )
+    else:
+        change = _cancelled(run, now, reason)
+    return _finalize(run, change, now)
+
+
+@_finalized
+def settled(run: Run, now: datetime) -> Change:
+    """The runs an ended run causes are all claimed: clear ``settle_at``."""
+    return Change((run.state,), {"settle_at": None, "updated_at": now})
+
+
+@_finalized
+def start_pipeline(
+    run: Run, now: datetime, slots: list[str], ready: list[str]
+) -> Change:
+    """A pipeline run starts (``pending -> running``), in the same write that creates its
+    task runs. Its only deadline is the pipeline's ``timeout``: it has no worker and no
+    heartbeat; its leaf tasks' ends decide it (:func:`end_pipeline`)."""
+    spec = run.pipeline_spec
+    timeout = spec.timeout if spec is not None else None
+    return Change(
+        (_S.pending,),
+        {
+            "state": _S.running,
+            "started_at": now,
+            "dispatched_at": now,
+            "attempts": _attempts(run, started_at=now, dispatched_at=now),
+            "slots": slots,
+            "ready": ready,
+            "deadline_at": now + timeout if timeout is not None else None,
+            "updated_at": now,
+        },
+        event=EventType.run_started,
+    )
+
+
+def pipeline_verdict(run: Run) -> RunState | None:
+    """``succeeded`` or ``failed`` once every leaf task of the pipeline run has marked its
+    end on it, else None. Failed when any task failed, error paths included."""
+    spec = run.pipeline_spec
+    if spec is None:
+        return None
+    from firecron.core.pipelines import leaves
+
+    marks = run.upstream
+    wanted = leaves(spec)
+    if any(task not in marks for task in wanted):
+        return None
+    failed = any(marks[task].failed_within for task in wanted)
+    return _S.failed if failed else _S.succeeded
+
+
+@_finalized
+def end_pipeline(run: Run, now: datetime, verdict: RunState, error: str | None = None) -> Change:
+    """A pipeline run ends with ``verdict`` (from :func:`pipeline_verdict`, or ``failed``
+    on its timeout, with ``error`` saying so)."""
+    if verdict is _S.failed and error is None:
+        failed = sorted(t for t, m in run.upstream.items() if m.failed_within)
+        error = "a task failed" + (f" (below: {', '.join(failed)})" if failed else "")
+    event = EventType.run_succeeded if verdict is _S.succeeded else EventType.run_failed
+    return Change(
+        (_S.pending, _S.running),
+        {
+            **_ended(run, now, verdict),
+            "attempts": _attempts(run, ended_at=now, outcome=verdict, error=error),
+            "error": error,
+            "updated_at": now,
+        },
+        event=event,
+    )
+
+
+@_finalized
+def release_task(
+    run: Run, now: datetime, t: RunTimeouts, *, queued: bool = False
+) -> Change:
+    """A waiting task whose rule holds becomes ``pending`` (fire it), or ``queued`` when
+    its pipeline's ``max_parallel`` slots are all taken (the end of a running task hands
+    its slot on; the watchdog looks again every ``queue_recheck``)."""
+    if queued:
+        return Change(
+            (_S.waiting,),
+            {"state": _S.queued, "deadline_at": now + t.queue_recheck, "updated_at": now},
+        )
+    return Change(
+        (run.state,),
+        {
+            "state": _S.pending,
+            "attempts": [Attempt(number=1)],
+            "deadline_at": now + t.pending_grace,
+            "updated_at": now,
+        },
+    )
+
+
+@_finalized
+def skip_task(run: Run, now: datetime, reason: str) -> Change:
+    """A waiting task whose rule or ``if`` does not hold ends ``skipped``."""
+    return Change(
+        (_S.waiting,),
+        {**_ended(run, now, _S.skipped), "error": reason, "updated_at": now},
+        event=EventType.run_skipped,
+    )
+
+
+@_finalized
+def fail_task(run: Run, now: datetime, reason: str) -> Change:
+    """A waiting task whose ``if`` cannot be evaluated (a CEL error) fails, unretried."""
+    return Change(
+        (_S.waiting,),
+        {**_ended(run, now, _S.failed), "error": reason, "updated_at": now},
+        event=EventType.run_failed,
+    )
+
+
+def upstream_end(run: Run) -> UpstreamEnd:
+    """The mark an ended task run leaves on its downstream tasks (or its pipeline run)."""
+    state = run.state
+    failed_above = any(m.failed_within for m in run.upstream.values())
+    if state in SUCCEEDED_STATES:
+        return UpstreamEnd(outcome="succeeded", failed_within=failed_above)
+    if state in FAILED_STATES:
+        return UpstreamEnd(outcome="failed", failed_within=True)
+    below_failure = any(m.outcome in ("failed", "upstream_failed") for m in run.upstream.values())
+    outcome = "upstream_failed" if below_failure else "skipped"
+    return UpstreamEnd(outcome=outcome, failed_within=failed_above)
 
 
 class WatchAction(StrEnum):
@@ -459,6 +691,8 @@ class WatchAction(StrEnum):
     """Send the run's (new) current attempt."""
     check_blocker = "check_blocker"
     """Read ``blocked_by``; call :func:`watch` again with ``blocker_ended`` known."""
+    settle = "settle"
+    """The run ended but the runs it causes may not all be claimed: settle it."""
 
 
 @dataclass(frozen=True)
@@ -496,16 +730,20 @@ def _watch_rules(
     - ``retry_wait`` due: the next attempt.
     - ``queued``: fire once the blocker has ended (``blocker_ended``), else look again later.
     """
+    if run.is_terminal and run.settle_at is not None and run.settle_at <= now:
+        return WatchDecision(None, WatchAction.settle)
     if run.deadline_at is None or run.deadline_at > now:
         # Nothing of the state is due (the visit may be for event deliveries); make sure a
         # stale watch_at does not bring the run back every tick.
-        expected = derive_watch(run.deadline_at, run.events)
+        expected = derive_watch(run.deadline_at, run.events, run.settle_at)
         if run.watch_at != expected and (expected is None or expected > now):
             return WatchDecision(
                 Change((run.state,), {"watch_at": expected, "updated_at": now}, finalized=True)
             )
         return WatchDecision(None)
     state = run.state
+    if run.is_pipeline_run:
+        return _watch_pipeline(run, now, t)
     if state is _S.pending:
         unknown = _unknown_sends(run) + 1
         if unknown >= t.blind_sends:
@@ -554,6 +792,11 @@ def _watch_rules(
         started = run.started_at or run.updated_at
         heartbeat_at = run.heartbeat_at or started
         silent = now >= heartbeat_at + t.heartbeat_timeout
+        if run.cancelled_at is not None:
+            stop_by = run.cancelled_at + t.heartbeat_timeout
+            if now < stop_by:
+                return WatchDecision(Change((state,), {"deadline_at": stop_by, "updated_at": now}))
+            return WatchDecision(_cancelled(run, now, run.error or "cancelled"))
         if run.timed_out_at is not None:
             stop_by = run.timed_out_at + t.heartbeat_timeout
             if now < stop_by:
@@ -616,3 +859,20 @@ def _watch_rules(
         )
     # Terminal states have no deadline; clear a stray one.
     return WatchDecision(Change((state,), {"deadline_at": None, "updated_at": now}))
+
+
+def _watch_pipeline(run: Run, now: datetime, t: RunTimeouts) -> WatchDecision:
+    """A pipeline run's deadlines: ``pending`` past its grace was never started (start it
+    again: its start is one atomic write, so nothing is doubled); ``running`` past the
+    pipeline's ``timeout`` fails, and settling it cancels the unfinished tasks."""
+    if run.state is _S.pending:
+        return WatchDecision(
+            Change((_S.pending,), {"deadline_at": now + t.pending_grace, "updated_at": now}),
+            WatchAction.fire,
+        )
+    if run.state is _S.running:
+        spec = run.pipeline_spec
+        timeout = spec.timeout if spec is not None else None
+        error = f"pipeline timed out after {timeout}; its unfinished tasks are cancelled"
+        return WatchDecision(end_pipeline(run, now, _S.failed, error))
+    return WatchDecision(Change((run.state,), {"deadline_at": None, "updated_at": now}))

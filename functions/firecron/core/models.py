@@ -45,13 +45,20 @@ from pydantic import JsonValue as _JsonValue
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from firecron.core.durations import format_duration, parse_duration
-from firecron.core.events import Route
+from firecron.core.events import Route, SinkConfig
 
 __all__ = [
     "EARLIEST_INSTANT",
+    "ChainOn",
+    "ChainStep",
+    "NotifyAction",
     "INPUT",
     "LATEST_INSTANT",
     "MAX_PARAMS_DEPTH",
+    "MAX_PIPELINE_TASKS",
+    "PipelineSpec",
+    "TaskRule",
+    "TaskSpec",
     "SCHEDULE_ID_PATTERN",
     "Duration",
     "JsonValue",
@@ -149,20 +156,46 @@ class MisfirePolicyKind(StrEnum):
     """Fire none of them."""
 
 
-class Target(_Frozen):
-    """Where a run is POSTed.
+class NotifyAction(_Frozen):
+    """Send one message through a sink of the file's ``notifications:`` (a ``notify`` task).
 
-    Exactly one of ``url`` and ``function``. A ``function`` target is a worker built with
-    the SDK, resolved against ``FIRECRON_FUNCTIONS_BASE_URL`` at dispatch time. A ``url``
-    target is a plain endpoint (its runs end ``delivered``) unless ``worker: true``.
-    The URL is checked syntactically here; the SSRF guard runs in the transport,
-    where DNS is resolved.
+    ``sink`` names the sink; the parser resolves it into ``sink_config`` (a snapshot, as
+    schedules snapshot their routes), so the run needs no read to send it.
+    """
+
+    sink: str = Field(min_length=1, max_length=200)
+    """Name of a sink under ``notifications.sinks``."""
+    text: str = Field(min_length=1, max_length=4000)
+    """The message. ``{run_id}``, ``{pipeline_run_id}``, ``{schedule_id}`` and ``{param.NAME}``
+    are replaced when it is sent; other braces are left as they are."""
+    sink_config: SinkConfig | None = None
+    """The sink's definition, filled from ``notifications.sinks`` when the file is read."""
+
+
+class Target(_Frozen):
+    """What a run does when it is fired.
+
+    Exactly one of:
+
+    - ``url``: POST to an endpoint; a plain endpoint (its runs end ``delivered``) unless
+      ``worker: true``;
+    - ``function``: POST to a worker built with the SDK, resolved against
+      ``FIRECRON_FUNCTIONS_BASE_URL`` at dispatch time;
+    - ``pipeline``: start a run of the pipeline with that id (its tasks are runs too);
+    - ``notify``: send a message through a notification sink (used by ``notify`` tasks).
+
+    The URL is checked syntactically here; the SSRF guard runs in the transport, where
+    DNS is resolved.
     """
 
     url: str | None = None
     """Absolute http(s) URL of the endpoint."""
     function: str | None = None
     """Name of a worker entry point in ``functions/main.py``."""
+    pipeline: str | None = None
+    """Id of a pipeline of the schedules file (``pipelines:``)."""
+    notify: NotifyAction | None = None
+    """A message to send (pipeline ``notify`` tasks)."""
     worker: bool | None = None
     """Whether the target reports run state with the SDK. Defaults to true for ``function``."""
     auth: TargetAuth | None = None
@@ -178,8 +211,21 @@ class Target(_Frozen):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        if (self.url is None) == (self.function is None):
-            raise ValueError("set exactly one of 'url' or 'function'")
+        given = [
+            name
+            for name, value in (
+                ("url", self.url),
+                ("function", self.function),
+                ("pipeline", self.pipeline),
+                ("notify", self.notify),
+            )
+            if value is not None
+        ]
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise ValueError(
+                f"set exactly one of 'url', 'function', 'pipeline' or 'notify' (found: {found})"
+            )
         if self.function is not None:
             if not _FUNCTION_NAME.match(self.function):
                 raise ValueError(f"invalid function name {self.function!r}")
@@ -187,12 +233,67 @@ class Target(_Frozen):
                 raise ValueError("a 'function' target is always a worker; drop 'worker: false'")
         if self.url is not None and not re.match(r"^https?://[^/\s]+", self.url):
             raise ValueError(f"invalid url {self.url!r}: must be an absolute http(s) URL")
+        if self.pipeline is not None and not re.match(SCHEDULE_ID_PATTERN, self.pipeline):
+            raise ValueError(f"invalid pipeline id {self.pipeline!r}")
+        if (self.pipeline is not None or self.notify is not None) and (
+            self.worker is not None or self.auth is not None
+        ):
+            raise ValueError("'worker' and 'auth' apply to 'url' and 'function' targets only")
         return self
 
     @property
     def is_worker(self) -> bool:
         """True when the target runs the worker SDK and reports its run's state."""
         return self.function is not None or bool(self.worker)
+
+    @property
+    def tracks_end(self) -> bool:
+        """True when a run's end comes later than its firing (a worker or a pipeline), so the
+        overlap policy applies; a plain URL or a message is done once sent."""
+        return self.is_worker or self.pipeline is not None
+
+    @property
+    def is_http(self) -> bool:
+        """True when firing means a POST (``url`` or ``function``)."""
+        return self.url is not None or self.function is not None
+
+    def describe(self) -> str:
+        """One word and a name for listings: ``function:x``, ``pipeline:y``, ``notify:sink``
+        or the URL."""
+        if self.function is not None:
+            return f"function:{self.function}"
+        if self.pipeline is not None:
+            return f"pipeline:{self.pipeline}"
+        if self.notify is not None:
+            return f"notify:{self.notify.sink}"
+        return str(self.url)
+
+
+class ChainOn(StrEnum):
+    """Which ends of a run start a ``then`` step."""
+
+    succeeded = "succeeded"
+    """The run succeeded (``delivered`` counts: a plain target reports nothing more)."""
+    failed = "failed"
+    """The run ended ``failed``, ``timed_out`` or ``lost`` after its last attempt."""
+    done = "done"
+    """Either."""
+
+
+class ChainStep(_Frozen):
+    """One ``then:`` entry: when a run of this schedule ends, run another schedule at once."""
+
+    schedule: str = Field(pattern=SCHEDULE_ID_PATTERN)
+    """Id of the schedule to run (often an on-demand one)."""
+    on: ChainOn = ChainOn.succeeded
+    """Which ends start it."""
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    """Parameters of the chained run, over the target schedule's own."""
+
+    @field_validator("params")
+    @classmethod
+    def _check_params(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        return check_strict_json(value, "params")
 
 
 class RetryPolicy(_Frozen):
@@ -334,6 +435,108 @@ def _instant_field(value: Any, info: ValidationInfo) -> Any:
     return instant
 
 
+class TaskRule(StrEnum):
+    """When a pipeline task runs, judged once every task in its ``after`` has ended.
+
+    An upstream task counts as *failed* when it ended ``failed``, ``timed_out``, ``lost``
+    or ``cancelled``, or when it was skipped because of a failure above it (see
+    ``firecron.core.pipelines``); a task skipped for any other reason counts as skipped.
+    """
+
+    all_succeeded = "all_succeeded"
+    """Every upstream task succeeded (the default)."""
+    none_failed = "none_failed"
+    """No upstream task failed; skipped ones are fine."""
+    any_failed = "any_failed"
+    """At least one upstream task failed: the error path."""
+    all_done = "all_done"
+    """Whatever the upstream tasks did."""
+
+
+MAX_PIPELINE_TASKS = 400
+"""Tasks per pipeline: a pipeline run and its task runs are created in one atomic write
+(Firestore commits at most 500 writes at once)."""
+
+
+class TaskSpec(_Frozen):
+    """One task of a pipeline: a run of its own, started once its rule holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    id: str = Field(pattern=SCHEDULE_ID_PATTERN)
+    """Unique within the pipeline; the task run's id is ``{pipeline_run_id}.{id}``."""
+    target: Target | None = None
+    """A ``url`` or ``function`` target (exactly one of ``target`` and ``notify``)."""
+    notify: NotifyAction | None = None
+    """Send a message through a sink instead (exactly one of ``target`` and ``notify``)."""
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    """The task's params, over the schedule's and the pipeline's."""
+    after: list[str] = Field(default_factory=list)
+    """Ids of the tasks that must end first; none: it starts with the pipeline."""
+    when: TaskRule = TaskRule.all_succeeded
+    """The rule over the upstream tasks' outcomes."""
+    if_: str | None = Field(default=None, alias="if", min_length=1, max_length=2000)
+    """A CEL condition over ``params`` and ``tasks`` (its upstream tasks' ``state`` and
+    ``output``), judged with the rule; false: the task is skipped."""
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    """Retry policy of the task's run."""
+    timeout: Duration | None = None
+    """The task run is stopped after this."""
+    expected_duration: Duration | None = None
+    """SLA of the task run."""
+
+    @field_validator("params")
+    @classmethod
+    def _check_params(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        return check_strict_json(value, "params")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        if (self.target is None) == (self.notify is None):
+            raise ValueError("set exactly one of 'target' or 'notify'")
+        if self.target is not None and not self.target.is_http:
+            raise ValueError("a task's target is a 'url' or a 'function' (use 'notify:' to notify)")
+        return self
+
+    @property
+    def run_target(self) -> Target:
+        """The target its run carries (a ``notify`` task's is ``Target(notify=...)``)."""
+        return self.target if self.target is not None else Target(notify=self.notify)
+
+
+class PipelineSpec(_Frozen):
+    """A graph of tasks run as one pipeline run (``pipelines:`` in the schedules file).
+
+    The graph's rules (no cycles, known ``after`` ids, unique task ids) are checked by
+    :func:`firecron.core.pipelines.problems`, one line per problem.
+    """
+
+    id: str = Field(pattern=SCHEDULE_ID_PATTERN)
+    """Unique among the file's pipelines; schedules name it in ``target: {pipeline: ID}``."""
+    description: str = ""
+    """Free text."""
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    """Defaults under the schedule's params."""
+    max_parallel: int | None = Field(default=None, ge=1, le=MAX_PIPELINE_TASKS)
+    """At most this many tasks run at once (None: no bound)."""
+    timeout: Duration | None = None
+    """The pipeline run fails after this, and its unfinished tasks are cancelled."""
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_PIPELINE_TASKS)
+    """The tasks, in any order."""
+
+    @field_validator("params")
+    @classmethod
+    def _check_params(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        return check_strict_json(value, "params")
+
+    def task(self, task_id: str) -> TaskSpec:
+        """The task with this id (KeyError if none)."""
+        for task in self.tasks:
+            if task.id == task_id:
+                return task
+        raise KeyError(task_id)
+
+
 class ScheduleSpec(_Frozen):
     """One schedule as written in the schedules YAML. Unknown keys are errors."""
 
@@ -379,6 +582,11 @@ class ScheduleSpec(_Frozen):
     """How long finished runs are kept (default ``FIRECRON_RUN_RETENTION``, 30 days)."""
     notify: list[Route] = Field(default_factory=list)
     """Notification routes; filled by ``firecron apply`` from the file's ``notifications`` rules."""
+    then: list[ChainStep] = Field(default_factory=list, max_length=50)
+    """Schedules to run at once when a run of this one ends (see :class:`ChainStep`)."""
+    pipeline_spec: PipelineSpec | None = None
+    """For a ``target: {pipeline: ID}``: that pipeline's definition, filled from the file's
+    ``pipelines:`` when it is read (a snapshot, like ``notify``)."""
 
     @field_validator("timezone")
     @classmethod
@@ -432,14 +640,21 @@ class ScheduleSpec(_Frozen):
             )
             if value is not None
         ]
-        if len(given) != 1:
-            found = ", ".join(given) if given else "none"
-            raise ValueError(f"set exactly one of 'cron', 'every' or 'at' (found: {found})")
+        if len(given) > 1:
+            # None at all is an on-demand schedule: it runs when triggered or chained.
+            found = ", ".join(given)
+            raise ValueError(f"set at most one of 'cron', 'every' or 'at' (found: {found})")
         if self.start_at and self.end_at and self.end_at < self.start_at:
             raise ValueError("end_at is before start_at")
         if self.timeout and self.expected_duration and self.expected_duration > self.timeout:
             raise ValueError("expected_duration is longer than timeout")
         return self
+
+    @property
+    def on_demand(self) -> bool:
+        """True when the schedule has no trigger: it never fires by itself, only when
+        triggered, chained or submitted from code."""
+        return self.cron is None and self.every is None and self.at is None
 
     def trigger_fields(self) -> tuple[object, ...]:
         """The fields that decide *when* the schedule fires; a change re-plans ``next_fire_at``."""

@@ -342,7 +342,7 @@ def plan(
     runs: list[Run] = []
     fired = queued = skipped = 0
     last_run_id = state.last_run_id
-    checks_overlap = spec.target.is_worker and spec.overlap is not OverlapPolicy.allow
+    checks_overlap = spec.target.tracks_end and spec.overlap is not OverlapPolicy.allow
     blocker_active = checks_overlap and _is_active(latest_run)
     blocker_id = latest_run.id if latest_run is not None else None
     queue_full = blocker_active and latest_run is not None and latest_run.state is RunState.queued

@@ -22,10 +22,13 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from firecron.core.events import Event, Route
-from firecron.core.models import Duration, JsonValue, RetryPolicy, Target
+from firecron.core.models import ChainStep, Duration, JsonValue, PipelineSpec, RetryPolicy, Target
 
 __all__ = [
     "ACTIVE_STATES",
+    "FAILED_STATES",
+    "SUCCEEDED_STATES",
+    "UpstreamEnd",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "Attempt",
@@ -36,6 +39,8 @@ __all__ = [
     "SendRecord",
     "backoff_delay",
     "can_transition",
+    "caused_run_id",
+    "task_run_id",
     "manual_run_id",
     "scheduled_run_id",
 ]
@@ -68,6 +73,11 @@ class RunState(StrEnum):
     """Held by ``overlap: queue_one`` until ``blocked_by`` ends."""
     missed = "missed"
     """Not fired: its tick was missed beyond the misfire policy or grace (terminal record)."""
+    waiting = "waiting"
+    """Not runnable yet: a pipeline task whose upstream tasks have not all ended. Watched
+    by nobody: the end of its last upstream task moves it on."""
+    cancelled = "cancelled"
+    """Stopped before it ended by itself (its pipeline timed out); terminal."""
 
 
 class RunTrigger(StrEnum):
@@ -81,6 +91,10 @@ class RunTrigger(StrEnum):
     """A later attempt of a run (the body's trigger; the run keeps its original one)."""
     backfill = "backfill"
     """A past occurrence fired on purpose."""
+    chained = "chained"
+    """Started by another run: a ``then:`` step at its end, or ``ctx.submit`` (``cause_run_id``)."""
+    pipeline = "pipeline"
+    """A task of a pipeline run (``parent_run_id``), started when its rule held."""
 
 
 TERMINAL_STATES: frozenset[RunState] = frozenset(
@@ -92,9 +106,17 @@ TERMINAL_STATES: frozenset[RunState] = frozenset(
         RunState.lost,
         RunState.skipped,
         RunState.missed,
+        RunState.cancelled,
     }
 )
 """States a run never leaves."""
+
+SUCCEEDED_STATES: frozenset[RunState] = frozenset({RunState.succeeded, RunState.delivered})
+"""Ends that count as success (``then: on: succeeded``, pipeline rules)."""
+FAILED_STATES: frozenset[RunState] = frozenset(
+    {RunState.failed, RunState.timed_out, RunState.lost, RunState.cancelled}
+)
+"""Ends that count as failure for pipeline rules and a pipeline's verdict."""
 
 ACTIVE_STATES: frozenset[RunState] = frozenset(
     {RunState.pending, RunState.dispatched, RunState.running, RunState.retry_wait}
@@ -104,13 +126,27 @@ ACTIVE_STATES: frozenset[RunState] = frozenset(
 _S = RunState
 TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     # pending -> running: the worker may start before the dispatcher records the ack.
+    # pending -> succeeded: a message (notify target) is done once sent.
     _S.pending: frozenset(
-        {_S.dispatched, _S.delivered, _S.running, _S.retry_wait, _S.failed, _S.lost}
+        {
+            _S.dispatched,
+            _S.delivered,
+            _S.running,
+            _S.succeeded,
+            _S.retry_wait,
+            _S.failed,
+            _S.lost,
+            _S.cancelled,
+        }
     ),
-    _S.dispatched: frozenset({_S.running, _S.retry_wait, _S.lost, _S.failed}),
-    _S.running: frozenset({_S.succeeded, _S.failed, _S.timed_out, _S.lost, _S.retry_wait}),
-    _S.retry_wait: frozenset({_S.pending, _S.failed}),
-    _S.queued: frozenset({_S.pending, _S.skipped}),
+    _S.dispatched: frozenset({_S.running, _S.retry_wait, _S.lost, _S.failed, _S.cancelled}),
+    _S.running: frozenset(
+        {_S.succeeded, _S.failed, _S.timed_out, _S.lost, _S.retry_wait, _S.cancelled}
+    ),
+    _S.retry_wait: frozenset({_S.pending, _S.failed, _S.cancelled}),
+    _S.queued: frozenset({_S.pending, _S.skipped, _S.cancelled}),
+    # A task judged: it runs, is skipped, fails (its condition errs) or waits for a slot.
+    _S.waiting: frozenset({_S.pending, _S.queued, _S.skipped, _S.failed, _S.cancelled}),
     **{s: frozenset() for s in TERMINAL_STATES},
 }
 """Allowed transitions: ``TRANSITIONS[a]`` is the set of states reachable from ``a`` in one step."""
@@ -174,6 +210,23 @@ class Attempt(BaseModel):
     that race, so a started attempt may show no send."""
 
 
+class UpstreamEnd(BaseModel):
+    """How one upstream task ended, as recorded on its downstream task's run (a *mark*).
+
+    Marks are written with ``Store.mark_upstream``, one field per upstream task, so
+    concurrent ends never overwrite each other; a task is judged once it holds a mark
+    from every task in its ``after``. A pipeline run holds the marks of its leaf tasks.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    outcome: Literal["succeeded", "failed", "skipped", "upstream_failed"]
+    """``upstream_failed``: skipped because a task above it failed (counts as failed)."""
+    failed_within: bool = False
+    """True when this task or any task above it failed: a pipeline run whose leaves
+    report none of these succeeded."""
+
+
 def _utc(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
@@ -186,6 +239,19 @@ def scheduled_run_id(schedule_id: str, scheduled_for: datetime) -> str:
 def manual_run_id(schedule_id: str, at: datetime, nonce: str) -> str:
     """Id of a manual run: ``{schedule_id}@m{YYYYMMDDTHHMMSSZ}-{nonce}``; the caller supplies the nonce."""
     return f"{schedule_id}@m{_utc(at)}-{nonce}"
+
+
+def caused_run_id(schedule_id: str, cause_run_id: str, key: str) -> str:
+    """Id of a run caused by another: ``{schedule_id}@c{hash}``, deterministic in
+    ``(cause_run_id, key)``, so whoever claims it (the recorder of the cause's end, a
+    tick's sweep, a retried ``ctx.submit``) claims the same record and only one can."""
+    digest = hashlib.sha256(f"{cause_run_id}\x00{key}".encode()).hexdigest()[:20]
+    return f"{schedule_id}@c{digest}"
+
+
+def task_run_id(pipeline_run_id: str, task_id: str) -> str:
+    """Id of a task's run in a pipeline run: ``{pipeline_run_id}.{task_id}``."""
+    return f"{pipeline_run_id}.{task_id}"
 
 
 class Run(BaseModel):
@@ -259,9 +325,38 @@ class Run(BaseModel):
     attempts: list[Attempt] = Field(default_factory=list)
     """History, oldest first."""
     parent_run_id: str | None = None
-    """For pipeline task runs: the pipeline run (reserved for pipelines)."""
+    """For pipeline task runs: the pipeline run."""
     task: str | None = None
-    """For pipeline task runs: the task name (reserved for pipelines)."""
+    """For pipeline task runs: the task id."""
+    pipeline: str | None = None
+    """The pipeline id, on a pipeline run and on each of its task runs."""
+    pipeline_spec: PipelineSpec | None = None
+    """On a pipeline run: the snapshot of its pipeline, taken when it was claimed."""
+    cause_run_id: str | None = None
+    """For ``chained`` runs: the run whose end (or ``ctx.submit``) caused it; for task
+    runs, the pipeline run."""
+    then: list[ChainStep] = Field(default_factory=list)
+    """Snapshot of the schedule's ``then:`` steps, claimed when this run ends."""
+    downstream: list[str] = Field(default_factory=list)
+    """For task runs: the tasks whose ``after`` names this one (none: a leaf, whose end
+    is marked on the pipeline run)."""
+    holds_slot: bool = False
+    """For task runs of a pipeline with ``max_parallel``: its end frees a slot."""
+    upstream: dict[str, UpstreamEnd] = Field(default_factory=dict)
+    """Marks: how each upstream task ended (task runs), or each leaf task (pipeline runs).
+    Written only by ``Store.mark_upstream``."""
+    slots: list[str] = Field(default_factory=list)
+    """On a pipeline run with ``max_parallel``: the task ids holding a slot."""
+    ready: list[str] = Field(default_factory=list)
+    """On a pipeline run with ``max_parallel``: task ids waiting for a slot, first first."""
+    settle_at: AwareDatetime | None = None
+    """Set by the write that ends a run that causes other runs (``then`` steps, a task's
+    downstream, a pipeline's tasks); cleared once they are claimed. While set, the run
+    stays watched, so the tick settles what a dead recorder left undone."""
+    cancelled_at: AwareDatetime | None = None
+    """When a cancel was requested of a running attempt (its pipeline timed out): the
+    attempt ends ``cancelled`` when its worker records the end, or ``heartbeat_timeout``
+    after this."""
     notify: list[Route] = Field(default_factory=list)
     """Snapshot of the schedule's notification routes."""
     events: list[Event] = Field(default_factory=list)
@@ -276,6 +371,11 @@ class Run(BaseModel):
         return self.model_dump() == other.model_dump()
 
     __hash__ = None  # type: ignore[assignment]  # mutable model
+
+    @property
+    def is_pipeline_run(self) -> bool:
+        """True for a pipeline run (its tasks are runs of their own)."""
+        return self.pipeline_spec is not None
 
     @property
     def is_terminal(self) -> bool:

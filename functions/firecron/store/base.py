@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
-from firecron.core.runs import Run, RunState
+from firecron.core.runs import Run, RunState, UpstreamEnd
 from firecron.errors import InvalidInputError
 
 __all__ = ["ScheduleWrite", "Store", "StoreStats", "check_distinct", "clock_offset"]
@@ -189,6 +189,45 @@ class Store(Protocol):
         vouches that ``expect_states`` and ``expect`` held for ``current``. This is how
         the dispatcher records a send outcome, and the watchdog acts, for one write. Invalid ``changes`` raise
         :class:`InvalidInputError` and write nothing.
+        """
+        ...
+
+    async def spawn(
+        self,
+        current: Run,
+        expect_states: Sequence[RunState],
+        changes: Mapping[str, Any],
+        runs: Sequence[Run],
+    ) -> tuple[Run, list[Run]] | None:
+        """Atomically apply ``changes`` to ``current`` and create ``runs``; all or nothing.
+
+        The update is a version compare-and-set, as :meth:`update_run` with
+        ``current=``: it applies only if the run is unchanged since ``current`` was read
+        (the caller vouches that ``expect_states`` held for it). Each of ``runs`` is
+        created only if its id does not exist. If either condition fails, nothing is
+        written and the result is None. Otherwise returns the updated run and the
+        created runs, each with its version. This is how a pipeline run starts: it
+        becomes ``running`` in the same write that creates its task runs, so a crash
+        leaves either both or neither. At most 499 runs (a Firestore commit holds 500
+        writes); more is :class:`InvalidInputError` and writes nothing.
+        """
+        ...
+
+    async def mark_upstream(self, run_id: str, task: str, end: UpstreamEnd) -> Run | None:
+        """Record on run ``run_id`` that upstream task ``task`` ended as ``end``; return the
+        run as it is after this write (with its version), or None if it does not exist.
+
+        The mark is one entry of ``Run.upstream``, written on its own: it never fails on a
+        concurrent write and never overwrites another task's mark, and writing the same
+        mark again changes nothing but the version. Only this method writes marks;
+        :meth:`update_run` and :meth:`spawn` keep them as they are. It bumps the version,
+        so a compare-and-set computed from an earlier read fails.
+
+        Linearizable per run: of several concurrent calls, the one that returns last
+        sees every mark committed before it, so when N upstream tasks mark the same run
+        at once, at least one caller sees all N (this is how a join task is judged
+        exactly once: the judges then race a compare-and-set on its state). Costs one
+        write and one read.
         """
         ...
 
