@@ -221,6 +221,7 @@ def build_run(
     blocked_by: str | None = None,
     default_retention: timedelta | None = None,
     error: str | None = None,
+    cause_run_id: str | None = None,
 ) -> Run:
     """A new run of ``spec`` with the policy snapshot it needs.
 
@@ -236,7 +237,9 @@ def build_run(
         deadline = now
     terminal = state in (RunState.skipped, RunState.missed)
     retention = spec.retention if spec.retention is not None else default_retention
-    merged = dict(spec.params)
+    # A pipeline's params are defaults under the schedule's, which are under the run's own.
+    merged = dict(spec.pipeline_spec.params) if spec.pipeline_spec is not None else {}
+    merged.update(spec.params)
     if params:
         merged.update(params)
     run = Run(
@@ -262,6 +265,10 @@ def build_run(
         blocked_by=blocked_by,
         error=error,
         notify=list(spec.notify),
+        then=list(spec.then),
+        pipeline=spec.pipeline_spec.id if spec.pipeline_spec is not None else None,
+        pipeline_spec=spec.pipeline_spec,
+        cause_run_id=cause_run_id,
     )
     if terminal:
         # Born terminal: its event is recorded in the same claim that creates it.
