@@ -28,8 +28,16 @@ from firecron.core.events import (
     cloudevent,
 )
 from firecron.core.lifecycle import make_event
+from firecron.core.messages import render_message
+from firecron.core.models import NotifyAction, Target
 from firecron.core.runs import Run, RunState
-from firecron.notify import Notifier, pubsub_attributes
+from firecron.notify import (
+    MESSAGE_TYPE,
+    Notifier,
+    _ce_attributes,
+    message_cloudevent,
+    pubsub_attributes,
+)
 from firecron.settings import Settings
 from firecron.transport import guard
 from firecron.transport.sender import user_agent
@@ -440,3 +448,214 @@ def _failed_event_for_log_switch() -> Any:
 
     run = make_run("logswitch", T0, state=RunState.failed, error="boom")
     return make_event(run, EventType.run_failed, T0, [])
+
+
+# -- messages (notify targets and tasks) ---------------------------------------------
+
+MESSAGE_SINK = "ops"
+
+
+def _task_run(**overrides: Any) -> Run:
+    """A run of a pipeline's notify task, with the message's sink named ``ops``."""
+    fields: dict[str, Any] = {
+        "state": RunState.pending,
+        "run_id": "etl@20270101T000000Z.alert",
+        "target": Target(notify=NotifyAction(sink=MESSAGE_SINK, text="unused")),
+        "params": {"day": "2027-01-01", "rows": 3, "flags": {"full": True}, "note": "<!channel>"},
+        "labels": {"team": "data"},
+        "pipeline": "etl",
+        "task": "alert",
+        "parent_run_id": "etl@20270101T000000Z",
+        "cause_run_id": "etl@20270101T000000Z",
+    }
+    fields.update(overrides)
+    return make_run("etl", **fields)
+
+
+def test_render_message_fills_every_placeholder() -> None:
+    text = (
+        "{run_id} | {pipeline_run_id} | {schedule_id} | {task} | {param.day} | {param.rows}"
+        " | {param.flags} | {param.note}"
+    )
+    assert render_message(text, _task_run()) == (
+        "etl@20270101T000000Z.alert | etl@20270101T000000Z | etl | alert | 2027-01-01 | 3"
+        ' | {"full": true} | <!channel>'
+    )
+
+
+def test_render_message_leaves_other_braces_and_missing_values() -> None:
+    # Not str.format: JSON, empty braces, unknown names and format specs stay as written.
+    text = '{} {"a": 1} {param.nope} {run_id!r} {0} {{run_id}} {param.} {schedule_id:>9}'
+    assert render_message(text, _task_run()) == (
+        '{} {"a": 1} {param.nope} {run_id!r} {0} {etl@20270101T000000Z.alert} {param.}'
+        " {schedule_id:>9}"
+    )
+    # Outside a pipeline: no task to name, and the run is its own pipeline run.
+    plain = make_run(SCHEDULE, params={"a.b": None})
+    assert render_message("{task} {pipeline_run_id} {param.a.b}", plain) == (
+        f"{{task}} {plain.id} null"
+    )
+
+
+def test_render_message_never_reads_a_value_again() -> None:
+    run = _task_run(params={"evil": "{run_id} {param.evil}"})
+    assert render_message("x {param.evil} y", run) == "x {run_id} {param.evil} y"
+
+
+def test_render_message_escapes_values_only() -> None:
+    run = _task_run()
+    rendered = render_message("<!here> {param.note} & {param.day}", run, escape=str.upper)
+    assert rendered == "<!here> <!CHANNEL> & 2027-01-01"
+
+
+async def test_message_to_cloudevents_webhook_is_a_signed_message_event(
+    notifier: Notifier,
+) -> None:
+    run = _task_run()
+    with serve() as sink:
+        config = WebhookSink(type="webhook", url=f"{sink.url}/m")
+        error = await notifier.send_message(config, "load of {param.day} failed: {run_id}", run)
+        assert error is None
+        [request] = sink.requests
+    assert request.headers["content-type"] == "application/cloudevents+json"
+    body = json.loads(request.body)
+    assert body["type"] == "dev.firecron.message" == MESSAGE_TYPE
+    assert body["id"] == f"{run.id}/message" == request.headers["webhook-id"]
+    assert body["source"] == "//firecron/schedules/etl"
+    assert body["subject"] == run.id
+    assert body["data"] == {
+        "text": f"load of 2027-01-01 failed: {run.id}",
+        "run_id": run.id,
+        "schedule_id": "etl",
+        "pipeline": "etl",
+        "task": "alert",
+        "parent_run_id": "etl@20270101T000000Z",
+    }
+    assert verify_webhook(request.headers, request.body, [SECRET], datetime.now(UTC)) == body["id"]
+
+
+async def test_message_to_slack_escapes_what_comes_from_the_run(notifier: Notifier) -> None:
+    run = _task_run()
+    with serve() as sink:
+        config = WebhookSink(type="webhook", url=f"{sink.url}/services/T/B/x", format="slack")
+        text = "<!here> *{task}* failed & {param.note} {param.flags}"
+        assert await notifier.send_message(config, text, run) is None
+        [request] = sink.requests
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["webhook-id"] == f"{run.id}/message"
+    # The author's own markup stays markup; a param cannot mention the channel.
+    assert json.loads(request.body) == {
+        "text": '<!here> *alert* failed & &lt;!channel&gt; {"full": true}'
+    }
+
+
+async def test_message_failure_is_one_line_naming_the_sink(notifier: Notifier) -> None:
+    run = _task_run()
+    with serve(status=500) as sink:
+        config = WebhookSink(
+            type="webhook", url=f"{sink.url}/services/T/B/TOKENPATH", format="slack"
+        )
+        error = await notifier.send_message(config, "hi", run)
+    assert error is not None
+    assert "500" in error
+    assert "TOKENPATH" not in error
+    assert "\n" not in error
+    closed = WebhookSink(type="webhook", url=f"http://127.0.0.1:{closed_port()}/m")
+    error = await notifier.send_message(closed, "hi", run)
+    assert error is not None
+    assert "connection failed" in error
+
+
+async def test_message_to_a_private_webhook_is_refused_without_allow_private() -> None:
+    notifier = Notifier(Settings(allow_private_targets=False))
+    try:
+        with serve() as sink:
+            config = WebhookSink(type="webhook", url=f"{sink.url}/m")
+            error = await notifier.send_message(config, "hi", _task_run())
+            assert sink.received == 0
+    finally:
+        await notifier.aclose()
+    assert error is not None
+    assert "refused" in error
+
+
+async def test_message_to_log_is_one_info_line_even_with_the_event_log_off(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    notifier = Notifier(Settings(event_log=False))
+    run = _task_run()
+    try:
+        text = "line one\nline two for {param.day}"
+        assert await notifier.send_message(LogSink(type="log"), text, run) is None
+    finally:
+        await notifier.aclose()
+    entry = _logged(capsys)
+    assert entry["severity"] == "INFO"
+    assert entry["message"] == "line one\nline two for 2027-01-01"
+    assert entry["logging.googleapis.com/labels"] == {
+        "schedule_id": "etl",
+        "run_id": run.id,
+        "event_type": "message",
+        "pipeline": "etl",
+        "task": "alert",
+        "label.team": "data",
+    }
+    assert entry["cloudevent"]["type"] == MESSAGE_TYPE
+    assert entry["cloudevent"]["data"]["text"] == entry["message"]
+
+
+def test_message_pubsub_attributes_are_those_of_its_cloudevent() -> None:
+    run = _task_run()
+    ce = message_cloudevent("hi", run, WHEN)
+    assert _ce_attributes(ce) == {
+        "ce-specversion": "1.0",
+        "ce-id": f"{run.id}/message",
+        "ce-source": "//firecron/schedules/etl",
+        "ce-type": MESSAGE_TYPE,
+        "ce-subject": run.id,
+        "ce-time": "2027-01-01T00:05:00Z",
+        "content-type": "application/json",
+    }
+
+
+@pytest.mark.emulator
+async def test_message_publishes_to_the_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    import google.cloud.pubsub_v1 as pubsub_v1
+
+    with emulator_or_skip("pubsub") as host:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", host)
+        topic = f"projects/{EMULATOR_PROJECT}/topics/firecron-messages"
+        subscription = f"projects/{EMULATOR_PROJECT}/subscriptions/firecron-messages-test"
+        publisher = pubsub_v1.PublisherClient()
+        subscriber = pubsub_v1.SubscriberClient()
+        notifier = Notifier(Settings())
+        try:
+            publisher.create_topic(request={"name": topic})
+            subscriber.create_subscription(request={"name": subscription, "topic": topic})
+            run = _task_run()
+            sink = PubSubSink(type="pubsub", topic=topic)
+            assert await notifier.send_message(sink, "rows: {param.rows}", run) is None
+            [received] = _pull(subscriber, subscription, 1)
+            message = received.message
+            assert json.loads(message.data.decode()) == {
+                "text": "rows: 3",
+                "run_id": run.id,
+                "schedule_id": "etl",
+                "pipeline": "etl",
+                "task": "alert",
+                "parent_run_id": "etl@20270101T000000Z",
+            }
+            attributes = dict(message.attributes)
+            assert attributes["ce-type"] == MESSAGE_TYPE
+            assert attributes["ce-id"] == f"{run.id}/message"
+            assert attributes["ce-subject"] == run.id
+
+            missing = PubSubSink(type="pubsub", topic=f"projects/{EMULATOR_PROJECT}/topics/nope")
+            error = await notifier.send_message(missing, "hi", run)
+            assert error is not None
+            assert "topics/nope" in error
+            assert "\n" not in error
+        finally:
+            await notifier.aclose()
+            subscriber.close()
+            publisher.transport.close()

@@ -21,6 +21,10 @@ Sinks:
   publish future resolves within ``timeout``.
 - ``log``: one JSON line on stdout in Cloud Logging's structured format (:meth:`Notifier.log`).
 
+:meth:`Notifier.send_message` sends a ``notify`` run's message through the same code
+paths, with the same contract: a CloudEvent of type ``dev.firecron.message`` (webhook,
+Pub/Sub, log) or a Slack ``{"text": ...}``; see :func:`message_data`.
+
 Webhooks are sent by a :class:`~firecron.transport.sender.Sender`, the code that sends
 dispatches: the same SSRF guard, the request sent to the exact address the guard
 approved (host name kept for ``Host``, SNI and certificate checks) on a new connection,
@@ -44,22 +48,39 @@ from cloudevents.conversion import to_structured
 from cloudevents.http import CloudEvent
 
 from firecron.core.events import (
+    CE_TYPE_PREFIX,
     Event,
     EventType,
     LogSink,
     PubSubSink,
     Route,
+    SinkConfig,
     WebhookSink,
     cloudevent,
 )
 from firecron.core.lifecycle import SendOutcome
-from firecron.core.render import one_line
+from firecron.core.messages import render_message
+from firecron.core.render import one_line, rfc3339
+from firecron.core.runs import Run
 from firecron.settings import Settings
 from firecron.transport.guard import redact_url
 from firecron.transport.sender import Dispatch, Sender, user_agent
 from firecron.transport.signing import signature_headers
 
-__all__ = ["Notifier", "log_entry", "log_severity", "pubsub_attributes", "slack_text"]
+__all__ = [
+    "MESSAGE_TYPE",
+    "Notifier",
+    "log_entry",
+    "log_severity",
+    "message_cloudevent",
+    "message_data",
+    "message_log_entry",
+    "pubsub_attributes",
+    "slack_text",
+]
+
+MESSAGE_TYPE = CE_TYPE_PREFIX + "message"
+"""The CloudEvents ``type`` of a ``notify`` run's message."""
 
 _ERROR_TYPES = frozenset(
     {
@@ -140,7 +161,11 @@ def log_entry(event: Event, *, trace: str | None = None) -> dict[str, Any]:
 
 def pubsub_attributes(event: Event) -> dict[str, str]:
     """The CloudEvents Pub/Sub binary-mode attributes of ``event``."""
-    ce = cloudevent(event)
+    return _ce_attributes(cloudevent(event))
+
+
+def _ce_attributes(ce: dict[str, Any]) -> dict[str, str]:
+    """The Pub/Sub binary-mode attributes of the structured CloudEvent ``ce``."""
     attributes = {
         f"ce-{name}": str(ce[name])
         for name in ("specversion", "id", "source", "type", "subject", "time")
@@ -149,9 +174,9 @@ def pubsub_attributes(event: Event) -> dict[str, str]:
     return attributes
 
 
-def _structured(event: Event) -> tuple[dict[str, str], bytes]:
-    """Headers and body of the structured-mode CloudEvent, built by the cloudevents SDK."""
-    ce = cloudevent(event)
+def _structured(ce: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+    """Headers and body of the structured-mode CloudEvent ``ce``, built by the cloudevents SDK."""
+    ce = dict(ce)
     data = ce.pop("data")
     headers, body = to_structured(CloudEvent(ce, data))
     return dict(headers), body
@@ -201,6 +226,63 @@ def slack_text(event: Event) -> str:
         lines.append(f"Expected to take {d['expected_duration_s']}s; still running.")
     lines.append(f"Inspect: `firecron run {subject}`")
     return "\n".join(lines)
+
+
+def message_data(text: str, run: Run) -> dict[str, Any]:
+    """The data of a message's CloudEvent: the rendered ``text`` and where it comes from.
+
+    Keys: ``text``, ``run_id``, ``schedule_id``, ``pipeline``, ``task`` and
+    ``parent_run_id`` (None outside a pipeline). Never the params: a message shows
+    those the author chose to put in ``text``.
+    """
+    return {
+        "text": text,
+        "run_id": run.id,
+        "schedule_id": run.schedule_id,
+        "pipeline": run.pipeline,
+        "task": run.task,
+        "parent_run_id": run.parent_run_id,
+    }
+
+
+def message_cloudevent(text: str, run: Run, time: datetime) -> dict[str, Any]:
+    """The structured CloudEvent of ``run``'s message (``text`` already rendered).
+
+    Its ``id`` is ``{run_id}/message``, the same for every attempt, so a receiver that
+    got a message whose acknowledgement was lost can drop the retry by id.
+    """
+    return {
+        "specversion": "1.0",
+        "id": f"{run.id}/message",
+        "source": f"//firecron/schedules/{run.schedule_id}",
+        "type": MESSAGE_TYPE,
+        "subject": run.id,
+        "time": rfc3339(time),
+        "datacontenttype": "application/json",
+        "data": message_data(text, run),
+    }
+
+
+def message_log_entry(ce: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """The Cloud Logging entry of a message's CloudEvent ``ce`` (severity ``INFO``).
+
+    ``message`` is the text itself; the labels are those of :func:`log_entry` with
+    ``event_type`` ``message``, plus ``pipeline`` and ``task`` on a task's message.
+    """
+    data = ce["data"]
+    entry_labels = {
+        "schedule_id": str(data["schedule_id"]),
+        "run_id": str(data["run_id"]),
+        "event_type": "message",
+        **{key: str(data[key]) for key in ("pipeline", "task") if data.get(key) is not None},
+        **{f"label.{k}": str(v) for k, v in labels.items()},
+    }
+    return {
+        "severity": "INFO",
+        "message": data["text"],
+        "logging.googleapis.com/labels": entry_labels,
+        "cloudevent": ce,
+    }
 
 
 def _origin(url: str) -> str:
@@ -263,6 +345,42 @@ class Notifier:
             return one_line(f"sink {route.sink_name}: {type(exc).__name__}: {exc}", _MAX_ERROR)
         return f"sink {route.sink_name}: unknown sink type"  # pragma: no cover
 
+    async def send_message(self, sink: SinkConfig, text: str, run: Run) -> str | None:
+        """Send ``run``'s message once through ``sink``: None when acknowledged, else one
+        error line (the contract of :meth:`deliver`: a sink's failure is never raised).
+
+        ``text`` is the message as written (``notify.text``); it is rendered here with
+        :func:`~firecron.core.messages.render_message`, so a Slack sink escapes what
+        comes from the run and nothing else. Per sink: a webhook gets the CloudEvent
+        :func:`message_cloudevent` (signed, ``webhook-id`` = its id) or, ``slack``,
+        ``{"text": ...}``; Pub/Sub gets its data as JSON with the ``ce-*`` attributes;
+        the log gets :func:`message_log_entry`. The log line is printed even when the
+        event log is off (``FIRECRON_EVENT_LOG=0``): it is what the run was asked to
+        do, not a report about a run.
+        """
+        name = run.target.notify.sink if run.target.notify is not None else sink.type
+        try:
+            if isinstance(sink, WebhookSink) and sink.format == "slack":
+                body = json.dumps(
+                    {"text": render_message(text, run, escape=_slack_escaped)},
+                    ensure_ascii=False,
+                ).encode()
+                return await self._post(
+                    sink, body, {"content-type": "application/json"}, f"{run.id}/message"
+                )
+            ce = message_cloudevent(render_message(text, run), run, datetime.now(UTC))
+            if isinstance(sink, LogSink):
+                self._print(message_log_entry(ce, run.labels))
+                return None
+            if isinstance(sink, WebhookSink):
+                headers, body = _structured(ce)
+                return await self._post(sink, body, headers, ce["id"])
+            if isinstance(sink, PubSubSink):
+                return await self._publish(sink.topic, ce["data"], _ce_attributes(ce))
+        except Exception as exc:  # the contract: a sink's failure is a value, never raised
+            return one_line(f"sink {name}: {type(exc).__name__}: {exc}", _MAX_ERROR)
+        return f"sink {name}: unknown sink type"  # pragma: no cover
+
     def log(self, event: Event, *, trace: str | None = None) -> None:
         """Print ``event`` as ONE JSON line on stdout in Cloud Logging's structured format.
 
@@ -271,7 +389,12 @@ class Notifier:
         """
         if not self._settings.event_log:
             return  # turned off (firecron dev shows every run in its own view)
-        line = json.dumps(log_entry(event, trace=trace), ensure_ascii=False, default=str)
+        self._print(log_entry(event, trace=trace))
+
+    @staticmethod
+    def _print(entry: dict[str, Any]) -> None:
+        """One log entry as one JSON line on stdout (where Cloud Logging reads it)."""
+        line = json.dumps(entry, ensure_ascii=False, default=str)
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
@@ -293,19 +416,25 @@ class Notifier:
     # -- webhook ---------------------------------------------------------------
 
     async def _webhook(self, event: Event, sink: WebhookSink) -> str | None:
-        url = sink.url
-        shown = _origin(url) if sink.format == "slack" else redact_url(url)
         if sink.format == "slack":
             body = json.dumps({"text": slack_text(event)}, ensure_ascii=False).encode()
             headers = {"content-type": "application/json"}
         else:
-            headers, body = _structured(event)
+            headers, body = _structured(cloudevent(event))
+        return await self._post(sink, body, headers, event.id)
+
+    async def _post(
+        self, sink: WebhookSink, body: bytes, headers: dict[str, str], key: str
+    ) -> str | None:
+        """POST ``body`` to the webhook, signed with ``key`` as ``webhook-id``: one try."""
+        url = sink.url
+        shown = _origin(url) if sink.format == "slack" else redact_url(url)
         headers = {k.lower(): v for k, v in headers.items()}
         headers["user-agent"] = user_agent()
         headers.update(
-            signature_headers(event.id, datetime.now(UTC), body, self._settings.signing_secrets)
+            signature_headers(key, datetime.now(UTC), body, self._settings.signing_secrets)
         )
-        post = Dispatch(url=url, body=body, headers=headers, key=event.id)
+        post = Dispatch(url=url, body=body, headers=headers, key=key)
         try:
             # One bound for everything: waiting for a slot, DNS, connect, TLS, write and
             # the status line.
@@ -329,13 +458,19 @@ class Notifier:
             return self._publisher
 
     async def _pubsub(self, event: Event, sink: PubSubSink) -> str | None:
-        data = json.dumps(event.data, separators=(",", ":"), ensure_ascii=False).encode()
+        return await self._publish(sink.topic, event.data, pubsub_attributes(event))
+
+    async def _publish(
+        self, topic: str, data: dict[str, Any], attributes: dict[str, str]
+    ) -> str | None:
+        """Publish ``data`` as JSON with ``attributes``: one try, acknowledged or an error."""
+        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
         try:
             publisher = await self._publisher_client()
-            future = publisher.publish(sink.topic, data, **pubsub_attributes(event))
+            future = publisher.publish(topic, payload, **attributes)
             await asyncio.to_thread(future.result, self._timeout)
         except TimeoutError:
-            return f"pubsub {sink.topic}: not acknowledged within {self._timeout:g}s"
+            return f"pubsub {topic}: not acknowledged within {self._timeout:g}s"
         except Exception as exc:  # google.api_core / grpc errors, translated to one line
-            return one_line(f"pubsub {sink.topic}: {type(exc).__name__}: {exc}", _MAX_ERROR)
+            return one_line(f"pubsub {topic}: {type(exc).__name__}: {exc}", _MAX_ERROR)
         return None
