@@ -46,7 +46,8 @@ from typing import Any
 
 from firecron import outbox
 from firecron._gc import gc_eased
-from firecron.core import events, lifecycle, planning
+from firecron.causes import Causes
+from firecron.core import events, lifecycle, pipelines, planning
 from firecron.core.lifecycle import RunTimeouts, SendOutcome, WatchAction
 from firecron.core.models import JsonValue, OverlapPolicy, StoredSchedule, TargetAuth
 from firecron.core.render import error_line, one_line, rfc3339
@@ -119,6 +120,10 @@ class TickSummary:
     """This dispatcher's clock minus the store's, in seconds (None: ``now`` was given)."""
     skewed: bool = False
     """True when the skew exceeded :data:`MAX_CLOCK_SKEW`, so the tick fired nothing."""
+    caused: int = 0
+    """Runs claimed because another run ended (``then`` steps, submits)."""
+    settled: int = 0
+    """Ended runs whose caused runs were all claimed (by their recorder or by this sweep)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form (times RFC 3339 UTC)."""
@@ -149,6 +154,8 @@ class TickSummary:
             "schedule_errors": self.schedule_errors,
             "clock_skew_s": self.clock_skew_s,
             "skewed": self.skewed,
+            "caused": self.caused,
+            "settled": self.settled,
         }
 
 
@@ -173,6 +180,7 @@ class Dispatcher:
         clock: Callable[[], datetime] = _utcnow,
         timeouts: RunTimeouts | None = None,
         page_size: int = PAGE_SIZE,
+        notifier: Deliverer | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -181,8 +189,10 @@ class Dispatcher:
         self.page_size = page_size
         self._sender = sender
         self._id_tokens = id_tokens
-        self._notifier: Deliverer | None = None
+        self._notifier: Deliverer | None = notifier
+        self._owns_notifier = notifier is None
         self._offset = timedelta(0)
+        self.causes = Causes(self)
 
     def now(self) -> datetime:
         """The local clock corrected to the store's by the offset the latest tick measured."""
@@ -213,7 +223,7 @@ class Dispatcher:
         """Close the sender's and the notifier's connections."""
         if self._sender is not None:
             await self._sender.aclose()
-        if self._notifier is not None:
+        if self._notifier is not None and self._owns_notifier:
             await self._notifier.aclose()
 
     async def _emit(self, run: Run, known: set[str], summary: TickSummary) -> Run:
@@ -407,9 +417,47 @@ class Dispatcher:
         summary = TickSummary(started_at=self.clock())
         return await self._fire(run, summary) or run
 
+    async def fire_now(self, run: Run, summary: TickSummary) -> Run | None:
+        """Fire a ``pending`` run claimed by someone else's end (see :mod:`firecron.causes`)."""
+        return await self._fire(run, summary)
+
+    async def emit_new(self, run: Run, known: set[str], summary: TickSummary) -> Run:
+        """Log and offer the events of ``run`` not in ``known``; never raises."""
+        return await self._emit(run, known, summary)
+
+    async def settle(self, run: Run, summary: TickSummary | None = None) -> None:
+        """Claim and fire what an ended run causes (:meth:`Causes.settle`); never raises.
+
+        A failure is logged and counted: ``settle_at`` stays set, so the next tick's
+        watchdog settles the run again.
+        """
+        summary = summary or TickSummary(started_at=self.now())
+        try:
+            await self.causes.settle(run, summary)
+        except Exception as exc:
+            summary.errors.append(f"run {run.id}: settling: {_error_line(exc)}")
+            log.error("run %s: settling its end failed: %s", run.id, _error_line(exc))
+
+    async def submit(
+        self,
+        cause: Run,
+        schedule_id: str,
+        params: Mapping[str, JsonValue] | None,
+        key: str,
+    ) -> str:
+        """Claim (once per ``(cause, key)``) and fire a run of ``schedule_id`` caused by
+        ``cause``; return its id. Raises :class:`NotFoundError` for an unknown schedule."""
+        summary = TickSummary(started_at=self.now())
+        return await self.causes.claim(cause, schedule_id, params, key, summary)
+
     async def _fire(self, run: Run, summary: TickSummary) -> Run | None:
+        if run.target.pipeline is not None and run.pipeline_spec is not None:
+            return await self._start_pipeline(run, summary)
         summary.fired += 1
-        result = await self._send(run)
+        if run.target.notify is not None:
+            result = await self._send_message(run)
+        else:
+            result = await self._send(run)
         summary.outcomes[result.outcome.value] += 1
         change = lifecycle.sent(
             run,
@@ -431,8 +479,61 @@ class Dispatcher:
             recorded = await self._emit(recorded, {e.id for e in run.events}, summary)
         if result.outcome in (SendOutcome.retryable, SendOutcome.permanent):
             log.warning("run %s attempt %d: %s", run.id, run.attempt, result.error)
+        if recorded is not None and recorded.is_terminal and recorded.settle_at is not None:
+            # A plain target's delivery, a sent message or a final failure ended the run.
+            await self.settle(recorded, summary)
         # None: the worker already started the run (or a watchdog moved it on); its record wins.
         return recorded
+
+    async def _start_pipeline(self, run: Run, summary: TickSummary) -> Run | None:
+        """Start a ``pending`` pipeline run: ONE atomic write makes it ``running`` and
+        creates every task run (``Store.spawn``); then the root tasks are fired.
+
+        Losing the write means someone else started it (or wrote it meanwhile: then it
+        is read again and, still ``pending``, started on that record).
+        """
+        current: Run | None = run
+        for _ in range(2):
+            if current is None or current.state is not RunState.pending:
+                return None
+            now = self.now()
+            tasks, slots, ready = pipelines.build_task_runs(
+                current, now, pending_grace=self.timeouts.pending_grace
+            )
+            change = lifecycle.start_pipeline(current, now, slots, ready)
+            try:
+                spawned = await self.store.spawn(current, change.expect, change.changes, tasks)
+            except FirecronError as exc:
+                summary.errors.append(f"run {run.id}: starting the pipeline failed: {exc}")
+                return None
+            if spawned is not None:
+                started, created = spawned
+                summary.fired += 1
+                summary.events[events.EventType.run_started] += 1
+                started = await self._emit(started, {e.id for e in current.events}, summary)
+                roots = [r for r in created if r.state is RunState.pending]
+                await asyncio.gather(*(self._fire(r, summary) for r in roots))
+                return started
+            current = await self.store.get_run(run.id)
+        return None
+
+    async def _send_message(self, run: Run) -> SendResult:
+        """Send a ``notify`` target's message through its sink: delivered is acknowledged,
+        a failed delivery retryable (the run's retry policy decides)."""
+        from firecron.core.messages import render_message
+
+        action = run.target.notify
+        if action is None or action.sink_config is None:
+            name = action.sink if action is not None else "?"
+            return SendResult(SendOutcome.permanent, None, f"sink {name!r} is not defined")
+        text = render_message(action.text, run)
+        try:
+            error = await self.notifier.send_message(action.sink_config, text, run)
+        except FirecronError as exc:
+            return SendResult(SendOutcome.permanent, None, str(exc))
+        if error is None:
+            return SendResult(SendOutcome.acknowledged, None, None)
+        return SendResult(SendOutcome.retryable, None, error)
 
     async def _send(self, run: Run) -> SendResult:
         try:
@@ -506,10 +607,22 @@ class Dispatcher:
         if events.due_deliveries(run.events, now):
             run = await outbox.flush(self.store, self.notifier, run, now)
         decision = lifecycle.watch(run, now, self.timeouts)
+        if decision.action is WatchAction.settle:
+            await self.settle(run, summary)
+            return
         if decision.action is WatchAction.check_blocker:
             blocker = await self.store.get_run(run.blocked_by) if run.blocked_by else None
-            ended = blocker is None or blocker.is_terminal
-            decision = lifecycle.watch(run, now, self.timeouts, blocker_ended=ended)
+            if run.parent_run_id is not None:
+                # A task queued for a max_parallel slot: released once it holds one.
+                if blocker is None or pipelines.pipeline_ended(blocker):
+                    change = lifecycle.cancel(run, now, self.timeouts, "pipeline run ended")
+                    decision = lifecycle.WatchDecision(change)
+                else:
+                    ended = run.task in blocker.slots
+                    decision = lifecycle.watch(run, now, self.timeouts, blocker_ended=ended)
+            else:
+                ended = blocker is None or blocker.is_terminal
+                decision = lifecycle.watch(run, now, self.timeouts, blocker_ended=ended)
         if decision.change is None:
             return
         recorded = await self.store.update_run(
@@ -521,8 +634,10 @@ class Dispatcher:
             summary.events[decision.change.event] += 1
             log.info("run %s: %s", run.id, decision.change.event)
             recorded = await self._emit(recorded, {e.id for e in run.events}, summary)
+        if recorded.is_terminal and recorded.settle_at is not None:
+            await self.settle(recorded, summary)
         if decision.action is WatchAction.fire:
-            if run.state is RunState.pending:
+            if run.state is RunState.pending and not run.is_pipeline_run:
                 # The same attempt again, same key: the first send may have arrived.
                 log.warning(
                     "run %s attempt %d: its send was never recorded; sending it again",

@@ -35,6 +35,11 @@ class Deliverer(Protocol):
 
     def log(self, event: ev.Event, *, trace: str | None = None) -> None: ...
 
+    async def send_message(self, sink: ev.SinkConfig, text: str, run: Run) -> str | None:
+        """Send a ``notify`` target's message through ``sink``: None when delivered, else
+        the error as one line (the contract of ``deliver``)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -68,11 +68,15 @@ class RunContext:
 
     __slots__ = (
         "_execution",
+        "_submits",
+        "_upstream",
         "attempt",
         "params",
+        "pipeline_run_id",
         "run_id",
         "schedule_id",
         "scheduled_for",
+        "task",
         "trigger",
     )
 
@@ -85,6 +89,9 @@ class RunContext:
         attempt: int = 1,
         params: Mapping[str, JsonValue] | None = None,
         trigger: RunTrigger = RunTrigger.schedule,
+        task: str | None = None,
+        pipeline_run_id: str | None = None,
+        upstream: Mapping[str, JsonValue] | None = None,
     ) -> None:
         self.run_id = run_id
         """The run's id (deterministic for scheduled runs)."""
@@ -98,7 +105,53 @@ class RunContext:
         """The schedule's (or the manual trigger's) parameters."""
         self.trigger = trigger
         """Why this attempt was sent (``retry`` for every attempt after the first)."""
+        self.task = task
+        """For a pipeline task: the task's id (its params already hold the pipeline's,
+        the schedule's and the task's, in that order of precedence, lowest first)."""
+        self.pipeline_run_id = pipeline_run_id
+        """For a pipeline task: the pipeline run it belongs to."""
+        self._upstream: dict[str, JsonValue] | None = dict(upstream) if upstream is not None else None
+        self._submits: dict[str, int] = {}
         self._execution: _Execution | None = None
+
+    @property
+    def upstream(self) -> dict[str, JsonValue]:
+        """For a pipeline task: the outputs of its upstream tasks, by task id (a skipped or
+        failed one's output is null). Read from the store on first use (one read per
+        upstream task), then kept. Empty for a run that is not a pipeline task."""
+        if self._upstream is None:
+            self._upstream = {} if self._execution is None else self._execution.upstream()
+        return self._upstream
+
+    def submit(
+        self,
+        schedule_id: str,
+        params: Mapping[str, JsonValue] | None = None,
+        key: str | None = None,
+    ) -> str:
+        """Start a run of ``schedule_id`` now ("submit now"), caused by this run; return its id.
+
+        Exactly once per ``(run, key)``: a retried attempt (or a repeated call) that submits
+        with the same key gets the same run id back and starts nothing new. Without a key
+        the n-th keyless submit of that schedule in this execution is the key, so a
+        function that submits the same things in the same order on a retry starts each
+        once. The run has ``trigger: chained`` and ``cause_run_id``, ``params`` over the
+        schedule's own, and follows the schedule's overlap policy. It is claimed and sent
+        one-way before this returns (its acknowledgement, not its work, is waited for).
+
+        Raises :class:`~firecron.errors.NotFoundError` for an unknown schedule and
+        :class:`ValueError` for params that are not JSON or a bad key; outside a run
+        started by the SDK, :class:`RuntimeError`.
+        """
+        if self._execution is None:
+            raise RuntimeError("submit() needs a run started by the firecron worker SDK")
+        if key is None:
+            n = self._submits.get(schedule_id, 0) + 1
+            self._submits[schedule_id] = n
+            key = f"submit:{schedule_id}:{n}"
+        elif not isinstance(key, str) or not 0 < len(key) <= 200:
+            raise ValueError("submit key must be a string of 1 to 200 characters")
+        return self._execution.submit(schedule_id, dict(params or {}), key)
 
     def heartbeat(self) -> None:
         """Send a heartbeat now, in this thread (the SDK also sends them periodically).
@@ -124,7 +177,8 @@ class RunContext:
         # params are left out on purpose: they may hold secrets and reprs end up in logs.
         return (
             f"RunContext(run_id={self.run_id!r}, schedule_id={self.schedule_id!r}, "
-            f"scheduled_for={self.scheduled_for.isoformat()!r}, attempt={self.attempt}, "
+            + (f"task={self.task!r}, " if self.task is not None else "")
+            + f"scheduled_for={self.scheduled_for.isoformat()!r}, attempt={self.attempt}, "
             f"trigger={self.trigger.value!r})"
         )
 
@@ -242,6 +296,8 @@ def _begin(
         attempt=started.attempt,
         params=started.params,
         trigger=_sent_trigger(started, started.attempt),
+        task=started.task,
+        pipeline_run_id=started.parent_run_id,
     )
     execution = _Execution(runtime, fn, ctx, started, interval)
     # Events already in the record before this start were emitted by their writers.
@@ -418,8 +474,47 @@ class _Execution:
         self.final = self._record(outcome)
         if self._thread is not None:
             self._thread.join(timeout=5)
+        # The runs this end causes start before its events go out: a slow sink must not
+        # delay the next task.
+        self._settle()
         self._emit()
         return self.final
+
+    def _settle(self) -> None:
+        """Claim and fire what this run's end causes (never raises: a failure leaves
+        ``settle_at`` set, and the next tick settles it)."""
+        run = self.run
+        if not run.is_terminal or run.settle_at is None:
+            return
+        try:
+            self.runtime.call(self.runtime.dispatcher.settle(run))
+        except Exception as exc:
+            _log.warning("firecron worker: settling the end of run %s: %s", run.id, describe(exc))
+
+    def submit(self, schedule_id: str, params: dict[str, JsonValue], key: str) -> str:
+        """:meth:`RunContext.submit`: claim and fire a run caused by this one."""
+        try:
+            encoded = json.dumps(params, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"submit params must be JSON: {describe(exc)}") from None
+        clean: dict[str, JsonValue] = json.loads(encoded)
+        return self.runtime.call(
+            self.runtime.dispatcher.submit(self.run, schedule_id, clean, key)
+        )
+
+    def upstream(self) -> dict[str, JsonValue]:
+        """The outputs of this task run's upstream tasks, by task id (one read each)."""
+        run = self.run
+        if run.parent_run_id is None or not run.upstream:
+            return {}
+        from firecron.core.runs import task_run_id
+
+        ids = {task_run_id(run.parent_run_id, name): name for name in run.upstream}
+        found = self.runtime.call(self.runtime.store.get_runs(list(ids)))
+        outputs: dict[str, JsonValue] = {name: None for name in run.upstream}
+        for upstream_run in found:
+            outputs[ids[upstream_run.id]] = upstream_run.output
+        return outputs
 
     def _emit(self) -> None:
         """Log this run's new events and try their deliveries once (bounded; never raises)."""

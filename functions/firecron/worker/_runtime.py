@@ -22,6 +22,7 @@ from firecron.errors import StoreError
 from firecron.worker._text import describe
 
 if TYPE_CHECKING:
+    from firecron.dispatch import Dispatcher
     from firecron.outbox import Deliverer
     from firecron.settings import Settings
     from firecron.store.base import Store
@@ -64,6 +65,21 @@ class _Runtime:
         self._offset = timedelta(0)
         self._synced_at: float | None = None
         self._sync_lock = threading.Lock()
+        self._dispatcher: Dispatcher | None = None
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """A dispatcher on this runtime's store, settings, clock and notifier, created on
+        first use: a worker that ends a run which causes others (``then`` steps, pipeline
+        tasks, ``ctx.submit``) claims and fires them itself, at once. Use it through
+        :meth:`call`, on the loop thread, like the store."""
+        if self._dispatcher is None:
+            from firecron.dispatch import Dispatcher
+
+            self._dispatcher = Dispatcher(
+                self.store, self.settings, clock=self.now, notifier=self.notifier
+            )
+        return self._dispatcher
 
     def now(self) -> datetime:
         """The local clock corrected to the store's (docs/design.md, "Semantics > Clocks").
