@@ -1,8 +1,8 @@
 """The Firestore document layout: what is top level, what is JSON text.
 
 Runs the emulator (skipped without it). The contract suite checks behaviour; this
-checks what the documents look like (queried and TTL fields top level, the rest JSON
-text).
+checks what the documents look like (queried and TTL fields top level, marks a native
+map, the rest JSON text).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pytest
 
 from _factories import MINUTE, T0, make_run, make_spec, make_state
 from conftest import FIRESTORE_TEST_PROJECT
-from firecron.store.firestore import RUN_QUERY_FIELDS, FirestoreStore
+from firecron.core.runs import RunState, UpstreamEnd
+from firecron.store.firestore import MARKS_FIELD, RUN_QUERY_FIELDS, FirestoreStore
 
 pytestmark = pytest.mark.emulator
 
@@ -52,3 +53,39 @@ async def test_runs_keep_queried_and_ttl_fields_top_level(fs: FirestoreStore) ->
     assert isinstance(schedule["state"], str)
     assert schedule["next_fire_at"] == T0
     assert (await fs.get_schedule("alpha")) == stored
+
+
+async def test_marks_are_a_native_map_beside_the_json_text(fs: FirestoreStore) -> None:
+    run = make_run(
+        "alpha",
+        T0,
+        run_id="p@20270101T000000Z.join",
+        upstream={"first": UpstreamEnd(outcome="succeeded")},
+    )
+    assert await fs.create_run(run)
+    document = await raw(fs, "runs", run.id)
+    assert set(document) == {"data", MARKS_FIELD, *RUN_QUERY_FIELDS}
+    assert document[MARKS_FIELD] == {"first": {"outcome": "succeeded", "failed_within": False}}
+    # The JSON text holds no marks: the map is their one record.
+    assert json.loads(document["data"])["upstream"] == {}
+
+    # A mark is one entry of the map, the key the bare task id (quoted only in the path).
+    failed = UpstreamEnd(outcome="upstream_failed", failed_within=True)
+    assert await fs.mark_upstream(run.id, "load-2", failed)
+    assert await fs.mark_upstream(run.id, "0th", UpstreamEnd(outcome="skipped"))
+    document = await raw(fs, "runs", run.id)
+    assert document[MARKS_FIELD] == {
+        "first": {"outcome": "succeeded", "failed_within": False},
+        "load-2": {"outcome": "upstream_failed", "failed_within": True},
+        "0th": {"outcome": "skipped", "failed_within": False},
+    }
+    assert document["revision"] == 2  # one per mark: each changes the version
+
+    # An update rewrites the run's own fields only: the map stays as it is.
+    got = await fs.get_run(run.id)
+    assert got is not None
+    assert await fs.update_run(run.id, [RunState.pending], {"error": "e"}, current=got)
+    after = await raw(fs, "runs", run.id)
+    assert after[MARKS_FIELD] == document[MARKS_FIELD]
+    assert json.loads(after["data"])["upstream"] == {}
+    assert json.loads(after["data"])["error"] == "e"

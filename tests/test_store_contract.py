@@ -811,6 +811,10 @@ async def test_full_spec_and_state_roundtrip(store: Store) -> None:
                     },
                 },
             ],
+            "then": [
+                {"schedule": "after-1", "on": "done", "params": {"k": [1, None]}},
+                {"schedule": "after-2"},
+            ],
         }
     )
     state = ScheduleState(
@@ -829,7 +833,9 @@ async def test_full_spec_and_state_roundtrip(store: Store) -> None:
         last_error="OverflowError: date value out of range",
         last_error_at=T0 - timedelta(minutes=5),
     )
-    assert_all_fields_set(spec, except_=("every", "at"))  # one trigger only
+    # One trigger only; a pipeline_spec goes with a pipeline target, whose round trip is
+    # in test_store_orchestration.py.
+    assert_all_fields_set(spec, except_=("every", "at", "pipeline_spec"))
     assert_all_fields_set(state)
     stored = await store.put_schedule(spec, state, expect_version=None)
     got = await store.get_schedule(spec.id)
@@ -909,6 +915,32 @@ async def test_full_run_roundtrip(store: Store) -> None:
         ],
         parent_run_id="pipe@20270101T000000Z",
         task="extract",
+        pipeline="pipe",
+        pipeline_spec={
+            "id": "pipe",
+            "max_parallel": 3,
+            "timeout": "2h",
+            "params": {"p": 1},
+            "tasks": [
+                {"id": "extract", "target": {"function": "extract"}},
+                {
+                    "id": "load-1",
+                    "target": {"url": "https://example.com/load"},
+                    "after": ["extract"],
+                    "when": "any_failed",
+                    "if": "tasks.extract.state == 'failed'",
+                },
+            ],
+        },
+        cause_run_id="pipe@20270101T000000Z",
+        then=[{"schedule": "next", "on": "failed", "params": {"why": "x"}}],
+        downstream=["load-1", "2nd"],
+        holds_slot=True,
+        upstream={"up-0": {"outcome": "upstream_failed", "failed_within": True}},
+        slots=["extract"],
+        ready=["load-1"],
+        settle_at=T0 + timedelta(minutes=21),
+        cancelled_at=T0 + timedelta(minutes=19, seconds=30),
     )
     assert_all_fields_set(run, except_=("version",))
     assert await store.create_run(run)

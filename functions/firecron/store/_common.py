@@ -1,4 +1,5 @@
-"""What both store backends share beyond the codec: the namespace rule and run merging.
+"""What both store backends share beyond the codec: the namespace rule, run merging and
+the checks every backend makes before it writes (run changes, spawns, marks).
 
 ``settings.py`` checks ``FIRECRON_NAMESPACE`` against the same :data:`NAMESPACE_PATTERN`,
 so a namespace the settings accept is one every backend accepts.
@@ -7,22 +8,34 @@ so a namespace the settings accept is one every backend accepts.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from pydantic import ValidationError
 
-from firecron.core.runs import Run
+from firecron.core.models import SCHEDULE_ID_PATTERN
+from firecron.core.runs import Run, RunState
 from firecron.errors import InvalidInputError
 
 __all__ = [
+    "MAX_SPAWN_RUNS",
     "NAMESPACE_PATTERN",
     "NAMESPACE_RULE",
+    "check_mark",
     "check_namespace",
     "check_run_changes",
+    "check_spawn",
     "merge_run",
     "valid_namespace",
 ]
+
+MAX_SPAWN_RUNS: Final = 499
+"""Most runs one :meth:`~firecron.store.base.Store.spawn` creates: a Firestore commit
+holds 500 writes, and the spawn's update of its own run is one of them."""
+
+# Task ids are schedule-id shaped (models.TaskSpec); a mark's task becomes a JSON path
+# (SQLite) or a field path (Firestore), so nothing else may reach either.
+_TASK_ID: Final = re.compile(SCHEDULE_ID_PATTERN)
 
 NAMESPACE_PATTERN: Final = r"^[a-z][a-z0-9_]{0,40}$"
 """Valid namespaces, matched against the whole name (a trailing newline is no match).
@@ -62,6 +75,45 @@ def check_run_changes(run_id: str, changes: Mapping[str, Any]) -> None:
         raise InvalidInputError(f"update_run {run_id!r}: unknown run field(s) {', '.join(unknown)}")
     if "id" in changes and changes["id"] != run_id:
         raise InvalidInputError(f"update_run {run_id!r}: a run's id cannot change")
+    # Marks are written one by one by mark_upstream, never as a whole: a whole map
+    # written here could drop a mark written concurrently (Firestore keeps them apart).
+    if "upstream" in changes:
+        raise InvalidInputError(f"update_run {run_id!r}: upstream is written by mark_upstream only")
+
+
+def check_spawn(
+    current: Run, expect_states: Sequence[RunState], changes: Mapping[str, Any], runs: Sequence[Run]
+) -> bool:
+    """Refuse, before any write, a :meth:`~firecron.store.base.Store.spawn` no store could
+    apply; return whether ``current``'s state is in ``expect_states``.
+
+    Raises :class:`InvalidInputError` (one line) for bad ``changes`` (as
+    :func:`check_run_changes`), a ``current`` without a version, more than
+    :data:`MAX_SPAWN_RUNS` runs, or a run id given twice (or equal to ``current``'s).
+    False means the spawn cannot apply (the caller returns None, writing nothing).
+    """
+    check_run_changes(current.id, changes)
+    if current.version is None:
+        raise InvalidInputError(f"spawn {current.id!r}: 'current' carries no version")
+    if len(runs) > MAX_SPAWN_RUNS:
+        raise InvalidInputError(
+            f"spawn {current.id!r}: {len(runs)} runs, at most {MAX_SPAWN_RUNS} per spawn"
+        )
+    seen = {current.id}
+    for run in runs:
+        if run.id in seen:
+            raise InvalidInputError(f"spawn {current.id!r}: run {run.id!r} appears twice")
+        seen.add(run.id)
+    return current.state in {RunState(state) for state in expect_states}
+
+
+def check_mark(run_id: str, task: str) -> None:
+    """Raise :class:`InvalidInputError` unless ``task`` is a valid task id (see models.TaskSpec)."""
+    if _TASK_ID.fullmatch(task) is None:
+        raise InvalidInputError(
+            f"mark_upstream {run_id!r}: invalid task id {task!r}: use lowercase letters,"
+            " digits, '_' or '-', starting with a letter or digit, at most 63"
+        )
 
 
 def merge_run(run_id: str, base: Run, changes: Mapping[str, Any]) -> Run:

@@ -8,10 +8,18 @@ Layout, in the database ``database`` of project ``project``:
   due query filters and orders on it. A range filter never matches null, so idle
   schedules are neither returned nor read (nor billed). ``revision`` counts writes.
 - ``{namespace}_runs/{run_id}``: ``{"data": <run JSON>, "schedule_id", "state",
-  "created_at", "watch_at", "expire_at"[, "revision"]}``. ``data`` is the whole run;
-  the other fields copy what the queries filter and order on (``schedule_id``,
-  ``state``, ``created_at``, ``watch_at``) and the TTL policy's field (``expire_at``,
-  infra/firestore.tf), as native strings and timestamps (null when unset).
+  "created_at", "watch_at", "expire_at"[, "revision"][, "marks"]}``. ``data`` is the
+  whole run but its marks (``upstream``, always ``{}`` in it); the other fields copy
+  what the queries filter and order on (``schedule_id``, ``state``, ``created_at``,
+  ``watch_at``) and the TTL policy's field (``expire_at``, infra/firestore.tf), as
+  native strings and timestamps (null when unset).
+- ``marks`` holds ``Run.upstream`` as a native map, ``{task: {"outcome": <string>,
+  "failed_within": <bool>}}``, present once a run has a mark. It is outside ``data``
+  because marks are written concurrently and without a precondition
+  (:meth:`FirestoreStore.mark_upstream`): each is an update of the one field path
+  ``marks.<task>``, which leaves every other field and mark alone. Every other run
+  write is an update of the fields above only (an update mask), so none can drop a
+  mark; reading a run merges ``marks`` into ``Run.upstream``.
 
 Records are stored as JSON text (``_codec.to_json``; datetimes ISO 8601 UTC), not as
 Firestore maps: encoding a nested run as protobuf maps dominated the dispatcher's CPU,
@@ -62,17 +70,20 @@ from google.api_core.retry import AsyncRetry, if_exception_type
 from google.auth import exceptions as auth_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.field_path import FieldPath
 from google.cloud.firestore_v1.types import write as write_types
 from pydantic import ValidationError
 
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
-from firecron.core.runs import Run, RunState
+from firecron.core.runs import Run, RunState, UpstreamEnd
 from firecron.errors import ConflictError, InvalidInputError, StoreError
 from firecron.store._codec import plain, readable_schedules, run_from_json, to_json
 from firecron.store._common import (
     NAMESPACE_PATTERN,
+    check_mark,
     check_namespace,
     check_run_changes,
+    check_spawn,
     merge_run,
 )
 from firecron.store._firestore_private import (
@@ -109,6 +120,12 @@ database answers ``FAILED_PRECONDITION`` (with a link to create it) without them
 
 RUN_QUERY_FIELDS: Final = ("schedule_id", "state", "created_at", "watch_at", "expire_at")
 """Run fields copied to the top level of the run document (see the module docstring)."""
+
+MARKS_FIELD: Final = "marks"
+"""The run document's native map of ``Run.upstream`` (see the module docstring)."""
+
+_Field = str | datetime | bool | dict[str, "_Field"] | None
+"""A value :func:`_write_pb` can write: text, timestamp, boolean, map or null."""
 
 _VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z$")
 _MAX_BATCH_WRITES: Final = 500
@@ -158,34 +175,57 @@ def _text(document: Mapping[str, Any], field: str) -> str:
     return value
 
 
-def _run_document(run: Run) -> dict[str, str | datetime | None]:
-    """The run document: the queried (and TTL) fields, plus the whole run as JSON text."""
-    return {
-        "data": to_json(run),
+def _run_document(run: Run, *, new: bool = False) -> dict[str, _Field]:
+    """The run document's fields: the queried (and TTL) fields, plus the run as JSON text.
+
+    ``data`` leaves the marks out (``upstream`` is ``{}`` in it): they live in the
+    ``marks`` map, which only a create (``new=True``, when the run has marks) and
+    :meth:`FirestoreStore.mark_upstream` write. An update with these fields as its mask
+    therefore keeps every mark, even one written after the run was read.
+    """
+    body = run.model_copy(update={"upstream": {}}) if run.upstream else run
+    fields: dict[str, _Field] = {
+        "data": to_json(body),
         "schedule_id": run.schedule_id,
         "state": run.state.value,
         "created_at": run.created_at.astimezone(UTC),
         "watch_at": None if run.watch_at is None else run.watch_at.astimezone(UTC),
         "expire_at": None if run.expire_at is None else run.expire_at.astimezone(UTC),
     }
+    if new and run.upstream:
+        fields[MARKS_FIELD] = {task: _mark_value(end) for task, end in run.upstream.items()}
+    return fields
 
 
-def _set_value(value_pb: Any, value: str | datetime | None) -> None:
+def _mark_value(end: UpstreamEnd) -> dict[str, _Field]:
+    """One mark as a native map (see the module docstring)."""
+    return {"outcome": end.outcome, "failed_within": end.failed_within}
+
+
+def _set_value(value_pb: Any, value: _Field) -> None:
     """Store ``value`` in a ``google.firestore.v1.Value`` protobuf."""
     if value is None:
         value_pb.null_value = 0  # NULL_VALUE
     elif isinstance(value, str):
         value_pb.string_value = value
+    elif isinstance(value, bool):
+        value_pb.boolean_value = value
     elif isinstance(value, datetime):
         # Aware datetimes only (the models guarantee it); converted to UTC, microseconds kept.
         value_pb.timestamp_value.FromDatetime(_utc(value, "timestamp"))
+    elif isinstance(value, dict):
+        entries = value_pb.map_value.fields
+        for key, item in value.items():
+            _set_value(entries[key], item)
+        if not value:
+            value_pb.map_value.SetInParent()  # an empty map, not an unset value
     else:
-        raise TypeError(f"cannot write {type(value).__name__} as a top-level field")
+        raise TypeError(f"cannot write {type(value).__name__} as a document field")
 
 
 def _write_pb(
     path: str,
-    fields: Mapping[str, str | datetime | None],
+    fields: Mapping[str, _Field],
     *,
     update: bool,
     last_update: str | None = None,
@@ -197,7 +237,8 @@ def _write_pb(
     cost). ``update=True``: replace exactly ``fields`` (an update mask), increment
     ``revision`` (see the module docstring) and require the document to exist with
     ``last_update`` as its update time when given. ``update=False``: create the
-    document, which must not exist. Field names are plain identifiers (no escaping).
+    document, which must not exist. Field names are plain identifiers (no escaping); a
+    map value replaces the whole map (:func:`_mark_pb` writes one entry of one).
     """
     pb = _WRITE_PB()
     document = pb.update
@@ -216,6 +257,26 @@ def _write_pb(
             pb.current_document.exists = True
     else:
         pb.current_document.exists = False
+    return write_types.Write.wrap(pb)
+
+
+def _mark_pb(path: str, task: str, end: UpstreamEnd) -> Any:
+    """The ``Write`` of one mark: an update of the field path ``marks.<task>`` alone.
+
+    No precondition but existence (an update of a missing document would create it),
+    and a ``revision`` increment, so the version changes even when the same mark is
+    written again (Firestore keeps ``update_time`` when nothing changes).
+    """
+    pb = _WRITE_PB()
+    pb.update.name = path
+    _set_value(pb.update.fields[MARKS_FIELD], {task: _mark_value(end)})
+    # FieldPath quotes a segment that is not a plain identifier (``my-task`` becomes
+    # ``marks.`my-task```); the document's map key is the bare task id.
+    pb.update_mask.field_paths.append(FieldPath(MARKS_FIELD, task).to_api_repr())
+    transform = pb.update_transforms.add()
+    transform.field_path = "revision"
+    transform.increment.integer_value = 1
+    pb.current_document.exists = True
     return write_types.Write.wrap(pb)
 
 
@@ -362,6 +423,15 @@ class FirestoreStore:
         data = snapshot.to_dict() or {}
         try:
             run = run_from_json(_text(data, "data"))
+            marks = data.get(MARKS_FIELD)
+            if marks:
+                if not isinstance(marks, dict):
+                    raise ValueError(f"{MARKS_FIELD}: expected a map, got {type(marks).__name__}")
+                # The map is the marks' record; ``data`` holds none (see _run_document).
+                run.upstream = {
+                    **run.upstream,
+                    **{task: UpstreamEnd.model_validate(end) for task, end in marks.items()},
+                }
             run.version = _version_of(snapshot.update_time)
             return run
         except (ValidationError, ValueError) as exc:
@@ -609,7 +679,9 @@ class FirestoreStore:
                     last_update=stored.version,
                 ),
                 *(
-                    _write_pb(self._path("runs", run.id), _run_document(run), update=False)
+                    _write_pb(
+                        self._path("runs", run.id), _run_document(run, new=True), update=False
+                    )
                     for run in runs
                 ),
             ]
@@ -633,7 +705,11 @@ class FirestoreStore:
         with self._translate("create_run"):
             try:
                 [result] = await self._commit(
-                    [_write_pb(self._path("runs", run.id), _run_document(run), update=False)]
+                    [
+                        _write_pb(
+                            self._path("runs", run.id), _run_document(run, new=True), update=False
+                        )
+                    ]
                 )
             except api_exceptions.AlreadyExists:
                 return None
@@ -749,6 +825,78 @@ class FirestoreStore:
                 return None
         self.stats.writes += 1
         return updated.model_copy(update={"version": _version_of(result.update_time)})
+
+    async def spawn(
+        self,
+        current: Run,
+        expect_states: Sequence[RunState],
+        changes: Mapping[str, Any],
+        runs: Sequence[Run],
+    ) -> tuple[Run, list[Run]] | None:
+        """See :meth:`Store.spawn`. One batch, as a claim: the update of ``current`` with a
+        ``last_update_time`` precondition of its version, plus a ``create`` per run.
+
+        ``current``'s state not in ``expect_states`` writes nothing (None), as does a
+        version this store never issued. Everything is validated and encoded first.
+        """
+        if not check_spawn(current, expect_states, changes, runs):
+            return None
+        bad = [r.id for r in (current, *runs) if not _valid_doc_id(r.id)]
+        if bad:
+            raise InvalidInputError(f"spawn {current.id!r}: invalid run id {bad[0]!r}")
+        if current.version is None or not _issued_version(current.version):
+            return None
+        updated = merge_run(current.id, current, changes)
+        with self._translate("spawn"):
+            writes = [
+                _write_pb(
+                    self._path("runs", current.id),
+                    _run_document(updated),
+                    update=True,
+                    last_update=current.version,
+                ),
+                *(
+                    _write_pb(
+                        self._path("runs", run.id), _run_document(run, new=True), update=False
+                    )
+                    for run in runs
+                ),
+            ]
+            try:
+                results = await self._commit(writes)
+            except (*_LOST_RACE, api_exceptions.NotFound):
+                return None
+        self.stats.writes += 1 + len(runs)
+        # Write results come in write order: the update first, then each create.
+        return (
+            updated.model_copy(update={"version": _version_of(results[0].update_time)}),
+            [
+                run.model_copy(update={"version": _version_of(result.update_time)})
+                for run, result in zip(runs, results[1:], strict=True)
+            ],
+        )
+
+    async def mark_upstream(self, run_id: str, task: str, end: UpstreamEnd) -> Run | None:
+        """See :meth:`Store.mark_upstream`. An update of the one field path ``marks.<task>``
+        (no precondition but existence), then a get of the run: the get comes after the
+        write has committed, so of N concurrent callers the one whose get is last sees
+        all N marks. One write and one read; None (and nothing written) if the run does
+        not exist.
+        """
+        check_mark(run_id, task)
+        if not _valid_doc_id(run_id):
+            return None
+        with self._translate("mark_upstream"):
+            try:
+                await self._commit([_mark_pb(self._path("runs", run_id), task, end)])
+            except (api_exceptions.NotFound, api_exceptions.FailedPrecondition):
+                return None
+            self.stats.writes += 1
+            snapshot = await self._runs().document(run_id).get(**self._rpc)
+        if not snapshot.exists:
+            return None  # deleted since (the TTL policy): as if it never was
+        self.stats.reads += 1
+        return self._run(snapshot)
 
     async def due_watches(self, now: datetime, limit: int) -> list[Run]:
         """See :meth:`Store.due_watches`. One query; ties in ``watch_at`` by id."""

@@ -17,6 +17,11 @@ Implements :class:`firecron.store.base.Store` with the standard library's ``sqli
   the indexed time columns are integer epoch microseconds. ``next_fire_at`` and
   ``watch_at`` have partial indexes, so idle schedules and terminal runs cost nothing.
 - ``version`` is an integer, exposed as its decimal string.
+- A mark (:meth:`SQLiteStore.mark_upstream`) is one ``json_set`` on ``data``'s
+  ``upstream`` map in the ``UPDATE`` itself, so it needs no read and can never
+  overwrite another task's mark; every other run write is a whole ``data`` built from
+  a read made in its own transaction, or a version compare-and-set that a mark in
+  between makes fail, so no write drops a mark.
 """
 
 from __future__ import annotations
@@ -33,10 +38,16 @@ from urllib.parse import quote
 from pydantic import BaseModel, ValidationError
 
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
-from firecron.core.runs import Run, RunState
+from firecron.core.runs import Run, RunState, UpstreamEnd
 from firecron.errors import ConflictError, InvalidInputError, StoreError
 from firecron.store._codec import readable_schedules, run_from_json, to_json
-from firecron.store._common import check_namespace, check_run_changes, merge_run
+from firecron.store._common import (
+    check_mark,
+    check_namespace,
+    check_run_changes,
+    check_spawn,
+    merge_run,
+)
 from firecron.store._sqlite_batch import Abort, Batcher
 from firecron.store.base import ScheduleWrite, StoreStats, check_distinct
 
@@ -608,6 +619,71 @@ class SQLiteStore:
             return None
         updated.version = str(version + 1)
         return updated
+
+    async def spawn(
+        self,
+        current: Run,
+        expect_states: Sequence[RunState],
+        changes: Mapping[str, Any],
+        runs: Sequence[Run],
+    ) -> tuple[Run, list[Run]] | None:
+        """See :meth:`Store.spawn`. One write call (its own savepoint): the version
+        compare-and-set ``UPDATE`` of ``current``, then the ``INSERT`` of every run; an
+        existing id rolls both back. Everything is validated and encoded first.
+
+        ``current``'s state not in ``expect_states`` writes nothing (None), as does a
+        version this store never issued.
+        """
+        if not check_spawn(current, expect_states, changes, runs):
+            return None
+        updated = merge_run(current.id, current, changes)
+        values = self._run_values(updated)
+        rows = [(run.id, *self._run_values(run)) for run in runs]
+        version = _parse_version(current.version or "")  # check_spawn refused None
+        if version is None:
+            return None  # not a version this store issued: it cannot match
+
+        def spawn(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                f"UPDATE {self._runs} SET schedule_id = ?, state = ?, created_at = ?,"
+                " watch_at = ?, data = ?, version = version + 1 WHERE id = ? AND version = ?",
+                (*values, current.id, version),
+            )
+            if cursor.rowcount == 0:
+                return False
+            if rows and not self._insert_runs(conn, rows):
+                raise Abort(False)  # a run exists: undo the update too
+            self.stats.writes += 1 + len(rows)
+            return True
+
+        if not await self._call(spawn, write=True):
+            return None
+        updated.version = str(version + 1)
+        return updated, [run.model_copy(update={"version": "1"}) for run in runs]
+
+    async def mark_upstream(self, run_id: str, task: str, end: UpstreamEnd) -> Run | None:
+        """See :meth:`Store.mark_upstream`. One ``UPDATE ... RETURNING``: ``json_set`` of
+        ``upstream.<task>`` inside ``data`` and a version bump, no precondition; the row
+        it returns is the run after this write (one write, one read)."""
+        check_mark(run_id, task)
+        # The task id is checked above, so quoting it as a JSON path label is safe.
+        path = f'$.upstream."{task}"'
+        mark = to_json(end)
+
+        def mark_one(conn: sqlite3.Connection) -> Run | None:
+            rows = conn.execute(
+                f"UPDATE {self._runs} SET data = json_set(data, ?, json(?)),"
+                " version = version + 1 WHERE id = ? RETURNING data, version",
+                (path, mark, run_id),
+            ).fetchall()
+            if not rows:
+                return None
+            self.stats.writes += 1
+            self.stats.reads += 1
+            data, version = rows[0]
+            return self._run_from_row(run_id, data, version)
+
+        return await self._call(mark_one, write=True)
 
     async def due_watches(self, now: datetime, limit: int) -> list[Run]:
         """See :meth:`Store.due_watches`. One query on the partial ``watch_at`` index."""
