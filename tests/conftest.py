@@ -9,6 +9,7 @@ from uuid import uuid4
 
 import pytest
 
+from _backend import Backend, open_backend
 from firecron.store.base import Store
 
 FIRESTORE_TEST_PROJECT = "firecron-test"
@@ -87,3 +88,13 @@ async def store_factory(
 async def store(store_factory: Callable[[], Store]) -> Store:
     """One store instance on a fresh database/namespace (closed by ``store_factory``)."""
     return store_factory()
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Each store in turn, as worker processes see it (see ``tests/_backend.py``)."""
+    if request.param != "sqlite":
+        request.getfixturevalue("firestore_emulator")
+    opened = open_backend(request.param, tmp_path)
+    yield opened
+    await opened.store.close()

@@ -9,59 +9,18 @@ waiting for them.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from _backend import Backend
 from _poll import wait_run
-from _workers import TEST_SOURCE, serve_worker, worker_env
-from conftest import STORE_BACKENDS
+from _workers import TEST_SOURCE, serve_worker
 from firecron.core import planning
 from firecron.core.models import ScheduleSpec
 from firecron.core.runs import Run, RunState
-from firecron.dispatch import Dispatcher
-from firecron.settings import Settings
-from firecron.store import Store, open_store
-
-SECRET = "whsec_ZTJlLXNlY3JldA=="
-
-
-@dataclass
-class Backend:
-    url: str
-    namespace: str
-    store: Store
-
-    def env(self) -> dict[str, str]:
-        return worker_env(self.url, secrets=[SECRET], namespace=self.namespace)
-
-    def dispatcher(self, **overrides: Any) -> Dispatcher:
-        fields: dict[str, Any] = {
-            "store_url": self.url,
-            "namespace": self.namespace,
-            "signing_secrets": (SECRET,),
-            "allow_private_targets": True,
-            "ack_timeout": timedelta(seconds=5),
-        }
-        fields.update(overrides)
-        return Dispatcher(self.store, Settings(**fields))
-
-
-@pytest.fixture(params=STORE_BACKENDS)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    if request.param == "sqlite":
-        url, namespace = f"sqlite:///{tmp_path / 'e2e.db'}", "firecron"
-    else:
-        request.getfixturevalue("firestore_emulator")
-        url, namespace = "firestore://firecron-test", f"e{uuid.uuid4().hex[:10]}"
-    store = open_store(url, namespace)
-    yield Backend(url, namespace, store)
-    await store.close()
+from firecron.store import Store
 
 
 async def add(backend: Backend, schedule_id: str, url: str, now: datetime, **fields: Any) -> None:
