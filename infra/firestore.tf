@@ -102,11 +102,14 @@ resource "google_firestore_field" "runs_expire_at" {
 }
 
 # The stores keep each record's body as one JSON text field beside the few fields that
-# are queried (store/firestore.py). Nothing queries the bodies, and Firestore would
-# otherwise index every one of them on every write: exempt them.
+# are queried (store/firestore.py). Nothing queries the bodies, nor a run's marks (the
+# native map "marks", which pipeline tasks write one entry at a time), and Firestore
+# would otherwise index every one of them, and every entry of the map, on every write:
+# exempt them (a map's entries inherit its exemption).
 locals {
   unindexed_fields = {
     runs_data       = { collection = "${var.namespace}_runs", field = "data" }
+    runs_marks      = { collection = "${var.namespace}_runs", field = "marks" }
     schedules_spec  = { collection = "${var.namespace}_schedules", field = "spec" }
     schedules_state = { collection = "${var.namespace}_schedules", field = "state" }
   }
