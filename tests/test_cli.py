@@ -251,6 +251,8 @@ def test_every_command_has_help_with_an_example() -> None:
         "run",
         "tick",
         "dev",
+        "pipelines",
+        "graph",
     } <= set(commands)
     for command in commands:
         proc = run(command, "--help")

@@ -14,8 +14,8 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,8 +27,15 @@ from firecron._output import console, emit_json, err_console, jsonable, rfc3339,
 from firecron.core import planning
 from firecron.core.durations import format_duration, parse_duration
 from firecron.core.events import RUN_EVENT_TYPES, Event, EventType, cloudevent
-from firecron.core.models import SCHEDULE_ID_PATTERN, StoredSchedule
-from firecron.core.runs import Attempt, Run, RunState
+from firecron.core.models import (
+    SCHEDULE_ID_PATTERN,
+    PipelineSpec,
+    ScheduleSpec,
+    StoredSchedule,
+    Target,
+)
+from firecron.core.pipeline_graph import depths, render_mermaid, render_text, topological_order
+from firecron.core.runs import Attempt, Run, RunState, task_run_id
 from firecron.core.schedule_file import ScheduleFile, ScheduleFileError, parse_schedule_file
 from firecron.core.triggers import parse_instant, parse_spec, validate_timezone
 from firecron.dispatch import Dispatcher, run_tick
@@ -346,9 +353,9 @@ def _trigger_text(s: StoredSchedule) -> str:
     return f"at {rfc3339(spec.at)}"
 
 
-def _target_text(s: StoredSchedule) -> str:
-    t = s.spec.target
-    return f"function:{t.function}" if t.function else f"{t.url}{' (worker)' if t.worker else ''}"
+def _target_text(target: Target) -> str:
+    """:meth:`Target.describe`, marking a URL whose runs report their state (a worker)."""
+    return target.describe() + (" (worker)" if target.url is not None and target.worker else "")
 
 
 def _summary(s: StoredSchedule) -> dict[str, Any]:
@@ -357,7 +364,7 @@ def _summary(s: StoredSchedule) -> dict[str, Any]:
         "status": s.status,
         "trigger": _trigger_text(s),
         "timezone": s.spec.timezone,
-        "target": _target_text(s),
+        "target": _target_text(s.spec.target),
         "next_fire_at": rfc3339(s.state.next_fire_at),
         "last_run_id": s.state.last_run_id,
         "run_count": s.state.run_count,
@@ -472,8 +479,13 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
         ["timezone", spec.timezone],
         [
             "target",
-            _target_text(stored)
-            + f" (auth: {spec.target.auth.value if spec.target.auth else 'default'})",
+            _target_text(spec.target)
+            # Auth applies to a POST only: a pipeline or a message has none.
+            + (
+                f" (auth: {spec.target.auth.value if spec.target.auth else 'default'})"
+                if spec.target.is_http
+                else ""
+            ),
         ],
         ["params", json.dumps(spec.params) if spec.params else None],
         [
@@ -863,6 +875,9 @@ def runs_cmd(
 ) -> None:
     """List recent runs, newest first.
 
+    A pipeline's task runs are runs too (RUN_ID.TASK). --json prints every field of
+    each run, among them trigger, pipeline, task, parent_run_id and cause_run_id.
+
     \b
     Examples:
       firecron runs --schedule hello --limit 5
@@ -883,12 +898,13 @@ def runs_cmd(
         return
     table(
         None,
-        ["RUN", "STATE", "ATTEMPT", "SCHEDULED (UTC)", "DURATION", "ERROR"],
+        ["RUN", "STATE", "ATTEMPT", "TARGET", "SCHEDULED (UTC)", "DURATION", "ERROR"],
         [
             [
                 r.id,
                 r.state.value + (" (SLA!)" if r.sla_breached_at else ""),
                 r.attempt,
+                _target_text(r.target),
                 rfc3339(r.scheduled_for),
                 _duration(r),
                 r.error,
@@ -905,29 +921,38 @@ def runs_cmd(
 def run_cmd(run_id: str, store_url: str | None, as_json: bool) -> None:
     """Show one run: state, attempts, times, output or error, and SLA breach.
 
+    A pipeline run also shows its task tree: one line per task, in the order they
+    can run, indented by depth, with its state, attempt and duration; --json adds
+    "tasks": {TASK_ID: {state, run_id, attempt, started_at, ended_at, error}}.
+
     \b
-    Example:
+    Examples:
       firecron run hello@20270101T090000Z
+      firecron run etl@20270101T020000Z --json
     """
 
-    async def get(store: Store) -> Run:
+    async def get(store: Store) -> tuple[Run, dict[str, Run]]:
         found = await store.get_run(run_id)
         if found is None:
             raise NotFoundError(f"unknown run {run_id!r}")
-        return found
+        return found, await _task_runs(store, found)
 
-    run = _with_store(store_url, get, create=False)
+    run, task_runs = _with_store(store_url, get, create=False)
     if as_json:
-        emit_json(_run_dict(run))
+        data = _run_dict(run)
+        if run.pipeline_spec is not None:
+            data["tasks"] = _tasks_dict(run.id, run.pipeline_spec, task_runs)
+        emit_json(data)
         return
     rows: list[list[Any]] = [
         ["run", run.id],
         ["schedule", run.schedule_id],
         ["state", run.state.value],
         ["trigger", run.trigger.value],
+        *_orchestration_rows(run),
         ["attempt", f"{run.attempt} of {run.retry.max_attempts}"],
         ["scheduled for", rfc3339(run.scheduled_for)],
-        ["target", (run.target.function and f"function:{run.target.function}") or run.target.url],
+        ["target", _target_text(run.target)],
         ["params", json.dumps(run.params) if run.params else None],
         ["created", rfc3339(run.created_at)],
         ["started", rfc3339(run.started_at)],
@@ -964,9 +989,228 @@ def run_cmd(run_id: str, store_url: str | None, as_json: bool) -> None:
             for a in run.attempts
         ],
     )
+    if run.pipeline_spec is not None:
+        console.print()
+        _tasks_table(run.id, run.pipeline_spec, task_runs)
     if run.events:
         console.print()
         _events_table("Events", [(run, e) for e in run.events])
+
+
+async def _task_runs(store: Store, run: Run) -> dict[str, Run]:
+    """The task runs of a pipeline run by task id (one batched read); none for another run.
+
+    A task without a run yet (the pipeline run has not started) is absent.
+    """
+    if run.pipeline_spec is None:
+        return {}
+    ids = [task_run_id(run.id, task.id) for task in run.pipeline_spec.tasks]
+    return {r.task or r.id: r for r in await store.get_runs(ids)}
+
+
+def _orchestration_rows(run: Run) -> list[list[Any]]:
+    """``run``'s place in a pipeline or a chain, only the rows that apply."""
+    rows: list[list[Any]] = []
+    if run.pipeline is not None:
+        rows.append(["pipeline", run.pipeline])
+    if run.task is not None:
+        rows.append(["task", run.task])
+    if run.parent_run_id is not None:
+        rows.append(["pipeline run", run.parent_run_id])
+    # A task run's cause is its pipeline run, already shown.
+    if run.cause_run_id is not None and run.cause_run_id != run.parent_run_id:
+        rows.append(["caused by", run.cause_run_id])
+    if run.then:
+        rows.append(
+            ["then", ", ".join(f"{step.schedule} (on {step.on.value})" for step in run.then)]
+        )
+    return rows
+
+
+def _task_attempt(run: Run | None) -> str | None:
+    """``"2/3"``: the task run's attempt of its retry policy; None before its first send."""
+    if run is None or not run.attempts:
+        return None
+    return f"{run.attempt}/{run.retry.max_attempts}"
+
+
+def _tasks_dict(pipeline_run_id: str, spec: PipelineSpec, runs: dict[str, Run]) -> dict[str, Any]:
+    """``firecron run --json``'s ``tasks``: per task id, in topological order, its run's
+    ``state`` (null while it has no run), ``run_id``, ``attempt`` (null before its first
+    send), ``started_at``, ``ended_at`` and ``error``."""
+    tasks: dict[str, Any] = {}
+    for task_id in topological_order(spec):
+        found = runs.get(task_id)
+        tasks[task_id] = {
+            "state": found.state.value if found else None,
+            "run_id": task_run_id(pipeline_run_id, task_id),
+            "attempt": found.attempt if found and found.attempts else None,
+            "started_at": rfc3339(found.started_at) if found else None,
+            "ended_at": rfc3339(found.ended_at) if found else None,
+            "error": found.error if found else None,
+        }
+    return tasks
+
+
+def _tasks_table(pipeline_run_id: str, spec: PipelineSpec, runs: dict[str, Run]) -> None:
+    """The task tree of a pipeline run: one row per task in topological order, the task
+    indented two spaces per level of depth, with its state, attempt and duration."""
+    depth = depths(spec)
+    rows = []
+    for task_id in topological_order(spec):
+        found = runs.get(task_id)
+        rows.append(
+            [
+                "  " * depth[task_id] + task_id,
+                found.state.value if found else "not created",
+                _task_attempt(found),
+                _duration(found) if found else None,
+                found.error if found else None,
+            ]
+        )
+    table(f"Tasks ({spec.id})", ["TASK", "STATE", "ATTEMPT", "DURATION", "ERROR"], rows)
+
+
+@dataclass
+class _KnownPipeline:
+    """A pipeline as the CLI lists it: its definition and the schedules that target it."""
+
+    spec: PipelineSpec
+    schedules: list[str]
+
+
+def _collect_pipelines(found: dict[str, _KnownPipeline], schedules: Iterable[ScheduleSpec]) -> None:
+    """Add to ``found`` the pipelines that ``schedules`` target (their snapshots).
+
+    Deduplicated by id: the first snapshot seen is kept (``apply`` writes one file's
+    pipeline into every schedule that targets it, so they agree).
+    """
+    for spec in schedules:
+        pipeline = spec.pipeline_spec
+        if pipeline is None:
+            continue
+        known = found.setdefault(pipeline.id, _KnownPipeline(pipeline, []))
+        known.schedules.append(spec.id)
+
+
+_PAGE = 1000
+
+
+async def _stored_pipelines(store: Store) -> dict[str, _KnownPipeline]:
+    """The pipelines of the stored schedules, paging through them in id order."""
+    found: dict[str, _KnownPipeline] = {}
+    after: str | None = None
+    while True:
+        page = await store.list_schedules(after=after, limit=_PAGE)
+        _collect_pipelines(found, (s.spec for s in page))
+        if len(page) < _PAGE:
+            return found
+        after = page[-1].id
+
+
+def _known_pipelines(file: str | None, store_url: str | None) -> dict[str, _KnownPipeline]:
+    """The pipelines of the schedules file ``file``, or else of the store (never created)."""
+    if file is None:
+        return _with_store(store_url, _stored_pipelines, create=False)
+    doc = _read_schedule_file(file)
+    found: dict[str, _KnownPipeline] = {}
+    _collect_pipelines(found, doc.schedules)
+    # The file's own list also holds the pipelines that no schedule targets (yet).
+    # ScheduleFile.pipelines arrives with the parser's `pipelines:` section; until it
+    # does, the file's pipelines are those its schedules target.
+    declared: Any = getattr(doc, "pipelines", ())
+    for pipeline in declared.values() if isinstance(declared, dict) else declared:
+        found.setdefault(pipeline.id, _KnownPipeline(pipeline, []))
+    return found
+
+
+_FILE_HELP = "Read this schedules file instead of the store."
+
+
+@cli.command("pipelines")
+@click.option("--file", type=click.Path(dir_okay=False), metavar="FILE", help=_FILE_HELP)
+@store_option
+@json_option
+def pipelines_cmd(file: str | None, store_url: str | None, as_json: bool) -> None:
+    """List pipelines with their task count, max_parallel, timeout and the schedules
+    that run them.
+
+    From the store, a pipeline is known through the schedules that target it (each
+    keeps a snapshot of it, taken by apply). With --file, the file's pipelines are
+    listed, those no schedule targets included.
+
+    \b
+    Examples:
+      firecron pipelines
+      firecron pipelines --file schedules.yaml --json
+    """
+    found = sorted(_known_pipelines(file, store_url).values(), key=lambda k: k.spec.id)
+    rows: list[dict[str, Any]] = [
+        {
+            "id": known.spec.id,
+            "description": known.spec.description,
+            "task_count": len(known.spec.tasks),
+            "tasks": topological_order(known.spec),
+            "max_parallel": known.spec.max_parallel,
+            "timeout": format_duration(known.spec.timeout) if known.spec.timeout else None,
+            "schedules": known.schedules,
+        }
+        for known in found
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        console.print("no pipelines (a schedule runs one with target: {pipeline: ID})")
+        return
+    table(
+        None,
+        ["ID", "TASKS", "MAX PARALLEL", "TIMEOUT", "SCHEDULES", "DESCRIPTION"],
+        [
+            [
+                r["id"],
+                r["task_count"],
+                r["max_parallel"],
+                r["timeout"],
+                ", ".join(r["schedules"]) or "(none)",
+                r["description"] or None,
+            ]
+            for r in rows
+        ],
+    )
+
+
+@cli.command("graph")
+@click.argument("pipeline_id", metavar="PIPELINE_ID")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "mermaid"]),
+    default="text",
+    show_default=True,
+    help="text: one line per task, indented by depth; mermaid: a flowchart for Markdown.",
+)
+@click.option("--file", type=click.Path(dir_okay=False), metavar="FILE", help=_FILE_HELP)
+@store_option
+def graph_cmd(pipeline_id: str, fmt: str, file: str | None, store_url: str | None) -> None:
+    """Print a pipeline's task graph, with each dependency's rule (when) and condition (if).
+
+    Tasks come in an order they can run in. A dependency without a label has the
+    default rule, all_succeeded. The mermaid format prints a "flowchart TD" to put in
+    a ```mermaid block (GitHub renders it).
+
+    \b
+    Examples:
+      firecron graph etl
+      firecron graph etl --format mermaid --file schedules.yaml
+    """
+    known = _known_pipelines(file, store_url).get(pipeline_id)
+    if known is None:
+        where = file if file is not None else "the store"
+        raise NotFoundError(f"unknown pipeline {pipeline_id!r} in {where}")
+    render = render_mermaid if fmt == "mermaid" else render_text
+    sys.stdout.write(render(known.spec))
+    sys.stdout.flush()
 
 
 @cli.command()
