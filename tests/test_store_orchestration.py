@@ -218,13 +218,23 @@ async def test_spawn_of_the_most_runs_one_commit_holds(store: Store) -> None:
     assert len(await store.list_runs(limit=1000)) == 500
 
 
-async def test_spawn_refuses_changes_to_the_marks(store: Store) -> None:
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"upstream": {"extract": OK}}, "upstream is written by mark_upstream only"),
+        ({"nope": 1}, "unknown run field(s) nope"),
+        ({"attempt": "two"}, "invalid changes: attempt: Input should be a valid integer"),
+    ],
+)
+async def test_spawn_refuses_bad_changes_and_writes_nothing(
+    store: Store, changes: dict[str, object], problem: str
+) -> None:
     run = await created(store, pipeline_run())
+    tasks, _, _ = build_task_runs(run, T0, pending_grace=GRACE)
     with pytest.raises(InvalidInputError) as caught:
-        await store.spawn(run, [RunState.pending], {"upstream": {"extract": OK}}, [])
-    assert str(caught.value) == (
-        "update_run 'nightly@20270101T000000Z': upstream is written by mark_upstream only"
-    )
+        await store.spawn(run, [RunState.pending], changes, tasks)
+    assert str(caught.value).startswith(f"spawn 'nightly@20270101T000000Z': {problem}")
+    assert await store.list_runs(limit=10) == [run]
 
 
 # -- mark_upstream -----------------------------------------------------------------------

@@ -64,21 +64,23 @@ def check_namespace(namespace: str) -> None:
         raise InvalidInputError(f"invalid namespace {namespace!r}: {NAMESPACE_RULE}")
 
 
-def check_run_changes(run_id: str, changes: Mapping[str, Any]) -> None:
+def check_run_changes(run_id: str, changes: Mapping[str, Any], op: str = "update_run") -> None:
     """Refuse, before any read or write, ``changes`` that no stored run could take.
 
-    Raises :class:`InvalidInputError` when they name a field :class:`Run` does not have
-    or change the run's ``id``. Their values are judged later, by :func:`merge_run`.
+    Raises :class:`InvalidInputError`, its message naming ``op`` and the run, when they
+    name a field :class:`Run` does not have, change the run's ``id`` or set its marks
+    (``upstream``: only ``mark_upstream`` writes them). Their values are judged later,
+    by :func:`merge_run`.
     """
     unknown = sorted(set(changes) - set(Run.model_fields))
     if unknown:
-        raise InvalidInputError(f"update_run {run_id!r}: unknown run field(s) {', '.join(unknown)}")
+        raise InvalidInputError(f"{op} {run_id!r}: unknown run field(s) {', '.join(unknown)}")
     if "id" in changes and changes["id"] != run_id:
-        raise InvalidInputError(f"update_run {run_id!r}: a run's id cannot change")
+        raise InvalidInputError(f"{op} {run_id!r}: a run's id cannot change")
     # Marks are written one by one by mark_upstream, never as a whole: a whole map
     # written here could drop a mark written concurrently (Firestore keeps them apart).
     if "upstream" in changes:
-        raise InvalidInputError(f"update_run {run_id!r}: upstream is written by mark_upstream only")
+        raise InvalidInputError(f"{op} {run_id!r}: upstream is written by mark_upstream only")
 
 
 def check_spawn(
@@ -92,7 +94,7 @@ def check_spawn(
     :data:`MAX_SPAWN_RUNS` runs, or a run id given twice (or equal to ``current``'s).
     False means the spawn cannot apply (the caller returns None, writing nothing).
     """
-    check_run_changes(current.id, changes)
+    check_run_changes(current.id, changes, "spawn")
     if current.version is None:
         raise InvalidInputError(f"spawn {current.id!r}: 'current' carries no version")
     if len(runs) > MAX_SPAWN_RUNS:
@@ -116,7 +118,7 @@ def check_mark(run_id: str, task: str) -> None:
         )
 
 
-def merge_run(run_id: str, base: Run, changes: Mapping[str, Any]) -> Run:
+def merge_run(run_id: str, base: Run, changes: Mapping[str, Any], op: str = "update_run") -> Run:
     """``base`` with ``changes`` applied, validated as a whole; its ``version`` is unset
     (``Run.version`` is left out of dumps), for the caller to set once written.
 
@@ -129,5 +131,5 @@ def merge_run(run_id: str, base: Run, changes: Mapping[str, Any]) -> Run:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error.get("loc", ())) or "value"
         raise InvalidInputError(
-            f"update_run {run_id!r}: invalid changes: {where}: {error.get('msg', 'invalid')}"
+            f"{op} {run_id!r}: invalid changes: {where}: {error.get('msg', 'invalid')}"
         ) from None

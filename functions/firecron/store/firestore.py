@@ -846,7 +846,7 @@ class FirestoreStore:
             raise InvalidInputError(f"spawn {current.id!r}: invalid run id {bad[0]!r}")
         if current.version is None or not _issued_version(current.version):
             return None
-        updated = merge_run(current.id, current, changes)
+        updated = merge_run(current.id, current, changes, "spawn")
         with self._translate("spawn"):
             writes = [
                 _write_pb(

@@ -636,7 +636,7 @@ class SQLiteStore:
         """
         if not check_spawn(current, expect_states, changes, runs):
             return None
-        updated = merge_run(current.id, current, changes)
+        updated = merge_run(current.id, current, changes, "spawn")
         values = self._run_values(updated)
         rows = [(run.id, *self._run_values(run)) for run in runs]
         version = _parse_version(current.version or "")  # check_spawn refused None
