@@ -2,22 +2,34 @@
 
 Covered: scheduled runs succeed and fail as they should and SIGTERM stops it cleanly;
 a taken port and a source that does not load are one line each (exit 2); the piped
-view does not print again, after a restart, the runs the last start printed; and a
+view does not print again, after a restart, the runs the last start printed; a
 running stack serves a worker added to its source file (reload), surviving an edit
-that breaks the file.
+that breaks the file; and the view shows a pipeline run as one line with its tasks'
+states (on a seeded store), never its task runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
 import shutil
 import socket
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from _devstack import FIRECRON, clean_env, dev_stack, firecron, poll, runs
+from _factories import T0, make_run
+from firecron.core.models import PipelineSpec, Target
+from firecron.core.pipelines import build_task_runs
+from firecron.core.runs import RunState
+from firecron.dev import DevStack, Recent, recent_runs, task_states
+from firecron.settings import Settings
+from firecron.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,3 +196,124 @@ def test_a_running_stack_serves_a_worker_added_to_its_source(tmp_path: Path) -> 
         )
         assert dev.stop() == 0
     assert "Traceback" not in dev.output()
+
+
+# -- the view of pipeline runs (on a seeded store, without a stack) -------------------
+
+
+def _seeded_pipeline_store(url: str, *, tasks: int = 3, plain: int = 2) -> None:
+    """A pipeline run of ``tasks`` chained tasks (the first succeeded, the next running),
+    created before ``plain`` plain runs of another schedule."""
+    spec = PipelineSpec.model_validate(
+        {
+            "id": "etl",
+            "tasks": [
+                {
+                    "id": f"t{n:03d}",
+                    "target": {"function": "hello"},
+                    "after": [f"t{n - 1:03d}"] if n else [],
+                }
+                for n in range(tasks)
+            ],
+        }
+    )
+    pipeline_run = make_run(
+        "etl",
+        T0,
+        state=RunState.running,
+        target=Target(pipeline="etl"),
+        pipeline="etl",
+        pipeline_spec=spec,
+    )
+    task_runs, _, _ = build_task_runs(pipeline_run, T0, pending_grace=timedelta(minutes=1))
+    later = T0 + timedelta(seconds=5)
+    task_runs[0] = task_runs[0].model_copy(
+        update={"state": RunState.succeeded, "updated_at": later, "watch_at": None}
+    )
+    if tasks > 1:
+        task_runs[1] = task_runs[1].model_copy(update={"state": RunState.running})
+    plains = [
+        make_run("hello", T0 + timedelta(minutes=1 + n), state=RunState.succeeded)
+        for n in range(plain)
+    ]
+
+    async def seed() -> None:
+        store = open_store(url)
+        try:
+            for r in [pipeline_run, *task_runs, *plains]:
+                assert await store.create_run(r) is not None
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+
+
+def _recent(url: str, count: int = 12) -> Recent:
+
+    async def read() -> Recent:
+        store = open_store(url, create=False)
+        try:
+            return await recent_runs(store, count)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def test_recent_runs_list_a_pipeline_run_once_with_its_tasks(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'view.db'}"
+    _seeded_pipeline_store(url, tasks=3, plain=2)
+    recent = _recent(url)
+    assert [run.id for run, _ in recent] == [
+        "hello@20270101T000200Z",
+        "hello@20270101T000100Z",
+        "etl@20270101T000000Z",
+    ]
+    _, tasks = recent[2]
+    assert task_states(tasks) == "t000:succeeded t001:running t002:waiting"
+    assert [t for _, t in recent[:2]] == [[], []]
+
+
+def test_task_runs_do_not_crowd_out_the_other_runs(tmp_path: Path) -> None:
+    # 60 task runs are newer than the two runs listed with them: the page grows.
+    url = f"sqlite:///{tmp_path / 'crowd.db'}"
+    _seeded_pipeline_store(url, tasks=60, plain=0)
+
+    async def older() -> None:
+        store = open_store(url, create=False)
+        await store.create_run(make_run("hello", T0 - timedelta(days=1), state=RunState.failed))
+        await store.close()
+
+    asyncio.run(older())
+    recent = _recent(url, count=2)
+    assert [run.id for run, _ in recent] == ["etl@20270101T000000Z", "hello@20261231T000000Z"]
+    # More tasks than a line can name: counts per state.
+    assert task_states(recent[0][1]) == "60 tasks: succeeded 1, running 1, waiting 58"
+
+
+def test_the_piped_view_prints_a_pipeline_run_as_one_line_per_change(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'piped.db'}"
+    _seeded_pipeline_store(url, tasks=3, plain=0)
+    out = io.StringIO()
+    stack = DevStack(
+        Settings().with_store(url),
+        None,
+        port=1,
+        source=tmp_path / "main.py",
+        console=Console(file=out, width=300),
+    )
+    recent = _recent(url)
+    stack._print_changes(recent)
+    stack._print_changes(recent)  # nothing changed: nothing printed
+    [run, tasks] = recent[0]
+    when = datetime(2027, 1, 1, 0, 0, 5, tzinfo=UTC).astimezone().strftime("%H:%M:%S")
+    assert out.getvalue().splitlines() == [
+        f"{when} etl@20270101T000000Z running attempt 1  t000:succeeded t001:running t002:waiting"
+    ]
+    # A task's change alone prints the pipeline run again; its task runs never appear.
+    tasks[1] = tasks[1].model_copy(update={"state": RunState.succeeded})
+    stack._print_changes([(run, tasks)])
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[1].endswith("t000:succeeded t001:succeeded t002:waiting")
+    assert not [line for line in lines if ".t00" in line]

@@ -16,7 +16,9 @@ One process runs, on the embedded SQLite store:
 - the schedules file, applied at start;
 - a live view of upcoming fire times and recent runs (rich), or plain log lines
   when stdout is not a terminal: one line per run that changes after the start, with
-  the time of its change (runs from before a restart are not printed again).
+  the time of its change (runs from before a restart are not printed again). A
+  pipeline run is one line with its tasks' states (``extract:succeeded join:waiting``),
+  and changes when any of them does; its task runs are not listed on their own.
 
 Ctrl-C or SIGTERM stops it within a few seconds. Runs still in flight are left as
 they are (``running``/``dispatched``); the watchdog recovers them on the next start,
@@ -54,7 +56,8 @@ from firecron import admin
 from firecron._dev_secret import secret_path, with_dev_secret
 from firecron.core.durations import format_duration
 from firecron.core.models import StoredSchedule
-from firecron.core.runs import Run, RunState
+from firecron.core.pipeline_graph import topological_order
+from firecron.core.runs import Run, RunState, task_run_id
 from firecron.core.schedule_file import ScheduleFile
 from firecron.dispatch import Dispatcher
 from firecron.errors import InvalidInputError
@@ -62,10 +65,15 @@ from firecron.settings import Settings
 from firecron.store import Store, open_store
 from firecron.worker import declared_in
 
-__all__ = ["DevStack", "default_source", "find_workers"]
+__all__ = ["DevStack", "Recent", "default_source", "find_workers", "recent_runs", "task_states"]
 
 _RECENT = 12
-"""Runs shown in the view, newest first (and compared by the piped change log)."""
+"""Runs shown in the view, newest first (and compared by the piped change log); a
+pipeline run counts once, its task runs not at all."""
+_MAX_LISTED = 4000
+"""The most runs one look at the recent runs reads, when task runs crowd out the others."""
+_TASKS_SHOWN = 12
+"""A pipeline run with more tasks than this shows counts per state instead of each task."""
 
 _STATE_STYLE = {
     RunState.succeeded: "green",
@@ -79,7 +87,55 @@ _STATE_STYLE = {
     RunState.retry_wait: "yellow",
     RunState.queued: "magenta",
     RunState.skipped: "dim",
+    RunState.waiting: "dim",
+    RunState.cancelled: "red",
 }
+
+
+Recent = list[tuple[Run, list[Run]]]
+"""The runs a view shows, newest first, each with its task runs (none for a plain run)."""
+
+
+async def recent_runs(store: Store, count: int = _RECENT) -> Recent:
+    """The ``count`` newest runs that are not pipeline tasks, each pipeline run with its
+    task runs in topological order (those created so far).
+
+    Task runs are created together, so a pipeline's may fill a page: the page grows
+    (by 4) until it holds ``count`` other runs or every run, up to :data:`_MAX_LISTED`.
+    Each pipeline run's tasks then cost one batched read.
+    """
+    limit = count * 4
+    while True:
+        page = await store.list_runs(limit=limit)
+        shown = [r for r in page if r.parent_run_id is None][:count]
+        if len(shown) >= count or len(page) < limit or limit >= _MAX_LISTED:
+            break
+        limit = min(limit * 4, _MAX_LISTED)
+    recent: Recent = []
+    for run in shown:
+        tasks: list[Run] = []
+        if run.pipeline_spec is not None:
+            order = topological_order(run.pipeline_spec)
+            # In the order asked for (Store.get_runs keeps it).
+            tasks = await store.get_runs([task_run_id(run.id, t) for t in order])
+        recent.append((run, tasks))
+    return recent
+
+
+def task_states(tasks: list[Run]) -> str:
+    """A pipeline run's tasks as ``id:state`` words in order, or, beyond
+    :data:`_TASKS_SHOWN` tasks, as ``state count`` pairs (``succeeded 150, running 8``)."""
+    if len(tasks) <= _TASKS_SHOWN:
+        return " ".join(f"{t.task}:{t.state.value}" for t in tasks)
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t.state.value] = counts.get(t.state.value, 0) + 1
+    return f"{len(tasks)} tasks: " + ", ".join(f"{state} {n}" for state, n in counts.items())
+
+
+def _change_key(run: Run, tasks: list[Run]) -> tuple[object, ...]:
+    """What the piped view compares: a run is printed again when this changes."""
+    return (run.state, run.attempt, tuple((t.task, t.state) for t in tasks))
 
 
 def default_source() -> Path:
@@ -207,7 +263,7 @@ class DevStack:
             settings, functions_base_url=self.base_url, allow_private_targets=True, event_log=False
         )
         self._stop = asyncio.Event()
-        self._seen: dict[str, tuple[RunState, int]] = {}
+        self._seen: dict[str, tuple[object, ...]] = {}
         self._names: list[str] = []
         self._source_text: bytes | None = None
         self._app: _Swappable | None = None
@@ -296,8 +352,8 @@ class DevStack:
             )
             # Runs from before this start were printed by the previous one: only changes
             # from now on are news.
-            for run in await store.list_runs(limit=_RECENT):
-                self._seen[run.id] = (run.state, run.attempt)
+            for run, tasks in await recent_runs(store):
+                self._seen[run.id] = _change_key(run, tasks)
             if self.console.is_terminal:
                 with Live(
                     Text("starting..."), console=self.console, refresh_per_second=4, transient=False
@@ -331,7 +387,7 @@ class DevStack:
                 self._log(f"error: {error}", style="red")
             self._reload_if_changed()
             schedules = await store.list_schedules()
-            runs = await store.list_runs(limit=_RECENT)
+            runs = await recent_runs(store)
             if live is not None:
                 live.update(self._view(schedules, runs))
             else:
@@ -370,19 +426,22 @@ class DevStack:
     def _log(self, message: str, style: str | None = None) -> None:
         self.console.print(message, style=style, highlight=False)
 
-    def _print_changes(self, runs: list[Run]) -> None:
-        for run in reversed(runs):
-            key = (run.state, run.attempt)
+    def _print_changes(self, runs: Recent) -> None:
+        for run, tasks in reversed(runs):
+            key = _change_key(run, tasks)
             if self._seen.get(run.id) == key:
                 continue
             self._seen[run.id] = key
             extra = f" ({run.error})" if run.error and run.state is not RunState.succeeded else ""
             sla = " SLA breached" if run.sla_breached_at else ""
-            # The time of the change itself, not of the tick that noticed it.
-            when = run.updated_at.astimezone().strftime("%H:%M:%S")
-            self._log(f"{when} {run.id} {run.state.value} attempt {run.attempt}{sla}{extra}")
+            # The time of the change itself (a task's, for a pipeline run), not of the
+            # tick that noticed it.
+            changed = max([run.updated_at, *(t.updated_at for t in tasks)])
+            when = changed.astimezone().strftime("%H:%M:%S")
+            steps = f"  {task_states(tasks)}" if tasks else ""
+            self._log(f"{when} {run.id} {run.state.value} attempt {run.attempt}{sla}{extra}{steps}")
 
-    def _view(self, schedules: list[StoredSchedule], runs: list[Run]) -> Group:
+    def _view(self, schedules: list[StoredSchedule], runs: Recent) -> Group:
         now = datetime.now(UTC)
         upcoming = Table(title="Upcoming", title_justify="left", box=None, header_style="bold")
         for col in ("SCHEDULE", "STATUS", "NEXT FIRE (LOCAL)", "IN", "RUNS"):
@@ -404,9 +463,9 @@ class DevStack:
             )
             upcoming.add_row(s.id, s.status, local, eta, str(s.state.run_count))
         recent = Table(title="Recent runs", title_justify="left", box=None, header_style="bold")
-        for col in ("RUN", "STATE", "ATTEMPT", "DURATION", "ERROR"):
+        for col in ("RUN", "STATE", "ATTEMPT", "DURATION", "TASKS", "ERROR"):
             recent.add_column(col, overflow="fold")
-        for run in runs:
+        for run, tasks in runs:
             state = Text(run.state.value, style=_STATE_STYLE.get(run.state, ""))
             if run.sla_breached_at:
                 state.append(" SLA!", style="bold magenta")
@@ -421,6 +480,7 @@ class DevStack:
                 state,
                 f"{run.attempt}/{run.retry.max_attempts}",
                 duration,
+                _styled_tasks(tasks),
                 (run.error or "")[:80],
             )
         footer = Text(
@@ -429,6 +489,17 @@ class DevStack:
             style="dim",
         )
         return Group(upcoming, Text(""), recent, Text(""), footer)
+
+
+def _styled_tasks(tasks: list[Run]) -> Text:
+    """:func:`task_states` for the live view, each task's state in its colour."""
+    if len(tasks) > _TASKS_SHOWN:
+        return Text(task_states(tasks))
+    text = Text()
+    for n, t in enumerate(tasks):
+        text.append(("" if n == 0 else " ") + f"{t.task}:")
+        text.append(t.state.value, style=_STATE_STYLE.get(t.state, ""))
+    return text
 
 
 def _clock() -> str:
