@@ -254,7 +254,8 @@ async def test_the_pipeline_timeout_cancels_a_running_worker(
         pipeline = await only_run(backend, "slow", task=None)
         forever_id = task_run_id(pipeline.id, "forever")
         await wait_run(backend.store, forever_id, lambda r: r.state is RunState.running)
-        await tick(backend, now + timedelta(seconds=11))
+        # Well past the timeout, which counts from the start the worker stamped.
+        await tick(backend, now + timedelta(seconds=40))
         forever = await wait_run(backend.store, forever_id, lambda r: r.is_terminal)
     assert forever.state is RunState.cancelled
     done = await backend.store.get_run(pipeline.id)

@@ -188,6 +188,11 @@ class Causes:
         change = lifecycle.end_pipeline(pipeline, self.d.now(), verdict)
         await self._apply(pipeline, change, summary)
 
+    async def judge(self, task: Run, summary: TickSummary) -> None:
+        """Judge a ``waiting`` task now (a root with an ``if`` right after its pipeline
+        started, or one the watchdog found past its deadline)."""
+        await self._judge(task, summary, {})
+
     async def _judge(self, task: Run, summary: TickSummary, cache: dict[str, Run | None]) -> None:
         """Judge a ``waiting`` task whose marks may be complete, and move it on (once)."""
         parent_id = task.parent_run_id

@@ -438,6 +438,14 @@ class Dispatcher:
             summary.errors.append(f"run {run.id}: settling: {_error_line(exc)}")
             log.error("run %s: settling its end failed: %s", run.id, _error_line(exc))
 
+    async def _judge(self, task: Run, summary: TickSummary) -> None:
+        """Judge a waiting task (:meth:`Causes.judge`); never raises (its watch retries)."""
+        try:
+            await self.causes.judge(task, summary)
+        except Exception as exc:
+            summary.errors.append(f"run {task.id}: judging: {_error_line(exc)}")
+            log.error("run %s: judging the task failed: %s", task.id, _error_line(exc))
+
     async def submit(
         self,
         cause: Run,
@@ -512,7 +520,11 @@ class Dispatcher:
                 summary.events[events.EventType.run_started] += 1
                 started = await self._emit(started, {e.id for e in current.events}, summary)
                 roots = [r for r in created if r.state is RunState.pending]
-                await asyncio.gather(*(self._fire(r, summary) for r in roots))
+                judged = [r for r in created if r.state is RunState.waiting and r.deadline_at]
+                await asyncio.gather(
+                    *(self._fire(r, summary) for r in roots),
+                    *(self._judge(r, summary) for r in judged),
+                )
                 return started
             current = await self.store.get_run(run.id)
         return None
@@ -609,6 +621,9 @@ class Dispatcher:
         decision = lifecycle.watch(run, now, self.timeouts)
         if decision.action is WatchAction.settle:
             await self.settle(run, summary)
+            return
+        if decision.action is WatchAction.judge:
+            await self._judge(run, summary)
             return
         if decision.action is WatchAction.check_blocker:
             blocker = await self.store.get_run(run.blocked_by) if run.blocked_by else None

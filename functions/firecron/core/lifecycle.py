@@ -693,6 +693,9 @@ class WatchAction(StrEnum):
     """Read ``blocked_by``; call :func:`watch` again with ``blocker_ended`` known."""
     settle = "settle"
     """The run ended but the runs it causes may not all be claimed: settle it."""
+    judge = "judge"
+    """A waiting pipeline task past its deadline (a root with an ``if`` whose starter
+    died): judge it now."""
 
 
 @dataclass(frozen=True)
@@ -765,6 +768,8 @@ def _watch_rules(
         return WatchDecision(
             attempt_failed(run, now, _S.lost, f"worker did not start within {t.start_timeout}")
         )
+    if state is _S.waiting:
+        return WatchDecision(None, WatchAction.judge)
     if state is _S.retry_wait:
         if run.retry_at is not None and run.retry_at > now:
             return WatchDecision(Change((state,), {"deadline_at": run.retry_at, "updated_at": now}))

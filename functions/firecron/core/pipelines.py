@@ -77,7 +77,9 @@ def build_task_runs(
     """The task runs a pipeline run creates when it starts, and its slots and ready queue.
 
     Root tasks are ``pending`` (fired at once), beyond ``max_parallel`` ``queued`` for a
-    slot; the others are ``waiting`` for their upstream tasks. Each snapshots its task's
+    slot; a root with an ``if`` is ``waiting``, to be judged right after the start (and
+    watched at ``pending_grace``, in case the starter dies first); the others are
+    ``waiting`` for their upstream tasks, unwatched: the last upstream end judges them. Each snapshots its task's
     target and policies, and the pipeline run's routes and retention.
     """
     spec = pipeline_run.pipeline_spec
@@ -91,7 +93,11 @@ def build_task_runs(
     for task in spec.tasks:
         state = RunState.waiting
         deadline: datetime | None = None
-        if not task.after:
+        if not task.after and task.if_ is not None:
+            # A root with a condition is judged right after the start, like any task
+            # once its (no) upstream tasks have ended; watched, in case that never comes.
+            deadline = now + pending_grace
+        elif not task.after:
             if limit is None or len(slots) < limit:
                 state, deadline = RunState.pending, now + pending_grace
                 if limit is not None:
