@@ -137,8 +137,8 @@ resource "google_cloudfunctions2_function" "worker" {
     all_traffic_on_latest_revision   = true
 
     # Reachable, but every call needs an ID token (aud: this service's run.app URL) of an
-    # identity allowed to invoke it, and only the dispatcher's is (iam.tf); the SDK also
-    # verifies the HMAC signature.
+    # identity allowed to invoke it, and only the dispatcher's and the workers' are (iam.tf:
+    # workers fire the runs their ends cause); the SDK also verifies the HMAC signature.
     ingress_settings      = "ALLOW_ALL"
     service_account_email = google_service_account.workers.email
     environment_variables = local.worker_env

@@ -3,7 +3,8 @@
 #
 #   scheduler  may invoke dispatch, nothing else (Cloud Scheduler signs its OIDC token as it)
 #   dispatch   reads/writes Firestore, reads the signing secret, invokes each worker
-#   workers    read/write Firestore (run state, heartbeats), read the signing secret
+#   workers    read/write Firestore (run state, heartbeats), read the signing secret, invoke
+#              each worker (a worker fires the runs its ends cause: `then` steps, pipeline tasks)
 #   (both)     publish to var.pubsub_topics, the Pub/Sub sinks of notifications
 #   build      builds the functions' images (Cloud Build), instead of a default account
 
@@ -34,7 +35,7 @@ resource "google_service_account" "workers" {
   project      = var.project_id
   account_id   = "${local.account_prefix}-workers"
   display_name = "firecron workers (${var.namespace})"
-  description  = "Runs the worker functions: Firestore and the signing secret."
+  description  = "Runs the worker functions: Firestore, the signing secret, and invoking the workers."
 
   depends_on = [google_project_service.required]
 }
@@ -93,6 +94,19 @@ resource "google_cloud_run_service_iam_member" "dispatch_invokes_worker" {
   service  = each.value.service_config[0].service
   role     = "roles/run.invoker"
   member   = "serviceAccount:${google_service_account.dispatch.email}"
+}
+
+# A worker that ends a run with `then` steps or a pipeline task fires the next runs itself,
+# calling their workers with an ID token of its own identity (Cloud Run's metadata server
+# mints it for the runtime service account: no token-creator role is needed).
+resource "google_cloud_run_service_iam_member" "workers_invoke_worker" {
+  for_each = google_cloudfunctions2_function.worker
+
+  project  = var.project_id
+  location = var.region
+  service  = each.value.service_config[0].service
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.workers.email}"
 }
 
 # --- Builds: the roles Google documents for a custom function build account ---------------

@@ -42,10 +42,22 @@ locals {
 
   # Settings (functions/firecron/settings.py, ENV_VARS). The signing secret comes from
   # Secret Manager (secret_environment_variables in functions.tf), never from here.
+  #
+  # Workers fire runs too: a worker that records the end of a run with `then` steps, or of
+  # a pipeline task, claims and POSTs the runs it causes at once (firecron.causes), with
+  # the dispatcher's code. So they send as dispatch does (the same base URL, auth, limits
+  # and deadlines; tests/test_infra.py keeps the two maps in step), and iam.tf lets them
+  # invoke the workers. The deadlines (ack timeout, tick budget) are also those of the
+  # watchdog, which the worker SDK stamps its runs against.
   worker_env = {
-    FIRECRON_STORE         = local.store_url
-    FIRECRON_NAMESPACE     = var.namespace
-    FIRECRON_RUN_RETENTION = local.run_retention
+    FIRECRON_STORE              = local.store_url
+    FIRECRON_NAMESPACE          = var.namespace
+    FIRECRON_RUN_RETENTION      = local.run_retention
+    FIRECRON_FUNCTIONS_BASE_URL = local.functions_base_url
+    FIRECRON_FUNCTION_AUTH      = "oidc"
+    FIRECRON_CONCURRENCY        = tostring(var.concurrency)
+    FIRECRON_ACK_TIMEOUT        = var.ack_timeout
+    FIRECRON_TICK_BUDGET        = var.tick_budget
   }
   dispatch_env = {
     FIRECRON_STORE              = local.store_url

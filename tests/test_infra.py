@@ -225,12 +225,66 @@ def test_dispatch_is_internal_only_and_invokable_only_by_the_scheduler(tf: Modul
     assert grant["member"] == "serviceAccount:${google_service_account.scheduler.email}"
 
 
-def test_dispatcher_may_invoke_every_worker(tf: Module) -> None:
-    grant = tf.resource("google_cloud_run_service_iam_member", "dispatch_invokes_worker")
+@pytest.mark.parametrize(
+    ("grant_name", "account"),
+    [("dispatch_invokes_worker", "dispatch"), ("workers_invoke_worker", "workers")],
+)
+def test_dispatcher_and_workers_may_invoke_every_worker(
+    tf: Module, grant_name: str, account: str
+) -> None:
+    # Workers fire the runs their ends cause (then steps, pipeline tasks) with an ID token
+    # of their own identity, so they need the same grant as the dispatcher.
+    grant = tf.resource("google_cloud_run_service_iam_member", grant_name)
     assert grant["for_each"] == "${google_cloudfunctions2_function.worker}"
     assert grant["service"] == "${each.value.service_config[0].service}"
     assert grant["role"] == "roles/run.invoker"
-    assert grant["member"] == "serviceAccount:${google_service_account.dispatch.email}"
+    assert grant["member"] == f"serviceAccount:${{google_service_account.{account}.email}}"
+
+
+# Settings of dispatch only: verifying the scheduler's calls to it.
+_DISPATCH_ONLY = {"FIRECRON_DISPATCH_AUDIENCE", "FIRECRON_DISPATCH_CALLER"}
+
+
+def test_workers_send_as_the_dispatcher_does(tf: Module) -> None:
+    """A worker that ends a run which causes others claims and POSTs them itself, with the
+    dispatcher's code (firecron.causes): every setting dispatch sends with, or judges
+    deadlines by, must be the same on the workers, or a successor fired by a worker
+    would go to another URL, without an ID token, or be watched by other deadlines."""
+    dispatch, worker = _env(tf, "dispatch"), _env(tf, "worker")
+    shared = {k: v for k, v in dispatch.items() if k not in _DISPATCH_ONLY}
+    assert {k: worker.get(k) for k in shared} == shared
+    for name in (
+        "FIRECRON_FUNCTIONS_BASE_URL",
+        "FIRECRON_FUNCTION_AUTH",
+        "FIRECRON_CONCURRENCY",
+        "FIRECRON_ACK_TIMEOUT",
+        "FIRECRON_TICK_BUDGET",
+    ):
+        assert name in shared, name
+    assert worker["FIRECRON_FUNCTION_AUTH"] == "oidc"
+    # Deployed, every target is public: neither may reach private addresses.
+    assert "FIRECRON_ALLOW_PRIVATE_TARGETS" not in dispatch
+    assert "FIRECRON_ALLOW_PRIVATE_TARGETS" not in worker
+    assert set(worker) - set(dispatch) == set()
+    # What the workers' settings make of their sending settings, given values.
+    given = {
+        "${local.project_number}": "123456789012",
+        "${var.region}": "europe-west1",
+        "${tostring(var.concurrency)}": "64",
+        "${var.ack_timeout}": "5s",
+        "${var.tick_budget}": "50s",
+    }
+    rendered = {}
+    for name in ("FIRECRON_FUNCTIONS_BASE_URL", "FIRECRON_FUNCTION_AUTH", "FIRECRON_CONCURRENCY"):
+        value = str(tf.resolve(worker[name]))
+        for expression, literal in given.items():
+            value = value.replace(expression, literal)
+        rendered[name] = value
+    settings = Settings.from_env(rendered)
+    assert settings.function_auth.value == "oidc"
+    assert resolve_url(Target(function="etl-load"), settings.functions_base_url) == (
+        "https://etl-load-123456789012.europe-west1.run.app"
+    )
 
 
 def _members(body: dict[str, Any]) -> list[str]:
