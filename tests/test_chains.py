@@ -61,11 +61,13 @@ async def test_a_delivered_run_claims_and_fires_its_then_step_at_once(store: Sto
         paths = [r.path for r in sink.requests]
     # One tick: the cause and its successor, in that order, with nothing left to sweep.
     assert paths == ["/extract", "/report"]
-    assert summary.caused == 1 and summary.settled == 1
+    assert summary.caused == 1
+    assert summary.settled == 1
     [cause] = await runs_of(store, "extract")
     [chained] = await runs_of(store, "report")
     assert cause.state is RunState.delivered
-    assert cause.settle_at is None and cause.watch_at is None
+    assert cause.settle_at is None
+    assert cause.watch_at is None
     assert chained.id == caused_run_id("report", cause.id, "then/0")
     assert chained.trigger is RunTrigger.chained
     assert chained.cause_run_id == cause.id
@@ -152,10 +154,12 @@ async def test_a_crash_between_the_end_and_the_claim_is_healed_by_the_next_tick(
         finally:
             await d.aclose()
         assert [r.path for r in sink.requests] == ["/first"]
-        assert crashed.errors and "recorder died" in crashed.errors[0]
+        assert crashed.errors
+        assert "recorder died" in crashed.errors[0]
         [ended] = await runs_of(store, "first")
         assert ended.state is RunState.delivered
-        assert ended.settle_at is not None and ended.watch_at == ended.settle_at
+        assert ended.settle_at is not None
+        assert ended.watch_at == ended.settle_at
         assert await runs_of(store, "next") == []
 
         monkeypatch.undo()
@@ -167,12 +171,16 @@ async def test_a_crash_between_the_end_and_the_claim_is_healed_by_the_next_tick(
             await d.aclose()
         paths = [r.path for r in sink.requests]
     assert paths == ["/first", "/next"]
-    assert healed.settled == 1 and healed.caused == 1
-    assert again.settled == 0 and again.caused == 0
+    assert healed.settled == 1
+    assert healed.caused == 1
+    assert again.settled == 0
+    assert again.caused == 0
     [ended] = await runs_of(store, "first")
-    assert ended.settle_at is None and ended.watch_at is None
+    assert ended.settle_at is None
+    assert ended.watch_at is None
     [chained] = await runs_of(store, "next")
-    assert chained.cause_run_id == ended.id and chained.state is RunState.delivered
+    assert chained.cause_run_id == ended.id
+    assert chained.state is RunState.delivered
 
 
 async def test_racing_settlers_claim_the_successor_exactly_once(
@@ -207,7 +215,8 @@ async def test_racing_settlers_claim_the_successor_exactly_once(
         finally:
             Causes.settle = original  # type: ignore[method-assign]
             await plain.aclose()
-        assert ended.state is RunState.delivered and ended.settle_at is not None
+        assert ended.state is RunState.delivered
+        assert ended.settle_at is not None
         settlers = [Dispatcher(store_factory(), settings()) for _ in range(3)]
         try:
             await asyncio.gather(*(s.settle(ended) for s in settlers))
@@ -218,7 +227,8 @@ async def test_racing_settlers_claim_the_successor_exactly_once(
     [chained] = await runs_of(store, "after")
     assert chained.state is RunState.delivered
     refreshed = await store.get_run(ended.id)
-    assert refreshed is not None and refreshed.settle_at is None
+    assert refreshed is not None
+    assert refreshed.settle_at is None
 
 
 async def test_a_chained_run_follows_the_target_overlap_policy(store: Store) -> None:
@@ -252,4 +262,5 @@ async def test_a_chained_run_follows_the_target_overlap_policy(store: Store) -> 
     chained = [r for r in await runs_of(store, "busy") if r.trigger is RunTrigger.chained]
     assert len(chained) == 1
     assert chained[0].state is RunState.skipped
-    assert chained[0].error is not None and active.id in chained[0].error
+    assert chained[0].error is not None
+    assert active.id in chained[0].error

@@ -71,7 +71,11 @@ async def test_a_pipeline_of_workers_passes_params_and_upstream_outputs(backend:
                 "id": "two",
                 "params": {"region": "eu", "day": "sun"},
                 "tasks": [
-                    {"id": "extract", "target": {"url": step.url, "worker": True}, "params": {"rows": 7}},
+                    {
+                        "id": "extract",
+                        "target": {"url": step.url, "worker": True},
+                        "params": {"rows": 7},
+                    },
                     {
                         "id": "load",
                         "target": {"url": step.url, "worker": True},
@@ -97,7 +101,8 @@ async def test_a_pipeline_of_workers_passes_params_and_upstream_outputs(backend:
     }
     assert isinstance(load.output, dict)
     assert load.output["upstream"] == {"extract": extract.output}
-    assert load.trigger is RunTrigger.pipeline and load.state is RunState.succeeded
+    assert load.trigger is RunTrigger.pipeline
+    assert load.state is RunState.succeeded
 
 
 async def test_retries_inside_a_pipeline_then_the_downstream_task_runs(backend: Backend) -> None:
@@ -131,7 +136,8 @@ async def test_retries_inside_a_pipeline_then_the_downstream_task_runs(backend: 
         done = await wait_run(backend.store, pipeline.id, lambda r: r.is_terminal)
     assert done.state is RunState.succeeded
     shaky = await backend.store.get_run(shaky_id)
-    assert shaky is not None and shaky.attempt == 2
+    assert shaky is not None
+    assert shaky.attempt == 2
     assert [a.outcome for a in shaky.attempts] == [RunState.failed, RunState.succeeded]
 
 
@@ -178,8 +184,10 @@ async def test_a_join_of_eight_processes_ending_at_once_fires_exactly_once(
     assert done.state is RunState.succeeded
     assert len(join_requests) == 1
     join = await backend.store.get_run(task_run_id(pipeline.id, "join"))
-    assert join is not None and join.state is RunState.delivered
-    assert len(join.attempts) == 1 and len(join.attempts[0].sends) == 1
+    assert join is not None
+    assert join.state is RunState.delivered
+    assert len(join.attempts) == 1
+    assert len(join.attempts[0].sends) == 1
     assert set(join.upstream) == set(names)
 
 
@@ -246,7 +254,11 @@ async def test_the_pipeline_timeout_cancels_a_running_worker(
                         "target": {"url": step.url, "worker": True},
                         "params": {"wait_for": str(tmp_path / "never")},
                     },
-                    {"id": "after", "target": {"url": step.url, "worker": True}, "after": ["forever"]},
+                    {
+                        "id": "after",
+                        "target": {"url": step.url, "worker": True},
+                        "after": ["forever"],
+                    },
                 ],
             },
         )
@@ -259,9 +271,11 @@ async def test_the_pipeline_timeout_cancels_a_running_worker(
         forever = await wait_run(backend.store, forever_id, lambda r: r.is_terminal)
     assert forever.state is RunState.cancelled
     done = await backend.store.get_run(pipeline.id)
-    assert done is not None and done.state is RunState.failed
+    assert done is not None
+    assert done.state is RunState.failed
     after = await backend.store.get_run(task_run_id(pipeline.id, "after"))
-    assert after is not None and after.state is RunState.cancelled
+    assert after is not None
+    assert after.state is RunState.cancelled
 
 
 async def test_submit_from_a_worker_runs_once_per_key(backend: Backend) -> None:
@@ -291,7 +305,8 @@ async def test_submit_from_a_worker_runs_once_per_key(backend: Backend) -> None:
     assert {r.id for r in children} == {done.output["first"], done.output["keyless"]}
     keyed = next(r for r in children if r.id == done.output["first"])
     assert keyed.params == {"x": 1, "from": done.id}
-    assert keyed.trigger is RunTrigger.chained and keyed.cause_run_id == done.id
+    assert keyed.trigger is RunTrigger.chained
+    assert keyed.cause_run_id == done.id
 
 
 async def test_a_recorder_killed_between_the_end_and_the_claim_is_healed_by_the_next_tick(
@@ -320,9 +335,11 @@ async def test_a_recorder_killed_between_the_end_and_the_claim_is_healed_by_the_
         paths = [r.path for r in sink.requests]
     assert paths == ["/then"]
     chained = await only_run(backend, "then")
-    assert chained.cause_run_id == first.id and chained.state is RunState.delivered
+    assert chained.cause_run_id == first.id
+    assert chained.state is RunState.delivered
     healed = await backend.store.get_run(first.id)
-    assert healed is not None and healed.settle_at is None
+    assert healed is not None
+    assert healed.settle_at is None
 
 
 async def test_two_ticks_and_the_worker_race_to_claim_the_successor(

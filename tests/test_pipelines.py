@@ -9,6 +9,7 @@ processes, retries, ``ctx.upstream``, a join of 8 processes, a killed recorder) 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -100,16 +101,20 @@ async def test_a_diamond_runs_in_order_within_one_tick(store: Store) -> None:
     assert pipeline.state is RunState.succeeded
     assert pipeline.pipeline == "diamond"
     assert pipeline.params == {"region": "eu", "size": 5, "day": "mon"}
-    assert pipeline.settle_at is None and pipeline.watch_at is None
+    assert pipeline.settle_at is None
+    assert pipeline.watch_at is None
     tasks = await tasks_of(store, pipeline)
     assert {name: run.state for name, run in tasks.items()} == dict.fromkeys(
         ["a", "b", "join", "load"], RunState.delivered
     )
     for name, run in tasks.items():
         assert run.trigger is RunTrigger.pipeline
-        assert run.parent_run_id == pipeline.id and run.cause_run_id == pipeline.id
-        assert run.pipeline == "diamond" and run.task == name
-        assert run.settle_at is None and run.watch_at is None
+        assert run.parent_run_id == pipeline.id
+        assert run.cause_run_id == pipeline.id
+        assert run.pipeline == "diamond"
+        assert run.task == name
+        assert run.settle_at is None
+        assert run.watch_at is None
     # The task's params over the schedule's over the pipeline's.
     assert tasks["b"].params == {"region": "eu", "size": 2, "day": "mon"}
     assert tasks["a"].params == {"region": "eu", "size": 5, "day": "mon"}
@@ -117,7 +122,8 @@ async def test_a_diamond_runs_in_order_within_one_tick(store: Store) -> None:
     assert set(pipeline.upstream) == {"load"}
     # Nothing is left for a later tick.
     later = await tick(store, T0 + timedelta(minutes=5))
-    assert later.fired == 0 and later.settled == 0
+    assert later.fired == 0
+    assert later.settled == 0
 
 
 async def test_every_rule_and_condition_outcome(store: Store) -> None:
@@ -215,9 +221,12 @@ async def test_every_rule_and_condition_outcome(store: Store) -> None:
         "if-error": "failed",
         "below": "delivered",
     }
-    assert tasks["off"].error is not None and "false" in tasks["off"].error
-    assert tasks["all-bad"].error is not None and "bad" in tasks["all-bad"].error
-    assert tasks["if-error"].error is not None and tasks["if-error"].error.startswith("if: ")
+    assert tasks["off"].error is not None
+    assert "false" in tasks["off"].error
+    assert tasks["all-bad"].error is not None
+    assert "bad" in tasks["all-bad"].error
+    assert tasks["if-error"].error is not None
+    assert tasks["if-error"].error.startswith("if: ")
     assert len(tasks["if-error"].attempts) == 0  # a condition error is not retried
     # A task failed (an error path ran too): the pipeline run fails.
     assert pipeline.state is RunState.failed
@@ -243,7 +252,8 @@ async def test_max_parallel_bounds_the_tasks_in_flight(store: Store) -> None:
     assert peak == 2
     pipeline = await the_pipeline_run(store)
     assert pipeline.state is RunState.succeeded
-    assert pipeline.slots == [] and pipeline.ready == []
+    assert pipeline.slots == []
+    assert pipeline.ready == []
 
 
 async def test_the_pipeline_timeout_cancels_unfinished_tasks_and_fails_the_run(
@@ -272,8 +282,49 @@ async def test_the_pipeline_timeout_cancels_unfinished_tasks_and_fails_the_run(
         assert [r.path for r in sink.requests] == ["/stuck"]
     pipeline = await the_pipeline_run(store)
     assert pipeline.state is RunState.failed
-    assert pipeline.error is not None and "timed out after" in pipeline.error
+    assert pipeline.error is not None
+    assert "timed out after" in pipeline.error
     tasks = await tasks_of(store, pipeline)
     assert tasks["stuck"].state is RunState.cancelled
     assert tasks["next"].state is RunState.cancelled
     assert all(run.settle_at is None for run in [pipeline, *tasks.values()])
+
+
+async def test_an_error_path_notifies_through_a_sink(store: Store) -> None:
+    with serve(status=400) as bad, serve() as hooks:
+        slack = {"type": "webhook", "url": hooks.url + "/slack", "format": "slack"}
+        await put_pipeline(
+            store,
+            {
+                "id": "alerting",
+                "tasks": [
+                    {
+                        "id": "load",
+                        "target": {"url": f"{bad.url}/load"},
+                        "retry": {"max_attempts": 1},
+                    },
+                    {
+                        "id": "alert",
+                        "notify": {
+                            "sink": "ops",
+                            "text": "load failed in {pipeline_run_id} <{param.who}>",
+                            "sink_config": slack,
+                        },
+                        "after": ["load"],
+                        "when": "any_failed",
+                    },
+                ],
+            },
+            params={"who": "<!channel>"},
+        )
+        summary = await tick(store, T0)
+        bodies = [r.body for r in hooks.requests]
+    assert not summary.errors, summary.errors
+    pipeline = await the_pipeline_run(store)
+    assert len(bodies) == 1
+    # The message's own markup stays; what comes from the run is escaped for Slack.
+    assert json.loads(bodies[0]) == {"text": f"load failed in {pipeline.id} <&lt;!channel&gt;>"}
+    tasks = await tasks_of(store, pipeline)
+    assert tasks["alert"].state is RunState.succeeded
+    assert tasks["load"].state is RunState.failed
+    assert pipeline.state is RunState.failed

@@ -164,7 +164,8 @@ class Causes:
         self, task: Run, summary: TickSummary, cache: dict[str, Run | None]
     ) -> None:
         parent_id = task.parent_run_id
-        assert parent_id is not None and task.task is not None
+        assert parent_id is not None
+        assert task.task is not None
         if task.holds_slot:
             await self._free_slot(task, summary, cache)
         mark = lifecycle.upstream_end(task)
@@ -196,7 +197,8 @@ class Causes:
     async def _judge(self, task: Run, summary: TickSummary, cache: dict[str, Run | None]) -> None:
         """Judge a ``waiting`` task whose marks may be complete, and move it on (once)."""
         parent_id = task.parent_run_id
-        assert parent_id is not None and task.task is not None
+        assert parent_id is not None
+        assert task.task is not None
         pipeline = await self._pipeline(parent_id, cache)
         spec = pipeline.pipeline_spec if pipeline is not None else None
         change: Change | None
@@ -292,7 +294,8 @@ class Causes:
         self, task: Run, summary: TickSummary, cache: dict[str, Run | None]
     ) -> None:
         """Free the ended task's slot and hand it to the first ready task, which is fired."""
-        assert task.parent_run_id is not None and task.task is not None
+        assert task.parent_run_id is not None
+        assert task.task is not None
         current = await self._pipeline(task.parent_run_id, cache)
         handed: str | None = None
         for _ in range(_CAS_TRIES):

@@ -532,15 +532,13 @@ class Dispatcher:
     async def _send_message(self, run: Run) -> SendResult:
         """Send a ``notify`` target's message through its sink: delivered is acknowledged,
         a failed delivery retryable (the run's retry policy decides)."""
-        from firecron.core.messages import render_message
-
         action = run.target.notify
         if action is None or action.sink_config is None:
             name = action.sink if action is not None else "?"
             return SendResult(SendOutcome.permanent, None, f"sink {name!r} is not defined")
-        text = render_message(action.text, run)
         try:
-            error = await self.notifier.send_message(action.sink_config, text, run)
+            # The notifier fills the placeholders (escaped as its sink needs).
+            error = await self.notifier.send_message(action.sink_config, action.text, run)
         except FirecronError as exc:
             return SendResult(SendOutcome.permanent, None, str(exc))
         if error is None:

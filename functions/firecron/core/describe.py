@@ -15,7 +15,17 @@ from cron_descriptor import ExpressionDescriptor
 
 from firecron.core.triggers import expand_macro, validate_cron
 
-__all__ = ["describe_at", "describe_cron", "describe_every", "describe_window"]
+__all__ = [
+    "ON_DEMAND",
+    "describe_at",
+    "describe_cron",
+    "describe_every",
+    "describe_on_demand",
+    "describe_window",
+]
+
+ON_DEMAND = "on demand"
+"""How listings name the trigger of a schedule with none of cron, every or at."""
 
 _UNITS: tuple[tuple[str, timedelta], ...] = (
     ("day", timedelta(days=1)),
@@ -96,3 +106,11 @@ def describe_window(start_at: datetime | None, end_at: datetime | None) -> str:
     if end_at is not None:
         text += f", until {_utc_text(end_at)}"
     return text
+
+
+def describe_on_demand() -> str:
+    """Describe an on-demand schedule's trigger (it has none): how it runs instead.
+
+    Listings name the trigger itself :data:`ON_DEMAND`; this is what it means.
+    """
+    return "runs only when triggered, chained or submitted from a worker"

@@ -68,20 +68,20 @@ __all__ = [
     "derive_watch",
     "end_pipeline",
     "fail_task",
-    "pipeline_verdict",
-    "release_task",
-    "settled",
-    "skip_task",
-    "start_pipeline",
-    "upstream_end",
     "finish",
     "heartbeat",
     "make_event",
     "next_attempt",
+    "pipeline_verdict",
+    "release_task",
     "resend",
     "sent",
+    "settled",
+    "skip_task",
     "start",
+    "start_pipeline",
     "succeed",
+    "upstream_end",
     "watch",
 ]
 
@@ -566,9 +566,7 @@ def settled(run: Run, now: datetime) -> Change:
 
 
 @_finalized
-def start_pipeline(
-    run: Run, now: datetime, slots: list[str], ready: list[str]
-) -> Change:
+def start_pipeline(run: Run, now: datetime, slots: list[str], ready: list[str]) -> Change:
     """A pipeline run starts (``pending -> running``), in the same write that creates its
     task runs. Its only deadline is the pipeline's ``timeout``: it has no worker and no
     heartbeat; its leaf tasks' ends decide it (:func:`end_pipeline`)."""
@@ -627,9 +625,7 @@ def end_pipeline(run: Run, now: datetime, verdict: RunState, error: str | None =
 
 
 @_finalized
-def release_task(
-    run: Run, now: datetime, t: RunTimeouts, *, queued: bool = False
-) -> Change:
+def release_task(run: Run, now: datetime, t: RunTimeouts, *, queued: bool = False) -> Change:
     """A waiting task whose rule holds becomes ``pending`` (fire it), or ``queued`` when
     its pipeline's ``max_parallel`` slots are all taken (the end of a running task hands
     its slot on; the watchdog looks again every ``queue_recheck``)."""

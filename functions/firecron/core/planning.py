@@ -38,7 +38,7 @@ from firecron.core.models import (
 )
 from firecron.core.render import one_line
 from firecron.core.runs import ACTIVE_STATES, Run, RunState, RunTrigger, scheduled_run_id
-from firecron.core.triggers import Trigger, build_trigger, jitter_offset
+from firecron.core.triggers import OnDemandTrigger, Trigger, build_trigger, jitter_offset
 
 __all__ = [
     "DEFAULT_MISFIRE_THRESHOLD",
@@ -99,7 +99,13 @@ class Plan:
 
 
 def trigger_of(spec: ScheduleSpec) -> Trigger:
-    """The trigger of ``spec`` (valid specs always build)."""
+    """The trigger of ``spec`` (valid specs always build).
+
+    An on-demand spec (none of cron, every or at) has an :class:`OnDemandTrigger`, which
+    has no occurrence: its schedule is never due, and never exhausted either.
+    """
+    if spec.on_demand:
+        return OnDemandTrigger(timezone=spec.timezone)
     return build_trigger(
         cron=spec.cron,
         every=spec.every,
@@ -119,9 +125,13 @@ def _occurrence(spec: ScheduleSpec, scheduled_for: datetime) -> Occurrence:
 def _with_next(
     spec: ScheduleSpec, state: ScheduleState, nxt: datetime | None, now: datetime
 ) -> ScheduleState:
-    """``state`` pointing at occurrence ``nxt`` (or idle/exhausted when there is none)."""
+    """``state`` pointing at occurrence ``nxt`` (or idle/exhausted when there is none).
+
+    An on-demand schedule has no occurrence (``nxt`` is None) and is not exhausted by that:
+    it stays ``active`` with ``next_fire_at`` None, so the due query never reads it.
+    """
     limit_hit = spec.max_runs is not None and state.run_count >= spec.max_runs
-    exhausted = nxt is None or limit_hit
+    exhausted = (nxt is None and not spec.on_demand) or limit_hit
     active = spec.enabled and not state.paused and not exhausted
     occ = _occurrence(spec, nxt) if nxt is not None and active else None
     return state.model_copy(
@@ -142,7 +152,8 @@ def initial_state(spec: ScheduleSpec, now: datetime) -> ScheduleState:
     tick (``coalesce``/``all`` fire it, ``skip`` records it missed unless it is still on
     time). A one-shot applied a few seconds late must not vanish silently; ``validate``
     refuses those older than the grace (:mod:`firecron.core.refusals`). Recurring
-    triggers never fire occurrences from before they existed.
+    triggers never fire occurrences from before they existed. An on-demand schedule
+    gets no next occurrence and is not exhausted (it is never due).
     """
     base = ScheduleState(created_at=now, updated_at=now)
     trigger = trigger_of(spec)

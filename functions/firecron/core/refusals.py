@@ -10,6 +10,9 @@ Each reason is one line ``field: reason``. Refused:
   link-local, unspecified, multicast or reserved addresses, and, unless private targets
   are allowed, ``http``, loopback and private literal addresses and ``localhost``;
 - an ``at`` outside ``[start_at, end_at]``;
+- on an on-demand schedule (none of ``cron``, ``every`` or ``at``), ``start_at``,
+  ``end_at``, ``jitter`` and ``max_runs``: they bound or delay occurrences, and it has
+  none, so each is a mistake (a forgotten trigger, most likely), not a setting;
 - with ``now`` given, an ``at`` that no tick from ``now`` on can fire. The planner
   counts an occurrence older than ``misfire.grace`` as missed, whatever the policy, and
   ``misfire: skip`` fires only an occurrence seen at most
@@ -31,13 +34,13 @@ from datetime import datetime
 
 from firecron.core.durations import format_duration
 from firecron.core.events import Notifications, WebhookSink
-from firecron.core.models import MisfirePolicyKind, ScheduleSpec
+from firecron.core.models import MisfirePolicyKind, ScheduleSpec, Target
 from firecron.core.planning import DEFAULT_MISFIRE_THRESHOLD
 from firecron.core.render import rfc3339
 from firecron.core.target_rules import check_static, redact_url
 from firecron.core.triggers import jitter_offset
 
-__all__ = ["unworkable", "unworkable_sinks"]
+__all__ = ["unworkable", "unworkable_sinks", "unworkable_target"]
 
 
 def _rfc3339(value: datetime) -> str:
@@ -87,14 +90,40 @@ def unworkable(
     ``now`` is the validation instant (``None`` skips the checks that need it);
     ``allow_private_targets`` is the deployment's ``FIRECRON_ALLOW_PRIVATE_TARGETS``.
     """
-    problems: list[str] = []
-    if spec.target.url is not None:
-        problem = _url_problem(spec.target.url, allow_private_targets=allow_private_targets)
-        if problem is not None:
-            problems.append(f"target.url: {problem}")
+    problems = [
+        f"target.{line}"
+        for line in unworkable_target(spec.target, allow_private_targets=allow_private_targets)
+    ]
     problem = _at_problem(spec, now)
     if problem is not None:
         problems.append(f"at: {problem}")
+    if spec.on_demand:
+        problems.extend(_on_demand_problems(spec))
+    return problems
+
+
+def unworkable_target(target: Target, *, allow_private_targets: bool) -> list[str]:
+    """Why ``target`` can never be reached, one ``url: reason`` line each (a ``url`` the
+    SSRF guard always refuses); used for schedules and for pipeline tasks alike."""
+    if target.url is None:
+        return []
+    problem = _url_problem(target.url, allow_private_targets=allow_private_targets)
+    return [] if problem is None else [f"url: {problem}"]
+
+
+_NO_OCCURRENCES = "an on-demand schedule (no cron, every or at) has no occurrences to"
+
+
+def _on_demand_problems(spec: ScheduleSpec) -> list[str]:
+    """The fields that bound or delay occurrences, set on a schedule that has none."""
+    problems: list[str] = []
+    if spec.start_at is not None or spec.end_at is not None:
+        names = [n for n, v in (("start_at", spec.start_at), ("end_at", spec.end_at)) if v]
+        problems.extend(f"{name}: {_NO_OCCURRENCES} bound (add a trigger)" for name in names)
+    if spec.jitter:
+        problems.append(f"jitter: {_NO_OCCURRENCES} delay (add a trigger)")
+    if spec.max_runs is not None:
+        problems.append(f"max_runs: {_NO_OCCURRENCES} count (add a trigger)")
     return problems
 
 

@@ -28,7 +28,6 @@ __all__ = [
     "ACTIVE_STATES",
     "FAILED_STATES",
     "SUCCEEDED_STATES",
-    "UpstreamEnd",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "Attempt",
@@ -37,12 +36,13 @@ __all__ = [
     "RunTrigger",
     "Send",
     "SendRecord",
+    "UpstreamEnd",
     "backoff_delay",
     "can_transition",
     "caused_run_id",
-    "task_run_id",
     "manual_run_id",
     "scheduled_run_id",
+    "task_run_id",
 ]
 
 

@@ -31,22 +31,36 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from firecron._gc import gc_paused
-from firecron.core.events import Notifications, Route, resolve_routes
-from firecron.core.models import INPUT, ScheduleSpec
+from firecron.core.events import Notifications, Route, SinkConfig, resolve_routes
+from firecron.core.models import (
+    INPUT,
+    NotifyAction,
+    PipelineSpec,
+    ScheduleSpec,
+    params_depth_problem,
+)
+from firecron.core.pipeline_checks import cycles, problems, task_label
 from firecron.core.refusals import unworkable, unworkable_sinks
 from firecron.errors import InvalidInputError
 
-__all__ = ["ScheduleFile", "ScheduleFileError", "format_validation_error", "parse_schedule_file"]
+__all__ = [
+    "ScheduleFile",
+    "ScheduleFileError",
+    "format_error",
+    "format_validation_error",
+    "parse_schedule_file",
+]
 
-_TOP_LEVEL_KEYS = {"schedules", "notifications"}
+_TOP_LEVEL_KEYS = {"schedules", "notifications", "pipelines"}
 
 
 class ScheduleFileError(InvalidInputError):
@@ -61,10 +75,20 @@ class ScheduleFileError(InvalidInputError):
 
 @dataclass(frozen=True)
 class ScheduleFile:
-    """A valid schedules document; each spec's ``notify`` holds its resolved routes."""
+    """A valid schedules document.
+
+    Each spec's ``notify`` holds its resolved routes; a spec with ``target: {pipeline:
+    ID}`` holds that pipeline in ``pipeline_spec``; every ``notify`` action (a notify
+    task's, a notify target's) holds its sink in ``sink_config``.
+    """
 
     schedules: list[ScheduleSpec]
     notifications: Notifications
+    pipelines: list[PipelineSpec] = field(default_factory=list)
+    """The file's pipelines, in file order, their notify tasks' sinks resolved."""
+    warnings: list[str] = field(default_factory=list)
+    """What is valid but likely a mistake, one line each (``pipelines[1] (id=x): no
+    schedule targets it``); ``validate`` and ``apply`` print them and still succeed."""
 
 
 # libyaml's parser when PyYAML was built with it: the pure-Python scanner was most of
@@ -251,26 +275,28 @@ def _loc(parts: tuple[int | str, ...]) -> str:
 
 def format_validation_error(exc: ValidationError) -> list[str]:
     """One line per pydantic error: ``field.path: message (got value)``."""
-    lines: list[str] = []
-    for err in exc.errors(include_url=False):
-        # Drop the model-type segments pydantic inserts for tagged unions and the like.
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        where = _loc(loc)
-        kind = err["type"]
-        msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if kind == "extra_forbidden":
-            line = f"unknown key {where.rsplit('.', 1)[-1]!r}" if where else "unknown key"
-            parent = where.rsplit(".", 1)[0] if "." in where else ""
-            lines.append(f"{parent}: {line}" if parent else line)
-            continue
-        if kind == "missing":
-            lines.append(f"{where}: required")
-            continue
-        value = err.get("input")
-        if kind != "value_error" and isinstance(value, str | int | float | bool):
-            msg = f"{msg} (got {value!r})"
-        lines.append(f"{where}: {msg}" if where else msg)
-    return lines
+    return [format_error(err) for err in exc.errors(include_url=False)]
+
+
+def format_error(err: ErrorDetails, loc: tuple[int | str, ...] | None = None) -> str:
+    """One pydantic error as one line; ``loc`` replaces the error's own location (a caller
+    that names part of it, such as a pipeline's task, passes the rest)."""
+    # Drop the model-type segments pydantic inserts for tagged unions and the like.
+    parts = err["loc"] if loc is None else loc
+    parts = tuple(p for p in parts if not (isinstance(p, str) and p.startswith("function-")))
+    where = _loc(parts)
+    kind = err["type"]
+    msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind == "extra_forbidden":
+        line = f"unknown key {where.rsplit('.', 1)[-1]!r}" if where else "unknown key"
+        parent = where.rsplit(".", 1)[0] if "." in where else ""
+        return f"{parent}: {line}" if parent else line
+    if kind == "missing":
+        return f"{where}: required"
+    value = err.get("input")
+    if kind != "value_error" and isinstance(value, str | int | float | bool):
+        msg = f"{msg} (got {value!r})"
+    return f"{where}: {msg}" if where else msg
 
 
 def parse_schedule_file(
@@ -327,13 +353,16 @@ def _parse(
         raise ScheduleFileError(source, [*errors, "'schedules' must be a list"])
 
     notifications = Notifications()
+    sinks: dict[str, SinkConfig] | None = notifications.sinks
     raw_notifications = doc.get("notifications")
     if raw_notifications is not None:
         try:
             notifications = Notifications.model_validate(raw_notifications)
         except ValidationError as exc:
+            sinks = None  # unknown: a notify's sink is not judged against them
             errors.extend(f"notifications.{line}" for line in format_validation_error(exc))
         else:
+            sinks = notifications.sinks
             for index, rule in enumerate(notifications.rules):
                 if rule.sink not in notifications.sinks:
                     errors.append(f"notifications.rules[{index}].sink: unknown sink {rule.sink!r}")
@@ -344,13 +373,20 @@ def _parse(
                 )
             )
 
+    pipelines, invalid_pipelines = _check_pipelines(
+        doc.get("pipelines"), errors, sinks=sinks, allow_private_targets=allow_private_targets
+    )
+
     specs: list[ScheduleSpec] = []
     seen: dict[str, int] = {}
+    invalid_ids: set[str] = set()  # of invalid entries: no "unknown schedule" for them
     for index, item in enumerate(entries):
         checked = item if isinstance(item, _Checked) else check(index, item)
         entries[index] = None  # keeps the peak memory of a large file down
         spec = checked.spec
         if spec is None:
+            if checked.raw_id is not None:
+                invalid_ids.add(checked.raw_id)
             errors.extend(checked.errors)
             continue
         first = seen.setdefault(spec.id, index)
@@ -361,9 +397,235 @@ def _parse(
             continue
         errors.extend(checked.errors)
         specs.append(spec)
+    errors.extend(_links(specs, seen, invalid_ids, pipelines, invalid_pipelines, sinks))
     if errors:
         raise ScheduleFileError(source, errors)
-    return ScheduleFile(schedules=_routed(specs, notifications), notifications=notifications)
+    targeted = {spec.target.pipeline for spec in specs if spec.target.pipeline is not None}
+    warnings = [
+        f"{_pipeline_label(index, pipeline.id)}: no schedule targets it"
+        for index, pipeline in enumerate(pipelines.values())
+        if pipeline.id not in targeted
+    ]
+    return ScheduleFile(
+        schedules=_linked(_routed(specs, notifications), pipelines, notifications.sinks),
+        notifications=notifications,
+        pipelines=list(pipelines.values()),
+        warnings=warnings,
+    )
+
+
+def _pipeline_label(index: int, pipeline_id: Any) -> str:
+    """``pipelines[0] (id=etl)``: how an error names a pipeline."""
+    label = f"pipelines[{index}]"
+    return f"{label} (id={pipeline_id})" if isinstance(pipeline_id, str) else label
+
+
+def _check_pipelines(
+    raw: Any,
+    errors: list[str],
+    *,
+    sinks: dict[str, SinkConfig] | None,
+    allow_private_targets: bool,
+) -> tuple[dict[str, PipelineSpec], set[str]]:
+    """The valid pipelines of the ``pipelines:`` section by id (their notify tasks' sinks
+    resolved), and the ids of the invalid ones; each problem is appended to ``errors``.
+
+    A pipeline is valid when the model accepts it and :func:`~firecron.core.pipeline_checks
+    .problems` finds nothing; a schedule naming an invalid one is not also reported.
+    """
+    valid: dict[str, PipelineSpec] = {}
+    invalid: set[str] = set()
+    if raw is None:
+        return valid, invalid
+    if not isinstance(raw, list):
+        errors.append("'pipelines' must be a list")
+        return valid, invalid
+    first: dict[str, int] = {}
+    for index, entry in enumerate(raw):
+        raw_id = entry.get("id") if isinstance(entry, dict) else None
+        label = _pipeline_label(index, raw_id)
+        if isinstance(raw_id, str):
+            seen = first.setdefault(raw_id, index)
+            if seen != index:
+                errors.append(f"{label}: duplicate id {raw_id!r} (first at pipelines[{seen}])")
+                continue
+        lines, refused = _pipeline_errors(entry, label)
+        pipeline: PipelineSpec | None = None
+        if not lines:
+            pipeline = PipelineSpec.model_validate(entry, context=INPUT)
+            lines = problems(
+                pipeline, label, sinks=sinks, allow_private_targets=allow_private_targets
+            )
+        elif refused is not None:
+            lines += _problems_of_the_rest(
+                entry, label, refused, sinks=sinks, allow_private_targets=allow_private_targets
+            )
+        if lines or pipeline is None:
+            errors.extend(lines)
+            if isinstance(raw_id, str):
+                invalid.add(raw_id)
+            continue
+        valid[pipeline.id] = _with_sinks(pipeline, sinks or {})
+    return valid, invalid
+
+
+def _pipeline_errors(entry: Any, label: str) -> tuple[list[str], set[int] | None]:
+    """Why the model refuses pipeline ``entry``, one line each, naming the task of each
+    task's error (``pipelines[0] (id=etl).tasks[2] (id=load): if: ...``).
+
+    With the lines, the indexes of the refused tasks when nothing but tasks was refused
+    (the other tasks can then still be judged), else None.
+    """
+    if not isinstance(entry, dict):
+        return [f"{label}: must be a mapping, got {type(entry).__name__}"], None
+    # Before pydantic's own walk, which recurses once per level (as for schedules).
+    raw_tasks = entry.get("tasks")
+    tasks = raw_tasks if isinstance(raw_tasks, list) else []
+    deep = [("params", entry.get("params"))] + [
+        (f"{task_label(i, t.get('id'))}: params", t.get("params"))
+        for i, t in enumerate(tasks)
+        if isinstance(t, dict)
+    ]
+    lines = [
+        f"{label}.{where}: {problem}" if where != "params" else f"{label}: params: {problem}"
+        for where, value in deep
+        if (problem := params_depth_problem(value)) is not None
+    ]
+    if lines:
+        return lines, None
+    refused: set[int] | None = set()
+    try:
+        PipelineSpec.model_validate(entry, context=INPUT)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            loc = err["loc"]
+            if len(loc) >= 2 and loc[0] == "tasks" and isinstance(loc[1], int):
+                task = tasks[loc[1]] if loc[1] < len(tasks) else None
+                task_id = task.get("id") if isinstance(task, dict) else None
+                where = f"{label}.{task_label(loc[1], task_id)}"
+                lines.append(f"{where}: {format_error(err, loc[2:])}")
+                if refused is not None:
+                    refused.add(loc[1])
+            else:
+                lines.append(f"{label}: {format_error(err)}")
+                refused = None
+    return lines, refused
+
+
+def _problems_of_the_rest(
+    entry: dict[str, Any],
+    label: str,
+    refused: set[int],
+    *,
+    sinks: dict[str, SinkConfig] | None,
+    allow_private_targets: bool,
+) -> list[str]:
+    """:func:`~firecron.core.pipeline_checks.problems` of the tasks the model accepted, so
+    that one ``validate`` names every problem even when some tasks are refused."""
+    tasks = entry["tasks"]
+    kept = [i for i in range(len(tasks)) if i not in refused]
+    if not kept:
+        return []
+    rest = PipelineSpec.model_validate({**entry, "tasks": [tasks[i] for i in kept]}, context=INPUT)
+    refused_ids = {
+        task["id"] for i in refused if isinstance(task := tasks[i], dict) and "id" in task
+    }
+    return problems(
+        rest,
+        label,
+        sinks=sinks,
+        allow_private_targets=allow_private_targets,
+        positions=kept,
+        refused={i for i in refused_ids if isinstance(i, str)},
+    )
+
+
+def _with_sinks(pipeline: PipelineSpec, sinks: dict[str, SinkConfig]) -> PipelineSpec:
+    """``pipeline`` with each notify task's sink definition in its ``sink_config``."""
+    tasks = [
+        task
+        if task.notify is None
+        else task.model_copy(update={"notify": _resolved(task.notify, sinks)})
+        for task in pipeline.tasks
+    ]
+    return pipeline.model_copy(update={"tasks": tasks})
+
+
+def _resolved(action: NotifyAction, sinks: dict[str, SinkConfig]) -> NotifyAction:
+    return action.model_copy(update={"sink_config": sinks[action.sink]})
+
+
+def _links(
+    specs: list[ScheduleSpec],
+    positions: dict[str, int],
+    invalid_ids: set[str],
+    pipelines: dict[str, PipelineSpec],
+    invalid_pipelines: set[str],
+    sinks: dict[str, SinkConfig] | None,
+) -> list[str]:
+    """What the schedules name that the file does not define, one line each: a pipeline
+    target, a notify target's sink, a ``then`` step's schedule; and cycles of ``then``.
+
+    Names of invalid entries count as defined: their own errors are reported already.
+    """
+    errors: list[str] = []
+    chained: dict[str, list[str]] = {}
+    for spec in specs:
+        label = _label(positions[spec.id], spec.id)
+        target = spec.target
+        if (
+            target.pipeline is not None
+            and target.pipeline not in pipelines
+            and target.pipeline not in invalid_pipelines
+        ):
+            errors.append(f"{label}: target.pipeline: unknown pipeline {target.pipeline!r}")
+        if target.notify is not None and sinks is not None and target.notify.sink not in sinks:
+            errors.append(f"{label}: target.notify.sink: unknown sink {target.notify.sink!r}")
+        if not spec.then:
+            continue
+        nexts = chained[spec.id] = []
+        for index, step in enumerate(spec.then):
+            if step.schedule in positions:
+                if step.schedule not in nexts:
+                    nexts.append(step.schedule)
+            elif step.schedule not in invalid_ids:
+                errors.append(
+                    f"{label}: then[{index}].schedule: unknown schedule {step.schedule!r}"
+                )
+    if chained:
+        order = sorted(chained, key=positions.__getitem__)
+        for cycle in cycles(order, chained):
+            errors.append(
+                f"{_label(positions[cycle[0]], cycle[0])}: then: the chain is a cycle: "
+                + " -> ".join(cycle)
+            )
+    return errors
+
+
+def _linked(
+    specs: list[ScheduleSpec],
+    pipelines: dict[str, PipelineSpec],
+    sinks: dict[str, SinkConfig],
+) -> list[ScheduleSpec]:
+    """``specs`` with their snapshots: a pipeline target's ``pipeline_spec`` (None for any
+    other target, whatever the entry said) and a notify target's ``sink_config``.
+
+    In place; only the specs whose snapshot differs are copied (rare: most schedules
+    target a URL or a function, so a large file pays one comparison per schedule).
+    """
+    for index, spec in enumerate(specs):
+        target = spec.target
+        wanted = pipelines[target.pipeline] if target.pipeline is not None else None
+        update: dict[str, Any] = {}
+        if spec.pipeline_spec is not wanted and spec.pipeline_spec != wanted:
+            update["pipeline_spec"] = wanted
+        if target.notify is not None:
+            action = _resolved(target.notify, sinks)
+            if action != target.notify:
+                update["target"] = target.model_copy(update={"notify": action})
+        if update:
+            specs[index] = spec.model_copy(update=update)
+    return specs
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +634,9 @@ class _Checked:
 
     spec: ScheduleSpec | None
     errors: tuple[str, ...]
+    raw_id: str | None = None
+    """The entry's id when it is invalid and names one (a ``then`` naming it is not
+    also reported as unknown)."""
 
 
 def _check_entry(
@@ -388,8 +653,13 @@ def _check_entry(
     try:
         spec = ScheduleSpec.model_validate(entry, context=INPUT)
     except ValidationError as exc:
-        label = _label(index, entry.get("id"))
-        return _Checked(None, tuple(f"{label}: {line}" for line in format_validation_error(exc)))
+        raw_id = entry.get("id")
+        label = _label(index, raw_id)
+        return _Checked(
+            None,
+            tuple(f"{label}: {line}" for line in format_validation_error(exc)),
+            raw_id if isinstance(raw_id, str) else None,
+        )
     problems = unworkable(spec, now=now, allow_private_targets=allow_private_targets)
     return _Checked(spec, tuple(f"{_label(index, spec.id)}: {line}" for line in problems))
 

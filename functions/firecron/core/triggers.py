@@ -55,6 +55,7 @@ __all__ = [
     "AtTrigger",
     "CronTrigger",
     "EveryTrigger",
+    "OnDemandTrigger",
     "Trigger",
     "build_trigger",
     "expand_macro",
@@ -466,7 +467,7 @@ class Trigger(abc.ABC):
     ``start_at`` and ``end_at`` are aware UTC datetimes or ``None``.
     """
 
-    kind: Literal["cron", "every", "at"]
+    kind: Literal["cron", "every", "at", "on_demand"]
     timezone: str
     start_at: datetime | None
     end_at: datetime | None
@@ -702,6 +703,28 @@ class AtTrigger(Trigger):
 
     def _next(self, after: datetime) -> datetime | None:
         return self.at if self.at > after else None
+
+
+class OnDemandTrigger(Trigger):
+    """No trigger at all: an on-demand schedule (none of cron, every or at), which runs
+    only when triggered, chained or submitted. It has no occurrence and no window."""
+
+    kind = "on_demand"
+
+    def __init__(self, *, timezone: str = "UTC"):
+        super().__init__(timezone=timezone, start_at=None, end_at=None)
+
+    @property
+    def spec(self) -> str:
+        return "on demand"
+
+    def _describe(self) -> str:
+        from firecron.core.describe import describe_on_demand
+
+        return describe_on_demand()
+
+    def _next(self, after: datetime) -> datetime | None:
+        return None
 
 
 def build_trigger(

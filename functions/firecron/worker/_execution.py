@@ -110,7 +110,9 @@ class RunContext:
         the schedule's and the task's, in that order of precedence, lowest first)."""
         self.pipeline_run_id = pipeline_run_id
         """For a pipeline task: the pipeline run it belongs to."""
-        self._upstream: dict[str, JsonValue] | None = dict(upstream) if upstream is not None else None
+        self._upstream: dict[str, JsonValue] | None = (
+            dict(upstream) if upstream is not None else None
+        )
         self._submits: dict[str, int] = {}
         self._execution: _Execution | None = None
 
@@ -498,9 +500,7 @@ class _Execution:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"submit params must be JSON: {describe(exc)}") from None
         clean: dict[str, JsonValue] = json.loads(encoded)
-        return self.runtime.call(
-            self.runtime.dispatcher.submit(self.run, schedule_id, clean, key)
-        )
+        return self.runtime.call(self.runtime.dispatcher.submit(self.run, schedule_id, clean, key))
 
     def upstream(self) -> dict[str, JsonValue]:
         """The outputs of this task run's upstream tasks, by task id (one read each)."""
