@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from firecron.core.durations import MAX_DURATION, format_duration, parse_duration
-from firecron.core.models import EARLIEST_INSTANT, INPUT, MAX_PARAMS_DEPTH, ScheduleSpec
+from firecron.core.models import EARLIEST_INSTANT, INPUT, MAX_PARAMS_DEPTH, ScheduleSpec, TaskSpec
 from firecron.core.schedule_file import (
     ScheduleFileError,
     format_validation_error,
@@ -92,8 +92,7 @@ def test_naive_times_are_read_in_the_schedule_zone() -> None:
     ("fields", "fragment"),
     [
         ({"id": "Bad_Id"}, "id"),
-        ({"cron": "0 * * * *"}, "exactly one of 'cron', 'every' or 'at'"),
-        ({"every": None}, "exactly one of"),
+        ({"cron": "0 * * * *"}, "at most one of 'cron', 'every' or 'at' (found: cron, every)"),
         ({"every": "0s"}, "at least 1s"),
         ({"every": None, "cron": "61 * * * *"}, "61"),
         ({"every": None, "cron": "* * *"}, "* * *"),
@@ -101,7 +100,7 @@ def test_naive_times_are_read_in_the_schedule_zone() -> None:
         ({"target": {"url": "ftp://x"}}, "ftp://x"),
         (
             {"target": {"url": "https://a.example", "function": "f"}},
-            "exactly one of 'url' or 'function'",
+            "set exactly one of 'url', 'function', 'pipeline' or 'notify' (found: url, function)",
         ),
         ({"target": {"function": "f", "worker": False}}, "always a worker"),
         ({"colour": "red"}, "colour"),
@@ -118,6 +117,26 @@ def test_invalid_specs_name_the_problem(fields: dict[str, object], fragment: str
     with pytest.raises(ValidationError) as info:
         _spec(**fields)
     assert fragment in str(info.value)
+
+
+def test_a_spec_without_a_trigger_is_on_demand() -> None:
+    on_demand = _spec(every=None)
+    assert on_demand.on_demand is True
+    assert (on_demand.cron, on_demand.every, on_demand.at) == (None, None, None)
+    assert _spec().on_demand is False
+    assert _spec(every=None, cron="@daily").on_demand is False
+
+
+def test_a_task_takes_its_condition_as_if() -> None:
+    task = TaskSpec.model_validate(
+        {"id": "load", "target": {"function": "load"}, "after": ["x"], "if": "params.a == 1"}
+    )
+    assert task.if_ == "params.a == 1"
+    assert task.model_dump(by_alias=True)["if"] == "params.a == 1"
+    with pytest.raises(ValidationError, match="set exactly one of 'target' or 'notify'"):
+        TaskSpec.model_validate({"id": "t"})
+    with pytest.raises(ValidationError, match="a 'url' or a 'function'"):
+        TaskSpec.model_validate({"id": "t", "target": {"pipeline": "p"}})
 
 
 def test_misfire_shorthand() -> None:

@@ -107,6 +107,8 @@ def _label(index: int, schedule_id: str) -> str:
 
 
 def _trigger_field(spec: ScheduleSpec) -> str:
+    if spec.on_demand:
+        return "trigger"  # none: an on-demand schedule (its plan cannot fail, in fact)
     return "cron" if spec.cron is not None else "every" if spec.every is not None else "at"
 
 
@@ -148,9 +150,13 @@ def _encoding_problem(spec: ScheduleSpec, state: ScheduleState | None) -> str | 
     except (TypeError, ValueError, OverflowError) as exc:
         return f"cannot be encoded for the store: {_error_line(exc)}"
     if size > _MAX_SPEC_BYTES:
+        # A pipeline target carries its pipeline (every task's params and conditions).
+        what = (
+            "params, description or the pipeline" if spec.pipeline_spec else "params or description"
+        )
         return (
             f"the schedule is {size:,} bytes once encoded; at most {_MAX_SPEC_BYTES:,} "
-            "(shorten params or description)"
+            f"(shorten {what})"
         )
     return None
 
@@ -169,8 +175,10 @@ def _plan_problem(spec: ScheduleSpec, now: datetime) -> tuple[ScheduleState | No
 def unwritable(specs: Sequence[ScheduleSpec], now: datetime) -> list[str]:
     """Why some of ``specs`` could not be applied at ``now``: one line per problem.
 
-    Each spec is planned as a new schedule (first occurrence and the four after it) and
-    encoded as the stores encode it, so a file that passes is one ``apply`` can write.
+    Each spec is planned as a new schedule (first occurrence and the four after it; an
+    on-demand spec has none) and encoded as the stores encode it, its pipeline snapshot
+    included (a pipeline shared by several schedules is copied into each), so a file
+    that passes is one ``apply`` can write.
     The plan depends on a schedule's id only through its jitter offset, which stays
     below ``jitter``: specs whose trigger, bounds, jitter and grace are equal share one
     plan, which keeps a file of 100,000 schedules cheap to check.
