@@ -56,3 +56,39 @@ def sleep(ctx: firecron.RunContext) -> dict[str, float | bool]:
 def fail(ctx: firecron.RunContext) -> None:
     """Always raises, with ``params["message"]`` as the message."""
     raise RuntimeError(ctx.params.get("message", "this worker always fails"))
+
+
+# --- example pipeline workers (schedules.yaml: the daily-etl pipeline) ---------------
+
+
+@firecron.worker
+def extract(ctx: firecron.RunContext) -> dict[str, object]:
+    """Pretends to extract ``params["source"]``: returns how many rows it found.
+
+    ``params["rows"]`` sets the count (default 100); ``params["fail"]`` makes it raise,
+    to show a pipeline's error path.
+    """
+    if ctx.params.get("fail"):
+        raise RuntimeError(f"extracting {ctx.params.get('source')} failed (on purpose)")
+    rows = ctx.params.get("rows", 100)
+    return {"source": ctx.params.get("source"), "rows": rows if isinstance(rows, int) else 0}
+
+
+@firecron.worker
+def join(ctx: firecron.RunContext) -> dict[str, object]:
+    """Joins what its upstream tasks extracted (``ctx.upstream``: their outputs by task id)."""
+    rows = 0
+    sources = []
+    for task, out in ctx.upstream.items():
+        if isinstance(out, dict) and isinstance(out.get("rows"), int):
+            rows += int(out["rows"])  # type: ignore[arg-type]  # checked just above
+            sources.append(task)
+    return {"rows": rows, "sources": sorted(sources)}
+
+
+@firecron.worker
+def load(ctx: firecron.RunContext) -> dict[str, object]:
+    """Pretends to load the joined rows into ``params["table"]``."""
+    joined = ctx.upstream.get("join")
+    rows = joined.get("rows", 0) if isinstance(joined, dict) else 0
+    return {"table": ctx.params.get("table", "warehouse"), "loaded": rows}

@@ -75,6 +75,10 @@ variable "functions" {
     hello = { entry_point = "hello" }
     sleep = { entry_point = "sleep" }
     fail  = { entry_point = "fail" }
+    # The example pipeline's tasks (schedules.yaml: daily-etl).
+    extract = { entry_point = "extract" }
+    join    = { entry_point = "join" }
+    load    = { entry_point = "load" }
   }
 
   validation {
