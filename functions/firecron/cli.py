@@ -25,6 +25,7 @@ import click
 from firecron import admin
 from firecron._output import console, emit_json, err_console, jsonable, rfc3339, table
 from firecron.core import planning
+from firecron.core.describe import ON_DEMAND
 from firecron.core.durations import format_duration, parse_duration
 from firecron.core.events import RUN_EVENT_TYPES, Event, EventType, cloudevent
 from firecron.core.models import (
@@ -112,6 +113,13 @@ def _read_schedule_file(
     if errors:
         raise ScheduleFileError(path, errors)
     return doc
+
+
+def _print_warnings(doc: ScheduleFile) -> None:
+    """``warning: LINE`` on stderr for each of the file's warnings (valid, but likely a
+    mistake: a pipeline no schedule targets); the command still succeeds."""
+    for line in doc.warnings:
+        click.echo(f"warning: {line}", err=True)
 
 
 store_option = click.option("--store", "store_url", metavar="URL", help=_STORE_HELP)
@@ -221,6 +229,7 @@ def validate(file: str) -> None:
       firecron validate schedules.yaml
     """
     doc = _read_schedule_file(file)
+    _print_warnings(doc)
     n = len(doc.schedules)
     click.echo(f"ok: {file}: {n} schedule{'s' if n != 1 else ''}")
 
@@ -256,6 +265,7 @@ def apply(
     """
     now = _now()
     doc = _read_schedule_file(file, now=now)
+    _print_warnings(doc)
     with _apply_progress() as progress:
         try:
             lines = _with_store(
@@ -346,6 +356,8 @@ def _apply_progress() -> Iterator[admin.Progress | None]:
 
 def _trigger_text(s: StoredSchedule) -> str:
     spec = s.spec
+    if spec.on_demand:
+        return ON_DEMAND
     if spec.cron is not None:
         return f"cron {spec.cron}"
     if spec.every is not None:
@@ -525,6 +537,8 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
     if not upcoming:
         # An empty table would squeeze its title into a column as narrow as its headers.
         reason = "no occurrence left" if stored.status == "active" else stored.status
+        if stored.spec.on_demand and stored.status == "active":
+            reason = ON_DEMAND
         click.echo(f"Next fire times: none ({reason})")
         return
     table(
