@@ -228,8 +228,9 @@ async def test_every_rule_and_condition_outcome(store: Store) -> None:
     assert tasks["if-error"].error is not None
     assert tasks["if-error"].error.startswith("if: ")
     assert len(tasks["if-error"].attempts) == 0  # a condition error is not retried
-    # A task failed (an error path ran too): the pipeline run fails.
+    # A task failed (an error path ran too): the pipeline run fails, naming them.
     assert pipeline.state is RunState.failed
+    assert pipeline.error == "tasks failed: bad, if-error"
     assert all(run.settle_at is None for run in tasks.values())
 
 

@@ -36,7 +36,7 @@ from firecron.core.chains import plan_caused
 from firecron.core.lifecycle import Change
 from firecron.core.models import JsonValue, OverlapPolicy
 from firecron.core.pipelines import describe_rule, is_complete, judge_rule, pipeline_ended
-from firecron.core.runs import Run, RunState, caused_run_id, task_run_id
+from firecron.core.runs import FAILED_STATES, Run, RunState, caused_run_id, task_run_id
 from firecron.errors import NotFoundError
 
 if TYPE_CHECKING:
@@ -186,7 +186,16 @@ class Causes:
         verdict = lifecycle.pipeline_verdict(pipeline)
         if verdict is None:
             return
-        change = lifecycle.end_pipeline(pipeline, self.d.now(), verdict)
+        error = None
+        if verdict is RunState.failed and pipeline.pipeline_spec is not None:
+            # Name the tasks that failed (one read per task, for failed pipelines only).
+            ids = [task_run_id(pipeline.id, t.id) for t in pipeline.pipeline_spec.tasks]
+            failed = [
+                r.task or r.id for r in await self.store.get_runs(ids) if r.state in FAILED_STATES
+            ]
+            noun = "task" if len(failed) == 1 else "tasks"
+            error = f"{noun} failed: {', '.join(failed)}" if failed else None
+        change = lifecycle.end_pipeline(pipeline, self.d.now(), verdict, error)
         await self._apply(pipeline, change, summary)
 
     async def judge(self, task: Run, summary: TickSummary) -> None:

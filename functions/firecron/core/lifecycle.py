@@ -609,8 +609,7 @@ def end_pipeline(run: Run, now: datetime, verdict: RunState, error: str | None =
     """A pipeline run ends with ``verdict`` (from :func:`pipeline_verdict`, or ``failed``
     on its timeout, with ``error`` saying so)."""
     if verdict is _S.failed and error is None:
-        failed = sorted(t for t, m in run.upstream.items() if m.failed_within)
-        error = "a task failed" + (f" (below: {', '.join(failed)})" if failed else "")
+        error = "a task failed"
     event = EventType.run_succeeded if verdict is _S.succeeded else EventType.run_failed
     return Change(
         (_S.pending, _S.running),
