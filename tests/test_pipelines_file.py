@@ -358,3 +358,30 @@ def test_a_long_chain_has_no_cycle_and_does_not_recurse() -> None:
     edges[nodes[-1]] = [nodes[0]]
     [cycle] = cycles(nodes, edges)
     assert (len(cycle), cycle[0], cycle[-1]) == (5001, "t0", "t0")
+
+
+def test_the_size_bound_counts_the_pipeline_snapshot(tmp_path: Path) -> None:
+    """Each schedule carries its pipeline: a big one shared by many fits as long as each
+    encoded schedule stays within 256 KiB; past that, validate names the pipeline."""
+    blob = "x" * 1000
+
+    def file(tasks: int, schedules: int) -> str:
+        items = "\n".join(
+            f"{{id: t{i}, target: {F}, params: {{blob: {blob}}}}}" for i in range(tasks)
+        )
+        text = _pipeline(items)
+        return text + "".join(
+            f"  - {{id: s{i}, target: {{pipeline: p}}}}\n" for i in range(schedules)
+        )
+
+    code, out, err = _validate(tmp_path, file(tasks=150, schedules=40))
+    assert (code, err) == (0, [])
+    assert out == [f"ok: {tmp_path / 's.yaml'}: 41 schedules"]
+
+    code, out, err = _validate(tmp_path, file(tasks=300, schedules=1))
+    assert (code, out, len(err)) == (2, [], 2)
+    for index, schedule_id in enumerate(["s", "s0"]):
+        assert err[index].startswith(f"schedules[{index}] (id={schedule_id}): the schedule is ")
+        assert err[index].endswith(
+            "bytes once encoded; at most 262,144 (shorten params, description or the pipeline)"
+        )

@@ -298,3 +298,66 @@ def test_skipped_run_is_born_with_its_event_and_watched_for_delivery() -> None:
     assert event.type.value == "run.skipped"
     assert [d.sink for d in event.deliveries] == ["ops"]
     assert skipped.watch_at == event.deliveries[0].next_at  # the watchdog will deliver it
+
+
+# ------------------------------------------------------------------ on-demand schedules
+
+
+def on_demand(**fields: Any) -> ScheduleSpec:
+    return spec(every=None, **fields)
+
+
+def test_an_on_demand_schedule_is_active_never_due_and_never_exhausted() -> None:
+    s = on_demand()
+    state = planning.initial_state(s, T0)
+    assert (state.next_fire_at, state.next_occurrence, state.exhausted) == (None, None, False)
+    assert state.status == "active"
+    stored_on_demand = StoredSchedule(spec=s, state=state, version="1")
+    for now in (T0, T0 + timedelta(days=3650)):
+        p = planning.plan(stored_on_demand, None, now)
+        assert (p.runs, p.new_state) == ([], state)
+
+
+def test_the_trigger_of_an_on_demand_schedule_has_no_occurrence() -> None:
+    trigger = planning.trigger_of(on_demand(timezone="Europe/Berlin"))
+    assert trigger.kind == "on_demand"
+    assert trigger.spec == "on demand"
+    assert trigger.timezone == "Europe/Berlin"
+    assert trigger.next_after(T0) is None
+    assert trigger.occurrences(T0, 5) == []
+    assert trigger.describe() == "runs only when triggered, chained or submitted from a worker"
+
+
+def test_replan_between_a_trigger_and_on_demand() -> None:
+    cron = spec(every=None, cron="*/5 * * * *")
+    timed = planning.initial_state(cron, T0).model_copy(update={"run_count": 4, "last_run_id": "r"})
+    # A trigger removed: idle, counters kept, not exhausted.
+    idle = planning.replan(on_demand(), cron, timed, T0 + MIN)
+    assert (idle.next_fire_at, idle.exhausted, idle.run_count, idle.last_run_id) == (
+        None,
+        False,
+        4,
+        "r",
+    )
+    # And back: the next occurrence strictly after now.
+    again = planning.replan(cron, on_demand(), idle, T0 + 7 * MIN)
+    assert again.next_fire_at == T0 + 10 * MIN
+    # An exhausted one-shot turned on-demand is no longer exhausted.
+    at = spec(every=None, at=T0.isoformat())
+    plan = planning.plan(
+        StoredSchedule(spec=at, state=planning.initial_state(at, T0 - MIN), version="1"), None, T0
+    )
+    fired = plan.new_state
+    assert (len(plan.to_fire), fired.exhausted) == (1, True)
+    assert planning.replan(on_demand(), at, fired, T0 + MIN).exhausted is False
+    # Unchanged: the state is kept as it is.
+    assert planning.replan(on_demand(), on_demand(), idle, T0 + 9 * MIN) is idle
+
+
+def test_pause_and_resume_an_on_demand_schedule() -> None:
+    s = on_demand()
+    paused = planning.pause(s, planning.initial_state(s, T0), T0 + MIN)
+    assert (paused.paused, paused.exhausted, paused.status) == (True, False, "paused")
+    resumed = planning.resume(s, paused, T0 + 2 * MIN)
+    assert (resumed.paused, resumed.next_fire_at, resumed.exhausted) == (False, None, False)
+    assert resumed.status == "active"
