@@ -9,7 +9,7 @@ is not a bool: a condition that is neither true nor false is a mistake, never a 
 
 Variables of a task's ``if`` (:data:`TASK_VARIABLES`):
 
-- ``params``: the task run's params (a map);
+- ``params``: the pipeline run's params (the schedule's over the pipeline's; a map);
 - ``tasks``: its upstream tasks by id, each ``{"state": "succeeded" | ..., "output": JSON}``
   (``output`` is null when the task returned nothing, was skipped or failed).
 
