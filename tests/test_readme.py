@@ -367,3 +367,13 @@ def test_nothing_cites_a_design_note_the_repository_lacks() -> None:
         if stale.search(line)
     ]
     assert not citing, f"cite {_DESIGN} instead: {citing}"
+
+
+def test_the_pipeline_drawn_in_the_readme_is_the_example_file_s() -> None:
+    """The mermaid diagram is what ``firecron graph --format mermaid`` draws of schedules.yaml."""
+    from firecron.core.pipeline_graph import render_mermaid
+    from firecron.core.schedule_file import parse_schedule_file
+
+    parsed = parse_schedule_file((ROOT / "schedules.yaml").read_text(), "schedules.yaml")
+    [pipeline] = [p for p in parsed.pipelines if p.id == "daily-etl"]
+    assert block("pipeline-graph").rstrip("\n") == render_mermaid(pipeline).rstrip("\n")
