@@ -340,3 +340,77 @@ def test_list_and_show_describe_a_pipeline_target(store_url: str) -> None:
     shown = ok("show", "hello", "--store", store_url)
     [target] = [line for line in shown.splitlines() if line.startswith("target")]
     assert target.split() == ["target", "function:hello", "(auth:", "default)"]
+
+
+# -- from a schedules file -----------------------------------------------------------
+
+FILE = """\
+notifications:
+  sinks:
+    ops: {type: log}
+pipelines:
+  - id: etl
+    description: Nightly ETL
+    max_parallel: 2
+    timeout: 1h
+    tasks:
+      - {id: extract_a, target: {function: extract}}
+      - {id: extract_b, target: {function: extract}}
+      - {id: join, target: {function: join}, after: [extract_a, extract_b]}
+      - {id: load, target: {url: "https://example.com/load"}, after: [join], if: "params.full"}
+      - id: alert
+        notify: {sink: ops, text: "etl {pipeline_run_id} failed"}
+        after: [load]
+        when: any_failed
+  - id: spare
+    tasks:
+      - {id: only, target: {function: hello}}
+schedules:
+  - id: etl-nightly
+    cron: "0 2 * * *"
+    target: {pipeline: etl}
+"""
+
+
+@pytest.fixture
+def schedules_file(tmp_path: Path) -> Path:
+    path = tmp_path / "schedules.yaml"
+    path.write_text(FILE)
+    return path
+
+
+def test_pipelines_of_a_file_include_those_no_schedule_targets(
+    schedules_file: Path, tmp_path: Path
+) -> None:
+    listed = json.loads(ok("pipelines", "--file", str(schedules_file), "--json"))
+    assert [(p["id"], p["schedules"], p["task_count"]) for p in listed] == [
+        ("etl", ["etl-nightly"], 5),
+        ("spare", [], 1),
+    ]
+    # The file is read, the store never opened (none exists here).
+    assert not (tmp_path / ".firecron").exists()
+
+
+def test_graph_of_a_file(schedules_file: Path) -> None:
+    # The file's etl is ETL, written as YAML (plus its notify sink's resolved config).
+    assert ok("graph", "etl", "--file", str(schedules_file)) == render_text(ETL)
+    mermaid = ok("graph", "etl", "--format", "mermaid", "--file", str(schedules_file))
+    assert mermaid == render_mermaid(ETL)
+    assert ok("graph", "spare", "--file", str(schedules_file)).splitlines() == [
+        "spare: 1 task",
+        "  only  function:hello",
+    ]
+    proc = run("graph", "nope", "--file", str(schedules_file))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"error: unknown pipeline 'nope' in {schedules_file}"]
+
+
+def test_pipelines_of_an_invalid_file_exit_2_one_line_per_problem(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(FILE.replace("after: [join]", "after: [ghost]"))
+    for args in (["pipelines"], ["graph", "etl"]):
+        proc = run(*args, "--file", str(path))
+        assert proc.returncode == 2
+        assert proc.stdout == ""
+        assert len(proc.stderr.splitlines()) == 1
+        assert "ghost" in proc.stderr

@@ -198,6 +198,43 @@ def test_a_running_stack_serves_a_worker_added_to_its_source(tmp_path: Path) -> 
     assert "Traceback" not in dev.output()
 
 
+PIPELINE = """\
+pipelines:
+  - id: etl
+    tasks:
+      - {id: extract_a, target: {function: hello}}
+      - {id: extract_b, target: {function: hello}}
+      - {id: join, target: {function: hello}, after: [extract_a, extract_b]}
+      - {id: load, target: {function: hello}, after: [join], if: "params.full"}
+schedules:
+  - id: etl-every
+    every: 2s
+    target: {pipeline: etl}
+    params: {full: false}
+"""
+
+
+def test_the_piped_view_shows_a_pipeline_run_as_one_line_with_its_tasks(tmp_path: Path) -> None:
+    (tmp_path / "schedules.yaml").write_text(PIPELINE)
+    done = "extract_a:succeeded extract_b:succeeded join:succeeded load:skipped"
+
+    def ended() -> str:
+        lines = dev.output().splitlines()
+        return next((ln for ln in lines if " succeeded " in ln and done in ln), "")
+
+    with dev_stack(tmp_path, "--schedules", "schedules.yaml") as dev:
+        line = poll(ended, what="a pipeline run's line with every task ended", dev=dev)
+        assert dev.stop() == 0
+    assert re.fullmatch(rf"\d\d:\d\d:\d\d etl-every@\w+ succeeded attempt 1  {done}", line)
+    # The task runs are in the store, but the view names them only on their pipeline's line.
+    stored = {r["id"] for r in runs(tmp_path, "etl-every")}
+    pipeline_run = line.split()[1]
+    assert f"{pipeline_run}.join" in stored
+    for printed in dev.output().splitlines():
+        assert not re.match(r"\d\d:\d\d:\d\d \S+\.(extract_a|extract_b|join|load) ", printed)
+    assert "Traceback" not in dev.output()
+
+
 # -- the view of pipeline runs (on a seeded store, without a stack) -------------------
 
 

@@ -1130,10 +1130,7 @@ def _known_pipelines(file: str | None, store_url: str | None) -> dict[str, _Know
     found: dict[str, _KnownPipeline] = {}
     _collect_pipelines(found, doc.schedules)
     # The file's own list also holds the pipelines that no schedule targets (yet).
-    # ScheduleFile.pipelines arrives with the parser's `pipelines:` section; until it
-    # does, the file's pipelines are those its schedules target.
-    declared: Any = getattr(doc, "pipelines", ())
-    for pipeline in declared.values() if isinstance(declared, dict) else declared:
+    for pipeline in doc.pipelines:
         found.setdefault(pipeline.id, _KnownPipeline(pipeline, []))
     return found
 
