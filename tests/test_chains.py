@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -264,3 +265,38 @@ async def test_a_chained_run_follows_the_target_overlap_policy(store: Store) -> 
     assert chained[0].state is RunState.skipped
     assert chained[0].error is not None
     assert active.id in chained[0].error
+
+
+def test_code_starts_an_on_demand_schedule_with_firecron_trigger(tmp_path: Path) -> None:
+    """``firecron.trigger`` from a plain (synchronous) program: claimed, sent, its id back."""
+    import firecron
+    from firecron.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'code.db'}"
+
+    async def seed(sink_url: str) -> None:
+        store = open_store(url, "firecron")
+        try:
+            await put(store, id="on-call", target={"url": sink_url + "/code"}, params={"a": 1})
+        finally:
+            await store.close()
+
+    async def read(run_id: str) -> Run | None:
+        store = open_store(url, "firecron")
+        try:
+            return await store.get_run(run_id)
+        finally:
+            await store.close()
+
+    with serve() as sink:
+        asyncio.run(seed(sink.url))
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("FIRECRON_ALLOW_PRIVATE_TARGETS", "1")
+            run_id = firecron.trigger("on-call", {"b": 2}, store_url=url)
+        paths = [r.path for r in sink.requests]
+    assert paths == ["/code"]
+    run = asyncio.run(read(run_id))
+    assert run is not None
+    assert run.trigger is RunTrigger.manual
+    assert run.state is RunState.delivered
+    assert run.params == {"a": 1, "b": 2}

@@ -5,6 +5,7 @@
 # break: `firecron.worker` is both the submodule and the decorator, and whoever
 # imported the submodule first (`from firecron.worker import ...`) would leave the
 # package attribute bound to the module. Imported here, the decorator always wins.
+from firecron._trigger import trigger
 from firecron.worker import RunContext, worker
 
-__all__ = ["RunContext", "worker"]
+__all__ = ["RunContext", "trigger", "worker"]
