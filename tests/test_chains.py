@@ -300,3 +300,34 @@ def test_code_starts_an_on_demand_schedule_with_firecron_trigger(tmp_path: Path)
     assert run.trigger is RunTrigger.manual
     assert run.state is RunState.delivered
     assert run.params == {"a": 1, "b": 2}
+
+
+async def test_the_watchdog_settles_a_run_it_ends_lost(store: Store) -> None:
+    """A worker that never starts its run: the watchdog ends it lost and claims the step."""
+    with serve() as sink:
+        await put(store, id="page", target={"url": sink.url + "/page"})
+        await put(
+            store,
+            id="silent",
+            every="1h",
+            target={"url": sink.url + "/silent", "worker": True},
+            retry={"max_attempts": 1},
+            then=[{"schedule": "page", "on": "failed"}],
+        )
+        clock = [T0]
+        d = Dispatcher(store, settings(), clock=lambda: clock[0])
+        try:
+            await d.tick(T0)
+            clock[0] = T0 + d.timeouts.start_timeout + timedelta(seconds=1)
+            summary = await d.tick(clock[0])
+        finally:
+            await d.aclose()
+        paths = [r.path for r in sink.requests]
+    assert paths == ["/silent", "/page"]
+    assert summary.events["run.lost"] == 1
+    assert summary.caused == 1
+    [lost] = await runs_of(store, "silent")
+    assert lost.state is RunState.lost
+    assert lost.settle_at is None
+    [paged] = await runs_of(store, "page")
+    assert paged.cause_run_id == lost.id
