@@ -10,9 +10,13 @@ written to ``bench/results/summary.json``):
 - ``decoupling``: 9 and 50 jobs of 5 s due at once, a 4-slot blocking scheduler against
   one firecron tick (``bench/decoupling.py``);
 - ``schedules_file``: ``firecron validate``, ``apply`` and ``list --limit 50`` on one file
-  of 100,000 schedules, each command in its own process (``bench/schedules_file.py``).
+  of 100,000 schedules, each command in its own process (``bench/schedules_file.py``);
+- ``pipelines``: the hop latency along a chain of 20 no-op worker tasks (one
+  functions-framework process), and one pipeline of 200 parallel tasks and a join: wall
+  time to the join and store work per task run beside a scheduled run's
+  (``bench/pipelines.py``).
 
-Options: ``--only NAME`` (repeatable), ``--quick`` (smaller sizes, about 2 minutes),
+Options: ``--only NAME`` (repeatable), ``--quick`` (smaller sizes, about 3 minutes),
 ``--backends sqlite,firestore`` (default: both when ``gcloud`` is on PATH), size
 overrides, and ``--results-dir``. The HTTP client-setup comparison is separate:
 ``python -m bench.http_clients``.
@@ -34,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import decoupling, fanout, held, schedules_file
+from bench import decoupling, fanout, held, pipelines, schedules_file
 from bench._common import (
     RESULTS_DIR,
     Backends,
@@ -48,7 +52,7 @@ from bench._common import (
     write_json,
 )
 
-NAMES = ("fanout", "held", "decoupling", "schedules_file")
+NAMES = ("fanout", "held", "decoupling", "schedules_file", "pipelines")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--work-seconds", type=float, help="decoupling: seconds of work per job")
     p.add_argument("--http-requests", type=int, help="fan-out: requests per HTTP-bound probe")
     p.add_argument("--file-schedules", type=int, help="schedules_file: entries in the file")
+    p.add_argument("--chain-tasks", type=int, help="pipelines: tasks in the chain")
+    p.add_argument("--chain-repeats", type=int, help="pipelines: pipeline runs of the chain")
+    p.add_argument("--fan-tasks", type=int, help="pipelines: parallel tasks before the join")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     return p
 
@@ -97,6 +104,19 @@ def _configs(
     return f, h, d
 
 
+def _pipelines_config(args: argparse.Namespace) -> pipelines.PipelinesConfig:
+    p = pipelines.PipelinesConfig()
+    if args.quick:
+        p = replace(p, chain_repeats=3)
+    if args.chain_tasks is not None:
+        p = replace(p, chain_tasks=args.chain_tasks)
+    if args.chain_repeats is not None:
+        p = replace(p, chain_repeats=args.chain_repeats)
+    if args.fan_tasks is not None:
+        p = replace(p, fan_tasks=args.fan_tasks)
+    return p
+
+
 def _raise_nofile() -> None:
     # The dispatcher holds up to max_open (1,000) connections in the held benchmark.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -117,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         sf_cfg = replace(sf_cfg, schedules=10_000)
     if args.file_schedules is not None:
         sf_cfg = replace(sf_cfg, schedules=args.file_schedules)
+    p_cfg = _pipelines_config(args)
     _raise_nofile()
     machine = machine_info()
     print(
@@ -129,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "held": lambda b, s: held.run(b, names, s, h_cfg),
         "decoupling": lambda b, s: decoupling.run(b, names, s, d_cfg),
         "schedules_file": lambda b, s: schedules_file.run(b, names, sf_cfg),
+        "pipelines": lambda b, s: pipelines.run(b, names, s, p_cfg),
     }
     results: list[BenchResult] = []
     crashed = False

@@ -47,6 +47,12 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "1",
             "--file-schedules",
             "300",
+            "--chain-tasks",
+            "5",
+            "--chain-repeats",
+            "2",
+            "--fan-tasks",
+            "20",
             "--results-dir",
             str(out),
         ],
@@ -130,6 +136,7 @@ def test_summary(results: Path) -> None:
         "held",
         "decoupling",
         "schedules_file",
+        "pipelines",
     }
 
 
@@ -144,6 +151,36 @@ def test_schedules_file(results: Path) -> None:
     assert {"validate_s", "validate_mb", "apply_s_sqlite", "list_s_sqlite"} <= figures[
         "ratios_to_targets"
     ].keys()
+
+
+def test_pipelines(results: Path) -> None:
+    figures = load(results, "pipelines")
+    chain = figures["chain"]["sqlite"]
+    assert (chain["tasks_per_pipeline"], chain["pipelines"]) == (5, 2)
+    assert chain["hops"] == len(chain["hops_ms"]) == 8  # 2 pipelines x 4 hops
+    assert chain["hop_min_ms"] <= chain["hop_p50_ms"] <= chain["hop_p99_ms"] <= chain["hop_max_ms"]
+    fan = figures["fan_out"]["sqlite"]
+    assert fan["workers"]["tasks"] == 20
+    assert fan["workers"]["start_to_join_start_s"] >= 0
+    assert fan["task_runs"] == 21
+    assert_exactly_once(fan["receipts"], 21)
+    # One spawn creates every task run; each task marks the join, the join the pipeline run.
+    assert fan["calls"]["spawn"] == 1
+    assert fan["calls"]["mark_upstream"] == 21
+    assert fan["start_to_join_dispatched_s"] >= 0
+    base = fan["scheduled_plain_run"]
+    assert base["runs"] == 21
+    assert base["calls"]["claim"] == 21
+    for key in ("reads_per_task_run", "writes_per_task_run", "queries_per_task_run"):
+        assert fan[key] > 0, key
+    targets = {c["target"] for c in load_checks(results, "pipelines")}
+    assert any(t.startswith("hop p50") for t in targets)
+    assert any(t.startswith("store work per task run") for t in targets)
+
+
+def load_checks(results: Path, name: str) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = json.loads((results / f"{name}.json").read_text())["checks"]
+    return checks
 
 
 # -- the chaos suite (bench/chaos) ------------------------------------------------------
