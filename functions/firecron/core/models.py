@@ -508,7 +508,7 @@ class PipelineSpec(_Frozen):
     """A graph of tasks run as one pipeline run (``pipelines:`` in the schedules file).
 
     The graph's rules (no cycles, known ``after`` ids, unique task ids) are checked by
-    :func:`firecron.core.pipelines.problems`, one line per problem.
+    :func:`firecron.core.pipeline_checks.problems`, one line per problem.
     """
 
     id: str = Field(pattern=SCHEDULE_ID_PATTERN)
