@@ -16,7 +16,7 @@ written to ``bench/results/summary.json``):
   time to the join and store work per task run beside a scheduled run's
   (``bench/pipelines.py``).
 
-Options: ``--only NAME`` (repeatable), ``--quick`` (smaller sizes, about 3 minutes),
+Options: ``--only NAME`` (repeatable), ``--quick`` (smaller sizes, about 2 minutes),
 ``--backends sqlite,firestore`` (default: both when ``gcloud`` is on PATH), size
 overrides, and ``--results-dir``. The HTTP client-setup comparison is separate:
 ``python -m bench.http_clients``.
