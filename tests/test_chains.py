@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -22,6 +22,7 @@ from firecron.core import planning
 from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState, RunTrigger, caused_run_id
 from firecron.dispatch import Dispatcher, TickSummary
+from firecron.errors import StoreError
 from firecron.settings import Settings
 from firecron.store.base import Store
 
@@ -145,7 +146,7 @@ async def test_a_crash_between_the_end_and_the_claim_is_healed_by_the_next_tick(
         )
 
         # The recorder dies right after writing the end: its settle never runs.
-        async def die(self: Causes, run: Run, summary: TickSummary) -> None:
+        async def die(self: Causes, run: Run, summary: TickSummary, **kw: object) -> None:
             raise RuntimeError("recorder died")
 
         monkeypatch.setattr(Causes, "settle", die)
@@ -207,8 +208,8 @@ async def test_racing_settlers_claim_the_successor_exactly_once(
         assert created is not None
         original = Causes.settle
 
-        async def later(self: Causes, run: Run, summary: TickSummary) -> None:
-            return None
+        async def later(self: Causes, run: Run, summary: TickSummary, **kw: object) -> None:
+            raise RuntimeError("settled later")
 
         Causes.settle = later  # type: ignore[method-assign]
         try:
@@ -331,3 +332,62 @@ async def test_the_watchdog_settles_a_run_it_ends_lost(store: Store) -> None:
     assert lost.settle_at is None
     [paged] = await runs_of(store, "page")
     assert paged.cause_run_id == lost.id
+
+
+class _EndWriteFails:
+    """A store whose next write of a ``delivered`` end fails, as if the dispatcher died
+    between claiming what the end causes and recording the end."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.armed = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def update_run(self, run_id: str, expect_states: Any, changes: Any, **kw: Any) -> Any:
+        if (
+            self.armed
+            and run_id.startswith("first@")
+            and changes.get("state") is RunState.delivered
+        ):
+            self.armed = False
+            raise StoreError("the dispatcher died here")
+        return await self.inner.update_run(run_id, expect_states, changes, **kw)
+
+
+async def test_a_plain_end_is_settled_before_it_is_recorded_and_a_crash_in_between_is_resent(
+    store: Store,
+) -> None:
+    """A plain target's end claims its successors first; if the end is then never
+    recorded, the run is still pending, so the watchdog sends the same attempt again and
+    settles it again: the cause may arrive twice (at least once, same key), the successor
+    is claimed once."""
+    with serve() as sink:
+        await put(store, id="next", target={"url": sink.url + "/next"})
+        await put(
+            store,
+            id="first",
+            every="1h",
+            target={"url": sink.url + "/first"},
+            then=[{"schedule": "next"}],
+        )
+        flaky = _EndWriteFails(store)
+        d = Dispatcher(cast(Store, flaky), settings(), clock=lambda: T0)
+        try:
+            await d.tick(T0)
+            [pending] = await runs_of(store, "first")
+            assert pending.state is RunState.pending
+            assert len(await runs_of(store, "next")) == 1  # claimed before the end
+            later = T0 + d.timeouts.pending_grace + timedelta(seconds=1)
+            d.clock = lambda: later
+            await d.tick(later)
+        finally:
+            await d.aclose()
+        ids = [r.headers["webhook-id"] for r in sink.requests]
+    [ended] = await runs_of(store, "first")
+    [chained] = await runs_of(store, "next")
+    assert ids == [f"{ended.id}/1", f"{chained.id}/1", f"{ended.id}/1"]
+    assert ended.state is RunState.delivered
+    assert ended.settle_at is None
+    assert chained.state is RunState.delivered

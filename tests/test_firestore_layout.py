@@ -60,24 +60,25 @@ async def test_marks_are_a_native_map_beside_the_json_text(fs: FirestoreStore) -
         "alpha",
         T0,
         run_id="p@20270101T000000Z.join",
-        upstream={"first": UpstreamEnd(outcome="succeeded")},
+        upstream={"first": UpstreamEnd(outcome="succeeded", state="delivered")},
     )
     assert await fs.create_run(run)
     document = await raw(fs, "runs", run.id)
     assert set(document) == {"data", MARKS_FIELD, *RUN_QUERY_FIELDS}
-    assert document[MARKS_FIELD] == {"first": {"outcome": "succeeded", "failed_within": False}}
+    first = {"outcome": "succeeded", "state": "delivered", "failed_within": False}
+    assert document[MARKS_FIELD] == {"first": first}
     # The JSON text holds no marks: the map is their one record.
     assert json.loads(document["data"])["upstream"] == {}
 
     # A mark is one entry of the map, the key the bare task id (quoted only in the path).
-    failed = UpstreamEnd(outcome="upstream_failed", failed_within=True)
+    failed = UpstreamEnd(outcome="upstream_failed", state="skipped", failed_within=True)
     assert await fs.mark_upstream(run.id, "load-2", failed)
     assert await fs.mark_upstream(run.id, "0th", UpstreamEnd(outcome="skipped"))
     document = await raw(fs, "runs", run.id)
     assert document[MARKS_FIELD] == {
-        "first": {"outcome": "succeeded", "failed_within": False},
-        "load-2": {"outcome": "upstream_failed", "failed_within": True},
-        "0th": {"outcome": "skipped", "failed_within": False},
+        "first": first,
+        "load-2": {"outcome": "upstream_failed", "state": "skipped", "failed_within": True},
+        "0th": {"outcome": "skipped", "state": None, "failed_within": False},
     }
     assert document["revision"] == 2  # one per mark: each changes the version
 

@@ -934,9 +934,12 @@ async def test_full_run_roundtrip(store: Store) -> None:
         },
         cause_run_id="pipe@20270101T000000Z",
         then=[{"schedule": "next", "on": "failed", "params": {"why": "x"}}],
+        after=["extract", "0-th"],
         downstream=["load-1", "2nd"],
         holds_slot=True,
-        upstream={"up-0": {"outcome": "upstream_failed", "failed_within": True}},
+        upstream={
+            "up-0": {"outcome": "upstream_failed", "state": "skipped", "failed_within": True}
+        },
         slots=["extract"],
         ready=["load-1"],
         settle_at=T0 + timedelta(minutes=21),

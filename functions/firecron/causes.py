@@ -59,12 +59,18 @@ class Causes:
 
     # -- the entry point -----------------------------------------------------------------
 
-    async def settle(self, run: Run, summary: TickSummary) -> None:
+    async def settle(self, run: Run, summary: TickSummary, *, recorded: bool = True) -> None:
         """Claim and fire what ``run``'s end causes, then clear its ``settle_at``.
 
         ``run`` is an ended run as last read or written. Idempotent: settling a run
         again (a sweep racing its recorder) claims nothing twice. Raises on store
         failures, leaving ``settle_at`` set for the next tick.
+
+        ``recorded=False``: ``run`` is the end as it is about to be recorded (a plain
+        target's, whose record is still ``pending``): everything is claimed and nothing
+        is cleared, and the caller then records the end without ``settle_at``. Should
+        the caller die first, the ``pending`` record is the marker: the watchdog sends
+        the same attempt again and its end is settled again, claiming nothing twice.
         """
         if not run.is_terminal or run.settle_at is None:
             return
@@ -76,7 +82,8 @@ class Causes:
         for index, step in enumerate(run.then):
             if lifecycle.chain_matches(step.on, run.state):
                 await self.claim(run, step.schedule, step.params, f"then/{index}", summary)
-        await self._clear(run)
+        if recorded:
+            await self._clear(run)
         summary.settled += 1
 
     async def _clear(self, run: Run) -> None:
@@ -177,7 +184,12 @@ class Causes:
             return
         for below in task.downstream:
             marked = await self.store.mark_upstream(task_run_id(parent_id, below), task.task, mark)
-            if marked is not None and marked.state is RunState.waiting:
+            # Judged only once complete: the task's own `after` says so without a read.
+            if (
+                marked is not None
+                and marked.state is RunState.waiting
+                and all(name in marked.upstream for name in marked.after)
+            ):
                 await self._judge(marked, summary, cache)
 
     async def _maybe_end_pipeline(self, pipeline: Run, summary: TickSummary) -> None:
@@ -192,6 +204,12 @@ class Causes:
             ids = [task_run_id(pipeline.id, t.id) for t in pipeline.pipeline_spec.tasks]
             failed = [
                 r.task or r.id for r in await self.store.get_runs(ids) if r.state in FAILED_STATES
+            ]
+            # A leaf whose own record lags behind its mark (a plain target's) says so there.
+            failed += [
+                name
+                for name, mark in pipeline.upstream.items()
+                if mark.outcome == "failed" and name not in failed
             ]
             noun = "task" if len(failed) == 1 else "tasks"
             error = f"{noun} failed: {', '.join(failed)}" if failed else None
@@ -253,9 +271,13 @@ class Causes:
         from firecron.core.conditions import ConditionError, compile_condition
 
         upstream = await self.store.get_runs([task_run_id(pipeline.id, u) for u in after])
-        tasks: dict[str, JsonValue] = {
-            r.task or r.id: {"state": r.state.value, "output": r.output} for r in upstream
-        }
+        tasks: dict[str, JsonValue] = {}
+        for r in upstream:
+            name = r.task or r.id
+            # The mark has the end's state even when the run's own record lags behind it.
+            mark = task.upstream.get(name)
+            state = mark.state if mark is not None and mark.state else r.state.value
+            tasks[name] = {"state": state, "output": r.output}
         variables: dict[str, JsonValue] = {"params": dict(pipeline.params), "tasks": tasks}
         moment = self.d.now()
         try:

@@ -438,6 +438,18 @@ class Dispatcher:
             summary.errors.append(f"run {run.id}: settling: {_error_line(exc)}")
             log.error("run %s: settling its end failed: %s", run.id, _error_line(exc))
 
+    async def _settle_first(self, ended: Run, summary: TickSummary) -> bool:
+        """Settle an end before it is recorded (:meth:`Causes.settle` with
+        ``recorded=False``); False when that failed: the end is then recorded with its
+        ``settle_at``, and the next tick's sweep settles it."""
+        try:
+            await self.causes.settle(ended, summary, recorded=False)
+        except Exception as exc:
+            summary.errors.append(f"run {ended.id}: settling: {_error_line(exc)}")
+            log.error("run %s: settling its end failed: %s", ended.id, _error_line(exc))
+            return False
+        return True
+
     async def _judge(self, task: Run, summary: TickSummary) -> None:
         """Judge a waiting task (:meth:`Causes.judge`); never raises (its watch retries)."""
         try:
@@ -475,6 +487,15 @@ class Dispatcher:
             status_code=result.status_code,
             error=result.error,
         )
+        # When this send ended the run (a plain target's delivery, a sent message, a final
+        # failure) and the end causes runs, claim them first, then record the end without
+        # settle_at, so a plain task costs what a scheduled plain run does. Until the end
+        # is recorded, the pending record is the marker (see Causes.settle).
+        ends_causing = change.changes.get("settle_at") is not None
+        if ends_causing and await self._settle_first(
+            run.model_copy(update=change.changes), summary
+        ):
+            change = lifecycle.without_settle(run, change)
         try:
             recorded = await self.store.update_run(
                 run.id, change.expect, change.changes, current=run
@@ -487,9 +508,6 @@ class Dispatcher:
             recorded = await self._emit(recorded, {e.id for e in run.events}, summary)
         if result.outcome in (SendOutcome.retryable, SendOutcome.permanent):
             log.warning("run %s attempt %d: %s", run.id, run.attempt, result.error)
-        if recorded is not None and recorded.is_terminal and recorded.settle_at is not None:
-            # A plain target's delivery, a sent message or a final failure ended the run.
-            await self.settle(recorded, summary)
         # None: the worker already started the run (or a watchdog moved it on); its record wins.
         return recorded
 

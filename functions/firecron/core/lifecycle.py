@@ -83,6 +83,7 @@ __all__ = [
     "succeed",
     "upstream_end",
     "watch",
+    "without_settle",
 ]
 
 _S = RunState
@@ -669,12 +670,25 @@ def upstream_end(run: Run) -> UpstreamEnd:
     state = run.state
     failed_above = any(m.failed_within for m in run.upstream.values())
     if state in SUCCEEDED_STATES:
-        return UpstreamEnd(outcome="succeeded", failed_within=failed_above)
+        return UpstreamEnd(outcome="succeeded", state=state.value, failed_within=failed_above)
     if state in FAILED_STATES:
-        return UpstreamEnd(outcome="failed", failed_within=True)
+        return UpstreamEnd(outcome="failed", state=state.value, failed_within=True)
     below_failure = any(m.outcome in ("failed", "upstream_failed") for m in run.upstream.values())
     outcome = "upstream_failed" if below_failure else "skipped"
-    return UpstreamEnd(outcome=outcome, failed_within=failed_above)
+    return UpstreamEnd(outcome=outcome, state=state.value, failed_within=failed_above)
+
+
+def without_settle(run: Run, change: Change) -> Change:
+    """``change`` (a finalized end) with no ``settle_at``: what it causes is already
+    claimed (a plain target's end is settled before it is recorded)."""
+    changes = dict(change.changes)
+    changes["settle_at"] = None
+    changes["watch_at"] = derive_watch(
+        changes.get("deadline_at", run.deadline_at),
+        changes.get("events", run.events),
+        None,
+    )
+    return replace(change, changes=changes)
 
 
 class WatchAction(StrEnum):

@@ -130,6 +130,7 @@ def build_task_runs(
                 task=task.id,
                 pipeline=spec.id,
                 cause_run_id=pipeline_run.id,
+                after=list(task.after),
                 downstream=below[task.id],
                 holds_slot=limit is not None,
                 notify=list(pipeline_run.notify),

@@ -222,6 +222,10 @@ class UpstreamEnd(BaseModel):
 
     outcome: Literal["succeeded", "failed", "skipped", "upstream_failed"]
     """``upstream_failed``: skipped because a task above it failed (counts as failed)."""
+    state: str | None = None
+    """The upstream task run's end state (``delivered``, ``failed``...), which a
+    condition's ``tasks[...].state`` reads: the mark may land before the upstream run's
+    own end record (a plain target's run records its end after settling it)."""
     failed_within: bool = False
     """True when this task or any task above it failed: a pipeline run whose leaves
     report none of these succeeded."""
@@ -337,6 +341,9 @@ class Run(BaseModel):
     runs, the pipeline run."""
     then: list[ChainStep] = Field(default_factory=list)
     """Snapshot of the schedule's ``then:`` steps, claimed when this run ends."""
+    after: list[str] = Field(default_factory=list)
+    """For task runs: the task's ``after`` (snapshot), so a mark can tell without a read
+    whether the task's upstream set is complete."""
     downstream: list[str] = Field(default_factory=list)
     """For task runs: the tasks whose ``after`` names this one (none: a leaf, whose end
     is marked on the pipeline run)."""

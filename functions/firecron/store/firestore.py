@@ -14,7 +14,7 @@ Layout, in the database ``database`` of project ``project``:
   ``watch_at``) and the TTL policy's field (``expire_at``, infra/firestore.tf), as
   native strings and timestamps (null when unset).
 - ``marks`` holds ``Run.upstream`` as a native map, ``{task: {"outcome": <string>,
-  "failed_within": <bool>}}``, present once a run has a mark. It is outside ``data``
+  "state": <string>, "failed_within": <bool>}}``, present once a run has a mark. It is outside ``data``
   because marks are written concurrently and without a precondition
   (:meth:`FirestoreStore.mark_upstream`): each is an update of the one field path
   ``marks.<task>``, which leaves every other field and mark alone. Every other run
@@ -199,7 +199,7 @@ def _run_document(run: Run, *, new: bool = False) -> dict[str, _Field]:
 
 def _mark_value(end: UpstreamEnd) -> dict[str, _Field]:
     """One mark as a native map (see the module docstring)."""
-    return {"outcome": end.outcome, "failed_within": end.failed_within}
+    return end.model_dump(mode="json")
 
 
 def _set_value(value_pb: Any, value: _Field) -> None:
