@@ -252,11 +252,13 @@ def _finalized(fn: _F) -> _F:
 def causes_runs(run: Run, state: RunState) -> bool:
     """True when ``run`` ending in ``state`` causes other runs, which its recorder then
     claims (``settle_at`` marks the end until they are): a task run (its downstream
-    tasks, its pipeline), a pipeline run (its unfinished tasks, its ``then`` steps), or
-    a run with a ``then`` step for this end. Skipped, missed and cancelled runs chain
+    tasks, its pipeline), a pipeline run ending before its tasks did (they are
+    cancelled), or a run with a ``then`` step for this end. Skipped, missed and cancelled runs chain
     nothing. Decided from the run alone, so a run that causes nothing costs no read."""
-    if run.parent_run_id is not None or run.is_pipeline_run:
+    if run.parent_run_id is not None:
         return True
+    if run.is_pipeline_run and pipeline_verdict(run) is None:
+        return True  # it ends before its tasks did (its timeout): they are cancelled
     return any(chain_matches(step.on, state) for step in run.then)
 
 
