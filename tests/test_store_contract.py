@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from _factories import MINUTE, T0, make_run, make_spec, make_state
 from firecron.core.events import Delivery, Event, EventType, PubSubSink, Route
-from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
+from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule, TaskRule
 from firecron.core.runs import Attempt, Run, RunState, RunTrigger, Send, scheduled_run_id
 from firecron.errors import ConflictError, InvalidInputError
 from firecron.store import open_store
@@ -934,6 +934,7 @@ async def test_full_run_roundtrip(store: Store) -> None:
         },
         cause_run_id="pipe@20270101T000000Z",
         then=[{"schedule": "next", "on": "failed", "params": {"why": "x"}}],
+        rule=TaskRule.none_failed,
         after=["extract", "0-th"],
         downstream=["load-1", "2nd"],
         holds_slot=True,

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from firecron.core import lifecycle
 from firecron.core.chains import plan_caused
 from firecron.core.lifecycle import Change
-from firecron.core.models import JsonValue, OverlapPolicy
+from firecron.core.models import JsonValue, OverlapPolicy, TaskRule
 from firecron.core.pipelines import describe_rule, is_complete, judge_rule, pipeline_ended
 from firecron.core.runs import FAILED_STATES, Run, RunState, caused_run_id, task_run_id
 from firecron.errors import NotFoundError
@@ -226,6 +226,9 @@ class Causes:
         parent_id = task.parent_run_id
         assert parent_id is not None
         assert task.task is not None
+        if task.rule is not None and parent_id not in cache:
+            await self._judge_by_rule(task, task.rule, summary, cache)
+            return
         pipeline = await self._pipeline(parent_id, cache)
         spec = pipeline.pipeline_spec if pipeline is not None else None
         change: Change | None
@@ -244,7 +247,7 @@ class Causes:
                 task, now, self.d.timeouts, f"pipeline run ended {pipeline.state}"
             )
         elif not judge_rule(task_spec.when, task.upstream):
-            change = lifecycle.skip_task(task, now, describe_rule(task_spec, task.upstream))
+            change = lifecycle.skip_task(task, now, describe_rule(task_spec.when, task.upstream))
         else:
             change = None
             if task_spec.if_ is not None:
@@ -259,6 +262,40 @@ class Causes:
                 change = lifecycle.release_task(task, now, self.d.timeouts, queued=queued)
         if change is not None:
             await self._apply(task, change, summary)
+
+    async def _judge_by_rule(
+        self, task: Run, rule: TaskRule, summary: TickSummary, cache: dict[str, Run | None]
+    ) -> None:
+        """Judge a task its marks alone decide (no ``if``, no slot), without reading first.
+
+        When many upstream tasks end at once, many of them see the marks complete; they
+        race one compare-and-set on the task's record as they read it, and the losers
+        read nothing more. Only the winner of a release reads the pipeline run: if it has
+        ended meanwhile (its timeout), the task is cancelled instead of fired.
+        """
+        if not all(name in task.upstream for name in task.after):
+            return
+        now = self.d.now()
+        if not judge_rule(rule, task.upstream):
+            await self._apply(
+                task, lifecycle.skip_task(task, now, describe_rule(rule, task.upstream)), summary
+            )
+            return
+        change = lifecycle.release_task(task, now, self.d.timeouts)
+        written = await self.store.update_run(task.id, change.expect, change.changes, current=task)
+        if written is None:
+            return  # another judge won
+        assert task.parent_run_id is not None
+        pipeline = await self._pipeline(task.parent_run_id, cache)
+        if pipeline is None or pipeline_ended(pipeline):
+            state = pipeline.state.value if pipeline is not None else "gone"
+            cancel = lifecycle.cancel(
+                written, self.d.now(), self.d.timeouts, f"pipeline run {state}"
+            )
+            if cancel is not None:
+                await self._apply(written, cancel, summary)
+            return
+        await self.d.fire_now(written, summary)
 
     async def _condition(
         self, task: Run, text: str, after: list[str], pipeline: Run
@@ -364,7 +401,12 @@ class Causes:
             return
         ids = [task_run_id(pipeline.id, t.id) for t in spec.tasks]
         reason = f"pipeline run ended {pipeline.state}: {pipeline.error or 'cancelled'}"
-        for run in await self.store.get_runs(ids):
+        runs = await self.store.get_runs(ids)
+        # Tasks not yet started first: cancelling a started one settles it, which would
+        # judge (and skip) the tasks below it before they are cancelled themselves.
+        not_started = (RunState.waiting, RunState.queued)
+        runs.sort(key=lambda r: r.state not in not_started)
+        for run in runs:
             current: Run | None = run
             for _ in range(_CAS_TRIES):
                 if current is None:

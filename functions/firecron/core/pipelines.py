@@ -131,6 +131,8 @@ def build_task_runs(
                 pipeline=spec.id,
                 cause_run_id=pipeline_run.id,
                 after=list(task.after),
+                # The marks alone decide a task with neither an `if` nor a slot to take.
+                rule=task.when if task.if_ is None and limit is None else None,
                 downstream=below[task.id],
                 holds_slot=limit is not None,
                 notify=list(pipeline_run.notify),
@@ -163,18 +165,18 @@ class Judgement:
     """Why it is skipped, failed or cancelled (one line)."""
 
 
-def describe_rule(task: TaskSpec, marks: Mapping[str, UpstreamEnd]) -> str:
-    """Why ``task``'s rule does not hold, for its ``skipped`` run's error."""
+def describe_rule(when: TaskRule, marks: Mapping[str, UpstreamEnd]) -> str:
+    """Why the rule ``when`` does not hold over ``marks``, for a ``skipped`` run's error."""
     failed = sorted(u for u, m in marks.items() if _counts_failed(m))
     skipped = sorted(u for u, m in marks.items() if m.outcome == "skipped")
-    if task.when is TaskRule.any_failed:
+    if when is TaskRule.any_failed:
         return "skipped: no upstream task failed"
     parts = []
     if failed:
         parts.append(f"failed upstream: {', '.join(failed)}")
-    if skipped and task.when is TaskRule.all_succeeded:
+    if skipped and when is TaskRule.all_succeeded:
         parts.append(f"skipped upstream: {', '.join(skipped)}")
-    return f"skipped ({task.when.value}): " + "; ".join(parts or ["rule does not hold"])
+    return f"skipped ({when.value}): " + "; ".join(parts or ["rule does not hold"])
 
 
 def is_complete(task: TaskSpec, marks: Mapping[str, UpstreamEnd]) -> bool:

@@ -22,7 +22,15 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from firecron.core.events import Event, Route
-from firecron.core.models import ChainStep, Duration, JsonValue, PipelineSpec, RetryPolicy, Target
+from firecron.core.models import (
+    ChainStep,
+    Duration,
+    JsonValue,
+    PipelineSpec,
+    RetryPolicy,
+    Target,
+    TaskRule,
+)
 
 __all__ = [
     "ACTIVE_STATES",
@@ -341,6 +349,9 @@ class Run(BaseModel):
     runs, the pipeline run."""
     then: list[ChainStep] = Field(default_factory=list)
     """Snapshot of the schedule's ``then:`` steps, claimed when this run ends."""
+    rule: TaskRule | None = None
+    """For task runs whose marks alone decide them (no ``if``, no ``max_parallel``): the
+    task's ``when``, so judging it needs no read of the pipeline run."""
     after: list[str] = Field(default_factory=list)
     """For task runs: the task's ``after`` (snapshot), so a mark can tell without a read
     whether the task's upstream set is complete."""

@@ -666,35 +666,14 @@ class FirestoreStore:
             raise InvalidInputError(f"invalid run id {bad[0]!r}")
         if not _issued_version(stored.version):
             return None
-        with self._translate("claim"):
-            schedule_fields: dict[str, str | datetime | None] = {
-                "state": to_json(new_state),
-                "next_fire_at": new_state.next_fire_at,
-            }
-            writes = [
-                _write_pb(
-                    self._path("schedules", stored.id),
-                    schedule_fields,
-                    update=True,
-                    last_update=stored.version,
-                ),
-                *(
-                    _write_pb(
-                        self._path("runs", run.id), _run_document(run, new=True), update=False
-                    )
-                    for run in runs
-                ),
-            ]
-            try:
-                results = await self._commit(writes)
-            except (*_LOST_RACE, api_exceptions.NotFound):
-                return None
-        self.stats.writes += 1 + len(runs)
-        # Write results come in write order: the schedule first, then each run.
-        return [
-            run.model_copy(update={"version": _version_of(result.update_time)})
-            for run, result in zip(runs, results[1:], strict=True)
-        ]
+        schedule_fields: dict[str, str | datetime | None] = {
+            "state": to_json(new_state),
+            "next_fire_at": new_state.next_fire_at,
+        }
+        committed = await self._update_and_create(
+            "claim", self._path("schedules", stored.id), schedule_fields, stored.version, runs
+        )
+        return None if committed is None else committed[1]
 
     # -- runs ---------------------------------------------------------------------
 
@@ -847,14 +826,31 @@ class FirestoreStore:
         if current.version is None or not _issued_version(current.version):
             return None
         updated = merge_run(current.id, current, changes, "spawn")
-        with self._translate("spawn"):
+        committed = await self._update_and_create(
+            "spawn", self._path("runs", current.id), _run_document(updated), current.version, runs
+        )
+        if committed is None:
+            return None
+        version, created = committed
+        return updated.model_copy(update={"version": version}), created
+
+    async def _update_and_create(
+        self,
+        op: str,
+        path: str,
+        fields: Mapping[str, Any],
+        last_update: str,
+        runs: Sequence[Run],
+    ) -> tuple[str, list[Run]] | None:
+        """One batch: update ``path``'s ``fields`` if its ``last_update_time`` is still
+        ``last_update``, and ``create`` each run; all or nothing (``claim``, ``spawn``).
+
+        Returns the updated document's new version and the runs with theirs, or None when
+        the precondition failed, the document is gone or a run exists.
+        """
+        with self._translate(op):
             writes = [
-                _write_pb(
-                    self._path("runs", current.id),
-                    _run_document(updated),
-                    update=True,
-                    last_update=current.version,
-                ),
+                _write_pb(path, fields, update=True, last_update=last_update),
                 *(
                     _write_pb(
                         self._path("runs", run.id), _run_document(run, new=True), update=False
@@ -868,13 +864,10 @@ class FirestoreStore:
                 return None
         self.stats.writes += 1 + len(runs)
         # Write results come in write order: the update first, then each create.
-        return (
-            updated.model_copy(update={"version": _version_of(results[0].update_time)}),
-            [
-                run.model_copy(update={"version": _version_of(result.update_time)})
-                for run, result in zip(runs, results[1:], strict=True)
-            ],
-        )
+        return _version_of(results[0].update_time), [
+            run.model_copy(update={"version": _version_of(result.update_time)})
+            for run, result in zip(runs, results[1:], strict=True)
+        ]
 
     async def mark_upstream(self, run_id: str, task: str, end: UpstreamEnd) -> Run | None:
         """See :meth:`Store.mark_upstream`. An update of the one field path ``marks.<task>``
