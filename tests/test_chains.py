@@ -41,6 +41,14 @@ async def put(store: Store, **fields: Any) -> StoredSchedule:
     return await store.put_schedule(spec, state, expect_version=None)
 
 
+async def put_chain(store: Store, url: str, first: str, then: str, **first_fields: Any) -> None:
+    """An hourly ``first`` (a plain POST to ``url/first``, due at T0) whose runs chain to
+    the on-demand ``then`` (a plain POST to ``url/then``)."""
+    await put(store, id=then, target={"url": f"{url}/{then}"})
+    fields: dict[str, Any] = {"target": {"url": f"{url}/{first}"}, **first_fields}
+    await put(store, id=first, every="1h", then=[{"schedule": then}], **fields)
+
+
 async def runs_of(store: Store, schedule_id: str) -> list[Run]:
     return await store.list_runs(schedule_id=schedule_id, limit=100)
 
@@ -136,14 +144,7 @@ async def test_a_crash_between_the_end_and_the_claim_is_healed_by_the_next_tick(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with serve() as sink:
-        await put(store, id="next", target={"url": sink.url + "/next"})
-        await put(
-            store,
-            id="first",
-            every="1h",
-            target={"url": sink.url + "/first"},
-            then=[{"schedule": "next"}],
-        )
+        await put_chain(store, sink.url, "first", "next")
 
         # The recorder dies right after writing the end: its settle never runs.
         async def die(self: Causes, run: Run, summary: TickSummary, **kw: object) -> None:
@@ -191,14 +192,7 @@ async def test_racing_settlers_claim_the_successor_exactly_once(
     """Two ticks' sweeps and the recorder settle the same end at once: one run, one POST."""
     store = store_factory()
     with serve() as sink:
-        await put(store, id="after", target={"url": sink.url + "/after"})
-        await put(
-            store,
-            id="before",
-            every="1h",
-            target={"url": sink.url + "/before"},
-            then=[{"schedule": "after"}],
-        )
+        await put_chain(store, sink.url, "before", "after")
         # Record the end without settling, then let three dispatchers settle it together.
         plain = Dispatcher(store, settings())
         stored = await store.get_schedule("before")
@@ -364,14 +358,7 @@ async def test_a_plain_end_is_settled_before_it_is_recorded_and_a_crash_in_betwe
     settles it again: the cause may arrive twice (at least once, same key), the successor
     is claimed once."""
     with serve() as sink:
-        await put(store, id="next", target={"url": sink.url + "/next"})
-        await put(
-            store,
-            id="first",
-            every="1h",
-            target={"url": sink.url + "/first"},
-            then=[{"schedule": "next"}],
-        )
+        await put_chain(store, sink.url, "first", "next")
         flaky = _EndWriteFails(store)
         d = Dispatcher(cast(Store, flaky), settings(), clock=lambda: T0)
         try:

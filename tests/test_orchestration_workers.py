@@ -39,6 +39,20 @@ async def put(backend: Backend, now: datetime, **fields: Any) -> None:
     await backend.store.put_schedule(spec, state, expect_version=None)
 
 
+async def put_worker_chain(backend: Backend, now: datetime, worker_url: str, sink_url: str) -> None:
+    """An hourly ``first`` (a worker run, due at ``now``) whose end chains to the on-demand
+    ``next`` (a plain POST to ``sink_url/next``)."""
+    await put(backend, now, id="next", target={"url": sink_url + "/next"})
+    await put(
+        backend,
+        now,
+        id="first",
+        every="1h",
+        target={"url": worker_url, "worker": True},
+        then=[{"schedule": "next"}],
+    )
+
+
 async def tick(backend: Backend, at: datetime) -> None:
     d = backend.dispatcher()
     try:
@@ -315,26 +329,18 @@ async def test_a_recorder_killed_between_the_end_and_the_claim_is_healed_by_the_
     now = datetime.now(UTC)
     env = backend.env(TEST_EXIT_AFTER_END="1")
     with serve() as sink, serve_worker("step", env=env, source=APP) as step:
-        await put(backend, now, id="then", target={"url": sink.url + "/then"})
-        await put(
-            backend,
-            now,
-            id="first",
-            every="1h",
-            target={"url": step.url, "worker": True},
-            then=[{"schedule": "then"}],
-        )
+        await put_worker_chain(backend, now, step.url, sink.url)
         await tick(backend, now)
         first = await only_run(backend, "first")
         ended = await wait_run(backend.store, first.id, lambda r: r.is_terminal)
         assert ended.state is RunState.succeeded
         assert ended.settle_at is not None  # the process died before settling
-        assert await backend.store.list_runs(schedule_id="then") == []
+        assert await backend.store.list_runs(schedule_id="next") == []
         await tick(backend, now + timedelta(minutes=1))
         await tick(backend, now + timedelta(minutes=2))
         paths = [r.path for r in sink.requests]
-    assert paths == ["/then"]
-    chained = await only_run(backend, "then")
+    assert paths == ["/next"]
+    chained = await only_run(backend, "next")
     assert chained.cause_run_id == first.id
     assert chained.state is RunState.delivered
     healed = await backend.store.get_run(first.id)
@@ -349,15 +355,7 @@ async def test_two_ticks_and_the_worker_race_to_claim_the_successor(
     go = tmp_path / "go"
     env = backend.env(TEST_HOLD_BEFORE_SETTLE=str(go))
     with serve() as sink, serve_worker("step", env=env, source=APP) as step:
-        await put(backend, now, id="next", target={"url": sink.url + "/next"})
-        await put(
-            backend,
-            now,
-            id="first",
-            every="1h",
-            target={"url": step.url, "worker": True},
-            then=[{"schedule": "next"}],
-        )
+        await put_worker_chain(backend, now, step.url, sink.url)
         await tick(backend, now)
         first = await only_run(backend, "first")
         # The end is recorded; the worker holds before settling it.
