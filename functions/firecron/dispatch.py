@@ -12,7 +12,13 @@ A tick (:meth:`Dispatcher.tick`):
 4. runs the watchdog over the runs whose ``watch_at`` has passed (one indexed query):
    re-sends stale pending runs as the same attempt (same key), marks lost runs, asks
    timed-out runs to stop (retrying them once they have), records SLA breaches, starts
-   due retries and releases queued runs.
+   due retries, releases queued runs, fails pipeline runs past their timeout, and
+   settles ended runs whose caused runs were never claimed (their recorder died).
+
+Whatever a write of the dispatcher ends, it settles (:mod:`firecron.causes`): the runs
+the end causes (``then`` steps, pipeline tasks) are claimed and fired at once. Firing a
+``pipeline`` target starts the pipeline run (one atomic write with its task runs), and
+firing a ``notify`` target sends its message.
 
 A duplicate or overlapping tick is harmless: every write is a compare-and-set, and a
 POST goes out only after the write that owns it has committed.

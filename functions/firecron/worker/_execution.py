@@ -50,7 +50,8 @@ on_change: list[ChangeHook] = []
 
 Each hook gets the run as it was, the applied :class:`~firecron.core.lifecycle.Change`
 (``change.event`` names it, e.g. ``run.started``, ``run.succeeded``; heartbeats have
-none) and the run as written. This is the seam for run events (pipelines, chaining).
+none) and the run as written. (The runs an end causes are claimed after the hooks,
+by :meth:`_Execution.run_once`, through the runtime's dispatcher.)
 Hooks run synchronously in the thread that made the write (the request thread or the
 heartbeat thread) while that run's writes are serialised, in write order: they must be
 quick and must not call back into the SDK for the same run. An exception in a hook is
