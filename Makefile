@@ -33,10 +33,10 @@ test: $(STAMP) lint ## lint, type-check and run the whole test suite (starts the
 	$(BIN)/python -m pytest
 
 # The tests with real worker processes, sinks and emulators: the ones timing could break.
-FLAKY_TESTS := tests/test_end_to_end.py tests/test_worker.py tests/test_notifications.py tests/test_notify.py
+FLAKY_TESTS := tests/test_end_to_end.py tests/test_worker.py tests/test_notifications.py tests/test_notify.py tests/test_orchestration_workers.py tests/test_chains.py tests/test_pipelines.py
 ROUNDS ?= 20
 
-flaky: $(STAMP) ## run the end-to-end, worker and notification tests ROUNDS times (default 20); report every failure
+flaky: $(STAMP) ## run the end-to-end, worker, notification and orchestration tests ROUNDS times (default 20); report every failure
 	@failures=0; \
 	for round in $$(seq 1 $(ROUNDS)); do \
 		out=$$($(BIN)/python -m pytest -q -rfE -p no:cacheprovider $(FLAKY_TESTS) 2>&1); rc=$$?; \
