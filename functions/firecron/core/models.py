@@ -61,6 +61,7 @@ __all__ = [
     "MisfirePolicy",
     "MisfirePolicyKind",
     "NotifyAction",
+    "WaitSpec",
     "OverlapPolicy",
     "PipelineSpec",
     "RetryPolicy",
@@ -172,6 +173,34 @@ class NotifyAction(_Frozen):
     """The sink's definition, filled from ``notifications.sinks`` when the file is read."""
 
 
+class WaitSpec(_Frozen):
+    """A wait on the state collection: the run holds no function while it waits.
+
+    ``key`` is a template: ``{NAME}`` is the run's param ``NAME``, ``{date}`` the
+    occurrence's date in the schedule's zone (``YYYY-MM-DD``) and ``{scheduled_for}`` the
+    occurrence in RFC 3339 UTC. ``until`` is CEL over ``value`` (the key's JSON value, or
+    null while the key does not exist). The watchdog looks again every ``every``, and a
+    write through firecron to the key looks at once; past ``timeout`` the wait ends
+    ``timed_out``.
+    """
+
+    key: str = Field(min_length=1, max_length=256)
+    """The key template."""
+    until: str = Field(default="value != null", min_length=1, max_length=2000)
+    """The condition that ends the wait."""
+    every: Duration = timedelta(seconds=30)
+    """How often the watchdog reads the key while nothing writes it through firecron."""
+    timeout: Duration = timedelta(hours=6)
+    """How long to wait at most."""
+
+    @field_validator("every")
+    @classmethod
+    def _check_every(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("every must be at least 1s")
+        return value
+
+
 class Target(_Frozen):
     """What a run does when it is fired.
 
@@ -196,6 +225,9 @@ class Target(_Frozen):
     """Id of a pipeline of the schedules file (``pipelines:``)."""
     notify: NotifyAction | None = None
     """A message to send (pipeline ``notify`` tasks)."""
+    wait: WaitSpec | None = None
+    """Only wait: the run succeeds once the wait's condition holds (pipeline ``wait`` tasks,
+    or a schedule that marks a moment for its ``then`` steps)."""
     worker: bool | None = None
     """Whether the target reports run state with the SDK. Defaults to true for ``function``."""
     auth: TargetAuth | None = None
@@ -218,13 +250,15 @@ class Target(_Frozen):
                 ("function", self.function),
                 ("pipeline", self.pipeline),
                 ("notify", self.notify),
+                ("wait", self.wait),
             )
             if value is not None
         ]
         if len(given) != 1:
             found = ", ".join(given) if given else "none"
             raise ValueError(
-                f"set exactly one of 'url', 'function', 'pipeline' or 'notify' (found: {found})"
+                "set exactly one of 'url', 'function', 'pipeline', 'notify' or 'wait' "
+                f"(found: {found})"
             )
         if self.function is not None:
             if not _FUNCTION_NAME.match(self.function):
@@ -235,7 +269,7 @@ class Target(_Frozen):
             raise ValueError(f"invalid url {self.url!r}: must be an absolute http(s) URL")
         if self.pipeline is not None and not re.match(SCHEDULE_ID_PATTERN, self.pipeline):
             raise ValueError(f"invalid pipeline id {self.pipeline!r}")
-        if (self.pipeline is not None or self.notify is not None) and (
+        if (self.pipeline is not None or self.notify is not None or self.wait is not None) and (
             self.worker is not None or self.auth is not None
         ):
             raise ValueError("'worker' and 'auth' apply to 'url' and 'function' targets only")
@@ -266,6 +300,8 @@ class Target(_Frozen):
             return f"pipeline:{self.pipeline}"
         if self.notify is not None:
             return f"notify:{self.notify.sink}"
+        if self.wait is not None:
+            return f"wait:{self.wait.key}"
         return str(self.url)
 
 
@@ -468,7 +504,10 @@ class TaskSpec(_Frozen):
     target: Target | None = None
     """A ``url`` or ``function`` target (exactly one of ``target`` and ``notify``)."""
     notify: NotifyAction | None = None
-    """Send a message through a sink instead (exactly one of ``target`` and ``notify``)."""
+    """Send a message through a sink instead (exactly one of ``target``, ``notify``, ``wait``)."""
+    wait: WaitSpec | None = None
+    """Wait on a state key instead: the task succeeds when the condition holds and ends
+    ``timed_out`` at the wait's timeout (so error paths apply)."""
     params: dict[str, JsonValue] = Field(default_factory=dict)
     """The task's params, over the schedule's and the pipeline's."""
     after: list[str] = Field(default_factory=list)
@@ -492,8 +531,9 @@ class TaskSpec(_Frozen):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
-        if (self.target is None) == (self.notify is None):
-            raise ValueError("set exactly one of 'target' or 'notify'")
+        kinds = sum(x is not None for x in (self.target, self.notify, self.wait))
+        if kinds != 1:
+            raise ValueError("set exactly one of 'target', 'notify' or 'wait'")
         if self.target is not None and not self.target.is_http:
             raise ValueError("a task's target is a 'url' or a 'function' (use 'notify:' to notify)")
         return self
@@ -501,7 +541,11 @@ class TaskSpec(_Frozen):
     @property
     def run_target(self) -> Target:
         """The target its run carries (a ``notify`` task's is ``Target(notify=...)``)."""
-        return self.target if self.target is not None else Target(notify=self.notify)
+        if self.target is not None:
+            return self.target
+        if self.wait is not None:
+            return Target(wait=self.wait)
+        return Target(notify=self.notify)
 
 
 class PipelineSpec(_Frozen):
@@ -587,6 +631,9 @@ class ScheduleSpec(_Frozen):
     pipeline_spec: PipelineSpec | None = None
     """For a ``target: {pipeline: ID}``: that pipeline's definition, filled from the file's
     ``pipelines:`` when it is read (a snapshot, like ``notify``)."""
+    wait: WaitSpec | None = None
+    """A gate: each occurrence's run is ``waiting`` until the wait's condition holds, then
+    fires its target (a manual trigger waits too, unless told not to)."""
 
     @field_validator("timezone")
     @classmethod

@@ -30,6 +30,7 @@ from firecron.core.models import (
     RetryPolicy,
     Target,
     TaskRule,
+    WaitSpec,
 )
 
 __all__ = [
@@ -82,8 +83,9 @@ class RunState(StrEnum):
     missed = "missed"
     """Not fired: its tick was missed beyond the misfire policy or grace (terminal record)."""
     waiting = "waiting"
-    """Not runnable yet: a pipeline task whose upstream tasks have not all ended. Watched
-    by nobody: the end of its last upstream task moves it on."""
+    """Not runnable yet: a pipeline task whose upstream tasks have not all ended (watched
+    by nobody: the end of its last upstream task moves it on), or a run waiting on a
+    state key (``wait_key``; the watchdog looks every ``wait.every``, a write at once)."""
     cancelled = "cancelled"
     """Stopped before it ended by itself (its pipeline timed out); terminal."""
 
@@ -127,7 +129,13 @@ FAILED_STATES: frozenset[RunState] = frozenset(
 """Ends that count as failure for pipeline rules and a pipeline's verdict."""
 
 ACTIVE_STATES: frozenset[RunState] = frozenset(
-    {RunState.pending, RunState.dispatched, RunState.running, RunState.retry_wait}
+    {
+        RunState.pending,
+        RunState.dispatched,
+        RunState.running,
+        RunState.retry_wait,
+        RunState.waiting,
+    }
 )
 """States in which a run counts as still going for the overlap policy."""
 
@@ -153,8 +161,11 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     ),
     _S.retry_wait: frozenset({_S.pending, _S.failed, _S.cancelled}),
     _S.queued: frozenset({_S.pending, _S.skipped, _S.cancelled}),
-    # A task judged: it runs, is skipped, fails (its condition errs) or waits for a slot.
-    _S.waiting: frozenset({_S.pending, _S.queued, _S.skipped, _S.failed, _S.cancelled}),
+    # A task judged: it runs, is skipped, fails (its condition errs) or waits for a slot;
+    # a wait released, timed out or failed.
+    _S.waiting: frozenset(
+        {_S.pending, _S.queued, _S.skipped, _S.failed, _S.timed_out, _S.cancelled}
+    ),
     **{s: frozenset() for s in TERMINAL_STATES},
 }
 """Allowed transitions: ``TRANSITIONS[a]`` is the set of states reachable from ``a`` in one step."""
@@ -371,6 +382,19 @@ class Run(BaseModel):
     """Set by the write that ends a run that causes other runs (``then`` steps, a task's
     downstream, a pipeline's tasks); cleared once they are claimed. While set, the run
     stays watched, so the tick settles what a dead recorder left undone."""
+    wait: WaitSpec | None = None
+    """Snapshot of the wait gating this run (the schedule's ``wait``, or a ``wait`` target)."""
+    wait_key: str | None = None
+    """The key this run is waiting on (its template rendered), while it waits on it;
+    indexed, so a write to the key finds its waiters with one query."""
+    wait_value: JsonValue = None
+    """The key's value when the wait last looked (null: missing)."""
+    wait_checked_at: AwareDatetime | None = None
+    """When the wait last looked at the key."""
+    wait_until: AwareDatetime | None = None
+    """When the wait times out."""
+    timezone: str = "UTC"
+    """Snapshot of the schedule's zone (a wait key's ``{date}``)."""
     cancelled_at: AwareDatetime | None = None
     """When a cancel was requested of a running attempt (its pipeline timed out): the
     attempt ends ``cancelled`` when its worker records the end, or ``heartbeat_timeout``

@@ -18,7 +18,8 @@ General rules for every backend:
   the next state, and a store must not compute. The
   admin service computes the state and writes it with ``put_schedule``'s
   compare-and-set, which also makes a pause race safely with a concurrent claim.
-- Schedules live in ``{namespace}_schedules`` and runs in ``{namespace}_runs``.
+- Schedules live in ``{namespace}_schedules``, runs in ``{namespace}_runs`` and state
+  entries in ``{namespace}_state``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
-from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
+from firecron.core.models import JsonValue, ScheduleSpec, ScheduleState, StoredSchedule
+from firecron.core.state import StateEntry
 from firecron.core.runs import Run, RunState, UpstreamEnd
 from firecron.errors import InvalidInputError
 
@@ -229,6 +231,46 @@ class Store(Protocol):
         exactly once: the judges then race a compare-and-set on its state). Costs one
         write and one read.
         """
+        ...
+
+    async def waiting_on(self, key: str, limit: int) -> list[Run]:
+        """Runs whose ``wait_key`` is ``key`` (waiting on it), at most ``limit``, in no
+        particular order. One indexed query, whatever the number of waiting runs: a write
+        to a key finds its own waiters only. ``wait_key`` is set only while a run waits
+        on the key, so released and ended runs are never returned."""
+        ...
+
+    # -- state: a small key-value collection (``{namespace}_state``) ---------------------
+    # Keys and values follow ``firecron.core.state``; a bad key or value is
+    # InvalidInputError and writes nothing.
+
+    async def get_state(self, key: str) -> StateEntry | None:
+        """The entry, or None. One read."""
+        ...
+
+    async def put_state(
+        self, key: str, value: JsonValue, *, now: datetime, if_version: int | None = None
+    ) -> StateEntry:
+        """Write ``value`` under ``key`` and return the entry (version 1 when created,
+        else one more), stamped ``updated_at=now``. Atomic.
+
+        ``if_version`` makes it a compare-and-set: ``0`` writes only if the key does not
+        exist, ``N`` only if its version is ``N``; otherwise :class:`ConflictError` (one
+        line naming the key and the version found) and nothing is written. One write
+        (plus the read a compare-and-set needs on backends without conditional writes).
+        """
+        ...
+
+    async def delete_state(self, key: str, *, if_version: int | None = None) -> bool:
+        """Delete the entry; False if it did not exist. With ``if_version`` (``N >= 1``),
+        :class:`ConflictError` unless the entry exists at version ``N``."""
+        ...
+
+    async def list_state(
+        self, *, prefix: str = "", after: str | None = None, limit: int | None = None
+    ) -> list[StateEntry]:
+        """Entries whose key starts with ``prefix``, ordered by key, those after ``after``,
+        at most ``limit``. A page reads only its own entries."""
         ...
 
     async def due_watches(self, now: datetime, limit: int) -> list[Run]:
