@@ -5,7 +5,8 @@
 # break: `firecron.worker` is both the submodule and the decorator, and whoever
 # imported the submodule first (`from firecron.worker import ...`) would leave the
 # package attribute bound to the module. Imported here, the decorator always wins.
+from firecron._state_api import State
 from firecron._trigger import trigger
 from firecron.worker import RunContext, worker
 
-__all__ = ["RunContext", "trigger", "worker"]
+__all__ = ["RunContext", "State", "trigger", "worker"]

@@ -37,6 +37,7 @@ from firecron.core.lifecycle import Change
 from firecron.core.models import JsonValue, OverlapPolicy, TaskRule
 from firecron.core.pipelines import describe_rule, is_complete, judge_rule, pipeline_ended
 from firecron.core.runs import FAILED_STATES, Run, RunState, caused_run_id, task_run_id
+from firecron.core.waits import render_key
 from firecron.errors import NotFoundError
 
 if TYPE_CHECKING:
@@ -252,7 +253,17 @@ class Causes:
             change = None
             if task_spec.if_ is not None:
                 change = await self._condition(task, task_spec.if_, task_spec.after, pipeline)
-            if change is None:
+            if change is None and task_spec.wait is not None:
+                # A wait task holds no function and no slot: it waits on its key.
+                try:
+                    key = render_key(
+                        task_spec.wait.key, task.params, task.scheduled_for, task.timezone
+                    )
+                except ValueError as exc:
+                    change = lifecycle.fail_task(task, now, str(exc))
+                else:
+                    change = lifecycle.begin_wait(task, now, task_spec.wait, key)
+            elif change is None:
                 queued = False
                 if spec.max_parallel is not None:
                     granted = await self._take_slot(pipeline, task.task, spec.max_parallel, cache)
@@ -432,6 +443,8 @@ class Causes:
             written = await self.d.emit_new(written, {e.id for e in run.events}, summary)
         if written.state is RunState.pending:
             await self.d.fire_now(written, summary)
+        elif written.state is RunState.waiting and written.wait_key is not None:
+            await self.d.waits.look(written, summary)  # it began waiting: look at once
         elif written.is_terminal and written.settle_at is not None:
             await self.settle(written, summary)
         return True

@@ -58,7 +58,7 @@ from firecron.core.lifecycle import RunTimeouts, SendOutcome, WatchAction
 from firecron.core.models import JsonValue, OverlapPolicy, StoredSchedule, TargetAuth
 from firecron.core.render import error_line, one_line, rfc3339
 from firecron.core.runs import Run, RunState, RunTrigger, manual_run_id
-from firecron.errors import FirecronError, NotFoundError, StoreError
+from firecron.errors import FirecronError, InvalidInputError, NotFoundError, StoreError
 from firecron.outbox import Deliverer
 from firecron.settings import Settings
 from firecron.store.base import Store, clock_offset
@@ -70,6 +70,7 @@ from firecron.transport import (
     build_dispatch,
     resolve_url,
 )
+from firecron.waits import Waits
 
 __all__ = ["MAX_CLOCK_SKEW", "Dispatcher", "TickSummary", "run_tick", "timeouts_for"]
 
@@ -130,6 +131,10 @@ class TickSummary:
     """Runs claimed because another run ended (``then`` steps, submits)."""
     settled: int = 0
     """Ended runs whose caused runs were all claimed (by their recorder or by this sweep)."""
+    released: int = 0
+    """Waiting runs whose wait's condition held (they were fired)."""
+    waits_looked: int = 0
+    """Waiting runs whose key the watchdog read (their ``every`` had passed)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form (times RFC 3339 UTC)."""
@@ -162,6 +167,8 @@ class TickSummary:
             "skewed": self.skewed,
             "caused": self.caused,
             "settled": self.settled,
+            "released": self.released,
+            "waits_looked": self.waits_looked,
         }
 
 
@@ -199,6 +206,7 @@ class Dispatcher:
         self._owns_notifier = notifier is None
         self._offset = timedelta(0)
         self.causes = Causes(self)
+        self.waits = Waits(self)
 
     def now(self) -> datetime:
         """The local clock corrected to the store's by the offset the latest tick measured."""
@@ -358,6 +366,9 @@ class Dispatcher:
                 fires.append(asyncio.create_task(self._emit_task(run, summary)))
             elif run.state is RunState.queued:
                 summary.queued += 1
+            elif run.state is RunState.waiting:
+                # A gated occurrence: look at its key at once (the watchdog looks later).
+                fires.append(asyncio.create_task(self._look_task(run, summary)))
             else:
                 # Fire as soon as this claim commits; the claim slot is already free, so
                 # waiting for acknowledgements never slows other claims down.
@@ -482,6 +493,9 @@ class Dispatcher:
         summary.fired += 1
         if run.target.notify is not None:
             result = await self._send_message(run)
+        elif run.target.wait is not None:
+            # A wait target is done once its wait was released: nothing to send.
+            result = SendResult(SendOutcome.acknowledged, None, None)
         else:
             result = await self._send(run)
         summary.outcomes[result.outcome.value] += 1
@@ -591,29 +605,45 @@ class Dispatcher:
 
     # -- manual runs ----------------------------------------------------------------------
 
-    async def trigger(self, schedule_id: str, params: Mapping[str, JsonValue] | None = None) -> Run:
+    async def trigger(
+        self,
+        schedule_id: str,
+        params: Mapping[str, JsonValue] | None = None,
+        *,
+        gate: bool = True,
+    ) -> Run:
         """Create a manual run of a schedule now, fire it, and return it as recorded.
 
         Manual runs ignore the overlap policy (an operator asked for this run) and do
-        not change the schedule's state or counters. Raises :class:`NotFoundError`.
+        not change the schedule's state or counters. A gated schedule's run waits on its
+        key like an occurrence (it is looked at once here) unless ``gate`` is False.
+        Raises :class:`NotFoundError`, and :class:`InvalidInputError` when the wait's
+        key cannot be rendered from the run's params.
         """
         stored = await self.store.get_schedule(schedule_id)
         if stored is None:
             raise NotFoundError(f"unknown schedule {schedule_id!r}")
         now = self.clock()
-        run = planning.build_run(
-            stored.spec,
-            manual_run_id(schedule_id, now, _secrets.token_hex(3)),
-            planning.Occurrence(now, now),
-            now,
-            trigger=RunTrigger.manual,
-            params=params,
-            pending_grace=self.timeouts.pending_grace,
-            default_retention=self.settings.run_retention,
-        )
+        try:
+            run = planning.build_run(
+                stored.spec,
+                manual_run_id(schedule_id, now, _secrets.token_hex(3)),
+                planning.Occurrence(now, now),
+                now,
+                trigger=RunTrigger.manual,
+                params=params,
+                pending_grace=self.timeouts.pending_grace,
+                default_retention=self.settings.run_retention,
+                gate=gate,
+            )
+        except ValueError as exc:  # the wait's key cannot be rendered from the params
+            raise InvalidInputError(f"schedule {schedule_id!r}: {exc}") from None
         created = await self.store.create_run(run)
         if created is None:  # a 24-bit nonce collision within the same second
             raise FirecronError(f"run {run.id} already exists; try again")
+        if created.state is RunState.waiting:
+            summary = TickSummary(started_at=self.clock())
+            return await self.waits.look(created, summary) or created
         return await self.fire(created)
 
     # -- the watchdog ---------------------------------------------------------------------
@@ -646,6 +676,10 @@ class Dispatcher:
             return
         if decision.action is WatchAction.judge:
             await self._judge(run, summary)
+            return
+        if decision.action is WatchAction.look:
+            summary.waits_looked += 1
+            await self.waits.look(run, summary)
             return
         if decision.action is WatchAction.check_blocker:
             blocker = await self.store.get_run(run.blocked_by) if run.blocked_by else None
@@ -685,6 +719,12 @@ class Dispatcher:
 
     async def _fire_task(self, run: Run, summary: TickSummary) -> None:
         await self._fire(run, summary)
+
+    async def _look_task(self, run: Run, summary: TickSummary) -> None:
+        try:
+            await self.waits.look(run, summary)
+        except Exception as exc:  # the watchdog looks again at the run's deadline
+            summary.errors.append(f"run {run.id}: looking at its wait: {_error_line(exc)}")
 
     async def _emit_task(self, run: Run, summary: TickSummary) -> None:
         for event in run.events:

@@ -27,6 +27,7 @@ Deadlines (``deadline_at``) per state:
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -42,7 +43,7 @@ from firecron.core.events import (
     Route,
     next_delivery_at,
 )
-from firecron.core.models import ChainOn, JsonValue
+from firecron.core.models import ChainOn, JsonValue, WaitSpec
 from firecron.core.render import rfc3339
 from firecron.core.runs import (
     FAILED_STATES,
@@ -62,6 +63,7 @@ __all__ = [
     "WatchAction",
     "WatchDecision",
     "attempt_failed",
+    "begin_wait",
     "cancel",
     "causes_runs",
     "chain_matches",
@@ -82,6 +84,10 @@ __all__ = [
     "start_pipeline",
     "succeed",
     "upstream_end",
+    "wait_failed",
+    "wait_looked",
+    "wait_released",
+    "wait_timed_out",
     "watch",
     "without_settle",
 ]
@@ -344,8 +350,10 @@ def sent(
                 "deadline_at": now + t.start_timeout,
             }
         else:
-            # A message (a notify target) is done once sent; a plain endpoint reports nothing.
-            end = _S.succeeded if run.target.notify is not None else _S.delivered
+            # A message (a notify target) is done once sent, a wait target once its wait
+            # was released; a plain endpoint reports nothing.
+            done = run.target.notify is not None or run.target.wait is not None
+            end = _S.succeeded if done else _S.delivered
             attempts[-1] = attempts[-1].model_copy(update={"ended_at": now, "outcome": end})
             changes = {"dispatched_at": now, **_ended(run, now, end)}
             if end is _S.succeeded:
@@ -693,6 +701,104 @@ def without_settle(run: Run, change: Change) -> Change:
     return replace(change, changes=changes)
 
 
+# --- waits ---------------------------------------------------------------------------
+
+
+def _waited(run: Run) -> str:
+    wait = run.wait
+    until = wait.until if wait is not None else "?"
+    return f"{run.wait_key} until {until}"
+
+
+@_finalized
+def begin_wait(run: Run, now: datetime, wait: WaitSpec, key: str) -> Change:
+    """A run starts waiting on ``key`` (a pipeline ``wait`` task whose rule held): it is
+    indexed by the key and looked at every ``wait.every`` until ``wait.timeout``."""
+    return Change(
+        (_S.waiting,),
+        {
+            "wait": wait,
+            "wait_key": key,
+            "wait_until": now + wait.timeout,
+            "deadline_at": min(now + wait.every, now + wait.timeout),
+            "updated_at": now,
+        },
+    )
+
+
+@_finalized
+def wait_looked(run: Run, now: datetime, value: JsonValue) -> Change:
+    """The wait's condition does not hold yet: remember the value, look again later."""
+    wait = run.wait
+    every = wait.every if wait is not None else timedelta(seconds=30)
+    until = run.wait_until or now + every
+    return Change(
+        (_S.waiting,),
+        {
+            "wait_value": value,
+            "wait_checked_at": now,
+            "deadline_at": min(now + every, until),
+            "updated_at": now,
+        },
+    )
+
+
+@_finalized
+def wait_released(run: Run, now: datetime, value: JsonValue, t: RunTimeouts) -> Change:
+    """The condition holds: the run leaves the key's index and becomes ``pending`` (fire it)."""
+    return Change(
+        (_S.waiting,),
+        {
+            "state": _S.pending,
+            "wait_key": None,
+            "wait_value": value,
+            "wait_checked_at": now,
+            "attempts": [Attempt(number=1)],
+            "deadline_at": now + t.pending_grace,
+            "updated_at": now,
+        },
+    )
+
+
+@_finalized
+def wait_timed_out(run: Run, now: datetime, value: JsonValue) -> Change:
+    """The wait's timeout passed with the condition still false: ``timed_out``."""
+    wait = run.wait
+    timeout = wait.timeout if wait is not None else None
+    shown = json.dumps(value, separators=(",", ":"))
+    if len(shown) > 200:
+        shown = shown[:200] + "..."
+    return Change(
+        (_S.waiting,),
+        {
+            **_ended(run, now, _S.timed_out),
+            "wait_key": None,
+            "wait_value": value,
+            "wait_checked_at": now,
+            "error": f"waited {timeout} on {_waited(run)}; the last value was {shown}",
+            "updated_at": now,
+        },
+        event=EventType.run_timed_out,
+    )
+
+
+@_finalized
+def wait_failed(run: Run, now: datetime, value: JsonValue, error: str) -> Change:
+    """The condition cannot be evaluated (a CEL error): ``failed``, not retried."""
+    return Change(
+        (_S.waiting,),
+        {
+            **_ended(run, now, _S.failed),
+            "wait_key": None,
+            "wait_value": value,
+            "wait_checked_at": now,
+            "error": f"wait on {_waited(run)}: {error}",
+            "updated_at": now,
+        },
+        event=EventType.run_failed,
+    )
+
+
 class WatchAction(StrEnum):
     """What the watchdog must do after applying a decision's change."""
 
@@ -704,6 +810,8 @@ class WatchAction(StrEnum):
     """Read ``blocked_by``; call :func:`watch` again with ``blocker_ended`` known."""
     settle = "settle"
     """The run ended but the runs it causes may not all be claimed: settle it."""
+    look = "look"
+    """A run waiting on a state key is due to look at it again (or has timed out)."""
     judge = "judge"
     """A waiting pipeline task past its deadline (a root with an ``if`` whose starter
     died): judge it now."""
@@ -780,6 +888,8 @@ def _watch_rules(
             attempt_failed(run, now, _S.lost, f"worker did not start within {t.start_timeout}")
         )
     if state is _S.waiting:
+        if run.wait_key is not None:
+            return WatchDecision(None, WatchAction.look)
         return WatchDecision(None, WatchAction.judge)
     if state is _S.retry_wait:
         if run.retry_at is not None and run.retry_at > now:

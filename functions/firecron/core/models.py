@@ -61,7 +61,6 @@ __all__ = [
     "MisfirePolicy",
     "MisfirePolicyKind",
     "NotifyAction",
-    "WaitSpec",
     "OverlapPolicy",
     "PipelineSpec",
     "RetryPolicy",
@@ -73,6 +72,7 @@ __all__ = [
     "TaskRule",
     "TaskSpec",
     "TriggerKind",
+    "WaitSpec",
     "check_strict_json",
 ]
 

@@ -77,10 +77,11 @@ def build_task_runs(
     """The task runs a pipeline run creates when it starts, and its slots and ready queue.
 
     Root tasks are ``pending`` (fired at once), beyond ``max_parallel`` ``queued`` for a
-    slot; a root with an ``if`` is ``waiting``, to be judged right after the start (and
-    watched at ``pending_grace``, in case the starter dies first); the others are
-    ``waiting`` for their upstream tasks, unwatched: the last upstream end judges them. Each snapshots its task's
-    target and policies, and the pipeline run's routes and retention.
+    slot; a root with an ``if`` or a ``wait`` is ``waiting``, to be judged right after
+    the start (and watched at ``pending_grace``, in case the starter dies first); the
+    others are ``waiting`` for their upstream tasks, unwatched: the last upstream end
+    judges them. Each snapshots its task's target and policies, and the pipeline run's
+    routes, retention and zone.
     """
     spec = pipeline_run.pipeline_spec
     if spec is None:
@@ -93,7 +94,7 @@ def build_task_runs(
     for task in spec.tasks:
         state = RunState.waiting
         deadline: datetime | None = None
-        if not task.after and task.if_ is not None:
+        if not task.after and (task.if_ is not None or task.wait is not None):
             # A root with a condition is judged right after the start, like any task
             # once its (no) upstream tasks have ended; watched, in case that never comes.
             deadline = now + pending_grace
@@ -132,10 +133,13 @@ def build_task_runs(
                 cause_run_id=pipeline_run.id,
                 after=list(task.after),
                 # The marks alone decide a task with neither an `if` nor a slot to take.
-                rule=task.when if task.if_ is None and limit is None else None,
+                rule=task.when
+                if task.if_ is None and limit is None and task.wait is None
+                else None,
                 downstream=below[task.id],
                 holds_slot=limit is not None,
                 notify=list(pipeline_run.notify),
+                timezone=pipeline_run.timezone,
             )
         )
     return runs, slots, ready

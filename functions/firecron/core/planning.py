@@ -39,6 +39,7 @@ from firecron.core.models import (
 from firecron.core.render import one_line
 from firecron.core.runs import ACTIVE_STATES, Run, RunState, RunTrigger, scheduled_run_id
 from firecron.core.triggers import OnDemandTrigger, Trigger, build_trigger, jitter_offset
+from firecron.core.waits import render_key
 
 __all__ = [
     "DEFAULT_MISFIRE_THRESHOLD",
@@ -233,6 +234,7 @@ def build_run(
     default_retention: timedelta | None = None,
     error: str | None = None,
     cause_run_id: str | None = None,
+    gate: bool = True,
 ) -> Run:
     """A new run of ``spec`` with the policy snapshot it needs.
 
@@ -241,7 +243,13 @@ def build_run(
     ends; a ``skipped`` or ``missed`` run is terminal, born with its event, and watched
     only while that event has deliveries pending.
     """
+    # A run to fire of a gated schedule (a `wait`, or a wait target) waits on its key
+    # first; `gate=False` (a manual trigger told not to wait) fires it at once.
+    wait = spec.wait or spec.target.wait
+    waits = state is RunState.pending and wait is not None and (gate or spec.wait is None)
     deadline: datetime | None = None
+    if waits:
+        state = RunState.waiting
     if state is RunState.pending:
         deadline = now + pending_grace
     elif state is RunState.queued:
@@ -253,6 +261,16 @@ def build_run(
     merged.update(spec.params)
     if params:
         merged.update(params)
+    wait_fields: dict[str, Any] = {}
+    if waits and wait is not None:
+        # The claimer looks at the key right after the claim; the watchdog looks at
+        # the deadline if it does not.
+        deadline = now + min(wait.every, wait.timeout)
+        wait_fields = {
+            "wait": wait,
+            "wait_key": render_key(wait.key, merged, occurrence.scheduled_for, spec.timezone),
+            "wait_until": now + wait.timeout,
+        }
     run = Run(
         id=run_id,
         schedule_id=spec.id,
@@ -280,6 +298,8 @@ def build_run(
         pipeline=spec.pipeline_spec.id if spec.pipeline_spec is not None else None,
         pipeline_spec=spec.pipeline_spec,
         cause_run_id=cause_run_id,
+        timezone=spec.timezone,
+        **wait_fields,
     )
     if terminal:
         # Born terminal: its event is recorded in the same claim that creates it.

@@ -105,4 +105,3 @@ def value_problem(value: JsonValue) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
-

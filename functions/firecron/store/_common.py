@@ -1,5 +1,6 @@
 """What both store backends share beyond the codec: the namespace rule, run merging and
-the checks every backend makes before it writes (run changes, spawns, marks).
+the checks every backend makes before it writes (run changes, spawns, marks, state
+entries).
 
 ``settings.py`` checks ``FIRECRON_NAMESPACE`` against the same :data:`NAMESPACE_PATTERN`,
 so a namespace the settings accept is one every backend accepts.
@@ -13,8 +14,9 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from firecron.core.models import SCHEDULE_ID_PATTERN
+from firecron.core.models import SCHEDULE_ID_PATTERN, JsonValue
 from firecron.core.runs import Run, RunState
+from firecron.core.state import KEY_PATTERN, MAX_KEY_CHARS, encode_value, key_problem
 from firecron.errors import InvalidInputError
 
 __all__ = [
@@ -25,7 +27,11 @@ __all__ = [
     "check_namespace",
     "check_run_changes",
     "check_spawn",
+    "check_state_key",
+    "check_state_version",
+    "encode_state_value",
     "merge_run",
+    "state_key_range",
     "valid_namespace",
 ]
 
@@ -133,3 +139,59 @@ def merge_run(run_id: str, base: Run, changes: Mapping[str, Any], op: str = "upd
         raise InvalidInputError(
             f"{op} {run_id!r}: invalid changes: {where}: {error.get('msg', 'invalid')}"
         ) from None
+
+
+# -- state entries -------------------------------------------------------------------
+
+_AFTER_EVERY_KEY_CHAR: Final = "~"
+"""A character above every one a key may hold (``z``, 0x7A, is the highest), so the
+keys starting with ``p`` are exactly those ``k`` with ``p <= k < p + "~"``."""
+
+
+def check_state_key(key: str) -> None:
+    """Raise :class:`InvalidInputError` (one line, from :func:`~firecron.core.state.key_problem`)
+    unless ``key`` is a valid state key."""
+    problem = key_problem(key)
+    # fullmatch as well: KEY_PATTERN's "$" also matches before a trailing newline.
+    if problem is None and KEY_PATTERN.fullmatch(key) is None:
+        problem = f"key {key!r} holds '\\n': keys are letters, digits and / _ . : -"
+    if problem is not None:
+        raise InvalidInputError(f"invalid state {problem}")
+
+
+def encode_state_value(key: str, value: JsonValue) -> str:
+    """``value`` as the JSON text the stores keep (:func:`~firecron.core.state.encode_value`);
+    :class:`InvalidInputError` (one line naming the key) when it cannot be stored."""
+    try:
+        return encode_value(value)
+    except ValueError as exc:
+        raise InvalidInputError(f"state key {key!r}: {exc}") from None
+
+
+def check_state_version(op: str, key: str, if_version: int | None, *, lowest: int) -> None:
+    """Raise :class:`InvalidInputError` unless ``if_version`` is None or an integer of at
+    least ``lowest`` (0 for a write, where 0 means "create only"; 1 for a delete)."""
+    if if_version is None:
+        return
+    if isinstance(if_version, bool) or not isinstance(if_version, int) or if_version < lowest:
+        raise InvalidInputError(
+            f"{op} {key!r}: if_version must be an integer >= {lowest}, got {if_version!r}"
+        )
+
+
+def state_key_range(prefix: str, after: str | None) -> tuple[str, bool, str | None] | None:
+    """The key range of ``list_state(prefix=..., after=...)``, as ``(low, low_inclusive,
+    high)`` (``high`` exclusive, None: no bound), or None when no key can be in it.
+
+    A prefix holding a character no key can hold matches nothing (None), as does an
+    ``after`` at or past every key with the prefix. Both backends compare keys as byte
+    strings, and keys are ASCII, so this order is theirs.
+    """
+    if prefix and (len(prefix) > MAX_KEY_CHARS or KEY_PATTERN.fullmatch(prefix) is None):
+        return None
+    high = prefix + _AFTER_EVERY_KEY_CHAR if prefix else None
+    if after is not None and after >= prefix:
+        if high is not None and after >= high:
+            return None
+        return after, False, high
+    return prefix, True, high

@@ -30,8 +30,8 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from firecron.core.models import JsonValue, ScheduleSpec, ScheduleState, StoredSchedule
-from firecron.core.state import StateEntry
 from firecron.core.runs import Run, RunState, UpstreamEnd
+from firecron.core.state import StateEntry
 from firecron.errors import InvalidInputError
 
 __all__ = ["ScheduleWrite", "Store", "StoreStats", "check_distinct", "clock_offset"]

@@ -11,11 +11,18 @@ Implements :class:`firecron.store.base.Store` with the standard library's ``sqli
 - The database is in WAL mode with ``synchronous=NORMAL`` and a 30 s busy timeout.
   Several instances, in one process or many, can share one file: writers queue on
   SQLite's lock and each compare-and-set is decided inside its transaction.
-- Rows: ``{namespace}_schedules(id, spec, state, next_fire_at, version)`` and
-  ``{namespace}_runs(id, schedule_id, state, created_at, watch_at, data)``. ``spec``,
+- Rows: ``{namespace}_schedules(id, spec, state, next_fire_at, version)``,
+  ``{namespace}_runs(id, schedule_id, state, created_at, watch_at, wait_key, version,
+  data)`` and ``{namespace}_state(key, value, version, updated_at)``. ``spec``,
   ``state`` and ``data`` are JSON records (``_codec.to_json``, datetimes as ISO 8601);
-  the indexed time columns are integer epoch microseconds. ``next_fire_at`` and
-  ``watch_at`` have partial indexes, so idle schedules and terminal runs cost nothing.
+  the indexed time columns are integer epoch microseconds. ``next_fire_at``,
+  ``watch_at`` and ``wait_key`` have partial indexes, so idle schedules, terminal runs
+  and runs waiting on nothing cost nothing. A state entry's ``value`` is its compact
+  JSON text (``core.state.encode_value``), ``version`` an integer from 1, ``updated_at``
+  epoch microseconds (docs/design.md, "The state collection's layout").
+- Opening migrates a database an earlier version created: the ``wait_key`` column is
+  added (and filled from ``data``) when missing, and every table and index is created
+  if it does not exist, in one transaction.
 - ``version`` is an integer, exposed as its decimal string.
 - A mark (:meth:`SQLiteStore.mark_upstream`) is one ``json_set`` on ``data``'s
   ``upstream`` map in the ``UPDATE`` itself, so it needs no read and can never
@@ -26,6 +33,7 @@ Implements :class:`firecron.store.base.Store` with the standard library's ``sqli
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sqlite3
@@ -37,8 +45,9 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
 
-from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
+from firecron.core.models import JsonValue, ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState, UpstreamEnd
+from firecron.core.state import StateEntry
 from firecron.errors import ConflictError, InvalidInputError, StoreError
 from firecron.store._codec import readable_schedules, run_from_json, to_json
 from firecron.store._common import (
@@ -46,16 +55,20 @@ from firecron.store._common import (
     check_namespace,
     check_run_changes,
     check_spawn,
+    check_state_key,
+    check_state_version,
+    encode_state_value,
     merge_run,
+    state_key_range,
 )
 from firecron.store._sqlite_batch import Abort, Batcher
 from firecron.store.base import ScheduleWrite, StoreStats, check_distinct
 
 __all__ = ["SQLiteStore"]
 
-_RunValues = tuple[str, str, int, int | None, str]
-"""A run's columns after its id: schedule_id, state, created_at, watch_at, data."""
-_RunRow = tuple[str, str, str, int, int | None, str]
+_RunValues = tuple[str, str, int, int | None, str | None, str]
+"""A run's columns after its id: schedule_id, state, created_at, watch_at, wait_key, data."""
+_RunRow = tuple[str, str, str, int, int | None, str | None, str]
 """A run's id and :data:`_RunValues`: one ``INSERT`` row."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -117,6 +130,7 @@ class SQLiteStore:
         self._url = f"sqlite:///{os.fspath(path)}"
         self._schedules = f"{namespace}_schedules"
         self._runs = f"{namespace}_runs"
+        self._state = f"{namespace}_state"
         self._batcher = Batcher(
             self._connect, url=self._url, name=f"firecron-sqlite-{namespace}", stats=self.stats
         )
@@ -166,7 +180,7 @@ class SQLiteStore:
         return conn
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
-        s, r = self._schedules, self._runs
+        s, r, k = self._schedules, self._runs, self._state
         # One transaction so concurrent first openers do not interleave their DDL.
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(
@@ -191,7 +205,21 @@ class SQLiteStore:
             " created_at INTEGER NOT NULL,"  # epoch microseconds
             " watch_at INTEGER,"  # epoch microseconds; NULL when terminal
             " version INTEGER NOT NULL DEFAULT 1,"
-            " data TEXT NOT NULL)"  # JSON
+            " data TEXT NOT NULL,"  # JSON
+            " wait_key TEXT)"  # the state key it waits on; NULL when it waits on none
+        )
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({r})")}
+        if "wait_key" not in columns:
+            # A database from before waits. Its runs never waited, but one written by a
+            # version whose records had the field and the table not may hold a key.
+            conn.execute(f"ALTER TABLE {r} ADD COLUMN wait_key TEXT")
+            conn.execute(
+                f"UPDATE {r} SET wait_key = json_extract(data, '$.wait_key')"
+                " WHERE json_extract(data, '$.wait_key') IS NOT NULL"
+            )
+        # Partial: runs waiting on no key (nearly all) are not in the index.
+        conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {r}_waiting ON {r}(wait_key) WHERE wait_key IS NOT NULL"
         )
         conn.execute(
             f"CREATE INDEX IF NOT EXISTS {r}_watch ON {r}(watch_at, id) WHERE watch_at IS NOT NULL"
@@ -201,6 +229,13 @@ class SQLiteStore:
         )
         conn.execute(f"CREATE INDEX IF NOT EXISTS {r}_by_state ON {r}(state, created_at, id)")
         conn.execute(f"CREATE INDEX IF NOT EXISTS {r}_by_created ON {r}(created_at, id)")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {k} ("
+            " key TEXT PRIMARY KEY,"
+            " value TEXT NOT NULL,"  # compact JSON text
+            " version INTEGER NOT NULL,"  # 1 when created, +1 per write
+            " updated_at INTEGER NOT NULL)"  # epoch microseconds
+        )
         conn.execute("COMMIT")
 
     def _query(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -235,7 +270,7 @@ class SQLiteStore:
 
     @staticmethod
     def _run_values(run: Run) -> _RunValues:
-        """Column values (schedule_id, state, created_at, watch_at, data) of ``run``.
+        """Column values (schedule_id, state, created_at, watch_at, wait_key, data) of ``run``.
 
         This is the one encoding of a run per write; raises :class:`InvalidInputError`
         for a naive datetime, so callers encode before touching the database.
@@ -245,6 +280,7 @@ class SQLiteStore:
             run.state.value,
             _micros(run.created_at),
             _optional_micros(run.watch_at),
+            run.wait_key,
             _encode(run),
         )
 
@@ -253,8 +289,8 @@ class SQLiteStore:
         try:
             conn.executemany(
                 f"INSERT INTO {self._runs}"
-                " (id, schedule_id, state, created_at, watch_at, data, version)"
-                " VALUES (?, ?, ?, ?, ?, ?, 1)",
+                " (id, schedule_id, state, created_at, watch_at, wait_key, data, version)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
                 rows,
             )
         except sqlite3.IntegrityError:
@@ -580,7 +616,7 @@ class SQLiteStore:
             updated = merge_run(run_id, stored, changes)
             conn.execute(
                 f"UPDATE {self._runs} SET schedule_id = ?, state = ?, created_at = ?,"
-                " watch_at = ?, data = ?, version = version + 1 WHERE id = ?",
+                " watch_at = ?, wait_key = ?, data = ?, version = version + 1 WHERE id = ?",
                 (*self._run_values(updated), run_id),
             )
             self.stats.writes += 1
@@ -607,7 +643,8 @@ class SQLiteStore:
             # One statement: the version check and the write cannot be separated.
             cursor = conn.execute(
                 f"UPDATE {self._runs} SET schedule_id = ?, state = ?, created_at = ?,"
-                " watch_at = ?, data = ?, version = version + 1 WHERE id = ? AND version = ?",
+                " watch_at = ?, wait_key = ?, data = ?, version = version + 1"
+                " WHERE id = ? AND version = ?",
                 (*values, run_id, version),
             )
             if cursor.rowcount == 0:
@@ -646,7 +683,8 @@ class SQLiteStore:
         def spawn(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
                 f"UPDATE {self._runs} SET schedule_id = ?, state = ?, created_at = ?,"
-                " watch_at = ?, data = ?, version = version + 1 WHERE id = ? AND version = ?",
+                " watch_at = ?, wait_key = ?, data = ?, version = version + 1"
+                " WHERE id = ? AND version = ?",
                 (*values, current.id, version),
             )
             if cursor.rowcount == 0:
@@ -684,6 +722,144 @@ class SQLiteStore:
             return self._run_from_row(run_id, data, version)
 
         return await self._call(mark_one, write=True)
+
+    async def waiting_on(self, key: str, limit: int) -> list[Run]:
+        """See :meth:`Store.waiting_on`. One query on the partial ``wait_key`` index."""
+        if limit <= 0:
+            return []
+
+        def waiting(conn: sqlite3.Connection) -> list[Run]:
+            rows = self._query(
+                conn,
+                f"SELECT id, data, version FROM {self._runs} WHERE wait_key = ? LIMIT ?",
+                (key, limit),
+            )
+            return [self._run_from_row(run_id, data, v) for run_id, data, v in rows]
+
+        return await self._call(waiting)
+
+    # -- state --------------------------------------------------------------------
+
+    def _entry_from_row(self, row: Sequence[Any]) -> StateEntry:
+        key, value, version, updated_at = row
+        try:
+            return StateEntry(
+                key=key,
+                value=json.loads(value),
+                version=version,
+                updated_at=_EPOCH + updated_at * _MICROSECOND,
+            )
+        except (ValueError, TypeError, ValidationError) as exc:
+            raise StoreError(
+                f"store {self._url}: unreadable state entry {key!r}: {_first_line(exc)}"
+            ) from exc
+
+    def _state_version(self, conn: sqlite3.Connection, key: str) -> int | None:
+        """The entry's version, or None when it does not exist (one counted read)."""
+        rows = self._query(conn, f"SELECT version FROM {self._state} WHERE key = ?", (key,))
+        return int(rows[0][0]) if rows else None
+
+    async def get_state(self, key: str) -> StateEntry | None:
+        """See :meth:`Store.get_state`. One read."""
+        check_state_key(key)
+
+        def get(conn: sqlite3.Connection) -> StateEntry | None:
+            rows = self._query(
+                conn,
+                f"SELECT key, value, version, updated_at FROM {self._state} WHERE key = ?",
+                (key,),
+            )
+            return self._entry_from_row(rows[0]) if rows else None
+
+        return await self._call(get)
+
+    async def put_state(
+        self, key: str, value: JsonValue, *, now: datetime, if_version: int | None = None
+    ) -> StateEntry:
+        """See :meth:`Store.put_state`. One statement decides and writes: an upsert that
+        adds one to the version (``if_version=None``), an ``INSERT`` (``0``) or an
+        ``UPDATE ... WHERE version = N``; a lost compare-and-set reads the version found
+        for its message. Nothing is written unless the key and value are valid.
+        """
+        check_state_key(key)
+        check_state_version("put_state", key, if_version, lowest=0)
+        text = encode_state_value(key, value)
+        stamp = _micros(now)
+
+        def put(conn: sqlite3.Connection) -> int:
+            if if_version is None:
+                rows = conn.execute(
+                    f"INSERT INTO {self._state} (key, value, version, updated_at)"
+                    " VALUES (?, ?, 1, ?) ON CONFLICT (key) DO UPDATE SET"
+                    " value = excluded.value, version = version + 1,"
+                    " updated_at = excluded.updated_at RETURNING version",
+                    (key, text, stamp),
+                ).fetchall()
+            elif if_version == 0:
+                rows = conn.execute(
+                    f"INSERT INTO {self._state} (key, value, version, updated_at)"
+                    " VALUES (?, ?, 1, ?) ON CONFLICT (key) DO NOTHING RETURNING version",
+                    (key, text, stamp),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    f"UPDATE {self._state} SET value = ?, version = version + 1,"
+                    " updated_at = ? WHERE key = ? AND version = ? RETURNING version",
+                    (text, stamp, key, if_version),
+                ).fetchall()
+            if not rows:
+                raise _state_conflict(key, if_version, self._state_version(conn, key))
+            self.stats.writes += 1
+            return int(rows[0][0])
+
+        version = await self._call(put, write=True)
+        return StateEntry(key=key, value=json.loads(text), version=version, updated_at=now)
+
+    async def delete_state(self, key: str, *, if_version: int | None = None) -> bool:
+        """See :meth:`Store.delete_state`. One ``DELETE`` (``WHERE version = N`` with
+        ``if_version``); a lost compare-and-set reads the version found for its message."""
+        check_state_key(key)
+        check_state_version("delete_state", key, if_version, lowest=1)
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            if if_version is None:
+                cursor = conn.execute(f"DELETE FROM {self._state} WHERE key = ?", (key,))
+            else:
+                cursor = conn.execute(
+                    f"DELETE FROM {self._state} WHERE key = ? AND version = ?", (key, if_version)
+                )
+            if cursor.rowcount == 0:
+                if if_version is None:
+                    return False
+                raise _state_conflict(key, if_version, self._state_version(conn, key))
+            self.stats.writes += 1
+            return True
+
+        return await self._call(delete, write=True)
+
+    async def list_state(
+        self, *, prefix: str = "", after: str | None = None, limit: int | None = None
+    ) -> list[StateEntry]:
+        """See :meth:`Store.list_state`. One range query on the primary key, ordered by key."""
+        bounds = state_key_range(prefix, after)
+        if bounds is None or (limit is not None and limit <= 0):
+            return []
+        low, inclusive, high = bounds
+        where = [f"key {'>=' if inclusive else '>'} ?"]
+        params: list[Any] = [low]
+        if high is not None:
+            where.append("key < ?")
+            params.append(high)
+        params.append(-1 if limit is None else limit)  # LIMIT -1: no limit
+        sql = (
+            f"SELECT key, value, version, updated_at FROM {self._state}"
+            f" WHERE {' AND '.join(where)} ORDER BY key LIMIT ?"
+        )
+
+        def list_some(conn: sqlite3.Connection) -> list[StateEntry]:
+            return [self._entry_from_row(row) for row in self._query(conn, sql, params)]
+
+        return await self._call(list_some)
 
     async def due_watches(self, now: datetime, limit: int) -> list[Run]:
         """See :meth:`Store.due_watches`. One query on the partial ``watch_at`` index."""
@@ -743,6 +919,13 @@ class SQLiteStore:
     async def close(self) -> None:
         """See :meth:`Store.close`. Idempotent; the calls already submitted run first."""
         await self._batcher.close()
+
+
+def _state_conflict(key: str, expected: int | None, found: int | None) -> ConflictError:
+    """The one-line conflict of a state write expecting version ``expected``."""
+    have = "does not exist" if found is None else f"is at version {found}"
+    want = "create only" if expected == 0 else f"expected version {expected}"
+    return ConflictError(f"state key {key!r} {have} ({want})")
 
 
 def _first_line(exc: BaseException) -> str:

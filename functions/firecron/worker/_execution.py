@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -39,6 +39,9 @@ _END_WRITE_TRIES: Final = 3
 _END_WRITE_BACKOFF_S: Final = 0.5
 _CAS_TRIES: Final = 8
 """Refresh-and-retry rounds of one transition against concurrent watchdog writes."""
+
+if TYPE_CHECKING:
+    from firecron._state_api import State
 
 _log = logging.getLogger("firecron.worker")
 
@@ -116,6 +119,18 @@ class RunContext:
         )
         self._submits: dict[str, int] = {}
         self._execution: _Execution | None = None
+
+    @property
+    def state(self) -> State:
+        """The state collection (``get``, ``set``, ``delete``, ``list``; see
+        :class:`firecron.State`), on this worker's store. A ``set`` or ``delete`` also
+        releases the runs waiting on the key. Outside a run started by the SDK,
+        :class:`RuntimeError`."""
+        if self._execution is None:
+            raise RuntimeError("ctx.state needs a run started by the firecron worker SDK")
+        from firecron._state_api import State
+
+        return State._on(self._execution.runtime)
 
     @property
     def upstream(self) -> dict[str, JsonValue]:

@@ -115,13 +115,15 @@ class _Runtime:
             self._sync_lock.release()
 
     @classmethod
-    def start(cls, clock: Callable[[], datetime] | None = None) -> _Runtime:
-        """Read the settings, start the loop thread, open the store on it and measure
-        the offset of ``clock`` (default: the system clock) to the store's."""
+    def start(
+        cls, clock: Callable[[], datetime] | None = None, settings: Settings | None = None
+    ) -> _Runtime:
+        """Read the settings (unless given), start the loop thread, open the store on it
+        and measure the offset of ``clock`` (default: the system clock) to the store's."""
         from firecron.settings import Settings
         from firecron.store import open_store
 
-        settings = Settings.from_env()
+        settings = settings or Settings.from_env()
         loop = asyncio.new_event_loop()
 
         def serve() -> None:
@@ -151,6 +153,23 @@ class _Runtime:
         runtime = cls(settings, store, loop, os.getpid(), notifier, clock)
         runtime.now()  # measures the clock offset now rather than in the first request
         return runtime
+
+    def close(self) -> None:
+        """Close the dispatcher, the notifier and the store, then stop the loop thread.
+
+        For runtimes a program owns (``firecron.State``); a worker's lives as long as its
+        process. The runtime is unusable afterwards."""
+
+        async def close_all() -> None:
+            if self._dispatcher is not None:
+                await self._dispatcher.aclose()
+            await self.notifier.aclose()
+            await self.store.close()
+
+        try:
+            self.call(close_all())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
 
     def call(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run a store coroutine on the loop thread and wait for its result."""
