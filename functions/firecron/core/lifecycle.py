@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from firecron.core.durations import format_duration
 from firecron.core.events import (
     DELIVERY_LEASE,
     Delivery,
@@ -764,7 +765,7 @@ def wait_released(run: Run, now: datetime, value: JsonValue, t: RunTimeouts) -> 
 def wait_timed_out(run: Run, now: datetime, value: JsonValue) -> Change:
     """The wait's timeout passed with the condition still false: ``timed_out``."""
     wait = run.wait
-    timeout = wait.timeout if wait is not None else None
+    timeout = format_duration(wait.timeout) if wait is not None else "?"
     shown = json.dumps(value, separators=(",", ":"))
     if len(shown) > 200:
         shown = shown[:200] + "..."
