@@ -14,7 +14,11 @@ written to ``bench/results/summary.json``):
 - ``pipelines``: the hop latency along a chain of 20 no-op worker tasks (one
   functions-framework process), and one pipeline of 200 parallel tasks and a join: wall
   time to the join and store work per task run beside a scheduled run's
-  (``bench/pipelines.py``).
+  (``bench/pipelines.py``);
+- ``waits``: the release latency of a gated run by a write through ``firecron.State``
+  (``set`` called to the target's start, p50/p99), and 10,000 runs waiting on as many
+  keys: a tick's wall time and store work beside an idle tick's, and one write's
+  queries and releases (``bench/waits.py``).
 
 Options: ``--only NAME`` (repeatable), ``--quick`` (smaller sizes, about 2 minutes),
 ``--backends sqlite,firestore`` (default: both when ``gcloud`` is on PATH), size
@@ -38,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import decoupling, fanout, held, pipelines, schedules_file
+from bench import decoupling, fanout, held, pipelines, schedules_file, waits
 from bench._common import (
     RESULTS_DIR,
     Backends,
@@ -52,7 +56,7 @@ from bench._common import (
     write_json,
 )
 
-NAMES = ("fanout", "held", "decoupling", "schedules_file", "pipelines")
+NAMES = ("fanout", "held", "decoupling", "schedules_file", "pipelines", "waits")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chain-tasks", type=int, help="pipelines: tasks in the chain")
     p.add_argument("--chain-repeats", type=int, help="pipelines: pipeline runs of the chain")
     p.add_argument("--fan-tasks", type=int, help="pipelines: parallel tasks before the join")
+    p.add_argument("--wait-trials", type=int, help="waits: release-latency trials")
+    p.add_argument("--waiting", type=int, help="waits: runs waiting on different keys")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     return p
 
@@ -117,6 +123,17 @@ def _pipelines_config(args: argparse.Namespace) -> pipelines.PipelinesConfig:
     return p
 
 
+def _waits_config(args: argparse.Namespace) -> waits.WaitsConfig:
+    w = waits.WaitsConfig()
+    if args.quick:
+        w = replace(w, trials=30, waiting=1_000)
+    if args.wait_trials is not None:
+        w = replace(w, trials=args.wait_trials)
+    if args.waiting is not None:
+        w = replace(w, waiting=args.waiting)
+    return w
+
+
 def _raise_nofile() -> None:
     # The dispatcher holds up to max_open (1,000) connections in the held benchmark.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -138,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.file_schedules is not None:
         sf_cfg = replace(sf_cfg, schedules=args.file_schedules)
     p_cfg = _pipelines_config(args)
+    w_cfg = _waits_config(args)
     _raise_nofile()
     machine = machine_info()
     print(
@@ -151,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "decoupling": lambda b, s: decoupling.run(b, names, s, d_cfg),
         "schedules_file": lambda b, s: schedules_file.run(b, names, sf_cfg),
         "pipelines": lambda b, s: pipelines.run(b, names, s, p_cfg),
+        "waits": lambda b, s: waits.run(b, names, s, w_cfg),
     }
     results: list[BenchResult] = []
     crashed = False

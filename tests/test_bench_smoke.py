@@ -53,6 +53,10 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "2",
             "--fan-tasks",
             "20",
+            "--wait-trials",
+            "5",
+            "--waiting",
+            "200",
             "--results-dir",
             str(out),
         ],
@@ -137,6 +141,7 @@ def test_summary(results: Path) -> None:
         "decoupling",
         "schedules_file",
         "pipelines",
+        "waits",
     }
 
 
@@ -176,6 +181,32 @@ def test_pipelines(results: Path) -> None:
     targets = {c["target"] for c in load_checks(results, "pipelines")}
     assert any(t.startswith("hop p50") for t in targets)
     assert any(t.startswith("store work per task run") for t in targets)
+
+
+def test_waits(results: Path) -> None:
+    figures = load(results, "waits")
+    r = figures["latency"]["sqlite"]
+    assert r["trials"] == len(r["to_target_start_ms"]) == 5
+    assert_exactly_once(r["receipts"], 5)
+    assert r["to_target_start_p50_ms"] <= r["to_target_start_p99_ms"] <= r["to_target_start_max_ms"]
+    # State.set releases and fires the key's waiters before it returns.
+    assert r["target_started_before_set_returned"] == 5
+    c = figures["cost"]["sqlite"]
+    assert c["waiting_runs"] == 200
+    # Waiting runs none of which is due cost a tick nothing: the idle tick's work.
+    assert (c["tick"]["reads"], c["tick"]["queries"]) == (
+        c["idle_tick"]["reads"],
+        c["idle_tick"]["queries"],
+    )
+    assert c["write_queries"] == 1
+    assert c["write_calls"]["waiting_on"] == 1
+    assert c["released_run_state"] == "delivered"
+    assert c["still_waiting"] == 199
+    assert c["released_exactly_one"] is True
+    assert_exactly_once(c["receipts"], 1)
+    verdicts = {c["target"]: c["passed"] for c in load_checks(results, "waits")}
+    assert any(t.startswith("release p99") for t in verdicts)
+    assert verdicts["a write finds its waiters with one query"] is True
 
 
 def load_checks(results: Path, name: str) -> list[dict[str, Any]]:
