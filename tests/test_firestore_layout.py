@@ -2,7 +2,8 @@
 
 Runs the emulator (skipped without it). The contract suite checks behaviour; this
 checks what the documents look like (queried and TTL fields top level, marks a native
-map, the rest JSON text).
+map, the rest JSON text; a state entry's four fields and its document id), and that an
+entry written directly, as docs/design.md tells another program to, reads back.
 """
 
 from __future__ import annotations
@@ -17,8 +18,17 @@ import pytest
 
 from _factories import MINUTE, T0, make_run, make_spec, make_state
 from conftest import FIRESTORE_TEST_PROJECT
+from firecron.core.models import WaitSpec
 from firecron.core.runs import RunState, UpstreamEnd
-from firecron.store.firestore import MARKS_FIELD, RUN_QUERY_FIELDS, FirestoreStore
+from firecron.core.state import StateEntry
+from firecron.errors import StoreError
+from firecron.store.firestore import (
+    MARKS_FIELD,
+    RUN_QUERY_FIELDS,
+    STATE_FIELDS,
+    FirestoreStore,
+    state_document_id,
+)
 
 pytestmark = pytest.mark.emulator
 
@@ -90,3 +100,79 @@ async def test_marks_are_a_native_map_beside_the_json_text(fs: FirestoreStore) -
     assert after[MARKS_FIELD] == document[MARKS_FIELD]
     assert json.loads(after["data"])["upstream"] == {}
     assert json.loads(after["data"])["error"] == "e"
+
+
+async def test_a_waiting_run_copies_its_wait_key_top_level(fs: FirestoreStore) -> None:
+    run = make_run(
+        "gate",
+        T0,
+        state=RunState.waiting,
+        wait=WaitSpec(key="orders/{date}"),
+        wait_key="orders/2027-01-01",
+    )
+    created = await fs.create_run(run)
+    assert created is not None
+    document = await raw(fs, "runs", run.id)
+    assert document["wait_key"] == "orders/2027-01-01"
+    assert json.loads(document["data"])["wait_key"] == "orders/2027-01-01"
+    assert await fs.update_run(run.id, [RunState.waiting], {"wait_key": None}, current=created)
+    assert (await raw(fs, "runs", run.id))["wait_key"] is None
+
+
+@pytest.mark.parametrize(
+    ("key", "doc_id"),
+    [
+        ("orders/2027-01-01", "orders%2F2027-01-01"),
+        ("export:eu", "export:eu"),
+        ("a//b/", "a%2F%2Fb%2F"),
+        ("__reserved__", "%5F_reserved__"),
+        ("__/__", "%5F_%2F__"),
+        ("__x", "__x"),
+        ("___", "%5F__"),
+    ],
+)
+def test_state_document_ids(key: str, doc_id: str) -> None:
+    assert state_document_id(key) == doc_id
+
+
+async def test_a_state_entry_is_four_native_fields(fs: FirestoreStore) -> None:
+    at = T0 + timedelta(microseconds=123456)
+    await fs.put_state("orders/2027-01-01", {"ready": True, "rows": [1, 2]}, now=at)
+    await fs.put_state("orders/2027-01-01", {"ready": True, "rows": [1, 2, 3]}, now=at)
+    document = await raw(fs, "state", "orders%2F2027-01-01")
+    assert document == {
+        "key": "orders/2027-01-01",
+        "value": '{"ready":true,"rows":[1,2,3]}',  # compact JSON text
+        "version": 2,
+        "updated_at": at,
+    }
+    assert set(document) == set(STATE_FIELDS)
+    assert isinstance(document["version"], int)
+    await fs.put_state("__reserved__", 1, now=at)
+    assert (await raw(fs, "state", "%5F_reserved__"))["key"] == "__reserved__"
+
+
+async def test_an_entry_written_by_another_program_reads_back(fs: FirestoreStore) -> None:
+    """What docs/design.md tells a program in another language to write, firecron reads."""
+    collection = fs._client.collection(f"{fs.namespace}_state")
+    await collection.document("orders%2F2027-01-02").set(
+        {
+            "key": "orders/2027-01-02",
+            "value": '{"ready": true}',
+            "version": 1,
+            "updated_at": T0,
+        }
+    )
+    entry = await fs.get_state("orders/2027-01-02")
+    assert entry == StateEntry(
+        key="orders/2027-01-02", value={"ready": True}, version=1, updated_at=T0
+    )
+    assert await fs.list_state(prefix="orders/") == [entry]
+    # Its next write through firecron goes on from its version.
+    assert (await fs.put_state("orders/2027-01-02", 2, now=T0, if_version=1)).version == 2
+    assert (await fs.put_state("orders/2027-01-02", 3, now=T0)).version == 3
+
+    # A document that breaks the layout is one line naming it, not a crash.
+    await collection.document("bad").set({"key": "bad", "value": "{", "version": "1"})
+    with pytest.raises(StoreError, match=r"^corrupt state document 'bad': version: expected"):
+        await fs.get_state("bad")

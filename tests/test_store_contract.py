@@ -815,6 +815,12 @@ async def test_full_spec_and_state_roundtrip(store: Store) -> None:
                 {"schedule": "after-1", "on": "done", "params": {"k": [1, None]}},
                 {"schedule": "after-2"},
             ],
+            "wait": {
+                "key": "orders/{region}/{date}",
+                "until": "value != null && value.ready",
+                "every": "1m",
+                "timeout": "3h",
+            },
         }
     )
     state = ScheduleState(
@@ -945,12 +951,19 @@ async def test_full_run_roundtrip(store: Store) -> None:
         ready=["load-1"],
         settle_at=T0 + timedelta(minutes=21),
         cancelled_at=T0 + timedelta(minutes=19, seconds=30),
+        wait={"key": "orders/{date}", "until": "value.rows > 0", "every": "10s"},
+        wait_key="orders/2027-01-01",
+        wait_value={"rows": 0, "files": ["a", None]},
+        wait_checked_at=T0 + timedelta(minutes=3),
+        wait_until=T0 + timedelta(hours=6),
+        timezone="Europe/Berlin",
     )
     assert_all_fields_set(run, except_=("version",))
     assert await store.create_run(run)
     assert await store.get_run(run.id) == run
     assert await store.list_runs(schedule_id="alpha") == [run]
     assert await store.due_watches(T0 + timedelta(hours=1), 10) == [run]
+    assert await store.waiting_on("orders/2027-01-01", 10) == [run]
 
 
 async def test_update_run_expect_conditions(store: Store) -> None:

@@ -8,11 +8,13 @@ Layout, in the database ``database`` of project ``project``:
   due query filters and orders on it. A range filter never matches null, so idle
   schedules are neither returned nor read (nor billed). ``revision`` counts writes.
 - ``{namespace}_runs/{run_id}``: ``{"data": <run JSON>, "schedule_id", "state",
-  "created_at", "watch_at", "expire_at"[, "revision"][, "marks"]}``. ``data`` is the
-  whole run but its marks (``upstream``, always ``{}`` in it); the other fields copy
-  what the queries filter and order on (``schedule_id``, ``state``, ``created_at``,
-  ``watch_at``) and the TTL policy's field (``expire_at``, infra/firestore.tf), as
-  native strings and timestamps (null when unset).
+  "created_at", "watch_at", "wait_key", "expire_at"[, "revision"][, "marks"]}``.
+  ``data`` is the whole run but its marks (``upstream``, always ``{}`` in it); the
+  other fields copy what the queries filter and order on (``schedule_id``, ``state``,
+  ``created_at``, ``watch_at``, ``wait_key``) and the TTL policy's field
+  (``expire_at``, infra/firestore.tf), as native strings and timestamps (null when
+  unset). A run written before waits existed has no ``wait_key`` field, which no
+  equality filter matches: it never waited.
 - ``marks`` holds ``Run.upstream`` as a native map, ``{task: {"outcome": <string>,
   "state": <string>, "failed_within": <bool>}}``, present once a run has a mark. It is outside ``data``
   because marks are written concurrently and without a precondition
@@ -20,6 +22,13 @@ Layout, in the database ``database`` of project ``project``:
   ``marks.<task>``, which leaves every other field and mark alone. Every other run
   write is an update of the fields above only (an update mask), so none can drop a
   mark; reading a run merges ``marks`` into ``Run.upstream``.
+
+- ``{namespace}_state/{doc id}``: ``{"key": <string>, "value": <JSON text>, "version":
+  <integer>, "updated_at": <timestamp>}``, one document per state entry. The document
+  id is the key with every ``/`` written ``%2F`` (keys never hold ``%``), and, when
+  that starts and ends with ``__`` (ids Firestore reserves), its first ``_`` written
+  ``%5F``: see :func:`state_document_id` and docs/design.md, "The state collection's
+  layout", which another program writing an entry follows.
 
 Records are stored as JSON text (``_codec.to_json``; datetimes ISO 8601 UTC), not as
 Firestore maps: encoding a nested run as protobuf maps dominated the dispatcher's CPU,
@@ -41,10 +50,13 @@ The store's clock (:meth:`clock`) is the ``read_time`` of a get of
 ``{namespace}_clock/store``, a document nothing writes.
 
 Queries and their indexes (declare :data:`REQUIRED_INDEXES` in Terraform; single-field
-indexes on ``next_fire_at``, ``watch_at`` and ``created_at`` are automatic):
+indexes on ``next_fire_at``, ``watch_at``, ``created_at``, ``wait_key`` and a state
+entry's ``key`` are automatic):
 
 - due schedules: ``next_fire_at <= now`` ordered by ``next_fire_at`` (single field);
 - due watches: ``watch_at <= now`` ordered by ``watch_at`` (single field);
+- a key's waiters: ``wait_key == key`` (single field, equality);
+- state listings: ``key`` in a range, ordered by ``key`` (single field);
 - run listings: optional ``schedule_id ==`` and ``state in`` filters, optional
   ``created_at < before``, ordered by ``created_at`` then document id, both descending
   (composite indexes when filtered).
@@ -58,6 +70,7 @@ store needs are all in :mod:`firecron.store._firestore_private`.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
@@ -74,8 +87,9 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from google.cloud.firestore_v1.types import write as write_types
 from pydantic import ValidationError
 
-from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
+from firecron.core.models import JsonValue, ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState, UpstreamEnd
+from firecron.core.state import StateEntry
 from firecron.errors import ConflictError, InvalidInputError, StoreError
 from firecron.store._codec import plain, readable_schedules, run_from_json, to_json
 from firecron.store._common import (
@@ -84,7 +98,11 @@ from firecron.store._common import (
     check_namespace,
     check_run_changes,
     check_spawn,
+    check_state_key,
+    check_state_version,
+    encode_state_value,
     merge_run,
+    state_key_range,
 )
 from firecron.store._firestore_private import (
     check_client,
@@ -94,7 +112,14 @@ from firecron.store._firestore_private import (
 )
 from firecron.store.base import ScheduleWrite, StoreStats, check_distinct
 
-__all__ = ["NAMESPACE_PATTERN", "REQUIRED_INDEXES", "RUN_QUERY_FIELDS", "FirestoreStore"]
+__all__ = [
+    "NAMESPACE_PATTERN",
+    "REQUIRED_INDEXES",
+    "RUN_QUERY_FIELDS",
+    "STATE_FIELDS",
+    "FirestoreStore",
+    "state_document_id",
+]
 
 REQUIRED_INDEXES: Final[list[tuple[str, list[tuple[str, str]]]]] = [
     (
@@ -118,14 +143,24 @@ The collection is ``{namespace}_{suffix}``. The emulator needs none of them; a r
 database answers ``FAILED_PRECONDITION`` (with a link to create it) without them.
 """
 
-RUN_QUERY_FIELDS: Final = ("schedule_id", "state", "created_at", "watch_at", "expire_at")
+RUN_QUERY_FIELDS: Final = (
+    "schedule_id",
+    "state",
+    "created_at",
+    "watch_at",
+    "wait_key",
+    "expire_at",
+)
 """Run fields copied to the top level of the run document (see the module docstring)."""
 
 MARKS_FIELD: Final = "marks"
 """The run document's native map of ``Run.upstream`` (see the module docstring)."""
 
-_Field = str | datetime | bool | dict[str, "_Field"] | None
-"""A value :func:`_write_pb` can write: text, timestamp, boolean, map or null."""
+STATE_FIELDS: Final = ("key", "value", "version", "updated_at")
+"""The fields of a state entry's document (see the module docstring)."""
+
+_Field = str | datetime | bool | int | dict[str, "_Field"] | None
+"""A value :func:`_write_pb` can write: text, timestamp, boolean, integer, map or null."""
 
 _VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z$")
 _MAX_BATCH_WRITES: Final = 500
@@ -190,6 +225,7 @@ def _run_document(run: Run, *, new: bool = False) -> dict[str, _Field]:
         "state": run.state.value,
         "created_at": run.created_at.astimezone(UTC),
         "watch_at": None if run.watch_at is None else run.watch_at.astimezone(UTC),
+        "wait_key": run.wait_key,
         "expire_at": None if run.expire_at is None else run.expire_at.astimezone(UTC),
     }
     if new and run.upstream:
@@ -210,6 +246,8 @@ def _set_value(value_pb: Any, value: _Field) -> None:
         value_pb.string_value = value
     elif isinstance(value, bool):
         value_pb.boolean_value = value
+    elif isinstance(value, int):
+        value_pb.integer_value = value
     elif isinstance(value, datetime):
         # Aware datetimes only (the models guarantee it); converted to UTC, microseconds kept.
         value_pb.timestamp_value.FromDatetime(_utc(value, "timestamp"))
@@ -278,6 +316,56 @@ def _mark_pb(path: str, task: str, end: UpstreamEnd) -> Any:
     transform.increment.integer_value = 1
     pb.current_document.exists = True
     return write_types.Write.wrap(pb)
+
+
+def state_document_id(key: str) -> str:
+    """The id of the document holding state key ``key`` (a valid key).
+
+    Every ``/`` becomes ``%2F``: a document id cannot hold ``/``, and a key never holds
+    ``%``, so the id reads back to the key. An id that would start and end with ``__``,
+    which Firestore reserves, gets its first ``_`` written ``%5F``.
+    """
+    doc_id = key.replace("/", "%2F")
+    if doc_id.startswith("__") and doc_id.endswith("__"):
+        doc_id = "%5F" + doc_id[1:]
+    return doc_id
+
+
+def _state_pb(
+    path: str,
+    fields: Mapping[str, _Field],
+    *,
+    increment: bool = False,
+    exists: bool | None = None,
+    last_update: str | None = None,
+) -> Any:
+    """The ``Write`` of a state entry's document: its ``fields`` (an update mask of them,
+    so a missing document is created), plus, with ``increment``, an atomic increment of
+    ``version`` by one (a missing field counts as 0, so a new entry gets 1), whose
+    result comes back in the write result. ``exists`` or ``last_update`` (a version
+    string, as :func:`_version_of`) is the precondition; neither: none.
+    """
+    pb = _WRITE_PB()
+    pb.update.name = path
+    for name, value in fields.items():
+        _set_value(pb.update.fields[name], value)
+    pb.update_mask.field_paths.extend(fields)
+    if increment:
+        transform = pb.update_transforms.add()
+        transform.field_path = "version"
+        transform.increment.integer_value = 1
+    if last_update is not None:
+        pb.current_document.update_time.FromJsonString(last_update)
+    elif exists is not None:
+        pb.current_document.exists = exists
+    return write_types.Write.wrap(pb)
+
+
+def _state_conflict(key: str, expected: int | None, found: int | None) -> ConflictError:
+    """The one-line conflict of a state write expecting version ``expected``."""
+    have = "does not exist" if found is None else f"is at version {found}"
+    want = "create only" if expected == 0 else f"expected version {expected}"
+    return ConflictError(f"state key {key!r} {have} ({want})")
 
 
 def _run_states(values: Sequence[RunState]) -> set[RunState]:
@@ -349,6 +437,22 @@ class FirestoreStore:
             timeout=timeout,
         )
         self._rpc: dict[str, Any] = {"retry": retry, "timeout": timeout}
+        # The one write without a precondition, a state write's version increment, would
+        # apply twice if retried after an error that leaves it unknown whether it was
+        # applied (a deadline, an unavailable server): retry only those that say it
+        # was not.
+        self._rpc_once: dict[str, Any] = {
+            "retry": AsyncRetry(
+                predicate=if_exception_type(
+                    api_exceptions.Aborted, api_exceptions.ResourceExhausted
+                ),
+                initial=0.1,
+                maximum=2.0,
+                multiplier=2.0,
+                timeout=timeout,
+            ),
+            "timeout": timeout,
+        }
         self._client_instance: Any = None
         self._closed = False
 
@@ -890,6 +994,164 @@ class FirestoreStore:
             return None  # deleted since (the TTL policy): as if it never was
         self.stats.reads += 1
         return self._run(snapshot)
+
+    async def waiting_on(self, key: str, limit: int) -> list[Run]:
+        """See :meth:`Store.waiting_on`. One equality query on ``wait_key``."""
+        if limit <= 0:
+            return []
+        query = self._runs().where(filter=FieldFilter("wait_key", "==", key)).limit(limit)
+        return [self._run(s) for s in await self._stream("waiting_on", query)]
+
+    # -- state --------------------------------------------------------------------
+
+    def _state(self) -> Any:
+        return self._client.collection(f"{self.namespace}_state")
+
+    def _entry(self, snapshot: Any) -> StateEntry:
+        data = snapshot.to_dict() or {}
+        try:
+            key, version, updated_at = data.get("key"), data.get("version"), data.get("updated_at")
+            if not isinstance(key, str):
+                raise ValueError(f"key: expected a string, got {type(key).__name__}")
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise ValueError(f"version: expected an integer, got {type(version).__name__}")
+            if not isinstance(updated_at, datetime):
+                raise ValueError(
+                    f"updated_at: expected a timestamp, got {type(updated_at).__name__}"
+                )
+            # A plain datetime (the client's carries nanoseconds in a subclass).
+            at = updated_at.astimezone(UTC)
+            return StateEntry(
+                key=key,
+                value=json.loads(_text(data, "value")),
+                version=version,
+                updated_at=datetime(
+                    at.year, at.month, at.day, at.hour, at.minute, at.second, at.microsecond, UTC
+                ),
+            )
+        except (ValidationError, ValueError) as exc:
+            raise StoreError(
+                f"corrupt state document {snapshot.id!r}: {_first_error(exc)}"
+            ) from None
+
+    async def _state_snapshot(self, op: str, key: str) -> Any:
+        """A get of ``key``'s document (counted as a read when it exists)."""
+        with self._translate(op):
+            snapshot = await self._state().document(state_document_id(key)).get(**self._rpc)
+        if snapshot.exists:
+            self.stats.reads += 1
+        return snapshot
+
+    async def _found_version(self, op: str, key: str) -> int | None:
+        """The entry's version now (None: missing), for a conflict's message."""
+        snapshot = await self._state_snapshot(op, key)
+        return self._entry(snapshot).version if snapshot.exists else None
+
+    async def get_state(self, key: str) -> StateEntry | None:
+        """See :meth:`Store.get_state`. One get."""
+        check_state_key(key)
+        snapshot = await self._state_snapshot("get_state", key)
+        return self._entry(snapshot) if snapshot.exists else None
+
+    async def put_state(
+        self, key: str, value: JsonValue, *, now: datetime, if_version: int | None = None
+    ) -> StateEntry:
+        """See :meth:`Store.put_state`.
+
+        - ``if_version=None``: one write, no read and no precondition, whose ``version``
+          is an atomic increment: Firestore applies the writes to one document one after
+          the other, so concurrent writers each get a distinct version and none is lost.
+        - ``0``: one ``create`` (the document must not exist).
+        - ``N``: a get, then the write with ``version = N + 1`` and the get's
+          ``update_time`` as its precondition, so a write in between makes it fail.
+
+        A lost compare-and-set is :class:`ConflictError`; it is not retried (a get tells
+        the version found, for the message).
+        """
+        check_state_key(key)
+        check_state_version("put_state", key, if_version, lowest=0)
+        text = encode_state_value(key, value)
+        at = _utc(now, "now")
+        path = self._path("state", state_document_id(key))
+        fields: dict[str, _Field] = {"key": key, "value": text, "updated_at": at}
+        if if_version is None:
+            write = _state_pb(path, fields, increment=True)
+            rpc = self._rpc_once
+        elif if_version == 0:
+            write = _state_pb(path, {**fields, "version": 1}, exists=False)
+            rpc = self._rpc
+        else:
+            snapshot = await self._state_snapshot("put_state", key)
+            found = self._entry(snapshot).version if snapshot.exists else None
+            if found != if_version:
+                raise _state_conflict(key, if_version, found)
+            write = _state_pb(
+                path,
+                {**fields, "version": if_version + 1},
+                last_update=_version_of(snapshot.update_time),
+            )
+            rpc = self._rpc
+        with self._translate("put_state"):
+            try:
+                [result] = await commit_writes(self._client, [write], **rpc)
+            except (*_LOST_RACE, api_exceptions.NotFound):
+                lost = True
+            else:
+                lost = False
+        if lost:
+            raise _state_conflict(key, if_version, await self._found_version("put_state", key))
+        self.stats.writes += 1
+        if if_version is None:
+            version = int(result.transform_results[0].integer_value)
+        else:
+            version = if_version + 1
+        return StateEntry(key=key, value=json.loads(text), version=version, updated_at=now)
+
+    async def delete_state(self, key: str, *, if_version: int | None = None) -> bool:
+        """See :meth:`Store.delete_state`. Without ``if_version``: one delete with an
+        ``exists`` precondition (False when it fails). With it: a get, then a delete
+        with the get's ``update_time`` as its precondition."""
+        check_state_key(key)
+        check_state_version("delete_state", key, if_version, lowest=1)
+        write = _WRITE_PB()
+        write.delete = self._path("state", state_document_id(key))
+        if if_version is None:
+            write.current_document.exists = True
+        else:
+            snapshot = await self._state_snapshot("delete_state", key)
+            found = self._entry(snapshot).version if snapshot.exists else None
+            if found != if_version:
+                raise _state_conflict(key, if_version, found)
+            write.current_document.update_time.FromJsonString(_version_of(snapshot.update_time))
+        with self._translate("delete_state"):
+            try:
+                await self._commit([write_types.Write.wrap(write)])
+            except (*_LOST_RACE, api_exceptions.NotFound):
+                lost = True
+            else:
+                lost = False
+        if lost:
+            if if_version is None:
+                return False
+            raise _state_conflict(key, if_version, await self._found_version("delete_state", key))
+        self.stats.writes += 1
+        return True
+
+    async def list_state(
+        self, *, prefix: str = "", after: str | None = None, limit: int | None = None
+    ) -> list[StateEntry]:
+        """See :meth:`Store.list_state`. One range query on ``key``, ordered by ``key``."""
+        bounds = state_key_range(prefix, after)
+        if bounds is None or (limit is not None and limit <= 0):
+            return []
+        low, inclusive, high = bounds
+        query = self._state().where(filter=FieldFilter("key", ">=" if inclusive else ">", low))
+        if high is not None:
+            query = query.where(filter=FieldFilter("key", "<", high))
+        query = query.order_by("key")
+        if limit is not None:
+            query = query.limit(limit)
+        return [self._entry(s) for s in await self._stream("list_state", query)]
 
     async def due_watches(self, now: datetime, limit: int) -> list[Run]:
         """See :meth:`Store.due_watches`. One query; ties in ``watch_at`` by id."""
