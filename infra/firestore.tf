@@ -1,4 +1,4 @@
-# Firestore: the store (schedules and runs), its indexes and the runs' TTL policy.
+# Firestore: the store (schedules, runs and state entries), its indexes and the runs' TTL policy.
 # The document layout and the queries are described in functions/firecron/store/firestore.py.
 
 resource "google_firestore_database" "this" {
@@ -31,7 +31,9 @@ locals {
   # composite one (the API refuses it). So the two queries of every tick need nothing here:
   #   due schedules:  {namespace}_schedules  next_fire_at <= now  ORDER BY next_fire_at
   #   due watches:    {namespace}_runs       watch_at <= now      ORDER BY watch_at
-  # and neither does the unfiltered run listing (ORDER BY created_at DESC, __name__ DESC).
+  # and neither do the unfiltered run listing (ORDER BY created_at DESC, __name__ DESC),
+  # a key's waiters ({namespace}_runs wait_key == key) and the state listings
+  # ({namespace}_state key >= prefix AND key < prefix + "~" ORDER BY key).
   # The filtered run listings need composite indexes: this map mirrors
   # firecron.store.firestore.REQUIRED_INDEXES exactly (tests/test_infra.py compares them),
   # as {collection suffix, fields in order}; the collection is {namespace}_{suffix}.
@@ -102,8 +104,9 @@ resource "google_firestore_field" "runs_expire_at" {
 }
 
 # The stores keep each record's body as one JSON text field beside the few fields that
-# are queried (store/firestore.py). Nothing queries the bodies, nor a run's marks (the
-# native map "marks", which pipeline tasks write one entry at a time), and Firestore
+# are queried (store/firestore.py), and a state entry's value as JSON text. Nothing
+# queries the bodies or the values, nor a run's marks (the native map "marks", which
+# pipeline tasks write one entry at a time), and Firestore
 # would otherwise index every one of them, and every entry of the map, on every write:
 # exempt them (a map's entries inherit its exemption).
 locals {
@@ -112,6 +115,8 @@ locals {
     runs_marks      = { collection = "${var.namespace}_runs", field = "marks" }
     schedules_spec  = { collection = "${var.namespace}_schedules", field = "spec" }
     schedules_state = { collection = "${var.namespace}_schedules", field = "state" }
+    # A state entry's value (JSON text up to 64 KiB): read by waits, never queried.
+    state_value = { collection = "${var.namespace}_state", field = "value" }
   }
 }
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -469,3 +469,38 @@ def test_sqlite_migrates_a_database_created_without_the_wait_key_column(tmp_path
         assert "firecron_runs_waiting" in plan
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         assert "firecron_state" in tables
+
+
+def test_sqlite_reads_an_entry_written_with_the_documented_statement(tmp_path: Path) -> None:
+    """docs/design.md, "The state collection's layout": another program's upsert."""
+    path = tmp_path / "firecron.db"
+
+    async def create() -> None:
+        store = SQLiteStore(path)
+        await store.list_state()  # opens the file and creates the tables
+        await store.close()
+
+    asyncio.run(create())
+    micros = int((T0 - datetime(1970, 1, 1, tzinfo=UTC)) / US)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        for value in ('{"ready": false}', '{"ready": true}'):
+            conn.execute(
+                "INSERT INTO firecron_state (key, value, version, updated_at) VALUES (?, ?, 1, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                " version = version + 1, updated_at = excluded.updated_at",
+                ("orders/2027-01-01", value, micros),
+            )
+        conn.commit()
+
+    async def read() -> None:
+        store = SQLiteStore(path)
+        try:
+            entry = await store.get_state("orders/2027-01-01")
+            assert entry == StateEntry(
+                key="orders/2027-01-01", value={"ready": True}, version=2, updated_at=T0
+            )
+            assert (await store.put_state(entry.key, 3, now=T0, if_version=2)).version == 3
+        finally:
+            await store.close()
+
+    asyncio.run(read())
