@@ -6,6 +6,7 @@
   exists, or until cancelled: a barrier the test releases), ``fail_attempts`` (attempts
   up to this number raise).
 - ``submitter``: ``ctx.submit`` of ``params["schedule"]`` twice with one key, once without.
+- ``setter``: ``ctx.state.set(params["key"], params["value"])``.
 
 Two environment switches make a process misbehave where the tests need it:
 
@@ -70,6 +71,13 @@ def submitter(ctx: firecron.RunContext) -> object:
     again = ctx.submit(schedule, params={"from": ctx.run_id}, key="k")
     keyless = ctx.submit(schedule)
     return {"first": first, "again": again, "keyless": keyless}
+
+
+@firecron.worker
+def setter(ctx: firecron.RunContext) -> object:
+    """``ctx.state.set(params["key"], params["value"])``: a worker releasing a wait."""
+    entry = ctx.state.set(str(ctx.params["key"]), ctx.params.get("value"))
+    return {"version": entry.version}
 
 
 def _misbehave(before: Run, change: Change, after: Run) -> None:

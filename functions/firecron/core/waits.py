@@ -51,7 +51,7 @@ def render_key(
         value = params[name]
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ValueError(
-                f"wait key {template!r}: param {name!r} is {type(value).__name__}, "
+                f"wait key {template!r}: param {name!r} is {_json_kind(value)}, "
                 "not a string or a number"
             )
         return str(value)
@@ -61,6 +61,18 @@ def render_key(
     if problem is not None:
         raise ValueError(f"wait key {template!r} renders {key!r}: {problem}")
     return key
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
 
 
 def template_problem(template: str, params: Mapping[str, JsonValue] | None = None) -> str | None:
