@@ -177,6 +177,13 @@ _LOST_RACE: Final = (
     api_exceptions.FailedPrecondition,
     api_exceptions.Conflict,  # AlreadyExists and Aborted derive from it
 )
+# The same for a state write, which reports a lost compare-and-set as a conflict on
+# the entry's version: contention (Aborted) that outlasted the retries is a StoreError.
+_STATE_LOST: Final = (
+    api_exceptions.FailedPrecondition,
+    api_exceptions.AlreadyExists,
+    api_exceptions.NotFound,
+)
 
 
 def _version_of(update_time: Any) -> str:
@@ -1094,7 +1101,9 @@ class FirestoreStore:
         with self._translate("put_state"):
             try:
                 [result] = await commit_writes(self._client, [write], **rpc)
-            except (*_LOST_RACE, api_exceptions.NotFound):
+            except _STATE_LOST:
+                if if_version is None:
+                    raise  # no precondition: not a lost race (a StoreError)
                 lost = True
             else:
                 lost = False
@@ -1126,7 +1135,7 @@ class FirestoreStore:
         with self._translate("delete_state"):
             try:
                 await self._commit([write_types.Write.wrap(write)])
-            except (*_LOST_RACE, api_exceptions.NotFound):
+            except _STATE_LOST:
                 lost = True
             else:
                 lost = False
