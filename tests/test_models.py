@@ -100,7 +100,7 @@ def test_naive_times_are_read_in_the_schedule_zone() -> None:
         ({"target": {"url": "ftp://x"}}, "ftp://x"),
         (
             {"target": {"url": "https://a.example", "function": "f"}},
-            "set exactly one of 'url', 'function', 'pipeline' or 'notify' (found: url, function)",
+            "set exactly one of 'url', 'function', 'pipeline', 'notify' or 'wait' (found: url, function)",
         ),
         ({"target": {"function": "f", "worker": False}}, "always a worker"),
         ({"colour": "red"}, "colour"),
@@ -133,7 +133,7 @@ def test_a_task_takes_its_condition_as_if() -> None:
     )
     assert task.if_ == "params.a == 1"
     assert task.model_dump(by_alias=True)["if"] == "params.a == 1"
-    with pytest.raises(ValidationError, match="set exactly one of 'target' or 'notify'"):
+    with pytest.raises(ValidationError, match="set exactly one of 'target', 'notify' or 'wait'"):
         TaskSpec.model_validate({"id": "t"})
     with pytest.raises(ValidationError, match="a 'url' or a 'function'"):
         TaskSpec.model_validate({"id": "t", "target": {"pipeline": "p"}})
