@@ -253,6 +253,7 @@ def test_every_command_has_help_with_an_example() -> None:
         "dev",
         "pipelines",
         "graph",
+        "state",
     } <= set(commands)
     for command in commands:
         proc = run(command, "--help")

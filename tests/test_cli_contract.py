@@ -2,8 +2,8 @@
 
 - ``trigger`` exits 1 with one line when its run could not be sent or has failed, and
   prints nothing else (no structured log lines, no logger warnings).
-- Read-only commands never create a store: a SQLite path that does not exist is exit
-  2 with one line naming it, and the path is still absent afterwards.
+- Read-only commands (and the state commands) never create a store: a SQLite path that
+  does not exist is exit 2 with one line naming it, and the path is still absent afterwards.
 - ``show`` prints params as JSON and a schedule with no next fire time as one line;
   ``run`` shows no ACK/SENT columns, and table cells are text, never rich markup.
 - ``next`` takes a SPEC that begins with ``-`` after ``--``, and says so.
@@ -147,8 +147,13 @@ def test_trigger_of_a_worker_reports_the_state_the_worker_recorded(tmp_path: Pat
         ["pause", "x"],
         ["resume", "x"],
         ["delete", "x"],
+        # Writes too: a state write to a store that does not exist is a mistyped URL.
+        ["state", "get", "k"],
+        ["state", "set", "k", "1"],
+        ["state", "list"],
+        ["state", "delete", "k"],
     ],
-    ids=lambda a: a[0],
+    ids=lambda a: " ".join(a[:2]),
 )
 @pytest.mark.parametrize("parent_exists", [True, False], ids=["file", "dir"])
 def test_commands_that_need_a_store_do_not_create_one(

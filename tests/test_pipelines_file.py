@@ -114,11 +114,11 @@ REFUSALS: list[tuple[str, str | list[str]]] = [
     ),
     (
         _pipeline(f"{{id: a, target: {F}}}\n{{id: b, params: {{x: 1}}}}"),
-        f"{P}.tasks[1] (id=b): set exactly one of 'target' or 'notify'",
+        f"{P}.tasks[1] (id=b): set exactly one of 'target', 'notify' or 'wait'",
     ),
     (
         _pipeline(f"{{id: a, target: {F}, notify: {{sink: ops, text: hi}}}}"),
-        f"{P}.tasks[0] (id=a): set exactly one of 'target' or 'notify'",
+        f"{P}.tasks[0] (id=a): set exactly one of 'target', 'notify' or 'wait'",
     ),
     (
         _pipeline("{id: a, target: {pipeline: q}}"),
@@ -244,7 +244,7 @@ def test_every_problem_of_a_file_is_reported_at_once() -> None:
     with pytest.raises(ScheduleFileError) as info:
         parse_schedule_file(text, "s.yaml")
     assert info.value.errors == [
-        f"{P}.tasks[1] (id=b): set exactly one of 'target' or 'notify'",
+        f"{P}.tasks[1] (id=b): set exactly one of 'target', 'notify' or 'wait'",
         # The tasks the model accepted are still judged; 'b' counts as a task.
         f"{P}.tasks[0] (id=a): after: unknown task 'zz'",
         f"{P}.tasks[2] (id=c): if: names task 'zz', which is not in its 'after' "
@@ -266,7 +266,7 @@ def test_names_of_invalid_entries_are_not_reported_as_unknown_too() -> None:
     with pytest.raises(ScheduleFileError) as info:
         parse_schedule_file(text, "s.yaml")
     assert info.value.errors == [
-        "pipelines[0] (id=p).tasks[0] (id=a): set exactly one of 'target' or 'notify'",
+        "pipelines[0] (id=p).tasks[0] (id=a): set exactly one of 'target', 'notify' or 'wait'",
         "schedules[1] (id=broken): every: invalid duration 10: a bare number has no unit; "
         "write 10s (or 10m, 10h, 10d)",
     ]

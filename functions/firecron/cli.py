@@ -38,7 +38,9 @@ from firecron.core.models import (
 from firecron.core.pipeline_graph import depths, render_mermaid, render_text, topological_order
 from firecron.core.runs import Attempt, Run, RunState, task_run_id
 from firecron.core.schedule_file import ScheduleFile, ScheduleFileError, parse_schedule_file
+from firecron.core.state import StateEntry
 from firecron.core.triggers import parse_instant, parse_spec, validate_timezone
+from firecron.core.waits import render_key
 from firecron.dispatch import Dispatcher, run_tick
 from firecron.errors import FirecronError, InvalidInputError, NotFoundError, UserError
 from firecron.settings import Settings
@@ -701,6 +703,12 @@ def _finite(text: str) -> float:
     help="Override a parameter (VALUE is JSON or a string). Repeatable.",
 )
 @click.option(
+    "--no-wait",
+    "no_gate",
+    is_flag=True,
+    help="Fire at once, without waiting on the schedule's wait: gate (a wait target still waits).",
+)
+@click.option(
     "--wait",
     is_flag=True,
     help="Follow the run until it ends (its retries included) and exit 1 unless it succeeded.",
@@ -717,6 +725,7 @@ def _finite(text: str) -> float:
 def trigger(
     schedule_id: str,
     params: tuple[str, ...],
+    no_gate: bool,
     wait: bool,
     wait_timeout: str,
     store_url: str | None,
@@ -738,10 +747,17 @@ def trigger(
     dispatcher (`firecron dev`, or the deployed one) drives its retries, and exits 1
     unless it ended succeeded or delivered.
 
+    A schedule with a wait: gate makes the run wait on its key like a scheduled one:
+    the command prints the run id and "state: waiting on KEY" and exits 0 (with --wait
+    it follows the run through its wait). --no-wait skips the gate and fires at once.
+    The two are unrelated: --no-wait is about the schedule's gate, --wait about
+    following the run. A wait target (target: {wait: ...}) always waits.
+
     \b
     Examples:
       firecron trigger hello --param name=you
       firecron trigger nightly-report --wait --wait-timeout 30m
+      firecron trigger load-orders --no-wait    # the data is known to be ready
     """
     from firecron._dev_secret import with_dev_secret
 
@@ -756,7 +772,7 @@ def trigger(
         # stay recorded with the run (`firecron events`).
         dispatcher = Dispatcher(store, replace(settings, event_log=False))
         try:
-            fired = await dispatcher.trigger(schedule_id, overrides)
+            fired = await dispatcher.trigger(schedule_id, overrides, gate=not no_gate)
         finally:
             await dispatcher.aclose()
         # A worker records its start before it answers, so the send's own record may
@@ -772,7 +788,7 @@ def trigger(
         emit_json(_run_dict(run))
     elif failure is None:
         click.echo(run.id)
-        click.echo(f"state: {run.state.value}", err=True)
+        click.echo(f"state: {_state_text(run)}", err=True)
     if failure is not None:
         raise FirecronError(failure)
 
@@ -826,7 +842,9 @@ def _trigger_failure(run: Run) -> str | None:
     if run.state not in verbs:
         return None
     started = bool(run.attempts) and run.attempts[-1].started_at is not None
-    what = verbs[run.state] if started else "could not be sent"
+    # A wait that failed or timed out never got to a send: it ended, it was not refused.
+    ended_waiting = run.wait is not None and not run.attempts
+    what = verbs[run.state] if started or ended_waiting else "could not be sent"
     reason = " ".join((run.error or "no error recorded").split())  # one line, always
     retry = ""
     if run.state is RunState.retry_wait and run.retry_at is not None:
@@ -868,6 +886,51 @@ def _run_dict(run: Run) -> dict[str, Any]:
     return data
 
 
+def _state_text(run: Run) -> str:
+    """The run's state, and for a run waiting on a key ``waiting on KEY``."""
+    if run.state is RunState.waiting and run.wait_key is not None:
+        return f"waiting on {run.wait_key}"
+    return run.state.value
+
+
+def _short_json(value: Any, limit: int = 60) -> str:
+    """``value`` as compact JSON, cut to ``limit`` characters (``...`` marks the cut)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _waited_key(run: Run) -> str | None:
+    """The key ``run`` waits (or waited) on: ``wait_key`` while it waits, else its
+    template rendered again from the run's own params, occurrence and zone (as when the
+    wait began); the template itself if that fails."""
+    if run.wait_key is not None:
+        return run.wait_key
+    if run.wait is None:
+        return None
+    try:
+        return render_key(run.wait.key, run.params, run.scheduled_for, run.timezone)
+    except ValueError:
+        return run.wait.key
+
+
+def _wait_rows(run: Run) -> list[list[Any]]:
+    """``firecron run``'s rows of a run that waits or waited on a key: the key, the
+    condition, the last value seen and when, the next check and the timeout."""
+    wait = run.wait
+    if wait is None:
+        return []
+    waiting = run.state is RunState.waiting and run.wait_key is not None
+    looked = run.wait_checked_at is not None
+    return [
+        ["wait key", _waited_key(run)],
+        ["wait until", f"{wait.until}  (looked at every {format_duration(wait.every)})"],
+        ["last value", _short_json(run.wait_value, 80) if looked else "(not looked at yet)"],
+        ["last looked", rfc3339(run.wait_checked_at)],
+        ["next check", rfc3339(run.deadline_at) if waiting else None],
+        ["times out", rfc3339(run.wait_until)],
+    ]
+
+
 @cli.command("runs")
 @schedule_filter("runs")
 @click.option(
@@ -889,13 +952,17 @@ def runs_cmd(
 ) -> None:
     """List recent runs, newest first.
 
-    A pipeline's task runs are runs too (RUN_ID.TASK). --json prints every field of
-    each run, among them trigger, pipeline, task, parent_run_id and cause_run_id.
+    A pipeline's task runs are runs too (RUN_ID.TASK). When a listed run waits on a
+    state key, KEY and UNTIL columns show the key and the condition it waits for.
+    --json prints every field of each run, among them trigger, pipeline, task,
+    parent_run_id, cause_run_id and, for waits, wait, wait_key, wait_value,
+    wait_checked_at and wait_until.
 
     \b
     Examples:
       firecron runs --schedule hello --limit 5
       firecron runs --state failed --json
+      firecron runs --state waiting
     """
     found = _with_store(
         store_url,
@@ -910,9 +977,12 @@ def runs_cmd(
     if not found:
         console.print("no runs")
         return
+    # The wait columns only when a listed run waits on a key: other listings keep their width.
+    waits = any(r.wait_key is not None for r in found)
     table(
         None,
-        ["RUN", "STATE", "ATTEMPT", "TARGET", "SCHEDULED (UTC)", "DURATION", "ERROR"],
+        ["RUN", "STATE", "ATTEMPT", "TARGET", "SCHEDULED (UTC)", "DURATION", "ERROR"]
+        + (["KEY", "UNTIL"] if waits else []),
         [
             [
                 r.id,
@@ -923,6 +993,7 @@ def runs_cmd(
                 _duration(r),
                 r.error,
             ]
+            + ([r.wait_key, r.wait.until if r.wait_key and r.wait else None] if waits else [])
             for r in found
         ],
     )
@@ -938,6 +1009,9 @@ def run_cmd(run_id: str, store_url: str | None, as_json: bool) -> None:
     A pipeline run also shows its task tree: one line per task, in the order they
     can run, indented by depth, with its state, attempt and duration; --json adds
     "tasks": {TASK_ID: {state, run_id, attempt, started_at, ended_at, error}}.
+
+    A run that waits (or waited) on a state key shows the key, the condition, the
+    last value seen and when, the next check and when the wait times out.
 
     \b
     Examples:
@@ -964,6 +1038,7 @@ def run_cmd(run_id: str, store_url: str | None, as_json: bool) -> None:
         ["state", run.state.value],
         ["trigger", run.trigger.value],
         *_orchestration_rows(run),
+        *_wait_rows(run),
         ["attempt", f"{run.attempt} of {run.retry.max_attempts}"],
         ["scheduled for", rfc3339(run.scheduled_for)],
         ["target", _target_text(run.target)],
@@ -1343,6 +1418,190 @@ def events(
         console.print("no events")
         return
     _events_table(None, rows)
+
+
+# -- state ------------------------------------------------------------------------------
+
+
+@cli.group("state")
+def state_group() -> None:
+    """Read and write the state collection that waits watch (key -> JSON value).
+
+    Keys are at most 256 characters of letters, digits and / _ . : - ; values are JSON
+    of at most 64 KiB. Each entry has a version (1 when created, one more per write) and
+    the time of its last write. Every write goes through firecron.State: the runs
+    waiting on the key are looked at with the new value at once, and those whose
+    condition holds fire. Writes are signed like `firecron trigger`'s sends.
+
+    \b
+    Examples:
+      firecron state set orders/2027-01-04 '{"rows": 1200}'
+      firecron state get orders/2027-01-04 --json
+      firecron state list --prefix orders/
+      firecron state delete orders/2027-01-04 --if-version 1
+    """
+
+
+@contextlib.contextmanager
+def _open_state(store_url: str | None) -> Iterator[Any]:
+    """A :class:`firecron.State` on the configured store, closed on exit.
+
+    The store must exist already (an unknown SQLite path is exit 2 naming it, and
+    nothing is created), for the writes as for the reads: a write to a store nobody
+    reads is a typo in the URL, not a way to make a store.
+    """
+    from firecron._state_api import State
+
+    settings = _settings(store_url)
+    _with_store(store_url, _nothing, create=False)  # exists? (creates nothing)
+    _quiet_library_logs()  # a failed release is a warning; the write stands
+    state = State(settings.store_url, namespace=settings.namespace)
+    try:
+        yield state
+    finally:
+        state.close()
+
+
+async def _nothing(store: Store) -> None:
+    return None
+
+
+def _entry_dict(entry: StateEntry) -> dict[str, Any]:
+    return {
+        "key": entry.key,
+        "value": entry.value,
+        "version": entry.version,
+        "updated_at": rfc3339(entry.updated_at),
+    }
+
+
+def _parse_value(text: str) -> Any:
+    """JSON ``text`` (``-``: read from stdin), strictly: NaN, Infinity and numbers that
+    overflow a float are not JSON. Raises :class:`InvalidInputError` (one line)."""
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+    except ValueError as exc:
+        raise InvalidInputError(f"JSON: not valid JSON: {exc}") from None
+
+
+@state_group.command("get")
+@click.argument("key")
+@store_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the entry: key, value, version, updated_at."
+)
+def state_get(key: str, store_url: str | None, as_json: bool) -> None:
+    """Print the value under KEY as JSON; exit 2 when there is none.
+
+    \b
+    Examples:
+      firecron state get orders/2027-01-04
+      firecron state get orders/2027-01-04 --json
+    """
+    with _open_state(store_url) as state:
+        entry = state.entry(key)
+    if entry is None:
+        raise NotFoundError(f"unknown state key {key!r}")
+    emit_json(_entry_dict(entry) if as_json else entry.value)
+
+
+@state_group.command("set")
+@click.argument("key")
+@click.argument("value", metavar="JSON")
+@click.option(
+    "--if-version",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Write only over version N (0: only if KEY does not exist); exit 1 otherwise.",
+)
+@store_option
+@json_option
+def state_set(
+    key: str, value: str, if_version: int | None, store_url: str | None, as_json: bool
+) -> None:
+    """Write the JSON value under KEY and print its new version.
+
+    JSON is parsed strictly (- reads it from stdin). The runs waiting on KEY are
+    looked at with the new value at once, and those whose condition holds fire.
+    With --if-version N the write is a compare-and-set: when KEY is not at version N
+    (or, with 0, exists), nothing is written and the command exits 1 with one line.
+
+    \b
+    Examples:
+      firecron state set orders/2027-01-04 '{"rows": 1200, "ready": true}'
+      firecron state set lock:etl '"me"' --if-version 0
+      echo '[1, 2]' | firecron state set batch/ids -
+    """
+    parsed = _parse_value(value)
+    with _open_state(store_url) as state:
+        entry = state.set(key, parsed, if_version=if_version)
+    if as_json:
+        emit_json(_entry_dict(entry))
+    else:
+        click.echo(entry.version)
+
+
+@state_group.command("list")
+@click.option("--prefix", default="", metavar="P", help="Only keys that begin with P.")
+@click.option(
+    "--limit", type=click.IntRange(1, 10_000), default=100, show_default=True, help="At most."
+)
+@store_option
+@json_option
+def state_list(prefix: str, limit: int, store_url: str | None, as_json: bool) -> None:
+    """List entries in key order: key, version, last write and a short value.
+
+    --json prints each entry whole (key, value, version, updated_at).
+
+    \b
+    Examples:
+      firecron state list --prefix orders/
+      firecron state list --json
+    """
+    with _open_state(store_url) as state:
+        # One more than asked tells whether more follow, without a count.
+        found = state.list(prefix, limit=limit + 1)
+    entries, more = found[:limit], len(found) > limit
+    if as_json:
+        emit_json([_entry_dict(e) for e in entries])
+        return
+    if not entries:
+        console.print(f"no state entries{f' under {prefix!r}' if prefix else ''}")
+        return
+    table(
+        None,
+        ["KEY", "VERSION", "UPDATED (UTC)", "VALUE"],
+        [[e.key, e.version, rfc3339(e.updated_at), _short_json(e.value)] for e in entries],
+    )
+    if more:
+        console.print(f"more: raise --limit (now {limit}) or narrow --prefix")
+
+
+@state_group.command("delete")
+@click.argument("key")
+@click.option(
+    "--if-version",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Delete only at version N; exit 1 otherwise.",
+)
+@store_option
+def state_delete(key: str, if_version: int | None, store_url: str | None) -> None:
+    """Delete the entry under KEY; exit 2 when there is none.
+
+    The runs waiting on KEY are looked at at once, with null as the value.
+
+    \b
+    Example:
+      firecron state delete orders/2027-01-04 --if-version 3
+    """
+    with _open_state(store_url) as state:
+        deleted = state.delete(key, if_version=if_version)
+    if not deleted:
+        raise NotFoundError(f"unknown state key {key!r}")
+    click.echo(f"deleted {key}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,12 @@ problem, the task (``.tasks[2] (id=load)``), then ``field: reason``:
   ``tasks`` holds its upstream tasks only;
 - a ``notify`` task naming a sink that ``notifications.sinks`` does not define;
 - a ``url`` target that the SSRF guard always refuses (the rules schedules follow,
-  :func:`~firecron.core.refusals.unworkable_target`).
+  :func:`~firecron.core.refusals.unworkable_target`);
+- a ``wait`` task whose wait can never end well
+  (:func:`~firecron.core.refusals.unworkable_wait`): a key template that is not valid
+  syntax, an ``until`` that does not compile, an ``every`` longer than its ``timeout``.
+  Whether the template's params exist depends on the schedules that run the pipeline;
+  :func:`wait_param_problems` judges that once they are known.
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from firecron.core.conditions import ConditionError, compile_condition, referenced_tasks
 from firecron.core.events import SinkConfig
-from firecron.core.models import PipelineSpec, TaskRule
-from firecron.core.refusals import unworkable_target
+from firecron.core.models import PipelineSpec, ScheduleSpec, TaskRule
+from firecron.core.refusals import unworkable_target, unworkable_wait
+from firecron.core.waits import template_problem
 
-__all__ = ["cycles", "problems", "task_label"]
+__all__ = ["cycles", "problems", "task_label", "wait_param_problems"]
 
 
 def task_label(index: int, task_id: object) -> str:
@@ -95,11 +101,49 @@ def problems(
                     task.target, allow_private_targets=allow_private_targets
                 )
             )
+        if task.wait is not None:
+            lines.extend(f"{where}: wait.{line}" for line in unworkable_wait(task.wait, None))
     edges = {task.id: [a for a in task.after if a in first] for task in spec.tasks}
     lines.extend(
         f"{label}: tasks form a cycle: {' -> '.join(cycle)}"
         for cycle in cycles(list(first), _downstream(edges))
     )
+    return lines
+
+
+def wait_param_problems(
+    spec: PipelineSpec, label: str, schedules: Sequence[ScheduleSpec]
+) -> list[str]:
+    """The params a wait task's key template names that its runs will not have, one line
+    per task and param: ``{label}.tasks[1] (id=ready): wait.key: ... in the runs of
+    schedule 'nightly')``.
+
+    A task run's params are the pipeline's, under the schedule's, under the task's own;
+    each of ``schedules`` (those that run ``spec``) is judged on its own, and the
+    schedules that lack the same param share one line. Templates whose syntax is wrong
+    are left to :func:`problems`, which reports them.
+    """
+    lines: list[str] = []
+    seen: set[str] = set()
+    for index, task in enumerate(spec.tasks):
+        if task.wait is None or task.id in seen:
+            continue
+        seen.add(task.id)  # a duplicate id is reported by problems(); judge the first
+        if template_problem(task.wait.key) is not None:
+            continue
+        missing: dict[str, list[str]] = {}
+        for schedule in schedules:
+            params = {**spec.params, **schedule.params, **task.params}
+            problem = template_problem(task.wait.key, params)
+            if problem is not None:
+                missing.setdefault(problem, []).append(schedule.id)
+        for problem, ids in missing.items():
+            noun = "schedule" if len(ids) == 1 else "schedules"
+            names = ", ".join(repr(i) for i in ids)
+            lines.append(
+                f"{label}.{task_label(index, task.id)}: wait.key: {problem} "
+                f"in the runs of {noun} {names}"
+            )
     return lines
 
 

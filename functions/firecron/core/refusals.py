@@ -13,6 +13,12 @@ Each reason is one line ``field: reason``. Refused:
 - on an on-demand schedule (none of ``cron``, ``every`` or ``at``), ``start_at``,
   ``end_at``, ``jitter`` and ``max_runs``: they bound or delay occurrences, and it has
   none, so each is a mistake (a forgotten trigger, most likely), not a setting;
+- a wait (the schedule's ``wait:`` gate, or a ``wait`` target) that can never end well
+  (:func:`unworkable_wait`): a key template that can never name a key, or that names a
+  param the schedule does not have (for a pipeline target, the pipeline's params
+  count too, and :mod:`firecron.core.schedule_file` judges that); an ``until`` that does not compile or names a
+  variable other than ``value``; an ``every`` longer than its ``timeout``. And a
+  schedule with both a ``wait:`` gate and a ``wait`` target, which would wait twice;
 - with ``now`` given, an ``at`` that no tick from ``now`` on can fire. The planner
   counts an occurrence older than ``misfire.grace`` as missed, whatever the policy, and
   ``misfire: skip`` fires only an occurrence seen at most
@@ -30,17 +36,19 @@ Cron expressions that never match are refused by the model itself
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from firecron.core.durations import format_duration
 from firecron.core.events import Notifications, WebhookSink
-from firecron.core.models import MisfirePolicyKind, ScheduleSpec, Target
+from firecron.core.models import JsonValue, MisfirePolicyKind, ScheduleSpec, Target, WaitSpec
 from firecron.core.planning import DEFAULT_MISFIRE_THRESHOLD
 from firecron.core.render import rfc3339
 from firecron.core.target_rules import check_static, redact_url
 from firecron.core.triggers import jitter_offset
+from firecron.core.waits import template_problem, until_problem
 
-__all__ = ["unworkable", "unworkable_sinks", "unworkable_target"]
+__all__ = ["unworkable", "unworkable_sinks", "unworkable_target", "unworkable_wait"]
 
 
 def _rfc3339(value: datetime) -> str:
@@ -94,6 +102,20 @@ def unworkable(
         f"target.{line}"
         for line in unworkable_target(spec.target, allow_private_targets=allow_private_targets)
     ]
+    if spec.wait is not None:
+        # A pipeline target's params are defaults under the schedule's: the file's
+        # parser judges the template against both once it knows the pipeline.
+        known = spec.params if spec.target.pipeline is None else None
+        problems.extend(f"wait.{line}" for line in unworkable_wait(spec.wait, known))
+    if spec.target.wait is not None:
+        problems.extend(
+            f"target.wait.{line}" for line in unworkable_wait(spec.target.wait, spec.params)
+        )
+        if spec.wait is not None:
+            problems.append(
+                "wait: the target is a wait already, so the run would wait twice: drop the "
+                "'wait:' gate (or give the gate a target to fire)"
+            )
     problem = _at_problem(spec, now)
     if problem is not None:
         problems.append(f"at: {problem}")
@@ -109,6 +131,31 @@ def unworkable_target(target: Target, *, allow_private_targets: bool) -> list[st
         return []
     problem = _url_problem(target.url, allow_private_targets=allow_private_targets)
     return [] if problem is None else [f"url: {problem}"]
+
+
+def unworkable_wait(wait: WaitSpec, params: Mapping[str, JsonValue] | None) -> list[str]:
+    """Why ``wait`` can never end well, one ``field: reason`` line each (``key``, ``until``,
+    ``every``); empty when it can. Used for a schedule's gate and wait target, and for a
+    pipeline's wait tasks.
+
+    ``params`` are the names a run's params will surely have (the key template's
+    ``{NAME}`` must be one of them, or ``date`` or ``scheduled_for``); None checks the
+    template's syntax only. An ``every`` longer than ``timeout`` is refused: the wait
+    would time out before it looks a second time, which is never what was meant.
+    """
+    problems: list[str] = []
+    problem = template_problem(wait.key, params)
+    if problem is not None:
+        problems.append(f"key: {problem}")
+    problem = until_problem(wait)
+    if problem is not None:
+        problems.append(f"until: {problem}")
+    if wait.every > wait.timeout:
+        problems.append(
+            f"every: {format_duration(wait.every)} is longer than timeout "
+            f"{format_duration(wait.timeout)}: the wait would time out before it looks again"
+        )
+    return problems
 
 
 _NO_OCCURRENCES = "an on-demand schedule (no cron, every or at) has no occurrences to"

@@ -22,8 +22,10 @@ Contract of :func:`parse_schedule_file`:
   levels deep. Text that is not valid Unicode (a lone surrogate) and YAML nested too
   deeply for the parser are one error line too, never an exception.
 - Valid entries that can never work are errors too (:mod:`firecron.core.refusals`): a
-  target or webhook sink the SSRF guard always refuses, and an ``at`` that can no
-  longer fire. Those checks depend on ``now`` and on whether private targets are
+  target or webhook sink the SSRF guard always refuses, an ``at`` that can no longer
+  fire, and a wait (a schedule's gate, a wait target, a pipeline's wait task) whose key
+  template, ``until`` or ``every`` can never work, or whose template names a param the
+  runs will not have. Those checks depend on ``now`` and on whether private targets are
   allowed, which the caller passes in (the core reads no clock or environment).
 """
 
@@ -48,8 +50,9 @@ from firecron.core.models import (
     ScheduleSpec,
     params_depth_problem,
 )
-from firecron.core.pipeline_checks import cycles, problems, task_label
+from firecron.core.pipeline_checks import cycles, problems, task_label, wait_param_problems
 from firecron.core.refusals import unworkable, unworkable_sinks
+from firecron.core.waits import template_problem
 from firecron.errors import InvalidInputError
 
 __all__ = [
@@ -398,6 +401,7 @@ def _parse(
         errors.extend(checked.errors)
         specs.append(spec)
     errors.extend(_links(specs, seen, invalid_ids, pipelines, invalid_pipelines, sinks))
+    errors.extend(_wait_params(specs, seen, pipelines, doc.get("pipelines")))
     if errors:
         raise ScheduleFileError(source, errors)
     targeted = {spec.target.pipeline for spec in specs if spec.target.pipeline is not None}
@@ -599,6 +603,43 @@ def _links(
                 f"{_label(positions[cycle[0]], cycle[0])}: then: the chain is a cycle: "
                 + " -> ".join(cycle)
             )
+    return errors
+
+
+def _wait_params(
+    specs: list[ScheduleSpec],
+    positions: dict[str, int],
+    pipelines: dict[str, PipelineSpec],
+    raw: Any,
+) -> list[str]:
+    """The params that the key templates of waits in pipelines name and that runs will
+    not have, one line each: a gate (``wait:``) on a schedule that targets a pipeline
+    (its runs' params are the pipeline's under the schedule's), and a pipeline's wait
+    tasks (see :func:`~firecron.core.pipeline_checks.wait_param_problems`), judged
+    against each schedule that targets the pipeline. A pipeline no schedule targets has
+    only its templates' syntax checked (its warning says it never runs).
+    """
+    targeting: dict[str, list[ScheduleSpec]] = {}
+    errors: list[str] = []
+    for spec in specs:
+        pipeline = pipelines.get(spec.target.pipeline or "")
+        if pipeline is None:
+            continue
+        targeting.setdefault(pipeline.id, []).append(spec)
+        if spec.wait is not None and template_problem(spec.wait.key) is None:
+            problem = template_problem(spec.wait.key, {**pipeline.params, **spec.params})
+            if problem is not None:
+                errors.append(f"{_label(positions[spec.id], spec.id)}: wait.key: {problem}")
+    # The valid pipelines' places in the file (their labels): first occurrence of each id.
+    index_of: dict[str, int] = {}
+    for index, entry in enumerate(raw if isinstance(raw, list) else []):
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            index_of.setdefault(entry["id"], index)
+    for pipeline_id, schedules in targeting.items():
+        pipeline = pipelines[pipeline_id]
+        if any(task.wait is not None for task in pipeline.tasks):
+            label = _pipeline_label(index_of[pipeline_id], pipeline_id)
+            errors.extend(wait_param_problems(pipeline, label, schedules))
     return errors
 
 
