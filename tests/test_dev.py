@@ -24,10 +24,10 @@ from rich.console import Console
 
 from _devstack import FIRECRON, clean_env, dev_stack, firecron, poll, runs
 from _factories import T0, make_run
-from firecron.core.models import PipelineSpec, Target
+from firecron.core.models import PipelineSpec, Target, WaitSpec
 from firecron.core.pipelines import build_task_runs
-from firecron.core.runs import RunState
-from firecron.dev import DevStack, Recent, recent_runs, task_states
+from firecron.core.runs import Run, RunState
+from firecron.dev import DevStack, Recent, recent_runs, state_text, task_states, waiting_runs
 from firecron.settings import Settings
 from firecron.store import open_store
 
@@ -354,3 +354,82 @@ def test_the_piped_view_prints_a_pipeline_run_as_one_line_per_change(tmp_path: P
     assert len(lines) == 2
     assert lines[1].endswith("t000:succeeded t001:succeeded t002:waiting")
     assert not [line for line in lines if ".t00" in line]
+
+
+# -- the view of runs waiting on a state key ---------------------------------------------
+
+
+def _gated_run() -> Run:
+    """A run waiting on ``orders/2027-01-01`` that has looked once and seen a value."""
+    return make_run(
+        "load",
+        T0 + timedelta(minutes=5),
+        state=RunState.waiting,
+        wait=WaitSpec(key="orders/{date}", until="value.rows > 0"),
+        wait_key="orders/2027-01-01",
+        wait_value={"rows": 0},
+        wait_checked_at=T0 + timedelta(minutes=5),
+        wait_until=T0 + timedelta(hours=6, minutes=5),
+        deadline_at=T0 + timedelta(minutes=5, seconds=30),
+    )
+
+
+def test_the_views_show_a_run_waiting_on_a_key(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'waits.db'}"
+    # Its pipeline's tasks wait too, on their upstream tasks: no key, not listed as waits.
+    _seeded_pipeline_store(url, tasks=3, plain=0)
+    gated = _gated_run()
+
+    async def seed_and_read() -> list[Run]:
+        store = open_store(url, create=False)
+        try:
+            assert await store.create_run(gated) is not None
+            return await waiting_runs(store)
+        finally:
+            await store.close()
+
+    waiting = asyncio.run(seed_and_read())
+    assert [r.id for r in waiting] == [gated.id]
+    assert state_text(waiting[0]) == "waiting on orders/2027-01-01"
+
+    out = io.StringIO()
+    stack = DevStack(
+        Settings().with_store(url),
+        None,
+        port=1,
+        source=tmp_path / "main.py",
+        console=Console(file=out, width=300),
+    )
+    recent = _recent(url)
+    stack._print_changes(recent)
+    when = gated.updated_at.astimezone().strftime("%H:%M:%S")
+    assert (
+        f"{when} {gated.id} waiting on orders/2027-01-01 attempt 1" in out.getvalue().splitlines()
+    )
+
+    live = io.StringIO()
+    Console(file=live, width=300).print(stack._view([], recent, waiting))
+    lines = [line.rstrip() for line in live.getvalue().splitlines()]
+    start = lines.index("Waiting on state")
+    assert lines[start + 1].split() == [
+        "RUN",
+        "KEY",
+        "UNTIL",
+        "LAST",
+        "VALUE",
+        "NEXT",
+        "CHECK",
+        "IN",
+        "TIMES",
+        "OUT",
+        "IN",
+    ]
+    row = lines[start + 2]
+    assert row.split()[:2] == [gated.id, "orders/2027-01-01"]
+    assert "value.rows > 0" in row
+    assert '{"rows":0}' in row
+    # The recent runs show it waiting on its key too; without waits, no such table.
+    assert any(gated.id in line and "waiting on orders/2027-01-01" in line for line in lines)
+    quiet = io.StringIO()
+    Console(file=quiet, width=300).print(stack._view([], recent, []))
+    assert "Waiting on state" not in quiet.getvalue()

@@ -18,7 +18,9 @@ One process runs, on the embedded SQLite store:
   when stdout is not a terminal: one line per run that changes after the start, with
   the time of its change (runs from before a restart are not printed again). A
   pipeline run is one line with its tasks' states (``extract:succeeded join:waiting``),
-  and changes when any of them does; its task runs are not listed on their own.
+  and changes when any of them does; its task runs are not listed on their own. A run
+  waiting on a state key shows as ``waiting on KEY``, and the live view lists the runs
+  waiting on keys (key, condition, last value seen, next check, timeout).
 
 Ctrl-C or SIGTERM stops it within a few seconds. Runs still in flight are left as
 they are (``running``/``dispatched``); the watchdog recovers them on the next start,
@@ -31,6 +33,7 @@ import asyncio
 import contextlib
 import errno
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -65,13 +68,25 @@ from firecron.settings import Settings
 from firecron.store import Store, open_store
 from firecron.worker import declared_in
 
-__all__ = ["DevStack", "Recent", "default_source", "find_workers", "recent_runs", "task_states"]
+__all__ = [
+    "DevStack",
+    "Recent",
+    "default_source",
+    "find_workers",
+    "recent_runs",
+    "state_text",
+    "task_states",
+    "waiting_runs",
+]
 
 _RECENT = 12
 """Runs shown in the view, newest first (and compared by the piped change log); a
 pipeline run counts once, its task runs not at all."""
 _MAX_LISTED = 4000
 """The most runs one look at the recent runs reads, when task runs crowd out the others."""
+_WAITING_READ = 200
+"""The most waiting runs one look reads for the view's waits (task runs waiting for their
+upstream tasks are among them, and are left out)."""
 _TASKS_SHOWN = 12
 """A pipeline run with more tasks than this shows counts per state instead of each task."""
 
@@ -120,6 +135,21 @@ async def recent_runs(store: Store, count: int = _RECENT) -> Recent:
             tasks = await store.get_runs([task_run_id(run.id, t) for t in order])
         recent.append((run, tasks))
     return recent
+
+
+async def waiting_runs(store: Store, count: int = _RECENT) -> list[Run]:
+    """Up to ``count`` runs waiting on a state key, newest first (one query; pipeline
+    tasks waiting for their upstream tasks, which are ``waiting`` too, are left out)."""
+    page = await store.list_runs(states=[RunState.waiting], limit=_WAITING_READ)
+    return [r for r in page if r.wait_key is not None][:count]
+
+
+def state_text(run: Run) -> str:
+    """The run's state as the view shows it: ``waiting on KEY`` for a run waiting on a
+    state key, else the state's name."""
+    if run.state is RunState.waiting and run.wait_key is not None:
+        return f"waiting on {run.wait_key}"
+    return run.state.value
 
 
 def task_states(tasks: list[Run]) -> str:
@@ -389,7 +419,7 @@ class DevStack:
             schedules = await store.list_schedules()
             runs = await recent_runs(store)
             if live is not None:
-                live.update(self._view(schedules, runs))
+                live.update(self._view(schedules, runs, await waiting_runs(store)))
             else:
                 self._print_changes(runs)
             delay = self.tick_every - (time.monotonic() - started)
@@ -439,9 +469,11 @@ class DevStack:
             changed = max([run.updated_at, *(t.updated_at for t in tasks)])
             when = changed.astimezone().strftime("%H:%M:%S")
             steps = f"  {task_states(tasks)}" if tasks else ""
-            self._log(f"{when} {run.id} {run.state.value} attempt {run.attempt}{sla}{extra}{steps}")
+            self._log(f"{when} {run.id} {state_text(run)} attempt {run.attempt}{sla}{extra}{steps}")
 
-    def _view(self, schedules: list[StoredSchedule], runs: Recent) -> Group:
+    def _view(
+        self, schedules: list[StoredSchedule], runs: Recent, waiting: list[Run] | None = None
+    ) -> Group:
         now = datetime.now(UTC)
         upcoming = Table(title="Upcoming", title_justify="left", box=None, header_style="bold")
         for col in ("SCHEDULE", "STATUS", "NEXT FIRE (LOCAL)", "IN", "RUNS"):
@@ -466,7 +498,7 @@ class DevStack:
         for col in ("RUN", "STATE", "ATTEMPT", "DURATION", "TASKS", "ERROR"):
             recent.add_column(col, overflow="fold")
         for run, tasks in runs:
-            state = Text(run.state.value, style=_STATE_STYLE.get(run.state, ""))
+            state = Text(state_text(run), style=_STATE_STYLE.get(run.state, ""))
             if run.sla_breached_at:
                 state.append(" SLA!", style="bold magenta")
             duration = "-"
@@ -488,7 +520,41 @@ class DevStack:
             f"{self.base_url}  Ctrl-C to stop",
             style="dim",
         )
-        return Group(upcoming, Text(""), recent, Text(""), footer)
+        parts: list[Any] = [upcoming, Text(""), recent, Text("")]
+        if waiting:
+            parts += [_waits_table(waiting, now), Text("")]
+        return Group(*parts, footer)
+
+
+def _waits_table(waiting: list[Run], now: datetime) -> Table:
+    """The runs waiting on state keys: key, condition, last value, next check, timeout."""
+    table = Table(title="Waiting on state", title_justify="left", box=None, header_style="bold")
+    for col in ("RUN", "KEY", "UNTIL", "LAST VALUE", "NEXT CHECK IN", "TIMES OUT IN"):
+        table.add_column(col, overflow="fold")
+    for run in waiting:
+        looked = run.wait_checked_at is not None
+        table.add_row(
+            run.id,
+            run.wait_key or "-",
+            run.wait.until if run.wait is not None else "-",
+            _short(run.wait_value) if looked else "-",
+            _until(run.deadline_at, now),
+            _until(run.wait_until, now),
+        )
+    return table
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """``value`` as compact JSON, cut to ``limit`` characters."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _until(instant: datetime | None, now: datetime) -> str:
+    """How long until ``instant``, in whole seconds (``-`` when there is none)."""
+    if instant is None:
+        return "-"
+    return format_duration(timedelta(seconds=int(max(0, (instant - now).total_seconds()))))
 
 
 def _styled_tasks(tasks: list[Run]) -> Text:
