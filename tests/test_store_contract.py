@@ -10,6 +10,7 @@ import asyncio
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1066,3 +1067,18 @@ async def test_a_schedule_error_is_claimed_and_read_back(store: Store) -> None:
     assert due.state == errored
     assert due.status == "error"
     assert await store.due_schedules(T0 + planning.ERROR_BACKOFF - US, 10) == []
+
+
+async def test_sqlite_openers_racing_on_a_new_file_all_open_it(tmp_path: Path) -> None:
+    """Openers of a new file race to switch it to WAL mode; SQLite answers the loser
+    "database is locked" at once (no busy wait), so the store must try again. A race:
+    before the fix this failed now and then, under load, not every time."""
+    from firecron.store.sqlite import SQLiteStore
+
+    for n in range(20):
+        stores = [SQLiteStore(tmp_path / f"new{n}" / "firecron.db") for _ in range(8)]
+        try:
+            assert await asyncio.gather(*(s.list_state() for s in stores)) == [[]] * 8
+        finally:
+            for store in stores:
+                await store.close()

@@ -37,6 +37,7 @@ import json
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -165,7 +166,7 @@ class SQLiteStore:
             )
             # busy_timeout first: switching to WAL needs a lock another opener may hold.
             conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _enable_wal(conn)
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot enable WAL mode (got {mode!r})")
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -926,6 +927,26 @@ def _state_conflict(key: str, expected: int | None, found: int | None) -> Confli
     have = "does not exist" if found is None else f"is at version {found}"
     want = "create only" if expected == 0 else f"expected version {expected}"
     return ConflictError(f"state key {key!r} {have} ({want})")
+
+
+def _enable_wal(conn: sqlite3.Connection) -> str:
+    """Switch the database to WAL mode (it stays so) and return the journal mode now.
+
+    Openers of a new file race to switch it, and SQLite answers "database is locked"
+    to the loser at once, without waiting in the busy handler: wait and try again, for
+    as long as the busy timeout would have waited.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    pause = 0.001
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        # On the store's own thread (never the event loop): a short, growing pause.
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _first_line(exc: BaseException) -> str:
