@@ -3,7 +3,8 @@
 The real ``firecron`` command in a subprocess (tests/_cli.py), on a SQLite store made by
 ``apply``. Targets are real HTTP servers on 127.0.0.1 (tests/_sinks.py): a write through
 ``firecron state set`` releases a gated run, whose target then receives its POST before
-the command returns.
+the command returns. The last test runs the commands and a release on each store
+(SQLite, and Firestore on the emulator).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from _backend import Backend
 from _cli import FIRECRON, clean_env, run_cli
 from _poll import poll
 from _sinks import serve
@@ -347,3 +349,52 @@ def test_state_help_lists_the_four_commands() -> None:
     }
     for command in ("get", "set", "list", "delete"):
         assert "Example" in ok("state", command, "--help"), command
+
+
+# -- on both stores ----------------------------------------------------------------------
+
+
+def test_the_state_commands_and_a_cli_release_on_each_store(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """The four commands, a version conflict, and a gated run released by `state set`,
+    on SQLite and on Firestore (the emulator)."""
+    env = backend.env()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, env=env)
+
+    def cli_ok(*args: str) -> str:
+        proc = cli(*args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    with serve(status=200) as sink:
+        path = tmp_path / "schedules.yaml"
+        path.write_text(gated(f"{sink.url}/hook", key="exports/{cust}"))
+        cli_ok("apply", str(path))
+        assert cli_ok("state", "set", "exports/other", "1") == "1\n"
+        assert cli_ok("state", "set", "exports/other", "2", "--if-version", "1") == "2\n"
+        line = one_error(cli("state", "set", "exports/other", "3", "--if-version", "1"), 1)
+        assert line.startswith("error: state key 'exports/other' ")
+        assert "version 2" in line
+
+        run_id = cli_ok("trigger", "load").strip()
+        assert [r["id"] for r in json.loads(cli_ok("runs", "--state", "waiting", "--json"))] == [
+            run_id
+        ]
+        assert cli_ok("state", "set", "exports/acme", '{"rows": 3}') == "1\n"
+        assert sink.received == 1
+    run = json.loads(cli_ok("run", run_id, "--json"))
+    assert (run["state"], run["wait_key"], run["wait_value"]) == ("delivered", None, {"rows": 3})
+
+    listed = json.loads(cli_ok("state", "list", "--prefix", "exports/", "--json"))
+    assert [(e["key"], e["value"], e["version"]) for e in listed] == [
+        ("exports/acme", {"rows": 3}, 1),
+        ("exports/other", 2, 2),
+    ]
+    assert cli_ok("state", "delete", "exports/other") == "deleted exports/other\n"
+    assert one_error(cli("state", "get", "exports/other"), 2) == (
+        "error: unknown state key 'exports/other'"
+    )
+    assert json.loads(cli_ok("state", "get", "exports/acme")) == {"rows": 3}
