@@ -63,7 +63,7 @@ def key_problem(key: object) -> str | None:
         return "key is empty"
     if len(key) > MAX_KEY_CHARS:
         return f"key is {len(key)} characters long; the limit is {MAX_KEY_CHARS}"
-    if not KEY_PATTERN.match(key):
+    if not KEY_PATTERN.fullmatch(key):
         bad = next(c for c in key if not re.match(r"[A-Za-z0-9/_.:-]", c))
         return f"key {key!r} holds {bad!r}: keys are letters, digits and / _ . : -"
     if key in (".", ".."):

@@ -27,8 +27,8 @@ Layout, in the database ``database`` of project ``project``:
   <integer>, "updated_at": <timestamp>}``, one document per state entry. The document
   id is the key with every ``/`` written ``%2F`` (keys never hold ``%``), and, when
   that starts and ends with ``__`` (ids Firestore reserves), its first ``_`` written
-  ``%5F``: see :func:`state_document_id` and docs/design.md, "The state collection's
-  layout", which another program writing an entry follows.
+  ``%5F``: see :func:`state_document_id` and, for another program writing an entry,
+  docs/design.md, "The state collection's layout".
 
 Records are stored as JSON text (``_codec.to_json``; datetimes ISO 8601 UTC), not as
 Firestore maps: encoding a nested run as protobuf maps dominated the dispatcher's CPU,
