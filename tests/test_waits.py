@@ -8,6 +8,7 @@ CLI (``tests/test_state_cli.py``), a worker's ``ctx.state``, or straight into th
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -493,5 +494,7 @@ async def test_versions_are_compare_and_set(state: State) -> None:
     assert await asyncio.to_thread(state.get, "v/none", "default") == "default"
     with pytest.raises(InvalidInputError, match="holds ' '"):
         await asyncio.to_thread(state.set, "bad key", 1)
+    with pytest.raises(InvalidInputError, match=re.escape(r"holds '\n'")):
+        await asyncio.to_thread(state.set, "trailing\n", 1)
     assert await asyncio.to_thread(state.delete, "v/key", 2)
     assert await asyncio.to_thread(state.get, "v/key") is None
