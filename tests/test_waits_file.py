@@ -201,7 +201,7 @@ VALID = textwrap.dedent(
             params: {region: eu}
             tasks:
               - id: ready
-                wait: {key: "orders/{date}/{region}/{tenant}", until: "value.rows > 0",
+                wait: {key: "orders/{date}/{region}/{tenant}", until: "value != null && value.rows > 0",
                        every: 1m, timeout: 3h}
                 params: {tenant: acme}
               - {id: load, target: {function: load}, after: [ready]}
@@ -254,4 +254,24 @@ def test_a_pipeline_no_schedule_targets_has_its_templates_syntax_checked_only() 
     assert caught.value.errors == [
         f"{T}: wait.key: key 'orders/{{tenant': braces must enclose a param name, "
         "{date} or {scheduled_for}"
+    ]
+
+
+def test_an_until_that_errs_on_a_missing_key_is_a_warning(tmp_path: Path) -> None:
+    text = (
+        pipeline('{key: "orders/{date}", until: "value.rows > 0"}')
+        + "  - id: gate\n    params: {cust: acme}\n"
+        + "    wait: {key: 'e/{cust}', until: 'value.ready'}\n    target: {function: f}\n"
+        + "  - {id: guarded, wait: {key: e, until: 'value != null && value.ready'},"
+        + " target: {function: f}}\n"
+    )
+    code, out, err = _validate(tmp_path, text)
+    assert (code, out) == (0, [f"ok: {tmp_path / 's.yaml'}: 3 schedules"])
+    overload = "No such overload: the operation is not defined for the given operand types"
+    assert err == [
+        "warning: schedules[1] (id=gate): wait: until 'value.ready' fails the wait while the "
+        f"key is missing (value is null: {overload}); test for null first, as in "
+        "'value != null && ...'",
+        f"warning: {T}: wait: until 'value.rows > 0' fails the wait while the key is missing "
+        f"(value is null: {overload}); test for null first, as in 'value != null && ...'",
     ]

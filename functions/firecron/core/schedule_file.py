@@ -48,11 +48,12 @@ from firecron.core.models import (
     NotifyAction,
     PipelineSpec,
     ScheduleSpec,
+    WaitSpec,
     params_depth_problem,
 )
 from firecron.core.pipeline_checks import cycles, problems, task_label, wait_param_problems
 from firecron.core.refusals import unworkable, unworkable_sinks
-from firecron.core.waits import template_problem
+from firecron.core.waits import holds, template_problem
 from firecron.errors import InvalidInputError
 
 __all__ = [
@@ -91,7 +92,8 @@ class ScheduleFile:
     """The file's pipelines, in file order, their notify tasks' sinks resolved."""
     warnings: list[str] = field(default_factory=list)
     """What is valid but likely a mistake, one line each (``pipelines[1] (id=x): no
-    schedule targets it``); ``validate`` and ``apply`` print them and still succeed."""
+    schedule targets it``, a wait's ``until`` that errs while its key is missing);
+    ``validate`` and ``apply`` print them and still succeed."""
 
 
 # libyaml's parser when PyYAML was built with it: the pure-Python scanner was most of
@@ -410,6 +412,7 @@ def _parse(
         for index, pipeline in enumerate(pipelines.values())
         if pipeline.id not in targeted
     ]
+    warnings.extend(_null_warnings(specs, seen, pipelines))
     return ScheduleFile(
         schedules=_linked(_routed(specs, notifications), pipelines, notifications.sinks),
         notifications=notifications,
@@ -641,6 +644,47 @@ def _wait_params(
             label = _pipeline_label(index_of[pipeline_id], pipeline_id)
             errors.extend(wait_param_problems(pipeline, label, schedules))
     return errors
+
+
+def _null_warnings(
+    specs: list[ScheduleSpec], positions: dict[str, int], pipelines: dict[str, PipelineSpec]
+) -> list[str]:
+    """A warning for each wait whose ``until`` errs on null, the value of a missing key.
+
+    Such a condition (``value.rows > 0``) fails its wait the first time it looks before
+    the key is written, which a wait on data that is not there yet usually does; a
+    condition that tests for null first (``value != null && value.rows > 0``) waits
+    instead. It is valid (the key may always exist before the wait begins), so it is a
+    warning. Only files with waits pay for it (one evaluation per distinct condition).
+    """
+    from firecron.core.conditions import ConditionError
+
+    verdicts: dict[str, str | None] = {}
+
+    def problem(wait: WaitSpec) -> str | None:
+        if wait.until not in verdicts:
+            try:
+                holds(wait, None)
+            except ConditionError as exc:
+                verdicts[wait.until] = (
+                    f"until {wait.until!r} fails the wait while the key is missing (value is "
+                    f"null: {exc}); test for null first, as in 'value != null && ...'"
+                )
+            else:
+                verdicts[wait.until] = None
+        return verdicts[wait.until]
+
+    warnings: list[str] = []
+    for spec in specs:
+        for field_name, wait in (("wait", spec.wait), ("target.wait", spec.target.wait)):
+            if wait is not None and (line := problem(wait)) is not None:
+                warnings.append(f"{_label(positions[spec.id], spec.id)}: {field_name}: {line}")
+    for index, pipeline in enumerate(pipelines.values()):  # no errors: every one is valid
+        for task_index, task in enumerate(pipeline.tasks):
+            if task.wait is not None and (line := problem(task.wait)) is not None:
+                label = _pipeline_label(index, pipeline.id)
+                warnings.append(f"{label}.{task_label(task_index, task.id)}: wait: {line}")
+    return warnings
 
 
 def _linked(
