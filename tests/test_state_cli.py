@@ -9,8 +9,10 @@ the command returns. The last test runs the commands and a release on each store
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,13 @@ import pytest
 
 from _backend import Backend
 from _cli import FIRECRON, clean_env, run_cli
+from _factories import T0, make_run
 from _poll import poll
 from _sinks import serve
+from firecron.core.models import PipelineSpec, Target
+from firecron.core.pipelines import build_task_runs
+from firecron.core.runs import RunState
+from firecron.store import open_store
 
 UNTIL = "value != null && value.rows > 0"
 
@@ -398,3 +405,71 @@ def test_the_state_commands_and_a_cli_release_on_each_store(
         "error: unknown state key 'exports/other'"
     )
     assert json.loads(cli_ok("state", "get", "exports/acme")) == {"rows": 3}
+
+
+def test_a_pipeline_wait_task_waiting_on_its_key_in_run_and_runs(tmp_path: Path) -> None:
+    """A seeded pipeline run whose wait task waits on its key: the task tree, the task
+    run's own view, and the waiting runs listing."""
+    spec = PipelineSpec.model_validate(
+        {
+            "id": "etl",
+            "tasks": [
+                {"id": "ready", "wait": {"key": "orders/{date}", "until": UNTIL}},
+                {"id": "load", "target": {"function": "load"}, "after": ["ready"]},
+            ],
+        }
+    )
+    parent = make_run(
+        "etl-nightly",
+        T0,
+        state=RunState.running,
+        target=Target(pipeline="etl"),
+        pipeline="etl",
+        pipeline_spec=spec,
+    )
+    tasks, _, _ = build_task_runs(parent, T0, pending_grace=timedelta(minutes=1))
+    ready = next(t for t in tasks if t.task == "ready")
+    wait = spec.task("ready").wait
+    assert wait is not None
+    looked = T0 + timedelta(seconds=1)
+    ready_waiting = ready.model_copy(
+        update={
+            "wait": wait,
+            "wait_key": "orders/2027-01-01",
+            "wait_value": None,
+            "wait_checked_at": looked,
+            "wait_until": T0 + timedelta(hours=6),
+            "deadline_at": looked + timedelta(seconds=30),
+        }
+    )
+    url = f"sqlite:///{tmp_path / 'seeded.db'}"
+
+    async def seed() -> None:
+        store = open_store(url)
+        try:
+            for r in [parent, *(ready_waiting if t is ready else t for t in tasks)]:
+                assert await store.create_run(r) is not None
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    tree = ok("run", parent.id, "--store", url).split("Tasks (etl)")[1].splitlines()
+    assert tree[2].split() == ["ready", "waiting", "on", "orders/2027-01-01", "-", "-", "-"]
+    assert tree[3].split()[:2] == ["load", "waiting"]  # on its upstream task: no key
+
+    shown = _rows(ok("run", ready.id, "--store", url))
+    assert shown["wait key"] == "orders/2027-01-01"
+    assert shown["wait until"] == f"{UNTIL}  (looked at every 30s)"
+    assert shown["last value"] == "null"
+    assert shown["last looked"] == "2027-01-01T00:00:01Z"
+    assert shown["next check"] == "2027-01-01T00:00:31Z"
+    assert shown["times out"] == "2027-01-01T06:00:00Z"
+
+    # Both task runs are `waiting`; only the one on a key has a KEY and an UNTIL.
+    rows = {
+        line.split()[0]: line
+        for line in ok("runs", "--state", "waiting", "--store", url).splitlines()[1:]
+    }
+    assert rows.keys() == {ready.id, f"{parent.id}.load"}
+    assert rows[ready.id].rstrip().endswith(f"orders/2027-01-01  {UNTIL}")
+    assert rows[f"{parent.id}.load"].split()[-3:] == ["-", "-", "-"]  # error, key, until

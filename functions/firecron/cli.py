@@ -1143,7 +1143,8 @@ def _tasks_dict(pipeline_run_id: str, spec: PipelineSpec, runs: dict[str, Run]) 
 
 def _tasks_table(pipeline_run_id: str, spec: PipelineSpec, runs: dict[str, Run]) -> None:
     """The task tree of a pipeline run: one row per task in topological order, the task
-    indented two spaces per level of depth, with its state, attempt and duration."""
+    indented two spaces per level of depth, with its state (``waiting on KEY`` for a wait
+    task waiting on its key), attempt and duration."""
     depth = depths(spec)
     rows = []
     for task_id in topological_order(spec):
@@ -1151,7 +1152,7 @@ def _tasks_table(pipeline_run_id: str, spec: PipelineSpec, runs: dict[str, Run])
         rows.append(
             [
                 "  " * depth[task_id] + task_id,
-                found.state.value if found else "not created",
+                _state_text(found) if found else "not created",
                 _task_attempt(found),
                 _duration(found) if found else None,
                 found.error if found else None,
