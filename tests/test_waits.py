@@ -212,12 +212,14 @@ async def write_directly(backend: Backend, key: str, value_json: str) -> None:
         return
     from google.cloud import firestore
 
+    from firecron.store._firestore_private import close_client
+
     client = firestore.AsyncClient(project=backend.url.removeprefix("firestore://"))
     try:
         doc = client.collection(f"{backend.namespace}_state").document(key.replace("/", "%2F"))
         await doc.set({"key": key, "value": value_json, "version": 1, "updated_at": entry_time})
     finally:
-        client.close()
+        await close_client(client)
 
 
 async def test_overlap_applies_to_waiting_runs(backend: Backend) -> None:
@@ -498,3 +500,38 @@ async def test_versions_are_compare_and_set(state: State) -> None:
         await asyncio.to_thread(state.set, "trailing\n", 1)
     assert await asyncio.to_thread(state.delete, "v/key", 2)
     assert await asyncio.to_thread(state.get, "v/key") is None
+
+
+async def test_a_writer_without_the_dispatcher_s_settings_leaves_the_release_to_the_tick(
+    backend: Backend, state: State, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A program that writes state but cannot send to a `function` target (no
+    FIRECRON_FUNCTIONS_BASE_URL here) releases the run and leaves it pending, due at
+    once: the next tick sends it, instead of the run failing for want of a setting."""
+    monkeypatch.delenv("FIRECRON_FUNCTIONS_BASE_URL", raising=False)
+    now = datetime.now(UTC)
+    with serve() as sink:
+        await put(
+            backend.store,
+            now,
+            id="fn",
+            every="1h",
+            params={"region": "eu"},
+            wait=gate(key="fn/{region}"),
+            target={"function": "hello"},
+        )
+        await tick(backend, now)
+        run = await only_run(backend.store, "fn")
+        await asyncio.to_thread(state.set, "fn/eu", {"rows": 1})
+        left = await backend.store.get_run(run.id)
+        assert left is not None
+        assert left.state is RunState.pending
+        assert left.error is None
+        assert sink.received == 0
+        d = backend.dispatcher(functions_base_url=sink.url)
+        try:
+            summary = await d.tick(now + timedelta(seconds=5))
+        finally:
+            await d.aclose()
+        assert summary.fired == 1
+        assert [r.path for r in sink.requests] == ["/hello"]

@@ -63,6 +63,7 @@ from firecron.outbox import Deliverer
 from firecron.settings import Settings
 from firecron.store.base import Store, clock_offset
 from firecron.transport import (
+    Dispatch,
     GoogleIdTokens,
     IdTokenProvider,
     Sender,
@@ -194,6 +195,7 @@ class Dispatcher:
         timeouts: RunTimeouts | None = None,
         page_size: int = PAGE_SIZE,
         notifier: Deliverer | None = None,
+        defers: bool = False,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -204,6 +206,11 @@ class Dispatcher:
         self._id_tokens = id_tokens
         self._notifier: Deliverer | None = notifier
         self._owns_notifier = notifier is None
+        self.defers = defers
+        """True in a process that fires runs for others (a worker, ``firecron.State``): a
+        run it cannot send from here (no ``FIRECRON_FUNCTIONS_BASE_URL``, no ID token, no
+        signing secret) is left ``pending`` and due at once, for the next tick to send,
+        instead of failing for want of the dispatcher's settings."""
         self._offset = timedelta(0)
         self.causes = Causes(self)
         self.waits = Waits(self)
@@ -491,7 +498,14 @@ class Dispatcher:
         if run.target.pipeline is not None and run.pipeline_spec is not None:
             return await self._start_pipeline(run, summary)
         summary.fired += 1
-        if run.target.notify is not None:
+        if self.defers and run.target.is_http:
+            built = await self._build(run)
+            if isinstance(built, SendResult):
+                # Not sendable from this process (no base URL, ID token or secret here):
+                # leave it to the dispatcher, whose next tick sends it.
+                return await self._defer(run, built.error or "not sendable here", summary)
+            result = await self.sender.send(built)
+        elif run.target.notify is not None:
             result = await self._send_message(run)
         elif run.target.wait is not None:
             # A wait target is done once its wait was released: nothing to send.
@@ -530,6 +544,17 @@ class Dispatcher:
             log.warning("run %s attempt %d: %s", run.id, run.attempt, result.error)
         # None: the worker already started the run (or a watchdog moved it on); its record wins.
         return recorded
+
+    async def _defer(self, run: Run, why: str, summary: TickSummary) -> Run | None:
+        """Leave a pending run for the dispatcher: due at once, so the next tick sends it
+        (the watchdog's re-send of a pending run whose send it never saw recorded)."""
+        log.info("run %s: left for the dispatcher to send: %s", run.id, why)
+        change = lifecycle.deferred(run, self.now())
+        try:
+            return await self.store.update_run(run.id, change.expect, change.changes, current=run)
+        except FirecronError as exc:
+            summary.errors.append(f"run {run.id}: leaving it to the dispatcher failed: {exc}")
+            return None
 
     async def _start_pipeline(self, run: Run, summary: TickSummary) -> Run | None:
         """Start a ``pending`` pipeline run: ONE atomic write makes it ``running`` and
@@ -583,7 +608,8 @@ class Dispatcher:
             return SendResult(SendOutcome.acknowledged, None, None)
         return SendResult(SendOutcome.retryable, None, error)
 
-    async def _send(self, run: Run) -> SendResult:
+    async def _build(self, run: Run) -> Dispatch | SendResult:
+        """The request that sends ``run``, or why it cannot be built here (permanent)."""
         try:
             url = resolve_url(run.target, self.settings.functions_base_url)
             auth = run.target.effective_auth(self.settings.function_auth)
@@ -596,12 +622,17 @@ class Dispatcher:
                 if self._id_tokens is None:
                     self._id_tokens = GoogleIdTokens()
                 token = await self._id_tokens.token(url)
-            dispatch = build_dispatch(
+            return build_dispatch(
                 run, url, secrets=self.settings.signing_secrets, now=self.now(), id_token=token
             )
         except FirecronError as exc:
             return SendResult(SendOutcome.permanent, None, str(exc))
-        return await self.sender.send(dispatch)
+
+    async def _send(self, run: Run) -> SendResult:
+        built = await self._build(run)
+        if isinstance(built, SendResult):
+            return built
+        return await self.sender.send(built)
 
     # -- manual runs ----------------------------------------------------------------------
 

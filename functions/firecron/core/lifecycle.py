@@ -68,6 +68,7 @@ __all__ = [
     "cancel",
     "causes_runs",
     "chain_matches",
+    "deferred",
     "derive_watch",
     "end_pipeline",
     "fail_task",
@@ -430,6 +431,13 @@ def next_attempt(run: Run, now: datetime, t: RunTimeouts) -> Change:
             "updated_at": now,
         },
     )
+
+
+@_finalized
+def deferred(run: Run, now: datetime) -> Change:
+    """A ``pending`` run a process could not send (it lacks the dispatcher's settings):
+    due at once, so the next tick's watchdog sends it (:func:`resend`)."""
+    return Change((_S.pending,), {"deadline_at": now, "updated_at": now})
 
 
 @_finalized

@@ -77,7 +77,7 @@ class _Runtime:
             from firecron.dispatch import Dispatcher
 
             self._dispatcher = Dispatcher(
-                self.store, self.settings, clock=self.now, notifier=self.notifier
+                self.store, self.settings, clock=self.now, notifier=self.notifier, defers=True
             )
         return self._dispatcher
 
