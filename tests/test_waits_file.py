@@ -81,12 +81,12 @@ REFUSALS: list[tuple[str, str | list[str]]] = [
     ),
     (
         schedule('{key: "exports /{cust}"}'),
-        f"{S}: wait.key: key 'exports /x' holds ' ': keys are letters, digits and / _ . : -",
+        f"{S}: wait.key: key 'exports /{cust}' holds ' ': keys are letters, digits and / _ . : -",
     ),
     # Its condition: CEL over value only.
     (
         schedule('{key: "exports/{cust}", until: "params.cust == 1"}'),
-        f"{S}: wait.until: unknown variable 'params' (the variables are value)",
+        f"{S}: wait.until: unknown variable 'params' (the only variable is value)",
     ),
     (
         schedule('{key: "exports/{cust}", until: "value =="}'),
@@ -120,7 +120,7 @@ REFUSALS: list[tuple[str, str | list[str]]] = [
             "schedules[0] (id=mark): target.wait.key: key 'marks/{day}': no param 'day' "
             "(nor date or scheduled_for)",
             "schedules[0] (id=mark): target.wait.until: unknown variable 'tasks' "
-            "(the variables are value)",
+            "(the only variable is value)",
         ],
     ),
     # A pipeline's wait task: syntax, condition and every, in the task's line...

@@ -143,7 +143,8 @@ def compile_condition(text: str, variables: frozenset[str] = TASK_VARIABLES) -> 
         known = " and ".join(sorted(variables))
         names = ", ".join(repr(n) for n in unknown)
         noun = "variable" if len(unknown) == 1 else "variables"
-        raise ConditionError(f"unknown {noun} {names} (the variables are {known})")
+        which = "the variables are" if len(variables) > 1 else "the only variable is"
+        raise ConditionError(f"unknown {noun} {names} ({which} {known})")
     return Condition(text, program)
 
 

@@ -87,7 +87,8 @@ def template_problem(template: str, params: Mapping[str, JsonValue] | None = Non
         return f"key {template!r}: braces must enclose a param name, {{date}} or {{scheduled_for}}"
     problem = key_problem(literal)
     if problem is not None:
-        return problem
+        # Name the template as written, not the stand-in its placeholders became.
+        return problem.replace(repr(literal), repr(template))
     if params is not None:
         for name in _PLACEHOLDER.findall(template):
             if name not in _BUILTINS and name not in params:
