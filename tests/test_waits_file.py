@@ -81,7 +81,7 @@ REFUSALS: list[tuple[str, str | list[str]]] = [
     ),
     (
         schedule('{key: "exports /{cust}"}'),
-        f"{S}: wait.key: key 'exports /{cust}' holds ' ': keys are letters, digits and / _ . : -",
+        f"{S}: wait.key: key 'exports /{{cust}}' holds ' ': keys are letters, digits and / _ . : -",
     ),
     # Its condition: CEL over value only.
     (
