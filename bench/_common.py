@@ -407,6 +407,28 @@ class Backends:
             os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
 
 
+@dataclass
+class SharedStore:
+    """A store another process opens too (a worker, a ``firecron.State``): its URL and
+    namespace, and this process's client of it."""
+
+    url: str
+    namespace: str
+    store: Store
+
+
+def open_shared(backends: Backends, backend: str, name: str) -> SharedStore:
+    """A fresh store on ``backend`` that other processes can open by URL and namespace."""
+    from firecron.store import open_store
+
+    if backend == "sqlite":
+        url, namespace = f"sqlite:///{backends.tmp / f'{name}-{uuid4().hex[:6]}.db'}", "firecron"
+    else:
+        backends.start_emulator()  # sets FIRESTORE_EMULATOR_HOST, which other processes inherit
+        url, namespace = f"firestore://{FIRESTORE_PROJECT}", f"b{uuid4().hex[:10]}"
+    return SharedStore(url, namespace, open_store(url, namespace))
+
+
 def bench_settings(**overrides: Any) -> Settings:
     """Production defaults, with loopback targets allowed (the sink is on 127.0.0.1)."""
     fields: dict[str, Any] = {"allow_private_targets": True}

@@ -43,16 +43,16 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 from bench._common import (
-    FIRESTORE_PROJECT,
     ROOT,
     Backends,
     BenchResult,
     Check,
+    SharedStore,
     SinkProcess,
     bench_settings,
+    open_shared,
     print_table,
     receipt_check,
     schedules,
@@ -63,7 +63,6 @@ from firecron.core import planning
 from firecron.core.models import PipelineSpec, ScheduleSpec
 from firecron.core.runs import Run, RunState, scheduled_run_id, task_run_id
 from firecron.dispatch import Dispatcher, TickSummary
-from firecron.store import open_store
 from firecron.store.base import Store
 
 NAME = "pipelines"
@@ -94,25 +93,7 @@ class PipelinesConfig:
 # -- helpers ----------------------------------------------------------------------------
 
 
-@dataclass
-class _Shared:
-    """A store the worker process opens too: its URL and namespace, and this process's client."""
-
-    url: str
-    namespace: str
-    store: Store
-
-
-def _open_shared(backends: Backends, backend: str, name: str) -> _Shared:
-    if backend == "sqlite":
-        url, namespace = f"sqlite:///{backends.tmp / f'{name}-{uuid4().hex[:6]}.db'}", "firecron"
-    else:
-        backends.start_emulator()  # sets FIRESTORE_EMULATOR_HOST, which the worker inherits
-        url, namespace = f"firestore://{FIRESTORE_PROJECT}", f"b{uuid4().hex[:10]}"
-    return _Shared(url, namespace, open_store(url, namespace))
-
-
-def _dispatcher(shared: _Shared) -> Dispatcher:
+def _dispatcher(shared: SharedStore) -> Dispatcher:
     settings = bench_settings(
         store_url=shared.url, namespace=shared.namespace, signing_secrets=(SECRET,)
     )
@@ -120,7 +101,7 @@ def _dispatcher(shared: _Shared) -> Dispatcher:
 
 
 @contextlib.contextmanager
-def _noop_worker(shared: _Shared, log_dir: Path) -> Iterator[str]:
+def _noop_worker(shared: SharedStore, log_dir: Path) -> Iterator[str]:
     """Serve ``noop`` in one functions-framework process on ``shared``'s store; yield its URL."""
     # tests/ is not a package: its modules are imported from its folder, as pytest does.
     tests = str(ROOT / "tests")
@@ -240,7 +221,7 @@ class CallCounter:
 # -- 1. hop latency ---------------------------------------------------------------------
 
 
-async def _chain_once(shared: _Shared, worker_url: str, cfg: PipelinesConfig, rep: int) -> Run:
+async def _chain_once(shared: SharedStore, worker_url: str, cfg: PipelinesConfig, rep: int) -> Run:
     target = {"url": worker_url, "worker": True}
     tasks: list[dict[str, Any]] = [
         {"id": f"t{i:02d}", "target": target, **({"after": [f"t{i - 1:02d}"]} if i else {})}
@@ -263,7 +244,7 @@ async def hop_latency(
 ) -> dict[str, Any]:
     """The chain's hops on ``backend`` (and, with ``cfg.fan_workers``, the fan-out on
     worker targets, under ``fan_workers``, with the same worker process)."""
-    shared = _open_shared(backends, backend, "chain")
+    shared = open_shared(backends, backend, "chain")
     hops: list[float] = []
     first: list[float] = []
     whole: list[float] = []
@@ -313,7 +294,9 @@ def _fan_pipeline(n: int, target: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _fan_workers(shared: _Shared, worker_url: str, cfg: PipelinesConfig) -> dict[str, Any]:
+async def _fan_workers(
+    shared: SharedStore, worker_url: str, cfg: PipelinesConfig
+) -> dict[str, Any]:
     """The fan-out on worker targets: wall time to the join's ``started_at`` only."""
     target = {"url": worker_url, "worker": True}
     due = await _put_pipeline(shared.store, "fan-workers", _fan_pipeline(cfg.fan_tasks, target))

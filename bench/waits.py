@@ -43,15 +43,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
-from uuid import uuid4
 
 from bench._common import (
-    FIRESTORE_PROJECT,
     Backends,
     BenchResult,
     Check,
+    SharedStore,
     SinkProcess,
     bench_settings,
+    open_shared,
     print_table,
     receipt_check,
 )
@@ -61,7 +61,6 @@ from firecron.core import planning
 from firecron.core.models import ScheduleSpec
 from firecron.core.runs import Run, RunState, scheduled_run_id
 from firecron.dispatch import Dispatcher, TickSummary
-from firecron.store import open_store
 from firecron.store.base import Store, StoreStats
 
 NAME = "waits"
@@ -86,24 +85,6 @@ class WaitsConfig:
 # -- helpers ----------------------------------------------------------------------------
 
 
-@dataclass
-class _Shared:
-    """A store that a ``firecron.State`` opens too: its URL, namespace and this loop's client."""
-
-    url: str
-    namespace: str
-    store: Store
-
-
-def _open_shared(backends: Backends, backend: str, name: str) -> _Shared:
-    if backend == "sqlite":
-        url, namespace = f"sqlite:///{backends.tmp / f'{name}-{uuid4().hex[:6]}.db'}", "firecron"
-    else:
-        backends.start_emulator()  # sets FIRESTORE_EMULATOR_HOST, which State reads too
-        url, namespace = f"firestore://{FIRESTORE_PROJECT}", f"b{uuid4().hex[:10]}"
-    return _Shared(url, namespace, open_store(url, namespace))
-
-
 @contextlib.contextmanager
 def _environ(values: dict[str, str]) -> Iterator[None]:
     """Set ``values`` in ``os.environ`` for the block, then restore what was there."""
@@ -119,7 +100,7 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _open_state(shared: _Shared) -> State:
+def _open_state(shared: SharedStore) -> State:
     """``firecron.State`` on ``shared``'s store, as an outside program opens it: its
     settings come from the environment, here the bench's (loopback targets allowed,
     because the sink is on 127.0.0.1). Blocks: call it in a thread."""
@@ -166,7 +147,7 @@ async def release_latency(
     backends: Backends, backend: str, sink: SinkProcess, cfg: WaitsConfig
 ) -> dict[str, Any]:
     """``cfg.trials`` waiting runs, each released by a ``State.set`` of its own key."""
-    shared = _open_shared(backends, backend, "latency")
+    shared = open_shared(backends, backend, "latency")
     spec = _gated_spec("gated", "bench/latency/{trial}", f"{sink.url}/ack/0")
     dispatcher = Dispatcher(shared.store, bench_settings(signing_secrets=(SECRET,)))
     state: State | None = None
@@ -337,7 +318,7 @@ async def cost_of_waiting(
         idle["queries_alone"] = await _query_ms(idle_store, cfg.ticks)
     finally:
         await idle_store.close()
-    shared = _open_shared(backends, backend, "cost")
+    shared = open_shared(backends, backend, "cost")
     spec = _gated_spec("cost", "bench/cost/{n}", f"{sink.url}/ack/0")
     state: State | None = None
     await asyncio.to_thread(sink.reset)
