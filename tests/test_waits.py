@@ -88,6 +88,26 @@ def gate(**overrides: Any) -> dict[str, Any]:
     return {"key": "orders/{region}/{date}", "until": until, "every": "10m", **overrides}
 
 
+async def gated_run(
+    backend: Backend, now: datetime, schedule_id: str, target: dict[str, Any], **wait: Any
+) -> Run:
+    """An hourly schedule (params ``{"region": "eu"}``) gated by :func:`gate` with ``wait``
+    overrides, due at ``now``; a tick at ``now`` creates its waiting run, returned."""
+    await put(
+        backend.store,
+        now,
+        id=schedule_id,
+        every="1h",
+        params={"region": "eu"},
+        wait=gate(**wait),
+        target=target,
+    )
+    await tick(backend, now)
+    run = await only_run(backend.store, schedule_id)
+    assert run.state is RunState.waiting
+    return run
+
+
 # -- templates --------------------------------------------------------------------------
 
 
@@ -275,17 +295,7 @@ async def test_a_condition_that_cannot_be_evaluated_fails_the_run_unretried(
 ) -> None:
     now = datetime.now(UTC)
     with serve() as sink:
-        await put(
-            backend.store,
-            now,
-            id="typed",
-            every="1h",
-            params={"region": "eu"},
-            wait=gate(key="typed"),
-            target={"url": sink.url + "/t"},
-        )
-        await tick(backend, now)
-        run = await only_run(backend.store, "typed")
+        run = await gated_run(backend, now, "typed", {"url": sink.url + "/t"}, key="typed")
         await asyncio.to_thread(state.set, "typed", "not a map")
         failed = await backend.store.get_run(run.id)
         assert sink.received == 0
@@ -407,17 +417,9 @@ async def test_a_worker_write_through_ctx_state_releases_a_wait(backend: Backend
 async def test_a_write_from_another_process_releases_a_wait(backend: Backend) -> None:
     now = datetime.now(UTC)
     with serve() as sink:
-        await put(
-            backend.store,
-            now,
-            id="outside",
-            every="1h",
-            params={"region": "eu"},
-            wait=gate(key="outside/{region}"),
-            target={"url": sink.url + "/outside"},
+        run = await gated_run(
+            backend, now, "outside", {"url": sink.url + "/outside"}, key="outside/{region}"
         )
-        await tick(backend, now)
-        run = await only_run(backend.store, "outside")
         program = (
             "import firecron, sys\n"
             "with firecron.State(sys.argv[1], namespace=sys.argv[2]) as state:\n"
@@ -511,17 +513,7 @@ async def test_a_writer_without_the_dispatcher_s_settings_leaves_the_release_to_
     monkeypatch.delenv("FIRECRON_FUNCTIONS_BASE_URL", raising=False)
     now = datetime.now(UTC)
     with serve() as sink:
-        await put(
-            backend.store,
-            now,
-            id="fn",
-            every="1h",
-            params={"region": "eu"},
-            wait=gate(key="fn/{region}"),
-            target={"function": "hello"},
-        )
-        await tick(backend, now)
-        run = await only_run(backend.store, "fn")
+        run = await gated_run(backend, now, "fn", {"function": "hello"}, key="fn/{region}")
         await asyncio.to_thread(state.set, "fn/eu", {"rows": 1})
         left = await backend.store.get_run(run.id)
         assert left is not None
