@@ -368,6 +368,9 @@ async def test_two_ticks_and_the_worker_race_to_claim_the_successor(
             lambda r: r is not None and r.settle_at is None,
             what="the end settled",
         )
+        # A settler that lost the claim clears settle_at at once, while the winner may
+        # still be sending: wait for the send, then check that nothing more comes.
+        await apoll(lambda: sink.received, lambda n: n >= 1, what="the successor's POST")
         await tick(backend, later + timedelta(minutes=1))
         paths = [r.path for r in sink.requests]
     assert paths == ["/next"]
