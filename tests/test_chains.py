@@ -378,3 +378,22 @@ async def test_a_plain_end_is_settled_before_it_is_recorded_and_a_crash_in_betwe
     assert ended.state is RunState.delivered
     assert ended.settle_at is None
     assert chained.state is RunState.delivered
+
+
+async def test_a_then_step_whose_schedule_was_deleted_does_not_keep_the_end_unsettled(
+    store: Store,
+) -> None:
+    with serve() as sink:
+        await put_chain(store, sink.url, "first", "gone")
+        assert await store.delete_schedule("gone")
+        d = Dispatcher(store, settings(), clock=lambda: T0)
+        try:
+            summary = await d.tick(T0)
+            again = await d.tick(T0 + timedelta(minutes=1))
+        finally:
+            await d.aclose()
+    assert any("schedule 'gone' is gone" in line for line in summary.errors)
+    assert again.errors == []
+    [ended] = await runs_of(store, "first")
+    assert ended.state is RunState.delivered
+    assert ended.settle_at is None

@@ -81,8 +81,16 @@ class Causes:
         if run.is_pipeline_run and lifecycle.pipeline_verdict(run) is None:
             await self._cancel_tasks(run, summary)
         for index, step in enumerate(run.then):
-            if lifecycle.chain_matches(step.on, run.state):
+            if not lifecycle.chain_matches(step.on, run.state):
+                continue
+            try:
                 await self.claim(run, step.schedule, step.params, f"then/{index}", summary)
+            except NotFoundError:
+                # Deleted since this run was claimed: nothing can ever be claimed for the
+                # step, so it must not keep the end unsettled (and retried every tick).
+                line = f"run {run.id}: then step {index}: schedule {step.schedule!r} is gone"
+                summary.errors.append(line)
+                log.error("%s", line)
         if recorded:
             await self._clear(run)
         summary.settled += 1
