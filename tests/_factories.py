@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from firecron.core.models import ScheduleSpec, ScheduleState, Target
+from firecron.core import planning
+from firecron.core.models import PipelineSpec, ScheduleSpec, ScheduleState, Target
 from firecron.core.runs import TERMINAL_STATES, Run, RunState, scheduled_run_id
+
+if TYPE_CHECKING:
+    from firecron.store.base import Store
 
 T0 = datetime(2027, 1, 1, tzinfo=UTC)
 """The fixed 'now' of the tests."""
@@ -67,3 +71,23 @@ def make_run(
     }
     fields.update(overrides)
     return Run.model_validate(fields)
+
+
+async def store_schedule(store: Store, now: datetime, **fields: Any) -> ScheduleSpec:
+    """Store a schedule built from ``fields``: due at ``now`` when it has a trigger (an
+    ``every`` is anchored there), idle when it is on demand. ``pipeline={...}`` is a
+    pipeline definition: the schedule targets it and carries its snapshot, as the file
+    parser would make it."""
+    if "pipeline" in fields:
+        pipeline = PipelineSpec.model_validate(fields.pop("pipeline"))
+        fields["target"] = {"pipeline": pipeline.id}
+        fields["pipeline_spec"] = pipeline
+    if "every" in fields:
+        fields.setdefault("start_at", now)
+    spec = ScheduleSpec.model_validate(fields)
+    if spec.on_demand:
+        state = ScheduleState(created_at=now, updated_at=now)
+    else:
+        state = planning.initial_state(spec, now - timedelta(hours=1))
+    await store.put_schedule(spec, state, expect_version=None)
+    return spec

@@ -13,30 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from _backend import Backend
+from _factories import store_schedule
 from _poll import apoll, wait_run
 from _sinks import serve
 from _workers import serve_worker, serve_workers
-from firecron.core import planning
-from firecron.core.models import PipelineSpec, ScheduleSpec, ScheduleState
 from firecron.core.runs import Run, RunState, RunTrigger, caused_run_id, task_run_id
 
 APP = Path(__file__).resolve().with_name("_orchestration_app.py")
 
 
 async def put(backend: Backend, now: datetime, **fields: Any) -> None:
-    """Store a schedule: due at ``now`` when it has a trigger (anchored there), else idle."""
-    if "pipeline" in fields:
-        pipeline = PipelineSpec.model_validate(fields.pop("pipeline"))
-        fields["target"] = {"pipeline": pipeline.id}
-        fields["pipeline_spec"] = pipeline
-    if "every" in fields:
-        fields.setdefault("start_at", now)
-    spec = ScheduleSpec.model_validate(fields)
-    if spec.on_demand:
-        state = ScheduleState(created_at=now, updated_at=now)
-    else:
-        state = planning.initial_state(spec, now - timedelta(hours=1))
-    await backend.store.put_schedule(spec, state, expect_version=None)
+    """:func:`store_schedule` on the backend's store."""
+    await store_schedule(backend.store, now, **fields)
 
 
 async def put_worker_chain(backend: Backend, now: datetime, worker_url: str, sink_url: str) -> None:

@@ -19,13 +19,12 @@ from typing import Any
 import pytest
 
 from _backend import Backend
-from _factories import T0
+from _factories import T0, store_schedule
 from _poll import wait_run
 from _sinks import serve
 from _workers import serve_worker
 from firecron import State
 from firecron.core import planning
-from firecron.core.models import PipelineSpec, ScheduleSpec, ScheduleState
 from firecron.core.runs import Run, RunState, RunTrigger, task_run_id
 from firecron.core.waits import render_key
 from firecron.dispatch import TickSummary
@@ -46,23 +45,6 @@ def state(backend: Backend) -> Iterator[State]:
     opened = State(backend.url, namespace=backend.namespace)
     yield opened
     opened.close()
-
-
-async def put(store: Store, now: datetime, **fields: Any) -> ScheduleSpec:
-    """Store a schedule due at ``now`` (anchored there), or idle when it is on demand."""
-    if "pipeline" in fields:
-        pipeline = PipelineSpec.model_validate(fields.pop("pipeline"))
-        fields["target"] = {"pipeline": pipeline.id}
-        fields["pipeline_spec"] = pipeline
-    if "every" in fields:
-        fields.setdefault("start_at", now)
-    spec = ScheduleSpec.model_validate(fields)
-    if spec.on_demand:
-        state = ScheduleState(created_at=now, updated_at=now)
-    else:
-        state = planning.initial_state(spec, now - timedelta(hours=1))
-    await store.put_schedule(spec, state, expect_version=None)
-    return spec
 
 
 async def tick(backend: Backend, at: datetime) -> TickSummary:
@@ -93,7 +75,7 @@ async def gated_run(
 ) -> Run:
     """An hourly schedule (params ``{"region": "eu"}``) gated by :func:`gate` with ``wait``
     overrides, due at ``now``; a tick at ``now`` creates its waiting run, returned."""
-    await put(
+    await store_schedule(
         backend.store,
         now,
         id=schedule_id,
@@ -148,7 +130,7 @@ async def test_a_gated_occurrence_waits_holding_nothing_and_a_state_write_releas
 ) -> None:
     now = datetime.now(UTC)
     with serve() as sink:
-        await put(
+        await store_schedule(
             backend.store,
             now,
             id="load",
@@ -193,7 +175,7 @@ async def test_the_watchdog_finds_a_value_written_directly_in_the_store(
     """A write that bypasses firecron releases nothing by itself; the next look does."""
     now = datetime.now(UTC)
     with serve() as sink:
-        await put(
+        await store_schedule(
             backend.store,
             now,
             id="poll",
@@ -245,7 +227,7 @@ async def write_directly(backend: Backend, key: str, value_json: str) -> None:
 async def test_overlap_applies_to_waiting_runs(backend: Backend) -> None:
     now = datetime.now(UTC)
     with serve() as sink:
-        await put(
+        await store_schedule(
             backend.store,
             now,
             id="gated",
@@ -265,7 +247,7 @@ async def test_overlap_applies_to_waiting_runs(backend: Backend) -> None:
 async def test_a_manual_trigger_waits_unless_told_not_to(backend: Backend, state: State) -> None:
     now = datetime.now(UTC)
     with serve() as sink:
-        await put(
+        await store_schedule(
             backend.store,
             now,
             id="manual",
@@ -313,8 +295,10 @@ async def test_a_wait_target_succeeds_when_released_and_chains(
 ) -> None:
     now = datetime.now(UTC)
     with serve() as sink:
-        await put(backend.store, now, id="after-ready", target={"url": sink.url + "/after"})
-        await put(
+        await store_schedule(
+            backend.store, now, id="after-ready", target={"url": sink.url + "/after"}
+        )
+        await store_schedule(
             backend.store,
             now,
             id="ready",
@@ -338,7 +322,7 @@ async def test_a_wait_target_succeeds_when_released_and_chains(
 async def test_a_wait_task_times_out_and_the_error_path_runs(backend: Backend) -> None:
     now = datetime.now(UTC)
     with serve() as sink:
-        await put(
+        await store_schedule(
             backend.store,
             now,
             id="etl",
@@ -386,7 +370,7 @@ async def test_a_wait_task_times_out_and_the_error_path_runs(backend: Backend) -
 async def test_a_worker_write_through_ctx_state_releases_a_wait(backend: Backend) -> None:
     now = datetime.now(UTC)
     with serve() as sink, serve_worker("setter", env=backend.env(), source=APP) as setter:
-        await put(
+        await store_schedule(
             backend.store,
             now,
             id="consumer",
@@ -395,7 +379,7 @@ async def test_a_worker_write_through_ctx_state_releases_a_wait(backend: Backend
             wait=gate(key="handoff/{region}"),
             target={"url": sink.url + "/consumer"},
         )
-        await put(
+        await store_schedule(
             backend.store,
             now,
             id="producer",
@@ -448,7 +432,7 @@ async def test_one_write_releases_exactly_its_own_waiter_among_a_thousand(
 ) -> None:
     now = datetime.now(UTC)
     with serve() as sink:
-        spec = await put(
+        spec = await store_schedule(
             backend.store,
             now,
             id="many",
