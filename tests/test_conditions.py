@@ -177,3 +177,9 @@ def test_any_text_compiles_or_fails_with_one_line(text: str) -> None:
     line = _outcome(text)
     assert line
     assert "\n" not in line
+
+
+def test_an_expression_nested_too_deeply_is_one_line() -> None:
+    with pytest.raises(ConditionError) as info:
+        compile_condition("(" * 900 + "true" + ")" * 900)
+    assert str(info.value) == "syntax error: nested too deeply"

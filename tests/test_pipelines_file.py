@@ -385,3 +385,20 @@ def test_the_size_bound_counts_the_pipeline_snapshot(tmp_path: Path) -> None:
         assert err[index].endswith(
             "bytes once encoded; at most 262,144 (shorten params, description or the pipeline)"
         )
+
+
+def test_a_huge_offending_value_is_quoted_short() -> None:
+    """A 10,000-character value in an error is cut, so the error stays one readable line."""
+    from firecron.core.schedule_file import ScheduleFileError, parse_schedule_file
+
+    text = (
+        "pipelines:\n  - id: p\n    tasks:\n"
+        f"      - {{id: a, target: {{url: 'https://e.com'}}, if: '{'x' * 10_000}'}}\n"
+        "schedules: [{id: s, every: 1h, target: {pipeline: p}}]\n"
+    )
+    with pytest.raises(ScheduleFileError) as info:
+        parse_schedule_file(text, "f.yaml")
+    [line] = info.value.errors
+    assert line.startswith("pipelines[0] (id=p).tasks[0] (id=a): if: String should have at most")
+    assert line.endswith("...' (10,000 characters))")
+    assert len(line) < 250

@@ -204,6 +204,12 @@ def test_if_version_is_a_compare_and_set(store: str) -> None:
             ["set", "k", json.dumps("x" * 70_000)],
             "error: state 'k': value is 70,002 bytes of JSON; the limit is 65,536 (64 KiB)",
         ),
+        (
+            ["set", "k", "[" * 70 + "]" * 70],
+            "error: state 'k': value is nested more than 64 levels deep",
+        ),
+        # Deeper than Python's JSON reader recurses: still one line, never a traceback.
+        (["set", "k", "[" * 50_000 + "]" * 50_000], "error: JSON: nested too deeply to read"),
     ],
     ids=lambda a: " ".join(a)[:30] if isinstance(a, list) else None,
 )

@@ -677,7 +677,7 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
             # Strict JSON when it parses (numbers, true, lists...), else the plain string:
             # NaN, Infinity and overflowing numbers are not JSON, so they stay text.
             params[key] = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
-        except ValueError:
+        except (ValueError, RecursionError):
             params[key] = raw
     return params
 
@@ -1485,6 +1485,8 @@ def _parse_value(text: str) -> Any:
         return json.loads(text, parse_constant=_not_json, parse_float=_finite)
     except ValueError as exc:
         raise InvalidInputError(f"JSON: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInputError("JSON: nested too deeply to read") from None
 
 
 @state_group.command("get")

@@ -170,6 +170,8 @@ def referenced_tasks(text: str) -> set[str]:
 
 def _syntax_line(message: str) -> str:
     """One line from the library's parse error: where (the first error) and why."""
+    if "Recursion" in message or "recursion" in message:
+        return "syntax error: nested too deeply"
     match = _SYNTAX.search(message)
     if match is None:
         first = message.strip().splitlines()[0] if message.strip() else "cannot parse"

@@ -278,6 +278,10 @@ def _loc(parts: tuple[int | str, ...]) -> str:
     return out
 
 
+_SHOWN_CHARS = 80
+"""How much of an offending value an error line quotes."""
+
+
 def format_validation_error(exc: ValidationError) -> list[str]:
     """One line per pydantic error: ``field.path: message (got value)``."""
     return [format_error(err) for err in exc.errors(include_url=False)]
@@ -300,7 +304,10 @@ def format_error(err: ErrorDetails, loc: tuple[int | str, ...] | None = None) ->
         return f"{where}: required"
     value = err.get("input")
     if kind != "value_error" and isinstance(value, str | int | float | bool):
-        msg = f"{msg} (got {value!r})"
+        shown = repr(value)
+        if len(shown) > _SHOWN_CHARS:  # a 10,000-character value is not one clear line
+            shown = f"{shown[: _SHOWN_CHARS - 4]}...{shown[-1]} ({len(str(value)):,} characters)"
+        msg = f"{msg} (got {shown})"
     return f"{where}: {msg}" if where else msg
 
 

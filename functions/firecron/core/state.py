@@ -20,12 +20,13 @@ from typing import Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from firecron.core.models import JsonValue
+from firecron.core.models import JsonValue, params_depth_problem
 
 __all__ = [
     "KEY_PATTERN",
     "MAX_KEY_CHARS",
     "MAX_VALUE_BYTES",
+    "MAX_VALUE_DEPTH",
     "StateEntry",
     "encode_value",
     "key_problem",
@@ -36,6 +37,9 @@ MAX_KEY_CHARS: Final = 256
 """Longest key."""
 MAX_VALUE_BYTES: Final = 64 * 1024
 """Largest value, as compact UTF-8 JSON."""
+MAX_VALUE_DEPTH: Final = 64
+"""How deeply a value may nest lists and objects: every reader (the stores' decoders,
+pydantic, a condition) walks it recursively."""
 KEY_PATTERN: Final = re.compile(r"^[A-Za-z0-9/_.:-]{1,256}$")
 """What a key is made of."""
 
@@ -84,6 +88,9 @@ def _finite(value: object) -> bool:
 def encode_value(value: JsonValue) -> str:
     """``value`` as compact JSON text (how the stores keep it); ValueError when it is
     not JSON (NaN, infinities, other types) or larger than :data:`MAX_VALUE_BYTES`."""
+    deep = params_depth_problem(value, MAX_VALUE_DEPTH)
+    if deep is not None:
+        raise ValueError(f"value is {deep}")
     if not _finite(value):
         raise ValueError("value is not JSON: NaN and Infinity have no JSON form")
     try:
