@@ -71,16 +71,22 @@ def gate(**overrides: Any) -> dict[str, Any]:
 
 
 async def gated_run(
-    backend: Backend, now: datetime, schedule_id: str, target: dict[str, Any], **wait: Any
+    backend: Backend,
+    now: datetime,
+    schedule_id: str,
+    target: dict[str, Any],
+    params: dict[str, Any] | None = None,
+    **wait: Any,
 ) -> Run:
-    """An hourly schedule (params ``{"region": "eu"}``) gated by :func:`gate` with ``wait``
-    overrides, due at ``now``; a tick at ``now`` creates its waiting run, returned."""
+    """An hourly schedule (``params``, default ``{"region": "eu"}``) gated by :func:`gate`
+    with ``wait`` overrides, due at ``now``; a tick at ``now`` creates its waiting run,
+    returned."""
     await store_schedule(
         backend.store,
         now,
         id=schedule_id,
         every="1h",
-        params={"region": "eu"},
+        params={"region": "eu"} if params is None else params,
         wait=gate(**wait),
         target=target,
     )
@@ -175,17 +181,9 @@ async def test_the_watchdog_finds_a_value_written_directly_in_the_store(
     """A write that bypasses firecron releases nothing by itself; the next look does."""
     now = datetime.now(UTC)
     with serve() as sink:
-        await store_schedule(
-            backend.store,
-            now,
-            id="poll",
-            every="1h",
-            params={"region": "us"},
-            wait=gate(every="30s"),
-            target={"url": sink.url + "/poll"},
+        run = await gated_run(
+            backend, now, "poll", {"url": sink.url + "/poll"}, {"region": "us"}, every="30s"
         )
-        await tick(backend, now)
-        run = await only_run(backend.store, "poll")
         assert run.wait_key is not None
         await write_directly(backend, run.wait_key, '{"rows": 3}')
         early = await tick(backend, now + timedelta(seconds=10))  # not due to look yet

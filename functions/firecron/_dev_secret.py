@@ -113,3 +113,21 @@ def with_dev_secret(settings: Settings, *, create: bool) -> Settings:
     elif not path.exists():
         return settings
     return replace(settings, signing_secrets=(_read(path),))
+
+
+def program_settings(store_url: str | None = None, namespace: str | None = None) -> Settings:
+    """The settings of a program using firecron as a library (``firecron.trigger``,
+    ``firecron.State``): the ``FIRECRON_*`` environment, overridden by ``store_url`` and
+    ``namespace`` when given, and, against a ``firecron dev`` store without a configured
+    secret, that store's own secret (read, never created), as the CLI signs."""
+    import dataclasses
+
+    from firecron.settings import Settings
+
+    settings = Settings.from_env()
+    settings = dataclasses.replace(
+        settings,
+        store_url=settings.store_url if store_url is None else store_url,
+        namespace=settings.namespace if namespace is None else namespace,
+    )
+    return with_dev_secret(settings, create=False)

@@ -10,7 +10,6 @@ waiters at their next ``every``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -43,18 +42,10 @@ class State:
     """
 
     def __init__(self, store_url: str | None = None, *, namespace: str | None = None) -> None:
-        from firecron._dev_secret import with_dev_secret
-        from firecron.settings import Settings
+        from firecron._dev_secret import program_settings
         from firecron.worker._runtime import _Runtime
 
-        settings = Settings.from_env()
-        settings = dataclasses.replace(
-            settings,
-            store_url=settings.store_url if store_url is None else store_url,
-            namespace=settings.namespace if namespace is None else namespace,
-        )
-        settings = with_dev_secret(settings, create=False)
-        self._runtime: _Runtime = _Runtime.start(settings=settings)
+        self._runtime: _Runtime = _Runtime.start(settings=program_settings(store_url, namespace))
         self._owned = True
 
     @classmethod

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Mapping
 
 from firecron.core.models import JsonValue
@@ -30,16 +29,11 @@ def trigger(
     ``firecron trigger`` uses it). Blocking: call it from synchronous code, not from a running event
     loop. Raises :class:`~firecron.errors.NotFoundError` for an unknown schedule.
     """
-    from firecron._dev_secret import with_dev_secret
+    from firecron._dev_secret import program_settings
     from firecron.dispatch import Dispatcher
-    from firecron.settings import Settings
     from firecron.store import open_store
 
-    settings = Settings.from_env()
-    if store_url is not None:
-        settings = dataclasses.replace(settings, store_url=store_url)
-    # Against a `firecron dev` store, sign with its secret, as `firecron trigger` does.
-    settings = with_dev_secret(settings, create=False)
+    settings = program_settings(store_url)
 
     async def run() -> str:
         store = open_store(settings.store_url, settings.namespace)

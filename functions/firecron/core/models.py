@@ -390,6 +390,11 @@ def _non_finite(
             yield from _non_finite(item, (*loc, index))
 
 
+def has_non_finite(value: object) -> bool:
+    """True when ``value`` holds NaN or an infinity anywhere (strict JSON cannot)."""
+    return next(_non_finite(value, ()), None) is not None
+
+
 def check_strict_json(value: dict[str, JsonValue], title: str) -> dict[str, JsonValue]:
     """Return ``value``, or raise a :class:`ValidationError` locating each NaN or infinity.
 

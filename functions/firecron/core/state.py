@@ -14,13 +14,12 @@ one the stores, the CLI, the worker SDK and ``firecron.State`` apply.
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from firecron.core.models import JsonValue, params_depth_problem
+from firecron.core.models import JsonValue, has_non_finite, params_depth_problem
 
 __all__ = [
     "KEY_PATTERN",
@@ -75,23 +74,13 @@ def key_problem(key: object) -> str | None:
     return None
 
 
-def _finite(value: object) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    return True
-
-
 def encode_value(value: JsonValue) -> str:
     """``value`` as compact JSON text (how the stores keep it); ValueError when it is
     not JSON (NaN, infinities, other types) or larger than :data:`MAX_VALUE_BYTES`."""
     deep = params_depth_problem(value, MAX_VALUE_DEPTH)
     if deep is not None:
         raise ValueError(f"value is {deep}")
-    if not _finite(value):
+    if has_non_finite(value):
         raise ValueError("value is not JSON: NaN and Infinity have no JSON form")
     try:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
