@@ -23,19 +23,19 @@ task below a failure is ``upstream_failed``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
 
 from firecron.core.models import JsonValue, PipelineSpec, TaskRule, TaskSpec
 from firecron.core.runs import Attempt, Run, RunState, RunTrigger, UpstreamEnd, task_run_id
 
 __all__ = [
-    "Judgement",
     "build_task_runs",
+    "describe_rule",
     "downstream_of",
+    "is_complete",
     "judge_rule",
     "leaves",
+    "pipeline_ended",
     "roots",
     "task_params",
 ]
@@ -158,15 +158,6 @@ def judge_rule(rule: TaskRule, marks: Mapping[str, UpstreamEnd]) -> bool:
     if rule is TaskRule.any_failed:
         return any(_counts_failed(m) for m in marks.values())
     return True  # all_done
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """What happens to a task whose upstream tasks have all ended."""
-
-    verdict: Literal["run", "skip", "fail", "cancel"]
-    reason: str | None = None
-    """Why it is skipped, failed or cancelled (one line)."""
 
 
 def describe_rule(when: TaskRule, marks: Mapping[str, UpstreamEnd]) -> str:
