@@ -80,6 +80,16 @@ def setter(ctx: firecron.RunContext) -> object:
     return {"version": entry.version}
 
 
+@firecron.worker(heartbeat_interval=_BEAT)
+def looper(ctx: firecron.RunContext) -> object:
+    """A continuous instance: works (a short sleep per step) while ``ctx.keep_going()``."""
+    steps = 0
+    while ctx.keep_going():
+        steps += 1
+        time.sleep(0.02)
+    return {"generation": ctx.generation, "steps": steps}
+
+
 def _misbehave(before: Run, change: Change, after: Run) -> None:
     if not (after.is_terminal and after.settle_at is not None):
         return

@@ -92,7 +92,10 @@ def test_naive_times_are_read_in_the_schedule_zone() -> None:
     ("fields", "fragment"),
     [
         ({"id": "Bad_Id"}, "id"),
-        ({"cron": "0 * * * *"}, "at most one of 'cron', 'every' or 'at' (found: cron, every)"),
+        (
+            {"cron": "0 * * * *"},
+            "at most one of 'cron', 'every', 'at' or 'continuous' (found: cron, every)",
+        ),
         ({"every": "0s"}, "at least 1s"),
         ({"every": None, "cron": "61 * * * *"}, "61"),
         ({"every": None, "cron": "* * *"}, "* * *"),

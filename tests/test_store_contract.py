@@ -816,6 +816,7 @@ async def test_full_spec_and_state_roundtrip(store: Store) -> None:
                 {"schedule": "after-1", "on": "done", "params": {"k": [1, None]}},
                 {"schedule": "after-2"},
             ],
+            "heartbeat_timeout": "2m",
             "wait": {
                 "key": "orders/{region}/{date}",
                 "until": "value != null && value.ready",
@@ -842,7 +843,7 @@ async def test_full_spec_and_state_roundtrip(store: Store) -> None:
     )
     # One trigger only; a pipeline_spec goes with a pipeline target, whose round trip is
     # in test_store_orchestration.py.
-    assert_all_fields_set(spec, except_=("every", "at", "pipeline_spec"))
+    assert_all_fields_set(spec, except_=("every", "at", "continuous", "pipeline_spec"))
     assert_all_fields_set(state)
     stored = await store.put_schedule(spec, state, expect_version=None)
     got = await store.get_schedule(spec.id)
@@ -942,6 +943,10 @@ async def test_full_run_roundtrip(store: Store) -> None:
         cause_run_id="pipe@20270101T000000Z",
         then=[{"schedule": "next", "on": "failed", "params": {"why": "x"}}],
         rule=TaskRule.none_failed,
+        generation=7,
+        window=timedelta(minutes=10),
+        heartbeat_timeout=timedelta(minutes=2),
+        failures=2,
         after=["extract", "0-th"],
         downstream=["load-1", "2nd"],
         holds_slot=True,

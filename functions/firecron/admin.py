@@ -375,8 +375,33 @@ def _state_op(
 
 
 async def pause(store: Store, schedule_id: str, now: datetime) -> StoredSchedule:
-    """Pause a schedule (idempotent). Raises :class:`NotFoundError` for an unknown id."""
-    return await _update(store, schedule_id, _state_op(planning.pause, now))
+    """Pause a schedule (idempotent). Raises :class:`NotFoundError` for an unknown id.
+
+    A continuous schedule's live generation is also asked to stop: its
+    ``ctx.keep_going()`` turns false at its next heartbeat, and, the schedule being
+    paused, its end creates no successor.
+    """
+    paused = await _update(store, schedule_id, _state_op(planning.pause, now))
+    if paused.spec.continuous is not None and paused.state.last_run_id is not None:
+        await _ask_to_stop(store, paused.state.last_run_id, now)
+    return paused
+
+
+async def _ask_to_stop(store: Store, run_id: str, now: datetime) -> None:
+    """Cancel a live generation: a running one is asked to stop through its next heartbeat
+    reply (it ends ``cancelled``); one not started yet (waiting for its crash backoff,
+    say) is cancelled at once, so a pause never lets it start."""
+    from firecron.core import lifecycle
+
+    for _ in range(5):
+        live = await store.get_run(run_id)
+        if live is None:
+            return
+        change = lifecycle.cancel(live, now, lifecycle.RunTimeouts(), "schedule paused")
+        if change is None:
+            return
+        if await store.update_run(run_id, change.expect, change.changes, current=live):
+            return
 
 
 async def resume(store: Store, schedule_id: str, now: datetime) -> StoredSchedule:

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from firecron.core import lifecycle
+from firecron.core import lifecycle, planning
 from firecron.core.chains import plan_caused
 from firecron.core.lifecycle import Change
 from firecron.core.models import JsonValue, OverlapPolicy, TaskRule
@@ -80,6 +80,8 @@ class Causes:
             await self._settle_task(run, summary, pipeline_cache)
         if run.is_pipeline_run and lifecycle.pipeline_verdict(run) is None:
             await self._cancel_tasks(run, summary)
+        if run.generation is not None:
+            await self._hand_over(run, summary)
         for index, step in enumerate(run.then):
             if not lifecycle.chain_matches(step.on, run.state):
                 continue
@@ -168,6 +170,35 @@ class Causes:
             await self.d.fire_now(run, summary)
         elif run.events:
             await self.d.emit_new(run, set(), summary)
+
+    # -- continuous schedules ----------------------------------------------------------------
+
+    async def _hand_over(self, ended: Run, summary: TickSummary) -> None:
+        """Claim the generation after ``ended`` on its schedule and fire it (or let it wait
+        for its crash backoff). At most one successor: its id is deterministic, and the
+        claim is a compare-and-set on the schedule, whose ``last_run_id`` must still be
+        ``ended``. None is claimed when the schedule is paused, disabled or gone."""
+        for _ in range(_CAS_TRIES):
+            stored = await self.store.get_schedule(ended.schedule_id)
+            if stored is None:
+                return
+            plan = planning.plan_handoff(
+                stored,
+                ended,
+                self.d.now(),
+                pending_grace=self.d.timeouts.pending_grace,
+                default_retention=self.d.settings.run_retention,
+            )
+            if plan is None:
+                return  # no successor wanted, or it exists already (last_run_id moved on)
+            created = await self.store.claim(stored, plan.new_state, plan.runs)
+            if created:
+                summary.caused += 1
+                await self._after_create(created[0], summary)
+                return
+            if await self.store.get_run(plan.runs[0].id) is not None:
+                return  # another settler claimed it
+        raise RuntimeError(f"run {ended.id}: could not claim its successor")
 
     # -- pipelines -------------------------------------------------------------------------
 

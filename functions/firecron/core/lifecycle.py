@@ -257,14 +257,19 @@ def _finalized(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+def _hb(run: Run, t: RunTimeouts) -> timedelta:
+    """The heartbeat timeout of ``run``: its schedule's, or the watchdog's default."""
+    return run.heartbeat_timeout if run.heartbeat_timeout is not None else t.heartbeat_timeout
+
+
 def causes_runs(run: Run, state: RunState) -> bool:
     """True when ``run`` ending in ``state`` causes other runs, which its recorder then
     claims (``settle_at`` marks the end until they are): a task run (its downstream
     tasks, its pipeline), a pipeline run ending before its tasks did (they are
     cancelled), or a run with a ``then`` step for this end. Skipped, missed and cancelled runs chain
     nothing. Decided from the run alone, so a run that causes nothing costs no read."""
-    if run.parent_run_id is not None:
-        return True
+    if run.parent_run_id is not None or run.generation is not None:
+        return True  # a task's downstream, a generation's successor
     if run.is_pipeline_run and pipeline_verdict(run) is None:
         return True  # it ends before its tasks did (its timeout): they are cancelled
     return any(chain_matches(step.on, state) for step in run.then)
@@ -313,9 +318,9 @@ def _running_deadline(run: Run, now: datetime, heartbeat_at: datetime, t: RunTim
     if stop_requested is not None:
         # Cancel requested: heartbeats no longer extend anything; the attempt has one
         # heartbeat timeout to stop before the watchdog gives up on it.
-        return stop_requested + t.heartbeat_timeout
+        return stop_requested + _hb(run, t)
     started = run.started_at or now
-    deadlines = [heartbeat_at + t.heartbeat_timeout]
+    deadlines = [heartbeat_at + _hb(run, t)]
     if run.expected_duration is not None and run.sla_breached_at is None:
         deadlines.append(started + run.expected_duration)
     if run.timeout is not None:
@@ -570,7 +575,7 @@ def cancel(run: Run, now: datetime, t: RunTimeouts, reason: str) -> Change | Non
                 "cancel_requested": True,
                 "cancelled_at": now,
                 "error": reason,
-                "deadline_at": now + t.heartbeat_timeout,
+                "deadline_at": now + _hb(run, t),
                 "updated_at": now,
             },
         )
@@ -926,14 +931,14 @@ def _watch_rules(
     if state is _S.running:
         started = run.started_at or run.updated_at
         heartbeat_at = run.heartbeat_at or started
-        silent = now >= heartbeat_at + t.heartbeat_timeout
+        silent = now >= heartbeat_at + _hb(run, t)
         if run.cancelled_at is not None:
-            stop_by = run.cancelled_at + t.heartbeat_timeout
+            stop_by = run.cancelled_at + _hb(run, t)
             if now < stop_by:
                 return WatchDecision(Change((state,), {"deadline_at": stop_by, "updated_at": now}))
             return WatchDecision(_cancelled(run, now, run.error or "cancelled"))
         if run.timed_out_at is not None:
-            stop_by = run.timed_out_at + t.heartbeat_timeout
+            stop_by = run.timed_out_at + _hb(run, t)
             if now < stop_by:
                 return WatchDecision(Change((state,), {"deadline_at": stop_by, "updated_at": now}))
             return WatchDecision(
@@ -942,7 +947,7 @@ def _watch_rules(
                     now,
                     _S.timed_out,
                     f"timed out after {run.timeout}; the attempt did not stop within "
-                    f"{t.heartbeat_timeout} of the cancel request",
+                    f"{_hb(run, t)} of the cancel request",
                 )
             )
         if run.timeout is not None and now >= started + run.timeout:
@@ -959,7 +964,7 @@ def _watch_rules(
                     {
                         "cancel_requested": True,
                         "timed_out_at": now,
-                        "deadline_at": now + t.heartbeat_timeout,
+                        "deadline_at": now + _hb(run, t),
                         "updated_at": now,
                     },
                 ),
@@ -967,7 +972,7 @@ def _watch_rules(
             )
         if silent:
             return WatchDecision(
-                attempt_failed(run, now, _S.lost, f"no heartbeat for {t.heartbeat_timeout}")
+                attempt_failed(run, now, _S.lost, f"no heartbeat for {_hb(run, t)}")
             )
         if (
             run.expected_duration is not None

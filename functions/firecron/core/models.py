@@ -56,6 +56,7 @@ __all__ = [
     "SCHEDULE_ID_PATTERN",
     "ChainOn",
     "ChainStep",
+    "ContinuousSpec",
     "Duration",
     "JsonValue",
     "MisfirePolicy",
@@ -198,6 +199,22 @@ class WaitSpec(_Frozen):
     def _check_every(cls, value: timedelta) -> timedelta:
         if value < timedelta(seconds=1):
             raise ValueError("every must be at least 1s")
+        return value
+
+
+class ContinuousSpec(_Frozen):
+    """``continuous: {window: 10m}``: exactly one run of the schedule is alive while it is
+    enabled. Each run (a *generation*) works until its window has passed, then returns;
+    the write that records its end creates the next generation, fired at once."""
+
+    window: Duration
+    """How long one generation works before it hands over (``ctx.keep_going()`` turns false)."""
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("window must be at least 1s")
         return value
 
 
@@ -639,6 +656,12 @@ class ScheduleSpec(_Frozen):
     wait: WaitSpec | None = None
     """A gate: each occurrence's run is ``waiting`` until the wait's condition holds, then
     fires its target (a manual trigger waits too, unless told not to)."""
+    continuous: ContinuousSpec | None = None
+    """Exactly one instance, 24/7 (in place of ``cron``, ``every`` or ``at``): see
+    :class:`ContinuousSpec`. Needs a worker target."""
+    heartbeat_timeout: Duration | None = None
+    """A running run silent this long is lost (default: the watchdog's 90 s); for a
+    continuous schedule, the longest gap after a dead instance, plus one tick."""
 
     @field_validator("timezone")
     @classmethod
@@ -689,13 +712,20 @@ class ScheduleSpec(_Frozen):
                 (TriggerKind.cron, self.cron),
                 (TriggerKind.every, self.every),
                 (TriggerKind.at, self.at),
+                ("continuous", self.continuous),
             )
             if value is not None
         ]
         if len(given) > 1:
             # None at all is an on-demand schedule: it runs when triggered or chained.
             found = ", ".join(given)
-            raise ValueError(f"set at most one of 'cron', 'every' or 'at' (found: {found})")
+            raise ValueError(
+                f"set at most one of 'cron', 'every', 'at' or 'continuous' (found: {found})"
+            )
+        if self.continuous is not None and not self.target.is_worker:
+            raise ValueError(
+                "a continuous schedule needs a worker target (function, or worker: true)"
+            )
         if self.start_at and self.end_at and self.end_at < self.start_at:
             raise ValueError("end_at is before start_at")
         if self.timeout and self.expected_duration and self.expected_duration > self.timeout:
@@ -706,7 +736,9 @@ class ScheduleSpec(_Frozen):
     def on_demand(self) -> bool:
         """True when the schedule has no trigger: it never fires by itself, only when
         triggered, chained or submitted from code."""
-        return self.cron is None and self.every is None and self.at is None
+        return (
+            self.cron is None and self.every is None and self.at is None and self.continuous is None
+        )
 
     def trigger_fields(self) -> tuple[object, ...]:
         """The fields that decide *when* the schedule fires; a change re-plans ``next_fire_at``."""
@@ -714,6 +746,7 @@ class ScheduleSpec(_Frozen):
             self.cron,
             self.every,
             self.at,
+            self.continuous,
             self.timezone,
             self.start_at,
             self.end_at,

@@ -37,8 +37,21 @@ from firecron.core.models import (
     StoredSchedule,
 )
 from firecron.core.render import one_line
-from firecron.core.runs import ACTIVE_STATES, Run, RunState, RunTrigger, scheduled_run_id
-from firecron.core.triggers import OnDemandTrigger, Trigger, build_trigger, jitter_offset
+from firecron.core.runs import (
+    ACTIVE_STATES,
+    Run,
+    RunState,
+    RunTrigger,
+    generation_run_id,
+    scheduled_run_id,
+)
+from firecron.core.triggers import (
+    ContinuousTrigger,
+    OnDemandTrigger,
+    Trigger,
+    build_trigger,
+    jitter_offset,
+)
 from firecron.core.waits import render_key
 
 __all__ = [
@@ -107,6 +120,8 @@ def trigger_of(spec: ScheduleSpec) -> Trigger:
     """
     if spec.on_demand:
         return OnDemandTrigger(timezone=spec.timezone)
+    if spec.continuous is not None:
+        return ContinuousTrigger(timezone=spec.timezone)
     return build_trigger(
         cron=spec.cron,
         every=spec.every,
@@ -235,6 +250,8 @@ def build_run(
     error: str | None = None,
     cause_run_id: str | None = None,
     gate: bool = True,
+    generation: int | None = None,
+    failures: int = 0,
 ) -> Run:
     """A new run of ``spec`` with the policy snapshot it needs.
 
@@ -299,6 +316,10 @@ def build_run(
         pipeline_spec=spec.pipeline_spec,
         cause_run_id=cause_run_id,
         timezone=spec.timezone,
+        heartbeat_timeout=spec.heartbeat_timeout,
+        generation=generation,
+        window=spec.continuous.window if generation is not None and spec.continuous else None,
+        failures=failures,
         **wait_fields,
     )
     if terminal:
@@ -331,6 +352,8 @@ def plan(
     spec, state = stored.spec, stored.state
     if state.next_occurrence is None or state.next_fire_at is None or state.next_fire_at > now:
         return Plan(runs=[], new_state=state)
+    if spec.continuous is not None:
+        return _plan_generation(stored, latest_run, now, pending_grace, default_retention)
     trigger = trigger_of(spec)
     horizon = now - spec.misfire.grace
 
@@ -442,3 +465,105 @@ def plan(
         missed_count=missed_count,
         coalesced=coalesced,
     )
+
+
+QUICK_END = timedelta(seconds=5)
+"""A generation that ends sooner than this after it started counts as a crash (backoff)."""
+
+
+def _plan_generation(
+    stored: StoredSchedule,
+    latest_run: Run | None,
+    now: datetime,
+    pending_grace: timedelta,
+    default_retention: timedelta | None,
+) -> Plan:
+    """A due continuous schedule (just applied or resumed) starts its next generation,
+    unless one is alive: then that one hands over when it ends, and nothing is planned."""
+    spec, state = stored.spec, stored.state
+    idle = state.model_copy(
+        update={"next_fire_at": None, "next_occurrence": None, "updated_at": now}
+    )
+    if _is_active(latest_run):
+        return Plan(runs=[], new_state=idle)
+    generation = state.run_count + 1
+    run = build_run(
+        spec,
+        generation_run_id(spec.id, generation),
+        Occurrence(now, now),
+        now,
+        pending_grace=pending_grace,
+        default_retention=default_retention,
+        generation=generation,
+    )
+    new_state = idle.model_copy(
+        update={
+            "run_count": generation,
+            "last_run_id": run.id,
+            "last_occurrence": now,
+            "last_error": None,
+            "last_error_at": None,
+        }
+    )
+    return Plan(runs=[run], new_state=new_state)
+
+
+def plan_handoff(
+    stored: StoredSchedule,
+    ended: Run,
+    now: datetime,
+    *,
+    pending_grace: timedelta,
+    default_retention: timedelta | None = None,
+) -> Plan | None:
+    """The generation after ``ended`` (which has ended) and the schedule's new state, or
+    None when there must be none: the schedule is paused, disabled or no longer
+    continuous, or ``ended`` is not its live generation (a newer one exists already).
+
+    A generation that failed (failed, lost, timed out) or ended within :data:`QUICK_END`
+    of its start (or within its window, when that is shorter) is a crash: its successor waits (``queued``, released at its deadline)
+    for the schedule's retry backoff, growing with each crash in a row up to
+    ``max_backoff``; a generation that ran its course resets it.
+    """
+    spec, state = stored.spec, stored.state
+    if spec.continuous is None or not spec.enabled or state.paused:
+        return None
+    if state.last_run_id != ended.id or ended.generation is None:
+        return None
+    ran = (
+        ended.ended_at - ended.started_at
+        if ended.started_at is not None and ended.ended_at is not None
+        else timedelta(0)
+    )
+    # Quick: shorter than QUICK_END, or than its own window when that is shorter still.
+    quick = min(QUICK_END, ended.window) if ended.window is not None else QUICK_END
+    crashed = ended.state in (RunState.failed, RunState.lost, RunState.timed_out) or ran < quick
+    failures = ended.failures + 1 if crashed else 0
+    generation = ended.generation + 1
+    run = build_run(
+        spec,
+        generation_run_id(spec.id, generation),
+        Occurrence(now, now),
+        now,
+        pending_grace=pending_grace,
+        default_retention=default_retention,
+        generation=generation,
+        failures=failures,
+        cause_run_id=ended.id,
+    )
+    if failures:
+        policy = spec.retry
+        ceiling = min(policy.max_backoff, policy.backoff * policy.multiplier ** (failures - 1))
+        run = run.model_copy(
+            update={
+                "state": RunState.queued,
+                "blocked_by": ended.id,
+                "deadline_at": now + ceiling,
+                "watch_at": now + ceiling,
+                "attempts": [],
+            }
+        )
+    new_state = state.model_copy(
+        update={"run_count": generation, "last_run_id": run.id, "updated_at": now}
+    )
+    return Plan(runs=[run], new_state=new_state)

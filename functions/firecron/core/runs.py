@@ -49,6 +49,7 @@ __all__ = [
     "backoff_delay",
     "can_transition",
     "caused_run_id",
+    "generation_run_id",
     "manual_run_id",
     "scheduled_run_id",
     "task_run_id",
@@ -272,6 +273,12 @@ def caused_run_id(schedule_id: str, cause_run_id: str, key: str) -> str:
     return f"{schedule_id}@c{digest}"
 
 
+def generation_run_id(schedule_id: str, generation: int) -> str:
+    """Id of a continuous schedule's generation: ``{schedule_id}@g{N:010d}``. Deterministic,
+    so a second successor of one generation cannot exist."""
+    return f"{schedule_id}@g{generation:010d}"
+
+
 def task_run_id(pipeline_run_id: str, task_id: str) -> str:
     """Id of a task's run in a pipeline run: ``{pipeline_run_id}.{task_id}``."""
     return f"{pipeline_run_id}.{task_id}"
@@ -395,6 +402,15 @@ class Run(BaseModel):
     """When the wait times out."""
     timezone: str = "UTC"
     """Snapshot of the schedule's zone (a wait key's ``{date}``)."""
+    generation: int | None = None
+    """For a continuous schedule's run: its generation, 1 for the first (the fencing token)."""
+    window: Duration | None = None
+    """For a continuous schedule's run: how long it works before it hands over."""
+    heartbeat_timeout: Duration | None = None
+    """Snapshot of the schedule's ``heartbeat_timeout`` (None: the watchdog's default)."""
+    failures: int = 0
+    """For a continuous schedule's run: how many generations before it in a row failed or
+    ended within :data:`~firecron.core.lifecycle.QUICK_END` of starting (its backoff)."""
     cancelled_at: AwareDatetime | None = None
     """When a cancel was requested of a running attempt (its pipeline timed out): the
     attempt ends ``cancelled`` when its worker records the end, or ``heartbeat_timeout``

@@ -467,7 +467,7 @@ class Trigger(abc.ABC):
     ``start_at`` and ``end_at`` are aware UTC datetimes or ``None``.
     """
 
-    kind: Literal["cron", "every", "at", "on_demand"]
+    kind: Literal["cron", "every", "at", "on_demand", "continuous"]
     timezone: str
     start_at: datetime | None
     end_at: datetime | None
@@ -725,6 +725,27 @@ class OnDemandTrigger(Trigger):
 
     def _next(self, after: datetime) -> datetime | None:
         return None
+
+
+class ContinuousTrigger(Trigger):
+    """``continuous``: the next generation may start at any moment, so its "occurrence" is
+    the instant asked about. Used to make a continuous schedule due when it is applied or
+    resumed; the tick then starts a generation unless one is alive (``planning.plan``)."""
+
+    kind = "continuous"
+
+    def __init__(self, *, timezone: str = "UTC"):
+        super().__init__(timezone=timezone, start_at=None, end_at=None)
+
+    @property
+    def spec(self) -> str:
+        return "continuous"
+
+    def _describe(self) -> str:
+        return "continuously: exactly one instance at a time"
+
+    def _next(self, after: datetime) -> datetime | None:
+        return after
 
 
 def build_trigger(

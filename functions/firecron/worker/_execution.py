@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -75,6 +75,7 @@ class RunContext:
         "_submits",
         "_upstream",
         "attempt",
+        "generation",
         "params",
         "pipeline_run_id",
         "run_id",
@@ -82,6 +83,7 @@ class RunContext:
         "scheduled_for",
         "task",
         "trigger",
+        "window_end",
     )
 
     def __init__(
@@ -96,6 +98,8 @@ class RunContext:
         task: str | None = None,
         pipeline_run_id: str | None = None,
         upstream: Mapping[str, JsonValue] | None = None,
+        generation: int | None = None,
+        window_end: datetime | None = None,
     ) -> None:
         self.run_id = run_id
         """The run's id (deterministic for scheduled runs)."""
@@ -118,7 +122,25 @@ class RunContext:
             dict(upstream) if upstream is not None else None
         )
         self._submits: dict[str, int] = {}
+        self.generation = generation
+        """For a continuous schedule's run: its generation (1, 2, ...), the fencing token:
+        a newer generation means this one no longer owns what it writes."""
+        self.window_end = window_end
+        """For a continuous schedule's run: when its window ends (then it should return,
+        and the next generation takes over)."""
         self._execution: _Execution | None = None
+
+    def keep_going(self) -> bool:
+        """False once this instance should return: its window has passed (a continuous
+        schedule's run), or it was asked to stop (pause, cancel, timeout), or it lost its
+        lease (a heartbeat found a newer attempt or generation). Loop ``while
+        ctx.keep_going():``; the SDK's heartbeats keep the answer current."""
+        if self.cancelled:
+            return False
+        if self.window_end is None:
+            return True
+        now = self._execution.runtime.now() if self._execution is not None else datetime.now(UTC)
+        return now < self.window_end
 
     @property
     def state(self) -> State:
@@ -316,6 +338,12 @@ def _begin(
         trigger=_sent_trigger(started, started.attempt),
         task=started.task,
         pipeline_run_id=started.parent_run_id,
+        generation=started.generation,
+        window_end=(
+            started.started_at + started.window
+            if started.window is not None and started.started_at is not None
+            else None
+        ),
     )
     execution = _Execution(runtime, fn, ctx, started, interval)
     # Events already in the record before this start were emitted by their writers.

@@ -1,0 +1,65 @@
+"""Continuous schedules (exactly one instance, 24/7) with a functions-framework worker.
+
+Work in progress (issue 15): generations, handoff at the end, pause.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from _backend import Backend
+from _factories import store_schedule
+from _poll import apoll, wait_run
+from _workers import serve_worker
+from firecron import admin
+from firecron.core.runs import RunState, generation_run_id
+
+APP = Path(__file__).resolve().with_name("_orchestration_app.py")
+
+
+async def test_generations_hand_over_one_at_a_time_and_pause_stops_the_chain(
+    backend: Backend,
+) -> None:
+    now = datetime.now(UTC)
+    with serve_worker("looper", env=backend.env(), source=APP) as looper:
+        await store_schedule(
+            backend.store,
+            now,
+            id="forever",
+            continuous={"window": "1s"},
+            target={"url": looper.url, "worker": True},
+        )
+        d = backend.dispatcher()
+        try:
+            await d.tick()
+        finally:
+            await d.aclose()
+        # Each generation works its window, returns, and its end starts the next.
+        third = generation_run_id("forever", 3)
+        await apoll(
+            lambda: backend.store.get_run(third),
+            lambda r: r is not None and r.state is RunState.running,
+            what="generation 3 running",
+        )
+        stopped = await admin.pause(backend.store, "forever", datetime.now(UTC))
+        assert stopped.state.paused
+        live = await wait_run(backend.store, third, lambda r: r.is_terminal)
+        assert live.state is RunState.cancelled
+    runs = await backend.store.list_runs(schedule_id="forever", limit=50)
+    generations = sorted((r.generation or 0, r) for r in runs)
+    assert [g for g, _ in generations] == [1, 2, 3]  # no successor after the pause
+    ended = [r for _, r in generations]
+    for before, after in itertools.pairwise(ended):
+        assert before.ended_at is not None
+        assert after.started_at is not None
+        assert before.ended_at <= after.started_at  # never two at once
+        assert after.cause_run_id == before.id
+    first = ended[0]
+    assert first.state is RunState.succeeded
+    assert isinstance(first.output, dict)
+    assert first.output["generation"] == 1
+    assert first.started_at is not None
+    assert first.ended_at is not None
+    assert first.ended_at - first.started_at >= timedelta(seconds=1)  # it worked its window
