@@ -63,3 +63,53 @@ async def test_generations_hand_over_one_at_a_time_and_pause_stops_the_chain(
     assert first.started_at is not None
     assert first.ended_at is not None
     assert first.ended_at - first.started_at >= timedelta(seconds=1)  # it worked its window
+
+
+async def test_a_lost_generation_hands_over_after_a_backoff_that_grows(backend: Backend) -> None:
+    """A generation that never starts is lost (no retry of its own); its successor waits
+    the schedule's backoff, which grows with each crash in a row."""
+    from _sinks import serve
+
+    now = datetime.now(UTC)
+    with serve() as sink:
+        await store_schedule(
+            backend.store,
+            now,
+            id="crashy",
+            continuous={"window": "1m"},
+            target={"url": sink.url + "/w", "worker": True},
+            retry={"backoff": "10s", "max_backoff": "30s", "multiplier": 2},
+        )
+        clock = [now]
+        d = backend.dispatcher()
+        d.clock = lambda: clock[0]
+        try:
+            await d.tick(now)
+            g1 = await backend.store.get_run(generation_run_id("crashy", 1))
+            assert g1 is not None
+            assert g1.state is RunState.dispatched
+            clock[0] = now + d.timeouts.start_timeout + timedelta(seconds=1)
+            await d.tick(clock[0])
+            lost = await backend.store.get_run(g1.id)
+            assert lost is not None
+            assert lost.state is RunState.lost  # not retried: the successor is the retry
+            g2 = await backend.store.get_run(generation_run_id("crashy", 2))
+            assert g2 is not None
+            assert g2.state is RunState.queued
+            assert g2.failures == 1
+            assert g2.cause_run_id == g1.id
+            assert g2.deadline_at == clock[0] + timedelta(seconds=10)
+            clock[0] += timedelta(seconds=11)
+            await d.tick(clock[0])
+            started = await backend.store.get_run(g2.id)
+            assert started is not None
+            assert started.state is RunState.dispatched
+            clock[0] += d.timeouts.start_timeout + timedelta(seconds=1)
+            await d.tick(clock[0])
+            g3 = await backend.store.get_run(generation_run_id("crashy", 3))
+            assert g3 is not None
+            assert g3.failures == 2
+            assert g3.deadline_at == clock[0] + timedelta(seconds=20)
+        finally:
+            await d.aclose()
+        assert sink.received == 2

@@ -297,7 +297,11 @@ def build_run(
         state=state,
         params=merged,
         target=spec.target,
-        retry=spec.retry,
+        # A generation is never retried itself: its successor is the retry, after the
+        # schedule's backoff when it crashed (plan_handoff).
+        retry=spec.retry
+        if generation is None
+        else spec.retry.model_copy(update={"max_attempts": 1}),
         timeout=spec.timeout,
         expected_duration=spec.expected_duration,
         labels=spec.labels,
