@@ -98,6 +98,9 @@ async def test_a_lost_generation_hands_over_after_a_backoff_that_grows(backend: 
             assert g2.state is RunState.queued
             assert g2.failures == 1
             assert g2.cause_run_id == g1.id
+            [handoff] = g2.events
+            assert handoff.type.value == "run.handoff"
+            assert handoff.data["generation"] == 2
             assert g2.deadline_at == clock[0] + timedelta(seconds=10)
             clock[0] += timedelta(seconds=11)
             await d.tick(clock[0])

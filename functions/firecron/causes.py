@@ -165,11 +165,16 @@ class Causes:
         raise RuntimeError(f"could not claim run {run_id}: schedule {schedule_id} kept changing")
 
     async def _after_create(self, run: Run, summary: TickSummary) -> None:
-        """Fire a new ``pending`` run; emit the event of one born ended (skipped)."""
+        """Fire a new ``pending`` run at once, then emit the events it was born with
+        (skipped, handoff): a slow sink never delays the run."""
+        recorded: Run | None = run
         if run.state is RunState.pending:
-            await self.d.fire_now(run, summary)
-        elif run.events:
-            await self.d.emit_new(run, set(), summary)
+            recorded = await self.d.fire_now(run, summary)
+        if run.events:
+            for event in run.events:
+                summary.events[event.type.value] += 1
+            # The outbox re-reads the run if the send's record changed it meanwhile.
+            await self.d.emit_new(recorded or run, set(), summary)
 
     # -- continuous schedules ----------------------------------------------------------------
 

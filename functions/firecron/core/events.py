@@ -70,6 +70,8 @@ class EventType(StrEnum):
     run_sla_breached = "run.sla_breached"
     run_skipped = "run.skipped"
     run_missed = "run.missed"
+    run_handoff = "run.handoff"
+    """A continuous schedule's generation ended and the next one was created (info)."""
     dispatch_failed = "dispatch.failed"
     schedule_error = "schedule.error"
     """A tick could not plan, claim or fire the schedule (not about a run)."""

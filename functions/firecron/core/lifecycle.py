@@ -183,7 +183,13 @@ def make_event(run: Run, event_type: EventType, now: datetime, routes: list[Rout
     """
     suffix = (
         ""
-        if event_type in (EventType.run_sla_breached, EventType.run_skipped, EventType.run_missed)
+        if event_type
+        in (
+            EventType.run_sla_breached,
+            EventType.run_skipped,
+            EventType.run_missed,
+            EventType.run_handoff,
+        )
         else f"/{run.attempt}"
     )
     duration = (run.ended_at or now) - run.started_at if run.started_at else None
@@ -203,7 +209,7 @@ def make_event(run: Run, event_type: EventType, now: datetime, routes: list[Rout
         "params": dict(run.params),
     }
     # Orchestration fields, only where set: older consumers see the data they knew.
-    for key in ("pipeline", "task", "parent_run_id", "cause_run_id"):
+    for key in ("pipeline", "task", "parent_run_id", "cause_run_id", "generation"):
         value = getattr(run, key)
         if value is not None:
             data[key] = value

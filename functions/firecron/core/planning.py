@@ -567,6 +567,17 @@ def plan_handoff(
                 "attempts": [],
             }
         )
+    # The successor is born with the handoff's event (recorded in the same claim).
+    event = make_event(run, EventType.run_handoff, now, run.notify)
+    run = run.model_copy(
+        update={
+            "events": [event],
+            "watch_at": min(
+                [t for t in (run.watch_at, next_delivery_at([event])) if t is not None],
+                default=None,
+            ),
+        }
+    )
     new_state = state.model_copy(
         update={"run_count": generation, "last_run_id": run.id, "updated_at": now}
     )
