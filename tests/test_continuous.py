@@ -116,3 +116,31 @@ async def test_a_lost_generation_hands_over_after_a_backoff_that_grows(backend: 
         finally:
             await d.aclose()
         assert sink.received == 2
+
+
+def test_a_window_that_does_not_fit_the_timeout_is_refused_with_one_line(tmp_path: Path) -> None:
+    from _cli import run_cli
+
+    bad = tmp_path / "s.yaml"
+    bad.write_text(
+        "schedules:\n"
+        "  - id: tailer\n"
+        "    continuous: {window: 10m}\n"
+        "    timeout: 10m\n"
+        "    target: {function: tail}\n"
+        "  - id: fine\n"
+        "    continuous: {window: 9m}\n"
+        "    timeout: 10m\n"
+        "    target: {function: tail}\n"
+    )
+    result = run_cli("validate", str(bad))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "schedules[0] (id=tailer): continuous.window: 10m does not fit the timeout 10m: the "
+            "window must be at least 30s shorter, or every generation is stopped before it hands over"
+        )
+    )
+    assert "id=fine" not in result.stderr

@@ -37,7 +37,7 @@ Cron expressions that never match are refused by the model itself
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from firecron.core.durations import format_duration
 from firecron.core.events import Notifications, WebhookSink
@@ -121,7 +121,29 @@ def unworkable(
         problems.append(f"at: {problem}")
     if spec.on_demand:
         problems.extend(_on_demand_problems(spec))
+    problem = _window_problem(spec)
+    if problem is not None:
+        problems.append(f"continuous.window: {problem}")
     return problems
+
+
+WINDOW_MARGIN = timedelta(seconds=30)
+"""How much shorter than the run's timeout a continuous window must be: the instance
+needs time to notice the window's end, return and record it before it is stopped."""
+
+
+def _window_problem(spec: ScheduleSpec) -> str | None:
+    """Why a continuous schedule's window cannot fit its run's timeout, or None."""
+    if spec.continuous is None or spec.timeout is None:
+        return None
+    window = spec.continuous.window
+    if window <= spec.timeout - WINDOW_MARGIN:
+        return None
+    return (
+        f"{format_duration(window)} does not fit the timeout {format_duration(spec.timeout)}: "
+        f"the window must be at least {format_duration(WINDOW_MARGIN)} shorter, or every "
+        "generation is stopped before it hands over"
+    )
 
 
 def unworkable_target(target: Target, *, allow_private_targets: bool) -> list[str]:
