@@ -18,7 +18,12 @@ written to ``bench/results/summary.json``):
 - ``waits``: the release latency of a gated run by a write through ``firecron.State``
   (``set`` called to the target's start, p50/p99), and 10,000 runs waiting on as many
   keys: a tick's wall time and store work beside an idle tick's, and one write's
-  queries and releases (``bench/waits.py``).
+  queries and releases (``bench/waits.py``);
+- ``continuous``: a continuous schedule (window 2 s) on one functions-framework worker:
+  the gap from one generation's end to the next one's start over 200 handoffs (p50,
+  p99, max), and 20 SIGKILLed instances: the kill to the successor's start against
+  ``heartbeat_timeout`` + one tick, and the overlaps (worker-recorded intervals, checked
+  pairwise) (``bench/continuous.py``; about 9 minutes on SQLite, 4 on Firestore).
 
 Options: ``--only NAME`` (repeatable), ``--quick`` (smaller sizes, about 2 minutes),
 ``--backends sqlite,firestore`` (default: both when ``gcloud`` is on PATH), size
@@ -42,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import decoupling, fanout, held, pipelines, schedules_file, waits
+from bench import continuous, decoupling, fanout, held, pipelines, schedules_file, waits
 from bench._common import (
     RESULTS_DIR,
     Backends,
@@ -56,7 +61,7 @@ from bench._common import (
     write_json,
 )
 
-NAMES = ("fanout", "held", "decoupling", "schedules_file", "pipelines", "waits")
+NAMES = ("fanout", "held", "decoupling", "schedules_file", "pipelines", "waits", "continuous")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fan-tasks", type=int, help="pipelines: parallel tasks before the join")
     p.add_argument("--wait-trials", type=int, help="waits: release-latency trials")
     p.add_argument("--waiting", type=int, help="waits: runs waiting on different keys")
+    p.add_argument("--handoffs", type=int, help="continuous: handoffs (Firestore: at most 50)")
+    p.add_argument("--kills", type=int, help="continuous: instances SIGKILLed per backend")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     return p
 
@@ -134,6 +141,17 @@ def _waits_config(args: argparse.Namespace) -> waits.WaitsConfig:
     return w
 
 
+def _continuous_config(args: argparse.Namespace) -> continuous.ContinuousConfig:
+    c = continuous.ContinuousConfig()
+    if args.quick:
+        c = replace(c, handoffs=20, kills=5)
+    if args.handoffs is not None:
+        c = replace(c, handoffs=args.handoffs)
+    if args.kills is not None:
+        c = replace(c, kills=args.kills)
+    return c
+
+
 def _raise_nofile() -> None:
     # The dispatcher holds up to max_open (1,000) connections in the held benchmark.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -156,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         sf_cfg = replace(sf_cfg, schedules=args.file_schedules)
     p_cfg = _pipelines_config(args)
     w_cfg = _waits_config(args)
+    c_cfg = _continuous_config(args)
     _raise_nofile()
     machine = machine_info()
     print(
@@ -170,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "schedules_file": lambda b, s: schedules_file.run(b, names, sf_cfg),
         "pipelines": lambda b, s: pipelines.run(b, names, s, p_cfg),
         "waits": lambda b, s: waits.run(b, names, s, w_cfg),
+        "continuous": lambda b, s: continuous.run(b, names, c_cfg),
     }
     results: list[BenchResult] = []
     crashed = False
