@@ -28,6 +28,8 @@ from firecron.core import planning
 from firecron.core.describe import ON_DEMAND
 from firecron.core.durations import format_duration, parse_duration
 from firecron.core.events import RUN_EVENT_TYPES, Event, EventType, cloudevent
+from firecron.core.generations import History, history
+from firecron.core.lifecycle import RunTimeouts
 from firecron.core.models import (
     SCHEDULE_ID_PATTERN,
     PipelineSpec,
@@ -364,6 +366,8 @@ def _trigger_text(s: StoredSchedule) -> str:
         return f"cron {spec.cron}"
     if spec.every is not None:
         return f"every {format_duration(spec.every)}"
+    if spec.continuous is not None:
+        return f"continuous (window {format_duration(spec.continuous.window)})"
     return f"at {rfc3339(spec.at)}"
 
 
@@ -455,6 +459,190 @@ async def _get(store: Store, schedule_id: str) -> StoredSchedule:
     return found
 
 
+_HISTORY = timedelta(hours=24)
+"""How far back ``show`` tells a continuous schedule's handoffs."""
+_GENERATIONS_READ = 500
+"""The most runs ``show`` reads of a continuous schedule, newest first: one query, however
+short the window. A day of a short window holds more generations than this; ``show``
+then says its counts cover only the generations read."""
+_HANDOFFS_SHOWN = 5
+"""The handoffs ``show`` lists one by one, newest first."""
+
+
+@dataclass(frozen=True)
+class _Generations:
+    """What ``show`` read of a continuous schedule's generations."""
+
+    now: datetime
+    """The store's clock when they were read (the reference of "ago" and of the 24 h)."""
+    since: datetime
+    """The start of the period told: ``now`` minus :data:`_HISTORY`."""
+    history: History
+
+
+async def _get_with_generations(
+    store: Store, schedule_id: str
+) -> tuple[StoredSchedule, _Generations | None]:
+    """The schedule and, when it is continuous, its newest runs (at most
+    :data:`_GENERATIONS_READ`, one query) as a :class:`History` of the last 24 h."""
+    stored = await _get(store, schedule_id)
+    if stored.spec.continuous is None:
+        return stored, None
+    now = await store.clock()
+    runs = await store.list_runs(schedule_id=schedule_id, limit=_GENERATIONS_READ)
+    since = now - _HISTORY
+    return stored, _Generations(now, since, history(runs, since, limit=_GENERATIONS_READ))
+
+
+def _heartbeat_timeout(spec: ScheduleSpec) -> tuple[timedelta, bool]:
+    """The schedule's heartbeat timeout and whether it is the watchdog's default."""
+    if spec.heartbeat_timeout is not None:
+        return spec.heartbeat_timeout, False
+    return RunTimeouts().heartbeat_timeout, True
+
+
+def _signed_duration(value: timedelta) -> str:
+    """:func:`format_duration`, with a minus sign for a negative value (never expected of
+    a gap, so shown rather than hidden if a clock ever makes one)."""
+    return ("-" + format_duration(-value)) if value < timedelta(0) else format_duration(value)
+
+
+def _window_end(run: Run) -> datetime | None:
+    """When ``run``'s window ends (``ctx.window_end``): its start plus its window."""
+    if run.started_at is None or run.window is None:
+        return None
+    return run.started_at + run.window
+
+
+def _ended_text(run: Run, crashed: bool) -> str:
+    """How a generation ended, ``lost (crash)`` when its successor counted it a crash."""
+    return run.state.value + (" (crash)" if crashed else "")
+
+
+def _live_dict(run: Run) -> dict[str, Any]:
+    queued = run.state is RunState.queued
+    return {
+        "generation": run.generation,
+        "run_id": run.id,
+        "state": run.state,
+        "started_at": run.started_at,
+        "heartbeat_at": run.heartbeat_at,
+        "window_end": _window_end(run),
+        "crashes_in_a_row": run.failures,
+        "waits_until": run.deadline_at if queued else None,
+    }
+
+
+def _continuous_dict(stored: StoredSchedule, seen: _Generations) -> dict[str, Any]:
+    """``show --json``'s ``continuous`` object: the same facts as the table, as fields."""
+    assert stored.spec.continuous is not None
+    hb, default = _heartbeat_timeout(stored.spec)
+    hist = seen.history
+    gaps = hist.gaps
+    stats = hist.gap_p50_max
+    return {
+        "window": stored.spec.continuous.window,
+        "heartbeat_timeout": hb,
+        "heartbeat_timeout_is_default": default,
+        "live": None if hist.live is None else _live_dict(hist.live),
+        "handoffs": {
+            "since": seen.since,
+            "count": len(hist.handoffs),
+            "waiting": len(hist.handoffs) - len(gaps),
+            "gap_p50_s": None if stats is None else stats[0].total_seconds(),
+            "gap_max_s": None if stats is None else stats[1].total_seconds(),
+            "truncated": hist.truncated,
+            "runs_read_limit": _GENERATIONS_READ,
+            "last": [
+                {
+                    "from_generation": h.previous.generation,
+                    "to_generation": h.successor.generation,
+                    "from_run_id": h.previous.id,
+                    "to_run_id": h.successor.id,
+                    "at": h.at,
+                    "from_state": h.previous.state,
+                    "crashed": h.crashed,
+                    "gap_s": None if h.gap is None else h.gap.total_seconds(),
+                    "to_state": h.successor.state,
+                }
+                for h in hist.handoffs[:_HANDOFFS_SHOWN]
+            ],
+        },
+    }
+
+
+def _continuous_rows(stored: StoredSchedule, seen: _Generations) -> list[list[Any]]:
+    """``show``'s rows of a continuous schedule: its heartbeat timeout, its live
+    generation, and the count and gaps of the handoffs of the last 24 h."""
+    hb, default = _heartbeat_timeout(stored.spec)
+    rows: list[list[Any]] = [
+        ["heartbeat timeout", format_duration(hb) + (" (default)" if default else "")]
+    ]
+    hist, live = seen.history, seen.history.live
+    if live is None:
+        starts = (
+            "starts at the next tick" if stored.state.next_fire_at is not None else stored.status
+        )
+        rows.append(["live generation", f"none ({starts})"])
+    else:
+        label = "last generation" if live.is_terminal else "live generation"
+        rows.append([label, f"{live.generation}  {live.id}  {_state_text(live)}"])
+        beat = None
+        if live.heartbeat_at is not None:
+            ago = _signed_duration(seen.now - live.heartbeat_at)
+            beat = f"{rfc3339(live.heartbeat_at)}  ({ago} ago)"
+        rows += [
+            ["  started", rfc3339(live.started_at) or "not yet"],
+            ["  last heartbeat", beat],
+            ["  window ends", rfc3339(_window_end(live))],
+        ]
+        if live.failures:
+            wait = ""
+            if live.state is RunState.queued and live.deadline_at is not None:
+                wait = f", waits until {rfc3339(live.deadline_at)}"
+            rows.append(["  crashes in a row", f"{live.failures}{wait}"])
+    gaps = hist.gaps
+    summary = f"{len(hist.handoffs)}"
+    stats = hist.gap_p50_max
+    if stats is not None:
+        summary += f", gap p50 {_signed_duration(stats[0])}, max {_signed_duration(stats[1])}"
+    if len(gaps) < len(hist.handoffs):
+        summary += f", {len(hist.handoffs) - len(gaps)} waiting"
+    if hist.truncated:
+        summary += f" (partial: only the newest {_GENERATIONS_READ} runs were read)"
+    rows.append(["handoffs (24 h)", summary])
+    return rows
+
+
+def _handoffs_table(seen: _Generations) -> None:
+    """``show``'s last few handoffs, newest first: N -> N+1, when, how N ended, the gap
+    (or since when the successor waits)."""
+    last = seen.history.handoffs[:_HANDOFFS_SHOWN]
+    if not last:
+        click.echo("Handoffs: none in the last 24 h")
+        return
+    table(
+        "Last handoffs",
+        ["HANDOFF", "AT (UTC)", "ENDED", "GAP"],
+        [
+            [
+                f"{h.previous.generation} -> {h.successor.generation}",
+                rfc3339(h.at),
+                _ended_text(h.previous, h.crashed),
+                _signed_duration(h.gap)
+                if h.gap is not None
+                else f"waiting since {rfc3339(h.at)}"
+                + (
+                    f" (until {rfc3339(h.successor.deadline_at)})"
+                    if h.successor.state is RunState.queued and h.successor.deadline_at
+                    else ""
+                ),
+            ]
+            for h in last
+        ],
+    )
+
+
 @cli.command()
 @click.argument("schedule_id", metavar="ID")
 @store_option
@@ -462,11 +650,20 @@ async def _get(store: Store, schedule_id: str) -> StoredSchedule:
 def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
     """Show a schedule: definition, state, next 5 fire times, and what the trigger means.
 
+    A continuous schedule has no fire times: show gives instead its heartbeat timeout,
+    its live generation (start, last heartbeat, window end, and the crashes in a row it
+    waits behind), and the handoffs of the last 24 h: their count, the gap from one
+    generation's end to the next one's start (p50, max), and the last 5 (--json:
+    "continuous"). It reads at most the schedule's newest 500 runs, and says so when
+    the day holds more.
+
     \b
     Example:
       firecron show nightly-report
     """
-    stored = _with_store(store_url, lambda s: _get(s, schedule_id), create=False)
+    stored, seen = _with_store(
+        store_url, lambda s: _get_with_generations(s, schedule_id), create=False
+    )
     trigger = planning.trigger_of(stored.spec)
     upcoming = _upcoming(stored, trigger)
     from zoneinfo import ZoneInfo
@@ -482,6 +679,7 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
                 "state": stored.state,
                 "next": [{"utc": rfc3339(t), "local": _local(t, zone)} for t in upcoming],
             }
+            | ({"continuous": _continuous_dict(stored, seen)} if seen is not None else {})
         )
         return
     spec, state = stored.spec, stored.state
@@ -534,8 +732,13 @@ def show(schedule_id: str, store_url: str | None, as_json: bool) -> None:
                 f"(next try {rfc3339(state.next_fire_at) or 'none'})",
             ]
         )
+    if seen is not None:
+        rows += _continuous_rows(stored, seen)
     table(None, ["FIELD", "VALUE"], rows)
     console.print()
+    if seen is not None:
+        _handoffs_table(seen)
+        return
     if not upcoming:
         # An empty table would squeeze its title into a column as narrow as its headers.
         reason = "no occurrence left" if stored.status == "active" else stored.status
@@ -559,6 +762,9 @@ def _upcoming(stored: StoredSchedule, trigger: Any) -> list[datetime]:
     if stored.state.next_occurrence is None:
         return []
     upcoming = [stored.state.next_occurrence]
+    if stored.spec.continuous is not None:
+        # Its "occurrence" is the instant asked about: only the pending start is real.
+        return upcoming
     try:
         upcoming += trigger.occurrences(stored.state.next_occurrence, 4)
     except OverflowError:
@@ -953,10 +1159,12 @@ def runs_cmd(
     """List recent runs, newest first.
 
     A pipeline's task runs are runs too (RUN_ID.TASK). When a listed run waits on a
-    state key, KEY and UNTIL columns show the key and the condition it waits for.
-    --json prints every field of each run, among them trigger, pipeline, task,
-    parent_run_id, cause_run_id and, for waits, wait, wait_key, wait_value,
-    wait_checked_at and wait_until.
+    state key, KEY and UNTIL columns show the key and the condition it waits for. When
+    a listed run is a generation of a continuous schedule (ID@gN), a GEN column gives
+    its number. --json prints every field of each run, among them trigger, pipeline,
+    task, parent_run_id, cause_run_id, for waits wait, wait_key, wait_value,
+    wait_checked_at and wait_until, and for generations generation, window and
+    failures (the crashes in a row before it).
 
     \b
     Examples:
@@ -977,15 +1185,20 @@ def runs_cmd(
     if not found:
         console.print("no runs")
         return
-    # The wait columns only when a listed run waits on a key: other listings keep their width.
+    # The wait columns only when a listed run waits on a key, the generation only when a
+    # listed run is one: other listings keep their width.
     waits = any(r.wait_key is not None for r in found)
+    generations = any(r.generation is not None for r in found)
     table(
         None,
-        ["RUN", "STATE", "ATTEMPT", "TARGET", "SCHEDULED (UTC)", "DURATION", "ERROR"]
+        ["RUN"]
+        + (["GEN"] if generations else [])
+        + ["STATE", "ATTEMPT", "TARGET", "SCHEDULED (UTC)", "DURATION", "ERROR"]
         + (["KEY", "UNTIL"] if waits else []),
         [
-            [
-                r.id,
+            [r.id]
+            + ([r.generation] if generations else [])
+            + [
                 r.state.value + (" (SLA!)" if r.sla_breached_at else ""),
                 r.attempt,
                 _target_text(r.target),

@@ -20,7 +20,9 @@ One process runs, on the embedded SQLite store:
   pipeline run is one line with its tasks' states (``extract:succeeded join:waiting``),
   and changes when any of them does; its task runs are not listed on their own. A run
   waiting on a state key shows as ``waiting on KEY``, and the live view lists the runs
-  waiting on keys (key, condition, last value seen, next check, timeout).
+  waiting on keys (key, condition, last value seen, next check, timeout). A continuous
+  schedule has no fire times: the view marks it ``continuous (window 10m) · gen 12
+  running``, with its live generation.
 
 Ctrl-C or SIGTERM stops it within a few seconds. Runs still in flight are left as
 they are (``running``/``dispatched``); the watchdog recovers them on the next start,
@@ -71,8 +73,10 @@ from firecron.worker import declared_in
 __all__ = [
     "DevStack",
     "Recent",
+    "continuous_text",
     "default_source",
     "find_workers",
+    "live_generations",
     "recent_runs",
     "state_text",
     "task_states",
@@ -142,6 +146,31 @@ async def waiting_runs(store: Store, count: int = _RECENT) -> list[Run]:
     tasks waiting for their upstream tasks, which are ``waiting`` too, are left out)."""
     page = await store.list_runs(states=[RunState.waiting], limit=_WAITING_READ)
     return [r for r in page if r.wait_key is not None][:count]
+
+
+async def live_generations(store: Store, schedules: list[StoredSchedule]) -> dict[str, Run]:
+    """The live (latest) generation of each continuous schedule among ``schedules`` that
+    has one, by schedule id: the runs their states name last, in one batched read."""
+    ids = [
+        s.state.last_run_id
+        for s in schedules
+        if s.spec.continuous is not None and s.state.last_run_id is not None
+    ]
+    if not ids:
+        return {}
+    return {r.schedule_id: r for r in await store.get_runs(ids) if r.generation is not None}
+
+
+def continuous_text(schedule: StoredSchedule, live: Run | None) -> str:
+    """How the view marks a continuous schedule in place of a next fire time:
+    ``continuous (window 10m) · gen 12 running`` (without the generation when it has none
+    yet). Empty for any other schedule."""
+    if schedule.spec.continuous is None:
+        return ""
+    text = f"continuous (window {format_duration(schedule.spec.continuous.window)})"
+    if live is not None:
+        text += f" · gen {live.generation} {state_text(live)}"
+    return text
 
 
 def state_text(run: Run) -> str:
@@ -419,7 +448,8 @@ class DevStack:
             schedules = await store.list_schedules()
             runs = await recent_runs(store)
             if live is not None:
-                live.update(self._view(schedules, runs, await waiting_runs(store)))
+                generations = await live_generations(store, schedules)
+                live.update(self._view(schedules, runs, await waiting_runs(store), generations))
             else:
                 self._print_changes(runs)
             delay = self.tick_every - (time.monotonic() - started)
@@ -472,9 +502,16 @@ class DevStack:
             self._log(f"{when} {run.id} {state_text(run)} attempt {run.attempt}{sla}{extra}{steps}")
 
     def _view(
-        self, schedules: list[StoredSchedule], runs: Recent, waiting: list[Run] | None = None
+        self,
+        schedules: list[StoredSchedule],
+        runs: Recent,
+        waiting: list[Run] | None = None,
+        generations: dict[str, Run] | None = None,
     ) -> Group:
+        """The live view: upcoming fire times (a continuous schedule marked as such, with
+        its live generation from ``generations``), recent runs, and the waits."""
         now = datetime.now(UTC)
+        generations = generations or {}
         upcoming = Table(title="Upcoming", title_justify="left", box=None, header_style="bold")
         for col in ("SCHEDULE", "STATUS", "NEXT FIRE (LOCAL)", "IN", "RUNS"):
             upcoming.add_column(col)
@@ -482,6 +519,11 @@ class DevStack:
             schedules, key=lambda s: s.state.next_fire_at or datetime.max.replace(tzinfo=UTC)
         )
         for s in active:
+            if s.spec.continuous is not None:
+                # It has no fire times: one generation follows another.
+                mark = continuous_text(s, generations.get(s.id))
+                upcoming.add_row(s.id, s.status, mark, "-", str(s.state.run_count))
+                continue
             nxt = s.state.next_fire_at
             local = (
                 nxt.astimezone(ZoneInfo(s.spec.timezone)).strftime("%Y-%m-%d %H:%M:%S %Z")
