@@ -254,6 +254,9 @@ async def test_show_tells_the_live_generation_and_the_handoffs_of_the_last_day(
         (2, 3, "lost", True, 10.0),
     ]
     assert data["next"] == []
+    # list names the trigger too (not as an `at` with no instant).
+    [row] = [r for r in json.loads(_ok(run_cli("list", "--json", env=env)))["schedules"]]
+    assert row["trigger"] == "continuous (window 10m)"
 
     # runs --schedule lists the generations with their numbers; --json has the fields.
     listed = _ok(run_cli("runs", "--schedule", "tailer", env=env)).splitlines()
