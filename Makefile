@@ -140,6 +140,9 @@ schedules-apply: ## load schedules.yaml into the deployed store (PROJECT; SCHEDU
 	$(call need-var,PROJECT,PROJECT=my-project [SCHEDULES=schedules.yaml]; $(ADC_HINT))
 	@test -f "$(SCHEDULES)" || { echo "error: $(SCHEDULES) not found: make $@ PROJECT=$(PROJECT) SCHEDULES=path/to/schedules.yaml" >&2; exit 2; }
 	@$(MAKE) --no-print-directory venv
+	@# The deployed functions' timeouts, when this checkout deployed them: a continuous
+	@# window that does not fit its function's timeout is refused (exit 2).
+	FIRECRON_FUNCTION_TIMEOUTS="$$($(TF) output -json function_timeouts 2>/dev/null || true)" \
 	$(if $(FIRECRON_NAMESPACE),FIRECRON_NAMESPACE=$(FIRECRON_NAMESPACE) )$(BIN)/firecron apply $(SCHEDULES) --store firestore://$(PROJECT)$(if $(DATABASE),/$(DATABASE))
 
 logs: ## recent logs of a function: make logs PROJECT=p REGION=r [FUNCTION=dispatch] [LIMIT=50]

@@ -92,3 +92,76 @@ def load(ctx: firecron.RunContext) -> dict[str, object]:
     joined = ctx.upstream.get("join")
     rows = joined.get("rows", 0) if isinstance(joined, dict) else 0
     return {"table": ctx.params.get("table", "warehouse"), "loaded": rows}
+
+
+@firecron.worker
+def tail(ctx: firecron.RunContext) -> dict[str, object]:
+    """Follows a (simulated) stream: exactly one instance at a time, under a continuous
+    schedule (``schedules.yaml``: ``tail-stream``).
+
+    The stream's offset lives in the state key ``params["offset_key"]`` (default
+    ``tail/{schedule_id}/offset``): each generation reads it, consumes batches while
+    ``ctx.keep_going()``, and records progress after each batch with a *fenced* write.
+    If this instance was frozen long enough to be declared lost and its successor took
+    over, the write is refused (:class:`firecron.Fenced`) and it stops, so the offset
+    never goes backwards and no batch is recorded twice. ``ctx.heartbeat()`` after each
+    batch also tells it at once when a pause asked it to stop.
+
+    Params: ``batch`` (records per read, default 10), ``poll_seconds`` (the wait between
+    reads, default 1).
+    """
+    key = str(ctx.params.get("offset_key") or f"tail/{ctx.schedule_id}/offset")
+    batch = _positive_int(ctx.params.get("batch"), 10)
+    poll = _positive_float(ctx.params.get("poll_seconds"), 1.0)
+    stored = ctx.state.get(key)
+    start = stored.get("offset", 0) if isinstance(stored, dict) else 0
+    offset = start if isinstance(start, int) else 0
+    batches, fenced = 0, False
+    while ctx.keep_going():
+        records = _stream_read(offset, batch)
+        # Process the records here (write them to a sink, with ctx.fence_headers() on
+        # the request, so that the sink too can refuse a stale generation).
+        try:
+            ctx.state.set(
+                key,
+                {"offset": offset + len(records), "generation": ctx.generation},
+                fence=True,
+            )
+        except firecron.Fenced:
+            fenced = True  # a newer generation owns the stream: leave it alone
+            break
+        offset += len(records)
+        batches += 1
+        ctx.heartbeat()
+        _nap_until_next_read(ctx, poll)
+    return {
+        "generation": ctx.generation,
+        "from": start,
+        "to": offset,
+        "batches": batches,
+        "fenced": fenced,
+    }
+
+
+def _stream_read(offset: int, count: int) -> list[dict[str, int]]:
+    """The simulated stream: record ``n`` is ``{"seq": n, "value": n * n}``."""
+    return [{"seq": n, "value": n * n} for n in range(offset, offset + count)]
+
+
+def _nap_until_next_read(ctx: firecron.RunContext, seconds: float) -> None:
+    """Wait ``seconds``, in short steps that stop as soon as the instance should return."""
+    deadline = time.monotonic() + seconds
+    while ctx.keep_going() and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(0.05, left))
+
+
+def _positive_int(value: object, default: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return default
+    return value
+
+
+def _positive_float(value: object, default: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return default
+    return float(value)

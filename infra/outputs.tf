@@ -8,6 +8,11 @@ output "worker_urls" {
   value       = { for name, f in google_cloudfunctions2_function.worker : name => replace(local.functions_base_url, "{function}", name) }
 }
 
+output "function_timeouts" {
+  description = "FIRECRON_FUNCTION_TIMEOUTS: each worker function's timeout in seconds, by name. `make schedules-apply` passes it to `firecron apply`, which refuses a continuous window that does not fit its function's timeout."
+  value       = { for name, f in var.functions : name => f.timeout_seconds }
+}
+
 output "functions_base_url" {
   description = "FIRECRON_FUNCTIONS_BASE_URL: the template `function` targets resolve with ({function} is the name)."
   value       = local.functions_base_url

@@ -79,6 +79,9 @@ variable "functions" {
     extract = { entry_point = "extract" }
     join    = { entry_point = "join" }
     load    = { entry_point = "load" }
+    # The continuous example (schedules.yaml: tail-stream): one instance at a time,
+    # each for a window that must fit this timeout minus 30s.
+    tail = { entry_point = "tail" }
   }
 
   validation {

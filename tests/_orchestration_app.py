@@ -7,6 +7,7 @@
   up to this number raise).
 - ``submitter``: ``ctx.submit`` of ``params["schedule"]`` twice with one key, once without.
 - ``setter``: ``ctx.state.set(params["key"], params["value"])``.
+- ``generation``: a continuous instance that logs what it does (see its docstring).
 
 Two environment switches make a process misbehave where the tests need it:
 
@@ -19,6 +20,7 @@ Two environment switches make a process misbehave where the tests need it:
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -88,6 +90,44 @@ def looper(ctx: firecron.RunContext) -> object:
         steps += 1
         time.sleep(0.02)
     return {"generation": ctx.generation, "steps": steps}
+
+
+@firecron.worker(heartbeat_interval=_BEAT)
+def generation(ctx: firecron.RunContext) -> object:
+    """A continuous instance that logs each thing it does as a JSON line appended to the
+    file ``params["log"]``: ``{"gen", "event", "t", "pid", ...}`` with ``event`` one of
+    ``start``, ``end`` (it returned at its window's end, or was asked to stop) and
+    ``fenced`` (a fenced write was refused; ``going`` is what ``keep_going()`` said just
+    before it). Each step writes ``params["key"]`` with ``fence=True``. Generations up to
+    ``params["crash_until"]`` raise at once (a crash loop)."""
+    log = Path(str(ctx.params["log"]))
+    key = str(ctx.params["key"])
+    gen = ctx.generation or 0
+    _log_line(log, gen, "start")
+    crash_until = ctx.params.get("crash_until", 0)
+    if isinstance(crash_until, int) and gen <= crash_until:
+        raise RuntimeError(f"generation {gen} crashes on purpose")
+    step = 0
+    while True:
+        going = ctx.keep_going()
+        try:
+            ctx.state.set(key, {"generation": gen, "step": step}, fence=True)
+        except firecron.Fenced as exc:
+            _log_line(log, gen, "fenced", going=going, step=step, error=str(exc))
+            return {"generation": gen, "fenced": True}
+        if not going:
+            break
+        step += 1
+        time.sleep(0.02)
+    _log_line(log, gen, "end", step=step)
+    return {"generation": gen, "steps": step}
+
+
+def _log_line(log: Path, gen: int, event: str, **more: object) -> None:
+    line = {"gen": gen, "event": event, "t": time.time(), "pid": os.getpid(), **more}
+    # One short O_APPEND write per line: lines from several processes never interleave.
+    with log.open("a") as out:
+        out.write(json.dumps(line) + "\n")
 
 
 def _misbehave(before: Run, change: Change, after: Run) -> None:

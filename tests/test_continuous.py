@@ -139,7 +139,7 @@ def test_a_window_that_does_not_fit_the_timeout_is_refused_with_one_line(tmp_pat
         result.stderr.strip()
         .splitlines()[-1]
         .endswith(
-            "schedules[0] (id=tailer): continuous.window: 10m does not fit the timeout 10m: the "
+            "schedules[0] (id=tailer): continuous.window: 10m does not fit the timeout (10m): the "
             "window must be at least 30s shorter, or every generation is stopped before it hands over"
         )
     )

@@ -22,7 +22,7 @@ from _factories import MINUTE, T0, make_run, make_spec, make_state
 from firecron.core.models import JsonValue, WaitSpec
 from firecron.core.runs import Run, RunState
 from firecron.core.state import MAX_VALUE_BYTES, StateEntry
-from firecron.errors import ConflictError, InvalidInputError
+from firecron.errors import ConflictError, Fenced, InvalidInputError
 from firecron.store._codec import to_json
 from firecron.store.base import Store
 from firecron.store.sqlite import SQLiteStore
@@ -314,6 +314,88 @@ async def test_state_costs(store: Store) -> None:
     assert store.stats.reads == 1
     await store.delete_state("d")
     assert store.stats.writes == 4
+
+
+# -- fenced writes ---------------------------------------------------------------------
+
+
+async def running(store: Store, run_id: str = "tail@g0000000001") -> Run:
+    """A stored running run, as read back (it carries its version)."""
+    created = await store.create_run(make_run("tail", T0, run_id=run_id))
+    assert created is not None
+    started = await store.update_run(
+        run_id, [RunState.pending], {"state": RunState.running, "started_at": T0}
+    )
+    assert started is not None
+    assert started.version
+    return started
+
+
+async def test_a_fenced_write_applies_while_its_run_is_unchanged(store: Store) -> None:
+    live = await running(store)
+    store.stats.reset()
+    first = await store.put_state("offset", 1, now=T0, fence=live)
+    again = await store.put_state("offset", 2, now=T0, fence=live, if_version=1)
+    assert (first.version, again.version, again.value) == (1, 2, 2)
+    assert await store.delete_state("offset", fence=live) is True
+    assert await store.get_state("offset") is None
+    # The fence changes nothing: the run keeps its version, so its attempt's next
+    # compare-and-set (a heartbeat) still applies.
+    assert await store.get_run(live.id) == live
+    assert (await store.get_run(live.id) or live).version == live.version
+    beat = await store.update_run(
+        live.id, [RunState.running], {"heartbeat_at": T0 + MINUTE}, current=live
+    )
+    assert beat is not None
+    assert store.stats.writes == 4  # three state writes and the heartbeat
+
+
+async def test_a_fenced_write_is_refused_once_its_run_changed(store: Store) -> None:
+    live = await running(store)
+    await store.put_state("offset", 1, now=T0)
+    lost = await store.update_run(
+        live.id, [RunState.running], {"state": RunState.lost, "ended_at": T0 + MINUTE}
+    )
+    assert lost is not None
+    with pytest.raises(
+        Fenced, match=r"state 'offset': fenced write refused: run 'tail@g0000000001'"
+    ):
+        await store.put_state("offset", 2, now=T0, fence=live)
+    with pytest.raises(Fenced):
+        await store.put_state("offset", 2, now=T0, fence=live, if_version=1)
+    with pytest.raises(Fenced):
+        await store.put_state("fresh", 2, now=T0, fence=live, if_version=0)
+    with pytest.raises(Fenced):
+        await store.delete_state("offset", fence=live)
+    with pytest.raises(Fenced):
+        await store.delete_state("offset", fence=live, if_version=1)
+    entry = await store.get_state("offset")
+    assert entry is not None
+    assert (entry.value, entry.version) == (1, 1)  # nothing written
+    assert await store.get_state("fresh") is None
+    # The record as it is now fences again; a missing run never does.
+    assert (await store.put_state("offset", 3, now=T0, fence=lost)).version == 2
+    gone = lost.model_copy(update={"id": "tail@g0000000009"})
+    with pytest.raises(Fenced):
+        await store.put_state("offset", 4, now=T0, fence=gone)
+
+
+async def test_a_lost_compare_and_set_under_a_valid_fence_is_a_conflict(store: Store) -> None:
+    live = await running(store)
+    await store.put_state("offset", 1, now=T0)
+    with pytest.raises(ConflictError) as caught:
+        await store.put_state("offset", 2, now=T0, fence=live, if_version=5)
+    assert not isinstance(caught.value, Fenced)
+    with pytest.raises(ConflictError) as caught:
+        await store.delete_state("offset", fence=live, if_version=5)
+    assert not isinstance(caught.value, Fenced)
+
+
+async def test_a_fence_without_a_version_is_refused(store: Store) -> None:
+    unread = make_run("tail", T0, run_id="tail@g0000000001")
+    with pytest.raises(InvalidInputError, match="carries no version"):
+        await store.put_state("offset", 1, now=T0, fence=unread)
+    assert await store.get_state("offset") is None
 
 
 # -- the waiting-run index -------------------------------------------------------------

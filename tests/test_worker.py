@@ -153,7 +153,7 @@ def test_package_exports_the_sdk() -> None:
 
     # Importing the submodule explicitly must not rebind the package's `worker`.
     importlib.import_module("firecron.worker")
-    assert firecron.__all__ == ["RunContext", "State", "trigger", "worker"]
+    assert firecron.__all__ == ["FENCE_HEADER", "Fenced", "RunContext", "State", "trigger", "worker"]
     assert callable(firecron.worker)
     assert firecron.worker is sys.modules["firecron.worker"].worker
     assert firecron.RunContext is sys.modules["firecron.worker"].RunContext
@@ -563,7 +563,7 @@ async def test_a_timed_out_attempt_is_retried_only_once_it_has_stopped(
                 stopped = await wait_run(db, run.id, lambda r: r.state is RunState.retry_wait)
                 [first] = stopped.attempts
                 assert first.outcome is RunState.timed_out
-                assert first.error == "timed out after 0:00:01"  # recorded by the worker
+                assert first.error == "timed out after 1s"  # recorded by the worker
                 assert first.ended_at is not None
                 assert first.ended_at > running.heartbeat_at
                 assert stopped.retry_at is not None

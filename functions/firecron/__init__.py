@@ -7,6 +7,7 @@
 # package attribute bound to the module. Imported here, the decorator always wins.
 from firecron._state_api import State
 from firecron._trigger import trigger
-from firecron.worker import RunContext, worker
+from firecron.errors import Fenced
+from firecron.worker import FENCE_HEADER, RunContext, worker
 
-__all__ = ["RunContext", "State", "trigger", "worker"]
+__all__ = ["FENCE_HEADER", "Fenced", "RunContext", "State", "trigger", "worker"]

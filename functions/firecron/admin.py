@@ -236,7 +236,7 @@ async def apply_schedules(
     ``progress`` is called as planning and writing advance (see :data:`Progress`).
     """
     with gc_paused():  # see firecron._gc: the plan of a large file is millions of objects
-        stored_ids, changed = await _read_stored(store, specs, progress)
+        stored_ids, changed, continuous = await _read_stored(store, specs, progress)
         stored = set(stored_ids)
         lines: list[ApplyLine] = []
         writes: list[ScheduleWrite] = []
@@ -294,6 +294,10 @@ async def apply_schedules(
     for write, result in zip(writes, results, strict=True):
         if result is None:
             await _converge(store, write.spec, now)
+    # A pruned continuous schedule's live generation stops now, not at its window's end.
+    for schedule_id in deletes:
+        if schedule_id in continuous:
+            await _stop_live_generation(store, continuous[schedule_id], now)
     if progress is not None:
         progress("write", len(writes) + len(deletes), len(writes) + len(deletes))
     return lines
@@ -301,8 +305,9 @@ async def apply_schedules(
 
 async def _read_stored(
     store: Store, specs: Sequence[ScheduleSpec], progress: Progress | None
-) -> tuple[list[str], dict[str, StoredSchedule]]:
-    """Every stored id (in id order), and the stored schedules that differ from ``specs``.
+) -> tuple[list[str], dict[str, StoredSchedule], dict[str, StoredSchedule]]:
+    """Every stored id (in id order), the stored schedules that differ from ``specs``,
+    and the stored continuous schedules absent from them (a prune stops their instance).
 
     Read a page at a time, keeping only what the plan needs: a re-applied file of
     100,000 unchanged schedules would otherwise hold a second copy of all of them.
@@ -310,6 +315,7 @@ async def _read_stored(
     by_id = {spec.id: spec for spec in specs}
     ids: list[str] = []
     changed: dict[str, StoredSchedule] = {}
+    continuous: dict[str, StoredSchedule] = {}
     after: str | None = None
     while True:
         page = await store.list_schedules(after=after, limit=_READ_PAGE)
@@ -318,10 +324,12 @@ async def _read_stored(
             wanted = by_id.get(stored.id)
             if wanted is not None and wanted != stored.spec:
                 changed[stored.id] = stored
+            elif wanted is None and stored.spec.continuous is not None:
+                continuous[stored.id] = stored
         if progress is not None:
             progress("read", len(ids), 0)
         if len(page) < _READ_PAGE:
-            return ids, changed
+            return ids, changed, continuous
         after = page[-1].id
 
 
@@ -382,8 +390,7 @@ async def pause(store: Store, schedule_id: str, now: datetime) -> StoredSchedule
     paused, its end creates no successor.
     """
     paused = await _update(store, schedule_id, _state_op(planning.pause, now))
-    if paused.spec.continuous is not None and paused.state.last_run_id is not None:
-        await _ask_to_stop(store, paused.state.last_run_id, now)
+    await _stop_live_generation(store, paused, now)
     return paused
 
 
@@ -409,7 +416,19 @@ async def resume(store: Store, schedule_id: str, now: datetime) -> StoredSchedul
     return await _update(store, schedule_id, _state_op(planning.resume, now))
 
 
-async def delete(store: Store, schedule_id: str) -> None:
-    """Delete a schedule, keeping its runs. Raises :class:`NotFoundError` for an unknown id."""
-    if not await store.delete_schedule(schedule_id):
+async def delete(store: Store, schedule_id: str, now: datetime) -> None:
+    """Delete a schedule, keeping its runs. Raises :class:`NotFoundError` for an unknown id.
+
+    A continuous schedule's live generation is then asked to stop, as by :func:`pause`;
+    the schedule being gone, its end creates no successor.
+    """
+    stored = await store.get_schedule(schedule_id)
+    if stored is None or not await store.delete_schedule(schedule_id):
         raise NotFoundError(f"unknown schedule {schedule_id!r}")
+    await _stop_live_generation(store, stored, now)
+
+
+async def _stop_live_generation(store: Store, stored: StoredSchedule, now: datetime) -> None:
+    """Ask a continuous schedule's live generation (if any) to stop."""
+    if stored.spec.continuous is not None and stored.state.last_run_id is not None:
+        await _ask_to_stop(store, stored.state.last_run_id, now)

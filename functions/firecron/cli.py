@@ -107,11 +107,16 @@ def _read_schedule_file(
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         byte = f"byte 0x{data[exc.start]:02x} at line {line}, column {column}"
         raise InvalidInputError(f"{path}: not UTF-8 text: {byte}") from None
+    settings = _settings(None)
     if allow_private_targets is None:
-        allow_private_targets = _settings(None).allow_private_targets
+        allow_private_targets = settings.allow_private_targets
     now = _now() if now is None else now
     doc = parse_schedule_file(
-        text, source=path, now=now, allow_private_targets=allow_private_targets
+        text,
+        source=path,
+        now=now,
+        allow_private_targets=allow_private_targets,
+        function_timeouts=settings.function_timeouts,
     )
     errors = admin.unwritable(doc.schedules, now)
     if errors:
@@ -834,7 +839,7 @@ def delete(schedule_id: str, store_url: str | None) -> None:
     Example:
       firecron delete old-report
     """
-    _with_store(store_url, lambda s: admin.delete(s, schedule_id), create=False)
+    _with_store(store_url, lambda s: admin.delete(s, schedule_id, _now()), create=False)
     click.echo(f"deleted {schedule_id}")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConflictError",
+    "Fenced",
     "FirecronError",
     "InvalidInputError",
     "NotFoundError",
@@ -44,6 +45,13 @@ class StoreError(FirecronError):
 
 class ConflictError(StoreError):
     """A compare-and-set write lost: the record changed since it was read."""
+
+
+class Fenced(ConflictError):
+    """A fenced write was refused: the run that made it is no longer the live one (a
+    continuous schedule's newer generation took over, or the run ended or was declared
+    lost). Nothing was written; the caller should stop working (``ctx.keep_going()`` is
+    false by then)."""
 
 
 class TargetRefusedError(FirecronError):

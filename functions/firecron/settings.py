@@ -8,6 +8,7 @@ Secrets are excluded from ``repr`` so they never reach logs.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,7 @@ ENV_VARS: dict[str, str] = {
     "FIRECRON_FUNCTION_AUTH": "auth of 'function' targets that set none: none (default) or oidc",
     "FIRECRON_EVENT_LOG": "write every event as a structured JSON log line (default true)",
     "FIRECRON_RUN_RETENTION": "how long finished runs are kept before the store may delete them (default 30d)",
+    "FIRECRON_FUNCTION_TIMEOUTS": 'the deployed functions\' timeouts, a JSON object of seconds by name ({"tail": 540}); validate and apply refuse a continuous window that does not fit its function\'s',
 }
 """Every variable firecron reads, with its meaning (the README and infra tests use this)."""
 
@@ -107,6 +109,30 @@ def _functions_base_url(env: Mapping[str, str]) -> str | None:
     return raw.rstrip("/")
 
 
+def _function_timeouts(env: Mapping[str, str]) -> dict[str, timedelta]:
+    """``FIRECRON_FUNCTION_TIMEOUTS``: ``{"tail": 540, ...}``, seconds by function name."""
+    name = "FIRECRON_FUNCTION_TIMEOUTS"
+    raw = env.get(name, "").strip()
+    if not raw:
+        return {}
+    try:
+        decoded = json.loads(raw)
+    except ValueError:
+        decoded = None
+    if not isinstance(decoded, dict):
+        raise InvalidInputError(
+            f'{name}: expected a JSON object of seconds by function name, e.g. {{"tail": 540}}'
+        )
+    timeouts = {}
+    for function, seconds in decoded.items():
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+            raise InvalidInputError(
+                f"{name}: {function!r} must be a positive number of seconds, got {seconds!r}"
+            )
+        timeouts[str(function)] = timedelta(seconds=seconds)
+    return timeouts
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, with the documented defaults."""
@@ -128,6 +154,10 @@ class Settings:
     event_log: bool = True
     deployed: bool = False
     """True on Cloud Run / Cloud Functions (``K_SERVICE`` is set by the platform)."""
+    function_timeouts: Mapping[str, timedelta] = field(default_factory=dict)
+    """The deployed worker functions' timeouts by name (``FIRECRON_FUNCTION_TIMEOUTS``, a
+    JSON object of seconds, as ``terraform output -json function_timeouts`` prints it):
+    a continuous schedule's window must fit its function's."""
 
     def __post_init__(self) -> None:
         # Every secret is checked where Settings are made, so a bad one fails at startup
@@ -158,6 +188,7 @@ class Settings:
             function_auth=_function_auth(env),
             event_log=_bool(env, "FIRECRON_EVENT_LOG", default=True),
             deployed=bool(env.get("K_SERVICE", "").strip()),
+            function_timeouts=_function_timeouts(env),
         )
         if settings.max_open < settings.concurrency:
             raise InvalidInputError(

@@ -263,6 +263,11 @@ def _finalized(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+def _shown(duration: timedelta | None) -> str:
+    """A duration as the user wrote it (``90s``), for an error line."""
+    return "?" if duration is None else format_duration(duration)
+
+
 def _hb(run: Run, t: RunTimeouts) -> timedelta:
     """The heartbeat timeout of ``run``: its schedule's, or the watchdog's default."""
     return run.heartbeat_timeout if run.heartbeat_timeout is not None else t.heartbeat_timeout
@@ -542,7 +547,9 @@ def finish(
     if run.cancelled_at is not None:
         return _cancelled(run, now, run.error or "cancelled")
     if run.timed_out_at is not None:
-        reason = f"timed out after {run.timeout}" + (f"; then {error}" if error else "")
+        reason = f"timed out after {_shown(run.timeout)}" + (
+            f"; then {error}" if error else ""
+        )
         return attempt_failed(run, now, _S.timed_out, reason)
     if error is None:
         return succeed(run, now, output)
@@ -952,15 +959,17 @@ def _watch_rules(
                     run,
                     now,
                     _S.timed_out,
-                    f"timed out after {run.timeout}; the attempt did not stop within "
-                    f"{_hb(run, t)} of the cancel request",
+                    f"timed out after {_shown(run.timeout)}; the attempt did not stop "
+                    f"within {format_duration(_hb(run, t))} of the cancel request",
                 )
             )
         if run.timeout is not None and now >= started + run.timeout:
             if silent:
                 # Already silent for a heartbeat timeout: nothing is left to wait for.
                 return WatchDecision(
-                    attempt_failed(run, now, _S.timed_out, f"timed out after {run.timeout}")
+                    attempt_failed(
+                        run, now, _S.timed_out, f"timed out after {format_duration(run.timeout)}"
+                    )
                 )
             # Ask the attempt to stop (its next heartbeat reply says so) and wait for it:
             # the retry goes out only once it has stopped or gone silent.
@@ -978,7 +987,9 @@ def _watch_rules(
             )
         if silent:
             return WatchDecision(
-                attempt_failed(run, now, _S.lost, f"no heartbeat for {_hb(run, t)}")
+                attempt_failed(
+                    run, now, _S.lost, f"no heartbeat for {format_duration(_hb(run, t))}"
+                )
             )
         if (
             run.expected_duration is not None

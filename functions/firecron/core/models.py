@@ -693,6 +693,15 @@ class ScheduleSpec(_Frozen):
     def _check_params(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
         return check_strict_json(value, "params")
 
+    @field_validator("heartbeat_timeout")
+    @classmethod
+    def _check_heartbeat_timeout(cls, value: timedelta | None) -> timedelta | None:
+        # The SDK beats three times per timeout; below 3s that is more than one write a
+        # second per run, and a scheduling hiccup would declare a live run lost.
+        if value is not None and not timedelta(seconds=3) <= value <= timedelta(days=1):
+            raise ValueError("heartbeat_timeout must be between 3s and 1d")
+        return value
+
     @field_validator("every")
     @classmethod
     def _check_every(cls, value: timedelta | None) -> timedelta | None:

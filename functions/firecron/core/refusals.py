@@ -91,12 +91,17 @@ def _at_problem(spec: ScheduleSpec, now: datetime | None) -> str | None:
 
 
 def unworkable(
-    spec: ScheduleSpec, *, now: datetime | None, allow_private_targets: bool
+    spec: ScheduleSpec,
+    *,
+    now: datetime | None,
+    allow_private_targets: bool,
+    function_timeouts: Mapping[str, timedelta] | None = None,
 ) -> list[str]:
     """Why ``spec`` can never work, one ``field: reason`` line each; empty when it can.
 
     ``now`` is the validation instant (``None`` skips the checks that need it);
-    ``allow_private_targets`` is the deployment's ``FIRECRON_ALLOW_PRIVATE_TARGETS``.
+    ``allow_private_targets`` is the deployment's ``FIRECRON_ALLOW_PRIVATE_TARGETS``;
+    ``function_timeouts`` the deployed functions' timeouts by name, where known.
     """
     problems = [
         f"target.{line}"
@@ -121,7 +126,7 @@ def unworkable(
         problems.append(f"at: {problem}")
     if spec.on_demand:
         problems.extend(_on_demand_problems(spec))
-    problem = _window_problem(spec)
+    problem = _window_problem(spec, function_timeouts or {})
     if problem is not None:
         problems.append(f"continuous.window: {problem}")
     return problems
@@ -132,18 +137,29 @@ WINDOW_MARGIN = timedelta(seconds=30)
 needs time to notice the window's end, return and record it before it is stopped."""
 
 
-def _window_problem(spec: ScheduleSpec) -> str | None:
-    """Why a continuous schedule's window cannot fit its run's timeout, or None."""
-    if spec.continuous is None or spec.timeout is None:
+def _window_problem(spec: ScheduleSpec, function_timeouts: Mapping[str, timedelta]) -> str | None:
+    """Why a continuous schedule's window cannot fit the timeouts its runs live under, or
+    None: the schedule's ``timeout``, and for a ``function`` target the deployed
+    function's (the platform stops the instance then, whatever firecron thinks)."""
+    if spec.continuous is None:
         return None
     window = spec.continuous.window
-    if window <= spec.timeout - WINDOW_MARGIN:
-        return None
-    return (
-        f"{format_duration(window)} does not fit the timeout {format_duration(spec.timeout)}: "
-        f"the window must be at least {format_duration(WINDOW_MARGIN)} shorter, or every "
-        "generation is stopped before it hands over"
-    )
+    limits = []
+    if spec.timeout is not None:
+        limits.append((spec.timeout, "the timeout"))
+    function = spec.target.function
+    if function is not None and function in function_timeouts:
+        limits.append(
+            (function_timeouts[function], f"the deployed timeout of function {function!r}")
+        )
+    for limit, what in sorted(limits, key=lambda pair: pair[0]):
+        if window > limit - WINDOW_MARGIN:
+            return (
+                f"{format_duration(window)} does not fit {what} ({format_duration(limit)}): "
+                f"the window must be at least {format_duration(WINDOW_MARGIN)} shorter, "
+                "or every generation is stopped before it hands over"
+            )
+    return None
 
 
 def unworkable_target(target: Target, *, allow_private_targets: bool) -> list[str]:

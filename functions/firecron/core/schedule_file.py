@@ -32,9 +32,9 @@ Contract of :func:`parse_schedule_file`:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import yaml
@@ -317,6 +317,7 @@ def parse_schedule_file(
     *,
     now: datetime | None = None,
     allow_private_targets: bool = True,
+    function_timeouts: Mapping[str, timedelta] | None = None,
 ) -> ScheduleFile:
     """Parse and validate a schedules document; raises :class:`ScheduleFileError`.
 
@@ -324,19 +325,38 @@ def parse_schedule_file(
     than its misfire grace; ``None`` skips them. ``allow_private_targets`` is the
     deployment's ``FIRECRON_ALLOW_PRIVATE_TARGETS``: with ``False``, ``http``, loopback
     and private targets are refused too; the metadata server and link-local addresses
-    are refused either way. The CLI passes both.
+    are refused either way. ``function_timeouts`` are the deployed functions' timeouts
+    by name (``FIRECRON_FUNCTION_TIMEOUTS``), which a continuous window must fit. The
+    CLI passes them all.
     """
     with gc_paused():  # see firecron._gc: a large file builds millions of live objects
-        return _parse(text, source, now=now, allow_private_targets=allow_private_targets)
+        return _parse(
+            text,
+            source,
+            now=now,
+            allow_private_targets=allow_private_targets,
+            function_timeouts=function_timeouts or {},
+        )
 
 
 def _parse(
-    text: str, source: str, *, now: datetime | None, allow_private_targets: bool
+    text: str,
+    source: str,
+    *,
+    now: datetime | None,
+    allow_private_targets: bool,
+    function_timeouts: Mapping[str, timedelta],
 ) -> ScheduleFile:
     """:func:`parse_schedule_file`, with the collector paused."""
 
     def check(index: int, entry: Any) -> _Checked:
-        return _check_entry(index, entry, now=now, allow_private_targets=allow_private_targets)
+        return _check_entry(
+            index,
+            entry,
+            now=now,
+            allow_private_targets=allow_private_targets,
+            function_timeouts=function_timeouts,
+        )
 
     try:
         # Entries are validated as the parser completes them (see _load_direct).
@@ -732,7 +752,12 @@ class _Checked:
 
 
 def _check_entry(
-    index: int, entry: Any, *, now: datetime | None, allow_private_targets: bool
+    index: int,
+    entry: Any,
+    *,
+    now: datetime | None,
+    allow_private_targets: bool,
+    function_timeouts: Mapping[str, timedelta],
 ) -> _Checked:
     """Validate entry ``index``; its error lines name it (see the module docstring).
 
@@ -752,7 +777,12 @@ def _check_entry(
             tuple(f"{label}: {line}" for line in format_validation_error(exc)),
             raw_id if isinstance(raw_id, str) else None,
         )
-    problems = unworkable(spec, now=now, allow_private_targets=allow_private_targets)
+    problems = unworkable(
+        spec,
+        now=now,
+        allow_private_targets=allow_private_targets,
+        function_timeouts=function_timeouts,
+    )
     return _Checked(spec, tuple(f"{_label(index, spec.id)}: {line}" for line in problems))
 
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from firecron.core.models import SCHEDULE_ID_PATTERN, JsonValue
 from firecron.core.runs import Run, RunState
 from firecron.core.state import KEY_PATTERN, MAX_KEY_CHARS, encode_value, key_problem
-from firecron.errors import InvalidInputError
+from firecron.errors import Fenced, InvalidInputError
 
 __all__ = [
     "MAX_SPAWN_RUNS",
@@ -174,6 +174,20 @@ def check_state_version(op: str, key: str, if_version: int | None, *, lowest: in
         raise InvalidInputError(
             f"{op} {key!r}: if_version must be an integer >= {lowest}, got {if_version!r}"
         )
+
+
+def check_fence(op: str, key: str, fence: Run | None) -> None:
+    """Raise :class:`InvalidInputError` unless ``fence`` is None or a run read from a store
+    (it carries the version a fenced write is checked against)."""
+    if fence is not None and not fence.version:
+        raise InvalidInputError(f"{op} {key!r}: the fence run {fence.id!r} carries no version")
+
+
+def fence_refused(key: str, fence: Run) -> Fenced:
+    """The error of a fenced write whose run changed since ``fence`` was read."""
+    return Fenced(
+        f"state {key!r}: fenced write refused: run {fence.id!r} changed since it was read"
+    )
 
 
 def state_key_range(prefix: str, after: str | None) -> tuple[str, bool, str | None] | None:

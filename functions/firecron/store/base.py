@@ -249,7 +249,13 @@ class Store(Protocol):
         ...
 
     async def put_state(
-        self, key: str, value: JsonValue, *, now: datetime, if_version: int | None = None
+        self,
+        key: str,
+        value: JsonValue,
+        *,
+        now: datetime,
+        if_version: int | None = None,
+        fence: Run | None = None,
     ) -> StateEntry:
         """Write ``value`` under ``key`` and return the entry (version 1 when created,
         else one more), stamped ``updated_at=now``. Atomic.
@@ -258,12 +264,21 @@ class Store(Protocol):
         exist, ``N`` only if its version is ``N``; otherwise :class:`ConflictError` (one
         line naming the key and the version found) and nothing is written. One write
         (plus the read a compare-and-set needs on backends without conditional writes).
+
+        ``fence`` (a run as read, with its version) makes the write a fenced one: it
+        applies only if that run's stored record is still at ``fence.version``, checked
+        in the same atomic write; otherwise :class:`~firecron.errors.Fenced` and nothing
+        is written. The caller re-reads the run to tell a harmless change (a heartbeat of
+        the same attempt) from a lost lease (see ``firecron._state_api``).
         """
         ...
 
-    async def delete_state(self, key: str, *, if_version: int | None = None) -> bool:
+    async def delete_state(
+        self, key: str, *, if_version: int | None = None, fence: Run | None = None
+    ) -> bool:
         """Delete the entry; False if it did not exist. With ``if_version`` (``N >= 1``),
-        :class:`ConflictError` unless the entry exists at version ``N``."""
+        :class:`ConflictError` unless the entry exists at version ``N``. ``fence`` as
+        for :meth:`put_state`."""
         ...
 
     async def list_state(

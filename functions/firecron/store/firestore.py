@@ -94,6 +94,7 @@ from firecron.errors import ConflictError, InvalidInputError, StoreError
 from firecron.store._codec import plain, readable_schedules, run_from_json, to_json
 from firecron.store._common import (
     NAMESPACE_PATTERN,
+    check_fence,
     check_mark,
     check_namespace,
     check_run_changes,
@@ -101,6 +102,7 @@ from firecron.store._common import (
     check_state_key,
     check_state_version,
     encode_state_value,
+    fence_refused,
     merge_run,
     state_key_range,
 )
@@ -336,6 +338,23 @@ def state_document_id(key: str) -> str:
     if doc_id.startswith("__") and doc_id.endswith("__"):
         doc_id = "%5F" + doc_id[1:]
     return doc_id
+
+
+def _unchanged_pb(path: str, run: Run) -> Any:
+    """A ``Write`` that changes nothing and holds only if run document ``path`` is still at
+    ``run.version``: the fence of a fenced state write, committed in the same batch.
+
+    It rewrites ``schedule_id`` (a run's never changes) with the value it has, under an
+    update mask of that field alone; a write that changes nothing leaves the document's
+    ``update_time`` alone (see the module docstring), so the run's version, and the
+    worker's next compare-and-set on it, are not disturbed.
+    """
+    pb = _WRITE_PB()
+    pb.update.name = path
+    _set_value(pb.update.fields["schedule_id"], run.schedule_id)
+    pb.update_mask.field_paths.append("schedule_id")
+    pb.current_document.update_time.FromJsonString(run.version)
+    return pb
 
 
 def _state_pb(
@@ -1049,6 +1068,27 @@ class FirestoreStore:
             self.stats.reads += 1
         return snapshot
 
+    def _check_fence_id(self, op: str, fence: Run | None) -> None:
+        if fence is None:
+            return
+        if not _valid_doc_id(fence.id) or not _issued_version(fence.version or ""):
+            raise InvalidInputError(
+                f"{op}: the fence run {fence.id!r} was not read from this store"
+            )
+
+    def _fence_pb(self, fence: Run) -> Any:
+        return _unchanged_pb(self._path("runs", fence.id), fence)
+
+    async def _raise_if_fenced(self, op: str, key: str, fence: Run | None) -> None:
+        """After a failed batch: :class:`Fenced` if the fence run moved (one get)."""
+        if fence is None:
+            return
+        with self._translate(op):
+            snapshot = await self._runs().document(fence.id).get()
+        self.stats.reads += 1
+        if not snapshot.exists or _version_of(snapshot.update_time) != fence.version:
+            raise fence_refused(key, fence)
+
     async def _found_version(self, op: str, key: str) -> int | None:
         """The entry's version now (None: missing), for a conflict's message."""
         snapshot = await self._state_snapshot(op, key)
@@ -1061,7 +1101,13 @@ class FirestoreStore:
         return self._entry(snapshot) if snapshot.exists else None
 
     async def put_state(
-        self, key: str, value: JsonValue, *, now: datetime, if_version: int | None = None
+        self,
+        key: str,
+        value: JsonValue,
+        *,
+        now: datetime,
+        if_version: int | None = None,
+        fence: Run | None = None,
     ) -> StateEntry:
         """See :meth:`Store.put_state`.
 
@@ -1073,10 +1119,15 @@ class FirestoreStore:
           ``update_time`` as its precondition, so a write in between makes it fail.
 
         A lost compare-and-set is :class:`ConflictError`; it is not retried (a get tells
-        the version found, for the message).
+        the version found, for the message). A ``fence`` adds a write that changes
+        nothing and holds only while the run is at its version (:func:`_unchanged_pb`)
+        to the same batch; when the batch fails, one get of the run tells which
+        precondition did.
         """
         check_state_key(key)
         check_state_version("put_state", key, if_version, lowest=0)
+        check_fence("put_state", key, fence)
+        self._check_fence_id("put_state", fence)
         text = encode_state_value(key, value)
         at = _utc(now, "now")
         path = self._path("state", state_document_id(key))
@@ -1098,16 +1149,18 @@ class FirestoreStore:
                 last_update=_version_of(snapshot.update_time),
             )
             rpc = self._rpc
+        writes = [write] if fence is None else [write, self._fence_pb(fence)]
         with self._translate("put_state"):
             try:
-                [result] = await commit_writes(self._client, [write], **rpc)
+                result, *_ = await commit_writes(self._client, writes, **rpc)
             except _STATE_LOST:
-                if if_version is None:
+                if if_version is None and fence is None:
                     raise  # no precondition: not a lost race (a StoreError)
                 lost = True
             else:
                 lost = False
         if lost:
+            await self._raise_if_fenced("put_state", key, fence)
             raise _state_conflict(key, if_version, await self._found_version("put_state", key))
         self.stats.writes += 1
         if if_version is None:
@@ -1116,12 +1169,17 @@ class FirestoreStore:
             version = if_version + 1
         return StateEntry(key=key, value=json.loads(text), version=version, updated_at=now)
 
-    async def delete_state(self, key: str, *, if_version: int | None = None) -> bool:
+    async def delete_state(
+        self, key: str, *, if_version: int | None = None, fence: Run | None = None
+    ) -> bool:
         """See :meth:`Store.delete_state`. Without ``if_version``: one delete with an
         ``exists`` precondition (False when it fails). With it: a get, then a delete
-        with the get's ``update_time`` as its precondition."""
+        with the get's ``update_time`` as its precondition. A ``fence`` as for
+        :meth:`put_state`."""
         check_state_key(key)
         check_state_version("delete_state", key, if_version, lowest=1)
+        check_fence("delete_state", key, fence)
+        self._check_fence_id("delete_state", fence)
         write = _WRITE_PB()
         write.delete = self._path("state", state_document_id(key))
         if if_version is None:
@@ -1132,14 +1190,16 @@ class FirestoreStore:
             if found != if_version:
                 raise _state_conflict(key, if_version, found)
             write.current_document.update_time.FromJsonString(_version_of(snapshot.update_time))
+        writes = [write] if fence is None else [write, self._fence_pb(fence)]
         with self._translate("delete_state"):
             try:
-                await self._commit([write_types.Write.wrap(write)])
+                await self._commit([write_types.Write.wrap(w) for w in writes])
             except _STATE_LOST:
                 lost = True
             else:
                 lost = False
         if lost:
+            await self._raise_if_fenced("delete_state", key, fence)
             if if_version is None:
                 return False
             raise _state_conflict(key, if_version, await self._found_version("delete_state", key))

@@ -52,6 +52,7 @@ from firecron.core.state import StateEntry
 from firecron.errors import ConflictError, InvalidInputError, StoreError
 from firecron.store._codec import readable_schedules, run_from_json, to_json
 from firecron.store._common import (
+    check_fence,
     check_mark,
     check_namespace,
     check_run_changes,
@@ -59,6 +60,7 @@ from firecron.store._common import (
     check_state_key,
     check_state_version,
     encode_state_value,
+    fence_refused,
     merge_run,
     state_key_range,
 )
@@ -755,6 +757,18 @@ class SQLiteStore:
                 f"store {self._url}: unreadable state entry {key!r}: {_first_line(exc)}"
             ) from exc
 
+    def _check_fence(self, conn: sqlite3.Connection, key: str, fence: Run) -> None:
+        """Raise :class:`~firecron.errors.Fenced` unless run ``fence.id`` is stored at
+        ``fence.version`` (inside the caller's write transaction: nothing can change it
+        before the write that follows commits)."""
+        rows = conn.execute(
+            f"SELECT version FROM {self._runs} WHERE id = ?", (fence.id,)
+        ).fetchall()
+        self.stats.queries += 1
+        self.stats.reads += len(rows)
+        if not rows or str(rows[0][0]) != fence.version:
+            raise fence_refused(key, fence)
+
     def _state_version(self, conn: sqlite3.Connection, key: str) -> int | None:
         """The entry's version, or None when it does not exist (one counted read)."""
         rows = self._query(conn, f"SELECT version FROM {self._state} WHERE key = ?", (key,))
@@ -775,19 +789,29 @@ class SQLiteStore:
         return await self._call(get)
 
     async def put_state(
-        self, key: str, value: JsonValue, *, now: datetime, if_version: int | None = None
+        self,
+        key: str,
+        value: JsonValue,
+        *,
+        now: datetime,
+        if_version: int | None = None,
+        fence: Run | None = None,
     ) -> StateEntry:
         """See :meth:`Store.put_state`. One statement decides and writes: an upsert that
         adds one to the version (``if_version=None``), an ``INSERT`` (``0``) or an
         ``UPDATE ... WHERE version = N``; a lost compare-and-set reads the version found
-        for its message. Nothing is written unless the key and value are valid.
+        for its message. Nothing is written unless the key and value are valid. A
+        ``fence`` is one more read, of the run's version, in the same transaction.
         """
         check_state_key(key)
         check_state_version("put_state", key, if_version, lowest=0)
+        check_fence("put_state", key, fence)
         text = encode_state_value(key, value)
         stamp = _micros(now)
 
         def put(conn: sqlite3.Connection) -> int:
+            if fence is not None:
+                self._check_fence(conn, key, fence)
             if if_version is None:
                 rows = conn.execute(
                     f"INSERT INTO {self._state} (key, value, version, updated_at)"
@@ -816,13 +840,19 @@ class SQLiteStore:
         version = await self._call(put, write=True)
         return StateEntry(key=key, value=json.loads(text), version=version, updated_at=now)
 
-    async def delete_state(self, key: str, *, if_version: int | None = None) -> bool:
+    async def delete_state(
+        self, key: str, *, if_version: int | None = None, fence: Run | None = None
+    ) -> bool:
         """See :meth:`Store.delete_state`. One ``DELETE`` (``WHERE version = N`` with
-        ``if_version``); a lost compare-and-set reads the version found for its message."""
+        ``if_version``); a lost compare-and-set reads the version found for its message.
+        A ``fence`` is checked first in the same transaction, as for :meth:`put_state`."""
         check_state_key(key)
         check_state_version("delete_state", key, if_version, lowest=1)
+        check_fence("delete_state", key, fence)
 
         def delete(conn: sqlite3.Connection) -> bool:
+            if fence is not None:
+                self._check_fence(conn, key, fence)
             if if_version is None:
                 cursor = conn.execute(f"DELETE FROM {self._state} WHERE key = ?", (key,))
             else:

@@ -71,6 +71,7 @@ Where each part lives:
 from __future__ import annotations
 
 from firecron.worker._execution import (
+    FENCE_HEADER,
     MAX_OUTPUT_BYTES,
     ChangeHook,
     RunContext,
@@ -93,6 +94,7 @@ from firecron.worker._runtime import _Runtime as _Runtime
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
+    "FENCE_HEADER",
     "MAX_BODY_BYTES",
     "MAX_OUTPUT_BYTES",
     "ChangeHook",

@@ -31,6 +31,11 @@ from firecron.worker._text import MAX_ERROR_CHARS, describe
 MAX_OUTPUT_BYTES: Final = 64 * 1024
 """Largest return value, as compact UTF-8 JSON, that is stored as the run's output."""
 
+FENCE_HEADER: Final = "firecron-fence"
+"""The header that carries a continuous schedule's generation (the fencing token) on
+requests to systems outside firecron (:meth:`RunContext.fence_headers`). A receiver
+keeps the highest token seen per resource and refuses requests carrying a lower one."""
+
 _MAX_ID_CHARS: Final = 1500
 _MAX_ATTEMPT: Final = 1_000_000
 # The final write is retried a little: losing it costs a whole attempt (the watchdog
@@ -133,14 +138,27 @@ class RunContext:
     def keep_going(self) -> bool:
         """False once this instance should return: its window has passed (a continuous
         schedule's run), or it was asked to stop (pause, cancel, timeout), or it lost its
-        lease (a heartbeat found a newer attempt or generation). Loop ``while
-        ctx.keep_going():``; the SDK's heartbeats keep the answer current."""
+        lease: a heartbeat found the run no longer this attempt's (lost, a newer
+        generation), or no write of this attempt has succeeded for the run's heartbeat
+        timeout (the watchdog may have declared it lost meanwhile: a process frozen, then
+        thawed, must not carry on before its next heartbeat tells). Loop ``while
+        ctx.keep_going():``; the SDK's heartbeats keep the answer current. Costs no I/O."""
         if self.cancelled:
             return False
-        if self.window_end is None:
-            return True
-        now = self._execution.runtime.now() if self._execution is not None else datetime.now(UTC)
-        return now < self.window_end
+        execution = self._execution
+        now = execution.runtime.now() if execution is not None else datetime.now(UTC)
+        if execution is not None and execution.lease_expired(now):
+            return False
+        return self.window_end is None or now < self.window_end
+
+    def fence_headers(self) -> dict[str, str]:
+        """``{"firecron-fence": "N"}`` for a continuous schedule's run (N its generation),
+        to send with writes to systems outside firecron; empty for any other run. A
+        receiver that keeps the highest N seen and refuses lower ones is safe from a
+        stale instance that still runs after its successor took over."""
+        if self.generation is None:
+            return {}
+        return {FENCE_HEADER: str(self.generation)}
 
     @property
     def state(self) -> State:
@@ -152,7 +170,7 @@ class RunContext:
             raise RuntimeError("ctx.state needs a run started by the firecron worker SDK")
         from firecron._state_api import State
 
-        return State._on(self._execution.runtime)
+        return State._on(self._execution.runtime, self._execution)
 
     @property
     def upstream(self) -> dict[str, JsonValue]:
@@ -429,7 +447,14 @@ class _Execution:
         self.fn = fn
         self.ctx = ctx
         self.run = run
-        self.interval = interval
+        self.heartbeat_timeout = (
+            run.heartbeat_timeout
+            if run.heartbeat_timeout is not None
+            else runtime.timeouts.heartbeat_timeout
+        )
+        # A schedule's short heartbeat_timeout (a continuous one's recovery bound) needs
+        # beats at least three times within it, whatever the decorator asked for.
+        self.interval = min(interval, self.heartbeat_timeout / 3)
         self.lock = threading.Lock()
         self.cancelled = threading.Event()
         self.ended = threading.Event()
@@ -447,6 +472,20 @@ class _Execution:
             self.cancelled.set()
 
     # heartbeats
+
+    def lease_expired(self, now: datetime) -> bool:
+        """True when no write of this attempt has succeeded for its heartbeat timeout
+        (counted from the last heartbeat or the start, as recorded): the watchdog may
+        have declared the run lost, so a continuous instance must not go on."""
+        run = self.run
+        renewed = run.heartbeat_at or run.started_at
+        return renewed is not None and now >= renewed + self.heartbeat_timeout
+
+    def lose_lease(self) -> None:
+        """The run is no longer this attempt's (a fenced write was refused): stop
+        heartbeating and make ``keep_going()`` false."""
+        self.orphaned = True
+        self.cancelled.set()
 
     def _start_heartbeats(self) -> None:
         self._thread = threading.Thread(
