@@ -201,6 +201,8 @@ async def test_a_killed_instance_is_replaced_and_no_generation_runs_twice(
             assert dead.heartbeat_at is not None
             assert dead.ended_at is not None
             assert dead.ended_at >= dead.heartbeat_at + HEARTBEAT_TIMEOUT  # never early
+            [lost_event] = [e for e in dead.events if e.type.value == "run.lost"]
+            assert lost_event.data["generation"] == gen
             assert successor.cause_run_id == dead.id
             assert successor.failures == gen  # crashes in a row: its backoff
             victim = fresh
