@@ -142,7 +142,8 @@ class RunContext:
         generation), or no write of this attempt has succeeded for the run's heartbeat
         timeout (the watchdog may have declared it lost meanwhile: a process frozen, then
         thawed, must not carry on before its next heartbeat tells). Loop ``while
-        ctx.keep_going():``; the SDK's heartbeats keep the answer current. Costs no I/O."""
+        ctx.keep_going():``; the SDK's heartbeats keep the answer current. No I/O (but
+        the store-clock sync the SDK makes every few minutes)."""
         if self.cancelled:
             return False
         execution = self._execution
