@@ -476,3 +476,57 @@ def test_show_says_when_the_day_holds_more_generations_than_it_read(tmp_path: Pa
     )
     data = json.loads(_ok(run_cli("show", "busy", "--json", env=env)))
     assert data["continuous"]["handoffs"]["truncated"] is True
+
+
+async def test_the_piped_dev_view_prints_a_generation_s_end_after_newer_runs_hid_it(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """A generation lives for its window, while newer runs push it out of the recent
+    ones: the piped view still prints its end, and its successor's start."""
+    now = datetime.now(UTC)
+    await store_schedule(
+        backend.store, now, id="tailer", continuous={"window": "10m"}, target=WORKER
+    )
+    first = _generation("tailer", 1, RunState.running, now, started=now)
+    assert await backend.store.create_run(first) is not None
+    stored = await backend.store.get_schedule("tailer")
+    assert stored is not None
+    state = stored.state.model_copy(update={"last_run_id": first.id, "run_count": 1})
+    assert await backend.store.put_schedule(stored.spec, state, expect_version=stored.version)
+    out = io.StringIO()
+    stack = DevStack(
+        Settings().with_store(backend.url),
+        None,
+        port=1,
+        source=tmp_path / "main.py",
+        console=Console(file=out, width=300),
+    )
+
+    async def print_changes() -> list[str]:
+        schedules = await backend.store.list_schedules()
+        # No recent runs: newer ones pushed the generations out of that page.
+        stack._print_changes(await stack._with_generations(backend.store, schedules, []))
+        return [line.split(" ", 1)[1] for line in out.getvalue().splitlines()]
+
+    assert await print_changes() == ["tailer@g0000000001 running attempt 1"]
+    ended = now + timedelta(minutes=10)
+    assert await backend.store.update_run(
+        first.id, [RunState.running], {"state": RunState.succeeded, "ended_at": ended}
+    )
+    second = _generation("tailer", 2, RunState.running, ended, started=ended)
+    assert await backend.store.create_run(second) is not None
+    stored = await backend.store.get_schedule("tailer")
+    assert stored is not None
+    state = stored.state.model_copy(update={"last_run_id": second.id, "run_count": 2})
+    assert await backend.store.put_schedule(stored.spec, state, expect_version=stored.version)
+    assert await print_changes() == [
+        "tailer@g0000000001 running attempt 1",
+        "tailer@g0000000001 succeeded attempt 1",
+        "tailer@g0000000002 running attempt 1",
+    ]
+    assert await print_changes() == [  # nothing new: nothing printed, nothing read again
+        "tailer@g0000000001 running attempt 1",
+        "tailer@g0000000001 succeeded attempt 1",
+        "tailer@g0000000002 running attempt 1",
+    ]
+    assert stack._generations == {second.id}

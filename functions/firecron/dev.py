@@ -323,6 +323,8 @@ class DevStack:
         )
         self._stop = asyncio.Event()
         self._seen: dict[str, tuple[object, ...]] = {}
+        self._generations: set[str] = set()
+        """Generations printed while not ended: read until their end is printed."""
         self._names: list[str] = []
         self._source_text: bytes | None = None
         self._app: _Swappable | None = None
@@ -451,7 +453,7 @@ class DevStack:
                 generations = await live_generations(store, schedules)
                 live.update(self._view(schedules, runs, await waiting_runs(store), generations))
             else:
-                self._print_changes(runs)
+                self._print_changes(await self._with_generations(store, schedules, runs))
             delay = self.tick_every - (time.monotonic() - started)
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
@@ -485,6 +487,22 @@ class DevStack:
 
     def _log(self, message: str, style: str | None = None) -> None:
         self.console.print(message, style=style, highlight=False)
+
+    async def _with_generations(
+        self, store: Store, schedules: list[StoredSchedule], runs: Recent
+    ) -> Recent:
+        """``runs`` plus the continuous schedules' live generations and those that were
+        live when last looked at: a generation lives for its window, long after newer
+        runs pushed it out of the recent ones, and its end must still be printed. One
+        batched read each, only when there are continuous schedules."""
+        live = await live_generations(store, schedules)
+        listed = {run.id for run, _ in runs}
+        known = {run.id for run in live.values()} | listed
+        gone = [run_id for run_id in sorted(self._generations) if run_id not in known]
+        extra = [*live.values(), *(await store.get_runs(gone) if gone else [])]
+        self._generations = {r.id for r in extra if not r.is_terminal}
+        merged = runs + [(run, []) for run in extra if run.id not in listed]
+        return sorted(merged, key=lambda pair: pair[0].created_at, reverse=True)
 
     def _print_changes(self, runs: Recent) -> None:
         for run, tasks in reversed(runs):
