@@ -351,3 +351,33 @@ def test_the_sdk_tells_a_generation_its_fence() -> None:
     assert plain.keep_going()
     with pytest.raises(RuntimeError, match="needs a run started by the firecron worker SDK"):
         _ = plain.state
+
+
+async def test_disabling_by_apply_stops_the_live_generation(backend: Backend) -> None:
+    now = datetime.now(UTC)
+    with serve_worker("looper", env=backend.env(), source=APP) as looper:
+        spec = await store_schedule(
+            backend.store,
+            now,
+            id="forever",
+            continuous={"window": "1h"},
+            target={"url": looper.url, "worker": True},
+        )
+        d = backend.dispatcher()
+        try:
+            await d.tick()
+            live = await wait_run(
+                backend.store,
+                generation_run_id("forever", 1),
+                lambda r: r.state is RunState.running,
+            )
+            disabled = spec.model_copy(update={"enabled": False})
+            await admin.apply_schedules(
+                backend.store, [disabled], datetime.now(UTC), prune=False, dry_run=False
+            )
+            stopped = await wait_run(backend.store, live.id, lambda r: r.is_terminal)
+            await d.tick()
+        finally:
+            await d.aclose()
+    assert stopped.state is RunState.cancelled
+    assert await backend.store.get_run(generation_run_id("forever", 2)) is None

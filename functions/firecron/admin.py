@@ -294,10 +294,15 @@ async def apply_schedules(
     for write, result in zip(writes, results, strict=True):
         if result is None:
             await _converge(store, write.spec, now)
-    # A pruned continuous schedule's live generation stops now, not at its window's end.
+    # A continuous schedule pruned, disabled or made something else: its live generation
+    # stops now, not at its window's end (which would then create no successor anyway).
     for schedule_id in deletes:
         if schedule_id in continuous:
             await _stop_live_generation(store, continuous[schedule_id], now)
+    for spec in specs:
+        old = changed.get(spec.id)
+        if old is not None and (not spec.enabled or spec.continuous is None):
+            await _stop_live_generation(store, old, now)
     if progress is not None:
         progress("write", len(writes) + len(deletes), len(writes) + len(deletes))
     return lines
