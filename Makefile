@@ -33,7 +33,7 @@ test: $(STAMP) lint ## lint, type-check and run the whole test suite (starts the
 	$(BIN)/python -m pytest
 
 # The tests with real worker processes, sinks and emulators: the ones timing could break.
-FLAKY_TESTS := tests/test_end_to_end.py tests/test_worker.py tests/test_notifications.py tests/test_notify.py tests/test_orchestration_workers.py tests/test_chains.py tests/test_pipelines.py tests/test_waits.py tests/test_state_cli.py
+FLAKY_TESTS := tests/test_end_to_end.py tests/test_worker.py tests/test_notifications.py tests/test_notify.py tests/test_orchestration_workers.py tests/test_chains.py tests/test_pipelines.py tests/test_waits.py tests/test_state_cli.py tests/test_continuous.py tests/test_continuous_processes.py
 ROUNDS ?= 20
 
 flaky: $(STAMP) ## run the end-to-end, worker, notification and orchestration tests ROUNDS times (default 20); report every failure
