@@ -57,6 +57,10 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "5",
             "--waiting",
             "200",
+            "--handoffs",
+            "2",
+            "--kills",
+            "1",
             "--results-dir",
             str(out),
         ],
@@ -142,6 +146,7 @@ def test_summary(results: Path) -> None:
         "schedules_file",
         "pipelines",
         "waits",
+        "continuous",
     }
 
 
@@ -207,6 +212,24 @@ def test_waits(results: Path) -> None:
     verdicts = {c["target"]: c["passed"] for c in load_checks(results, "waits")}
     assert any(t.startswith("release p99") for t in verdicts)
     assert verdicts["a write finds its waiters with one query"] is True
+
+
+def test_continuous(results: Path) -> None:
+    figures = load(results, "continuous")
+    h = figures["handoff"]["sqlite"]
+    assert h["handoffs"] == len(h["gaps_ms"]) == 2
+    assert h["gap_min_ms"] <= h["gap_p50_ms"] <= h["gap_p99_ms"] <= h["gap_max_ms"]
+    assert h["intervals"] == 3  # generations 1 to 3, each entered once
+    assert (h["overlaps"], h["started_twice"], h["negative_gaps"]) == (0, [], 0)
+    r = figures["recovery"]["sqlite"]
+    assert r["kills"] == len(r["kill_log"]) == 1
+    assert r["killed_ended_lost"] == 1
+    assert (r["overlaps"], r["started_twice"], r["generations_skipped"]) == (0, [], 0)
+    # The successor starts only after the watchdog declared the killed one lost.
+    assert r["kill_to_start_min_ms"] > r["kill_to_lost_max_ms"]
+    targets = {c["target"] for c in load_checks(results, "continuous")}
+    assert any(t.startswith("handoff gap p99") for t in targets)
+    assert any(t.startswith("kill to successor start") for t in targets)
 
 
 def load_checks(results: Path, name: str) -> list[dict[str, Any]]:
