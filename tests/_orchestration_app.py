@@ -98,7 +98,7 @@ def generation(ctx: firecron.RunContext) -> object:
     file ``params["log"]``: ``{"gen", "event", "t", "pid", ...}`` with ``event`` one of
     ``start``, ``end`` (it returned at its window's end, or was asked to stop) and
     ``fenced`` (a fenced write was refused; ``going`` is what ``keep_going()`` said just
-    before it). Each step writes ``params["key"]`` with ``fence=True``. Generations up to
+    before it, ``after`` what it says after). Each step writes ``params["key"]`` with ``fence=True``. Generations up to
     ``params["crash_until"]`` raise at once (a crash loop)."""
     log = Path(str(ctx.params["log"]))
     key = str(ctx.params["key"])
@@ -113,7 +113,8 @@ def generation(ctx: firecron.RunContext) -> object:
         try:
             ctx.state.set(key, {"generation": gen, "step": step}, fence=True)
         except firecron.Fenced as exc:
-            _log_line(log, gen, "fenced", going=going, step=step, error=str(exc))
+            after = ctx.keep_going()
+            _log_line(log, gen, "fenced", going=going, after=after, step=step, error=str(exc))
             return {"generation": gen, "fenced": True}
         if not going:
             break

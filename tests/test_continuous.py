@@ -12,6 +12,7 @@ import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from _backend import Backend
 from _factories import store_schedule
@@ -310,18 +311,18 @@ async def test_the_tail_example_hands_its_offset_over_with_fenced_writes(backend
         await backend.store.list_runs(schedule_id="tail-stream"), key=lambda r: r.generation or 0
     )
     assert [r.state for r in runs] == [RunState.succeeded] * 3 + [RunState.cancelled]
-    outputs = [r.output for r in runs[:3]]  # a cancelled run's output is not kept
-    offsets = [(o["from"], o["to"]) for o in outputs if isinstance(o, dict)]
-    assert len(offsets) == 3
-    assert offsets[0][0] == 0
-    for (_, end), (start, _) in itertools.pairwise(offsets):
-        assert start == end  # picked up exactly where the one before stopped
-    assert all(o["batches"] > 0 and o["fenced"] is False for o in outputs if isinstance(o, dict))
+    # A cancelled run's output is not kept: the three that ran their window.
+    outputs: list[dict[str, Any]] = [r.output for r in runs[:3] if isinstance(r.output, dict)]
+    assert len(outputs) == 3
+    assert outputs[0]["from"] == 0
+    for before, after in itertools.pairwise(outputs):
+        assert after["from"] == before["to"]  # picked up exactly where the one before stopped
+    assert all(o["batches"] > 0 and o["fenced"] is False for o in outputs)
     entry = await backend.store.get_state("tail/tail-stream/offset")
     assert entry is not None
-    assert isinstance(entry.value, dict)
-    assert entry.value["offset"] >= offsets[-1][1]
-    assert entry.value["generation"] in (3, 4)
+    value: Any = entry.value
+    assert value["offset"] >= outputs[-1]["to"]
+    assert value["generation"] in (3, 4)
 
 
 def test_the_sdk_tells_a_generation_its_fence() -> None:
@@ -381,3 +382,54 @@ async def test_disabling_by_apply_stops_the_live_generation(backend: Backend) ->
             await d.aclose()
     assert stopped.state is RunState.cancelled
     assert await backend.store.get_run(generation_run_id("forever", 2)) is None
+
+
+def test_keep_going_is_false_once_the_lease_lapsed() -> None:
+    """An instance whose last recorded heartbeat is ``heartbeat_timeout`` old may have
+    been declared lost: it stops by itself, before any heartbeat reply tells it. Its
+    heartbeats come at least three times per ``heartbeat_timeout``, whatever the
+    decorator asked for."""
+    from typing import cast
+
+    import firecron
+    from _factories import T0, make_run
+    from firecron.core.lifecycle import RunTimeouts
+    from firecron.worker import _Execution
+
+    class Runtime:  # what an execution reads of its runtime here: the clock, the timeouts
+        def __init__(self) -> None:
+            self.at = T0
+            self.timeouts = RunTimeouts()
+
+        def now(self) -> datetime:
+            return self.at
+
+    run = make_run(
+        "tail",
+        T0,
+        run_id=generation_run_id("tail", 1),
+        state=RunState.running,
+        started_at=T0,
+        heartbeat_at=T0,
+        generation=1,
+        window=timedelta(hours=1),
+        heartbeat_timeout=timedelta(seconds=3),
+    )
+    ctx = firecron.RunContext(
+        run_id=run.id,
+        schedule_id="tail",
+        scheduled_for=T0,
+        generation=1,
+        window_end=T0 + timedelta(hours=1),
+    )
+    runtime = Runtime()
+    execution = _Execution(cast(Any, runtime), lambda _: None, ctx, run, timedelta(seconds=15))
+    assert execution.interval == timedelta(seconds=1)
+    runtime.at = T0 + timedelta(seconds=2.9)
+    assert ctx.keep_going()
+    runtime.at = T0 + timedelta(seconds=3)
+    assert not ctx.keep_going()  # the lease lapsed: the watchdog may have declared it lost
+    execution.run = run.model_copy(update={"heartbeat_at": T0 + timedelta(seconds=2)})
+    assert ctx.keep_going()  # a recorded heartbeat renewed it
+    execution.lose_lease()  # a fenced write was refused
+    assert not ctx.keep_going()
