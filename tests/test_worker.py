@@ -153,7 +153,14 @@ def test_package_exports_the_sdk() -> None:
 
     # Importing the submodule explicitly must not rebind the package's `worker`.
     importlib.import_module("firecron.worker")
-    assert firecron.__all__ == ["FENCE_HEADER", "Fenced", "RunContext", "State", "trigger", "worker"]
+    assert firecron.__all__ == [
+        "FENCE_HEADER",
+        "Fenced",
+        "RunContext",
+        "State",
+        "trigger",
+        "worker",
+    ]
     assert callable(firecron.worker)
     assert firecron.worker is sys.modules["firecron.worker"].worker
     assert firecron.RunContext is sys.modules["firecron.worker"].RunContext
