@@ -39,7 +39,7 @@ ENV_VARS: dict[str, str] = {
     "FIRECRON_FUNCTION_AUTH": "auth of 'function' targets that set none: none (default) or oidc",
     "FIRECRON_EVENT_LOG": "write every event as a structured JSON log line (default true)",
     "FIRECRON_RUN_RETENTION": "how long finished runs are kept before the store may delete them (default 30d)",
-    "FIRECRON_FUNCTION_TIMEOUTS": 'the deployed functions\' timeouts, a JSON object of seconds by name ({"tail": 540}); validate and apply refuse a continuous window that does not fit its function\'s',
+    "FIRECRON_FUNCTION_TIMEOUTS": "the deployed functions' timeouts, a JSON object of seconds by name ({\"tail\": 540}); validate and apply refuse a continuous window that does not fit its function's",
 }
 """Every variable firecron reads, with its meaning (the README and infra tests use this)."""
 

@@ -547,9 +547,7 @@ def finish(
     if run.cancelled_at is not None:
         return _cancelled(run, now, run.error or "cancelled")
     if run.timed_out_at is not None:
-        reason = f"timed out after {_shown(run.timeout)}" + (
-            f"; then {error}" if error else ""
-        )
+        reason = f"timed out after {_shown(run.timeout)}" + (f"; then {error}" if error else "")
         return attempt_failed(run, now, _S.timed_out, reason)
     if error is None:
         return succeed(run, now, output)
