@@ -433,3 +433,22 @@ def test_keep_going_is_false_once_the_lease_lapsed() -> None:
     assert ctx.keep_going()  # a recorded heartbeat renewed it
     execution.lose_lease()  # a fenced write was refused
     assert not ctx.keep_going()
+
+
+def test_a_continuous_that_is_not_a_mapping_is_one_plain_line(tmp_path: Path) -> None:
+    from _cli import run_cli
+
+    bad = tmp_path / "s.yaml"
+    bad.write_text(
+        "schedules:\n"
+        "  - id: tailer\n"
+        "    continuous: 10m\n"
+        "    retry: 5\n"
+        "    target: {function: tail}\n"
+    )
+    result = run_cli("validate", str(bad))
+    assert result.returncode == 2
+    assert sorted(result.stderr.strip().splitlines()[-2:]) == [
+        f"{bad}: schedules[0] (id=tailer): continuous: must be a mapping (key: value) (got '10m')",
+        f"{bad}: schedules[0] (id=tailer): retry: must be a mapping (key: value) (got 5)",
+    ]

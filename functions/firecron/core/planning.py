@@ -512,6 +512,26 @@ def _plan_generation(
     return Plan(runs=[run], new_state=new_state)
 
 
+def _crashed(ended: Run) -> bool:
+    """Whether a generation's end is a crash, which makes its successor wait a backoff.
+
+    It failed or timed out; or it was alive for less than :data:`QUICK_END` (or its
+    window, when that is shorter): it never started, or it returned or went silent soon
+    after it started. A lost generation was alive until its last heartbeat, not until
+    the watchdog noticed its silence: one that worked a while and then died (killed,
+    evicted) is a death, not a crash, and its successor starts at once, within
+    ``heartbeat_timeout`` plus one tick of the death.
+    """
+    if ended.state in (RunState.failed, RunState.timed_out):
+        return True
+    if ended.started_at is None:
+        return True
+    last_alive = ended.heartbeat_at if ended.state is RunState.lost else ended.ended_at
+    alive = (last_alive or ended.started_at) - ended.started_at
+    quick = min(QUICK_END, ended.window) if ended.window is not None else QUICK_END
+    return alive < quick
+
+
 def plan_handoff(
     stored: StoredSchedule,
     ended: Run,
@@ -524,25 +544,17 @@ def plan_handoff(
     None when there must be none: the schedule is paused, disabled or no longer
     continuous, or ``ended`` is not its live generation (a newer one exists already).
 
-    A generation that failed (failed, lost, timed out) or ended within :data:`QUICK_END`
-    of its start (or within its window, when that is shorter) is a crash: its successor waits (``queued``, released at its deadline)
-    for the schedule's retry backoff, growing with each crash in a row up to
-    ``max_backoff``; a generation that ran its course resets it.
+    A crash (:func:`_crashed`) makes the successor wait (``queued``, released at its
+    deadline) for the schedule's retry backoff, growing with each crash in a row up to
+    ``max_backoff``; a generation that ran its course, or died after it did, resets it
+    and its successor is fired at once.
     """
     spec, state = stored.spec, stored.state
     if spec.continuous is None or not spec.enabled or state.paused:
         return None
     if state.last_run_id != ended.id or ended.generation is None:
         return None
-    ran = (
-        ended.ended_at - ended.started_at
-        if ended.started_at is not None and ended.ended_at is not None
-        else timedelta(0)
-    )
-    # Quick: shorter than QUICK_END, or than its own window when that is shorter still.
-    quick = min(QUICK_END, ended.window) if ended.window is not None else QUICK_END
-    crashed = ended.state in (RunState.failed, RunState.lost, RunState.timed_out) or ran < quick
-    failures = ended.failures + 1 if crashed else 0
+    failures = ended.failures + 1 if _crashed(ended) else 0
     generation = ended.generation + 1
     run = build_run(
         spec,
@@ -555,9 +567,9 @@ def plan_handoff(
         failures=failures,
         cause_run_id=ended.id,
     )
-    if failures:
-        policy = spec.retry
-        ceiling = min(policy.max_backoff, policy.backoff * policy.multiplier ** (failures - 1))
+    policy = spec.retry
+    ceiling = min(policy.max_backoff, policy.backoff * policy.multiplier ** max(failures - 1, 0))
+    if failures and ceiling > timedelta(0):
         run = run.model_copy(
             update={
                 "state": RunState.queued,

@@ -302,6 +302,10 @@ def format_error(err: ErrorDetails, loc: tuple[int | str, ...] | None = None) ->
         return f"{parent}: {line}" if parent else line
     if kind == "missing":
         return f"{where}: required"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        # pydantic says "a valid dictionary or instance of RetryPolicy": a class name the
+        # file's author never wrote. The file's own word is a mapping.
+        msg = "must be a mapping (key: value)"
     value = err.get("input")
     if kind != "value_error" and isinstance(value, str | int | float | bool):
         shown = repr(value)
