@@ -25,23 +25,29 @@ from firecron.core.runs import RunState, generation_run_id
 APP = Path(__file__).resolve().with_name("_orchestration_app.py")
 
 
+async def start_forever(backend: Backend, url: str, window: str) -> ScheduleSpec:
+    """Store the continuous schedule ``forever`` on the worker at ``url`` and tick once:
+    generation 1 is sent."""
+    spec = await store_schedule(
+        backend.store,
+        datetime.now(UTC),
+        id="forever",
+        continuous={"window": window},
+        target={"url": url, "worker": True},
+    )
+    d = backend.dispatcher()
+    try:
+        await d.tick()
+    finally:
+        await d.aclose()
+    return spec
+
+
 async def test_generations_hand_over_one_at_a_time_and_pause_stops_the_chain(
     backend: Backend,
 ) -> None:
-    now = datetime.now(UTC)
     with serve_worker("looper", env=backend.env(), source=APP) as looper:
-        await store_schedule(
-            backend.store,
-            now,
-            id="forever",
-            continuous={"window": "1s"},
-            target={"url": looper.url, "worker": True},
-        )
-        d = backend.dispatcher()
-        try:
-            await d.tick()
-        finally:
-            await d.aclose()
+        await start_forever(backend, looper.url, "1s")
         # Each generation works its window, returns, and its end starts the next.
         third = generation_run_id("forever", 3)
         await apoll(
@@ -209,18 +215,10 @@ def test_continuous_needs_a_worker_and_a_sane_heartbeat_timeout() -> None:
 async def test_resume_starts_the_next_generation_and_delete_stops_the_live_one(
     backend: Backend,
 ) -> None:
-    now = datetime.now(UTC)
     with serve_worker("looper", env=backend.env(), source=APP) as looper:
-        await store_schedule(
-            backend.store,
-            now,
-            id="forever",
-            continuous={"window": "1h"},
-            target={"url": looper.url, "worker": True},
-        )
+        await start_forever(backend, looper.url, "1h")
         d = backend.dispatcher()
         try:
-            await d.tick()
             first = await wait_run(
                 backend.store,
                 generation_run_id("forever", 1),
@@ -253,20 +251,8 @@ async def test_resume_starts_the_next_generation_and_delete_stops_the_live_one(
 
 
 async def test_prune_stops_the_live_generation(backend: Backend) -> None:
-    now = datetime.now(UTC)
     with serve_worker("looper", env=backend.env(), source=APP) as looper:
-        spec = await store_schedule(
-            backend.store,
-            now,
-            id="forever",
-            continuous={"window": "1h"},
-            target={"url": looper.url, "worker": True},
-        )
-        d = backend.dispatcher()
-        try:
-            await d.tick()
-        finally:
-            await d.aclose()
+        spec = await start_forever(backend, looper.url, "1h")
         live = await wait_run(
             backend.store, generation_run_id("forever", 1), lambda r: r.state is RunState.running
         )
@@ -355,18 +341,10 @@ def test_the_sdk_tells_a_generation_its_fence() -> None:
 
 
 async def test_disabling_by_apply_stops_the_live_generation(backend: Backend) -> None:
-    now = datetime.now(UTC)
     with serve_worker("looper", env=backend.env(), source=APP) as looper:
-        spec = await store_schedule(
-            backend.store,
-            now,
-            id="forever",
-            continuous={"window": "1h"},
-            target={"url": looper.url, "worker": True},
-        )
+        spec = await start_forever(backend, looper.url, "1h")
         d = backend.dispatcher()
         try:
-            await d.tick()
             live = await wait_run(
                 backend.store,
                 generation_run_id("forever", 1),

@@ -491,15 +491,7 @@ def _plan_generation(
     if _is_active(latest_run):
         return Plan(runs=[], new_state=idle)
     generation = state.run_count + 1
-    run = build_run(
-        spec,
-        generation_run_id(spec.id, generation),
-        Occurrence(now, now),
-        now,
-        pending_grace=pending_grace,
-        default_retention=default_retention,
-        generation=generation,
-    )
+    run = _generation_run(spec, generation, now, pending_grace, default_retention)
     new_state = idle.model_copy(
         update={
             "run_count": generation,
@@ -510,6 +502,30 @@ def _plan_generation(
         }
     )
     return Plan(runs=[run], new_state=new_state)
+
+
+def _generation_run(
+    spec: ScheduleSpec,
+    generation: int,
+    now: datetime,
+    pending_grace: timedelta,
+    default_retention: timedelta | None,
+    *,
+    failures: int = 0,
+    cause_run_id: str | None = None,
+) -> Run:
+    """Generation ``generation`` of continuous ``spec``, due now (its occurrence is now)."""
+    return build_run(
+        spec,
+        generation_run_id(spec.id, generation),
+        Occurrence(now, now),
+        now,
+        pending_grace=pending_grace,
+        default_retention=default_retention,
+        generation=generation,
+        failures=failures,
+        cause_run_id=cause_run_id,
+    )
 
 
 def _crashed(ended: Run) -> bool:
@@ -556,14 +572,12 @@ def plan_handoff(
         return None
     failures = ended.failures + 1 if _crashed(ended) else 0
     generation = ended.generation + 1
-    run = build_run(
+    run = _generation_run(
         spec,
-        generation_run_id(spec.id, generation),
-        Occurrence(now, now),
+        generation,
         now,
-        pending_grace=pending_grace,
-        default_retention=default_retention,
-        generation=generation,
+        pending_grace,
+        default_retention,
         failures=failures,
         cause_run_id=ended.id,
     )
