@@ -342,19 +342,27 @@ async def _wait_generation(store: Store, schedule_id: str, target: int) -> None:
         await asyncio.sleep(_PROGRESS_POLL_S)
 
 
-async def handoff_gaps(
-    backends: Backends, backend: str, handoffs: int, cfg: ContinuousConfig, log_dir: Path
-) -> dict[str, Any]:
-    """``handoffs`` handoffs of a continuous schedule with no tick after the first."""
-    shared = open_shared(backends, backend, "handoff")
-    interval_log = log_dir / f"handoff-{backend}.intervals"
+def _part(
+    backends: Backends, backend: str, name: str, log_dir: Path
+) -> tuple[SharedStore, Path, _Instance]:
+    """A part's own namespace on ``backend``, its workers' interval log, and the worker
+    instance (not started yet) that appends to it."""
+    shared = open_shared(backends, backend, name)
+    interval_log = log_dir / f"{name}-{backend}.intervals"
     env = worker_env(
         shared.url,
         secrets=[SECRET],
         namespace=shared.namespace,
         extra={LOG_ENV: str(interval_log)},
     )
-    instance = _Instance(env, log_dir, f"handoff-{backend}")
+    return shared, interval_log, _Instance(env, log_dir, f"{name}-{backend}")
+
+
+async def handoff_gaps(
+    backends: Backends, backend: str, handoffs: int, cfg: ContinuousConfig, log_dir: Path
+) -> dict[str, Any]:
+    """``handoffs`` handoffs of a continuous schedule with no tick after the first."""
+    shared, interval_log, instance = _part(backends, backend, "handoff", log_dir)
     schedule_id = "handoff"
     last = handoffs + 1
     try:
@@ -515,15 +523,7 @@ async def recovery(
     backends: Backends, backend: str, cfg: ContinuousConfig, log_dir: Path
 ) -> dict[str, Any]:
     """``cfg.kills`` SIGKILLs of the live instance, a dispatcher ticking meanwhile."""
-    shared = open_shared(backends, backend, "recovery")
-    interval_log = log_dir / f"recovery-{backend}.intervals"
-    env = worker_env(
-        shared.url,
-        secrets=[SECRET],
-        namespace=shared.namespace,
-        extra={LOG_ENV: str(interval_log)},
-    )
-    instance = _Instance(env, log_dir, f"recovery-{backend}")
+    shared, interval_log, instance = _part(backends, backend, "recovery", log_dir)
     rng = random.Random(cfg.seed)
     schedule_id = "recovery"
     kills: list[_Kill] = []
