@@ -430,3 +430,17 @@ def test_a_continuous_that_is_not_a_mapping_is_one_plain_line(tmp_path: Path) ->
         f"{bad}: schedules[0] (id=tailer): continuous: must be a mapping (key: value) (got '10m')",
         f"{bad}: schedules[0] (id=tailer): retry: must be a mapping (key: value) (got 5)",
     ]
+
+
+def test_a_fenced_write_needs_a_run(tmp_path: Path) -> None:
+    import pytest
+
+    import firecron
+
+    with firecron.State(f"sqlite:///{tmp_path / 'f.db'}") as state:
+        with pytest.raises(RuntimeError, match="fence=True needs a run started by the firecron"):
+            state.set("offset", 1, fence=True)
+        with pytest.raises(RuntimeError, match="fence=True needs a run started by the firecron"):
+            state.delete("offset", fence=True)
+        assert state.get("offset") is None  # nothing written
+        assert state.set("offset", 1).version == 1  # unfenced, it is any program's write
