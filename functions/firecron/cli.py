@@ -1850,5 +1850,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+from firecron import cli_logs as _cli_logs  # noqa: F401, E402
+
 if __name__ == "__main__":
     main()

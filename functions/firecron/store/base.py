@@ -18,8 +18,8 @@ General rules for every backend:
   the next state, and a store must not compute. The
   admin service computes the state and writes it with ``put_schedule``'s
   compare-and-set, which also makes a pause race safely with a concurrent claim.
-- Schedules live in ``{namespace}_schedules``, runs in ``{namespace}_runs`` and state
-  entries in ``{namespace}_state``.
+- Schedules live in ``{namespace}_schedules``, runs in ``{namespace}_runs``, state
+  entries in ``{namespace}_state`` and runs' captured log lines in ``{namespace}_logs``.
 """
 
 from __future__ import annotations
@@ -29,12 +29,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
+from firecron.core.logs import LogLine
 from firecron.core.models import JsonValue, ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState, UpstreamEnd
 from firecron.core.state import StateEntry
 from firecron.errors import InvalidInputError
 
-__all__ = ["ScheduleWrite", "Store", "StoreStats", "check_distinct", "clock_offset"]
+__all__ = [
+    "ScheduleWrite",
+    "Store",
+    "StoreStats",
+    "check_distinct",
+    "check_get_logs",
+    "check_log_lines",
+    "clock_offset",
+]
 
 
 @dataclass
@@ -310,6 +319,35 @@ class Store(Protocol):
         """
         ...
 
+    # -- logs: each attempt's captured lines (``{namespace}_logs``) -----------------------
+
+    async def append_logs(self, run_id: str, attempt: int, lines: Sequence[LogLine]) -> None:
+        """Store ``lines`` of attempt ``attempt`` of run ``run_id``, as few writes as the
+        backend allows (SQLite: one transaction; Firestore: one batch of chunk documents).
+
+        Idempotent per ``(run_id, attempt, seq)``: a line already stored is kept as it is,
+        so a writer may send a batch again after an error that left it unknown whether
+        it was written. Every line's ``attempt`` must equal ``attempt``
+        (:class:`InvalidInputError` otherwise, and nothing is written). The store keeps
+        what it is given: the 256 KiB cap per attempt is the writer's
+        (:class:`firecron.core.logs.LogBudget`; one writer per attempt, the worker that
+        runs it). The run need not exist; an empty ``lines`` writes nothing.
+        """
+        ...
+
+    async def get_logs(
+        self, run_id: str, attempt: int | None = None, *, after: int = 0, limit: int | None = None
+    ) -> list[LogLine]:
+        """The stored lines of run ``run_id``, ordered by ``(attempt, seq)``, each once.
+
+        ``attempt`` selects one attempt (None: every attempt). ``after`` is a cursor on
+        ``seq`` within that attempt: only lines with ``seq > after`` (how ``firecron
+        logs --follow`` reads what is new); it needs ``attempt`` when not 0
+        (:class:`InvalidInputError`). At most ``limit`` lines (None: all). A run without
+        lines, or unknown, has none: ``[]``.
+        """
+        ...
+
     async def clock(self) -> datetime:
         """The store's current time (aware UTC): what its next commit would be stamped with.
 
@@ -337,6 +375,29 @@ def check_distinct(writes: Sequence[ScheduleWrite], deletes: Sequence[str]) -> N
         if schedule_id in seen:
             raise InvalidInputError(f"write_schedules: schedule {schedule_id!r} appears twice")
         seen.add(schedule_id)
+
+
+def check_log_lines(run_id: str, attempt: int, lines: Sequence[LogLine]) -> None:
+    """Raise :class:`InvalidInputError` unless ``lines`` may be appended as attempt
+    ``attempt`` of ``run_id`` (see :meth:`Store.append_logs`). The backends call it
+    before writing anything."""
+    if not run_id:
+        raise InvalidInputError("append_logs: run_id is empty")
+    if attempt < 1:
+        raise InvalidInputError(f"append_logs: attempt {attempt} is below 1")
+    for line in lines:
+        if line.attempt != attempt:
+            raise InvalidInputError(
+                f"append_logs: line {line.seq} is of attempt {line.attempt}, not {attempt}"
+            )
+
+
+def check_get_logs(attempt: int | None, after: int) -> None:
+    """Raise :class:`InvalidInputError` for a :meth:`Store.get_logs` cursor without an attempt."""
+    if after < 0:
+        raise InvalidInputError(f"get_logs: after {after} is below 0")
+    if after and attempt is None:
+        raise InvalidInputError(f"get_logs: after={after} needs an attempt")
 
 
 async def clock_offset(store: Store, local: Callable[[], datetime]) -> tuple[datetime, timedelta]:

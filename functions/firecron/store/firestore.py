@@ -30,6 +30,14 @@ Layout, in the database ``database`` of project ``project``:
   ``%5F``: see :func:`state_document_id` and, for another program writing an entry,
   docs/design.md, "The state collection's layout".
 
+- ``{namespace}_logs/{doc id}``: ``{"run_id": <string>, "attempt": <integer>,
+  "first_seq": <integer>, "last_seq": <integer>, "lines": <JSON text>}``, one document
+  per chunk of an attempt's log lines (:meth:`FirestoreStore.append_logs`); ``lines`` is
+  ``[[seq, at, level, logger, message, truncated], ...]`` with ``at`` ISO 8601 UTC. The
+  document id is ``{run_id}~{attempt:010d}~{last_seq:010d}`` (the run id's SHA-256 in
+  hex in place of the run id when that would not make a valid id), so one run's chunks
+  sort by attempt, then by line.
+
 Records are stored as JSON text (``_codec.to_json``; datetimes ISO 8601 UTC), not as
 Firestore maps: encoding a nested run as protobuf maps dominated the dispatcher's CPU,
 Firestore refuses arrays inside arrays, empty or ``__reserved__`` map keys and integers
@@ -57,6 +65,8 @@ entry's ``key`` are automatic):
 - due watches: ``watch_at <= now`` ordered by ``watch_at`` (single field);
 - a key's waiters: ``wait_key == key`` (single field, equality);
 - state listings: ``key`` in a range, ordered by ``key`` (single field);
+- a run's log lines: ``run_id ==``, ordered by document id, from a cursor on it
+  (single field, equality);
 - run listings: optional ``schedule_id ==`` and ``state in`` filters, optional
   ``created_at < before``, ordered by ``created_at`` then document id, both descending
   (composite indexes when filtered).
@@ -70,6 +80,7 @@ store needs are all in :mod:`firecron.store._firestore_private`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 import re
@@ -87,6 +98,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from google.cloud.firestore_v1.types import write as write_types
 from pydantic import ValidationError
 
+from firecron.core.logs import LogLine
 from firecron.core.models import JsonValue, ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState, UpstreamEnd
 from firecron.core.state import StateEntry
@@ -112,7 +124,13 @@ from firecron.store._firestore_private import (
     commit_writes,
     database_path,
 )
-from firecron.store.base import ScheduleWrite, StoreStats, check_distinct
+from firecron.store.base import (
+    ScheduleWrite,
+    StoreStats,
+    check_distinct,
+    check_get_logs,
+    check_log_lines,
+)
 
 __all__ = [
     "NAMESPACE_PATTERN",
@@ -170,6 +188,8 @@ _CAS_ATTEMPTS: Final = 20
 _PARALLEL_BATCHES: Final = 4
 """Batches of write_schedules in flight at once."""
 _DEFAULT_TIMEOUT: Final = 30.0
+_LOG_CHUNK_BYTES: Final = 512 * 1024
+"""Most JSON bytes of lines in one log document (a document holds at most 1 MiB)."""
 
 # The raw protobuf class behind the client's proto-plus ``Write`` (see _write_pb).
 _WRITE_PB: Final[Any] = write_types.Write.pb()
@@ -410,6 +430,15 @@ def _valid_doc_id(doc_id: str) -> bool:
         and not (doc_id.startswith("__") and doc_id.endswith("__"))
         and len(doc_id.encode()) <= 1500
     )
+
+
+def _log_document_id(run_id: str, attempt: int, last_seq: int) -> str:
+    """The id of the log chunk of ``run_id``'s attempt ``attempt`` that ends at ``last_seq``
+    (see the module docstring); ids of one run sort by attempt, then by line."""
+    doc_id = f"{run_id}~{attempt:010d}~{last_seq:010d}"
+    if _valid_doc_id(doc_id):
+        return doc_id
+    return f"{hashlib.sha256(run_id.encode()).hexdigest()}~{attempt:010d}~{last_seq:010d}"
 
 
 def _raise_store_error(op: str, exc: BaseException) -> NoReturn:
@@ -1259,6 +1288,97 @@ class FirestoreStore:
             .limit(limit)
         )
         return [self._run(s) for s in await self._stream("list_runs", query)]
+
+    # -- logs ---------------------------------------------------------------------
+
+    def _logs(self) -> Any:
+        return self._client.collection(f"{self.namespace}_logs")
+
+    async def append_logs(self, run_id: str, attempt: int, lines: Sequence[LogLine]) -> None:
+        """See :meth:`Store.append_logs`. The lines, in ``seq`` order, are cut into chunk
+        documents of at most :data:`_LOG_CHUNK_BYTES` of JSON each, written with ``set``
+        in atomic batches of at most 500 (one batch for anything the SDK flushes at
+        once). A chunk sent again is the same document with the same content; a line
+        sent again in another chunk is stored twice and read once (:meth:`get_logs`
+        drops repeats), so it is kept as first stored."""
+        check_log_lines(run_id, attempt, lines)
+        if not lines:
+            return
+        chunks: list[list[list[Any]]] = [[]]
+        size = 0
+        for line in sorted(lines, key=lambda x: x.seq):
+            row = [
+                line.seq,
+                _utc(line.at, "at").isoformat(),
+                line.level,
+                line.logger,
+                line.message,
+                line.truncated,
+            ]
+            row_size = len(json.dumps(row, ensure_ascii=False).encode()) + 1
+            if chunks[-1] and size + row_size > _LOG_CHUNK_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(row)
+            size += row_size
+        logs = self._logs()
+        for start in range(0, len(chunks), _MAX_BATCH_WRITES):
+            part = chunks[start : start + _MAX_BATCH_WRITES]
+            with self._translate("append_logs"):
+                batch = self._client.batch()
+                for rows in part:
+                    last = rows[-1][0]
+                    batch.set(
+                        logs.document(_log_document_id(run_id, attempt, last)),
+                        {
+                            "run_id": run_id,
+                            "attempt": attempt,
+                            "first_seq": rows[0][0],
+                            "last_seq": last,
+                            "lines": json.dumps(rows, ensure_ascii=False, separators=(",", ":")),
+                        },
+                    )
+                await batch.commit(**self._rpc)
+            self.stats.writes += len(part)
+
+    async def get_logs(
+        self, run_id: str, attempt: int | None = None, *, after: int = 0, limit: int | None = None
+    ) -> list[LogLine]:
+        """See :meth:`Store.get_logs`. One query on ``run_id``, ordered by document id;
+        with ``attempt``, from the first chunk whose last line is after ``after`` to the
+        attempt's last, so a follower reads only chunks with new lines (at most
+        ``limit`` chunks: each has at least one line to return)."""
+        check_get_logs(attempt, after)
+        if limit is not None and limit <= 0:
+            return []
+        query = self._logs().where(filter=FieldFilter("run_id", "==", run_id)).order_by("__name__")
+        if attempt is not None:
+            query = query.start_after({"__name__": _log_document_id(run_id, attempt, after)})
+            query = query.end_at({"__name__": _log_document_id(run_id, attempt, 10**10 - 1)})
+        if limit is not None:
+            query = query.limit(limit)
+        found: dict[tuple[int, int], LogLine] = {}
+        for snapshot in await self._stream("get_logs", query):
+            data = snapshot.to_dict() or {}
+            try:
+                chunk_attempt = int(data["attempt"])
+                for seq, at, level, logger, message, truncated in json.loads(_text(data, "lines")):
+                    if seq > after and (chunk_attempt, seq) not in found:
+                        found[(chunk_attempt, seq)] = LogLine(
+                            attempt=chunk_attempt,
+                            seq=seq,
+                            at=datetime.fromisoformat(at),
+                            level=level,
+                            logger=logger,
+                            message=message,
+                            truncated=truncated,
+                        )
+            except (KeyError, TypeError, ValueError, ValidationError) as exc:
+                raise StoreError(
+                    f"corrupt log document {snapshot.id!r}: {_first_error(exc)}"
+                ) from None
+        lines = [found[key] for key in sorted(found)]
+        return lines if limit is None else lines[:limit]
 
     async def close(self) -> None:
         """See :meth:`Store.close`. Closes the gRPC channel if one was opened."""

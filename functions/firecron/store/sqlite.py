@@ -13,7 +13,9 @@ Implements :class:`firecron.store.base.Store` with the standard library's ``sqli
   SQLite's lock and each compare-and-set is decided inside its transaction.
 - Rows: ``{namespace}_schedules(id, spec, state, next_fire_at, version)``,
   ``{namespace}_runs(id, schedule_id, state, created_at, watch_at, wait_key, version,
-  data)`` and ``{namespace}_state(key, value, version, updated_at)``. ``spec``,
+  data)``, ``{namespace}_state(key, value, version, updated_at)`` and
+  ``{namespace}_logs(run_id, attempt, seq, at, level, logger, message, truncated)``
+  (primary key ``(run_id, attempt, seq)``, so an attempt's lines are one range). ``spec``,
   ``state`` and ``data`` are JSON records (``_codec.to_json``, datetimes as ISO 8601);
   the indexed time columns are integer epoch microseconds. ``next_fire_at``,
   ``watch_at`` and ``wait_key`` have partial indexes, so idle schedules, terminal runs
@@ -21,8 +23,9 @@ Implements :class:`firecron.store.base.Store` with the standard library's ``sqli
   JSON text (``core.state.encode_value``), ``version`` an integer from 1, ``updated_at``
   epoch microseconds (docs/design.md, "The state collection's layout").
 - Opening migrates a database an earlier version created: the ``wait_key`` column is
-  added (and filled from ``data``) when missing, and every table and index is created
-  if it does not exist, in one transaction.
+  added (and filled from ``data``) when missing, and every table and index (the
+  ``_logs`` table of a database from before logs among them) is created if it does not
+  exist, in one transaction.
 - ``version`` is an integer, exposed as its decimal string.
 - A mark (:meth:`SQLiteStore.mark_upstream`) is one ``json_set`` on ``data``'s
   ``upstream`` map in the ``UPDATE`` itself, so it needs no read and can never
@@ -46,6 +49,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
 
+from firecron.core.logs import LogLine
 from firecron.core.models import JsonValue, ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState, UpstreamEnd
 from firecron.core.state import StateEntry
@@ -65,7 +69,13 @@ from firecron.store._common import (
     state_key_range,
 )
 from firecron.store._sqlite_batch import Abort, Batcher
-from firecron.store.base import ScheduleWrite, StoreStats, check_distinct
+from firecron.store.base import (
+    ScheduleWrite,
+    StoreStats,
+    check_distinct,
+    check_get_logs,
+    check_log_lines,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -134,6 +144,7 @@ class SQLiteStore:
         self._schedules = f"{namespace}_schedules"
         self._runs = f"{namespace}_runs"
         self._state = f"{namespace}_state"
+        self._logs = f"{namespace}_logs"
         self._batcher = Batcher(
             self._connect, url=self._url, name=f"firecron-sqlite-{namespace}", stats=self.stats
         )
@@ -238,6 +249,19 @@ class SQLiteStore:
             " value TEXT NOT NULL,"  # compact JSON text
             " version INTEGER NOT NULL,"  # 1 when created, +1 per write
             " updated_at INTEGER NOT NULL)"  # epoch microseconds
+        )
+        # No rowid: the primary key is the only order lines are read in.
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._logs} ("
+            " run_id TEXT NOT NULL,"
+            " attempt INTEGER NOT NULL,"
+            " seq INTEGER NOT NULL,"
+            " at INTEGER NOT NULL,"  # epoch microseconds
+            " level TEXT NOT NULL,"
+            " logger TEXT NOT NULL,"
+            " message TEXT NOT NULL,"
+            " truncated INTEGER NOT NULL DEFAULT 0,"  # 1 on the marker line
+            " PRIMARY KEY (run_id, attempt, seq)) WITHOUT ROWID"
         )
         conn.execute("COMMIT")
 
@@ -946,6 +970,74 @@ class SQLiteStore:
             return [self._run_from_row(run_id, data, v) for run_id, data, v in rows]
 
         return await self._call(list_some)
+
+    # -- logs ---------------------------------------------------------------------
+
+    async def append_logs(self, run_id: str, attempt: int, lines: Sequence[LogLine]) -> None:
+        """See :meth:`Store.append_logs`. One ``INSERT OR IGNORE`` of every line, in one
+        transaction: a line whose ``(run_id, attempt, seq)`` exists is left as it is."""
+        check_log_lines(run_id, attempt, lines)
+        rows = [
+            (
+                run_id,
+                attempt,
+                line.seq,
+                _micros(line.at),
+                line.level,
+                line.logger,
+                line.message,
+                int(line.truncated),
+            )
+            for line in lines
+        ]
+        if not rows:
+            return
+
+        def append(conn: sqlite3.Connection) -> None:
+            before = conn.total_changes
+            conn.executemany(
+                f"INSERT OR IGNORE INTO {self._logs}"
+                " (run_id, attempt, seq, at, level, logger, message, truncated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            self.stats.writes += conn.total_changes - before
+
+        await self._call(append, write=True)
+
+    async def get_logs(
+        self, run_id: str, attempt: int | None = None, *, after: int = 0, limit: int | None = None
+    ) -> list[LogLine]:
+        """See :meth:`Store.get_logs`. One range query on the primary key."""
+        check_get_logs(attempt, after)
+        if limit is not None and limit <= 0:
+            return []
+        where = "run_id = ?"
+        params: list[Any] = [run_id]
+        if attempt is not None:
+            where += " AND attempt = ? AND seq > ?"
+            params += [attempt, after]
+        params.append(-1 if limit is None else limit)  # LIMIT -1: no limit
+        sql = (
+            "SELECT attempt, seq, at, level, logger, message, truncated"
+            f" FROM {self._logs} WHERE {where} ORDER BY attempt, seq LIMIT ?"
+        )
+
+        def read(conn: sqlite3.Connection) -> list[LogLine]:
+            return [
+                LogLine(
+                    attempt=a,
+                    seq=seq,
+                    at=_EPOCH + at * _MICROSECOND,
+                    level=level,
+                    logger=logger,
+                    message=message,
+                    truncated=bool(truncated),
+                )
+                for a, seq, at, level, logger, message, truncated in self._query(conn, sql, params)
+            ]
+
+        return await self._call(read)
 
     async def close(self) -> None:
         """See :meth:`Store.close`. Idempotent; the calls already submitted run first."""

@@ -25,6 +25,7 @@ from firecron.core.lifecycle import Change
 from firecron.core.models import JsonValue
 from firecron.core.render import one_line
 from firecron.core.runs import Run, RunState, RunTrigger
+from firecron.worker._logs import AttemptLogs, run_logger
 from firecron.worker._runtime import _Runtime
 from firecron.worker._text import MAX_ERROR_CHARS, describe
 
@@ -160,6 +161,14 @@ class RunContext:
         if self.generation is None:
             return {}
         return {FENCE_HEADER: str(self.generation)}
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger (``ctx.log.info(...)``, ``.warning``, ...) whose records are stored
+        with this attempt's logs (``firecron logs RUN_ID``), from any thread the function
+        uses; ``logging`` records of the function's own thread are captured too. Outside
+        a run started by the SDK, the plain ``firecron.run`` logger."""
+        return self._execution.logs.logger if self._execution is not None else run_logger(None)
 
     @property
     def state(self) -> State:
@@ -468,6 +477,8 @@ class _Execution:
         self._ran = False
         self._ran_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.logs = AttemptLogs(runtime, run.id, run.attempt)
+        """This attempt's captured log lines, flushed after each heartbeat and at the end."""
         ctx._execution = self
         if run.cancel_requested:
             self.cancelled.set()
@@ -499,6 +510,8 @@ class _Execution:
             if self.orphaned:
                 return
             self.beat()
+            # The lines logged since the last beat, in one write (outside the run's lock).
+            self.logs.flush()
 
     def beat(self) -> None:
         """One heartbeat; never raises (a failure is logged and the next one retries)."""
@@ -551,13 +564,19 @@ class _Execution:
         # Heartbeats start with the work, not with the start write: if the stream were
         # never run, the watchdog must see this attempt go silent and retry it.
         self._start_heartbeats()
+        self.logs.open()
         try:
             outcome = self._call()
         finally:
             # Stop heartbeats before the end is written; a beat in flight finishes first
             # (the end write below takes the same lock).
             self.ended.set()
+            # Every line is stored before the end is: a reader that sees the run ended
+            # (`firecron logs --follow`) has them all.
+            self.logs.close()
+            self.logs.flush()
         self.final = self._record(outcome)
+        self.logs.flush()  # a second chance for lines whose first write failed
         if self._thread is not None:
             self._thread.join(timeout=5)
         # The runs this end causes start before its events go out: a slow sink must not
