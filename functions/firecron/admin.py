@@ -227,7 +227,9 @@ async def apply_schedules(
     Unchanged schedules are not written, so re-applying keeps next fire times and
     counters. A changed definition keeps counters and pause; its next fire time is
     recomputed only if a field deciding *when* it fires changed. ``prune`` deletes
-    stored schedules absent from ``specs`` (their run history is kept).
+    stored schedules absent from ``specs`` (their run history is kept), except those the
+    admin API manages (``managed_by: api``); a spec of ``specs`` with the id of such a
+    schedule takes it over (it becomes ``managed_by: file``).
 
     Unless ``confirmed`` or ``dry_run``, a prune that
     :func:`prune_needs_confirmation` raises :class:`PruneRefused` and writes nothing.
@@ -236,7 +238,7 @@ async def apply_schedules(
     ``progress`` is called as planning and writing advance (see :data:`Progress`).
     """
     with gc_paused():  # see firecron._gc: the plan of a large file is millions of objects
-        stored_ids, changed, continuous = await _read_stored(store, specs, progress)
+        stored_ids, changed, continuous, api_managed = await _read_stored(store, specs, progress)
         stored = set(stored_ids)
         lines: list[ApplyLine] = []
         writes: list[ScheduleWrite] = []
@@ -279,10 +281,13 @@ async def apply_schedules(
     deletes: list[str] = []
     if prune:
         wanted = {s.id for s in specs}
-        deletes = [i for i in stored_ids if i not in wanted]  # in id order
+        # Schedules the admin API owns (managed_by: api) are not the file's to delete, and
+        # do not count among the stored ones a prune is judged against.
+        deletes = [i for i in stored_ids if i not in wanted and i not in api_managed]
         lines += [ApplyLine(ApplyAction.delete, i) for i in deletes]
-        if not dry_run and not confirmed and prune_needs_confirmation(len(deletes), len(stored)):
-            raise PruneRefused(len(deletes), len(stored))
+        owned = len(stored) - len(api_managed)
+        if not dry_run and not confirmed and prune_needs_confirmation(len(deletes), owned):
+            raise PruneRefused(len(deletes), owned)
     if dry_run or not (writes or deletes):
         return lines
 
@@ -310,9 +315,10 @@ async def apply_schedules(
 
 async def _read_stored(
     store: Store, specs: Sequence[ScheduleSpec], progress: Progress | None
-) -> tuple[list[str], dict[str, StoredSchedule], dict[str, StoredSchedule]]:
+) -> tuple[list[str], dict[str, StoredSchedule], dict[str, StoredSchedule], set[str]]:
     """Every stored id (in id order), the stored schedules that differ from ``specs``,
-    and the stored continuous schedules absent from them (a prune stops their instance).
+    the stored continuous schedules absent from them (a prune stops their instance), and
+    the ids absent from them that the admin API manages (``managed_by: api``: never pruned).
 
     Read a page at a time, keeping only what the plan needs: a re-applied file of
     100,000 unchanged schedules would otherwise hold a second copy of all of them.
@@ -321,6 +327,7 @@ async def _read_stored(
     ids: list[str] = []
     changed: dict[str, StoredSchedule] = {}
     continuous: dict[str, StoredSchedule] = {}
+    api_managed: set[str] = set()
     after: str | None = None
     while True:
         page = await store.list_schedules(after=after, limit=_READ_PAGE)
@@ -329,12 +336,14 @@ async def _read_stored(
             wanted = by_id.get(stored.id)
             if wanted is not None and wanted != stored.spec:
                 changed[stored.id] = stored
+            elif wanted is None and stored.spec.managed_by == "api":
+                api_managed.add(stored.id)
             elif wanted is None and stored.spec.continuous is not None:
                 continuous[stored.id] = stored
         if progress is not None:
             progress("read", len(ids), 0)
         if len(page) < _READ_PAGE:
-            return ids, changed, continuous
+            return ids, changed, continuous, api_managed
         after = page[-1].id
 
 

@@ -39,6 +39,8 @@ ENV_VARS: dict[str, str] = {
     "FIRECRON_FUNCTION_AUTH": "auth of 'function' targets that set none: none (default) or oidc",
     "FIRECRON_EVENT_LOG": "write every event as a structured JSON log line (default true)",
     "FIRECRON_RUN_RETENTION": "how long finished runs are kept before the store may delete them (default 30d)",
+    "FIRECRON_ADMIN_MEMBERS": "who may call the admin API: comma-separated emails (user:EMAIL and serviceAccount:EMAIL as IAM writes them are accepted); each request's Google ID token must carry one",
+    "FIRECRON_ADMIN_AUDIENCE": "the admin function's URL, the audience its callers' ID tokens must name; unset, the admin API answers only unauthenticated loopback requests (firecron dev)",
     "FIRECRON_FUNCTION_TIMEOUTS": "the deployed functions' timeouts, a JSON object of seconds by name ({\"tail\": 540}); validate and apply refuse a continuous window that does not fit its function's",
 }
 """Every variable firecron reads, with its meaning (the README and infra tests use this)."""
@@ -92,6 +94,33 @@ def _function_auth(env: Mapping[str, str]) -> TargetAuth:
         raise InvalidInputError(
             f"FIRECRON_FUNCTION_AUTH={raw!r}: expected none, oidc or hmac"
         ) from None
+
+
+_MEMBER_PREFIXES = ("user:", "serviceAccount:")
+
+
+def _admin_members(env: Mapping[str, str]) -> frozenset[str]:
+    """``FIRECRON_ADMIN_MEMBERS``: the emails allowed to call the admin API, lowercased."""
+    name = "FIRECRON_ADMIN_MEMBERS"
+    members: set[str] = set()
+    for raw in env.get(name, "").split(","):
+        member = raw.strip()
+        if not member:
+            continue
+        for prefix in _MEMBER_PREFIXES:
+            if member.startswith(prefix):
+                member = member[len(prefix) :]
+                break
+        else:
+            if ":" in member:
+                # group: and domain: members cannot be checked against a token's email.
+                raise InvalidInputError(
+                    f"{name}: {raw.strip()!r}: expected an email, user:EMAIL or serviceAccount:EMAIL"
+                )
+        if "@" not in member or any(c.isspace() for c in member):
+            raise InvalidInputError(f"{name}: {raw.strip()!r} is not an email")
+        members.add(member.lower())
+    return frozenset(members)
 
 
 def _functions_base_url(env: Mapping[str, str]) -> str | None:
@@ -154,6 +183,11 @@ class Settings:
     event_log: bool = True
     deployed: bool = False
     """True on Cloud Run / Cloud Functions (``K_SERVICE`` is set by the platform)."""
+    admin_members: frozenset[str] = frozenset()
+    """Emails (lowercase) allowed to call the admin API (``FIRECRON_ADMIN_MEMBERS``)."""
+    admin_audience: str | None = None
+    """The audience the admin API's callers' ID tokens must name (``FIRECRON_ADMIN_AUDIENCE``):
+    the admin function's URL. None: only unauthenticated loopback calls (``firecron dev``)."""
     function_timeouts: Mapping[str, timedelta] = field(default_factory=dict)
     """The deployed worker functions' timeouts by name (``FIRECRON_FUNCTION_TIMEOUTS``, a
     JSON object of seconds, as ``terraform output -json function_timeouts`` prints it):
@@ -189,6 +223,8 @@ class Settings:
             event_log=_bool(env, "FIRECRON_EVENT_LOG", default=True),
             deployed=bool(env.get("K_SERVICE", "").strip()),
             function_timeouts=_function_timeouts(env),
+            admin_members=_admin_members(env),
+            admin_audience=env.get("FIRECRON_ADMIN_AUDIENCE", "").strip() or None,
         )
         if settings.max_open < settings.concurrency:
             raise InvalidInputError(

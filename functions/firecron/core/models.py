@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AwareDatetime,
@@ -662,6 +662,12 @@ class ScheduleSpec(_Frozen):
     heartbeat_timeout: Duration | None = None
     """A running run silent this long is lost (default: the watchdog's 90 s); for a
     continuous schedule, the longest gap after a dead instance, plus one tick."""
+    managed_by: Literal["file", "api"] = "file"
+    """Who owns the definition: ``file`` (a schedules file, through ``firecron apply``) or
+    ``api`` (created or replaced through the admin API, which sets it). ``apply --prune``
+    never deletes an ``api`` schedule; applying a file that defines the same id takes it
+    over (it becomes ``file``). As input (a schedules file, an API body) only ``file`` is
+    accepted: ``api`` is the API's to set."""
 
     @field_validator("timezone")
     @classmethod
@@ -707,6 +713,13 @@ class ScheduleSpec(_Frozen):
     def _check_every(cls, value: timedelta | None) -> timedelta | None:
         if value is not None and value < timedelta(seconds=1):
             raise ValueError("interval must be at least 1s")
+        return value
+
+    @field_validator("managed_by")
+    @classmethod
+    def _check_managed_by(cls, value: str, info: ValidationInfo) -> str:
+        if value != "file" and _is_input(info):
+            raise ValueError("managed_by: api is set by the admin API only; leave it out")
         return value
 
     _instants = field_validator("at", "start_at", "end_at", mode="before")(_instant_field)
