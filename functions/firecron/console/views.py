@@ -10,6 +10,7 @@ Pages: ``/`` schedules, ``/timeline?window=24h|7d``, ``/runs/<id>``, ``/pipeline
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -325,8 +326,16 @@ async def _state_page(store: Store, after: str | None) -> StatePage:
 # -- the blueprint ------------------------------------------------------------------
 
 
+def json_text(value: Any, indent: int | None = None) -> str:
+    """``value`` as JSON for people to read: a plain ``str``, which Jinja then escapes.
+
+    Not Flask's ``tojson``: that one is for ``<script>``, and writes ``<`` as ``\\u003c``.
+    """
+    return json.dumps(value, ensure_ascii=False, indent=indent, sort_keys=True)
+
+
 def _template_globals() -> dict[str, Any]:
-    return {"rfc3339": rfc3339, "api": API}
+    return {"rfc3339": rfc3339, "api": API, "json_text": json_text}
 
 
 def make_blueprint(bridge: StoreBridge) -> Blueprint:
