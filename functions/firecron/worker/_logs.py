@@ -10,10 +10,17 @@ The cap (:class:`~firecron.core.logs.LogBudget`, 256 KiB per attempt, then one m
 line) is applied as records arrive, so memory stays bounded too.
 
 Records reach the capture through one :class:`logging.Handler` on the root logger,
-installed once per process on the first attempt. It changes no level: records below
-the root logger's level are never created, so they are not captured (functions-framework
-sets the root to ``INFO``). ``ctx.log`` is the ``firecron.run`` logger, set to ``INFO``,
-so ``ctx.log.info`` is captured whatever the root's level.
+installed once per process on the first attempt. Records below a logger's level are
+never created, so the level decides what is captured:
+
+- when ``logging`` is unconfigured (the root at its default ``WARNING`` with no
+  handler, as in a functions-framework worker), the root is set to ``INFO`` and given
+  a stderr handler at ``WARNING``, so ``INFO`` records are captured while the
+  process's own output stays what Python's last-resort handler printed;
+- when the program configured ``logging`` itself, its levels are left alone.
+
+``ctx.log`` is the ``firecron.run`` logger, set to ``INFO`` (unless configured), so
+``ctx.log.info`` is captured either way.
 
 Deployed (``K_SERVICE`` set, as on Cloud Run), every captured record is also written to
 stdout as one Cloud Logging structured JSON line, with ``severity`` and the labels
@@ -78,7 +85,15 @@ def _install() -> None:
     with _install_lock:
         if _installed:
             return
-        logging.getLogger().addHandler(_Handler())
+        root = logging.getLogger()
+        if root.level == logging.WARNING and not root.handlers:
+            # Unconfigured: what Python's last resort printed (WARNING and up, the bare
+            # message, on stderr) stays printed, and INFO records come into being.
+            fallback = logging.StreamHandler()
+            fallback.setLevel(logging.WARNING)
+            root.addHandler(fallback)
+            root.setLevel(logging.INFO)
+        root.addHandler(_Handler())
         run_logger = logging.getLogger(RUN_LOGGER)
         if run_logger.level == logging.NOTSET:
             run_logger.setLevel(logging.INFO)
