@@ -1,0 +1,84 @@
+"""What the routes run on: the settings, the store, a dispatcher and the loop they live on.
+
+The store and the dispatcher are async and the WSGI app is threaded, so, as in a worker,
+one background thread per process runs an event loop and every call is submitted to it
+(:class:`firecron.worker._runtime._Runtime`, started on the first request, never at
+import or when the app is made). The clock is the local one corrected to the store's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Coroutine
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from firecron.settings import Settings
+
+if TYPE_CHECKING:
+    from firecron._state_api import State
+    from firecron.dispatch import Dispatcher
+    from firecron.store.base import Store
+    from firecron.worker._runtime import _Runtime
+
+__all__ = ["Service"]
+
+_T = TypeVar("_T")
+
+
+class Service:
+    """The store, dispatcher and clock of one app, opened lazily (thread-safe)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._runtime: _Runtime | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def runtime(self) -> _Runtime:
+        """The runtime, started on first use."""
+        runtime = self._runtime
+        if runtime is not None:
+            return runtime
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the admin API's service is closed")
+            if self._runtime is None:
+                from firecron.worker._runtime import _Runtime
+
+                self._runtime = _Runtime.start(settings=self.settings)
+            return self._runtime
+
+    @property
+    def store(self) -> Store:
+        """The store (use it through :meth:`call`)."""
+        return self.runtime.store
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """A dispatcher on the store, firing the runs the API creates (use it through
+        :meth:`call`). A run it cannot send from here is left ``pending`` for the next tick."""
+        return self.runtime.dispatcher
+
+    def state(self) -> State:
+        """The state API on this store (a write releases the runs waiting on its key)."""
+        from firecron._state_api import State
+
+        return State._on(self.runtime)
+
+    def now(self) -> datetime:
+        """The local clock corrected to the store's."""
+        return self.runtime.now()
+
+    def call(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``coro`` on the service's loop and wait for its result."""
+        return self.runtime.call(coro)
+
+    def close(self) -> None:
+        """Close the store and stop the loop (idempotent)."""
+        with self._lock:
+            self._closed = True
+            runtime, self._runtime = self._runtime, None
+        if runtime is not None:
+            runtime.close()
