@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 8080
 CODE := functions tests $(wildcard bench)
 
-.PHONY: help dev test lint fmt hooks bench chaos requirements clean flaky
+.PHONY: help dev test lint fmt hooks bench chaos requirements clean flaky chromium
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -29,8 +29,29 @@ venv: $(STAMP) ## create the virtualenv and install firecron with its dev tools
 dev: $(STAMP) ## run the local stack: SQLite store, workers, dispatcher, example schedules
 	FIRECRON_ALLOW_PRIVATE_TARGETS=1 $(BIN)/firecron dev --schedules schedules.yaml --port $(PORT)
 
-test: $(STAMP) lint ## lint, type-check and run the whole test suite (starts the emulators itself)
+test: $(STAMP) lint chromium ## lint, type-check and run the whole test suite (starts the emulators itself)
 	$(BIN)/python -m pytest
+
+# The web console's browser tests (tests/test_browser.py) drive Debian's chromium with
+# Playwright (no browser download). Missing, it is installed when apt-get can (as root,
+# or with passwordless sudo), saying so; otherwise those tests are skipped, except under
+# CI=true, where a chromium that cannot be had fails the run here, loudly.
+CHROMIUM ?= $(or $(FIRECRON_CHROMIUM),$(shell command -v chromium 2>/dev/null),/usr/bin/chromium)
+
+chromium: ## install chromium for the browser tests when it is missing (apt-get)
+	@if [ -x "$(CHROMIUM)" ]; then exit 0; fi; \
+	sudo=""; can=no; \
+	if command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then can=yes; elif sudo -n true 2>/dev/null; then can=yes; sudo="sudo -n"; fi; \
+	fi; \
+	if [ $$can = yes ]; then \
+		echo "$@: $(CHROMIUM) is missing; installing Debian's chromium for the browser tests (apt-get install -y chromium)"; \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium >/dev/null || exit 1; \
+	elif [ "$$CI" = true ]; then \
+		echo "error: $(CHROMIUM) is missing and apt-get cannot install it here; CI must run the browser tests: install chromium (or set FIRECRON_CHROMIUM)" >&2; exit 1; \
+	else \
+		echo "$@: $(CHROMIUM) is missing and apt-get cannot install it here; tests/test_browser.py will be skipped (apt-get install -y chromium, or set FIRECRON_CHROMIUM)"; \
+	fi
 
 # The tests with real worker processes, sinks and emulators: the ones timing could break.
 FLAKY_TESTS := tests/test_end_to_end.py tests/test_worker.py tests/test_notifications.py tests/test_notify.py tests/test_orchestration_workers.py tests/test_chains.py tests/test_pipelines.py tests/test_waits.py tests/test_state_cli.py tests/test_continuous.py tests/test_continuous_processes.py
