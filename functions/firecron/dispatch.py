@@ -642,8 +642,11 @@ class Dispatcher:
         params: Mapping[str, JsonValue] | None = None,
         *,
         gate: bool = True,
+        cause_run_id: str | None = None,
     ) -> Run:
         """Create a manual run of a schedule now, fire it, and return it as recorded.
+
+        ``cause_run_id``: the run it re-runs (``firecron rerun``), recorded on the new run.
 
         Manual runs ignore the overlap policy (an operator asked for this run) and do
         not change the schedule's state or counters. A gated schedule's run waits on its
@@ -666,6 +669,7 @@ class Dispatcher:
                 pending_grace=self.timeouts.pending_grace,
                 default_retention=self.settings.run_retention,
                 gate=gate,
+                cause_run_id=cause_run_id,
             )
         except ValueError as exc:  # the wait's key cannot be rendered from the params
             raise InvalidInputError(f"schedule {schedule_id!r}: {exc}") from None

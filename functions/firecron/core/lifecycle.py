@@ -558,17 +558,26 @@ def finish(
 
 
 def _cancelled(run: Run, now: datetime, reason: str) -> Change:
-    attempts = _attempts(run, ended_at=now, outcome=_S.cancelled) if run.attempts else []
-    return Change(
-        (run.state,),
-        {
-            **_ended(run, now, _S.cancelled),
-            "attempts": attempts,
-            "error": reason,
-            "cancel_requested": run.state is _S.running,
-            "updated_at": now,
-        },
+    # The current attempt ends cancelled unless it had ended already (a run waiting in
+    # retry_wait keeps its failed attempt's outcome: nothing of the next one began).
+    current = run.attempts[-1] if run.attempts else None
+    open_attempt = current is not None and current.ended_at is None
+    attempts = (
+        _attempts(run, ended_at=now, outcome=_S.cancelled)
+        if open_attempt
+        else [a.model_copy() for a in run.attempts]
     )
+    changes: dict[str, Any] = {
+        **_ended(run, now, _S.cancelled),
+        "attempts": attempts,
+        "error": reason,
+        "cancel_requested": run.state is _S.running,
+        "retry_at": None,
+        "updated_at": now,
+    }
+    if run.wait_key is not None:
+        changes["wait_key"] = None  # it no longer waits: a write to the key must not find it
+    return Change((run.state,), changes)
 
 
 def cancel(run: Run, now: datetime, t: RunTimeouts, reason: str) -> Change | None:

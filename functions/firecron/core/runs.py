@@ -88,7 +88,8 @@ class RunState(StrEnum):
     by nobody: the end of its last upstream task moves it on), or a run waiting on a
     state key (``wait_key``; the watchdog looks every ``wait.every``, a write at once)."""
     cancelled = "cancelled"
-    """Stopped before it ended by itself (its pipeline timed out); terminal."""
+    """Stopped before it ended by itself (``firecron cancel``, or its pipeline run ended
+    first); terminal."""
 
 
 class RunTrigger(StrEnum):
@@ -362,6 +363,10 @@ class Run(BaseModel):
     """The pipeline id, on a pipeline run and on each of its task runs."""
     pipeline_spec: PipelineSpec | None = None
     """On a pipeline run: the snapshot of its pipeline, taken when it was claimed."""
+    reused_from: str | None = None
+    """On a task run of a pipeline run re-run from a later task (``firecron rerun
+    --from``): the task run of the earlier pipeline run whose end and output it carries.
+    Created ended, it was not run again."""
     cause_run_id: str | None = None
     """For ``chained`` runs: the run whose end (or ``ctx.submit``) caused it; for task
     runs, the pipeline run."""
