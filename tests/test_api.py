@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import flask
@@ -33,6 +34,7 @@ from werkzeug.test import TestResponse
 from _backend import SECRET, Backend
 from _certs import CertsServer, rsa_key_and_cert
 from _factories import T0, make_run, make_spec
+from _poll import apoll
 from firecron import admin
 from firecron.api import PREFIX, close, make_app, service_of
 from firecron.core.models import ScheduleSpec
@@ -367,6 +369,95 @@ async def test_runs_list_by_pipeline_and_a_pipeline_runs_tasks(api: Api) -> None
     assert [t["task"] for t in got["tasks"]] == ["one", "two"]  # topological order
 
 
+async def test_cancel_and_rerun(api: Api) -> None:
+    api.put("/schedules/a", entry(params={"x": 1, "y": 2}))
+    now = service_of(api.app).now()
+    pending = make_run("a", now, state=RunState.pending, params={"x": 1, "y": 2}, created_at=now)
+    assert await api.store.create_run(pending) is not None
+
+    cancelled = api.post(f"/runs/{pending.id}:cancel", {"reason": "not today"})
+    assert cancelled.status_code == 200, cancelled.get_data(as_text=True)
+    assert cancelled.get_json()["state"] == "cancelled"
+    stored = await api.store.get_run(pending.id)
+    assert stored is not None
+    assert stored.state is RunState.cancelled
+    again = problem(api.post(f"/runs/{pending.id}:cancel"), 422)
+    assert "already ended (cancelled)" in again["detail"]
+    problem(api.post("/runs/a@nope:cancel"), 404)
+    assert problem(api.post(f"/runs/{pending.id}:cancel", {"why": "x"}), 422)["field"] == "why"
+
+    rerun = api.post(f"/runs/{pending.id}:rerun", {"params": {"y": 5}})
+    assert rerun.status_code == 201, rerun.get_data(as_text=True)
+    new = rerun.get_json()
+    assert new["id"] != pending.id
+    assert new["cause_run_id"] == pending.id
+    assert new["trigger"] == "manual"
+    assert new["params"] == {"x": 1, "y": 5}
+    assert await api.store.get_run(new["id"]) is not None
+    problem(api.post("/runs/a@nope:rerun"), 404)
+    assert problem(api.post(f"/runs/{pending.id}:rerun", {"params": 1}), 422)["field"] == "params"
+
+
+async def test_backfill_creates_each_missing_occurrence_once(api: Api) -> None:
+    api.put("/schedules/hourly", entry(every="1h"))
+    now = service_of(api.app).now().replace(minute=0, second=0, microsecond=0)
+    start, end = now - timedelta(hours=5), now - timedelta(hours=3)
+    body = {"start": start.isoformat(), "end": end.isoformat()}
+
+    dry = api.post("/schedules/hourly:backfill", {**body, "dry_run": True})
+    assert dry.status_code == 200, dry.get_data(as_text=True)
+    plan = dry.get_json()
+    assert len(plan["planned"]) == 3
+    assert plan["created"] == []
+    assert len(plan["to_create"]) == 3
+    assert await api.store.list_runs(schedule_id="hourly") == []
+
+    done = api.post("/schedules/hourly:backfill", body).get_json()
+    assert sorted(done["created"]) == sorted(plan["to_create"])
+    runs = await api.store.list_runs(schedule_id="hourly")
+    assert {r.id for r in runs} == set(done["created"])
+    assert {r.trigger.value for r in runs} == {"backfill"}
+
+    again = api.post("/schedules/hourly:backfill", body).get_json()
+    assert again["created"] == []
+    assert sorted(again["existing"]) == sorted(done["created"])
+
+    assert (
+        problem(api.post("/schedules/hourly:backfill", {"start": body["start"]}), 422)["field"]
+        == "end"
+    )
+    assert (
+        problem(api.post("/schedules/hourly:backfill", {**body, "end": "soon"}), 400)["field"]
+        == "end"
+    )
+    assert (
+        problem(api.post("/schedules/hourly:backfill", {**body, "max_parallel": 0}), 422)["field"]
+        == "max_parallel"
+    )
+    problem(api.post("/schedules/nope:backfill", body), 404)
+
+
+async def test_a_backfill_with_max_parallel_goes_on_in_the_background(api: Api) -> None:
+    api.put("/schedules/hourly", entry(every="1h"))
+    now = service_of(api.app).now().replace(minute=0, second=0, microsecond=0)
+    body = {
+        "start": (now - timedelta(hours=4)).isoformat(),
+        "end": (now - timedelta(hours=3)).isoformat(),
+        "max_parallel": 5,
+    }
+    accepted = api.post("/schedules/hourly:backfill", body)
+    assert accepted.status_code == 202, accepted.get_data(as_text=True)
+    plan = accepted.get_json()
+    assert len(plan["to_create"]) == 2
+    assert plan["dry_run"] is True
+
+    async def created() -> set[str]:
+        ids = {r.id for r in await api.store.list_runs(schedule_id="hourly")}
+        return ids if ids == set(plan["to_create"]) else set()
+
+    await apoll(created, what="the background backfill created its runs")
+
+
 # -- state ---------------------------------------------------------------------------------
 
 
@@ -594,7 +685,7 @@ async def test_callers_need_a_members_google_id_token(
         close(app)
 
 
-def test_a_deployed_api_without_an_audience_refuses_everything(tmp_path: Any) -> None:
+def test_a_deployed_api_without_an_audience_refuses_everything(tmp_path: Path) -> None:
     settings = Settings(store_url=f"sqlite:///{tmp_path / 'x.db'}", deployed=True)
     app = make_app(settings, console=False)
     try:
@@ -624,3 +715,49 @@ def test_admin_members_are_parsed_as_iam_members_or_emails() -> None:
         Settings.from_env({"FIRECRON_ADMIN_MEMBERS": "group:ops@example.com"})
     with pytest.raises(InvalidInputError, match="is not an email"):
         Settings.from_env({"FIRECRON_ADMIN_MEMBERS": "alice"})
+
+
+# -- served by firecron dev ------------------------------------------------------------------
+
+_DEV_SOURCE = '''\
+import firecron
+
+
+@firecron.worker
+def api(ctx: firecron.RunContext) -> dict[str, str]:
+    """A worker named like the API's path: /api is its, /api/v1/... the API's."""
+    return {"served_by": "the api worker"}
+'''
+
+
+def test_dev_serves_the_api_and_the_console_beside_the_workers(tmp_path: Path) -> None:
+    import httpx
+
+    from _devstack import dev_stack, poll
+
+    (tmp_path / "main.py").write_text(_DEV_SOURCE)
+    with dev_stack(tmp_path, "--source", "main.py") as dev, httpx.Client(base_url=dev.url) as http:
+        assert http.get("/api/v1/openapi.json").json()["openapi"].startswith("3.1")
+        page = http.get("/")
+        assert page.status_code == 200
+        assert "text/html" in page.headers["content-type"]
+        made = http.put(
+            "/api/v1/schedules/by-api",
+            json={"target": {"function": "api"}},  # on demand: runs when triggered
+            headers=WRITE,
+        )
+        assert made.status_code == 201, made.text
+        fired = http.post("/api/v1/schedules/by-api:trigger", json={}, headers=WRITE)
+        assert fired.status_code == 201, fired.text
+        run_id = fired.json()["id"]
+
+        def ended() -> dict[str, Any] | None:
+            run: dict[str, Any] = http.get(f"/api/v1/runs/{run_id}").json()
+            return run if run["state"] in ("succeeded", "failed") else None
+
+        run = poll(ended, what="the triggered run ended", dev=dev)
+        assert run is not None
+        assert run["state"] == "succeeded", run
+        assert run["output"] == {"served_by": "the api worker"}
+        assert dev.stop() == 0
+    assert "Traceback" not in dev.output()

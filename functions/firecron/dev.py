@@ -2,6 +2,8 @@
 
 One process runs, on the embedded SQLite store:
 
+- the admin app (:func:`firecron.api.make_app`) on the same port: the admin API at
+  ``/api/v1/...`` and the web console at ``/``, answering loopback callers only;
 - every worker entry point of ``functions/main.py``, each served by the real
   functions-framework app (``create_app``) and mounted at ``/<name>`` on one port,
   with ``FIRECRON_FUNCTIONS_BASE_URL`` pointing there. When the source file changes,
@@ -247,19 +249,15 @@ def find_workers(source: Path) -> list[str]:
     return sorted(name for name, value in vars(module).items() if any(value is h for h in handlers))
 
 
-def _workers_app(source: Path, names: list[str]) -> Any:
-    """One WSGI app: each worker's functions-framework app mounted at ``/<name>``.
+def _workers_app(source: Path, names: list[str], fallback: Any) -> Any:
+    """One WSGI app: each worker's functions-framework app mounted at ``/<name>``, and
+    ``fallback`` (the admin app: the console) for every other path.
 
     ``create_app`` executes ``source`` again for each worker; a failure there raises
     :class:`InvalidInputError` (one line) like :func:`find_workers`.
     """
     import functions_framework
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
-    from werkzeug.wrappers import Response
-
-    def index(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        body = "firecron dev: workers at " + ", ".join(f"/{n}" for n in names) + "\n"
-        return Response(body, status=404, mimetype="text/plain")(environ, start_response)
 
     create_app: Callable[..., Any] = functions_framework.create_app
 
@@ -282,7 +280,27 @@ def _workers_app(source: Path, names: list[str]) -> Any:
             f"{source}:{_failing_line(exc, source)}: cannot serve its workers: "
             f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         ) from None
-    return DispatcherMiddleware(index, mounts)
+    return DispatcherMiddleware(fallback, mounts)
+
+
+def _routed(admin_app: Any, workers: Any) -> Callable[..., Any]:
+    """The dev server's app: ``/api/...`` to the admin API, anything else to ``workers``
+    (which serves ``/<name>`` and hands the rest to the console).
+
+    A worker named like a path of the API keeps its own ``/<name>`` (``/api`` itself is
+    a worker named ``api``), while ``/api/v1/...`` is always the API's. A worker named
+    like a console page (``/timeline``) takes that page's path: dispatch must reach it.
+    """
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if str(environ.get("PATH_INFO", "")).startswith(_API_PATH):
+            return admin_app(environ, start_response)
+        return workers(environ, start_response)
+
+    return app
+
+
+_API_PATH = "/api/"
 
 
 class _Swappable:
@@ -328,6 +346,7 @@ class DevStack:
         self._names: list[str] = []
         self._source_text: bytes | None = None
         self._app: _Swappable | None = None
+        self._admin: Any = None
         self._signed_with = ""
 
     def _sign(self) -> str:
@@ -387,10 +406,14 @@ class DevStack:
         self._source_text = _read_source(self.source)
         names = find_workers(self.source)
         self._names = names
-        self._app = _Swappable(_workers_app(self.source, names))
         self._signed_with = self._sign()
+        from firecron import api
+
+        # Opens nothing yet: its store and loop start with the first request.
+        self._admin = api.make_app(self.settings)
+        self._app = _Swappable(_workers_app(self.source, names, self._admin))
         self._export_env()
-        server = self._serve(self._app)
+        server = self._serve(_routed(self._admin, self._app))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
@@ -409,7 +432,8 @@ class DevStack:
                     self._log(f"{line.action.value} {line.schedule_id}")
             self._log(
                 f"firecron dev: store {self.settings.store_url}, workers {_paths(names)} "
-                f"on {self.base_url}, signed with {self._signed_with}; Ctrl-C to stop"
+                f"on {self.base_url}, signed with {self._signed_with}; console {self.base_url}/, "
+                f"admin API {self.base_url}/api/v1; Ctrl-C to stop"
             )
             # Runs from before this start were printed by the previous one: only changes
             # from now on are news.
@@ -427,6 +451,7 @@ class DevStack:
                 loop.remove_signal_handler(sig)
             await dispatcher.aclose()
             server.shutdown()
+            await asyncio.to_thread(self._close_admin)
             await store.close()
             self._log("firecron dev: stopped")
 
@@ -475,7 +500,7 @@ class DevStack:
         self._source_text = text
         try:
             names = find_workers(self.source)
-            app = _workers_app(self.source, names)
+            app = _workers_app(self.source, names, self._admin)
         except InvalidInputError as exc:
             self._log(
                 f"{_clock()} reload failed, still serving the previous workers: {exc}", style="red"
@@ -484,6 +509,17 @@ class DevStack:
         self._app.app = app
         self._names = names
         self._log(f"{_clock()} reloaded {self.source}: workers {_paths(names)}")
+
+    def _close_admin(self) -> None:
+        """Close the admin app's store connections (the API's and the console's)."""
+        from firecron import api
+
+        if self._admin is None:
+            return
+        api.close(self._admin)
+        console = self._admin.extensions.get("firecron_console")
+        if console is not None:
+            console.close()
 
     def _log(self, message: str, style: str | None = None) -> None:
         self.console.print(message, style=style, highlight=False)

@@ -182,7 +182,11 @@ def cancel(run_id: str) -> flask.Response:
     reason = body.get("reason", "cancelled by an operator")
     if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
         raise Problem(422, "reason: must be text of 1 to 500 characters", field="reason")
-    run = service.call(operations.cancel_run(service.store, run_id, service.now(), reason=reason))
+    run = service.call(
+        operations.cancel_run(
+            service.store, run_id, service.now(), reason=reason, dispatcher=service.dispatcher
+        )
+    )
     return reply(run_document(run), version=run.version)
 
 

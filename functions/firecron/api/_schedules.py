@@ -383,7 +383,8 @@ def trigger(schedule_id: str) -> flask.Response:
 def backfill(schedule_id: str) -> flask.Response:
     """One run per occurrence in ``[start, end]`` (body: ``start``, ``end``, ``dry_run``,
     ``max_parallel``), as ``firecron backfill``: the report of what was planned, created
-    and found existing."""
+    and found existing (200). With ``max_parallel`` (and not ``dry_run``) the backfill
+    runs in the background and the answer is its dry-run plan (202)."""
     from firecron import operations
 
     service = _service()
@@ -405,17 +406,22 @@ def backfill(schedule_id: str) -> flask.Response:
     _checked_id(schedule_id)
     if service.call(service.store.get_schedule(schedule_id)) is None:
         raise NotFoundError(f"unknown schedule {schedule_id!r}")
-    report = service.call(
-        operations.backfill(
-            service.dispatcher,
-            schedule_id,
-            start,
-            end,
-            dry_run=dry_run,
-            max_parallel=max_parallel,
+    if max_parallel is None or dry_run:
+        report = service.call(
+            operations.backfill(service.dispatcher, schedule_id, start, end, dry_run=dry_run)
         )
+        return reply(_plain(report))
+    # With max_parallel the backfill waits for runs to end before firing more, far longer
+    # than a request may last: it goes on in the background, and the answer is its plan
+    # (202). It is resumable: the same request again completes whatever was left.
+    plan = service.call(
+        operations.backfill(service.dispatcher, schedule_id, start, end, dry_run=True)
     )
-    return reply(_plain(report))
+    service.start(
+        operations.backfill(service.dispatcher, schedule_id, start, end, max_parallel=max_parallel),
+        f"backfill of {schedule_id!r}",
+    )
+    return reply(_plain(plan), 202)
 
 
 def _plain(value: Any) -> Any:

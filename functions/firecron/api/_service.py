@@ -8,6 +8,9 @@ import or when the app is made). The clock is the local one corrected to the sto
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import logging
 import threading
 from collections.abc import Coroutine
 from datetime import datetime
@@ -25,6 +28,8 @@ __all__ = ["Service"]
 
 _T = TypeVar("_T")
 
+log = logging.getLogger("firecron.api")
+
 
 class Service:
     """The store, dispatcher and clock of one app, opened lazily (thread-safe)."""
@@ -34,6 +39,7 @@ class Service:
         self._runtime: _Runtime | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._background: set[concurrent.futures.Future[object]] = set()
 
     @property
     def runtime(self) -> _Runtime:
@@ -74,6 +80,24 @@ class Service:
     def call(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run ``coro`` on the service's loop and wait for its result."""
         return self.runtime.call(coro)
+
+    def start(self, coro: Coroutine[Any, Any, object], what: str) -> None:
+        """Run ``coro`` on the service's loop in the background (not waited for); its
+        failure is logged as ``what``. The service keeps it until it ends."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.runtime.loop)
+        with self._lock:
+            self._background.add(future)
+
+        def done(finished: concurrent.futures.Future[object]) -> None:
+            with self._lock:
+                self._background.discard(finished)
+            if finished.cancelled():
+                return
+            exc = finished.exception()
+            if exc is not None:
+                log.error("admin API: %s failed: %s", what, exc)
+
+        future.add_done_callback(done)
 
     def close(self) -> None:
         """Close the store and stop the loop (idempotent)."""
