@@ -1,4 +1,5 @@
-"""Cloud Functions entry points: the dispatcher and the example workers.
+"""Cloud Functions entry points: the dispatcher, the admin API and console, and the
+example workers.
 
 Each top-level function is one Cloud Function (``--target NAME``). Workers are plain
 functions of a :class:`firecron.RunContext` decorated with ``@firecron.worker``; the
@@ -14,6 +15,7 @@ import functions_framework
 
 import firecron
 from firecron._dispatch_http import dispatch_endpoint
+from firecron.api import serve_request
 
 # --- dispatcher entry point --------------------------------------------------------
 
@@ -23,6 +25,16 @@ def dispatch(request: flask.Request) -> flask.Response:
     """Cloud Scheduler's target: verify the caller, run one tick, answer its summary."""
     response: flask.Response = dispatch_endpoint(request)
     return response
+
+
+# --- admin entry point -------------------------------------------------------------
+
+
+@functions_framework.http
+def admin(request: flask.Request) -> flask.Response:
+    """The admin API (``/api/v1``) and the web console (``/``), for the members in
+    ``FIRECRON_ADMIN_MEMBERS`` (their Google ID tokens are verified)."""
+    return serve_request(request)
 
 
 # --- example workers ---------------------------------------------------------------

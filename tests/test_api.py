@@ -761,3 +761,56 @@ def test_dev_serves_the_api_and_the_console_beside_the_workers(tmp_path: Path) -
         assert run["output"] == {"served_by": "the api worker"}
         assert dev.stop() == 0
     assert "Traceback" not in dev.output()
+
+
+def test_the_deployed_admin_function_serves_the_api_and_console_to_members(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    signers: dict[str, Any],
+    admin_certs: str,
+) -> None:
+    import functions_framework
+
+    import firecron.api
+
+    root = Path(__file__).resolve().parents[1]
+    for name, value in {
+        "FIRECRON_STORE": f"sqlite:///{tmp_path / 'admin.db'}",
+        "FIRECRON_SIGNING_SECRET": SECRET,
+        "FIRECRON_ADMIN_AUDIENCE": AUDIENCE,
+        "FIRECRON_ADMIN_MEMBERS": "user:alice@example.com",
+        "FIRECRON_OIDC_CERTS_URL": admin_certs,
+        "K_SERVICE": "admin",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(firecron.api, "_served", None)  # made again from this environment
+    create_app: Any = functions_framework.create_app  # functions-framework has no type hints
+    app = create_app(
+        target="admin", source=str(root / "functions" / "main.py"), signature_type="http"
+    )
+    client = app.test_client()
+    far = {"REMOTE_ADDR": "198.51.100.7"}
+    alice = {"Authorization": f"Bearer {_token(signers, 'alice@example.com')}"}
+    try:
+        problem(client.get(PREFIX + "/schedules", environ_base=far), 401)
+        problem(client.get("/", environ_base=far), 401)  # the console is guarded too
+        listed = client.get(PREFIX + "/schedules", headers=alice, environ_base=far)
+        assert listed.status_code == 200, listed.get_data(as_text=True)
+        assert listed.get_json() == {"schedules": [], "next_page_token": None}
+        made = client.put(
+            PREFIX + "/schedules/x",
+            json=entry(target={"url": "https://example.com/x"}),  # deployed: https only
+            headers={**alice, **WRITE},
+            environ_base=far,
+        )
+        assert made.status_code == 201, made.get_data(as_text=True)
+        page = client.get("/", headers=alice, environ_base=far)
+        assert page.status_code == 200
+        assert "x" in page.get_data(as_text=True)
+    finally:
+        served = firecron.api._served
+        if served is not None:
+            close(served)
+            console = served.extensions.get("firecron_console")
+            if console is not None:
+                console.close()

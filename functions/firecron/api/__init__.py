@@ -19,14 +19,17 @@ Contract:
   validation as a schedules file), 503 the store failed.
 - Schedules and state entries carry their version as ``ETag``; ``If-Match`` makes a
   put or delete conditional on it.
-- Who may call: :mod:`firecron.api._auth` (Google ID tokens of
-  ``FIRECRON_ADMIN_MEMBERS`` when ``FIRECRON_ADMIN_AUDIENCE`` is set; else loopback
-  callers only), and state-changing requests need ``X-Requested-By: firecron``.
+- Who may call, on every path of the app (the console's too): :mod:`firecron.api._auth`
+  (Google ID tokens of ``FIRECRON_ADMIN_MEMBERS`` when ``FIRECRON_ADMIN_AUDIENCE`` is
+  set; else loopback callers only), and state-changing requests need
+  ``X-Requested-By: firecron``.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import threading
 from typing import Any
 
 import flask
@@ -37,7 +40,7 @@ from firecron.api._service import Service
 from firecron.errors import FirecronError
 from firecron.settings import Settings
 
-__all__ = ["PREFIX", "Problem", "Service", "close", "make_app", "service_of"]
+__all__ = ["PREFIX", "Problem", "Service", "close", "make_app", "serve_request", "service_of"]
 
 PREFIX = "/api/v1"
 """Where the API answers in the app."""
@@ -67,15 +70,16 @@ def make_app(
     for part in (_schedules, _runs, _pipelines, _state):
         api.register_blueprint(part.blueprint)
 
-    @api.before_request
-    def _authenticated() -> None:
-        flask.g.firecron_caller = check_request(flask.request, settings, authenticate)
-
     @api.get("/openapi.json")
     def _openapi_json() -> flask.Response:
         return flask.jsonify(_openapi.document())
 
     app.register_blueprint(api)
+
+    @app.before_request
+    def _authenticated() -> None:
+        # Every path of the app, the console's pages included: they show every run.
+        flask.g.firecron_caller = check_request(flask.request, settings, authenticate)
 
     @app.errorhandler(Problem)
     def _problem(exc: Problem) -> flask.Response:
@@ -125,3 +129,36 @@ def service_of(app: flask.Flask) -> Service:
 def close(app: flask.Flask) -> None:
     """Close the app's store and stop its loop (idempotent)."""
     service_of(app).close()
+
+
+_served: flask.Flask | None = None
+_served_lock = threading.Lock()
+
+
+def serve_request(request: flask.Request) -> flask.Response:
+    """Answer one request of the deployed ``admin`` function (``functions/main.py``).
+
+    The app is made once per process from ``Settings.from_env()`` (a bad setting is a
+    500 problem naming it, every time) and dispatches the request as its own: the API,
+    the console, their static files. Cloud Run already let only the IAM invoker members
+    through; the app checks the caller's token again (see :mod:`firecron.api._auth`).
+    """
+    global _served
+    app = _served
+    if app is None:
+        with _served_lock:
+            if _served is None:
+                try:
+                    settings = Settings.from_env()
+                except FirecronError as exc:
+                    log.error("admin: bad configuration: %s", exc)
+                    return _problem_response(Problem(500, f"bad configuration: {exc}"))
+                _served = make_app(settings)
+            app = _served
+    # The body is read once, by the outer (functions-framework) request, which keeps it
+    # and reads it again after the answer: the app reads its own copy.
+    body = request.get_data(cache=True)
+    environ = {**request.environ, "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}
+    with app.request_context(environ):
+        response: flask.Response = app.full_dispatch_request()
+        return response
