@@ -941,6 +941,7 @@ async def test_full_run_roundtrip(store: Store) -> None:
             ],
         },
         cause_run_id="pipe@20270101T000000Z",
+        reused_from="pipe@m20261231T000000Z-abc123.extract",
         then=[{"schedule": "next", "on": "failed", "params": {"why": "x"}}],
         rule=TaskRule.none_failed,
         generation=7,
