@@ -8,7 +8,7 @@
   file exists: the test sees that line stored while the run still runs (a heartbeat
   flushed it) and can follow the run.
 - ``flood``: logs ``params["lines"]`` lines of ``params["size"]`` characters (more than
-  the 256 KiB cap in all), then returns.
+  the 256 KiB cap in all), then one WARNING, and returns.
 
 A 0.3 s heartbeat, so lines are flushed within a second while a run works.
 """
@@ -67,4 +67,5 @@ def flood(ctx: firecron.RunContext) -> object:
     size = int(str(ctx.params.get("size", 0)))
     for n in range(1, lines + 1):
         _log.info("%06d %s", n, "é" * size)
+    _log.warning("flooded %d lines", lines)
     return {"logged": lines}

@@ -311,13 +311,19 @@ async def test_an_attempt_over_the_cap_is_stored_truncated_with_the_marker(
         for line in stdout.splitlines()
         if '"logging.googleapis.com/labels"' in line
     ]
-    assert len(structured) == count
-    assert structured[-1]["logging.googleapis.com/labels"] == {
+    assert len(structured) == count + 1
+    assert structured[-2]["logging.googleapis.com/labels"] == {
         "firecron_run_id": run.id,
         "firecron_attempt": "1",
     }
-    assert structured[-1]["severity"] == "INFO"
-    assert structured[-1]["message"].startswith(f"{count:06d} é")
+    assert structured[-2]["severity"] == "INFO"
+    assert structured[-2]["message"].startswith(f"{count:06d} é")
+    assert (structured[-1]["severity"], structured[-1]["message"]) == (
+        "WARNING",
+        f"flooded {count} lines",
+    )
+    # Printed once, as JSON: not also as plain text on stderr.
+    assert stdout.count(f"flooded {count} lines") == 1
 
 
 # -- the CLI ------------------------------------------------------------------------------

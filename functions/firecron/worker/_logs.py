@@ -16,7 +16,8 @@ never created, so the level decides what is captured:
 - when ``logging`` is unconfigured (the root at its default ``WARNING`` with no
   handler, as in a functions-framework worker), the root is set to ``INFO`` and given
   a stderr handler at ``WARNING``, so ``INFO`` records are captured while the
-  process's own output stays what Python's last-resort handler printed;
+  process's own output stays what Python's last-resort handler printed (deployed, the
+  records of an attempt go to stdout as JSON instead, once);
 - when the program configured ``logging`` itself, its levels are left alone.
 
 ``ctx.log`` is the ``firecron.run`` logger, set to ``INFO`` (unless configured), so
@@ -65,13 +66,25 @@ _install_lock = threading.Lock()
 _installed = False
 
 
+def _capture_of(record: logging.LogRecord) -> AttemptLogs | None:
+    """The capture ``record`` belongs to: ``ctx.log``'s tag, else its thread's, else None."""
+    capture = getattr(record, _ATTR, None)
+    if isinstance(capture, AttemptLogs):
+        return capture
+    return _by_thread.get(record.thread or 0)
+
+
+def _not_structured(record: logging.LogRecord) -> bool:
+    """False for a record a deployed capture writes as JSON: printed once, not twice."""
+    capture = _capture_of(record)
+    return capture is None or not capture.structured
+
+
 class _Handler(logging.Handler):
     """The root handler that hands each record to its attempt's capture, if any."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        capture = getattr(record, _ATTR, None)
-        if not isinstance(capture, AttemptLogs):
-            capture = _by_thread.get(record.thread or 0)
+        capture = _capture_of(record)
         if capture is not None:
             capture.record(record)
 
@@ -91,6 +104,7 @@ def _install() -> None:
             # message, on stderr) stays printed, and INFO records come into being.
             fallback = logging.StreamHandler()
             fallback.setLevel(logging.WARNING)
+            fallback.addFilter(_not_structured)
             root.addHandler(fallback)
             root.setLevel(logging.INFO)
         root.addHandler(_Handler())
