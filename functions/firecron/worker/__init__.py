@@ -65,7 +65,9 @@ Where each part lives:
 - :mod:`._http`: the HTTP edge, steps 1 to 3 and the status codes;
 - :mod:`._execution`: :class:`RunContext`, the start (steps 4 to 6), the call, the
   heartbeats and the end (steps 7 to 9), and the :data:`on_change` hooks;
-- :mod:`._runtime`: the per-process settings, store, loop thread and store clock.
+- :mod:`._runtime`: the per-process settings, store, loop thread and store clock;
+- :mod:`._logs`: the capture of each attempt's log records (``logging`` in the
+  function's thread, ``ctx.log``), stored beside the run in batches (``firecron logs``).
 """
 
 from __future__ import annotations
