@@ -1,11 +1,14 @@
 # Identities and who may do what. Nothing is public: every member below is one of these
-# service accounts (tests/test_infra.py checks it).
+# service accounts, but for var.admin_members, who may invoke the admin function
+# (tests/test_infra.py checks it).
 #
 #   scheduler  may invoke dispatch, nothing else (Cloud Scheduler signs its OIDC token as it)
 #   dispatch   reads/writes Firestore, reads the signing secret, invokes each worker
 #   workers    read/write Firestore (run state, heartbeats), read the signing secret, invoke
 #              each worker (a worker fires the runs its ends cause: `then` steps, pipeline tasks)
-#   (both)     publish to var.pubsub_topics, the Pub/Sub sinks of notifications
+#   admin      reads/writes Firestore, reads the signing secret, invokes each worker (admin.tf);
+#              var.admin_members may invoke it, nobody else
+#   (all three) publish to var.pubsub_topics, the Pub/Sub sinks of notifications
 #   build      builds the functions' images (Cloud Build), instead of a default account
 
 locals {
@@ -55,6 +58,7 @@ resource "google_project_iam_member" "datastore_user" {
   for_each = {
     dispatch = "serviceAccount:${google_service_account.dispatch.email}"
     workers  = "serviceAccount:${google_service_account.workers.email}"
+    admin    = "serviceAccount:${google_service_account.admin.email}"
   }
 
   project = var.project_id
@@ -68,6 +72,7 @@ resource "google_secret_manager_secret_iam_member" "signing_accessor" {
   for_each = {
     dispatch = "serviceAccount:${google_service_account.dispatch.email}"
     workers  = "serviceAccount:${google_service_account.workers.email}"
+    admin    = "serviceAccount:${google_service_account.admin.email}"
   }
 
   project   = var.project_id

@@ -24,6 +24,7 @@ output "service_accounts" {
     scheduler = google_service_account.scheduler.email
     dispatch  = google_service_account.dispatch.email
     workers   = google_service_account.workers.email
+    admin     = google_service_account.admin.email
     build     = google_service_account.build.email
   }
 }
@@ -51,4 +52,9 @@ output "store_url" {
 output "namespace" {
   description = "FIRECRON_NAMESPACE for the CLI."
   value       = var.namespace
+}
+
+output "admin_url" {
+  description = "run.app URL of the admin function: the web console at /, the admin API at /api/v1 (for var.admin_members, with a Google ID token: curl -H \"Authorization: Bearer $(gcloud auth print-identity-token)\")."
+  value       = local.admin_url
 }

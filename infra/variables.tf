@@ -86,9 +86,9 @@ variable "functions" {
 
   validation {
     condition = alltrue([
-      for name in keys(var.functions) : can(regex("^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", name)) && name != "dispatch"
+      for name in keys(var.functions) : can(regex("^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", name)) && !contains(["dispatch", "admin"], name)
     ])
-    error_message = "functions keys are function names: lowercase letters, digits and '-', starting with a letter, at most 63 characters, and not \"dispatch\"."
+    error_message = "functions keys are function names: lowercase letters, digits and '-', starting with a letter, at most 63 characters, and not \"dispatch\" or \"admin\"."
   }
   validation {
     condition     = alltrue([for f in values(var.functions) : can(regex("^[A-Za-z_][A-Za-z0-9_]*$", f.entry_point))])
@@ -228,4 +228,15 @@ variable "labels" {
   type        = map(string)
   description = "Labels put on every resource that takes labels (provider default_labels)."
   default     = { app = "firecron" }
+}
+
+variable "admin_members" {
+  description = "Who may call the admin function (the admin API and the web console): IAM members, user:EMAIL or serviceAccount:EMAIL. They get roles/run.invoker on it, and the function checks their ID token's email against the same list (FIRECRON_ADMIN_MEMBERS). Empty: nobody can."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.admin_members : can(regex("^(user|serviceAccount):[^@\\s,]+@[^@\\s,]+$", m))])
+    error_message = "admin_members entries are user:EMAIL or serviceAccount:EMAIL (a group, a domain or a public member cannot be checked against a token's email)."
+  }
 }

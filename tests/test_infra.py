@@ -41,7 +41,7 @@ def tf() -> Module:
 def _functions(tf: Module) -> dict[str, dict[str, Any]]:
     """Every Cloud Function resource, by resource name."""
     functions = tf.resources.get(FUNCTION, {})
-    assert set(functions) == {"dispatch", "worker"}, sorted(functions)
+    assert set(functions) == {"admin", "dispatch", "worker"}, sorted(functions)
     return functions
 
 
@@ -294,7 +294,9 @@ def _members(body: dict[str, Any]) -> list[str]:
     values.extend(body.get("members", []))
     out: list[str] = []
     for value in values:
-        if value == "${each.value}":  # for_each over a literal map of members
+        if value == "${each.value}" and body.get("for_each") == "${toset(var.admin_members)}":
+            out.append("var.admin_members")  # checked by test_only_admin_members_invoke_admin
+        elif value == "${each.value}":  # for_each over a literal map of members
             assert isinstance(body["for_each"], dict), body["for_each"]
             out.extend(body["for_each"].values())
         else:
@@ -314,6 +316,9 @@ def test_nothing_is_public(tf: Module) -> None:
     assert iam
     for where, body in iam:
         for member in _members(body):
+            if member == "var.admin_members":
+                assert where == "google_cloud_run_service_iam_member.admin_members_invoke_admin"
+                continue
             assert member.startswith("serviceAccount:${google_service_account."), (where, member)
 
 
@@ -324,6 +329,7 @@ def test_each_function_has_its_own_identity(tf: Module) -> None:
         for name, body in functions.items()
     }
     assert emails == {
+        "admin": "${google_service_account.admin.email}",
         "dispatch": "${google_service_account.dispatch.email}",
         "worker": "${google_service_account.workers.email}",
     }
@@ -380,11 +386,12 @@ def test_pubsub_api_and_publishers_only_with_pubsub_topics(tf: Module) -> None:
         "${toset(concat(local.always_services, local.pubsub_services))}"
     )
     assert tf.variables["pubsub_topics"]["default"] == []
-    # Both function identities deliver events (dispatch's outbox and the workers').
+    # Every function identity delivers events (dispatch's outbox, the workers', the admin's).
     grants = tf.resources["google_pubsub_topic_iam_member"]
     assert {body["member"] for body in grants.values()} == {
         "serviceAccount:${google_service_account.dispatch.email}",
         "serviceAccount:${google_service_account.workers.email}",
+        "serviceAccount:${google_service_account.admin.email}",
     }
     for body in grants.values():
         assert body["for_each"] == "${toset(var.pubsub_topics)}"
@@ -626,3 +633,68 @@ def test_make_deploy_names_a_missing_tool(
     assert result.returncode != 0
     assert f"error: {missing} not found on PATH" in result.stderr
     assert not ran.exists()
+
+
+# --- the admin function ---------------------------------------------------------------------
+
+
+def test_only_admin_members_invoke_admin_and_it_checks_them_again(tf: Module) -> None:
+    admin = _functions(tf)["admin"]
+    assert single(admin["build_config"], "admin.build_config")["entry_point"] == "admin"
+    assert "admin" in _top_level_names(MAIN_PY.read_text(encoding="utf-8"))
+    invokers = {
+        name: body
+        for kind, named in tf.resources.items()
+        if kind.endswith(("_iam_member", "_iam_binding", "_iam_policy"))
+        for name, body in named.items()
+        if "google_cloudfunctions2_function.admin" in str(body)
+    }
+    assert list(invokers) == ["admin_members_invoke_admin"], sorted(invokers)
+    grant = invokers["admin_members_invoke_admin"]
+    assert grant["for_each"] == "${toset(var.admin_members)}"
+    assert grant["member"] == "${each.value}"
+    assert grant["role"] == "roles/run.invoker"
+    assert grant["service"] == "${google_cloudfunctions2_function.admin.service_config[0].service}"
+    assert tf.variables["admin_members"]["default"] == []
+
+    env = _env(tf, "admin")
+    # The code checks the same list, and the token's audience is the admin's own URL.
+    assert env["FIRECRON_ADMIN_MEMBERS"] == '${join(",", var.admin_members)}'
+    assert env["FIRECRON_ADMIN_AUDIENCE"] == "${local.admin_url}"
+    assert tf.locals["admin_url"] == '${replace(local.functions_base_url, "{function}", "admin")}'
+    assert tf.outputs["admin_url"]["value"] == "${local.admin_url}"
+    # It fires runs (trigger, re-run, backfill) as dispatch does.
+    dispatch = _env(tf, "dispatch")
+    for name in ("FIRECRON_FUNCTIONS_BASE_URL", "FIRECRON_FUNCTION_AUTH", "FIRECRON_CONCURRENCY"):
+        assert env[name] == dispatch[name], name
+    assert "FIRECRON_ALLOW_PRIVATE_TARGETS" not in env
+    grant = tf.resource("google_cloud_run_service_iam_member", "admin_invokes_worker")
+    assert grant["for_each"] == "${google_cloudfunctions2_function.worker}"
+    assert grant["member"] == "serviceAccount:${google_service_account.admin.email}"
+    assert (
+        tf.resource("google_project_iam_member", "datastore_user")["for_each"]["admin"]
+        == "serviceAccount:${google_service_account.admin.email}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("members", "accepted"),
+    [
+        (["user:alice@example.com", "serviceAccount:ci@p.iam.gserviceaccount.com"], True),
+        (["allUsers"], False),
+        (["group:ops@example.com"], False),
+        (["alice@example.com"], False),
+        (["user:a@b.c,user:d@e.f"], False),
+    ],
+)
+def test_admin_members_variable_is_validated_as_the_settings_read_it(
+    tf: Module, members: list[str], accepted: bool
+) -> None:
+    validation = single(tf.variables["admin_members"]["validation"], "validation")
+    pattern = re.search(r'regex\("(.+)", m\)', validation["condition"])
+    assert pattern is not None, validation["condition"]
+    regex = pattern.group(1).replace("\\\\", "\\")
+    assert all(re.fullmatch(regex, m) for m in members) == accepted
+    if accepted:  # what the variable accepts, the function's settings read
+        env = {"FIRECRON_ADMIN_MEMBERS": ",".join(members)}
+        assert len(Settings.from_env(env).admin_members) == len(members)
