@@ -199,6 +199,52 @@ async def test_cancelling_a_pipeline_run_cancels_its_open_tasks(
     assert cancelled.settle_at is None  # settled by the dispatcher given
 
 
+async def test_a_cancelled_task_waiting_for_a_slot_never_takes_one(
+    backend: Backend, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    barrier = tmp_path / "go"
+    with serve_worker("step", env=backend.env(), source=APP) as step:
+        worker = {"url": step.url, "worker": True}
+        await store_schedule(
+            backend.store,
+            now,
+            id="etl",
+            every="1h",
+            pipeline={
+                "id": "one-at-a-time",
+                "max_parallel": 1,
+                "tasks": [
+                    {"id": name, "target": worker, "params": {"wait_for": str(barrier)}}
+                    for name in ("a", "b", "c")
+                ],
+            },
+        )
+        d = backend.dispatcher()
+        try:
+            await d.tick(now)
+            pipeline_id = scheduled_run_id("etl", now)
+            await wait_run(
+                backend.store, task_run_id(pipeline_id, "a"), lambda r: r.state is RunState.running
+            )
+            b = await operations.cancel_run(
+                backend.store, task_run_id(pipeline_id, "b"), datetime.now(UTC), dispatcher=d
+            )
+            assert b.state is RunState.cancelled
+            pipeline = await backend.store.get_run(pipeline_id)
+            assert pipeline is not None
+            assert pipeline.ready == ["c"]
+            barrier.touch()
+            # a's end hands its slot to c, not to the cancelled b: c runs, the run ends.
+            done = await wait_run(backend.store, pipeline_id, lambda r: r.is_terminal)
+        finally:
+            await d.aclose()
+    assert done.state is RunState.failed  # b was cancelled
+    c = await backend.store.get_run(task_run_id(pipeline_id, "c"))
+    assert c is not None
+    assert c.state is RunState.succeeded
+
+
 async def test_cancelling_a_generation_pauses_its_schedule_so_no_successor_starts(
     backend: Backend,
 ) -> None:

@@ -142,6 +142,8 @@ async def cancel_run(
         raise ConflictError(f"run {run_id} kept changing; try again")
     if run.is_terminal:
         ended.append(run)
+        if run.parent_run_id is not None and run.holds_slot:
+            await _leave_ready_queue(store, run, now)
     if run.is_pipeline_run:
         ended += await _cancel_tasks(store, run, now, timeouts, reason)
     if dispatcher is not None:
@@ -167,6 +169,26 @@ async def _pause(store: Store, schedule_id: str, now: datetime) -> None:
         except ConflictError:
             continue  # a tick or an apply wrote it meanwhile
     raise ConflictError(f"schedule {schedule_id!r} kept changing; try again")
+
+
+async def _leave_ready_queue(store: Store, task: Run, now: datetime) -> None:
+    """Take a cancelled task out of its pipeline run's ``max_parallel`` ready queue: a
+    slot handed to it later would never be freed (it holds none, so its end frees none)."""
+    assert task.parent_run_id is not None
+    for _ in range(CAS_TRIES):
+        pipeline = await store.get_run(task.parent_run_id)
+        if pipeline is None or task.task not in pipeline.ready:
+            return
+        ready = [name for name in pipeline.ready if name != task.task]
+        written = await store.update_run(
+            pipeline.id,
+            (pipeline.state,),
+            {"ready": ready, "updated_at": now},
+            current=pipeline,
+        )
+        if written is not None:
+            return
+    raise ConflictError(f"pipeline run {task.parent_run_id} kept changing; try again")
 
 
 async def _cancel_tasks(
@@ -547,6 +569,14 @@ async def _fire_all(
                     slots.release()
 
     async def one(occurrence: datetime, run_id: str) -> None:
+        try:
+            await create_and_fire(occurrence, run_id)
+        except BaseException:
+            if slots is not None and run_id not in active:
+                slots.release()  # the main loop may be waiting for this slot
+            raise
+
+    async def create_and_fire(occurrence: datetime, run_id: str) -> None:
         nonlocal done
         async with sends:
             now = dispatcher.now()
@@ -587,6 +617,9 @@ async def _fire_all(
         for occurrence, run_id in todo:
             if slots is not None:
                 await slots.acquire()
+            failed = next((j for j in jobs if j.done() and j.exception() is not None), None)
+            if failed is not None:
+                await failed  # raises its error (a store failure): stop creating runs
             jobs.append(asyncio.create_task(one(occurrence, run_id)))
         await asyncio.gather(*jobs)
     finally:
