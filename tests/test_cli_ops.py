@@ -200,6 +200,34 @@ async def test_rerun_prints_the_new_run_and_exits_1_when_it_cannot_be_sent(
     _refused(db.cli("rerun", "hook@nope"), "unknown run 'hook@nope'")
 
 
+async def test_rerun_from_a_task_of_a_pipeline_run(db: Db, sink: Sink) -> None:
+    now = datetime.now(UTC)
+    url = sink.url
+    await db.put(
+        now,
+        id="etl",
+        pipeline={
+            "id": "two",
+            "tasks": [
+                {"id": "extract", "target": {"url": f"{url}/extract"}},
+                {"id": "load", "target": {"url": f"{url}/load"}, "after": ["extract"]},
+            ],
+        },
+    )
+    old = json.loads(_ok(run_cli("trigger", "etl", "--json", "--store", db.url, env=ENV)))
+    assert old["state"] == "succeeded"
+    proc = db.cli("rerun", old["id"], "--from", "load")
+    new_id = _ok(proc).strip()
+    assert proc.stderr == "state: succeeded\n"
+    assert [r.path for r in sink.requests] == ["/extract", "/load", "/load"]
+    [new] = [r for r in await db.runs("etl") if r.id == new_id]
+    assert new.cause_run_id == old["id"]
+    _refused(
+        db.cli("rerun", old["id"], "--from", "nope"),
+        "from_task: pipeline 'two' has no task 'nope' (its tasks: extract, load)",
+    )
+
+
 @pytest.mark.parametrize("command", ["cancel", "rerun", "backfill"])
 def test_help_explains_with_examples(command: str) -> None:
     proc = run_cli(command, "--help")
