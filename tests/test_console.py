@@ -636,7 +636,8 @@ def test_timeline_svg_marks_sla_breaches_and_escapes_text() -> None:
 
 
 def test_timeline_svg_ticks_hours_over_a_day_and_days_over_a_week() -> None:
-    day = timeline_svg([], T - timedelta(hours=24), T, T)
+    # The page's 24 h window ends a little past now: still hours.
+    day = timeline_svg([], T - timedelta(hours=24), T + timedelta(minutes=30), T)
     assert "03:00" in day
     assert "Thu 31 Dec" not in day
     week = timeline_svg([], T - timedelta(days=7), T, T)

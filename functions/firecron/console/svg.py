@@ -73,9 +73,13 @@ _AXIS_H = 22
 _MIN_BAR_W = 2.0
 
 
+_HOURLY_UP_TO = timedelta(days=2)
+"""Windows up to this long get hour ticks (a day's window, plus the margin past now)."""
+
+
 def _ticks(start: datetime, end: datetime) -> list[datetime]:
-    """Axis ticks: every 3 hours over a day or less, every day over longer windows (UTC)."""
-    step = timedelta(hours=3) if end - start <= timedelta(days=1) else timedelta(days=1)
+    """Axis ticks: every 3 hours over a window up to 2 days, every day over longer (UTC)."""
+    step = timedelta(hours=3) if end - start <= _HOURLY_UP_TO else timedelta(days=1)
     unit = step.total_seconds()
     first_s = -(-start.timestamp() // unit) * unit  # the first multiple of step at or after start
     tick = datetime.fromtimestamp(first_s, UTC)
@@ -115,7 +119,7 @@ def timeline_svg(
         f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="runs from {_attr(start.isoformat())} to {_attr(end.isoformat())}">'
     ]
-    daily = end - start > timedelta(days=1)
+    daily = end - start > _HOURLY_UP_TO
     for tick in _ticks(start, end):
         tx = x(tick)
         label = tick.strftime("%a %d %b" if daily else "%H:%M")
