@@ -15,8 +15,9 @@ recomputed on a fresh read (:class:`~firecron.errors.ConflictError` after
   cancel finds it ended and runs nothing.
 - ``running``: a cancel request (``cancel_requested``, ``cancelled_at``) that the worker
   sees in its next heartbeat reply (``ctx.cancelled``); the run ends ``cancelled`` when
-  the worker records its end, or ``lost``-like ``cancelled`` by the watchdog when it
-  stops answering for ``heartbeat_timeout`` (see ``lifecycle.watch``).
+  the worker records its end, or, when the worker stops answering, by the watchdog
+  ``heartbeat_timeout`` after the request (see ``lifecycle.watch``).
+- A task waiting for a ``max_parallel`` slot also leaves its pipeline run's ready queue.
 - A pipeline run ends ``cancelled`` at once (it has no worker) and its open tasks are
   cancelled as above.
 - A continuous schedule's generation: the schedule is paused first, so its end starts
