@@ -243,6 +243,26 @@ async def test_then_steps_may_name_stored_schedules_and_pipelines_come_with_the_
     problem(api.get("/pipelines/nope"), 404)
 
 
+async def test_a_put_keeps_its_text_and_json_values_exactly(api: Api) -> None:
+    # The body travels through the schedules-file parser: nothing may be folded or lost.
+    description = "tab\there \U0001f600 \u00e9 \u2028 x \x85 y \x7f \ufeff \\ \"q\" 'a'"
+    params = {
+        "f": 1e5,
+        "big": 2**70,
+        "n": None,
+        "s": "yes",
+        "b": True,
+        "l": [1.5, "on"],
+        "k:y": "#",
+    }
+    made = api.put("/schedules/a", entry(description=description, params=params))
+    assert made.status_code == 201, made.get_data(as_text=True)
+    stored = await api.store.get_schedule("a")
+    assert stored is not None
+    assert stored.spec.description == description
+    assert stored.spec.params == params
+
+
 async def test_if_match_guards_puts_and_deletes(api: Api) -> None:
     created = api.put("/schedules/a", entry())
     old = created.headers["ETag"]

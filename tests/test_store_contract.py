@@ -817,6 +817,7 @@ async def test_full_spec_and_state_roundtrip(store: Store) -> None:
                 {"schedule": "after-2"},
             ],
             "heartbeat_timeout": "2m",
+            "managed_by": "api",
             "wait": {
                 "key": "orders/{region}/{date}",
                 "until": "value != null && value.ready",

@@ -64,6 +64,7 @@ _CAS_TRIES = 5
 _ID = re.compile(SCHEDULE_ID_PATTERN)
 _LABEL = re.compile(r"^(?:schedules|pipelines)\[\d+\](?: \(id=[^)]*\))?(?P<sub>\.[^:]*)?: ")
 _FIELD = re.compile(r"^[A-Za-z0-9_.\[\]-]+$")
+_YAML_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
 _UNKNOWN_KEY = re.compile(r"unknown key '([^']*)'")
 
 
@@ -225,6 +226,10 @@ def _parse(
         text = json.dumps(doc, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise Problem(400, f"the body cannot be read: {exc}", field="body") from None
+    # JSON is YAML, but a YAML reader folds the line breaks U+0085, U+2028 and U+2029 and
+    # refuses some code points, even inside quotes: those travel as escapes. (Not every
+    # character: an escaped astral character would reach YAML as two lone surrogates.)
+    text = _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     try:
         return parse_schedule_file(
             text,
