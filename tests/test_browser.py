@@ -188,6 +188,15 @@ def test_trigger_a_schedule_and_watch_its_run_succeed(console: Console) -> None:
     expect(page.locator("#run-state")).to_have_attribute("data-state", "succeeded")
     expect(page.locator("#params")).to_contain_text('"name": "browser"')
     expect(page.locator("#output")).to_contain_text("browser")
+    first = page.url
+
+    # Re-run: a new run of the same params, which the answer links to.
+    page.get_by_role("button", name="Re-run").click()
+    expect(page.locator("#flash")).to_contain_text("re-run started: run greet@")
+    page.locator("#flash a").click()
+    expect(page.locator("#run-state")).to_have_attribute("data-state", "succeeded")
+    assert page.url != first
+    expect(page.locator("#params")).to_contain_text('"name": "browser"')
 
 
 def test_a_bad_params_text_is_refused_in_the_page(console: Console) -> None:

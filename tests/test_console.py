@@ -9,6 +9,7 @@ which the templates put there so that states are readable without colours.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -450,6 +451,11 @@ async def test_pipeline_run_page_draws_its_tasks(console: tuple[FlaskClient, See
 
     task = page(client, "/runs/nightly-etl@p.load")
     assert "pipeline run nightly-etl@p" in text_of(task)
+    # A task's run offers to re-run its pipeline from that task.
+    again = elements(task, tag="button", id="rerun-from")
+    assert again[0].attrs["hx-post"] == "/api/v1/runs/nightly-etl@p:rerun"
+    assert json.loads(again[0].attrs["hx-vals"]) == {"from_task": "load"}
+    assert not elements(html, tag="button", id="rerun-from")
 
 
 async def test_pipelines_page(console: tuple[FlaskClient, Seeded]) -> None:
@@ -510,6 +516,19 @@ def test_an_empty_store_renders_every_page(tmp_path: Path) -> None:
         assert "No state entries" in page(client, "/state")
     finally:
         app.extensions[EXTENSION].close()
+
+
+def test_a_failing_store_is_a_503_page_naming_it(tmp_path: Path) -> None:
+    # A regular file where the database's folder should be: the store cannot open.
+    (tmp_path / "taken").write_text("not a folder")
+    app = Flask(__name__)
+    register(app, Settings(store_url=f"sqlite:///{tmp_path / 'taken' / 'x.db'}"))
+    try:
+        response = app.test_client().get("/state")
+    finally:
+        app.extensions[EXTENSION].close()
+    assert response.status_code == 503
+    assert "the store did not answer: cannot open store sqlite:///" in text_of(response.text)
 
 
 # -- the vendored htmx ---------------------------------------------------------------

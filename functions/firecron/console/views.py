@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from flask import Blueprint, abort, current_app, render_template, request
 from markupsafe import Markup
+from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from firecron.console._bridge import StoreBridge
 from firecron.console.svg import Bar, dag_svg, timeline_svg
@@ -28,6 +29,7 @@ from firecron.core.models import PipelineSpec, StoredSchedule
 from firecron.core.render import rfc3339
 from firecron.core.runs import Run, RunState, task_run_id
 from firecron.core.state import StateEntry
+from firecron.errors import StoreError
 from firecron.store import Store
 
 __all__ = [
@@ -388,11 +390,15 @@ def make_blueprint(bridge: StoreBridge) -> Blueprint:
 
     @bp.errorhandler(400)
     @bp.errorhandler(404)
-    def problem(error: Any) -> tuple[str, int]:
-        current_app.logger.debug("console: %s", error)
-        return (
-            render_template("console/error.html", error=error, page="error"),
-            error.code,
-        )
+    def problem(error: HTTPException) -> tuple[str, int]:
+        return render_template("console/error.html", error=error, page="error"), error.code or 500
+
+    @bp.errorhandler(StoreError)
+    def store_failed(error: StoreError) -> tuple[str, int]:
+        # The store is down or slow: say so in a page (503), not a bare 500; the live
+        # parts keep polling and recover by themselves when it answers again.
+        current_app.logger.warning("console: the store failed: %s", error)
+        unavailable = ServiceUnavailable(f"the store did not answer: {error}")
+        return render_template("console/error.html", error=unavailable, page="error"), 503
 
     return bp
