@@ -117,7 +117,23 @@ locals {
     schedules_state = { collection = "${var.namespace}_schedules", field = "state" }
     # A state entry's value (JSON text up to 64 KiB): read by waits, never queried.
     state_value = { collection = "${var.namespace}_state", field = "value" }
+    # A log chunk's lines (JSON text up to 512 KiB): only run_id is queried.
+    logs_lines = { collection = "${var.namespace}_logs", field = "lines" }
   }
+}
+
+# Captured log lines (store/firestore.py, {namespace}_logs) carry `expire_at` too: their
+# write time + the run's retention, so a run's logs go when the run does.
+resource "google_firestore_field" "logs_expire_at" {
+  project    = var.project_id
+  database   = local.firestore_database
+  collection = "${var.namespace}_logs"
+  field      = "expire_at"
+
+  ttl_config {}
+  index_config {}
+
+  depends_on = [google_project_service.required]
 }
 
 resource "google_firestore_field" "unindexed" {

@@ -360,12 +360,15 @@ def test_composite_indexes_are_exactly_the_required_ones(tf: Module) -> None:
         assert len([f for f, _ in fields if f != "__name__"]) >= 2, fields
 
 
-def test_runs_expire_by_ttl_on_expire_at(tf: Module) -> None:
+def test_runs_and_their_logs_expire_by_ttl_on_expire_at(tf: Module) -> None:
     fields = tf.resources["google_firestore_field"]
-    ttl = [body for body in fields.values() if "ttl_config" in body]
-    assert len(ttl) == 1
-    assert ttl[0]["collection"] == "${var.namespace}_runs"
-    assert ttl[0]["field"] == "expire_at"
+    ttl = sorted(
+        (body["collection"], body["field"]) for body in fields.values() if "ttl_config" in body
+    )
+    assert ttl == [
+        ("${var.namespace}_logs", "expire_at"),
+        ("${var.namespace}_runs", "expire_at"),
+    ]
     assert "expire_at" in Run.model_fields
 
 

@@ -160,6 +160,51 @@ async def test_a_run_id_too_long_for_a_document_id_still_has_its_logs(store: Sto
     assert [line.message for line in await store.get_logs(run_id, 1)] == ["long"]
 
 
+async def test_lines_take_an_aware_expiry(store: Store) -> None:
+    await store.append_logs("r1", 1, lines_of(1, "a"), expire_at=T0 + timedelta(days=30))
+    assert [line.message for line in await store.get_logs("r1")] == ["a"]
+    with pytest.raises(InvalidInputError, match="aware"):
+        await store.append_logs("r1", 1, lines_of(1, "b", start=2), expire_at=datetime(2027, 1, 1))
+    assert [line.message for line in await store.get_logs("r1")] == ["a"]
+
+
+async def firestore_docs(namespace: str) -> list[dict[str, Any]]:
+    """The raw documents of ``{namespace}_logs`` on the emulator."""
+    from google.cloud import firestore
+
+    from firecron.store._firestore_private import close_client
+
+    client = firestore.AsyncClient(project="firecron-test")
+    try:
+        return [
+            doc.to_dict() or {} async for doc in client.collection(f"{namespace}_logs").stream()
+        ]
+    finally:
+        await close_client(client)
+
+
+@pytest.mark.emulator
+async def test_firestore_keeps_a_chunk_per_flush_with_its_expiry(firestore_emulator: str) -> None:
+    from uuid import uuid4
+
+    from firecron.store.firestore import FirestoreStore
+
+    namespace = f"t{uuid4().hex[:12]}"
+    store = FirestoreStore("firecron-test", namespace=namespace)
+    try:
+        await store.append_logs("r1", 1, lines_of(1, "a", "b"), expire_at=T0)
+        await store.append_logs("r1", 1, lines_of(1, "c", start=3))
+    finally:
+        await store.close()
+    docs = sorted(await firestore_docs(namespace), key=lambda d: d["last_seq"])
+    assert [(d["run_id"], d["attempt"], d["first_seq"], d["last_seq"]) for d in docs] == [
+        ("r1", 1, 1, 2),
+        ("r1", 1, 3, 3),
+    ]
+    assert [d["expire_at"] for d in docs] == [T0, None]
+    assert json.loads(docs[0]["lines"])[1][4] == "b"
+
+
 def test_opening_a_database_from_before_logs_adds_the_table(tmp_path: Path) -> None:
     import asyncio
 
@@ -248,6 +293,16 @@ async def test_a_worker_stores_each_attempts_records_beside_the_run(
     assert "RuntimeError: failing attempt 1 on purpose" in first[-1].message
     assert second[-1].message == "done"
     assert await backend.store.get_logs(run.id) == [*first, *second]
+    if backend.url.startswith("firestore://"):
+        # Each chunk expires (TTL) the run's retention after it was written: within
+        # the run's life plus that retention.
+        assert done.retention is not None
+        assert done.started_at is not None
+        assert done.ended_at is not None
+        expiries = [doc["expire_at"] for doc in await firestore_docs(backend.namespace)]
+        assert expiries
+        for expiry in expiries:
+            assert run.created_at + done.retention <= expiry <= done.ended_at + done.retention
 
 
 async def test_lines_are_stored_while_the_run_works_and_follow_ends_with_it(

@@ -321,9 +321,20 @@ class Store(Protocol):
 
     # -- logs: each attempt's captured lines (``{namespace}_logs``) -----------------------
 
-    async def append_logs(self, run_id: str, attempt: int, lines: Sequence[LogLine]) -> None:
+    async def append_logs(
+        self,
+        run_id: str,
+        attempt: int,
+        lines: Sequence[LogLine],
+        *,
+        expire_at: datetime | None = None,
+    ) -> None:
         """Store ``lines`` of attempt ``attempt`` of run ``run_id``, as few writes as the
         backend allows (SQLite: one transaction; Firestore: one batch of chunk documents).
+
+        ``expire_at`` (the worker passes the write's time plus the run's retention) is
+        when Firestore's TTL policy may delete these lines, as it deletes ended runs;
+        None keeps them. SQLite keeps logs as it keeps runs, for good, and ignores it.
 
         Idempotent per ``(run_id, attempt, seq)``: a line already stored is kept as it is,
         so a writer may send a batch again after an error that left it unknown whether

@@ -31,7 +31,8 @@ Layout, in the database ``database`` of project ``project``:
   docs/design.md, "The state collection's layout".
 
 - ``{namespace}_logs/{doc id}``: ``{"run_id": <string>, "attempt": <integer>,
-  "first_seq": <integer>, "last_seq": <integer>, "lines": <JSON text>}``, one document
+  "first_seq": <integer>, "last_seq": <integer>, "lines": <JSON text>, "expire_at":
+  <timestamp | null>}`` (the TTL policy's field, as on runs), one document
   per chunk of an attempt's log lines (:meth:`FirestoreStore.append_logs`); ``lines`` is
   ``[[seq, at, level, logger, message, truncated], ...]`` with ``at`` ISO 8601 UTC. The
   document id is ``{run_id}~{attempt:010d}~{last_seq:010d}`` (the run id's SHA-256 in
@@ -1294,7 +1295,14 @@ class FirestoreStore:
     def _logs(self) -> Any:
         return self._client.collection(f"{self.namespace}_logs")
 
-    async def append_logs(self, run_id: str, attempt: int, lines: Sequence[LogLine]) -> None:
+    async def append_logs(
+        self,
+        run_id: str,
+        attempt: int,
+        lines: Sequence[LogLine],
+        *,
+        expire_at: datetime | None = None,
+    ) -> None:
         """See :meth:`Store.append_logs`. The lines, in ``seq`` order, are cut into chunk
         documents of at most :data:`_LOG_CHUNK_BYTES` of JSON each, written with ``set``
         in atomic batches of at most 500 (one batch for anything the SDK flushes at
@@ -1302,6 +1310,7 @@ class FirestoreStore:
         sent again in another chunk is stored twice and read once (:meth:`get_logs`
         drops repeats), so it is kept as first stored."""
         check_log_lines(run_id, attempt, lines)
+        expires = None if expire_at is None else _utc(expire_at, "expire_at")
         if not lines:
             return
         chunks: list[list[list[Any]]] = [[]]
@@ -1336,6 +1345,7 @@ class FirestoreStore:
                             "first_seq": rows[0][0],
                             "last_seq": last,
                             "lines": json.dumps(rows, ensure_ascii=False, separators=(",", ":")),
+                            "expire_at": expires,
                         },
                     )
                 await batch.commit(**self._rpc)

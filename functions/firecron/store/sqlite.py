@@ -973,10 +973,19 @@ class SQLiteStore:
 
     # -- logs ---------------------------------------------------------------------
 
-    async def append_logs(self, run_id: str, attempt: int, lines: Sequence[LogLine]) -> None:
+    async def append_logs(
+        self,
+        run_id: str,
+        attempt: int,
+        lines: Sequence[LogLine],
+        *,
+        expire_at: datetime | None = None,
+    ) -> None:
         """See :meth:`Store.append_logs`. One ``INSERT OR IGNORE`` of every line, in one
-        transaction: a line whose ``(run_id, attempt, seq)`` exists is left as it is."""
+        transaction: a line whose ``(run_id, attempt, seq)`` exists is left as it is.
+        ``expire_at`` is checked (aware) and not stored: SQLite deletes no run either."""
         check_log_lines(run_id, attempt, lines)
+        _optional_micros(expire_at)
         rows = [
             (
                 run_id,

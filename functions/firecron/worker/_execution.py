@@ -477,7 +477,7 @@ class _Execution:
         self._ran = False
         self._ran_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.logs = AttemptLogs(runtime, run.id, run.attempt)
+        self.logs = AttemptLogs(runtime, run.id, run.attempt, retention=run.retention)
         """This attempt's captured log lines, flushed after each heartbeat and at the end."""
         ctx._execution = self
         if run.cancel_requested:

@@ -28,6 +28,9 @@ stdout as one Cloud Logging structured JSON line, with ``severity`` and the labe
 ``firecron_run_id`` and ``firecron_attempt``, uncapped: Cloud Logging holds the full
 logs, and ``firecron logs`` prints the Logs Explorer query that finds them.
 
+Each write passes ``expire_at``, its time plus the run's retention: on Firestore the
+lines then expire (TTL) when the run does, a long run's earliest a little before.
+
 A failed flush is logged (not captured) and its lines are kept for the next flush; the
 stores make a repeated line harmless (``Store.append_logs`` is idempotent per line).
 """
@@ -41,7 +44,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Mapping, MutableMapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from firecron.core.logs import MAX_ATTEMPT_LOG_BYTES, LogBudget, LogLine
@@ -200,12 +203,15 @@ class AttemptLogs:
         *,
         limit: int = MAX_ATTEMPT_LOG_BYTES,
         structured: bool | None = None,
+        retention: timedelta | None = None,
     ) -> None:
         self.runtime = runtime
         self.run_id = run_id
         self.attempt = attempt
         self.structured = bool(os.environ.get("K_SERVICE")) if structured is None else structured
         """Also write each record to stdout as Cloud Logging JSON (deployed workers)."""
+        self.retention = retention
+        """How long stored lines are kept after each write (the run's retention), or None."""
         self._budget = LogBudget(attempt, limit)
         self._pending: list[LogLine] = []
         self._lock = threading.Lock()
@@ -259,7 +265,12 @@ class AttemptLogs:
             if not lines:
                 return True
             try:
-                self.runtime.call(self.runtime.store.append_logs(self.run_id, self.attempt, lines))
+                expire_at = None if self.retention is None else self.runtime.now() + self.retention
+                self.runtime.call(
+                    self.runtime.store.append_logs(
+                        self.run_id, self.attempt, lines, expire_at=expire_at
+                    )
+                )
             except Exception as exc:
                 with self._lock:
                     self._pending[:0] = lines
