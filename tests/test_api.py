@@ -37,6 +37,7 @@ from _factories import T0, make_run, make_spec
 from _poll import apoll
 from firecron import admin
 from firecron.api import PREFIX, close, make_app, service_of
+from firecron.core.logs import LogLine
 from firecron.core.models import ScheduleSpec
 from firecron.core.runs import RunState
 from firecron.core.schedule_file import ScheduleFileError, parse_schedule_file
@@ -359,6 +360,17 @@ async def test_runs_list_filters_and_pages_across_equal_creation_times(api: Api)
     assert "events" in doc
     assert got.headers["ETag"] == f'"{doc["version"]}"'
     problem(api.get("/runs/nope@x"), 404)
+
+    lines = [
+        LogLine(attempt=1, seq=n, at=T0, level="INFO", logger="w", message=f"line {n}")
+        for n in (1, 2)
+    ]
+    await api.store.append_logs(later[0].id, 1, lines)
+    logged = api.get(f"/runs/{later[0].id}").get_json()["logs"]
+    assert [(line["attempt"], line["seq"], line["message"]) for line in logged] == [
+        (1, 1, "line 1"),
+        (1, 2, "line 2"),
+    ]
 
 
 async def test_runs_list_by_pipeline_and_a_pipeline_runs_tasks(api: Api) -> None:

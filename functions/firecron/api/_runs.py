@@ -162,8 +162,7 @@ def get_run(run_id: str) -> flask.Response:
         ids = [task_run_id(run.id, t) for t in topological_order(run.pipeline_spec)]
         tasks = service.call(service.store.get_runs(ids))
     document["tasks"] = [run_document(t) for t in tasks]
-    get_logs = getattr(service.store, "get_logs", None)
-    document["logs"] = [dump(line) for line in service.call(get_logs(run.id))] if get_logs else []
+    document["logs"] = [dump(line) for line in service.call(service.store.get_logs(run.id))]
     return reply(document, version=run.version)
 
 
