@@ -264,6 +264,40 @@ async def test_a_put_keeps_its_text_and_json_values_exactly(api: Api) -> None:
     assert stored.spec.params == params
 
 
+async def test_notify_sinks_come_with_the_body_or_from_the_store_and_a_get_puts_back(
+    api: Api,
+) -> None:
+    pipeline = {
+        "id": "p",
+        "tasks": [
+            {"id": "extract", "target": {"function": "extract"}},
+            {"id": "gate", "wait": {"key": "ready/{date}", "until": "value == true"}},
+            {"id": "tell", "notify": {"sink": "ops", "text": "done"}, "after": ["extract", "gate"]},
+        ],
+    }
+    body = entry(target={"pipeline": "p"}, pipeline_spec=pipeline, params={"date": "d"})
+    unknown = problem(api.put("/schedules/etl", body), 422)
+    assert unknown["field"] == "pipeline_spec.tasks[2].notify.sink"
+    assert "unknown sink 'ops'" in unknown["detail"]
+
+    pipeline["tasks"][2]["notify"]["sink_config"] = {"type": "log"}  # type: ignore[index]
+    made = api.put("/schedules/etl", body)
+    assert made.status_code == 201, made.get_data(as_text=True)
+    spec = made.get_json()["spec"]
+    assert spec["pipeline_spec"]["tasks"][2]["notify"]["sink_config"] == {"type": "log"}
+    # What a get returns puts back unchanged, the pipeline and its sinks included.
+    again = api.put("/schedules/etl", spec)
+    assert again.status_code == 200, again.get_data(as_text=True)
+    assert again.get_json()["spec"] == spec
+
+    # Another schedule may name the sink a stored one configures.
+    told = api.put("/schedules/tell", entry(target={"notify": {"sink": "ops", "text": "hi"}}))
+    assert told.status_code == 201, told.get_data(as_text=True)
+    assert told.get_json()["spec"]["target"]["notify"]["sink_config"] == {"type": "log"}
+    missing = api.put("/schedules/tell2", entry(target={"notify": {"sink": "nope", "text": "x"}}))
+    assert problem(missing, 422)["field"] == "target.notify.sink"
+
+
 async def test_if_match_guards_puts_and_deletes(api: Api) -> None:
     created = api.put("/schedules/a", entry())
     old = created.headers["ETag"]

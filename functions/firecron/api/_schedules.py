@@ -14,7 +14,10 @@ one schedule and not a whole file:
   with the schedules that already target it; else it is an unknown pipeline.
 - A ``then`` step may name any stored schedule.
 - ``notify`` routes come from a file's ``notifications:``, which a body has not: a
-  replaced schedule keeps its routes, a new one gets the default (the log).
+  replaced schedule keeps its routes, a new one gets the default (the log). A notify
+  target or task names its sink as in a file; its configuration is the ``sink_config``
+  the body carries (as a get returns it), else the one a stored schedule has under that
+  name.
 - The schedule is stored ``managed_by: api`` (a body may say ``managed_by: api``, as a
   get returns it, or leave it out), so ``apply --prune`` never deletes it.
 """
@@ -65,6 +68,7 @@ _ID = re.compile(SCHEDULE_ID_PATTERN)
 _LABEL = re.compile(r"^(?:schedules|pipelines)\[\d+\](?: \(id=[^)]*\))?(?P<sub>\.[^:]*)?: ")
 _FIELD = re.compile(r"^[A-Za-z0-9_.\[\]-]+$")
 _YAML_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
+_ID_LABEL = re.compile(r" \(id=[^)]*\)")
 _UNKNOWN_KEY = re.compile(r"unknown key '([^']*)'")
 
 
@@ -139,7 +143,7 @@ def _field_of(line: str) -> tuple[str | None, str]:
     unknown = _UNKNOWN_KEY.fullmatch(tail)
     if unknown is not None:  # the field at fault is the unknown key itself
         head = f"{head}.{unknown.group(1)}" if head else unknown.group(1)
-    field = ".".join(part for part in (prefix, head) if part)
+    field = _ID_LABEL.sub("", ".".join(part for part in (prefix, head) if part))
     return (field or None), rest
 
 
@@ -194,6 +198,9 @@ def validate_body(
             doc["pipelines"] = [
                 pipeline.model_dump(mode="json", by_alias=True, exclude_defaults=True)
             ]
+    sinks = _sinks(service, doc)
+    if sinks:
+        doc["notifications"] = {"sinks": sinks}
     parsed = _parse(service, schedule_id, doc, now)
     if isinstance(parsed, list):
         errors = _known_chain_steps(service, entry, parsed)
@@ -216,6 +223,63 @@ def validate_body(
     if stored is not None:
         update["notify"] = stored.spec.notify
     return spec.model_copy(update=update)
+
+
+def _named_sinks(doc: dict[str, Any]) -> tuple[set[str], dict[str, Any]]:
+    """The sinks that the notify actions of ``doc`` (a notify target, a pipeline's notify
+    tasks) name, and the configurations that they carry themselves (``sink_config``, as
+    a get returns them), by name."""
+    named: set[str] = set()
+    carried: dict[str, Any] = {}
+    actions: list[Any] = []
+    for entry in doc["schedules"]:
+        target = entry.get("target")
+        actions.append(target.get("notify") if isinstance(target, dict) else None)
+    for pipeline in doc.get("pipelines", []):
+        tasks = pipeline.get("tasks") if isinstance(pipeline, dict) else None
+        for task in tasks if isinstance(tasks, list) else []:
+            actions.append(task.get("notify") if isinstance(task, dict) else None)
+    for action in actions:
+        if isinstance(action, dict) and isinstance(action.get("sink"), str):
+            named.add(action["sink"])
+            if isinstance(action.get("sink_config"), dict):
+                carried.setdefault(action["sink"], action["sink_config"])
+    return named, carried
+
+
+def _sinks(service: Service, doc: dict[str, Any]) -> dict[str, Any]:
+    """The ``notifications.sinks`` a put's document needs: a file defines its sinks, a
+    body names them. A sink is the configuration the body carries for it, else the one a
+    stored schedule has under that name (its routes, its notify actions); a name found
+    nowhere stays unknown, and the parser says so."""
+    named, sinks = _named_sinks(doc)
+    missing = named - set(sinks)
+    if missing:
+        for name, config in service.call(_stored_sinks(service.store, missing)).items():
+            sinks.setdefault(name, config)
+    return sinks
+
+
+async def _stored_sinks(store: Store, names: set[str]) -> dict[str, Any]:
+    """The configurations of the sinks ``names`` as the stored schedules hold them."""
+    found: dict[str, Any] = {}
+    after: str | None = None
+    while True:
+        page = await store.list_schedules(after=after, limit=1000)
+        for stored in page:
+            spec = stored.spec
+            for route in spec.notify:
+                if route.sink_name in names:
+                    found.setdefault(route.sink_name, dump(route).get("sink"))
+            actions = [spec.target.notify]
+            if spec.pipeline_spec is not None:
+                actions += [task.notify for task in spec.pipeline_spec.tasks]
+            for action in actions:
+                if action is not None and action.sink in names and action.sink_config:
+                    found.setdefault(action.sink, dump(action)["sink_config"])
+        if len(page) < 1000 or set(found) >= names:
+            return found
+        after = page[-1].id
 
 
 def _parse(
