@@ -27,7 +27,7 @@ from _backend import Backend
 from _factories import make_run
 from firecron.console import register
 from firecron.console.svg import Bar, dag_svg, timeline_svg
-from firecron.console.views import EXTENSION, RECENT_RUNS, next_fires
+from firecron.console.views import EXTENSION, RECENT_RUNS, SCHEDULES_PAGE, next_fires
 from firecron.core import planning
 from firecron.core.models import PipelineSpec, ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Attempt, Run, RunState, Send, task_run_id
@@ -364,6 +364,34 @@ async def test_schedules_page_shows_at_most_20_runs_per_schedule(backend: Backen
     assert len(cells) == RECENT_RUNS
     # Newest first: the run one minute ago leads.
     assert cells[0] == make_run("busy", now - timedelta(minutes=1)).id
+
+
+async def test_schedules_come_a_page_at_a_time(backend: Backend) -> None:
+    now = await backend.store.clock()
+    ids = [f"s{i:03}" for i in range(SCHEDULES_PAGE + 3)]
+    for schedule_id in ids:
+        spec, state = _stored(
+            ScheduleSpec.model_validate(
+                {"id": schedule_id, "every": "1h", "target": {"function": "x"}}
+            ),
+            now,
+        )
+        await backend.store.put_schedule(spec, state, expect_version=None)
+    app = Flask(__name__)
+    register(app, Settings(store_url=backend.url, namespace=backend.namespace))
+    client = app.test_client()
+    try:
+        for path in ["/", "/timeline"]:
+            first = page(client, path)
+            shown = [r.attrs["data-schedule"] for r in elements(first, data_schedule="*")]
+            assert shown == ids[:SCHEDULES_PAGE], path
+            following = elements(first, tag="a", id="next-page")[0].attrs["href"]
+            second = page(client, unescape(following))
+            shown = [r.attrs["data-schedule"] for r in elements(second, data_schedule="*")]
+            assert shown == ids[SCHEDULES_PAGE:], path
+            assert not elements(second, tag="a", id="next-page")
+    finally:
+        app.extensions[EXTENSION].close()
 
 
 async def test_timeline_page(console: tuple[FlaskClient, Seeded]) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "EXTENSION",
     "NEXT_FIRES",
     "RECENT_RUNS",
+    "SCHEDULES_PAGE",
     "TIMELINE_RUNS",
     "WINDOWS",
     "make_blueprint",
@@ -61,6 +62,9 @@ TIMELINE_RUNS = 500
 
 WINDOWS: dict[str, timedelta] = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
 """The timeline's windows, by their ``?window=`` value."""
+
+SCHEDULES_PAGE = 100
+"""Schedules per page of the schedules page and the timeline (``?after=`` the last id)."""
 
 STATE_KEYS = 200
 """State entries per page of the state page (``?after=`` the last key for the next)."""
@@ -122,9 +126,28 @@ async def _all_schedules(store: Store) -> list[StoredSchedule]:
     return await store.list_schedules()
 
 
-async def _schedule_rows(store: Store) -> list[ScheduleRow]:
+@dataclass(frozen=True)
+class SchedulePage:
+    """One page of schedules, in id order."""
+
+    schedules: list[StoredSchedule]
+    next_after: str | None
+    """The ``?after=`` of the next page (None: this is the last)."""
+
+
+async def _schedule_page(store: Store, after: str | None) -> SchedulePage:
+    """At most :data:`SCHEDULES_PAGE` schedules after ``after``: the schedules page and
+    the timeline read each one's runs, so a page bounds their queries."""
+    found = await store.list_schedules(after=after, limit=SCHEDULES_PAGE + 1)
+    more = len(found) > SCHEDULES_PAGE
+    found = found[:SCHEDULES_PAGE]
+    return SchedulePage(found, found[-1].id if more else None)
+
+
+async def _schedule_rows(store: Store, after: str | None) -> tuple[list[ScheduleRow], str | None]:
     rows = []
-    for stored in await _all_schedules(store):
+    listed = await _schedule_page(store, after)
+    for stored in listed.schedules:
         # One query per schedule: the store has no "newest N runs of each schedule"
         # query, and a page lists what one screen shows.
         runs = await store.list_runs(schedule_id=stored.id, limit=RECENT_RUNS)
@@ -137,7 +160,7 @@ async def _schedule_rows(store: Store) -> list[ScheduleRow]:
                 runs=[r for r in runs if r.task is None],
             )
         )
-    return rows
+    return rows, listed.next_after
 
 
 def _svg(text: str) -> Markup:
@@ -170,6 +193,8 @@ class Timeline:
     """Schedules with more runs in the window than :data:`TIMELINE_RUNS` (older ones not drawn)."""
     breaches: int
     """Runs drawn whose SLA was breached."""
+    next_after: str | None
+    """The ``?after=`` of the next page of schedules (None: this is the last)."""
 
 
 async def _runs_since(store: Store, schedule_id: str, start: datetime) -> tuple[list[Run], bool]:
@@ -191,13 +216,14 @@ async def _runs_since(store: Store, schedule_id: str, start: datetime) -> tuple[
     return found, True
 
 
-async def _timeline(store: Store, window: timedelta) -> Timeline:
+async def _timeline(store: Store, window: timedelta, after: str | None) -> Timeline:
     now = await store.clock()
     start = now - window
     rows: list[tuple[str, list[Bar]]] = []
     capped: list[str] = []
     breaches = 0
-    for stored in await _all_schedules(store):
+    listed = await _schedule_page(store, after)
+    for stored in listed.schedules:
         runs, cut = await _runs_since(store, stored.id, start)
         if cut:
             capped.append(stored.id)
@@ -218,7 +244,8 @@ async def _timeline(store: Store, window: timedelta) -> Timeline:
         rows.append((stored.id, bars))
     # An end a little past now leaves room for the "now" label.
     end = now + window / 48
-    return Timeline(_svg(timeline_svg(rows, start, end, now)), start, end, capped, breaches)
+    svg = _svg(timeline_svg(rows, start, end, now))
+    return Timeline(svg, start, end, capped, breaches, listed.next_after)
 
 
 # -- run -------------------------------------------------------------------------------
@@ -354,9 +381,14 @@ def make_blueprint(bridge: StoreBridge) -> Blueprint:
 
     @bp.get("/")
     def schedules() -> str:
-        rows = bridge.call(_schedule_rows)
+        after = request.args.get("after") or None
+        rows, next_after = bridge.call(lambda store: _schedule_rows(store, after))
         return render_template(
-            "console/schedules.html", rows=rows, page="schedules", recent=RECENT_RUNS
+            "console/schedules.html",
+            rows=rows,
+            next_after=next_after,
+            page="schedules",
+            recent=RECENT_RUNS,
         )
 
     @bp.get("/timeline")
@@ -365,7 +397,8 @@ def make_blueprint(bridge: StoreBridge) -> Blueprint:
         window = WINDOWS.get(name)
         if window is None:
             abort(400, f"window {name!r} is not one of {', '.join(WINDOWS)}")
-        data = bridge.call(lambda store: _timeline(store, window))
+        after = request.args.get("after") or None
+        data = bridge.call(lambda store: _timeline(store, window, after))
         return render_template(
             "console/timeline.html", t=data, window=name, windows=WINDOWS, page="timeline"
         )
