@@ -327,6 +327,8 @@ async def test_schedules_page(console: tuple[FlaskClient, Seeded]) -> None:
         "failed"
     }
     assert not [c for c in cells if "." in c.attrs["data-run"]]
+    breached = [c for c in cells if "sla-breached" in c.attrs["class"].split()]
+    assert [c.attrs["data-run"] for c in breached] == ["often@breached"]
     # The pause switch: on for an active schedule, off for a paused one, each posting
     # to the API with the header the API requires.
     switches = elements(html, role="switch")
@@ -471,11 +473,18 @@ async def test_run_page_shows_the_logs(
 async def test_pipeline_run_page_draws_its_tasks(console: tuple[FlaskClient, Seeded]) -> None:
     client, _ = console
     html = page(client, "/runs/nightly-etl@p")
-    tasks = {t.attrs["data-task"]: t.attrs["data-state"] for t in elements(html, data_task="*")}
+    tasks = {
+        t.attrs["data-task"]: t.attrs["data-state"] for t in elements(html, "g", data_task="*")
+    }
     # alert has no run yet: drawn, with no state.
     assert tasks == {"extract": "succeeded", "load": "running", "alert": ""}
     links = {a.attrs["href"] for a in elements(html, tag="a", href="*")}
     assert "/runs/nightly-etl@p.extract" in links
+    # And as a table, in the pipeline's order: the runs that exist.
+    assert [r.attrs["data-task"] for r in elements(html, tag="tr", data_task="*")] == [
+        "extract",
+        "load",
+    ]
 
     task = page(client, "/runs/nightly-etl@p.load")
     assert "pipeline run nightly-etl@p" in text_of(task)
