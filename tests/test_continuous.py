@@ -444,3 +444,67 @@ def test_a_fenced_write_needs_a_run(tmp_path: Path) -> None:
             state.delete("offset", fence=True)
         assert state.get("offset") is None  # nothing written
         assert state.set("offset", 1).version == 1  # unfenced, it is any program's write
+
+
+async def test_a_successor_claimed_by_a_settler_that_died_is_sent_by_the_next_tick(
+    backend: Backend,
+) -> None:
+    """An instance killed between its successor's claim and its POST leaves the
+    successor ``pending`` and its own end unsettled: the next tick's sweep sends it,
+    instead of the watchdog after the pending grace (minutes)."""
+    from _sinks import serve
+    from firecron.core import planning
+
+    now = datetime.now(UTC)
+    with serve() as sink:
+        await store_schedule(
+            backend.store,
+            now,
+            id="tail",
+            continuous={"window": "1m"},
+            target={"url": sink.url + "/w", "worker": True},
+        )
+        clock = [now]
+        d = backend.dispatcher()
+        d.clock = lambda: clock[0]
+        try:
+            await d.tick(now)
+            first = await backend.store.get_run(generation_run_id("tail", 1))
+            assert first is not None
+            assert first.state is RunState.dispatched
+            # Generation 1 worked its window and recorded its end, leaving settle_at...
+            ended_at = now + timedelta(minutes=1)
+            ended = await backend.store.update_run(
+                first.id,
+                [RunState.dispatched],
+                {
+                    "state": RunState.succeeded,
+                    "started_at": now,
+                    "heartbeat_at": ended_at,
+                    "ended_at": ended_at,
+                    "settle_at": ended_at,
+                    "watch_at": ended_at,
+                    "deadline_at": None,
+                },
+            )
+            assert ended is not None
+            # ...claimed generation 2, and died before sending it.
+            stored = await backend.store.get_schedule("tail")
+            assert stored is not None
+            plan = planning.plan_handoff(
+                stored, ended, ended_at, pending_grace=d.timeouts.pending_grace
+            )
+            assert plan is not None
+            assert await backend.store.claim(stored, plan.new_state, plan.runs)
+            assert sink.received == 1
+            clock[0] = ended_at + timedelta(seconds=1)
+            await d.tick(clock[0])
+        finally:
+            await d.aclose()
+        second = await backend.store.get_run(generation_run_id("tail", 2))
+        assert second is not None
+        assert second.state is RunState.dispatched  # sent by the sweep, not after the grace
+        assert sink.received == 2
+    settled = await backend.store.get_run(first.id)
+    assert settled is not None
+    assert settled.settle_at is None

@@ -34,9 +34,16 @@ from typing import TYPE_CHECKING
 from firecron.core import lifecycle, planning
 from firecron.core.chains import plan_caused
 from firecron.core.lifecycle import Change
-from firecron.core.models import JsonValue, OverlapPolicy, TaskRule
+from firecron.core.models import JsonValue, OverlapPolicy, StoredSchedule, TaskRule
 from firecron.core.pipelines import describe_rule, is_complete, judge_rule, pipeline_ended
-from firecron.core.runs import FAILED_STATES, Run, RunState, caused_run_id, task_run_id
+from firecron.core.runs import (
+    FAILED_STATES,
+    Run,
+    RunState,
+    caused_run_id,
+    generation_run_id,
+    task_run_id,
+)
 from firecron.core.waits import render_key
 from firecron.errors import NotFoundError
 
@@ -195,7 +202,9 @@ class Causes:
                 default_retention=self.d.settings.run_retention,
             )
             if plan is None:
-                return  # no successor wanted, or it exists already (last_run_id moved on)
+                # No successor wanted, or it exists already (last_run_id moved on).
+                await self._send_unsent_successor(stored, ended, summary)
+                return
             created = await self.store.claim(stored, plan.new_state, plan.runs)
             if created:
                 summary.caused += 1
@@ -204,6 +213,27 @@ class Causes:
             if await self.store.get_run(plan.runs[0].id) is not None:
                 return  # another settler claimed it
         raise RuntimeError(f"run {ended.id}: could not claim its successor")
+
+    async def _send_unsent_successor(
+        self, stored: StoredSchedule, ended: Run, summary: TickSummary
+    ) -> None:
+        """Send ``ended``'s successor now if it was claimed but is still ``pending``.
+
+        This runs when an end is settled again (the sweep of a ``settle_at`` left set):
+        its settler claimed the successor, then died before sending it (an instance
+        killed in the milliseconds between its end and its successor's POST). Left to
+        the watchdog, the successor would wait the pending grace (minutes) for a send;
+        sent now, the gap stays within one tick. Should the first settler still be
+        sending, the worker gets one POST more, which it acknowledges and drops: an
+        attempt starts once (the start is a compare-and-set)."""
+        if ended.generation is None:
+            return
+        successor_id = generation_run_id(ended.schedule_id, ended.generation + 1)
+        if stored.state.last_run_id != successor_id:
+            return
+        successor = await self.store.get_run(successor_id)
+        if successor is not None and successor.state is RunState.pending:
+            await self.d.fire_now(successor, summary)
 
     # -- pipelines -------------------------------------------------------------------------
 
