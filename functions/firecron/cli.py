@@ -1539,10 +1539,13 @@ def graph_cmd(pipeline_id: str, fmt: str, file: str | None, store_url: str | Non
 )
 @store_option
 def dev(schedules_file: str | None, port: int, source: str | None, store_url: str | None) -> None:
-    """Run the local stack: SQLite store, every worker of main.py, a dispatcher ticking every second.
+    """Run the local stack: SQLite store, every worker of main.py, a dispatcher ticking every
+    second, the web console and the admin API.
 
     Workers are served by functions-framework at http://127.0.0.1:PORT/<name>, and
-    served again when the source file changes. Every dispatch is signed, and the
+    served again when the source file changes. The web console is at
+    http://127.0.0.1:PORT/ and the admin API at http://127.0.0.1:PORT/api/v1 (loopback
+    callers only). Every dispatch is signed, and the
     workers refuse unsigned requests: the secret is $FIRECRON_SIGNING_SECRET, or else
     one made on the first start beside a SQLite store (DB.signing-secret, mode 0600),
     which `firecron trigger` also uses. A live view shows upcoming fire times and
