@@ -23,7 +23,12 @@ written to ``bench/results/summary.json``):
   the gap from one generation's end to the next one's start over 200 handoffs (p50,
   p99, max), and 20 SIGKILLed instances: the kill to the successor's start against
   ``heartbeat_timeout`` + one tick, and the overlaps (worker-recorded intervals, checked
-  pairwise) (``bench/continuous.py``; about 9 minutes on SQLite, 4 on Firestore).
+  pairwise) (``bench/continuous.py``; about 9 minutes on SQLite, 4 on Firestore);
+- ``admin``: 10,000 schedules and 100,000 runs seeded through the store (fewer runs on
+  the emulator), ``make_app`` served by werkzeug in its own process, and real HTTP GETs
+  of the schedules page, ``/api/v1/runs?limit=50`` and the 24 h timeline: p50, p95 and
+  max after warm-ups, against 200, 200 and 500 ms at p95; and the store reads behind
+  each page, timed apart (``bench/admin.py``).
 
 Options: ``--only NAME`` (repeatable), ``--quick`` (smaller sizes, about 2 minutes),
 ``--backends sqlite,firestore`` (default: both when ``gcloud`` is on PATH), size
@@ -47,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import continuous, decoupling, fanout, held, pipelines, schedules_file, waits
+from bench import admin, continuous, decoupling, fanout, held, pipelines, schedules_file, waits
 from bench._common import (
     RESULTS_DIR,
     Backends,
@@ -61,7 +66,16 @@ from bench._common import (
     write_json,
 )
 
-NAMES = ("fanout", "held", "decoupling", "schedules_file", "pipelines", "waits", "continuous")
+NAMES = (
+    "fanout",
+    "held",
+    "decoupling",
+    "schedules_file",
+    "pipelines",
+    "waits",
+    "continuous",
+    "admin",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--waiting", type=int, help="waits: runs waiting on different keys")
     p.add_argument("--handoffs", type=int, help="continuous: handoffs (Firestore: at most 50)")
     p.add_argument("--kills", type=int, help="continuous: instances SIGKILLed per backend")
+    p.add_argument("--admin-schedules", type=int, help="admin: schedules (both backends)")
+    p.add_argument("--admin-runs", type=int, help="admin: runs on SQLite")
+    p.add_argument("--admin-firestore-runs", type=int, help="admin: runs on the emulator")
+    p.add_argument("--admin-requests", type=int, help="admin: timed GETs per endpoint")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     return p
 
@@ -152,6 +170,23 @@ def _continuous_config(args: argparse.Namespace) -> continuous.ContinuousConfig:
     return c
 
 
+def _admin_config(args: argparse.Namespace) -> admin.AdminConfig:
+    a = admin.AdminConfig()
+    if args.quick:
+        a = replace(
+            a, schedules=1_000, runs=10_000, firestore_schedules=1_000, firestore_runs=5_000
+        )
+    if args.admin_schedules is not None:
+        a = replace(a, schedules=args.admin_schedules, firestore_schedules=args.admin_schedules)
+    if args.admin_runs is not None:
+        a = replace(a, runs=args.admin_runs)
+    if args.admin_firestore_runs is not None:
+        a = replace(a, firestore_runs=args.admin_firestore_runs)
+    if args.admin_requests is not None:
+        a = replace(a, requests=args.admin_requests)
+    return a
+
+
 def _raise_nofile() -> None:
     # The dispatcher holds up to max_open (1,000) connections in the held benchmark.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -175,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p_cfg = _pipelines_config(args)
     w_cfg = _waits_config(args)
     c_cfg = _continuous_config(args)
+    a_cfg = _admin_config(args)
     _raise_nofile()
     machine = machine_info()
     print(
@@ -190,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipelines": lambda b, s: pipelines.run(b, names, s, p_cfg),
         "waits": lambda b, s: waits.run(b, names, s, w_cfg),
         "continuous": lambda b, s: continuous.run(b, names, c_cfg),
+        "admin": lambda b, s: admin.run(b, names, a_cfg),
     }
     results: list[BenchResult] = []
     crashed = False

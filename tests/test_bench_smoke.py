@@ -61,6 +61,12 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "2",
             "--kills",
             "1",
+            "--admin-schedules",
+            "30",
+            "--admin-runs",
+            "200",
+            "--admin-requests",
+            "3",
             "--results-dir",
             str(out),
         ],
@@ -147,6 +153,7 @@ def test_summary(results: Path) -> None:
         "pipelines",
         "waits",
         "continuous",
+        "admin",
     }
 
 
@@ -233,6 +240,25 @@ def test_continuous(results: Path) -> None:
     targets = {c["target"] for c in load_checks(results, "continuous")}
     assert any(t.startswith("handoff gap p99") for t in targets)
     assert any(t.startswith("kill to successor start") for t in targets)
+
+
+def test_admin(results: Path) -> None:
+    figures = load(results, "admin")
+    r = figures["backends"]["sqlite"]
+    assert (r["schedules"], r["runs"]) == (30, 200)
+    # One schedule in 100 targets a 3-task pipeline: job-00000, with 200 / 30 -> 7 runs.
+    assert (r["pipeline_schedules"], r["task_runs"]) == (1, 21)
+    assert sum(r["states"].values()) == 221
+    assert {"running", "succeeded", "failed"} <= r["states"].keys()
+    assert set(r["endpoints"]) == {"schedules page", "runs?limit=50", "timeline 24h"}
+    for name, e in r["endpoints"].items():
+        assert e["requests"] == len(e["times_ms"]) == 3, name
+        assert e["min_ms"] <= e["p50_ms"] <= e["p95_ms"] <= e["max_ms"], name
+        assert e["bytes"] > 0, name
+    assert r["store_reads"]["schedules_page_run_queries"] == 30
+    targets = {c["target"] for c in load_checks(results, "admin")}
+    assert any(t.startswith("timeline 24h p95 <= 500 ms") for t in targets)
+    assert len(targets) == 3
 
 
 def test_continuous_judges_worker_intervals_pairwise(tmp_path: Path) -> None:
