@@ -77,9 +77,10 @@ async def test_generations_hand_over_one_at_a_time_and_pause_stops_the_chain(
     assert first.ended_at - first.started_at >= timedelta(seconds=1)  # it worked its window
 
 
-async def test_a_lost_generation_hands_over_after_a_backoff_that_grows(backend: Backend) -> None:
-    """A generation that never starts is lost (no retry of its own); its successor waits
-    the schedule's backoff, which grows with each crash in a row."""
+async def test_a_lost_generation_hands_over_at_once(backend: Backend) -> None:
+    """A generation that never starts is lost after the start timeout (no retry of its
+    own: its successor is the retry), and its successor is sent at the same tick: the
+    silence that lost it throttles a loop of deaths by itself."""
     from _sinks import serve
 
     now = datetime.now(UTC)
@@ -87,7 +88,7 @@ async def test_a_lost_generation_hands_over_after_a_backoff_that_grows(backend: 
         await store_schedule(
             backend.store,
             now,
-            id="crashy",
+            id="silent",
             continuous={"window": "1m"},
             target={"url": sink.url + "/w", "worker": True},
             retry={"backoff": "10s", "max_backoff": "30s", "multiplier": 2},
@@ -97,37 +98,77 @@ async def test_a_lost_generation_hands_over_after_a_backoff_that_grows(backend: 
         d.clock = lambda: clock[0]
         try:
             await d.tick(now)
-            g1 = await backend.store.get_run(generation_run_id("crashy", 1))
+            g1 = await backend.store.get_run(generation_run_id("silent", 1))
             assert g1 is not None
             assert g1.state is RunState.dispatched
             clock[0] = now + d.timeouts.start_timeout + timedelta(seconds=1)
             await d.tick(clock[0])
-            lost = await backend.store.get_run(g1.id)
-            assert lost is not None
-            assert lost.state is RunState.lost  # not retried: the successor is the retry
-            g2 = await backend.store.get_run(generation_run_id("crashy", 2))
-            assert g2 is not None
-            assert g2.state is RunState.queued
-            assert g2.failures == 1
-            assert g2.cause_run_id == g1.id
-            [handoff] = g2.events
-            assert handoff.type.value == "run.handoff"
-            assert handoff.data["generation"] == 2
-            assert g2.deadline_at == clock[0] + timedelta(seconds=10)
-            clock[0] += timedelta(seconds=11)
-            await d.tick(clock[0])
-            started = await backend.store.get_run(g2.id)
-            assert started is not None
-            assert started.state is RunState.dispatched
-            clock[0] += d.timeouts.start_timeout + timedelta(seconds=1)
-            await d.tick(clock[0])
-            g3 = await backend.store.get_run(generation_run_id("crashy", 3))
-            assert g3 is not None
-            assert g3.failures == 2
-            assert g3.deadline_at == clock[0] + timedelta(seconds=20)
         finally:
             await d.aclose()
+        lost = await backend.store.get_run(g1.id)
+        assert lost is not None
+        assert lost.state is RunState.lost
+        g2 = await backend.store.get_run(generation_run_id("silent", 2))
+        assert g2 is not None
+        assert g2.state is RunState.dispatched  # sent at once, no backoff
+        assert (g2.failures, g2.blocked_by, g2.cause_run_id) == (0, None, g1.id)
+        [handoff] = [e for e in g2.events if e.type.value == "run.handoff"]
+        assert handoff.data["generation"] == 2
         assert sink.received == 2
+
+
+async def test_a_crash_loop_waits_a_backoff_that_grows(backend: Backend) -> None:
+    """A generation whose dispatch fails ends ``failed`` at once: a crash. Its successor
+    waits the schedule's backoff, growing with each crash in a row; a backoff of 0 still
+    waits MIN_CRASH_BACKOFF, so a crash loop never spins."""
+    from _sinks import closed_port
+    from firecron.core.planning import MIN_CRASH_BACKOFF
+
+    now = datetime.now(UTC)
+    dead_end = f"http://127.0.0.1:{closed_port()}/w"
+    await store_schedule(
+        backend.store,
+        now,
+        id="crashy",
+        continuous={"window": "1m"},
+        target={"url": dead_end, "worker": True},
+        retry={"backoff": "10s", "max_backoff": "30s", "multiplier": 2},
+    )
+    await store_schedule(
+        backend.store,
+        now,
+        id="spinner",
+        continuous={"window": "1m"},
+        target={"url": dead_end, "worker": True},
+        retry={"backoff": "0s", "max_backoff": "0s"},
+    )
+    clock = [now]
+    d = backend.dispatcher()
+    d.clock = lambda: clock[0]
+    try:
+        await d.tick(now)
+        g1 = await backend.store.get_run(generation_run_id("crashy", 1))
+        assert g1 is not None
+        assert g1.state is RunState.failed
+        g2 = await backend.store.get_run(generation_run_id("crashy", 2))
+        assert g2 is not None
+        assert (g2.state, g2.failures, g2.blocked_by) == (RunState.queued, 1, g1.id)
+        assert g2.deadline_at == now + timedelta(seconds=10)
+        spun = await backend.store.get_run(generation_run_id("spinner", 2))
+        assert spun is not None
+        assert spun.state is RunState.queued
+        assert spun.deadline_at == now + MIN_CRASH_BACKOFF
+        clock[0] = now + timedelta(seconds=11)
+        await d.tick(clock[0])
+        failed = await backend.store.get_run(g2.id)
+        assert failed is not None
+        assert failed.state is RunState.failed
+        g3 = await backend.store.get_run(generation_run_id("crashy", 3))
+        assert g3 is not None
+        assert g3.failures == 2
+        assert g3.deadline_at == clock[0] + timedelta(seconds=20)
+    finally:
+        await d.aclose()
 
 
 def test_a_window_that_does_not_fit_the_timeout_is_refused_with_one_line(tmp_path: Path) -> None:

@@ -528,24 +528,30 @@ def _generation_run(
     )
 
 
+MIN_CRASH_BACKOFF = timedelta(seconds=1)
+"""The least a crash's successor waits, whatever the retry policy says: with a backoff
+of 0, a worker that fails at once would otherwise burn through generations as fast as
+the store can write them."""
+
+
 def _crashed(ended: Run) -> bool:
     """Whether a generation's end is a crash, which makes its successor wait a backoff.
 
-    It failed or timed out; or it was alive for less than :data:`QUICK_END` (or its
-    window, when that is shorter): it never started, or it returned or went silent soon
-    after it started. A lost generation was alive until its last heartbeat, not until
-    the watchdog noticed its silence: one that worked a while and then died (killed,
-    evicted) is a death, not a crash, and its successor starts at once, within
-    ``heartbeat_timeout`` plus one tick of the death.
+    It failed (its function raised, or its dispatch failed) or timed out; or it returned
+    less than :data:`QUICK_END` (or its window, when that is shorter) after it started.
+    A ``lost`` generation is never a crash: the silence that lost it lasted the
+    heartbeat timeout (or the start timeout), which throttles a loop of deaths by
+    itself, so its successor starts at once, within ``heartbeat_timeout`` plus one tick
+    of the death.
     """
     if ended.state in (RunState.failed, RunState.timed_out):
         return True
-    if ended.started_at is None:
+    if ended.state is RunState.lost:
+        return False
+    if ended.started_at is None or ended.ended_at is None:
         return True
-    last_alive = ended.heartbeat_at if ended.state is RunState.lost else ended.ended_at
-    alive = (last_alive or ended.started_at) - ended.started_at
     quick = min(QUICK_END, ended.window) if ended.window is not None else QUICK_END
-    return alive < quick
+    return ended.ended_at - ended.started_at < quick
 
 
 def plan_handoff(
@@ -562,8 +568,8 @@ def plan_handoff(
 
     A crash (:func:`_crashed`) makes the successor wait (``queued``, released at its
     deadline) for the schedule's retry backoff, growing with each crash in a row up to
-    ``max_backoff``; a generation that ran its course, or died after it did, resets it
-    and its successor is fired at once.
+    ``max_backoff`` (and at least :data:`MIN_CRASH_BACKOFF`); a generation that ran its
+    course, or was lost, resets it and its successor is fired at once.
     """
     spec, state = stored.spec, stored.state
     if spec.continuous is None or not spec.enabled or state.paused:
@@ -582,8 +588,11 @@ def plan_handoff(
         cause_run_id=ended.id,
     )
     policy = spec.retry
-    ceiling = min(policy.max_backoff, policy.backoff * policy.multiplier ** max(failures - 1, 0))
-    if failures and ceiling > timedelta(0):
+    ceiling = max(
+        MIN_CRASH_BACKOFF,
+        min(policy.max_backoff, policy.backoff * policy.multiplier ** max(failures - 1, 0)),
+    )
+    if failures:
         run = run.model_copy(
             update={
                 "state": RunState.queued,
