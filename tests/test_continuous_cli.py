@@ -323,49 +323,46 @@ async def test_a_running_generation_and_a_day_without_handoffs(backend: Backend)
     assert "continuous" not in json.loads(_ok(run_cli("show", "plain", "--json", env=env)))
 
 
-async def test_show_after_a_dispatcher_lost_a_generation(backend: Backend) -> None:
-    """A dispatcher driven by explicit ticks: generation 1 is never started and is lost;
-    generation 2 waits its backoff. show says so; then g2 starts and the gap is its wait."""
-    from _sinks import serve
+async def test_show_after_a_generation_crashed(backend: Backend) -> None:
+    """A dispatcher driven by an explicit tick: generation 1's dispatch fails (nothing
+    listens), a crash; generation 2 waits its backoff. show says so; then g2 starts and
+    the gap is its wait."""
+    from _sinks import closed_port
 
     now = datetime.now(UTC)
-    with serve() as sink:
-        await store_schedule(
-            backend.store,
-            now,
-            id="crashy",
-            continuous={"window": "1m"},
-            target={"url": sink.url + "/w", "worker": True},
-            retry={"backoff": "10s", "max_backoff": "30s", "multiplier": 2},
-        )
-        clock = [now]
-        d = backend.dispatcher()
-        d.clock = lambda: clock[0]
-        try:
-            await d.tick(now)
-            clock[0] = now + d.timeouts.start_timeout + timedelta(seconds=1)
-            await d.tick(clock[0])
-        finally:
-            await d.aclose()
+    await store_schedule(
+        backend.store,
+        now,
+        id="crashy",
+        continuous={"window": "1m"},
+        target={"url": f"http://127.0.0.1:{closed_port()}/w", "worker": True},
+        retry={"backoff": "10s", "max_backoff": "30s", "multiplier": 2},
+    )
+    d = backend.dispatcher()
+    d.clock = lambda: now
+    try:
+        await d.tick(now)
+    finally:
+        await d.aclose()
     env = backend.env()
     g1 = await backend.store.get_run(generation_run_id("crashy", 1))
     g2 = await backend.store.get_run(generation_run_id("crashy", 2))
     assert g1 is not None
     assert g2 is not None
-    assert g1.state is RunState.lost
+    assert g1.state is RunState.failed
     assert g2.state is RunState.queued
     out = _ok(run_cli("show", "crashy", env=env))
     assert _value(out, "live generation") == "2  crashy@g0000000002  queued"
-    until = clock[0] + timedelta(seconds=10)
+    until = now + timedelta(seconds=10)
     assert _value(out, "crashes in a row") == (
         f"1, waits until {until.isoformat().replace('+00:00', 'Z')}"
     )
     assert _value(out, "handoffs (24 h)") == "1, 1 waiting"
     [row] = _rows(out, "Last handoffs")
-    assert row[:3] == ["1 -> 2", _z(g1.ended_at), "lost (crash)"]
+    assert row[:3] == ["1 -> 2", _z(g1.ended_at), "failed (crash)"]
     assert row[3].startswith("waiting since ")
 
-    # Its worker starts it 12 s after g1 was marked lost: the gap of that handoff.
+    # Its worker starts it 12 s after g1 failed: the gap of that handoff.
     assert g1.ended_at is not None
     began = g1.ended_at + timedelta(seconds=12)
     moved = await backend.store.update_run(
