@@ -15,10 +15,11 @@ process on that store (signed deliveries, as deployed):
    write). The target: p99 <= 500 ms on SQLite; Firestore runs fewer handoffs (at most
    ``firestore_handoffs``) and reports figures only.
 2. **Recovery.** The same kind of schedule with ``heartbeat_timeout: 3s``, a dispatcher
-   ticking every second in this process (the "tick" of the bound), and a retry backoff
-   of ``0s``: a killed generation ends ``lost``; killed within its 2 s window it was
-   alive less than that window, which counts as a crash, so its successor would wait the
-   backoff, but at ``0s`` it is fired at once, as after a death. ``kills`` times: once a generation has started (its worker says so), wait a
+   ticking every second in this process (the "tick" of the bound): a killed generation
+   ends ``lost``, a death (never a crash), so its successor is fired at once. A kill
+   that lands during a handoff can make the successor's POST find no process listening
+   yet: that generation fails unsent, a crash, and the next follows after the minimum
+   crash backoff (1 s; the schedule's is ``0s``). ``kills`` times: once a generation has started (its worker says so), wait a
    random point of its window, SIGKILL the worker's whole process group, and start a
    new process on the same port at once (the platform starting a fresh instance
    behind the same URL; it starts while the watchdog is still waiting, and its startup
@@ -431,14 +432,20 @@ async def handoff_gaps(
 
 
 def _overlap_figures(
-    intervals: list[Interval], generations: int, closed_at: float
+    intervals: list[Interval],
+    generations: int,
+    closed_at: float,
+    *,
+    unsent: set[int] | frozenset[int] = frozenset(),
 ) -> dict[str, Any]:
     """Pairwise overlaps and repeated starts of the worker-recorded intervals; crash when
-    the worker did not record exactly ``generations`` generations."""
+    the worker did not record exactly ``generations`` generations, but the ``unsent``
+    ones (their dispatch failed: they never started)."""
     recorded = sorted({i.generation for i in intervals})
-    if recorded != list(range(1, generations + 1)):
-        missing = sorted(set(range(1, generations + 1)) - set(recorded))
-        extra = sorted(set(recorded) - set(range(1, generations + 1)))
+    expected = [g for g in range(1, generations + 1) if g not in unsent]
+    if recorded != expected:
+        missing = sorted(set(expected) - set(recorded))
+        extra = sorted(set(recorded) - set(expected))
         raise RuntimeError(
             f"worker intervals: missing generations {missing[:5]}, extra {extra[:5]}"
         )
@@ -609,12 +616,23 @@ async def recovery(
     handover_to_start: list[float] = []
     unexpected: list[str] = []
     skipped = 0
+    # A successor sent while the new process was not listening yet (the instance was
+    # killed during its handoff, and the successor went out at once) fails its dispatch:
+    # a crash, whose own successor follows after the minimum backoff. It never started,
+    # so no instance of it ran: not a skipped generation, and not an overlap. (Behind
+    # Cloud Run's stable URL the request would wait for the fresh instance instead.)
+    unsent = {
+        g
+        for g, r in by_gen.items()
+        if g is not None and r.state is RunState.failed and r.started_at is None
+    }
     for kill in kills:
         dead, succ = by_gen.get(kill.generation), by_gen.get(kill.successor)
         if dead is None or succ is None:
             raise RuntimeError(f"generation {kill.generation} or {kill.successor} is not stored")
         kill.state = str(dead.state)
-        skipped += kill.successor - kill.generation - 1
+        between = range(kill.generation + 1, kill.successor)
+        skipped += sum(1 for g in between if g not in unsent)
         gap = kill.successor_start - kill.kill_at
         to_start.append(gap)
         if dead.state is RunState.lost:
@@ -645,13 +663,14 @@ async def recovery(
         "handoff_kill_to_start_max_ms": _ms(max(handover_to_start)) if handover_to_start else None,
         "killed_unexpected_end": unexpected,
         "generations_skipped": skipped,
+        "generations_unsent": sorted(unsent),
         "generations": last,
         "last_state": str(final.state),
         "ticks": len(ticker.walls) if ticker is not None else 0,
         **_spread(ticker.walls if ticker is not None and ticker.walls else [0.0], "tick_wall"),
         "tick_errors": len(ticker.errors) if ticker is not None else 0,
         "tick_error_samples": ticker.errors[:5] if ticker is not None else [],
-        **_overlap_figures(intervals, last, closed_at),
+        **_overlap_figures(intervals, last, closed_at, unsent=unsent),
         "kill_log": [asdict(k) for k in kills],
     }
 
