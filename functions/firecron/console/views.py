@@ -10,11 +10,13 @@ Pages: ``/`` schedules, ``/timeline?window=24h|7d``, ``/runs/<id>``, ``/pipeline
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, abort, current_app, render_template, request
@@ -144,13 +146,34 @@ async def _schedule_page(store: Store, after: str | None) -> SchedulePage:
     return SchedulePage(found, found[-1].id if more else None)
 
 
+_I = TypeVar("_I")
+_O = TypeVar("_O")
+
+_QUERIES_AT_ONCE = 16
+"""Per-schedule run queries of one page in flight at once: on Firestore each is a round
+trip, and a page of 100 one after another is 100 round trips long."""
+
+
+async def _for_each(items: Sequence[_I], fn: Callable[[_I], Awaitable[_O]]) -> list[_O]:
+    """``fn`` of each item, :data:`_QUERIES_AT_ONCE` at a time, results in ``items``' order."""
+    gate = asyncio.Semaphore(_QUERIES_AT_ONCE)
+
+    async def one(item: _I) -> _O:
+        async with gate:
+            return await fn(item)
+
+    return list(await asyncio.gather(*(one(item) for item in items)))
+
+
 async def _schedule_rows(store: Store, after: str | None) -> tuple[list[ScheduleRow], str | None]:
     rows = []
     listed = await _schedule_page(store, after)
-    for stored in listed.schedules:
-        # One query per schedule: the store has no "newest N runs of each schedule"
-        # query, and a page lists what one screen shows.
-        runs = await store.list_runs(schedule_id=stored.id, limit=RECENT_RUNS)
+    # One query per schedule: the store has no "newest N runs of each schedule" query,
+    # and a page lists what one screen shows.
+    recent = await _for_each(
+        listed.schedules, lambda s: store.list_runs(schedule_id=s.id, limit=RECENT_RUNS)
+    )
+    for stored, runs in zip(listed.schedules, recent, strict=True):
         zone = stored.spec.timezone
         rows.append(
             ScheduleRow(
@@ -223,8 +246,8 @@ async def _timeline(store: Store, window: timedelta, after: str | None) -> Timel
     capped: list[str] = []
     breaches = 0
     listed = await _schedule_page(store, after)
-    for stored in listed.schedules:
-        runs, cut = await _runs_since(store, stored.id, start)
+    found = await _for_each(listed.schedules, lambda s: _runs_since(store, s.id, start))
+    for stored, (runs, cut) in zip(listed.schedules, found, strict=True):
         if cut:
             capped.append(stored.id)
         bars = []
