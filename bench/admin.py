@@ -565,6 +565,20 @@ async def _breakdown(backends: Backends, backend: str, url: str, namespace: str)
         await store.close()
 
 
+def _row(backend: str, name: str, e: dict[str, Any]) -> list[Any]:
+    """One endpoint's line of the printed table."""
+    return [
+        backend,
+        name,
+        e["requests"],
+        e["p50_ms"],
+        e["p95_ms"],
+        e["max_ms"],
+        round(e["bytes"] / 1024),
+        e["target_ms"] if backend == "sqlite" else "-",
+    ]
+
+
 def run(backends: Backends, names: list[str], cfg: AdminConfig | None = None) -> BenchResult:
     cfg = cfg or AdminConfig()
     per: dict[str, Any] = {}
@@ -576,6 +590,12 @@ def run(backends: Backends, names: list[str], cfg: AdminConfig | None = None) ->
     for backend, r in per.items():
         for name, e in r["endpoints"].items():
             ok = e["p95_ms"] <= e["target_ms"]
+            # The issue's targets are SQLite's; the emulator's figures are reported only:
+            # it scans the whole runs collection for every query (about 0.1 s each at
+            # 20,000 runs), which Firestore answers from its index.
+            if backend != "sqlite":
+                rows.append(_row(backend, name, e))
+                continue
             checks.append(
                 Check(
                     NAME,
@@ -586,18 +606,7 @@ def run(backends: Backends, names: list[str], cfg: AdminConfig | None = None) ->
                     ok,
                 )
             )
-            rows.append(
-                [
-                    backend,
-                    name,
-                    e["requests"],
-                    e["p50_ms"],
-                    e["p95_ms"],
-                    e["max_ms"],
-                    round(e["bytes"] / 1024),
-                    e["target_ms"],
-                ]
-            )
+            rows.append(_row(backend, name, e))
     print_table(
         "Admin: HTTP GETs on a seeded store (ms)",
         ["backend", "endpoint", "requests", "p50", "p95", "max", "KiB", "target p95"],
