@@ -79,6 +79,10 @@ def _deliver(outcomes: Sequence[_Outcome]) -> None:
             future.set_exception(value)
 
 
+_STOP_WAIT_S = 1.0
+"""How long close() waits for the thread before it sends the stop again."""
+
+
 class Batcher:
     """Runs calls on one SQLite connection, on its own thread, in batches.
 
@@ -137,10 +141,16 @@ class Batcher:
         Idempotent. Raises :class:`StoreError` if closing the connection fails.
         """
         self._flush()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            await asyncio.to_thread(thread.join)
+        # The stop goes to this thread's own queue: a call racing the close may start a
+        # new thread on a new queue, which must not take the stop meant for this one
+        # (this thread would then wait for work forever, and the join with it).
+        thread, jobs = self._thread, self._queue
+        self._thread = None
+        while thread is not None and thread.is_alive():
+            # Stop again until it has stopped: the queue is this thread's alone, so a
+            # second stop is harmless, and no lost one can leave close() waiting forever.
+            jobs.put(None)
+            await asyncio.to_thread(thread.join, _STOP_WAIT_S)
         await asyncio.to_thread(self._close_sync)
 
     def _flush(self) -> None:
@@ -148,24 +158,28 @@ class Batcher:
         if not jobs:
             return
         if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._queue = queue.SimpleQueue()  # each thread its own (see close)
+            self._thread = threading.Thread(
+                target=self._serve, args=(self._queue,), name=self._name, daemon=True
+            )
             self._thread.start()
         self._queue.put(jobs)
 
-    def _serve(self) -> None:
-        """The thread: runs batches of calls in order and sends results back."""
+    def _serve(self, inbox: queue.SimpleQueue[list[_Job] | None]) -> None:
+        """The thread: runs batches of calls from ``inbox`` in order and sends results
+        back, until it takes the stop (None)."""
         while True:
-            jobs = self._queue.get()
+            jobs = inbox.get()
             if jobs is None:
                 return
             # Whatever else is already waiting joins this batch (one transaction).
             while len(jobs) < MAX_BATCH:
                 try:
-                    more = self._queue.get_nowait()
+                    more = inbox.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
-                    self._queue.put(None)  # stop after this batch
+                    inbox.put(None)  # stop after this batch
                     break
                 jobs.extend(more)
             results = self._run_batch(jobs)
