@@ -30,6 +30,9 @@ _T = TypeVar("_T")
 
 log = logging.getLogger("firecron.api")
 
+_CANCEL_WAIT_S = 10.0
+"""How long close() waits for cancelled background work to unwind."""
+
 
 class Service:
     """The store, dispatcher and clock of one app, opened lazily (thread-safe)."""
@@ -100,9 +103,19 @@ class Service:
         future.add_done_callback(done)
 
     def close(self) -> None:
-        """Close the store and stop the loop (idempotent)."""
+        """Cancel the background work, close the store and stop the loop (idempotent).
+
+        Background work (a ``max_parallel`` backfill) is resumable: cancelled here, the
+        same request completes it later. It must end before the store closes, or it
+        would go on using a closed store on a stopped loop.
+        """
         with self._lock:
             self._closed = True
             runtime, self._runtime = self._runtime, None
+            background = list(self._background)
+        for future in background:
+            future.cancel()
+        if background:
+            concurrent.futures.wait(background, timeout=_CANCEL_WAIT_S)
         if runtime is not None:
             runtime.close()
