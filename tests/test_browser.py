@@ -34,13 +34,15 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     if _CI:
         raise
-    pytest.skip("playwright is not installed (pip install -e '.[dev]')", allow_module_level=True)
+    pytest.skip(
+        reason="playwright is not installed (pip install -e '.[dev]')", allow_module_level=True
+    )
 
 if not Path(CHROMIUM).exists():  # pragma: no cover - depends on the machine
     message = f"no Chromium at {CHROMIUM}: apt-get install -y chromium, or set FIRECRON_CHROMIUM"
     if _CI:
         pytest.fail(message, pytrace=False)
-    pytest.skip(message, allow_module_level=True)
+    pytest.skip(reason=message, allow_module_level=True)
 
 SCHEDULES = """
 pipelines:

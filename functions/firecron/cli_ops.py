@@ -8,7 +8,6 @@ Exit codes as everywhere: 0 ok, 1 operational failure (a run that could not be s
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime
@@ -17,8 +16,9 @@ from typing import Any
 import click
 
 from firecron import operations
-from firecron._output import emit_json, err_console, rfc3339
+from firecron._output import emit_json, rfc3339
 from firecron.cli import (
+    _apply_progress,
     _now,
     _parse_params,
     _quiet_library_logs,
@@ -173,25 +173,15 @@ def rerun_cmd(
 
 @contextlib.contextmanager
 def _progress_bar() -> Iterator[Callable[[int, int], None] | None]:
-    """A rich progress bar on stderr when it is a terminal (like `apply`'s); else None."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    """`apply`'s progress bar on stderr (a terminal only; else None), as one phase."""
+    with _apply_progress() as phases:
+        if phases is None:
+            yield None
+            return
 
-    bar = Progress(
-        TextColumn("backfilling"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err_console,
-        transient=True,
-    )
-    task = bar.add_task("backfill", total=None)
+        def report(done: int, total: int) -> None:
+            phases("backfilling", done, total)
 
-    def report(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
-    with bar:
         yield report
 
 
