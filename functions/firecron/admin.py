@@ -27,7 +27,7 @@ from typing import Any
 
 from firecron._gc import gc_paused
 from firecron.core import planning
-from firecron.core.models import ScheduleSpec, ScheduleState, StoredSchedule
+from firecron.core.models import PipelineSpec, ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.render import one_line
 from firecron.errors import ConflictError, InvalidInputError, NotFoundError, StoreError
 from firecron.store._codec import to_json
@@ -43,6 +43,7 @@ __all__ = [
     "delete",
     "pause",
     "resume",
+    "stored_pipelines",
     "unwritable",
 ]
 
@@ -446,3 +447,24 @@ async def _stop_live_generation(store: Store, stored: StoredSchedule, now: datet
     """Ask a continuous schedule's live generation (if any) to stop."""
     if stored.spec.continuous is not None and stored.state.last_run_id is not None:
         await _ask_to_stop(store, stored.state.last_run_id, now)
+
+
+_PIPELINE_PAGE = 1000
+
+
+async def stored_pipelines(store: Store) -> dict[str, tuple[PipelineSpec, list[str]]]:
+    """Each pipeline a stored schedule targets, by id: its snapshot (the first schedule's
+    in id order; ``apply`` writes one file's pipeline into every schedule naming it, so
+    they agree) and the ids of the schedules targeting it. Reads every schedule once, a
+    page at a time: a pipeline is stored only as those copies."""
+    found: dict[str, tuple[PipelineSpec, list[str]]] = {}
+    after: str | None = None
+    while True:
+        page = await store.list_schedules(after=after, limit=_PIPELINE_PAGE)
+        for stored in page:
+            pipeline = stored.spec.pipeline_spec
+            if pipeline is not None:
+                found.setdefault(pipeline.id, (pipeline, []))[1].append(stored.id)
+        if len(page) < _PIPELINE_PAGE:
+            return found
+        after = page[-1].id

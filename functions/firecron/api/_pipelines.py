@@ -12,18 +12,16 @@ from typing import Any
 
 import flask
 
+from firecron.admin import stored_pipelines
 from firecron.api._http import dump, reply
 from firecron.api._problem import Problem
 from firecron.api._service import Service
 from firecron.core.models import PipelineSpec
 from firecron.core.pipeline_graph import depths, task_kind, topological_order
-from firecron.store.base import Store
 
 __all__ = ["blueprint", "dag"]
 
 blueprint = flask.Blueprint("firecron_api_pipelines", __name__)
-
-_PAGE = 1000
 
 
 def _service() -> Service:
@@ -50,27 +48,11 @@ def dag(spec: PipelineSpec) -> dict[str, Any]:
     return {"nodes": nodes, "edges": edges}
 
 
-async def _pipelines(store: Store) -> dict[str, tuple[PipelineSpec, list[str]]]:
-    """Each stored pipeline (the snapshot of the first schedule in id order targeting it)
-    with the ids of the schedules that target it."""
-    found: dict[str, tuple[PipelineSpec, list[str]]] = {}
-    after: str | None = None
-    while True:
-        page = await store.list_schedules(after=after, limit=_PAGE)
-        for stored in page:
-            pipeline = stored.spec.pipeline_spec
-            if pipeline is not None:
-                found.setdefault(pipeline.id, (pipeline, []))[1].append(stored.id)
-        if len(page) < _PAGE:
-            return found
-        after = page[-1].id
-
-
 @blueprint.get("/pipelines")
 def list_pipelines() -> flask.Response:
     """Every pipeline a stored schedule targets, by id, with its schedules."""
     service = _service()
-    found = service.call(_pipelines(service.store))
+    found = service.call(stored_pipelines(service.store))
     return reply(
         {
             "pipelines": [
@@ -85,7 +67,7 @@ def list_pipelines() -> flask.Response:
 def get_pipeline(pipeline_id: str) -> flask.Response:
     """One pipeline: its definition, its schedules and its DAG."""
     service = _service()
-    found = service.call(_pipelines(service.store)).get(pipeline_id)
+    found = service.call(stored_pipelines(service.store)).get(pipeline_id)
     if found is None:
         raise Problem(404, f"unknown pipeline {pipeline_id!r} (no stored schedule targets it)")
     spec, schedules = found

@@ -23,6 +23,7 @@ from flask import Blueprint, abort, current_app, render_template, request
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
+from firecron.admin import stored_pipelines
 from firecron.console._bridge import StoreBridge
 from firecron.console.svg import Bar, dag_svg, timeline_svg
 from firecron.core import planning
@@ -122,10 +123,6 @@ def trigger_text(stored: StoredSchedule) -> str:
 def local_text(instant: datetime, zone: str) -> str:
     """``instant`` as ``2027-01-01 09:30:00 CET`` in ``zone``."""
     return instant.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
-async def _all_schedules(store: Store) -> list[StoredSchedule]:
-    return await store.list_schedules()
 
 
 @dataclass(frozen=True)
@@ -330,12 +327,7 @@ class PipelineView:
 
 
 async def _pipelines(store: Store) -> list[PipelineView]:
-    found: dict[str, tuple[PipelineSpec, list[str]]] = {}
-    for stored in await _all_schedules(store):
-        pipeline = stored.spec.pipeline_spec
-        if pipeline is not None:
-            # apply writes one file's pipeline into every schedule naming it: they agree.
-            found.setdefault(pipeline.id, (pipeline, []))[1].append(stored.id)
+    found = await stored_pipelines(store)
     views = []
     for pipeline_id in sorted(found):
         spec, schedules = found[pipeline_id]
