@@ -58,6 +58,7 @@ from firecron.core.lifecycle import RunTimeouts, SendOutcome, WatchAction
 from firecron.core.models import JsonValue, OverlapPolicy, StoredSchedule, TargetAuth
 from firecron.core.render import error_line, one_line, rfc3339
 from firecron.core.runs import Run, RunState, RunTrigger, manual_run_id
+from firecron.core.shards import Shard
 from firecron.errors import FirecronError, InvalidInputError, NotFoundError, StoreError
 from firecron.outbox import Deliverer
 from firecron.settings import Settings
@@ -136,6 +137,8 @@ class TickSummary:
     """Waiting runs whose wait's condition held (they were fired)."""
     waits_looked: int = 0
     """Waiting runs whose key the watchdog read (their ``every`` had passed)."""
+    shard: str | None = None
+    """The shard this tick covered, ``I/N`` (None: every schedule and run)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form (times RFC 3339 UTC)."""
@@ -170,6 +173,7 @@ class TickSummary:
             "settled": self.settled,
             "released": self.released,
             "waits_looked": self.waits_looked,
+            "shard": self.shard,
         }
 
 
@@ -257,13 +261,21 @@ class Dispatcher:
 
     # -- the tick -------------------------------------------------------------------------
 
-    async def tick(self, now: datetime | None = None) -> TickSummary:
-        """Run one tick at ``now`` (default: the clock). Never raises for one bad schedule or run."""
-        with gc_eased():
-            return await self._tick(now)
+    async def tick(self, now: datetime | None = None, *, shard: Shard | None = None) -> TickSummary:
+        """Run one tick at ``now`` (default: the clock). Never raises for one bad schedule or run.
 
-    async def _tick(self, now: datetime | None) -> TickSummary:
+        With ``shard``, the tick claims only the due schedules and watches only the due
+        runs whose bucket the shard owns (:mod:`firecron.core.shards`): N such ticks, one
+        per shard, together do what one unsharded tick does, each on its own process or
+        instance. Whatever the shards, claims are compare-and-sets, so ticks of two
+        shard counts overlapping (a re-shard) fire each occurrence once.
+        """
+        with gc_eased():
+            return await self._tick(now, shard)
+
+    async def _tick(self, now: datetime | None, shard: Shard | None) -> TickSummary:
         summary = TickSummary(started_at=self.now())
+        summary.shard = None if shard is None else str(shard)
         if now is None:
             store_now, offset = await clock_offset(self.store, self.clock)
             summary.clock_skew_s = round(-offset.total_seconds(), 3)
@@ -279,7 +291,7 @@ class Dispatcher:
         fires: list[asyncio.Task[None]] = []
         seen: set[str] = set()
         while True:
-            due = await self.store.due_schedules(now, self.page_size)
+            due = await self.store.due_schedules(now, self.page_size, shard=shard)
             fresh = [s for s in due if s.id not in seen]
             if not fresh:
                 break
@@ -295,7 +307,7 @@ class Dispatcher:
             if time.monotonic() >= deadline:
                 summary.more_due = True
                 break
-        await self._watchdog(now, summary, fires)
+        await self._watchdog(now, summary, fires, shard)
         if fires:
             await asyncio.gather(*fires)
         summary.finished_at = self.now()
@@ -684,9 +696,13 @@ class Dispatcher:
     # -- the watchdog ---------------------------------------------------------------------
 
     async def _watchdog(
-        self, now: datetime, summary: TickSummary, fires: list[asyncio.Task[None]]
+        self,
+        now: datetime,
+        summary: TickSummary,
+        fires: list[asyncio.Task[None]],
+        shard: Shard | None = None,
     ) -> None:
-        runs = await self.store.due_watches(now, self.page_size)
+        runs = await self.store.due_watches(now, self.page_size, shard=shard)
         summary.watched += len(runs)
         slots = asyncio.Semaphore(self.settings.concurrency)
 
@@ -774,10 +790,13 @@ def _error_line(exc: BaseException) -> str:
     return error_line(exc, _MAX_ERROR_CHARS)
 
 
-async def run_tick(settings: Settings, store: Store, now: datetime | None = None) -> TickSummary:
-    """Open a dispatcher on ``store``, run one tick, close it (the entry points' helper)."""
+async def run_tick(
+    settings: Settings, store: Store, now: datetime | None = None, *, shard: Shard | None = None
+) -> TickSummary:
+    """Open a dispatcher on ``store``, run one tick (of ``shard``), close it (the entry
+    points' helper)."""
     dispatcher = Dispatcher(store, settings)
     try:
-        return await dispatcher.tick(now)
+        return await dispatcher.tick(now, shard=shard)
     finally:
         await dispatcher.aclose()
