@@ -859,7 +859,9 @@ def tick(shard_text: str | None, store_url: str | None, as_json: bool) -> None:
     This is what the `dispatch` function does on every Cloud Scheduler call. Exit
     code 1 when some schedule or run could not be handled (the others still were).
     With `--shard I/N` it does shard I's part only: N processes, one per shard, share
-    the work, and N may change between ticks (claims are compare-and-sets).
+    the work, and N may change between ticks (claims are compare-and-sets). A tick
+    that runs out of FIRECRON_TICK_BUDGET with work still due continues at once, at
+    most FIRECRON_MAX_CONTINUATIONS times; the summary counts the continuations.
 
     \b
     Examples:
@@ -872,7 +874,7 @@ def tick(shard_text: str | None, store_url: str | None, as_json: bool) -> None:
     shard = None if shard_text is None else parse_shard(shard_text)
     # Signed like `firecron dev`'s own ticks, so a dev stack's workers accept its sends.
     settings = with_dev_secret(_settings(store_url), create=False)
-    summary = _with_store(store_url, lambda s: run_tick(settings, s, shard=shard))
+    summary = _with_store(store_url, lambda s: run_tick(settings, s, shard=shard, chain=True))
     data = summary.as_dict()
     if as_json:
         emit_json(data)
@@ -884,6 +886,8 @@ def tick(shard_text: str | None, store_url: str | None, as_json: bool) -> None:
             f"({outcomes}), {data['skipped']} skipped, {data['missed']} missed, "
             f"{data['watched']} watched; events: {events}; {data['duration_s']}s"
             + (f"; shard {summary.shard}" if summary.shard else "")
+            + (f"; {summary.continuations} continuations" if summary.continuations else "")
+            + ("; more due" if summary.more_due else "")
         )
         for line in data["errors"]:
             click.echo(f"error: {line}", err=True)

@@ -34,6 +34,7 @@ ENV_VARS: dict[str, str] = {
     "FIRECRON_MAX_OPEN": "requests open at once, sent or waiting for an ack (default 1000)",
     "FIRECRON_ACK_TIMEOUT": "how long a dispatch waits for its acknowledgement (default 5s)",
     "FIRECRON_TICK_BUDGET": "how long one tick may keep claiming due work (default 50s)",
+    "FIRECRON_MAX_CONTINUATIONS": "how many continuations one tick may chain when its budget runs out with work still due (default 10; 0: none)",
     "FIRECRON_SHARDS": f"how many shard ticks share the due work, 1 to {MAX_SHARDS} (default 1); a schedule's shard is a stable hash of its id modulo it",
     "FIRECRON_ALLOW_PRIVATE_TARGETS": "allow loopback/private target addresses (dev and tests)",
     "FIRECRON_DISPATCH_CALLER": "when set, dispatch accepts only OIDC tokens of this service account email",
@@ -177,6 +178,8 @@ class Settings:
     max_open: int = 1000
     ack_timeout: timedelta = timedelta(seconds=5)
     tick_budget: timedelta = timedelta(seconds=50)
+    max_continuations: int = 10
+    """Continuations a tick may chain, the next page at once (``FIRECRON_MAX_CONTINUATIONS``)."""
     shards: int = 1
     """How many shard ticks share the due work (``FIRECRON_SHARDS``, :mod:`firecron.core.shards`)."""
     allow_private_targets: bool = False
@@ -219,6 +222,7 @@ class Settings:
             max_open=_int(env, "FIRECRON_MAX_OPEN", 1000, 1, 100_000),
             ack_timeout=_duration(env, "FIRECRON_ACK_TIMEOUT", timedelta(seconds=5)),
             tick_budget=_duration(env, "FIRECRON_TICK_BUDGET", timedelta(seconds=50)),
+            max_continuations=_int(env, "FIRECRON_MAX_CONTINUATIONS", 10, 0, 1000),
             shards=_int(env, "FIRECRON_SHARDS", 1, 1, MAX_SHARDS),
             allow_private_targets=_bool(env, "FIRECRON_ALLOW_PRIVATE_TARGETS"),
             run_retention=_duration(env, "FIRECRON_RUN_RETENTION", timedelta(days=30)),
