@@ -215,14 +215,34 @@ def test_dispatch_is_internal_only_and_invokable_only_by_the_scheduler(tf: Modul
         for name, body in named.items()
         if "google_cloudfunctions2_function.dispatch" in str(body)
     }
-    assert list(invokers) == ["scheduler_invokes_dispatch"], sorted(invokers)
-    grant = invokers["scheduler_invokes_dispatch"]
-    assert grant["role"] == "roles/run.invoker"
-    # The function's Cloud Run service, as the API names it (not the function's name).
-    assert grant["service"] == (
-        "${google_cloudfunctions2_function.dispatch.service_config[0].service}"
+    # The scheduler, and dispatch itself (shard ticks and continuations), nobody else.
+    assert sorted(invokers) == ["dispatch_invokes_dispatch", "scheduler_invokes_dispatch"]
+    for name, account in (
+        ("scheduler_invokes_dispatch", "scheduler"),
+        ("dispatch_invokes_dispatch", "dispatch"),
+    ):
+        grant = invokers[name]
+        assert grant["role"] == "roles/run.invoker"
+        # The function's Cloud Run service, as the API names it (not the function's name).
+        assert grant["service"] == (
+            "${google_cloudfunctions2_function.dispatch.service_config[0].service}"
+        )
+        assert grant["member"] == f"serviceAccount:${{google_service_account.{account}.email}}"
+    # dispatch accepts the tokens of exactly those two.
+    assert _env(tf, "dispatch")["FIRECRON_DISPATCH_CALLER"] == (
+        "${google_service_account.scheduler.email},${google_service_account.dispatch.email}"
     )
-    assert grant["member"] == "serviceAccount:${google_service_account.scheduler.email}"
+
+
+def test_dispatch_max_instances_follow_the_shards(tf: Module) -> None:
+    config = _service_config(_functions(tf)["dispatch"], "dispatch")
+    # The root call, each shard's tick and the continuation it may POST before returning.
+    assert config["max_instance_count"] == (
+        "${max(var.dispatch.max_instances, 2 * var.shards + 1)}"
+    )
+    env = _env(tf, "dispatch")
+    assert env["FIRECRON_SHARDS"] == "${tostring(var.shards)}"
+    assert env["FIRECRON_MAX_CONTINUATIONS"] == "${tostring(var.max_continuations)}"
 
 
 @pytest.mark.parametrize(
@@ -242,7 +262,12 @@ def test_dispatcher_and_workers_may_invoke_every_worker(
 
 
 # Settings of dispatch only: verifying the scheduler's calls to it.
-_DISPATCH_ONLY = {"FIRECRON_DISPATCH_AUDIENCE", "FIRECRON_DISPATCH_CALLER"}
+_DISPATCH_ONLY = {
+    "FIRECRON_DISPATCH_AUDIENCE",
+    "FIRECRON_DISPATCH_CALLER",
+    "FIRECRON_SHARDS",  # a worker's causes claim by id, never by shard
+    "FIRECRON_MAX_CONTINUATIONS",
+}
 
 
 def test_workers_send_as_the_dispatcher_does(tf: Module) -> None:

@@ -37,7 +37,7 @@ ENV_VARS: dict[str, str] = {
     "FIRECRON_MAX_CONTINUATIONS": "how many continuations one tick may chain when its budget runs out with work still due (default 10; 0: none)",
     "FIRECRON_SHARDS": f"how many shard ticks share the due work, 1 to {MAX_SHARDS} (default 1); a schedule's shard is a stable hash of its id modulo it",
     "FIRECRON_ALLOW_PRIVATE_TARGETS": "allow loopback/private target addresses (dev and tests)",
-    "FIRECRON_DISPATCH_CALLER": "when set, dispatch accepts only OIDC tokens of this service account email",
+    "FIRECRON_DISPATCH_CALLER": "when set, dispatch accepts only OIDC tokens of these service account emails (comma-separated: the scheduler's, and dispatch's own for its shard ticks and continuations)",
     "FIRECRON_OIDC_CERTS_URL": "where Google's OIDC signing certificates are fetched (change only for tests)",
     "FIRECRON_FUNCTION_AUTH": "auth of 'function' targets that set none: none (default) or oidc",
     "FIRECRON_EVENT_LOG": "write every event as a structured JSON log line (default true)",
