@@ -21,6 +21,7 @@ import pytest
 from _hcl import Module, load_module, single
 from firecron.core.models import Target
 from firecron.core.runs import Run
+from firecron.core.shards import MAX_SHARDS
 from firecron.errors import InvalidInputError
 from firecron.settings import ENV_VARS, Settings
 from firecron.store.firestore import REQUIRED_INDEXES
@@ -570,6 +571,53 @@ def test_signing_secret_variable_is_validated(tmp_path: Path, value: str, accept
     elif "whsec_YWJjZA" not in value:
         with pytest.raises(InvalidInputError, match="FIRECRON_SIGNING_SECRET: entry"):
             parse_signing_secrets(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("1", True),
+        ("4", True),
+        (str(MAX_SHARDS), True),
+        ("0", False),
+        (str(MAX_SHARDS + 1), False),
+        ("1.5", False),
+    ],
+)
+def test_shards_variable_is_validated_as_firecron_does(
+    tmp_path: Path, value: str, accepted: bool
+) -> None:
+    """``var.shards`` takes exactly what ``FIRECRON_SHARDS`` takes (1 to MAX_SHARDS)."""
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("terraform is not on PATH")
+    shutil.copy(INFRA / "variables.tf", tmp_path / "variables.tf")
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_CLI_CONFIG_FILE": os.devnull}
+    run = functools.partial(
+        subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    init = run([terraform, "init", "-input=false", "-no-color"], check=False)
+    assert init.returncode == 0, init.stdout + init.stderr
+    plan = run(
+        [
+            terraform,
+            "plan",
+            "-input=false",
+            "-no-color",
+            "-var=project_id=proj-123",
+            "-var=region=europe-west1",
+            f"-var=shards={value}",
+        ],
+        check=False,
+    )
+    output = plan.stdout + plan.stderr
+    assert (plan.returncode == 0) is accepted, output
+    if accepted:
+        assert Settings.from_env({"FIRECRON_SHARDS": value}).shards == int(value)
+    else:
+        assert "shards must be a whole number from 1 to 60." in output
+        with pytest.raises(InvalidInputError, match="FIRECRON_SHARDS"):
+            Settings.from_env({"FIRECRON_SHARDS": value})
 
 
 # --- Makefile targets ----------------------------------------------------------------------
