@@ -19,7 +19,7 @@ from firecron.core.runs import RunState
 from firecron.core.shards import BUCKETS, MAX_SHARDS, Shard, bucket_of, parse_shard
 from firecron.errors import InvalidInputError
 from firecron.store.base import ScheduleWrite, Store
-from firecron.store.sqlite import SQLiteStore
+from firecron.store.sqlite import SQLiteStore, _due_query
 
 US = timedelta(microseconds=1)
 IDS = [f"job-{n:02d}" for n in range(40)]
@@ -218,3 +218,29 @@ async def test_a_database_from_before_shards_gets_its_buckets(tmp_path: Path) ->
             assert [s.id for s in due] == (["job-07"] if index == owner.index else [])
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    ("table", "columns", "time_column", "index"),
+    [
+        ("firecron_schedules", "id, spec, state, version", "next_fire_at", "due_by_bucket"),
+        ("firecron_runs", "id, data, version", "watch_at", "watch_by_bucket"),
+    ],
+)
+async def test_a_sharded_sqlite_due_query_reads_only_its_buckets_index_ranges(
+    tmp_path: Path, table: str, columns: str, time_column: str, index: str
+) -> None:
+    store = SQLiteStore(tmp_path / "plan.db")
+    await store.put_schedule(make_spec("job-00"), make_state(T0), expect_version=None)
+    await store.close()
+    sql, params = _due_query(table, columns, time_column, 0, 500, Shard(1, 4))
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    try:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    finally:
+        conn.close()
+    searches = [step for step in plan if step.startswith(("SEARCH", "SCAN")) and table in step]
+    # One covering range per owned bucket, then a fetch by primary key: never a scan.
+    assert len(searches) == len(Shard(1, 4).buckets()) + 1, plan
+    assert all(f"COVERING INDEX {table}_{index} (bucket=?" in s for s in searches[:-1]), plan
+    assert "(id=?)" in searches[-1], plan

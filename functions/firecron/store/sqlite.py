@@ -111,6 +111,41 @@ def _encode(model: BaseModel) -> str:
     return to_json(model)
 
 
+def _due_query(
+    table: str, columns: str, time_column: str, bound: int, limit: int, shard: Shard | None
+) -> tuple[str, list[int]]:
+    """The due query's SQL and parameters: rows with ``time_column <= bound``, earliest
+    first (ties by id), at most ``limit``.
+
+    Unsharded, one range of the partial ``(time, id)`` index. Sharded, one range of the
+    ``(bucket, time, id)`` index per owned bucket, each at most ``limit`` ids read from
+    the index alone, merged, and only the first ``limit`` rows fetched: a page reads at
+    most ``limit`` index entries per bucket, however far behind the ticks are.
+    """
+    if shard is None or shard.count == 1:
+        return (
+            f"SELECT {columns} FROM {table}"
+            f" WHERE {time_column} IS NOT NULL AND {time_column} <= ?"
+            f" ORDER BY {time_column}, id LIMIT ?",
+            [bound, limit],
+        )
+    buckets = shard.buckets()
+    member = (
+        f"SELECT * FROM (SELECT id AS due_id, {time_column} AS due_at FROM {table}"
+        f" WHERE bucket = ? AND {time_column} IS NOT NULL AND {time_column} <= ?"
+        f" ORDER BY {time_column}, id LIMIT ?)"
+    )
+    params: list[int] = []
+    for bucket in buckets:
+        params += [bucket, bound, limit]
+    return (
+        f"SELECT {columns} FROM ({' UNION ALL '.join([member] * len(buckets))}"
+        f" ORDER BY due_at, due_id LIMIT ?) JOIN {table} ON id = due_id"
+        " ORDER BY due_at, due_id",
+        [*params, limit],
+    )
+
+
 def _parse_version(version: str) -> int | None:
     """The integer behind a version token, or None when it cannot be one of ours."""
     try:
@@ -304,37 +339,9 @@ class SQLiteStore:
         limit: int,
         shard: Shard | None,
     ) -> list[Any]:
-        """The due query: rows with ``time_column <= bound``, earliest first (ties by id).
-
-        Unsharded, one range of the partial ``(time, id)`` index. Sharded, one range of
-        the ``(bucket, time, id)`` index per owned bucket, each at most ``limit`` ids
-        read from the index alone, merged, and only the first ``limit`` rows fetched:
-        a page reads at most ``limit`` index entries per bucket, however far behind.
-        """
-        if shard is None or shard.count == 1:
-            return self._query(
-                conn,
-                f"SELECT {columns} FROM {table}"
-                f" WHERE {time_column} IS NOT NULL AND {time_column} <= ?"
-                f" ORDER BY {time_column}, id LIMIT ?",
-                (bound, limit),
-            )
-        buckets = shard.buckets()
-        member = (
-            f"SELECT * FROM (SELECT id AS due_id, {time_column} AS due_at FROM {table}"
-            f" WHERE bucket = ? AND {time_column} IS NOT NULL AND {time_column} <= ?"
-            f" ORDER BY {time_column}, id LIMIT ?)"
-        )
-        params: list[int] = []
-        for bucket in buckets:
-            params += [bucket, bound, limit]
-        return self._query(
-            conn,
-            f"SELECT {columns} FROM ({' UNION ALL '.join([member] * len(buckets))}"
-            f" ORDER BY due_at, due_id LIMIT ?) JOIN {table} ON id = due_id"
-            " ORDER BY due_at, due_id",
-            [*params, limit],
-        )
+        """The due query (:func:`_due_query`), counted as one query."""
+        sql, params = _due_query(table, columns, time_column, bound, limit, shard)
+        return self._query(conn, sql, params)
 
     def _query(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run one read query; counts it and the rows it returned."""
