@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from google.cloud import firestore
 
 from _factories import MINUTE, T0, make_run, make_spec, make_state
 from firecron.core.runs import RunState
@@ -244,3 +245,21 @@ async def test_a_sharded_sqlite_due_query_reads_only_its_buckets_index_ranges(
     assert len(searches) == len(Shard(1, 4).buckets()) + 1, plan
     assert all(f"COVERING INDEX {table}_{index} (bucket=?" in s for s in searches[:-1]), plan
     assert "(id=?)" in searches[-1], plan
+
+
+async def test_a_firestore_document_from_before_shards_gets_its_bucket_at_its_claim(
+    store: Store,
+) -> None:
+    """Until its next write only an unsharded query sees it; a claim writes the bucket."""
+    from firecron.store.firestore import FirestoreStore
+
+    if not isinstance(store, FirestoreStore):
+        pytest.skip("SQLite fills the column when it opens the database (test above)")
+    await store.put_schedule(make_spec("job-07"), make_state(T0), expect_version=None)
+    ref = store._schedules().document("job-07")
+    await ref.update({"bucket": firestore.DELETE_FIELD})  # as a version before shards wrote it
+    owner = next(Shard(i, 4) for i in range(4) if Shard(i, 4).owns("job-07"))
+    assert await store.due_schedules(T0, 10, shard=owner) == []
+    [unsharded] = await store.due_schedules(T0, 10)
+    assert await store.claim(unsharded, make_state(T0 + MINUTE), [make_run("job-07", T0)])
+    assert [s.id for s in await store.due_schedules(T0 + MINUTE, 10, shard=owner)] == ["job-07"]
