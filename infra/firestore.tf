@@ -34,7 +34,7 @@ locals {
   # and neither do the unfiltered run listing (ORDER BY created_at DESC, __name__ DESC),
   # a key's waiters ({namespace}_runs wait_key == key) and the state listings
   # ({namespace}_state key >= prefix AND key < prefix + "~" ORDER BY key).
-  # The filtered run listings need composite indexes: this map mirrors
+  # The filtered run listings and a shard's due queries need composite indexes: this map mirrors
   # firecron.store.firestore.REQUIRED_INDEXES exactly (tests/test_infra.py compares them),
   # as {collection suffix, fields in order}; the collection is {namespace}_{suffix}.
   composite_indexes = {
@@ -61,6 +61,23 @@ locals {
         { field_path = "state", order = "ASCENDING" },
         { field_path = "created_at", order = "DESCENDING" },
         { field_path = "__name__", order = "DESCENDING" },
+      ]
+    }
+    # A shard's due queries (FIRECRON_SHARDS above 1; firecron.core.shards): `bucket in`
+    # the shard's buckets plus the time range, so each bucket's due work is its own range
+    # of the index (docs/design.md, "Shards").
+    schedules_due_by_bucket = {
+      collection = "schedules"
+      fields = [
+        { field_path = "bucket", order = "ASCENDING" },
+        { field_path = "next_fire_at", order = "ASCENDING" },
+      ]
+    }
+    runs_watch_by_bucket = {
+      collection = "runs"
+      fields = [
+        { field_path = "bucket", order = "ASCENDING" },
+        { field_path = "watch_at", order = "ASCENDING" },
       ]
     }
   }

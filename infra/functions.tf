@@ -76,10 +76,12 @@ resource "google_cloudfunctions2_function" "dispatch" {
   }
 
   service_config {
-    available_memory                 = var.dispatch.memory
-    timeout_seconds                  = var.dispatch.timeout_seconds
-    min_instance_count               = 0
-    max_instance_count               = var.dispatch.max_instances
+    available_memory   = var.dispatch.memory
+    timeout_seconds    = var.dispatch.timeout_seconds
+    min_instance_count = 0
+    # At once, per minute: the root call, each shard's tick and the continuation it may
+    # POST before it returns; so at least 2 N + 1 (docs/design.md, "Shards").
+    max_instance_count               = max(var.dispatch.max_instances, 2 * var.shards + 1)
     max_instance_request_concurrency = 1
     all_traffic_on_latest_revision   = true
 

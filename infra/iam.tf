@@ -91,6 +91,16 @@ resource "google_cloud_run_service_iam_member" "scheduler_invokes_dispatch" {
   member   = "serviceAccount:${google_service_account.scheduler.email}"
 }
 
+# dispatch calls itself: the root tick's shard ticks and a tick's continuation
+# (functions/firecron/_dispatch_http.py), with an ID token of its own identity.
+resource "google_cloud_run_service_iam_member" "dispatch_invokes_dispatch" {
+  project  = var.project_id
+  location = var.region
+  service  = google_cloudfunctions2_function.dispatch.service_config[0].service
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.dispatch.email}"
+}
+
 resource "google_cloud_run_service_iam_member" "dispatch_invokes_worker" {
   for_each = google_cloudfunctions2_function.worker
 

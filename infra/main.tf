@@ -65,11 +65,14 @@ locals {
     FIRECRON_RUN_RETENTION      = local.run_retention
     FIRECRON_FUNCTIONS_BASE_URL = local.functions_base_url
     FIRECRON_DISPATCH_AUDIENCE  = local.dispatch_url
-    FIRECRON_DISPATCH_CALLER    = google_service_account.scheduler.email
-    FIRECRON_FUNCTION_AUTH      = "oidc" # deployed workers accept only IAM-authenticated calls
-    FIRECRON_CONCURRENCY        = tostring(var.concurrency)
-    FIRECRON_ACK_TIMEOUT        = var.ack_timeout
-    FIRECRON_TICK_BUDGET        = var.tick_budget
+    # The scheduler's root calls, and dispatch's own: shard ticks and continuations.
+    FIRECRON_DISPATCH_CALLER   = "${google_service_account.scheduler.email},${google_service_account.dispatch.email}"
+    FIRECRON_SHARDS            = tostring(var.shards)
+    FIRECRON_MAX_CONTINUATIONS = tostring(var.max_continuations)
+    FIRECRON_FUNCTION_AUTH     = "oidc" # deployed workers accept only IAM-authenticated calls
+    FIRECRON_CONCURRENCY       = tostring(var.concurrency)
+    FIRECRON_ACK_TIMEOUT       = var.ack_timeout
+    FIRECRON_TICK_BUDGET       = var.tick_budget
   }
 }
 

@@ -196,6 +196,28 @@ variable "ack_timeout" {
   }
 }
 
+variable "shards" {
+  type        = number
+  description = "How many shard ticks share the due work (FIRECRON_SHARDS): the root tick POSTs one per shard, each on its own dispatch instance. dispatch's max instances is at least 2 * shards + 1."
+  default     = 1
+
+  validation {
+    condition     = var.shards >= 1 && var.shards <= 60 && floor(var.shards) == var.shards
+    error_message = "shards must be a whole number from 1 to 60."
+  }
+}
+
+variable "max_continuations" {
+  type        = number
+  description = "How many continuations one tick may chain when its budget runs out with work still due (FIRECRON_MAX_CONTINUATIONS); 0 for none. 0 by default until dispatch's calls to itself can pass its internal-only ingress (docs/design.md, \"Shards\")."
+  default     = 0
+
+  validation {
+    condition     = var.max_continuations >= 0 && var.max_continuations <= 1000 && floor(var.max_continuations) == var.max_continuations
+    error_message = "max_continuations must be a whole number from 0 to 1000."
+  }
+}
+
 variable "tick_budget" {
   type        = string
   description = "How long one tick keeps claiming due work (FIRECRON_TICK_BUDGET). Keep it below the tick interval and well below dispatch.timeout_seconds."

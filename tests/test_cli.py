@@ -357,3 +357,22 @@ def run_(*args: str) -> str:
     proc = run(*args)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def test_tick_takes_one_shard(good_file: Path, store_url: str) -> None:
+    run("apply", str(good_file), "--store", store_url)
+    for index in range(2):
+        proc = run("tick", "--shard", f"{index}/2", "--json", "--store", store_url)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["shard"] == f"{index}/2"
+    plain = run("tick", "--store", store_url)
+    assert plain.returncode == 0, plain.stderr
+    assert "shard" not in plain.stdout
+    assert "; shard 1/3" in run("tick", "--shard", "1/3", "--store", store_url).stdout
+    assert_user_error(
+        run("tick", "--shard", "2/2", "--store", store_url), "shard: index must be 0 to 1, got 2"
+    )
+    assert_user_error(
+        run("tick", "--shard", "x", "--store", store_url),
+        "shard: expected I/N (such as 0/4), got 'x'",
+    )

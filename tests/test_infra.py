@@ -21,6 +21,7 @@ import pytest
 from _hcl import Module, load_module, single
 from firecron.core.models import Target
 from firecron.core.runs import Run
+from firecron.core.shards import MAX_SHARDS
 from firecron.errors import InvalidInputError
 from firecron.settings import ENV_VARS, Settings
 from firecron.store.firestore import REQUIRED_INDEXES
@@ -215,14 +216,34 @@ def test_dispatch_is_internal_only_and_invokable_only_by_the_scheduler(tf: Modul
         for name, body in named.items()
         if "google_cloudfunctions2_function.dispatch" in str(body)
     }
-    assert list(invokers) == ["scheduler_invokes_dispatch"], sorted(invokers)
-    grant = invokers["scheduler_invokes_dispatch"]
-    assert grant["role"] == "roles/run.invoker"
-    # The function's Cloud Run service, as the API names it (not the function's name).
-    assert grant["service"] == (
-        "${google_cloudfunctions2_function.dispatch.service_config[0].service}"
+    # The scheduler, and dispatch itself (shard ticks and continuations), nobody else.
+    assert sorted(invokers) == ["dispatch_invokes_dispatch", "scheduler_invokes_dispatch"]
+    for name, account in (
+        ("scheduler_invokes_dispatch", "scheduler"),
+        ("dispatch_invokes_dispatch", "dispatch"),
+    ):
+        grant = invokers[name]
+        assert grant["role"] == "roles/run.invoker"
+        # The function's Cloud Run service, as the API names it (not the function's name).
+        assert grant["service"] == (
+            "${google_cloudfunctions2_function.dispatch.service_config[0].service}"
+        )
+        assert grant["member"] == f"serviceAccount:${{google_service_account.{account}.email}}"
+    # dispatch accepts the tokens of exactly those two.
+    assert _env(tf, "dispatch")["FIRECRON_DISPATCH_CALLER"] == (
+        "${google_service_account.scheduler.email},${google_service_account.dispatch.email}"
     )
-    assert grant["member"] == "serviceAccount:${google_service_account.scheduler.email}"
+
+
+def test_dispatch_max_instances_follow_the_shards(tf: Module) -> None:
+    config = _service_config(_functions(tf)["dispatch"], "dispatch")
+    # The root call, each shard's tick and the continuation it may POST before returning.
+    assert config["max_instance_count"] == (
+        "${max(var.dispatch.max_instances, 2 * var.shards + 1)}"
+    )
+    env = _env(tf, "dispatch")
+    assert env["FIRECRON_SHARDS"] == "${tostring(var.shards)}"
+    assert env["FIRECRON_MAX_CONTINUATIONS"] == "${tostring(var.max_continuations)}"
 
 
 @pytest.mark.parametrize(
@@ -242,7 +263,12 @@ def test_dispatcher_and_workers_may_invoke_every_worker(
 
 
 # Settings of dispatch only: verifying the scheduler's calls to it.
-_DISPATCH_ONLY = {"FIRECRON_DISPATCH_AUDIENCE", "FIRECRON_DISPATCH_CALLER"}
+_DISPATCH_ONLY = {
+    "FIRECRON_DISPATCH_AUDIENCE",
+    "FIRECRON_DISPATCH_CALLER",
+    "FIRECRON_SHARDS",  # a worker's causes claim by id, never by shard
+    "FIRECRON_MAX_CONTINUATIONS",
+}
 
 
 def test_workers_send_as_the_dispatcher_does(tf: Module) -> None:
@@ -545,6 +571,53 @@ def test_signing_secret_variable_is_validated(tmp_path: Path, value: str, accept
     elif "whsec_YWJjZA" not in value:
         with pytest.raises(InvalidInputError, match="FIRECRON_SIGNING_SECRET: entry"):
             parse_signing_secrets(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("1", True),
+        ("4", True),
+        (str(MAX_SHARDS), True),
+        ("0", False),
+        (str(MAX_SHARDS + 1), False),
+        ("1.5", False),
+    ],
+)
+def test_shards_variable_is_validated_as_firecron_does(
+    tmp_path: Path, value: str, accepted: bool
+) -> None:
+    """``var.shards`` takes exactly what ``FIRECRON_SHARDS`` takes (1 to MAX_SHARDS)."""
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("terraform is not on PATH")
+    shutil.copy(INFRA / "variables.tf", tmp_path / "variables.tf")
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_CLI_CONFIG_FILE": os.devnull}
+    run = functools.partial(
+        subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    init = run([terraform, "init", "-input=false", "-no-color"], check=False)
+    assert init.returncode == 0, init.stdout + init.stderr
+    plan = run(
+        [
+            terraform,
+            "plan",
+            "-input=false",
+            "-no-color",
+            "-var=project_id=proj-123",
+            "-var=region=europe-west1",
+            f"-var=shards={value}",
+        ],
+        check=False,
+    )
+    output = plan.stdout + plan.stderr
+    assert (plan.returncode == 0) is accepted, output
+    if accepted:
+        assert Settings.from_env({"FIRECRON_SHARDS": value}).shards == int(value)
+    else:
+        assert "shards must be a whole number from 1 to 60." in output
+        with pytest.raises(InvalidInputError, match="FIRECRON_SHARDS"):
+            Settings.from_env({"FIRECRON_SHARDS": value})
 
 
 # --- Makefile targets ----------------------------------------------------------------------

@@ -88,6 +88,19 @@ def test_good_token_is_accepted(keys: dict[str, Any], certs_url: str) -> None:
     check_dispatch_caller(f"Bearer {token(keys)}", settings(certs_url))
 
 
+def test_several_callers_are_each_accepted_and_no_other(
+    keys: dict[str, Any], certs_url: str
+) -> None:
+    # The deploy lists the scheduler's account and dispatch's own (its shard ticks and
+    # continuations).
+    own = "firecron-dispatch@proj.iam.gserviceaccount.com"
+    both = settings(certs_url, dispatch_caller=f"{CALLER}, {own}")
+    check_dispatch_caller(f"Bearer {token(keys)}", both)
+    check_dispatch_caller(f"Bearer {token(keys, email=own)}", both)
+    with pytest.raises(SignatureError, match=r"^token is not from the configured caller$"):
+        check_dispatch_caller(f"Bearer {token(keys, email='x@proj.iam.gserviceaccount.com')}", both)
+
+
 @pytest.mark.parametrize(
     ("make_header", "message"),
     [

@@ -844,23 +844,37 @@ def delete(schedule_id: str, store_url: str | None) -> None:
 
 
 @cli.command()
+@click.option(
+    "--shard",
+    "shard_text",
+    metavar="I/N",
+    default=None,
+    help="Only shard I of N: the schedules and runs whose id hashes to it (default: all).",
+)
 @store_option
 @json_option
-def tick(store_url: str | None, as_json: bool) -> None:
+def tick(shard_text: str | None, store_url: str | None, as_json: bool) -> None:
     """Run one dispatcher tick: claim and fire due occurrences, then the watchdog pass.
 
     This is what the `dispatch` function does on every Cloud Scheduler call. Exit
     code 1 when some schedule or run could not be handled (the others still were).
+    With `--shard I/N` it does shard I's part only: N processes, one per shard, share
+    the work, and N may change between ticks (claims are compare-and-sets). A tick
+    that runs out of FIRECRON_TICK_BUDGET with work still due continues at once, at
+    most FIRECRON_MAX_CONTINUATIONS times; the summary counts the continuations.
 
     \b
-    Example:
+    Examples:
       firecron tick --json
+      firecron tick --shard 0/2 & firecron tick --shard 1/2
     """
     from firecron._dev_secret import with_dev_secret
+    from firecron.core.shards import parse_shard
 
+    shard = None if shard_text is None else parse_shard(shard_text)
     # Signed like `firecron dev`'s own ticks, so a dev stack's workers accept its sends.
     settings = with_dev_secret(_settings(store_url), create=False)
-    summary = _with_store(store_url, lambda s: run_tick(settings, s))
+    summary = _with_store(store_url, lambda s: run_tick(settings, s, shard=shard, chain=True))
     data = summary.as_dict()
     if as_json:
         emit_json(data)
@@ -871,6 +885,9 @@ def tick(store_url: str | None, as_json: bool) -> None:
             f"tick: {data['due']} due, {data['claimed']} claimed, {data['fired']} fired "
             f"({outcomes}), {data['skipped']} skipped, {data['missed']} missed, "
             f"{data['watched']} watched; events: {events}; {data['duration_s']}s"
+            + (f"; shard {summary.shard}" if summary.shard else "")
+            + (f"; {summary.continuations} continuations" if summary.continuations else "")
+            + ("; more due" if summary.more_due else "")
         )
         for line in data["errors"]:
             click.echo(f"error: {line}", err=True)

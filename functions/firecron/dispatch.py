@@ -46,7 +46,7 @@ import secrets as _secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -58,6 +58,7 @@ from firecron.core.lifecycle import RunTimeouts, SendOutcome, WatchAction
 from firecron.core.models import JsonValue, OverlapPolicy, StoredSchedule, TargetAuth
 from firecron.core.render import error_line, one_line, rfc3339
 from firecron.core.runs import Run, RunState, RunTrigger, manual_run_id
+from firecron.core.shards import Shard
 from firecron.errors import FirecronError, InvalidInputError, NotFoundError, StoreError
 from firecron.outbox import Deliverer
 from firecron.settings import Settings
@@ -91,6 +92,12 @@ def _utcnow() -> datetime:
 def timeouts_for(settings: Settings) -> RunTimeouts:
     """Watchdog deadlines for these settings (see :meth:`RunTimeouts.for_tick`)."""
     return RunTimeouts.for_tick(settings.tick_budget, settings.ack_timeout)
+
+
+_SUMMARY_FIRST = frozenset({"started_at", "shard", "continuation"})
+"""Summary fields :meth:`TickSummary.absorb` keeps from the chain's first tick."""
+_SUMMARY_LAST = frozenset({"finished_at", "more_due", "clock_skew_s", "skewed"})
+"""Summary fields :meth:`TickSummary.absorb` takes from the later tick."""
 
 
 @dataclass
@@ -136,6 +143,36 @@ class TickSummary:
     """Waiting runs whose wait's condition held (they were fired)."""
     waits_looked: int = 0
     """Waiting runs whose key the watchdog read (their ``every`` had passed)."""
+    shard: str | None = None
+    """The shard this tick covered, ``I/N`` (None: every schedule and run)."""
+    continuation: int = 0
+    """This tick's place in its chain: 0 for the tick the scheduler (or a user) started,
+    ``k`` for the k-th continuation after it."""
+    continuations: int = 0
+    """Continuations that followed this tick: folded into this summary by
+    :meth:`Dispatcher.tick_chain`; in the cloud, 1 when it asked for the next page."""
+
+    def absorb(self, later: TickSummary) -> None:
+        """Fold ``later``, the next tick of the same chain, into this summary.
+
+        Counts add up, errors are appended (the JSON keeps the first 50), ``more_due``
+        and ``finished_at`` are the later tick's (it is the chain's end so far), and
+        ``continuations`` grows by one plus those the later tick had absorbed.
+        """
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(later, f.name)
+            if f.name in _SUMMARY_FIRST:
+                continue
+            if f.name in _SUMMARY_LAST:
+                setattr(self, f.name, theirs)
+            elif f.name == "continuations":
+                self.continuations += 1 + theirs
+            elif isinstance(mine, Counter):
+                mine.update(theirs)
+            elif isinstance(mine, list):
+                mine.extend(theirs)
+            elif isinstance(mine, int) and not isinstance(mine, bool):
+                setattr(self, f.name, mine + theirs)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form (times RFC 3339 UTC)."""
@@ -170,6 +207,9 @@ class TickSummary:
             "settled": self.settled,
             "released": self.released,
             "waits_looked": self.waits_looked,
+            "shard": self.shard,
+            "continuation": self.continuation,
+            "continuations": self.continuations,
         }
 
 
@@ -257,13 +297,42 @@ class Dispatcher:
 
     # -- the tick -------------------------------------------------------------------------
 
-    async def tick(self, now: datetime | None = None) -> TickSummary:
-        """Run one tick at ``now`` (default: the clock). Never raises for one bad schedule or run."""
-        with gc_eased():
-            return await self._tick(now)
+    async def tick(self, now: datetime | None = None, *, shard: Shard | None = None) -> TickSummary:
+        """Run one tick at ``now`` (default: the clock). Never raises for one bad schedule or run.
 
-    async def _tick(self, now: datetime | None) -> TickSummary:
+        With ``shard``, the tick claims only the due schedules and watches only the due
+        runs whose bucket the shard owns (:mod:`firecron.core.shards`): N such ticks, one
+        per shard, together do what one unsharded tick does, each on its own process or
+        instance. Whatever the shards, claims are compare-and-sets, so ticks of two
+        shard counts overlapping (a re-shard) fire each occurrence once.
+        """
+        with gc_eased():
+            return await self._tick(now, shard)
+
+    async def tick_chain(
+        self, now: datetime | None = None, *, shard: Shard | None = None
+    ) -> TickSummary:
+        """A tick, then, while it ran out of budget with work still due, the next page at
+        once, as another tick: at most ``FIRECRON_MAX_CONTINUATIONS`` of them.
+
+        This is ``firecron tick``'s loop (the cloud's dispatch continues by POSTing to
+        itself instead, one tick per request). A continuation that finds nothing due
+        ends the chain, as does one that finished within its budget. Returns the first
+        tick's summary with every continuation folded in (:meth:`TickSummary.absorb`):
+        ``continuations`` counts them, ``more_due`` is the last one's.
+        """
+        summary = await self.tick(now, shard=shard)
+        while summary.more_due and summary.continuations < self.settings.max_continuations:
+            later = await self.tick(now, shard=shard)
+            later.continuation = summary.continuations + 1
+            summary.absorb(later)
+            if later.due == 0:
+                break
+        return summary
+
+    async def _tick(self, now: datetime | None, shard: Shard | None) -> TickSummary:
         summary = TickSummary(started_at=self.now())
+        summary.shard = None if shard is None else str(shard)
         if now is None:
             store_now, offset = await clock_offset(self.store, self.clock)
             summary.clock_skew_s = round(-offset.total_seconds(), 3)
@@ -279,7 +348,7 @@ class Dispatcher:
         fires: list[asyncio.Task[None]] = []
         seen: set[str] = set()
         while True:
-            due = await self.store.due_schedules(now, self.page_size)
+            due = await self.store.due_schedules(now, self.page_size, shard=shard)
             fresh = [s for s in due if s.id not in seen]
             if not fresh:
                 break
@@ -295,7 +364,7 @@ class Dispatcher:
             if time.monotonic() >= deadline:
                 summary.more_due = True
                 break
-        await self._watchdog(now, summary, fires)
+        await self._watchdog(now, summary, fires, shard)
         if fires:
             await asyncio.gather(*fires)
         summary.finished_at = self.now()
@@ -684,9 +753,13 @@ class Dispatcher:
     # -- the watchdog ---------------------------------------------------------------------
 
     async def _watchdog(
-        self, now: datetime, summary: TickSummary, fires: list[asyncio.Task[None]]
+        self,
+        now: datetime,
+        summary: TickSummary,
+        fires: list[asyncio.Task[None]],
+        shard: Shard | None = None,
     ) -> None:
-        runs = await self.store.due_watches(now, self.page_size)
+        runs = await self.store.due_watches(now, self.page_size, shard=shard)
         summary.watched += len(runs)
         slots = asyncio.Semaphore(self.settings.concurrency)
 
@@ -774,10 +847,25 @@ def _error_line(exc: BaseException) -> str:
     return error_line(exc, _MAX_ERROR_CHARS)
 
 
-async def run_tick(settings: Settings, store: Store, now: datetime | None = None) -> TickSummary:
-    """Open a dispatcher on ``store``, run one tick, close it (the entry points' helper)."""
+async def run_tick(
+    settings: Settings,
+    store: Store,
+    now: datetime | None = None,
+    *,
+    shard: Shard | None = None,
+    chain: bool = False,
+    continuation: int = 0,
+) -> TickSummary:
+    """Open a dispatcher on ``store``, run one tick (of ``shard``), close it (the entry
+    points' helper). With ``chain``, the tick and its continuations
+    (:meth:`Dispatcher.tick_chain`), as ``firecron tick`` runs them; ``continuation``
+    is the tick's place in a chain the caller keeps (the cloud's)."""
     dispatcher = Dispatcher(store, settings)
     try:
-        return await dispatcher.tick(now)
+        if chain:
+            return await dispatcher.tick_chain(now, shard=shard)
+        summary = await dispatcher.tick(now, shard=shard)
+        summary.continuation = continuation
+        return summary
     finally:
         await dispatcher.aclose()

@@ -196,7 +196,9 @@ def _claims_checked(claims: dict[str, Any], audience: str, caller: str | None) -
     if claims.get("iss") not in GOOGLE_ISSUERS:
         raise SignatureError("token issuer is not Google")
     verified = claims.get("email_verified") is True
-    if caller is not None and (claims.get("email") != caller or not verified):
+    # FIRECRON_DISPATCH_CALLER may name several accounts (the scheduler's and dispatch's own).
+    callers = None if caller is None else {c.strip() for c in caller.split(",") if c.strip()}
+    if callers is not None and (claims.get("email") not in callers or not verified):
         raise SignatureError("token is not from the configured caller")
     return claims
 

@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from firecron.core.durations import parse_duration
 from firecron.core.models import TargetAuth
+from firecron.core.shards import MAX_SHARDS
 from firecron.errors import InvalidInputError
 from firecron.store._common import NAMESPACE_RULE, valid_namespace
 from firecron.transport.sender import FUNCTION_PLACEHOLDER
@@ -33,8 +34,10 @@ ENV_VARS: dict[str, str] = {
     "FIRECRON_MAX_OPEN": "requests open at once, sent or waiting for an ack (default 1000)",
     "FIRECRON_ACK_TIMEOUT": "how long a dispatch waits for its acknowledgement (default 5s)",
     "FIRECRON_TICK_BUDGET": "how long one tick may keep claiming due work (default 50s)",
+    "FIRECRON_MAX_CONTINUATIONS": "how many continuations one tick may chain when its budget runs out with work still due (default 10; 0: none)",
+    "FIRECRON_SHARDS": f"how many shard ticks share the due work, 1 to {MAX_SHARDS} (default 1); a schedule's shard is a stable hash of its id modulo it",
     "FIRECRON_ALLOW_PRIVATE_TARGETS": "allow loopback/private target addresses (dev and tests)",
-    "FIRECRON_DISPATCH_CALLER": "when set, dispatch accepts only OIDC tokens of this service account email",
+    "FIRECRON_DISPATCH_CALLER": "when set, dispatch accepts only OIDC tokens of these service account emails (comma-separated: the scheduler's, and dispatch's own for its shard ticks and continuations)",
     "FIRECRON_OIDC_CERTS_URL": "where Google's OIDC signing certificates are fetched (change only for tests)",
     "FIRECRON_FUNCTION_AUTH": "auth of 'function' targets that set none: none (default) or oidc",
     "FIRECRON_EVENT_LOG": "write every event as a structured JSON log line (default true)",
@@ -175,6 +178,10 @@ class Settings:
     max_open: int = 1000
     ack_timeout: timedelta = timedelta(seconds=5)
     tick_budget: timedelta = timedelta(seconds=50)
+    max_continuations: int = 10
+    """Continuations a tick may chain, the next page at once (``FIRECRON_MAX_CONTINUATIONS``)."""
+    shards: int = 1
+    """How many shard ticks share the due work (``FIRECRON_SHARDS``, :mod:`firecron.core.shards`)."""
     allow_private_targets: bool = False
     run_retention: timedelta = timedelta(days=30)
     dispatch_caller: str | None = None
@@ -215,6 +222,8 @@ class Settings:
             max_open=_int(env, "FIRECRON_MAX_OPEN", 1000, 1, 100_000),
             ack_timeout=_duration(env, "FIRECRON_ACK_TIMEOUT", timedelta(seconds=5)),
             tick_budget=_duration(env, "FIRECRON_TICK_BUDGET", timedelta(seconds=50)),
+            max_continuations=_int(env, "FIRECRON_MAX_CONTINUATIONS", 10, 0, 1000),
+            shards=_int(env, "FIRECRON_SHARDS", 1, 1, MAX_SHARDS),
             allow_private_targets=_bool(env, "FIRECRON_ALLOW_PRIVATE_TARGETS"),
             run_retention=_duration(env, "FIRECRON_RUN_RETENTION", timedelta(days=30)),
             dispatch_caller=env.get("FIRECRON_DISPATCH_CALLER", "").strip() or None,

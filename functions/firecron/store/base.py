@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 from firecron.core.logs import LogLine
 from firecron.core.models import JsonValue, ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState, UpstreamEnd
+from firecron.core.shards import Shard
 from firecron.core.state import StateEntry
 from firecron.errors import InvalidInputError
 
@@ -141,10 +142,15 @@ class Store(Protocol):
         """
         ...
 
-    async def due_schedules(self, now: datetime, limit: int) -> list[StoredSchedule]:
+    async def due_schedules(
+        self, now: datetime, limit: int, *, shard: Shard | None = None
+    ) -> list[StoredSchedule]:
         """Schedules with ``state.next_fire_at <= now``, earliest first, at most ``limit``.
 
-        One indexed query. Idle schedules (``next_fire_at`` is None) are neither
+        With ``shard``, only those whose bucket (:func:`firecron.core.shards.bucket_of`
+        of the id, stored with the record) that shard owns; None or a shard of count 1
+        means every schedule. One indexed query, on ``(bucket, next_fire_at)`` when
+        sharded. Idle schedules (``next_fire_at`` is None) are neither
         returned nor read, so an idle tick costs O(1) reads whatever the schedule count.
         A record that cannot be decoded is left out with one error log line naming it
         (it still counts against ``limit``), so one bad record never stops a tick.
@@ -297,10 +303,14 @@ class Store(Protocol):
         at most ``limit``. A page reads only its own entries."""
         ...
 
-    async def due_watches(self, now: datetime, limit: int) -> list[Run]:
+    async def due_watches(
+        self, now: datetime, limit: int, *, shard: Shard | None = None
+    ) -> list[Run]:
         """Runs with ``watch_at <= now``, earliest first, at most ``limit``. One indexed query.
 
-        Terminal runs have no ``watch_at`` and are never returned or read.
+        With ``shard``, only runs whose bucket (their schedule id's, stored with the
+        record) that shard owns, as :meth:`due_schedules`. Terminal runs have no
+        ``watch_at`` and are never returned or read.
         """
         ...
 

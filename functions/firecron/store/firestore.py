@@ -15,6 +15,11 @@ Layout, in the database ``database`` of project ``project``:
   (``expire_at``, infra/firestore.tf), as native strings and timestamps (null when
   unset). A run written before waits existed has no ``wait_key`` field, which no
   equality filter matches: it never waited.
+- ``bucket`` (schedules and runs): :func:`firecron.core.shards.bucket_of` of the
+  schedule's id, the integer a shard's due queries filter on. Every schedule write
+  (claims included) and every run write sets it, so a document from before shards,
+  which has none and which no sharded query matches, gets it at its next write;
+  until then only an unsharded tick (``FIRECRON_SHARDS=1``) sees it.
 - ``marks`` holds ``Run.upstream`` as a native map, ``{task: {"outcome": <string>,
   "state": <string>, "failed_within": <bool>}}``, present once a run has a mark. It is outside ``data``
   because marks are written concurrently and without a precondition
@@ -63,7 +68,10 @@ indexes on ``next_fire_at``, ``watch_at``, ``created_at``, ``wait_key`` and a st
 entry's ``key`` are automatic):
 
 - due schedules: ``next_fire_at <= now`` ordered by ``next_fire_at`` (single field);
-- due watches: ``watch_at <= now`` ordered by ``watch_at`` (single field);
+  a shard's (``FIRECRON_SHARDS`` above 1) adds ``bucket in`` its buckets (composite
+  ``(bucket, next_fire_at)``);
+- due watches: ``watch_at <= now`` ordered by ``watch_at`` (single field); a shard's
+  adds ``bucket in`` its buckets (composite ``(bucket, watch_at)``);
 - a key's waiters: ``wait_key == key`` (single field, equality);
 - state listings: ``key`` in a range, ordered by ``key`` (single field);
 - a run's log lines: ``run_id ==``, ordered by document id, from a cursor on it
@@ -102,6 +110,7 @@ from pydantic import ValidationError
 from firecron.core.logs import LogLine
 from firecron.core.models import JsonValue, ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState, UpstreamEnd
+from firecron.core.shards import Shard, bucket_of
 from firecron.core.state import StateEntry
 from firecron.errors import ConflictError, InvalidInputError, StoreError
 from firecron.store._codec import plain, readable_schedules, run_from_json, to_json
@@ -157,6 +166,9 @@ REQUIRED_INDEXES: Final[list[tuple[str, list[tuple[str, str]]]]] = [
             ("__name__", "DESCENDING"),
         ],
     ),
+    # A shard's due queries (FIRECRON_SHARDS above 1): ``bucket in`` plus a time range.
+    ("schedules", [("bucket", "ASCENDING"), ("next_fire_at", "ASCENDING")]),
+    ("runs", [("bucket", "ASCENDING"), ("watch_at", "ASCENDING")]),
 ]
 """Composite indexes the queries need, as ``(collection suffix, [(field, direction)])``.
 
@@ -171,6 +183,7 @@ RUN_QUERY_FIELDS: Final = (
     "watch_at",
     "wait_key",
     "expire_at",
+    "bucket",
 )
 """Run fields copied to the top level of the run document (see the module docstring)."""
 
@@ -257,6 +270,7 @@ def _run_document(run: Run, *, new: bool = False) -> dict[str, _Field]:
         "watch_at": None if run.watch_at is None else run.watch_at.astimezone(UTC),
         "wait_key": run.wait_key,
         "expire_at": None if run.expire_at is None else run.expire_at.astimezone(UTC),
+        "bucket": bucket_of(run.schedule_id),
     }
     if new and run.upstream:
         fields[MARKS_FIELD] = {task: _mark_value(end) for task, end in run.upstream.items()}
@@ -600,7 +614,7 @@ class FirestoreStore:
     @classmethod
     def _schedule_document(cls, spec: ScheduleSpec, state: ScheduleState) -> dict[str, Any]:
         """A whole schedule document (see the module docstring)."""
-        return {"spec": to_json(spec), **cls._schedule_fields(state)}
+        return {"spec": to_json(spec), "bucket": bucket_of(spec.id), **cls._schedule_fields(state)}
 
     @staticmethod
     def _schedule_fields(state: ScheduleState) -> dict[str, Any]:
@@ -687,10 +701,11 @@ class FirestoreStore:
             if w.expect_version is not None and not _issued_version(w.expect_version):
                 built.append(None)  # not a version this backend issued: it cannot match
                 continue
-            fields: dict[str, str | datetime | None] = {
+            fields: dict[str, str | datetime | int | None] = {
                 "spec": to_json(w.spec),
                 "state": to_json(w.state),
                 "next_fire_at": w.state.next_fire_at,
+                "bucket": bucket_of(w.spec.id),
             }
             path = self._path("schedules", w.spec.id)
             with self._translate("write_schedules"):
@@ -791,22 +806,35 @@ class FirestoreStore:
             raise StoreError("clock: Firestore returned no read time")
         return datetime.fromtimestamp(read_time.timestamp(), UTC)
 
-    async def due_schedules(self, now: datetime, limit: int) -> list[StoredSchedule]:
+    async def due_schedules(
+        self, now: datetime, limit: int, *, shard: Shard | None = None
+    ) -> list[StoredSchedule]:
         """See :meth:`Store.due_schedules`. One query; ties in ``next_fire_at`` by id."""
-        snapshots = await self._due(self._schedules(), "next_fire_at", now, limit, "due_schedules")
+        snapshots = await self._due(
+            self._schedules(), "next_fire_at", now, limit, "due_schedules", shard
+        )
         return readable_schedules(snapshots, self._stored)
 
     async def _due(
-        self, collection: Any, field: str, now: datetime, limit: int, op: str
+        self,
+        collection: Any,
+        field: str,
+        now: datetime,
+        limit: int,
+        op: str,
+        shard: Shard | None,
     ) -> list[Any]:
-        """Documents with ``field <= now``, earliest first (ties by id), at most ``limit``."""
+        """Documents with ``field <= now``, earliest first (ties by id), at most ``limit``.
+
+        Sharded (a count above 1), also ``bucket in`` the shard's buckets (at most 30
+        values, Firestore's limit), on the composite ``(bucket, field)`` index.
+        """
         if limit <= 0:
             return []
-        query = (
-            collection.where(filter=FieldFilter(field, "<=", _utc(now, "now")))
-            .order_by(field)
-            .limit(limit)
-        )
+        query = collection.where(filter=FieldFilter(field, "<=", _utc(now, "now")))
+        if shard is not None and shard.count > 1:
+            query = query.where(filter=FieldFilter("bucket", "in", list(shard.buckets())))
+        query = query.order_by(field).limit(limit)
         return await self._stream(op, query)
 
     async def claim(
@@ -826,9 +854,12 @@ class FirestoreStore:
             raise InvalidInputError(f"invalid run id {bad[0]!r}")
         if not _issued_version(stored.version):
             return None
-        schedule_fields: dict[str, str | datetime | None] = {
+        schedule_fields: dict[str, str | datetime | int | None] = {
             "state": to_json(new_state),
             "next_fire_at": new_state.next_fire_at,
+            # Written by every claim, though it never changes: a document from before
+            # shards gets its bucket at its first claim (see the module docstring).
+            "bucket": bucket_of(stored.id),
         }
         committed = await self._update_and_create(
             "claim", self._path("schedules", stored.id), schedule_fields, stored.version, runs
@@ -1252,9 +1283,11 @@ class FirestoreStore:
             query = query.limit(limit)
         return [self._entry(s) for s in await self._stream("list_state", query)]
 
-    async def due_watches(self, now: datetime, limit: int) -> list[Run]:
+    async def due_watches(
+        self, now: datetime, limit: int, *, shard: Shard | None = None
+    ) -> list[Run]:
         """See :meth:`Store.due_watches`. One query; ties in ``watch_at`` by id."""
-        snapshots = await self._due(self._runs(), "watch_at", now, limit, "due_watches")
+        snapshots = await self._due(self._runs(), "watch_at", now, limit, "due_watches", shard)
         return [self._run(s) for s in snapshots]
 
     async def list_runs(

@@ -52,6 +52,7 @@ from pydantic import BaseModel, ValidationError
 from firecron.core.logs import LogLine
 from firecron.core.models import JsonValue, ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Run, RunState, UpstreamEnd
+from firecron.core.shards import Shard, bucket_of
 from firecron.core.state import StateEntry
 from firecron.errors import ConflictError, InvalidInputError, StoreError
 from firecron.store._codec import readable_schedules, run_from_json, to_json
@@ -108,6 +109,41 @@ def _optional_micros(value: datetime | None) -> int | None:
 def _encode(model: BaseModel) -> str:
     """The JSON text of ``model``'s record (``_codec.to_json``)."""
     return to_json(model)
+
+
+def _due_query(
+    table: str, columns: str, time_column: str, bound: int, limit: int, shard: Shard | None
+) -> tuple[str, list[int]]:
+    """The due query's SQL and parameters: rows with ``time_column <= bound``, earliest
+    first (ties by id), at most ``limit``.
+
+    Unsharded, one range of the partial ``(time, id)`` index. Sharded, one range of the
+    ``(bucket, time, id)`` index per owned bucket, each at most ``limit`` ids read from
+    the index alone, merged, and only the first ``limit`` rows fetched: a page reads at
+    most ``limit`` index entries per bucket, however far behind the ticks are.
+    """
+    if shard is None or shard.count == 1:
+        return (
+            f"SELECT {columns} FROM {table}"
+            f" WHERE {time_column} IS NOT NULL AND {time_column} <= ?"
+            f" ORDER BY {time_column}, id LIMIT ?",
+            [bound, limit],
+        )
+    buckets = shard.buckets()
+    member = (
+        f"SELECT * FROM (SELECT id AS due_id, {time_column} AS due_at FROM {table}"
+        f" WHERE bucket = ? AND {time_column} IS NOT NULL AND {time_column} <= ?"
+        f" ORDER BY {time_column}, id LIMIT ?)"
+    )
+    params: list[int] = []
+    for bucket in buckets:
+        params += [bucket, bound, limit]
+    return (
+        f"SELECT {columns} FROM ({' UNION ALL '.join([member] * len(buckets))}"
+        f" ORDER BY due_at, due_id LIMIT ?) JOIN {table} ON id = due_id"
+        " ORDER BY due_at, due_id",
+        [*params, limit],
+    )
 
 
 def _parse_version(version: str) -> int | None:
@@ -203,8 +239,10 @@ class SQLiteStore:
             " spec TEXT NOT NULL,"  # JSON
             " state TEXT NOT NULL,"  # JSON
             " next_fire_at INTEGER,"  # epoch microseconds; NULL when idle
-            " version INTEGER NOT NULL)"
+            " version INTEGER NOT NULL,"
+            " bucket INTEGER NOT NULL DEFAULT 0)"  # core.shards.bucket_of(id)
         )
+        self._add_buckets(conn, s, "id")
         # Partial: idle schedules are not in the index, so the due query never meets them.
         # id is the tie-break of the due order.
         conn.execute(
@@ -220,7 +258,8 @@ class SQLiteStore:
             " watch_at INTEGER,"  # epoch microseconds; NULL when terminal
             " version INTEGER NOT NULL DEFAULT 1,"
             " data TEXT NOT NULL,"  # JSON
-            " wait_key TEXT)"  # the state key it waits on; NULL when it waits on none
+            " wait_key TEXT,"  # the state key it waits on; NULL when it waits on none
+            " bucket INTEGER NOT NULL DEFAULT 0)"  # core.shards.bucket_of(schedule_id)
         )
         columns = {row[1] for row in conn.execute(f"PRAGMA table_info({r})")}
         if "wait_key" not in columns:
@@ -231,6 +270,16 @@ class SQLiteStore:
                 f"UPDATE {r} SET wait_key = json_extract(data, '$.wait_key')"
                 " WHERE json_extract(data, '$.wait_key') IS NOT NULL"
             )
+        self._add_buckets(conn, r, "schedule_id")
+        # A shard's due queries: one range of (bucket, time) per bucket it owns.
+        conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {s}_due_by_bucket ON {s}(bucket, next_fire_at, id)"
+            " WHERE next_fire_at IS NOT NULL"
+        )
+        conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {r}_watch_by_bucket ON {r}(bucket, watch_at, id)"
+            " WHERE watch_at IS NOT NULL"
+        )
         # Partial: runs waiting on no key (nearly all) are not in the index.
         conn.execute(
             f"CREATE INDEX IF NOT EXISTS {r}_waiting ON {r}(wait_key) WHERE wait_key IS NOT NULL"
@@ -264,6 +313,35 @@ class SQLiteStore:
             " PRIMARY KEY (run_id, attempt, seq)) WITHOUT ROWID"
         )
         conn.execute("COMMIT")
+
+    @staticmethod
+    def _add_buckets(conn: sqlite3.Connection, table: str, source: str) -> None:
+        """Add the ``bucket`` column to a table from before shards, filled from ``source``.
+
+        Inside the schema transaction. The column is set once, when a row is inserted:
+        the id it hashes never changes, so no later write touches it.
+        """
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if "bucket" in columns:
+            return
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN bucket INTEGER NOT NULL DEFAULT 0")
+        conn.create_function("firecron_bucket", 1, bucket_of, deterministic=True)
+        conn.execute(f"UPDATE {table} SET bucket = firecron_bucket({source})")
+
+    def _due_rows(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        table: str,
+        columns: str,
+        time_column: str,
+        bound: int,
+        limit: int,
+        shard: Shard | None,
+    ) -> list[Any]:
+        """The due query (:func:`_due_query`), counted as one query."""
+        sql, params = _due_query(table, columns, time_column, bound, limit, shard)
+        return self._query(conn, sql, params)
 
     def _query(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run one read query; counts it and the rows it returned."""
@@ -316,9 +394,9 @@ class SQLiteStore:
         try:
             conn.executemany(
                 f"INSERT INTO {self._runs}"
-                " (id, schedule_id, state, created_at, watch_at, wait_key, data, version)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
-                rows,
+                " (id, schedule_id, state, created_at, watch_at, wait_key, data, bucket, version)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                [(*row, bucket_of(row[1])) for row in rows],
             )
         except sqlite3.IntegrityError:
             return False
@@ -338,9 +416,10 @@ class SQLiteStore:
                 version = secrets.randbelow(_VERSION_START_BOUND) + 1
                 try:
                     conn.execute(
-                        f"INSERT INTO {self._schedules} (id, spec, state, next_fire_at, version)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (spec.id, spec_json, state_json, next_fire, version),
+                        f"INSERT INTO {self._schedules}"
+                        " (id, spec, state, next_fire_at, version, bucket)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (spec.id, spec_json, state_json, next_fire, version, bucket_of(spec.id)),
                     )
                 except sqlite3.IntegrityError as exc:
                     raise ConflictError(f"schedule {spec.id!r} already exists") from exc
@@ -449,9 +528,9 @@ class SQLiteStore:
                     updates.append((spec_json, state_json, next_fire, version, schedule_id))
                 versions.append(version)
             conn.executemany(
-                f"INSERT INTO {self._schedules} (id, spec, state, next_fire_at, version)"
-                " VALUES (?, ?, ?, ?, ?)",
-                inserts,
+                f"INSERT INTO {self._schedules} (id, spec, state, next_fire_at, version, bucket)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(*row, bucket_of(row[0])) for row in inserts],
             )
             conn.executemany(
                 f"UPDATE {self._schedules} SET spec = ?, state = ?, next_fire_at = ?,"
@@ -507,19 +586,24 @@ class SQLiteStore:
         """See :meth:`Store.clock`: the database file is on this machine, so its clock is ours."""
         return datetime.now(UTC)
 
-    async def due_schedules(self, now: datetime, limit: int) -> list[StoredSchedule]:
-        """See :meth:`Store.due_schedules`. One query on the partial ``next_fire_at`` index."""
+    async def due_schedules(
+        self, now: datetime, limit: int, *, shard: Shard | None = None
+    ) -> list[StoredSchedule]:
+        """See :meth:`Store.due_schedules`. One query on a partial ``next_fire_at`` index
+        (see :meth:`_due_rows`)."""
         bound = _micros(now)
         if limit <= 0:
             return []
 
         def due(conn: sqlite3.Connection) -> list[StoredSchedule]:
-            rows = self._query(
+            rows = self._due_rows(
                 conn,
-                f"SELECT id, spec, state, version FROM {self._schedules}"
-                " WHERE next_fire_at IS NOT NULL AND next_fire_at <= ?"
-                " ORDER BY next_fire_at, id LIMIT ?",
-                (bound, limit),
+                table=self._schedules,
+                columns="id, spec, state, version",
+                time_column="next_fire_at",
+                bound=bound,
+                limit=limit,
+                shard=shard,
             )
             return readable_schedules(rows, self._schedule_from_row)
 
@@ -916,18 +1000,24 @@ class SQLiteStore:
 
         return await self._call(list_some)
 
-    async def due_watches(self, now: datetime, limit: int) -> list[Run]:
-        """See :meth:`Store.due_watches`. One query on the partial ``watch_at`` index."""
+    async def due_watches(
+        self, now: datetime, limit: int, *, shard: Shard | None = None
+    ) -> list[Run]:
+        """See :meth:`Store.due_watches`. One query on a partial ``watch_at`` index (see
+        :meth:`_due_rows`)."""
         bound = _micros(now)
         if limit <= 0:
             return []
 
         def due(conn: sqlite3.Connection) -> list[Run]:
-            rows = self._query(
+            rows = self._due_rows(
                 conn,
-                f"SELECT id, data, version FROM {self._runs}"
-                " WHERE watch_at IS NOT NULL AND watch_at <= ? ORDER BY watch_at, id LIMIT ?",
-                (bound, limit),
+                table=self._runs,
+                columns="id, data, version",
+                time_column="watch_at",
+                bound=bound,
+                limit=limit,
+                shard=shard,
             )
             return [self._run_from_row(run_id, data, v) for run_id, data, v in rows]
 
