@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,8 +15,10 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from _factories import T0
+from _poll import wait_run
 from _sinks import serve
 from _tasks_emulator import QUEUE, tasks_emulator_or_skip
+from _workers import serve_worker, worker_env
 from firecron.core import planning
 from firecron.core.lifecycle import SendOutcome
 from firecron.core.models import ScheduleSpec, StoredSchedule, TargetDelivery
@@ -23,6 +26,7 @@ from firecron.core.runs import RunState
 from firecron.dispatch import Dispatcher
 from firecron.settings import Settings
 from firecron.store.base import Store
+from firecron.store.sqlite import SQLiteStore
 from firecron.transport import Dispatch, SendResult, dispatch_body, verify_webhook
 from firecron.transport.cloud_tasks import TaskQueue, task_id
 
@@ -157,3 +161,38 @@ async def test_a_task_with_a_schedule_time_is_held_until_then(tasks_host: str) -
         sink.wait_for(1)
     assert result == SendResult(SendOutcome.unacknowledged, None, None)
     assert float(sink.requests[0].headers["x-cloudtasks-tasketa"]) == at.timestamp()
+
+
+async def test_a_worker_reached_through_cloud_tasks_runs_and_records_its_end(
+    tasks_host: str, tmp_path: Path
+) -> None:
+    secret = "whsec_ZmlyZWNyb24td29ya2VyLXRlc3Qtc2VjcmV0"
+    db_path = tmp_path / "x.db"
+    env = worker_env(f"sqlite:///{db_path}", secrets=[secret])
+    store = SQLiteStore(db_path)
+    try:
+        with serve_worker("hello", env=env, log_dir=tmp_path) as worker:
+            spec = ScheduleSpec.model_validate(
+                {
+                    "id": "hello-tasks",
+                    "every": "1h",
+                    "params": {"name": "queue"},
+                    "target": {"url": worker.url, "worker": True, "delivery": "cloud_tasks"},
+                }
+            )
+            await store.put_schedule(
+                spec, planning.initial_state(spec, datetime.now(UTC)), expect_version=None
+            )
+            d = Dispatcher(store, _settings(tasks_host, signing_secrets=(secret,)))
+            try:
+                run = await d.trigger("hello-tasks")
+            finally:
+                await d.aclose()
+            # Enqueued, not POSTed: the dispatcher saw no answer from the worker.
+            assert run.state is RunState.dispatched
+            assert run.attempts[-1].acknowledged is False
+            done = await wait_run(store, run.id, lambda r: r.is_terminal)
+    finally:
+        await store.close()
+    assert done.state is RunState.succeeded
+    assert done.output == {"greeting": "hello queue"}
