@@ -196,3 +196,33 @@ async def test_a_worker_reached_through_cloud_tasks_runs_and_records_its_end(
         await store.close()
     assert done.state is RunState.succeeded
     assert done.output == {"greeting": "hello queue"}
+
+
+async def test_an_occurrence_of_the_coming_minute_is_enqueued_for_its_exact_second(
+    tasks_host: str, store: Store
+) -> None:
+    # Whole seconds in the near future (far enough that a slow machine still ticks
+    # before it): a tick now hands it over ahead of time.
+    at = (datetime.now(UTC) + timedelta(seconds=8)).replace(microsecond=0)
+    with serve() as sink:
+        spec = ScheduleSpec.model_validate(
+            {
+                "id": "exact",
+                "at": at.isoformat().replace("+00:00", "Z"),
+                "target": {"url": f"{sink.url}/at", "delivery": "cloud_tasks"},
+            }
+        )
+        await store.put_schedule(
+            spec, planning.initial_state(spec, datetime.now(UTC)), expect_version=None
+        )
+        d = Dispatcher(store, _settings(tasks_host))
+        try:
+            summary = await d.tick()
+        finally:
+            await d.aclose()
+        assert summary.outcomes["unacknowledged"] == 1
+        sink.wait_for(1)
+    (run,) = await store.list_runs(limit=10)
+    assert run.scheduled_for == at
+    # Cloud Tasks was asked to send it at that second (not at the tick's).
+    assert float(sink.requests[0].headers["x-cloudtasks-tasketa"]) == at.timestamp()

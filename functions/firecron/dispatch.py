@@ -80,12 +80,22 @@ from firecron.transport import (
 from firecron.transport.cloud_tasks import TaskQueue, dispatch_deadline
 from firecron.waits import Waits
 
-__all__ = ["MAX_CLOCK_SKEW", "Dispatcher", "TickSummary", "run_tick", "timeouts_for"]
+__all__ = [
+    "MAX_CLOCK_SKEW",
+    "TASKS_LOOKAHEAD",
+    "Dispatcher",
+    "TickSummary",
+    "run_tick",
+    "timeouts_for",
+]
 
 log = logging.getLogger("firecron.dispatch")
 
 PAGE_SIZE = 500
 """Due schedules (and due watches) read per query."""
+TASKS_LOOKAHEAD = timedelta(minutes=1)
+"""How far ahead a tick plans ``cloud_tasks`` occurrences: the tick's interval, so each
+occurrence is enqueued at the tick before it with ``schedule_time`` at its exact second."""
 MAX_CLOCK_SKEW = timedelta(seconds=10)
 """A tick fires nothing when the dispatcher's clock is further than this from the store's."""
 _MAX_ERROR_CHARS = 500
@@ -302,8 +312,11 @@ class Dispatcher:
         claim_slots = asyncio.Semaphore(self.settings.concurrency)
         fires: list[asyncio.Task[None]] = []
         seen: set[str] = set()
+        # With a Cloud Tasks queue, occurrences of the coming minute are handed over now
+        # (each sent at its exact second), so the query reads that far ahead.
+        reach = now + (TASKS_LOOKAHEAD if self.settings.tasks_queue is not None else timedelta(0))
         while True:
-            due = await self.store.due_schedules(now, self.page_size)
+            due = await self.store.due_schedules(reach, self.page_size)
             fresh = [s for s in due if s.id not in seen]
             if not fresh:
                 break
@@ -373,6 +386,7 @@ class Dispatcher:
                     now,
                     pending_grace=self.timeouts.pending_grace,
                     default_retention=self.settings.run_retention,
+                    lookahead=self._lookahead(stored),
                 )
                 if not plan.runs and plan.new_state == stored.state:
                     return
@@ -633,6 +647,18 @@ class Dispatcher:
         if error is None:
             return SendResult(SendOutcome.acknowledged, None, None)
         return SendResult(SendOutcome.retryable, None, error)
+
+    def _lookahead(self, stored: StoredSchedule) -> timedelta:
+        """How far ahead ``stored``'s occurrences are planned: :data:`TASKS_LOOKAHEAD`
+        for an HTTP target delivered through a configured Cloud Tasks queue, else none."""
+        target = stored.spec.target
+        if (
+            self.settings.tasks_queue is not None
+            and target.is_http
+            and target.effective_delivery(self.settings.delivery) is TargetDelivery.cloud_tasks
+        ):
+            return TASKS_LOOKAHEAD
+        return timedelta(0)
 
     def _delivery(self, run: Run) -> TargetDelivery:
         return run.target.effective_delivery(self.settings.delivery)
