@@ -198,7 +198,8 @@ class Dispatcher:
     are ``clock()`` plus the offset the latest tick measured (:meth:`now`). A tick's
     planning instant can instead be passed explicitly (tests, backfills): it is then
     trusted as given and no clock is compared. The dispatcher keeps nothing between
-    ticks but its HTTP sender and that offset; :meth:`aclose` releases the sender.
+    ticks but its HTTP sender, its Cloud Tasks client and that offset; :meth:`aclose`
+    releases them.
     """
 
     def __init__(
