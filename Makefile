@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 8080
 CODE := functions tests $(wildcard bench)
 
-.PHONY: help dev test lint fmt hooks bench chaos requirements clean flaky chromium
+.PHONY: help dev test lint fmt hooks bench chaos requirements clean flaky chromium tasks-emulator
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -29,8 +29,21 @@ venv: $(STAMP) ## create the virtualenv and install firecron with its dev tools
 dev: $(STAMP) ## run the local stack: SQLite store, workers, dispatcher, example schedules
 	FIRECRON_ALLOW_PRIVATE_TARGETS=1 $(BIN)/firecron dev --schedules schedules.yaml --port $(PORT)
 
-test: $(STAMP) lint chromium ## lint, type-check and run the whole test suite (starts the emulators itself)
+test: $(STAMP) lint chromium tasks-emulator ## lint, type-check and run the whole test suite (starts the emulators itself)
 	$(BIN)/python -m pytest
+
+# The Cloud Tasks delivery tests run gcloud-tasks-emulator (PyPI), which pins an old
+# protobuf: it gets a virtualenv of its own (tests/_tasks_emulator.py starts it).
+TASKS_VENV := .venv-tasks-emulator
+TASKS_EMULATOR := $(TASKS_VENV)/bin/gcloud-tasks-emulator
+
+$(TASKS_EMULATOR):
+	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is required (none found on PATH)" >&2; exit 1; }
+	$(PYTHON) -m venv $(TASKS_VENV)
+	$(TASKS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TASKS_VENV)/bin/python -m pip install --quiet 'gcloud-tasks-emulator>=0.6,<0.7'
+
+tasks-emulator: $(TASKS_EMULATOR) ## the Cloud Tasks emulator's own virtualenv (for tests/test_cloud_tasks.py)
 
 # The web console's browser tests (tests/test_browser.py) drive Debian's chromium with
 # Playwright (no browser download). Missing, it is installed when apt-get can (as root,
@@ -54,7 +67,7 @@ chromium: ## install chromium for the browser tests when it is missing (apt-get)
 	fi
 
 # The tests with real worker processes, sinks and emulators: the ones timing could break.
-FLAKY_TESTS := tests/test_end_to_end.py tests/test_worker.py tests/test_notifications.py tests/test_notify.py tests/test_orchestration_workers.py tests/test_chains.py tests/test_pipelines.py tests/test_waits.py tests/test_state_cli.py tests/test_continuous.py tests/test_continuous_processes.py tests/test_continuous_cli.py tests/test_operations.py tests/test_logs.py tests/test_api.py tests/test_browser.py
+FLAKY_TESTS := tests/test_end_to_end.py tests/test_worker.py tests/test_notifications.py tests/test_notify.py tests/test_orchestration_workers.py tests/test_chains.py tests/test_pipelines.py tests/test_waits.py tests/test_state_cli.py tests/test_continuous.py tests/test_continuous_processes.py tests/test_continuous_cli.py tests/test_operations.py tests/test_logs.py tests/test_api.py tests/test_browser.py tests/test_cloud_tasks.py
 ROUNDS ?= 20
 
 flaky: $(STAMP) ## run the end-to-end, worker, notification and orchestration tests ROUNDS times (default 20); report every failure
@@ -96,7 +109,7 @@ requirements: $(STAMP) ## pin functions/requirements.txt from pyproject with uv 
 	$(BIN)/python -m firecron._requirements functions/requirements.txt
 
 clean: ## remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TASKS_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 # --- Google Cloud (infra/) -------------------------------------------------------------
 # make deploy PROJECT=my-project REGION=europe-west1   (TF_ARGS=-auto-approve to skip the prompt)

@@ -18,8 +18,12 @@ locals {
     FIRECRON_FUNCTION_AUTH      = "oidc" # it fires runs as dispatch does
     FIRECRON_CONCURRENCY        = tostring(var.concurrency)
     FIRECRON_ACK_TIMEOUT        = var.ack_timeout
-    FIRECRON_ADMIN_AUDIENCE     = local.admin_url
-    FIRECRON_ADMIN_MEMBERS      = join(",", var.admin_members)
+    # It fires runs as dispatch does, through the Cloud Tasks queue too (tasks.tf).
+    FIRECRON_DELIVERY              = var.delivery
+    FIRECRON_TASKS_QUEUE           = local.tasks_queue
+    FIRECRON_TASKS_SERVICE_ACCOUNT = google_service_account.tasks.email
+    FIRECRON_ADMIN_AUDIENCE        = local.admin_url
+    FIRECRON_ADMIN_MEMBERS         = join(",", var.admin_members)
   }
 }
 

@@ -6,6 +6,7 @@
 #   firestore.tf  database, composite indexes, TTL on finished runs
 #   functions.tf  source zip and bucket, dispatch and the workers
 #   iam.tf        service accounts and every grant
+#   tasks.tf      the Cloud Tasks queue of `delivery: cloud_tasks`, its identity and grants
 #   outputs.tf
 
 locals {
@@ -15,6 +16,7 @@ locals {
     "cloudfunctions.googleapis.com",       # 2nd gen functions
     "cloudresourcemanager.googleapis.com", # project IAM grants
     "cloudscheduler.googleapis.com",       # the one tick job
+    "cloudtasks.googleapis.com",           # the delivery queue (tasks.tf)
     "firestore.googleapis.com",            # the store
     "iam.googleapis.com",                  # service accounts
     "logging.googleapis.com",              # function and build logs
@@ -58,6 +60,10 @@ locals {
     FIRECRON_CONCURRENCY        = tostring(var.concurrency)
     FIRECRON_ACK_TIMEOUT        = var.ack_timeout
     FIRECRON_TICK_BUDGET        = var.tick_budget
+    # Cloud Tasks delivery (tasks.tf).
+    FIRECRON_DELIVERY              = var.delivery
+    FIRECRON_TASKS_QUEUE           = local.tasks_queue
+    FIRECRON_TASKS_SERVICE_ACCOUNT = google_service_account.tasks.email
   }
   dispatch_env = {
     FIRECRON_STORE              = local.store_url
@@ -73,6 +79,10 @@ locals {
     FIRECRON_CONCURRENCY       = tostring(var.concurrency)
     FIRECRON_ACK_TIMEOUT       = var.ack_timeout
     FIRECRON_TICK_BUDGET       = var.tick_budget
+    # Cloud Tasks delivery (tasks.tf).
+    FIRECRON_DELIVERY              = var.delivery
+    FIRECRON_TASKS_QUEUE           = local.tasks_queue
+    FIRECRON_TASKS_SERVICE_ACCOUNT = google_service_account.tasks.email
   }
 }
 

@@ -26,6 +26,7 @@ output "service_accounts" {
     workers   = google_service_account.workers.email
     admin     = google_service_account.admin.email
     build     = google_service_account.build.email
+    tasks     = google_service_account.tasks.email
   }
 }
 
@@ -57,4 +58,9 @@ output "namespace" {
 output "admin_url" {
   description = "run.app URL of the admin function: the web console at /, the admin API at /api/v1 (for var.admin_members, with a Google ID token: curl -H \"Authorization: Bearer $(gcloud auth print-identity-token)\")."
   value       = local.admin_url
+}
+
+output "tasks_queue" {
+  description = "FIRECRON_TASKS_QUEUE: the Cloud Tasks queue of `delivery: cloud_tasks` (tasks.tf)."
+  value       = local.tasks_queue
 }

@@ -262,3 +262,33 @@ variable "admin_members" {
     error_message = "admin_members entries are user:EMAIL or serviceAccount:EMAIL (a group, a domain or a public member cannot be checked against a token's email)."
   }
 }
+
+variable "delivery" {
+  type        = string
+  description = "How url and function targets that set no `delivery` are reached (FIRECRON_DELIVERY): direct (dispatch POSTs) or cloud_tasks (one Cloud Tasks task per send, at the occurrence's exact second; README, \"Delivery: direct or Cloud Tasks\")."
+  default     = "direct"
+
+  validation {
+    condition     = contains(["direct", "cloud_tasks"], var.delivery)
+    error_message = "delivery must be direct or cloud_tasks."
+  }
+}
+
+variable "tasks_queue" {
+  type = object({
+    max_dispatches_per_second = optional(number, 500)
+    max_concurrent_dispatches = optional(number, 1000)
+  })
+  description = "Rate limits of the Cloud Tasks queue (tasks.tf): tasks started per second, and requests open at once (a worker holds its request for the whole run)."
+  default     = {}
+
+  validation {
+    condition     = var.tasks_queue.max_dispatches_per_second > 0 && var.tasks_queue.max_dispatches_per_second <= 500
+    error_message = "tasks_queue.max_dispatches_per_second must be above 0 and at most 500 (Cloud Tasks' limit)."
+  }
+
+  validation {
+    condition     = var.tasks_queue.max_concurrent_dispatches >= 1 && var.tasks_queue.max_concurrent_dispatches <= 5000
+    error_message = "tasks_queue.max_concurrent_dispatches must be between 1 and 5000 (Cloud Tasks' limit)."
+  }
+}

@@ -19,12 +19,13 @@ import hcl2
 import pytest
 
 from _hcl import Module, load_module, single
-from firecron.core.models import Target
+from firecron.core.models import Target, TargetDelivery
 from firecron.core.runs import Run
 from firecron.core.shards import MAX_SHARDS
 from firecron.errors import InvalidInputError
 from firecron.settings import ENV_VARS, Settings
 from firecron.store.firestore import REQUIRED_INDEXES
+from firecron.transport.cloud_tasks import MAX_DISPATCH_DEADLINE
 from firecron.transport.sender import resolve_url
 from firecron.transport.signing import parse_signing_secrets
 
@@ -313,7 +314,7 @@ def test_workers_send_as_the_dispatcher_does(tf: Module) -> None:
     )
 
 
-def _members(body: dict[str, Any]) -> list[str]:
+def _members(tf: Module, body: dict[str, Any]) -> list[str]:
     values: list[Any] = []
     if "member" in body:
         values.append(body["member"])
@@ -322,9 +323,10 @@ def _members(body: dict[str, Any]) -> list[str]:
     for value in values:
         if value == "${each.value}" and body.get("for_each") == "${toset(var.admin_members)}":
             out.append("var.admin_members")  # checked by test_only_admin_members_invoke_admin
-        elif value == "${each.value}":  # for_each over a literal map of members
-            assert isinstance(body["for_each"], dict), body["for_each"]
-            out.extend(body["for_each"].values())
+        elif value == "${each.value}":  # for_each over a literal map of members (or a local)
+            members = tf.resolve(body["for_each"])
+            assert isinstance(members, dict), body["for_each"]
+            out.extend(members.values())
         else:
             out.append(value)
     return out
@@ -341,7 +343,7 @@ def test_nothing_is_public(tf: Module) -> None:
     ]
     assert iam
     for where, body in iam:
-        for member in _members(body):
+        for member in _members(tf, body):
             if member == "var.admin_members":
                 assert where == "google_cloud_run_service_iam_member.admin_members_invoke_admin"
                 continue
@@ -774,3 +776,90 @@ def test_admin_members_variable_is_validated_as_the_settings_read_it(
     if accepted:  # what the variable accepts, the function's settings read
         env = {"FIRECRON_ADMIN_MEMBERS": ",".join(members)}
         assert len(Settings.from_env(env).admin_members) == len(members)
+
+
+# --- Cloud Tasks delivery (tasks.tf) -----------------------------------------------------
+
+
+def test_the_tasks_queue_makes_one_attempt_at_the_configured_rates(tf: Module) -> None:
+    queue = tf.resource("google_cloud_tasks_queue", "dispatch")
+    assert queue["name"] == "${local.tasks_queue_name}"
+    assert queue["location"] == "${var.region}"
+    # firecron's retry policy decides; a new attempt is a new task.
+    assert single(queue["retry_config"], "retry_config") == {"max_attempts": 1}
+    rates = single(queue["rate_limits"], "rate_limits")
+    assert rates == {
+        "max_dispatches_per_second": "${var.tasks_queue.max_dispatches_per_second}",
+        "max_concurrent_dispatches": "${var.tasks_queue.max_concurrent_dispatches}",
+    }
+    assert "cloudtasks.googleapis.com" in tf.locals["always_services"]
+    # The precondition's bound is the longest dispatch_deadline firecron asks for.
+    seconds = int(MAX_DISPATCH_DEADLINE.total_seconds())
+    precondition = single(single(queue["lifecycle"], "lifecycle")["precondition"], "precondition")
+    assert f"timeout_seconds <= {seconds}" in precondition["condition"]
+
+
+def test_every_firing_function_knows_the_queue_and_the_tasks_identity(tf: Module) -> None:
+    assert tf.locals["tasks_queue"] == (
+        "projects/${var.project_id}/locations/${var.region}/queues/${local.tasks_queue_name}"
+    )
+    given = {
+        "${var.project_id}": "my-project",
+        "${var.region}": "europe-west1",
+        "${local.tasks_queue_name}": "firecron-dispatch",
+        "${var.delivery}": "cloud_tasks",
+    }
+    for name in ("dispatch", "worker", "admin"):
+        env = _env(tf, name)
+        assert env["FIRECRON_DELIVERY"] == "${var.delivery}", name
+        assert env["FIRECRON_TASKS_QUEUE"] == "${local.tasks_queue}", name
+        assert env["FIRECRON_TASKS_SERVICE_ACCOUNT"] == "${google_service_account.tasks.email}"
+        rendered = {}
+        for key in ("FIRECRON_DELIVERY", "FIRECRON_TASKS_QUEUE"):
+            value = str(tf.resolve(env[key]))
+            for expression, literal in given.items():
+                value = value.replace(expression, literal)
+            rendered[key] = value
+        settings = Settings.from_env(rendered)
+        assert settings.delivery is TargetDelivery.cloud_tasks
+        assert settings.tasks_queue == (
+            "projects/my-project/locations/europe-west1/queues/firecron-dispatch"
+        )
+
+
+def test_the_delivery_variable_accepts_exactly_the_settings_values(tf: Module) -> None:
+    variable = tf.variables["delivery"]
+    assert variable["default"] == TargetDelivery.direct.value
+    condition = single(variable["validation"], "validation")["condition"]
+    listed = re.findall(r'"([a-z_]+)"', condition)
+    assert sorted(listed) == sorted(d.value for d in TargetDelivery)
+
+
+def test_the_firing_identities_enqueue_and_only_the_tasks_identity_is_sent(tf: Module) -> None:
+    firing = {
+        f"serviceAccount:${{google_service_account.{a}.email}}"
+        for a in ("dispatch", "workers", "admin")
+    }
+    enqueue = tf.resource("google_cloud_tasks_queue_iam_member", "enqueuers")
+    assert enqueue["name"] == "${google_cloud_tasks_queue.dispatch.name}"
+    assert enqueue["role"] == "roles/cloudtasks.enqueuer"
+    assert set(_members(tf, enqueue)) == firing
+    # Creating a task with an oidc_token needs actAs on the token's account.
+    act_as = tf.resource("google_service_account_iam_member", "enqueuers_act_as_tasks")
+    assert act_as["service_account_id"] == "${google_service_account.tasks.name}"
+    assert act_as["role"] == "roles/iam.serviceAccountUser"
+    assert set(_members(tf, act_as)) == firing
+    invoke = tf.resource("google_cloud_run_service_iam_member", "tasks_invoke_worker")
+    assert invoke["for_each"] == "${google_cloudfunctions2_function.worker}"
+    assert invoke["role"] == "roles/run.invoker"
+    assert invoke["member"] == "serviceAccount:${google_service_account.tasks.email}"
+    # The tasks identity is granted nothing else.
+    tasks_member = "serviceAccount:${google_service_account.tasks.email}"
+    granted = [
+        f"{kind}.{name}"
+        for kind, named in tf.resources.items()
+        if "_iam_" in kind
+        for name, body in named.items()
+        if tasks_member in _members(tf, body)
+    ]
+    assert granted == ["google_cloud_run_service_iam_member.tasks_invoke_worker"]

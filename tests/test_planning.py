@@ -361,3 +361,44 @@ def test_pause_and_resume_an_on_demand_schedule() -> None:
     resumed = planning.resume(s, paused, T0 + 2 * MIN)
     assert (resumed.paused, resumed.next_fire_at, resumed.exhausted) == (False, None, False)
     assert resumed.status == "active"
+
+
+# --- lookahead (Cloud Tasks delivery: occurrences of the coming minute planned at once) ---
+
+
+def test_lookahead_plans_the_coming_minute_each_at_its_own_second() -> None:
+    s = stored(spec(every="15s", target={"url": "https://x.example"}))
+    p = planning.plan(s, None, T0 + timedelta(seconds=3), lookahead=MIN)
+    seconds = [0, 15, 30, 45, 60]
+    assert [r.scheduled_for for r in p.to_fire] == [T0 + timedelta(seconds=x) for x in seconds]
+    assert [r.fire_at for r in p.to_fire] == [r.scheduled_for for r in p.to_fire]
+    assert {r.state for r in p.runs} == {RunState.pending}
+    assert p.new_state.next_occurrence == T0 + timedelta(seconds=75)
+    assert p.new_state.last_occurrence == T0 + MIN
+    assert p.new_state.run_count == 5
+    # Without it, only the occurrence already due.
+    plain = planning.plan(s, None, T0 + timedelta(seconds=3))
+    assert [r.scheduled_for for r in plain.to_fire] == [T0]
+
+
+def test_lookahead_plans_an_occurrence_not_yet_due() -> None:
+    s = stored(spec(target={"url": "https://x.example"}))
+    early = T0 - timedelta(seconds=30)
+    assert planning.plan(s, None, early).runs == []
+    p = planning.plan(s, None, early, lookahead=MIN)
+    assert [(r.scheduled_for, r.fire_at) for r in p.to_fire] == [(T0, T0)]
+    assert p.new_state.next_occurrence == T0 + MIN
+    # The boundary is exclusive: an occurrence exactly a lookahead away is its own tick's.
+    assert planning.plan(s, None, T0 - MIN, lookahead=MIN).runs == []
+
+
+def test_lookahead_occurrences_are_on_time_whatever_the_misfire_policy() -> None:
+    s = stored(
+        spec(every="30s", target={"url": "https://x.example"}, misfire={"policy": "skip"}),
+        next_occurrence=T0 - 10 * MIN,
+    )
+    p = planning.plan(s, None, T0 + timedelta(seconds=1), lookahead=MIN)
+    # The late backlog is judged by the policy; the coming minute fires in full.
+    fired = [r.scheduled_for for r in p.to_fire]
+    assert fired == [T0, T0 + timedelta(seconds=30), T0 + MIN]
+    assert p.missed_count == 20

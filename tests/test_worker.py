@@ -296,6 +296,23 @@ async def test_ack_is_early_and_the_run_survives_the_disconnect(
     assert len(done.attempts) == 1
 
 
+async def test_a_cloud_tasks_delivery_is_answered_once_the_end_is_recorded(
+    stack: Stack, db: SQLiteStore, client: httpx.AsyncClient
+) -> None:
+    run = await new_run(db, "hello", params={"name": "tasks"})
+    headers, body = signed(run)
+    headers["X-CloudTasks-TaskName"] = "some-task"
+    response = await client.post(stack.url("hello"), content=body, headers=headers)
+    # No early 202: the answer is the final line, and the end is already stored.
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == {"run_id": run.id, "state": "succeeded", "recorded": True}
+    stored = await db.get_run(run.id)
+    assert stored is not None
+    assert stored.state is RunState.succeeded
+    assert stored.output == {"greeting": "hello tasks"}
+
+
 async def test_duplicate_after_the_end_is_not_executed(
     stack: Stack, db: SQLiteStore, client: httpx.AsyncClient
 ) -> None:

@@ -55,7 +55,13 @@ from firecron._gc import gc_eased
 from firecron.causes import Causes
 from firecron.core import events, lifecycle, pipelines, planning
 from firecron.core.lifecycle import RunTimeouts, SendOutcome, WatchAction
-from firecron.core.models import JsonValue, OverlapPolicy, StoredSchedule, TargetAuth
+from firecron.core.models import (
+    JsonValue,
+    OverlapPolicy,
+    StoredSchedule,
+    TargetAuth,
+    TargetDelivery,
+)
 from firecron.core.render import error_line, one_line, rfc3339
 from firecron.core.runs import Run, RunState, RunTrigger, manual_run_id
 from firecron.core.shards import Shard
@@ -72,14 +78,25 @@ from firecron.transport import (
     build_dispatch,
     resolve_url,
 )
+from firecron.transport.cloud_tasks import TaskQueue, dispatch_deadline
 from firecron.waits import Waits
 
-__all__ = ["MAX_CLOCK_SKEW", "Dispatcher", "TickSummary", "run_tick", "timeouts_for"]
+__all__ = [
+    "MAX_CLOCK_SKEW",
+    "TASKS_LOOKAHEAD",
+    "Dispatcher",
+    "TickSummary",
+    "run_tick",
+    "timeouts_for",
+]
 
 log = logging.getLogger("firecron.dispatch")
 
 PAGE_SIZE = 500
 """Due schedules (and due watches) read per query."""
+TASKS_LOOKAHEAD = timedelta(minutes=1)
+"""How far ahead a tick plans ``cloud_tasks`` occurrences: the tick's interval, so each
+occurrence is enqueued at the tick before it with ``schedule_time`` at its exact second."""
 MAX_CLOCK_SKEW = timedelta(seconds=10)
 """A tick fires nothing when the dispatcher's clock is further than this from the store's."""
 _MAX_ERROR_CHARS = 500
@@ -221,7 +238,8 @@ class Dispatcher:
     are ``clock()`` plus the offset the latest tick measured (:meth:`now`). A tick's
     planning instant can instead be passed explicitly (tests, backfills): it is then
     trusted as given and no clock is compared. The dispatcher keeps nothing between
-    ticks but its HTTP sender and that offset; :meth:`aclose` releases the sender.
+    ticks but its HTTP sender, its Cloud Tasks client and that offset; :meth:`aclose`
+    releases them.
     """
 
     def __init__(
@@ -230,6 +248,7 @@ class Dispatcher:
         settings: Settings,
         *,
         sender: Sender | None = None,
+        task_queue: TaskQueue | None = None,
         id_tokens: IdTokenProvider | None = None,
         clock: Callable[[], datetime] = _utcnow,
         timeouts: RunTimeouts | None = None,
@@ -243,6 +262,7 @@ class Dispatcher:
         self.timeouts = timeouts or timeouts_for(settings)
         self.page_size = page_size
         self._sender = sender
+        self._task_queue = task_queue
         self._id_tokens = id_tokens
         self._notifier: Deliverer | None = notifier
         self._owns_notifier = notifier is None
@@ -280,10 +300,25 @@ class Dispatcher:
             self._notifier = Notifier(self.settings)
         return self._notifier
 
+    @property
+    def task_queue(self) -> TaskQueue | None:
+        """The Cloud Tasks queue of ``cloud_tasks`` delivery, created on first use; None
+        without ``FIRECRON_TASKS_QUEUE``."""
+        if self._task_queue is None and self.settings.tasks_queue is not None:
+            self._task_queue = TaskQueue(
+                self.settings.tasks_queue,
+                service_account=self.settings.tasks_service_account,
+                allow_private_targets=self.settings.allow_private_targets,
+                emulator_host=self.settings.tasks_emulator_host,
+            )
+        return self._task_queue
+
     async def aclose(self) -> None:
-        """Close the sender's and the notifier's connections."""
+        """Close the sender's, the task queue's and the notifier's connections."""
         if self._sender is not None:
             await self._sender.aclose()
+        if self._task_queue is not None:
+            await self._task_queue.aclose()
         if self._notifier is not None and self._owns_notifier:
             await self._notifier.aclose()
 
@@ -347,8 +382,11 @@ class Dispatcher:
         claim_slots = asyncio.Semaphore(self.settings.concurrency)
         fires: list[asyncio.Task[None]] = []
         seen: set[str] = set()
+        # With a Cloud Tasks queue, occurrences of the coming minute are handed over now
+        # (each sent at its exact second), so the query reads that far ahead.
+        reach = now + (TASKS_LOOKAHEAD if self.settings.tasks_queue is not None else timedelta(0))
         while True:
-            due = await self.store.due_schedules(now, self.page_size, shard=shard)
+            due = await self.store.due_schedules(reach, self.page_size, shard=shard)
             fresh = [s for s in due if s.id not in seen]
             if not fresh:
                 break
@@ -418,6 +456,7 @@ class Dispatcher:
                     now,
                     pending_grace=self.timeouts.pending_grace,
                     default_retention=self.settings.run_retention,
+                    lookahead=self._lookahead(stored),
                 )
                 if not plan.runs and plan.new_state == stored.state:
                     return
@@ -568,12 +607,14 @@ class Dispatcher:
             return await self._start_pipeline(run, summary)
         summary.fired += 1
         if self.defers and run.target.is_http:
-            built = await self._build(run)
-            if isinstance(built, SendResult):
-                # Not sendable from this process (no base URL, ID token or secret here):
-                # leave it to the dispatcher, whose next tick sends it.
-                return await self._defer(run, built.error or "not sendable here", summary)
-            result = await self.sender.send(built)
+            queued = self._delivery(run) is TargetDelivery.cloud_tasks
+            built = await self._build(run, id_token=not queued)
+            if isinstance(built, SendResult) or (queued and self.task_queue is None):
+                # Not sendable from this process (no base URL, ID token, secret or queue
+                # here): leave it to the dispatcher, whose next tick sends it.
+                why = built.error if isinstance(built, SendResult) else None
+                return await self._defer(run, why or "not sendable here", summary)
+            result = await (self._enqueue(run, built) if queued else self.sender.send(built))
         elif run.target.notify is not None:
             result = await self._send_message(run)
         elif run.target.wait is not None:
@@ -677,8 +718,27 @@ class Dispatcher:
             return SendResult(SendOutcome.acknowledged, None, None)
         return SendResult(SendOutcome.retryable, None, error)
 
-    async def _build(self, run: Run) -> Dispatch | SendResult:
-        """The request that sends ``run``, or why it cannot be built here (permanent)."""
+    def _lookahead(self, stored: StoredSchedule) -> timedelta:
+        """How far ahead ``stored``'s occurrences are planned: :data:`TASKS_LOOKAHEAD`
+        for an HTTP target delivered through a configured Cloud Tasks queue, else none."""
+        target = stored.spec.target
+        if (
+            self.settings.tasks_queue is not None
+            and target.is_http
+            and target.effective_delivery(self.settings.delivery) is TargetDelivery.cloud_tasks
+        ):
+            return TASKS_LOOKAHEAD
+        return timedelta(0)
+
+    def _delivery(self, run: Run) -> TargetDelivery:
+        return run.target.effective_delivery(self.settings.delivery)
+
+    async def _build(self, run: Run, *, id_token: bool = True) -> Dispatch | SendResult:
+        """The request that sends ``run``, or why it cannot be built here (permanent).
+
+        ``id_token=False`` (Cloud Tasks delivery) fetches no ID token for an ``oidc``
+        target: the task's ``oidc_token`` has Cloud Tasks mint one when it sends.
+        """
         try:
             url = resolve_url(run.target, self.settings.functions_base_url)
             auth = run.target.effective_auth(self.settings.function_auth)
@@ -687,7 +747,7 @@ class Dispatcher:
                     SendOutcome.permanent, None, "auth: hmac needs FIRECRON_SIGNING_SECRET"
                 )
             token = None
-            if auth is TargetAuth.oidc:
+            if auth is TargetAuth.oidc and id_token:
                 if self._id_tokens is None:
                     self._id_tokens = GoogleIdTokens()
                 token = await self._id_tokens.token(url)
@@ -698,10 +758,32 @@ class Dispatcher:
             return SendResult(SendOutcome.permanent, None, str(exc))
 
     async def _send(self, run: Run) -> SendResult:
-        built = await self._build(run)
+        queued = self._delivery(run) is TargetDelivery.cloud_tasks
+        built = await self._build(run, id_token=not queued)
         if isinstance(built, SendResult):
             return built
+        if queued:
+            return await self._enqueue(run, built)
         return await self.sender.send(built)
+
+    async def _enqueue(self, run: Run, built: Dispatch) -> SendResult:
+        """Hand ``built`` to Cloud Tasks (``delivery: cloud_tasks``): one task per attempt,
+        ``schedule_time`` the run's ``fire_at`` when that is still ahead (second
+        precision), ``dispatch_deadline`` from the run's timeout. Waits for no
+        acknowledgement: a created (or already existing) task is ``unacknowledged``."""
+        queue = self.task_queue
+        if queue is None:
+            return SendResult(
+                SendOutcome.permanent, None, "delivery: cloud_tasks needs FIRECRON_TASKS_QUEUE"
+            )
+        auth = run.target.effective_auth(self.settings.function_auth)
+        ahead = run.fire_at if run.fire_at > self.now() else None
+        return await queue.enqueue(
+            built,
+            oidc_audience=built.url if auth is TargetAuth.oidc else None,
+            deadline=dispatch_deadline(run.timeout),
+            schedule_time=ahead,
+        )
 
     # -- manual runs ----------------------------------------------------------------------
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from firecron.core.durations import parse_duration
-from firecron.core.models import TargetAuth
+from firecron.core.models import TargetAuth, TargetDelivery
 from firecron.core.shards import MAX_SHARDS
 from firecron.errors import InvalidInputError
 from firecron.store._common import NAMESPACE_RULE, valid_namespace
@@ -44,6 +45,10 @@ ENV_VARS: dict[str, str] = {
     "FIRECRON_RUN_RETENTION": "how long finished runs are kept before the store may delete them (default 30d)",
     "FIRECRON_ADMIN_MEMBERS": "who may call the admin API: comma-separated emails (user:EMAIL and serviceAccount:EMAIL as IAM writes them are accepted); each request's Google ID token must carry one",
     "FIRECRON_ADMIN_AUDIENCE": "the admin function's URL, the audience its callers' ID tokens must name; unset, the admin API answers only unauthenticated loopback requests (firecron dev)",
+    "FIRECRON_DELIVERY": "how url and function targets that set none are reached: direct (default: the dispatcher POSTs) or cloud_tasks (one Cloud Tasks task per send)",
+    "FIRECRON_TASKS_QUEUE": "the Cloud Tasks queue of cloud_tasks delivery: projects/P/locations/L/queues/Q",
+    "FIRECRON_TASKS_SERVICE_ACCOUNT": "the service account Cloud Tasks mints auth: oidc targets' ID tokens as",
+    "CLOUD_TASKS_EMULATOR_HOST": "host:port of a Cloud Tasks emulator to enqueue to instead of Google (tests, dev)",
     "FIRECRON_FUNCTION_TIMEOUTS": "the deployed functions' timeouts, a JSON object of seconds by name ({\"tail\": 540}); validate and apply refuse a continuous window that does not fit its function's",
 }
 """Every variable firecron reads, with its meaning (the README and infra tests use this)."""
@@ -87,6 +92,28 @@ def _bool(env: Mapping[str, str], name: str, *, default: bool = False) -> bool:
     if raw in _FALSE:
         return False
     raise InvalidInputError(f"{name}={raw!r}: expected true or false")
+
+
+def _delivery(env: Mapping[str, str]) -> TargetDelivery:
+    raw = env.get("FIRECRON_DELIVERY", "").strip().lower() or "direct"
+    try:
+        return TargetDelivery(raw)
+    except ValueError:
+        raise InvalidInputError(
+            f"FIRECRON_DELIVERY={raw!r}: expected direct or cloud_tasks"
+        ) from None
+
+
+_QUEUE_PATH = re.compile(r"^projects/[^/\s]+/locations/[^/\s]+/queues/[A-Za-z0-9-]{1,100}$")
+
+
+def _tasks_queue(env: Mapping[str, str]) -> str | None:
+    raw = env.get("FIRECRON_TASKS_QUEUE", "").strip()
+    if raw and not _QUEUE_PATH.match(raw):
+        raise InvalidInputError(
+            f"FIRECRON_TASKS_QUEUE={raw!r}: expected projects/PROJECT/locations/LOCATION/queues/QUEUE"
+        )
+    return raw or None
 
 
 def _function_auth(env: Mapping[str, str]) -> TargetAuth:
@@ -195,6 +222,15 @@ class Settings:
     admin_audience: str | None = None
     """The audience the admin API's callers' ID tokens must name (``FIRECRON_ADMIN_AUDIENCE``):
     the admin function's URL. None: only unauthenticated loopback calls (``firecron dev``)."""
+    delivery: TargetDelivery = TargetDelivery.direct
+    """How ``url`` and ``function`` targets that set no ``delivery`` are reached
+    (``FIRECRON_DELIVERY``)."""
+    tasks_queue: str | None = None
+    """The Cloud Tasks queue path of ``cloud_tasks`` delivery (``FIRECRON_TASKS_QUEUE``)."""
+    tasks_service_account: str | None = None
+    """The email Cloud Tasks mints ``auth: oidc`` ID tokens as (``FIRECRON_TASKS_SERVICE_ACCOUNT``)."""
+    tasks_emulator_host: str | None = None
+    """``host:port`` of a Cloud Tasks emulator (``CLOUD_TASKS_EMULATOR_HOST``)."""
     function_timeouts: Mapping[str, timedelta] = field(default_factory=dict)
     """The deployed worker functions' timeouts by name (``FIRECRON_FUNCTION_TIMEOUTS``, a
     JSON object of seconds, as ``terraform output -json function_timeouts`` prints it):
@@ -232,9 +268,17 @@ class Settings:
             event_log=_bool(env, "FIRECRON_EVENT_LOG", default=True),
             deployed=bool(env.get("K_SERVICE", "").strip()),
             function_timeouts=_function_timeouts(env),
+            delivery=_delivery(env),
+            tasks_queue=_tasks_queue(env),
+            tasks_service_account=env.get("FIRECRON_TASKS_SERVICE_ACCOUNT", "").strip() or None,
+            tasks_emulator_host=env.get("CLOUD_TASKS_EMULATOR_HOST", "").strip() or None,
             admin_members=_admin_members(env),
             admin_audience=env.get("FIRECRON_ADMIN_AUDIENCE", "").strip() or None,
         )
+        if settings.delivery is TargetDelivery.cloud_tasks and settings.tasks_queue is None:
+            raise InvalidInputError(
+                "FIRECRON_TASKS_QUEUE: required when FIRECRON_DELIVERY=cloud_tasks"
+            )
         if settings.max_open < settings.concurrency:
             raise InvalidInputError(
                 f"FIRECRON_MAX_OPEN={settings.max_open} is below "

@@ -365,7 +365,9 @@ def sent(
             changes: dict[str, Any] = {
                 "state": _S.dispatched,
                 "dispatched_at": now,
-                "deadline_at": now + t.start_timeout,
+                # Handed over ahead of its second (Cloud Tasks' schedule_time): the
+                # start is expected from then on.
+                "deadline_at": max(now, run.fire_at) + t.start_timeout,
             }
         else:
             # A message (a notify target) is done once sent, a wait target once its wait

@@ -70,6 +70,7 @@ __all__ = [
     "StoredSchedule",
     "Target",
     "TargetAuth",
+    "TargetDelivery",
     "TaskRule",
     "TaskSpec",
     "TriggerKind",
@@ -123,6 +124,18 @@ class TriggerKind(StrEnum):
     """A fixed interval anchored at ``start_at`` or the Unix epoch; ignores DST."""
     at = "at"
     """One shot at an instant; the schedule is exhausted after it fires."""
+
+
+class TargetDelivery(StrEnum):
+    """How a ``url`` or ``function`` target's POST reaches it."""
+
+    direct = "direct"
+    """The dispatcher POSTs and waits for the acknowledgement only (a worker answers
+    ``202`` at once and works on)."""
+    cloud_tasks = "cloud_tasks"
+    """The dispatcher enqueues one Cloud Tasks task per send and waits for nothing; Cloud
+    Tasks POSTs (at the occurrence's exact second) and holds the request while a worker
+    works, so the worker answers at the end of its work."""
 
 
 class TargetAuth(StrEnum):
@@ -252,6 +265,14 @@ class Target(_Frozen):
     ``url`` target; for a ``function`` target, ``FIRECRON_FUNCTION_AUTH`` (the deploy
     sets ``oidc``, because deployed workers only accept IAM-authenticated calls)."""
 
+    delivery: TargetDelivery | None = None
+    """How the POST reaches the target (see :class:`TargetDelivery`). Unset:
+    ``FIRECRON_DELIVERY`` (default ``direct``)."""
+
+    def effective_delivery(self, default: TargetDelivery) -> TargetDelivery:
+        """The delivery to use, given the deployment's default (``FIRECRON_DELIVERY``)."""
+        return self.delivery if self.delivery is not None else default
+
     def effective_auth(self, function_default: TargetAuth) -> TargetAuth:
         """The auth to use, given the deployment's default for ``function`` targets."""
         if self.auth is not None:
@@ -287,9 +308,11 @@ class Target(_Frozen):
         if self.pipeline is not None and not re.match(SCHEDULE_ID_PATTERN, self.pipeline):
             raise ValueError(f"invalid pipeline id {self.pipeline!r}")
         if (self.pipeline is not None or self.notify is not None or self.wait is not None) and (
-            self.worker is not None or self.auth is not None
+            self.worker is not None or self.auth is not None or self.delivery is not None
         ):
-            raise ValueError("'worker' and 'auth' apply to 'url' and 'function' targets only")
+            raise ValueError(
+                "'worker', 'auth' and 'delivery' apply to 'url' and 'function' targets only"
+            )
         return self
 
     @property

@@ -346,15 +346,29 @@ def plan(
     misfire_threshold: timedelta = DEFAULT_MISFIRE_THRESHOLD,
     pending_grace: timedelta = RunTimeouts.pending_grace,
     default_retention: timedelta | None = None,
+    lookahead: timedelta = timedelta(0),
 ) -> Plan:
     """Plan one tick for a schedule (see the module docstring for the policies).
 
     ``latest_run`` must be the run named by ``stored.state.last_run_id`` when the target
     is a worker and ``overlap`` is not ``allow``; otherwise it is ignored and may be None.
     A schedule that is not due (``next_fire_at`` None or in the future) plans nothing.
+
+    ``lookahead`` (Cloud Tasks delivery: the tick's interval) also plans every
+    occurrence whose fire time is before ``now + lookahead``, as a ``pending`` run with
+    its own ``fire_at``, so it can be handed over now and sent at its exact second. The
+    misfire policy judges only the occurrences already due (those ahead are on time by
+    definition); the overlap policy judges all of them at this tick, a run planned ahead
+    counting as active for the ones after it. Continuous schedules ignore it.
     """
     spec, state = stored.spec, stored.state
-    if state.next_occurrence is None or state.next_fire_at is None or state.next_fire_at > now:
+    if spec.continuous is not None:
+        lookahead = timedelta(0)
+    if (
+        state.next_occurrence is None
+        or state.next_fire_at is None
+        or (state.next_fire_at > now and state.next_fire_at >= now + lookahead)
+    ):
         return Plan(runs=[], new_state=state)
     if spec.continuous is not None:
         return _plan_generation(stored, latest_run, now, pending_grace, default_retention)
@@ -365,19 +379,22 @@ def plan(
     missed: list[datetime] = []
     missed_count = 0
     due: list[Occurrence] = []
+    ahead: list[Occurrence] = []
     nxt: datetime | None = state.next_occurrence
     scanned = 0
     while nxt is not None and scanned < MAX_SCAN:
         occ = _occurrence(spec, nxt)
         if occ.fire_at > now:
-            break
-        scanned += 1
-        if occ.scheduled_for < horizon:
+            if occ.fire_at >= now + lookahead or len(ahead) >= MAX_FIRE_PER_TICK:
+                break
+            ahead.append(occ)
+        elif occ.scheduled_for < horizon:
             missed_count += 1
             if len(missed) < MAX_FIRE_PER_TICK:
                 missed.append(occ.scheduled_for)
         else:
             due.append(occ)
+        scanned += 1
         nxt = trigger.next_after(nxt)
     backlog_left = nxt is not None and _occurrence(spec, nxt).fire_at <= now
 
@@ -397,6 +414,16 @@ def plan(
         skipped_late = due[:-1] if on_time else due
         missed_count += len(skipped_late)
         missed.extend(o.scheduled_for for o in skipped_late[: MAX_FIRE_PER_TICK - len(missed)])
+
+    if ahead:
+        if policy is MisfirePolicyKind.all and len(due) > MAX_FIRE_PER_TICK:
+            # A backlog still to fire: the occurrences ahead wait for it (nxt points into it).
+            ahead = []
+        else:
+            ahead = ahead[: MAX_FIRE_PER_TICK - len(chosen)]
+            chosen = [*chosen, *ahead]
+            if ahead:
+                nxt = trigger.next_after(ahead[-1].scheduled_for)
 
     if spec.max_runs is not None:
         chosen = chosen[: max(0, spec.max_runs - state.run_count)]
@@ -443,7 +470,7 @@ def plan(
         )
 
     last_handled = max(
-        [o.scheduled_for for o in due]
+        [o.scheduled_for for o in (*due, *ahead)]
         + missed
         + ([state.last_occurrence] if state.last_occurrence else []),
         default=None,

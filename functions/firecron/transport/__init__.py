@@ -6,6 +6,8 @@
 - :mod:`~firecron.transport.guard`: the SSRF guard (:func:`resolve_target`).
 - :mod:`~firecron.transport.signing`: Standard Webhooks signatures.
 - :mod:`~firecron.transport.idtoken`: Google ID tokens for ``auth: oidc`` targets.
+- :mod:`~firecron.transport.cloud_tasks`: ``delivery: cloud_tasks``, one Cloud Tasks task
+  per send instead of a POST (imported where used: its client is heavy).
 """
 
 from firecron.transport.guard import ResolvedTarget, redact_url, resolve_target

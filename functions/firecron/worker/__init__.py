@@ -28,7 +28,11 @@ Per request (see docs/design.md, "Firing: one-way POST" and "Run states"):
    function runs inside the same request (a serverless instance keeps its CPU while a
    request is open), the end is recorded, and only then the last line
    ``{"run_id", "state": <final>, "recorded": <bool>}`` is written. Recording comes
-   first, so a dispatcher that has already disconnected changes nothing.
+   first, so a dispatcher that has already disconnected changes nothing. A delivery
+   from Cloud Tasks (``delivery: cloud_tasks``; its ``X-CloudTasks-TaskName`` header)
+   is answered at the end instead: the function runs, the end is recorded, and only
+   then ``200`` with that last line as the whole body (Cloud Tasks holds the request
+   open for the work and waits for its answer; the dispatcher is not waiting at all).
 8. While the function runs, a daemon thread sends a heartbeat every
    ``heartbeat_interval``. Its reply sets :attr:`RunContext.cancelled` when the
    watchdog asked the run to stop (``cancel_requested``) or when the run is no longer
@@ -48,7 +52,8 @@ store's compare-and-set, and announced to the :data:`on_change` hooks. Settings,
 store and the event loop its calls run on are started once per process, on the first
 request.
 
-Status codes, for the dispatcher: 202 started; 200 duplicate (acknowledged, not
+Status codes, for the dispatcher: 202 started (200 with the final line, through
+Cloud Tasks); 200 duplicate (acknowledged, not
 executed); 400/401/404/405/409/413 permanent; 500/503 (settings or store failure)
 retryable. Malformed input of any kind (headers, a body over :data:`MAX_BODY_BYTES`,
 invalid UTF-8 or JSON, wrong types, out-of-range numbers) is a 4xx with a one-line

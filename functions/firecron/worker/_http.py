@@ -38,6 +38,10 @@ MAX_BODY_BYTES: Final = 4 * 1024 * 1024
 Four times what a Firestore document (the run, params included) can hold.
 """
 
+CLOUD_TASKS_HEADER: Final = "X-CloudTasks-TaskName"
+"""Set on every request Cloud Tasks makes (and stripped from any a client sends through
+Google's front end): such a delivery is answered at the end of the work."""
+
 _log = logging.getLogger("firecron.worker")
 
 
@@ -125,6 +129,11 @@ def _handle(fn: WorkerFunction, interval: timedelta, request: flask.Request) -> 
         return _duplicate(begun.run)
     from flask import Response
 
+    if request.headers.get(CLOUD_TASKS_HEADER):
+        # Delivered by Cloud Tasks: it holds the request open for the work anyway and
+        # reads a streamed 202 as done, so the answer comes once the end is recorded.
+        final = begun.run_once()
+        return _json(final, 200)
     response = Response(begun.stream(), status=202, mimetype="application/x-ndjson")
     response.headers["cache-control"] = "no-store"
     # If the server closes the response before the stream ran (the client went away
