@@ -91,14 +91,17 @@ resource "google_cloud_run_service_iam_member" "scheduler_invokes_dispatch" {
   member   = "serviceAccount:${google_service_account.scheduler.email}"
 }
 
-# dispatch calls itself: the root tick's shard ticks and a tick's continuation
-# (functions/firecron/_dispatch_http.py), with an ID token of its own identity.
-resource "google_cloud_run_service_iam_member" "dispatch_invokes_dispatch" {
+# dispatch calls itself (the root tick's shard ticks and a tick's continuation;
+# functions/firecron/_dispatch_http.py) through the Cloud Tasks queue (tasks.tf): dispatch's
+# ingress is internal-only, and a task that Cloud Tasks sends counts as internal where
+# dispatch's own POST to its run.app URL would not. The tasks' ID tokens are the tasks
+# account's.
+resource "google_cloud_run_service_iam_member" "tasks_invoke_dispatch" {
   project  = var.project_id
   location = var.region
   service  = google_cloudfunctions2_function.dispatch.service_config[0].service
   role     = "roles/run.invoker"
-  member   = "serviceAccount:${google_service_account.dispatch.email}"
+  member   = "serviceAccount:${google_service_account.tasks.email}"
 }
 
 resource "google_cloud_run_service_iam_member" "dispatch_invokes_worker" {

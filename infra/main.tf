@@ -71,8 +71,9 @@ locals {
     FIRECRON_RUN_RETENTION      = local.run_retention
     FIRECRON_FUNCTIONS_BASE_URL = local.functions_base_url
     FIRECRON_DISPATCH_AUDIENCE  = local.dispatch_url
-    # The scheduler's root calls, and dispatch's own: shard ticks and continuations.
-    FIRECRON_DISPATCH_CALLER   = "${google_service_account.scheduler.email},${google_service_account.dispatch.email}"
+    # The scheduler's root calls, and dispatch's own shard ticks and continuations, which
+    # Cloud Tasks sends with the tasks account's ID token (iam.tf).
+    FIRECRON_DISPATCH_CALLER   = "${google_service_account.scheduler.email},${google_service_account.tasks.email}"
     FIRECRON_SHARDS            = tostring(var.shards)
     FIRECRON_MAX_CONTINUATIONS = tostring(var.max_continuations)
     FIRECRON_FUNCTION_AUTH     = "oidc" # deployed workers accept only IAM-authenticated calls

@@ -209,8 +209,8 @@ variable "shards" {
 
 variable "max_continuations" {
   type        = number
-  description = "How many continuations one tick may chain when its budget runs out with work still due (FIRECRON_MAX_CONTINUATIONS); 0 for none. 0 by default until dispatch's calls to itself can pass its internal-only ingress (docs/design.md, \"Shards\")."
-  default     = 0
+  description = "How many continuations one tick may chain when its budget runs out with work still due (FIRECRON_MAX_CONTINUATIONS); 0 for none. Each is a Cloud Tasks task to dispatch itself."
+  default     = 10
 
   validation {
     condition     = var.max_continuations >= 0 && var.max_continuations <= 1000 && floor(var.max_continuations) == var.max_continuations

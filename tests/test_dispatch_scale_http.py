@@ -4,20 +4,25 @@ A root call with ``FIRECRON_SHARDS=N`` POSTs N one-way shard ticks to dispatch i
 a tick out of its budget with work still due POSTs its continuation to itself. Both
 stores; the targets are a real HTTP sink. Without ``FIRECRON_DISPATCH_AUDIENCE`` (local)
 dispatch calls its own URL unauthenticated; the OIDC path is the scheduler's, tested in
-``tests/test_oidc.py``.
+``tests/test_oidc.py``. With a queue (as deployed) the same calls are Cloud Tasks tasks,
+sent by the real ``gcloud-tasks-emulator``.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
+import pytest
 
 from _backend import Backend
 from _poll import poll
 from _sinks import Sink, serve
+from _tasks_emulator import QUEUE, tasks_emulator_or_skip
 from _workers import serve_worker
 from firecron.core import planning
 from firecron.core.models import ScheduleSpec
@@ -81,3 +86,71 @@ async def test_a_tick_out_of_budget_posts_its_continuation(backend: Backend) -> 
     assert last["continuations"] == 0
     assert len(fired) == n
     assert set(fired.values()) == {1}
+
+
+# -- through Cloud Tasks: how a deployed dispatch reaches itself past its internal ingress
+
+
+@pytest.fixture(scope="module")
+def tasks_host() -> Iterator[str]:
+    """``localhost:PORT`` of a Cloud Tasks emulator shared by this module's tests."""
+    with tasks_emulator_or_skip() as host:
+        yield host
+
+
+def _queued_env(backend: Backend, tasks_host: str, **extra: str) -> dict[str, str]:
+    return backend.env(FIRECRON_TASKS_QUEUE=QUEUE, CLOUD_TASKS_EMULATOR_HOST=tasks_host, **extra)
+
+
+def _ticks_by_task(logs: str) -> list[dict[str, Any]]:
+    """The tick lines of dispatch's log that a Cloud Tasks task started."""
+    lines = []
+    for raw in logs.splitlines():
+        _, sep, payload = raw.partition("dispatch: {")
+        if sep:
+            line = json.loads("{" + payload)
+            if "task" in line:
+                lines.append(line)
+    return lines
+
+
+async def test_with_a_queue_the_fan_out_goes_through_cloud_tasks(
+    backend: Backend, tasks_host: str
+) -> None:
+    n = 60
+    env = _queued_env(backend, tasks_host, FIRECRON_SHARDS="3")
+    with serve() as sink, serve_worker("dispatch", env=env) as proc:
+        await _seed(backend, n, sink.url + "/hook")
+        root = httpx.post(proc.url, timeout=60)
+        assert root.status_code == 200, root.text
+        assert root.json()["outcomes"] == ["unacknowledged"] * 3
+        fired = poll(lambda: _fired(sink), lambda c: len(c) >= n, what="sends of every job")
+        ticks = poll(
+            lambda: _ticks_by_task(proc.logs()), lambda t: len(t) >= 3, what="3 shard ticks"
+        )
+    assert set(fired) == {f"job-{i:04d}" for i in range(n)}
+    assert set(fired.values()) == {1}
+    # The readiness probe (a GET) was a root call too: its 3 shard ticks may be among them.
+    assert sorted({t["shard"] for t in ticks}) == ["0/3", "1/3", "2/3"]
+    assert all(t["task"].split("/")[-1].startswith("dispatch-") for t in ticks)
+
+
+async def test_with_a_queue_a_continuation_goes_through_cloud_tasks(
+    backend: Backend, tasks_host: str
+) -> None:
+    n = 1200
+    env = _queued_env(backend, tasks_host, FIRECRON_TICK_BUDGET="1ms")
+    with serve() as sink, serve_worker("dispatch", env=env) as proc:
+        await _seed(backend, n, sink.url + "/hook")
+        root = httpx.post(proc.url, timeout=120)
+        assert root.status_code == 200, root.text
+        assert root.json()["continuations"] == 1
+        fired = poll(lambda: _fired(sink), lambda c: len(c) >= n, what="sends of every job")
+        ticks = poll(
+            lambda: _ticks_by_task(proc.logs()),
+            lambda t: len(t) >= 2,
+            what="the continuations, started by Cloud Tasks",
+        )
+    assert len(fired) == n
+    assert set(fired.values()) == {1}
+    assert sorted(t["continuation"] for t in ticks)[:2] == [1, 2]

@@ -217,11 +217,12 @@ def test_dispatch_is_internal_only_and_invokable_only_by_the_scheduler(tf: Modul
         for name, body in named.items()
         if "google_cloudfunctions2_function.dispatch" in str(body)
     }
-    # The scheduler, and dispatch itself (shard ticks and continuations), nobody else.
-    assert sorted(invokers) == ["dispatch_invokes_dispatch", "scheduler_invokes_dispatch"]
+    # The scheduler, and the tasks account: dispatch's own shard ticks and continuations
+    # go through Cloud Tasks, past its internal-only ingress. Nobody else.
+    assert sorted(invokers) == ["scheduler_invokes_dispatch", "tasks_invoke_dispatch"]
     for name, account in (
         ("scheduler_invokes_dispatch", "scheduler"),
-        ("dispatch_invokes_dispatch", "dispatch"),
+        ("tasks_invoke_dispatch", "tasks"),
     ):
         grant = invokers[name]
         assert grant["role"] == "roles/run.invoker"
@@ -232,7 +233,7 @@ def test_dispatch_is_internal_only_and_invokable_only_by_the_scheduler(tf: Modul
         assert grant["member"] == f"serviceAccount:${{google_service_account.{account}.email}}"
     # dispatch accepts the tokens of exactly those two.
     assert _env(tf, "dispatch")["FIRECRON_DISPATCH_CALLER"] == (
-        "${google_service_account.scheduler.email},${google_service_account.dispatch.email}"
+        "${google_service_account.scheduler.email},${google_service_account.tasks.email}"
     )
 
 
@@ -853,7 +854,8 @@ def test_the_firing_identities_enqueue_and_only_the_tasks_identity_is_sent(tf: M
     assert invoke["for_each"] == "${google_cloudfunctions2_function.worker}"
     assert invoke["role"] == "roles/run.invoker"
     assert invoke["member"] == "serviceAccount:${google_service_account.tasks.email}"
-    # The tasks identity is granted nothing else.
+    # The tasks identity may invoke the workers and dispatch (its shard ticks and
+    # continuations go through the queue), and nothing else.
     tasks_member = "serviceAccount:${google_service_account.tasks.email}"
     granted = [
         f"{kind}.{name}"
@@ -862,4 +864,7 @@ def test_the_firing_identities_enqueue_and_only_the_tasks_identity_is_sent(tf: M
         for name, body in named.items()
         if tasks_member in _members(tf, body)
     ]
-    assert granted == ["google_cloud_run_service_iam_member.tasks_invoke_worker"]
+    assert sorted(granted) == [
+        "google_cloud_run_service_iam_member.tasks_invoke_dispatch",
+        "google_cloud_run_service_iam_member.tasks_invoke_worker",
+    ]

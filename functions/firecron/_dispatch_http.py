@@ -19,8 +19,17 @@ each with an OIDC token for dispatch's own audience, the scheduler's kind of cal
   was already continuation ``FIRECRON_MAX_CONTINUATIONS``; its summary says
   ``continuations: 1``. A continuation that finds nothing due, or finishes within its
   budget, ends the chain.
-- One-way: a POST counts as sent once written, acknowledged or not within
-  ``FIRECRON_ACK_TIMEOUT`` (the callee answers only when its tick ends).
+- **Through Cloud Tasks when a queue is configured** (``FIRECRON_TASKS_QUEUE``, always
+  so as deployed): each self-call is an HTTP task on that queue, with an ``oidc_token``
+  of ``FIRECRON_TASKS_SERVICE_ACCOUNT`` for dispatch's audience. Why: dispatch's ingress
+  is internal-only, and a POST from dispatch to its own ``run.app`` URL leaves through
+  the internet (no VPC egress), so Cloud Run would refuse it; a task sent by Cloud Tasks
+  counts as internal. Each task has a new name: a second root call in the same minute
+  (a retry, a manual run) must tick again, and repeated ticks are harmless (claims are
+  compare-and-sets), so a name that refused repeats would only delay due work.
+- Otherwise (local, functions-framework): a direct one-way POST, which counts as sent
+  once written, acknowledged or not within ``FIRECRON_ACK_TIMEOUT`` (the callee answers
+  only when its tick ends).
 - The URL called is ``FIRECRON_DISPATCH_AUDIENCE`` (dispatch's own ``run.app`` URL, as
   deployed), else the request's own URL without its query (local runs only: without an
   audience nothing is authenticated, and a deployed dispatch refuses to run).
@@ -32,6 +41,8 @@ import asyncio
 import json
 import logging
 import threading
+import uuid
+from datetime import timedelta
 from typing import Any
 
 from firecron.core.lifecycle import SendOutcome
@@ -41,6 +52,7 @@ from firecron.errors import FirecronError, InvalidInputError, SignatureError, Us
 from firecron.settings import Settings
 from firecron.store import open_store
 from firecron.transport import Dispatch, GoogleIdTokens, Sender, SendResult
+from firecron.transport.cloud_tasks import MAX_DISPATCH_DEADLINE, MIN_DISPATCH_DEADLINE, TaskQueue
 from firecron.transport.sender import user_agent
 
 __all__ = ["dispatch_endpoint"]
@@ -54,8 +66,22 @@ def _load_settings() -> Settings:
     global _settings
     with _lock:
         if _settings is None:
+            _log_ticks()
             _settings = Settings.from_env()
         return _settings
+
+
+def _log_ticks() -> None:
+    """Make this logger's INFO lines (one per tick) reach stderr, which Cloud Run sends to
+    Cloud Logging. Python drops INFO records when nothing configured logging (the last
+    resort handler takes WARNING and above), and functions-framework configures none; an
+    application that set up its own root handlers keeps them, and gets the lines there."""
+    if logging.getLogger().handlers or log.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def _response(payload: dict[str, Any], status: int) -> Any:
@@ -84,9 +110,35 @@ def _query_int(args: Any, name: str, lo: int, hi: int) -> int | None:
     return value
 
 
+def _tick_deadline(settings: Settings) -> timedelta:
+    """How long Cloud Tasks holds a self-call task: the tick's budget and a minute for
+    the store and the sends it waits on, within Cloud Tasks' bounds."""
+    return min(
+        max(settings.tick_budget + timedelta(minutes=1), MIN_DISPATCH_DEADLINE),
+        MAX_DISPATCH_DEADLINE,
+    )
+
+
 async def _call_self(settings: Settings, url: str, query: str) -> SendResult:
-    """One one-way POST of ``url?query``, with an ID token for dispatch's audience when set."""
+    """One one-way call of dispatch at ``url?query``: a Cloud Tasks task (a new name
+    each time) when a queue is configured, else a direct POST (module docstring)."""
     headers = {"content-type": "application/json", "user-agent": user_agent()}
+    key = f"dispatch-{uuid.uuid4().hex}"
+    if settings.tasks_queue is not None:
+        queue = TaskQueue(
+            settings.tasks_queue,
+            service_account=settings.tasks_service_account,
+            allow_private_targets=settings.allow_private_targets,
+            emulator_host=settings.tasks_emulator_host,
+        )
+        try:
+            return await queue.enqueue(
+                Dispatch(url=f"{url}?{query}", body=b"{}", headers=headers, key=key),
+                oidc_audience=settings.dispatch_audience,
+                deadline=_tick_deadline(settings),
+            )
+        finally:
+            await queue.aclose()
     if settings.dispatch_audience:
         token = await GoogleIdTokens().token(settings.dispatch_audience)
         headers["authorization"] = f"Bearer {token}"
@@ -98,14 +150,14 @@ async def _call_self(settings: Settings, url: str, query: str) -> SendResult:
     )
     try:
         return await sender.send(
-            Dispatch(url=f"{url}?{query}", body=b"{}", headers=headers, key=f"dispatch?{query}")
+            Dispatch(url=f"{url}?{query}", body=b"{}", headers=headers, key=key)
         )
     finally:
         await sender.aclose()
 
 
 async def _fan_out(settings: Settings, url: str) -> tuple[dict[str, Any], bool]:
-    """POST the N shard ticks at once; the answer, and whether every one was sent."""
+    """Send the N shard ticks at once; the answer, and whether every one was sent."""
     results = await asyncio.gather(
         *(_call_self(settings, url, f"shard={i}") for i in range(settings.shards))
     )
@@ -180,10 +232,10 @@ def dispatch_endpoint(request: Any) -> Any:
     except FirecronError as exc:
         log.error("dispatch: tick failed: %s", exc)
         return _response({"error": f"tick failed: {exc}"}, 500)
-    log.info(
-        "dispatch: %s",
-        json.dumps(
-            {k: summary[k] for k in ("due", "claimed", "fired", "watched", "shard", "continuation")}
-        ),
-    )
+    line = {k: summary[k] for k in ("due", "claimed", "fired", "watched", "shard", "continuation")}
+    task = request.headers.get("x-cloudtasks-taskname")
+    if task:
+        # Which self-call this tick was (a fan-out's names repeat within a minute).
+        line["task"] = task
+    log.info("dispatch: %s", json.dumps(line))
     return _response(summary, 200)
