@@ -389,6 +389,22 @@ def test_composite_indexes_are_exactly_the_required_ones(tf: Module) -> None:
         assert len([f for f, _ in fields if f != "__name__"]) >= 2, fields
 
 
+def test_sharded_deploys_drop_the_single_field_time_indexes(tf: Module) -> None:
+    # Every sharded due query filters on bucket (the composite indexes); the single-field
+    # indexes would only be the monotonic hot spot (docs/design.md).
+    assert tf.locals["sharded_time_fields"].startswith("${var.shards > 1 ? {")
+    assert "next_fire_at" in tf.locals["sharded_time_fields"]
+    assert "watch_at" in tf.locals["sharded_time_fields"]
+    field = tf.resource("google_firestore_field", "sharded_time")
+    assert field["for_each"] == "${local.sharded_time_fields}"
+    assert field["index_config"] in ({}, [{}])
+    sharded = [f for f in REQUIRED_INDEXES if f[1][0][0] == "bucket"]
+    assert sorted((c, [n for n, _ in fields][1]) for c, fields in sharded) == [
+        ("runs", "watch_at"),
+        ("schedules", "next_fire_at"),
+    ]
+
+
 def test_runs_and_their_logs_expire_by_ttl_on_expire_at(tf: Module) -> None:
     fields = tf.resources["google_firestore_field"]
     ttl = sorted(
