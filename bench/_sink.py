@@ -3,6 +3,10 @@
 Run as ``python -m bench._sink``: it raises its open-files soft limit, prints its port,
 then serves until its stdin closes. :class:`bench._common.SinkProcess` drives it.
 
+With ``--tls-cert CERT --tls-key KEY`` (PEM files) it also serves the same targets over
+TLS on a second port, printed on a second line (``bench/scale_tls.py``). The server
+issues TLS 1.3 session tickets, so a client may resume its sessions.
+
 Targets (POST; ``N`` is a number):
 
 - ``/ack/N``: answer ``200`` after ``N`` milliseconds (a plain endpoint);
@@ -19,8 +23,10 @@ the wall-clock time (``time.time()``, comparable across processes) at which it w
 fully received, and for ``/work`` and ``/sync`` when its work ended.
 
 Control (GET or POST, answered at once, never recorded): ``/_stats`` returns JSON
-``{"received", "open_now", "peak_open", "records": [[key, path, received_at,
-ended_at|null], ...]}``; ``/_reset`` clears the records and counters.
+``{"received", "open_now", "peak_open", "tls_received", "tls_resumed", "records":
+[[key, path, received_at, ended_at|null], ...]}`` (``tls_received``: requests that came
+over TLS; ``tls_resumed``: those whose connection resumed a TLS session);
+``/_reset`` clears the records and counters.
 
 Requests are read and their open ones counted by ``tests/_sinks.py``'s
 :class:`SinkConnection`, the tests' sink: only the routing by path is this module's.
@@ -28,10 +34,12 @@ Requests are read and their open ones counted by ``tests/_sinks.py``'s
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import resource
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -57,11 +65,15 @@ class _State:
         self.received = 0
         self.open_now = 0
         self.peak_open = 0
+        self.tls_received = 0
+        self.tls_resumed = 0
 
     def reset(self) -> None:
         self.records = []
         self.received = 0
         self.peak_open = self.open_now
+        self.tls_received = 0
+        self.tls_resumed = 0
 
     def stats(self) -> bytes:
         return json.dumps(
@@ -69,6 +81,8 @@ class _State:
                 "received": self.received,
                 "open_now": self.open_now,
                 "peak_open": self.peak_open,
+                "tls_received": self.tls_received,
+                "tls_resumed": self.tls_resumed,
                 "records": self.records,
             },
             separators=(",", ":"),
@@ -109,6 +123,10 @@ class _Connection(SinkConnection):
             value = 0.0
         record: list[Any] = [key, path, time.time(), None]
         state.received += 1
+        tls = self.transport.get_extra_info("ssl_object") if self.transport else None
+        if tls is not None:
+            state.tls_received += 1
+            state.tls_resumed += bool(tls.session_reused)
         state.records.append(record)
         self.open_request()
         loop = asyncio.get_running_loop()
@@ -160,18 +178,42 @@ def _raise_nofile() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _main() -> None:
+async def _main(tls_cert: str | None, tls_key: str | None) -> None:
     _raise_nofile()
     state = _State()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: _Connection(state), "127.0.0.1", 0, backlog=4096, reuse_address=True
-    )
-    print(server.sockets[0].getsockname()[1], flush=True)
+    servers = [
+        await loop.create_server(
+            lambda: _Connection(state), "127.0.0.1", 0, backlog=4096, reuse_address=True
+        )
+    ]
+    if tls_cert and tls_key:
+        # The defaults of a server context: TLS 1.2+, session tickets on (2 per handshake).
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls_cert, tls_key)
+        servers.append(
+            await loop.create_server(
+                lambda: _Connection(state),
+                "127.0.0.1",
+                0,
+                backlog=4096,
+                reuse_address=True,
+                ssl=context,
+            )
+        )
+    for server in servers:
+        print(server.sockets[0].getsockname()[1], flush=True)
     # Serve until the parent closes our stdin (or dies).
     await loop.run_in_executor(None, sys.stdin.read)
-    server.close()
+    for server in servers:
+        server.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(_main())
+    parser = argparse.ArgumentParser(prog="python -m bench._sink")
+    parser.add_argument("--tls-cert", help="PEM certificate (chain): also serve over TLS")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    args = parser.parse_args()
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    asyncio.run(_main(args.tls_cert, args.tls_key))

@@ -288,6 +288,7 @@ class Dispatcher:
                 max_open=self.settings.max_open,
                 ack_timeout=self.settings.ack_timeout.total_seconds(),
                 allow_private_targets=self.settings.allow_private_targets,
+                ca_file=self.settings.ca_file,
             )
         return self._sender
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -38,6 +39,7 @@ ENV_VARS: dict[str, str] = {
     "FIRECRON_MAX_CONTINUATIONS": "how many continuations one tick may chain when its budget runs out with work still due (default 10; 0: none)",
     "FIRECRON_SHARDS": f"how many shard ticks share the due work, 1 to {MAX_SHARDS} (default 1); a schedule's shard is a stable hash of its id modulo it",
     "FIRECRON_ALLOW_PRIVATE_TARGETS": "allow loopback/private target addresses (dev and tests)",
+    "FIRECRON_CA_FILE": "a PEM bundle of CA certificates trusted for https targets in addition to the default trust store (targets behind a private CA)",
     "FIRECRON_DISPATCH_CALLER": "when set, dispatch accepts only OIDC tokens of these service account emails (comma-separated: the scheduler's, and dispatch's own for its shard ticks and continuations)",
     "FIRECRON_OIDC_CERTS_URL": "where Google's OIDC signing certificates are fetched (change only for tests)",
     "FIRECRON_FUNCTION_AUTH": "auth of 'function' targets that set none: none (default) or oidc",
@@ -153,6 +155,28 @@ def _admin_members(env: Mapping[str, str]) -> frozenset[str]:
     return frozenset(members)
 
 
+def _ca_file(env: Mapping[str, str]) -> str | None:
+    """``FIRECRON_CA_FILE``: a readable PEM bundle of at least one CA certificate."""
+    name = "FIRECRON_CA_FILE"
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        with open(raw, encoding="ascii", errors="replace") as file:
+            pem = file.read()
+    except OSError as exc:
+        raise InvalidInputError(f"{name}={raw!r}: cannot read it: {exc.strerror or exc}") from None
+    # Checked here, at startup, so that a bad bundle is one line now instead of every
+    # https dispatch failing later: parse it as the sender will load it.
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise InvalidInputError(f"{name}={raw!r}: not a PEM bundle of CA certificates")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
+    except (ssl.SSLError, ValueError):
+        raise InvalidInputError(f"{name}={raw!r}: not a PEM bundle of CA certificates") from None
+    return raw
+
+
 def _functions_base_url(env: Mapping[str, str]) -> str | None:
     raw = env.get("FIRECRON_FUNCTIONS_BASE_URL", "").strip()
     if not raw:
@@ -210,6 +234,8 @@ class Settings:
     shards: int = 1
     """How many shard ticks share the due work (``FIRECRON_SHARDS``, :mod:`firecron.core.shards`)."""
     allow_private_targets: bool = False
+    ca_file: str | None = None
+    """A PEM bundle trusted for https targets besides the default store (``FIRECRON_CA_FILE``)."""
     run_retention: timedelta = timedelta(days=30)
     dispatch_caller: str | None = None
     oidc_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
@@ -261,6 +287,7 @@ class Settings:
             max_continuations=_int(env, "FIRECRON_MAX_CONTINUATIONS", 10, 0, 1000),
             shards=_int(env, "FIRECRON_SHARDS", 1, 1, MAX_SHARDS),
             allow_private_targets=_bool(env, "FIRECRON_ALLOW_PRIVATE_TARGETS"),
+            ca_file=_ca_file(env),
             run_retention=_duration(env, "FIRECRON_RUN_RETENTION", timedelta(days=30)),
             dispatch_caller=env.get("FIRECRON_DISPATCH_CALLER", "").strip() or None,
             oidc_certs_url=env.get("FIRECRON_OIDC_CERTS_URL", "").strip() or cls.oidc_certs_url,

@@ -148,6 +148,13 @@ class Connection:
         self._transport = transport
         self._protocol = protocol
 
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        """The TLS connection's :class:`ssl.SSLObject` (its ``session``,
+        ``session_reused``); None over plain TCP."""
+        tls = self._transport.get_extra_info("ssl_object")
+        return tls if isinstance(tls, ssl.SSLObject) else None
+
     async def write(self, data: bytes) -> None:
         """Write ``data`` and return once it has left this process's buffers.
 

@@ -45,17 +45,31 @@ status line and headers only (at most 64 KiB), then close. It replaced httpx ove
 httpcore because it costs less CPU per dispatch; ``bench/fanout.py`` ("Sender alone")
 and ``bench/http_clients.py`` measure that, and the README's Performance section
 reports the figures.
+
+TLS session resumption: one connection per dispatch means one TLS handshake per
+dispatch, and a full handshake (key exchange, certificate chain parsed and verified) is
+most of an https dispatch's CPU. The default context (:func:`tls_context`) is a
+:class:`ResumingTLSContext`: the sender keeps the last session of each (host, port) and
+offers it on the next connection there (a TLS 1.3 ticket or a TLS 1.2 session), so that
+connection skips the certificate work when the server accepts it; a server that does
+not simply does a full handshake. A session only ever comes from a handshake that
+verified the certificate for that host name with the same context, so verification is
+never skipped for a server that has not proved it holds the session's secret.
+``bench/scale_tls.py`` measures what it saves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
+import os
 import re
 import socket
 import ssl
 import string
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,7 +78,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final
 from urllib.parse import quote
 
-import httpx
+import certifi
 
 from firecron.core.lifecycle import SendOutcome
 from firecron.core.models import Target
@@ -77,11 +91,13 @@ from firecron.transport.signing import signature_headers
 
 __all__ = [
     "Dispatch",
+    "ResumingTLSContext",
     "SendResult",
     "Sender",
     "build_dispatch",
     "dispatch_body",
     "resolve_url",
+    "tls_context",
     "user_agent",
 ]
 
@@ -332,14 +348,78 @@ def _judge(status: int, label: str) -> SendResult:
     return SendResult(SendOutcome.permanent, status, f"{label}: HTTP {status}")
 
 
+# The session the next TLS connection made in this context offers (see
+# ResumingTLSContext): set by Sender._attempt around its connect only. A context
+# variable because asyncio creates the SSLObject in a callback (the transport's
+# connection_made) that runs in a copy of the connecting task's context.
+_OFFERED_SESSION: contextvars.ContextVar[ssl.SSLSession | None] = contextvars.ContextVar(
+    "firecron_offered_tls_session", default=None
+)
+
+MAX_TLS_SESSIONS: Final = 1024
+"""Most (host, port) sessions a :class:`Sender` keeps; the oldest stored goes first."""
+
+
+class ResumingTLSContext(ssl.SSLContext):
+    """A client :class:`ssl.SSLContext` whose connections offer a cached TLS session.
+
+    asyncio's ``create_connection`` has no ``session`` argument; it builds each
+    connection's :class:`ssl.SSLObject` with :meth:`wrap_bio`, which here passes the
+    session that :class:`Sender` put in a context variable for that one connect. With
+    nothing offered it is a plain :class:`ssl.SSLContext`. Verification settings are
+    the caller's (:func:`tls_context` makes the default, verifying one).
+    """
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        if session is None and not server_side:
+            session = _OFFERED_SESSION.get()
+        return super().wrap_bio(
+            incoming,
+            outgoing,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            session=session,
+        )
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """The default client context: certificates and host names verified, TLS resumable.
+
+    Trusts what httpx's default context trusts (certifi's CA bundle, or the bundle or
+    directory named by ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``), plus the PEM bundle
+    ``ca_file`` when given (``FIRECRON_CA_FILE``: targets behind a private CA). Reads
+    the files, so call it off the hot path. Raises :class:`OSError` (``ssl.SSLError``
+    included) for a bundle that cannot be read or parsed.
+    """
+    context = ResumingTLSContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificate and name
+    if os.environ.get("SSL_CERT_FILE"):
+        context.load_verify_locations(cafile=os.environ["SSL_CERT_FILE"])
+    elif os.environ.get("SSL_CERT_DIR"):
+        context.load_verify_locations(capath=os.environ["SSL_CERT_DIR"])
+    else:
+        context.load_verify_locations(cafile=certifi.where())
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
 class Sender:
     """Sends dispatches concurrently with the send-slot / open-slot split (module docstring).
 
     One ``Sender`` serves one event loop. :meth:`send` never raises for network, HTTP
     or target problems; it returns a :class:`SendResult`. Cancellation propagates (and
-    closes the connection). ``ssl_context`` replaces the default certificate-verifying
-    TLS context (httpx's trust store, certifi's CA bundle), which is created on the
-    first https send: loading the bundle is file I/O, so constructing does none.
+    closes the connection). ``ssl_context`` replaces the default TLS context
+    (:func:`tls_context` with ``ca_file``, which is ignored when ``ssl_context`` is
+    given), created on the first https send: loading the CA bundles is file I/O, so
+    constructing does none. TLS sessions are resumed (module docstring) when the
+    context is a :class:`ResumingTLSContext`, as the default one is.
     """
 
     def __init__(
@@ -351,6 +431,7 @@ class Sender:
         allow_private_targets: bool,
         connect_timeout: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | None = None,
     ) -> None:
         if concurrency < 1 or max_open < 1:
             raise InvalidInputError("concurrency and max_open must be at least 1")
@@ -362,11 +443,41 @@ class Sender:
         self._send_slots = _Limiter(concurrency)
         self._open_slots = _Limiter(max_open)
         self._ssl_context = ssl_context
+        self._ca_file = ca_file
+        # The session of each (host name, port) offered by the next connection there,
+        # and when to renew it (epoch seconds: half its lifetime). Insertion-ordered:
+        # the oldest stored is evicted first.
+        self._sessions: dict[tuple[str, int], tuple[ssl.SSLSession, float]] = {}
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl_context is None:
-            self._ssl_context = httpx.create_ssl_context()
+            self._ssl_context = tls_context(self._ca_file)
         return self._ssl_context
+
+    def _keep_session(self, key: tuple[str, int], connection: _http1.Connection) -> None:
+        """Store the connection's TLS session for ``key``, once the response has come.
+
+        Not right after the handshake: a TLS 1.3 server sends its session tickets after
+        it, and they are read with the response. Only when the connection did not
+        resume the stored session, or that one is past half its lifetime: reading a
+        session copies it (CPython serializes and parses it, peer certificate
+        included), which costs about as much CPU as resuming saves. A server that
+        refuses a reused ticket thus gets a full handshake, whose session is stored.
+        """
+        tls = connection.ssl_object
+        if tls is None:
+            return
+        sessions = self._sessions
+        stored = sessions.get(key)
+        if stored is not None and tls.session_reused and time.time() < stored[1]:
+            return
+        session = tls.session
+        if session is None:
+            return
+        sessions.pop(key, None)
+        sessions[key] = (session, session.time + session.timeout / 2)
+        if len(sessions) > MAX_TLS_SESSIONS:
+            del sessions[next(iter(sessions))]
 
     async def send(self, d: Dispatch, *, label: str | None = None) -> SendResult:
         """POST ``d`` and judge the outcome (never raises for network or HTTP problems).
@@ -398,14 +509,26 @@ class Sender:
                 target = await resolve_target(d.url, allow_private=self._allow_private)
                 request = _encode_request(d, target)
                 https = target.scheme == "https"
-                # Connect to the approved address, not the name: a second lookup could
-                # be rebound. TLS verifies the certificate for the name (also the SNI).
-                connection = await _http1.connect(
-                    target.addresses[0],
-                    target.port,
-                    ssl_context=self._tls() if https else None,
-                    server_hostname=target.host if https else None,
-                )
+                context = self._tls() if https else None
+                resumes = isinstance(context, ResumingTLSContext)
+                session_key = (target.host, target.port)
+                offered = None
+                if resumes:
+                    stored = self._sessions.get(session_key)
+                    offered = _OFFERED_SESSION.set(stored[0] if stored else None)
+                try:
+                    # Connect to the approved address, not the name: a second lookup
+                    # could be rebound. TLS verifies the certificate for the name (also
+                    # the SNI), unless the server resumes a session of this name.
+                    connection = await _http1.connect(
+                        target.addresses[0],
+                        target.port,
+                        ssl_context=context,
+                        server_hostname=target.host if https else None,
+                    )
+                finally:
+                    if offered is not None:
+                        _OFFERED_SESSION.reset(offered)
                 await connection.write(request)
                 # Sent: free the send slot and start the ack clock.
                 written = True
@@ -413,6 +536,8 @@ class Sender:
                 deadline.reschedule(loop.time() + self._ack_timeout)
                 # Status line and headers only; the body is never read.
                 head = await connection.read_head()
+            if resumes:
+                self._keep_session(session_key, connection)
             if 200 <= head.status < 300:
                 return SendResult(SendOutcome.acknowledged, head.status, None)
             return _judge(head.status, label or _label(d))
