@@ -303,7 +303,7 @@ async def test_a_running_generation_and_a_day_without_handoffs(backend: Backend)
     env = backend.env()
 
     out = _ok(run_cli("show", "steady", env=env))
-    assert _value(out, "heartbeat timeout") == "1m30s (default)"
+    assert _value(out, "heartbeat timeout") == "5m (default)"
     assert _value(out, "live generation") == "1  steady@g0000000001  running"
     z = started.isoformat().replace("+00:00", "Z")
     assert _value(out, "started") == z

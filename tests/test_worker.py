@@ -176,11 +176,13 @@ def test_decorator_registers_and_keeps_the_name() -> None:
     bare = firecron.worker(job)
     configured = firecron.worker(heartbeat_interval=timedelta(seconds=5))(job)
     declared = declared_in(sys.modules[__name__])
-    for handler, interval in ((bare, timedelta(seconds=15)), (configured, timedelta(seconds=5))):
+    # Bare: no interval of its own (a fifth of each run's lease).
+    for handler, interval in ((bare, None), (configured, timedelta(seconds=5))):
         assert handler.__name__ == "job"
         [entry] = [d for d in declared if d.handler is handler]
         assert (entry.name, entry.heartbeat_interval) == ("job", interval)
-    for bad in (timedelta(0), timedelta(seconds=-1), timedelta(seconds=31)):
+    firecron.worker(heartbeat_interval=timedelta(seconds=100))  # a third of the 5-minute lease
+    for bad in (timedelta(0), timedelta(seconds=-1), timedelta(seconds=101)):
         with pytest.raises(ValueError, match="heartbeat_interval"):
             firecron.worker(heartbeat_interval=bad)
 
@@ -422,17 +424,22 @@ async def test_bad_signatures_are_refused_and_nothing_runs(
     assert len(after.attempts) == 1
 
 
+LEASE = timedelta(seconds=3)
+"""A run's ``heartbeat_timeout`` short enough that ``sleepy`` renews its lease within
+seconds (about every 1.8 s: when 1.2 s of it are left), not only reads its run."""
+
+
 async def test_cancel_request_stops_a_long_worker(
     stack: Stack, db: SQLiteStore, client: httpx.AsyncClient
 ) -> None:
-    run = await new_run(db, "sleepy", params={"seconds": 600})
+    run = await new_run(db, "sleepy", params={"seconds": 600}, heartbeat_timeout=LEASE)
     headers, body = signed(run)
     async with client.stream("POST", stack.url("sleepy"), content=body, headers=headers) as resp:
         assert resp.status_code == 202
     running = await db.get_run(run.id)
     assert running is not None
     assert running.heartbeat_at is not None
-    # Heartbeats flow (0.3 s interval) before the watchdog's cancel arrives.
+    # Renewals flow (check-ins every 0.3 s) before the watchdog's cancel arrives.
     first_beat = running.heartbeat_at
     await wait_run(db, run.id, lambda r: r.heartbeat_at is not None and r.heartbeat_at > first_beat)
 
@@ -456,7 +463,7 @@ async def test_killed_worker_leaves_a_running_run_that_the_watchdog_declares_los
     url = f"sqlite:///{tmp_path / 'killed.db'}"
     db = SQLiteStore(tmp_path / "killed.db")
     try:
-        run = await new_run(db, "sleepy", params={"seconds": 600})
+        run = await new_run(db, "sleepy", params={"seconds": 600}, heartbeat_timeout=LEASE)
         env = worker_env(url, secrets=[SECRET])
         with serve_worker("sleepy", env=env, source=TEST_SOURCE, log_dir=tmp_path) as proc:
             headers, body = signed(run)
@@ -477,13 +484,14 @@ async def test_killed_worker_leaves_a_running_run_that_the_watchdog_declares_los
         assert stale.heartbeat_at is not None
         assert stale.ended_at is None
 
-        # The watchdog's pass once the last heartbeat is too old: the attempt is lost and
-        # retried. Its compare-and-set is on the version read here, so it would not apply
-        # had anything written the run since.
+        # The watchdog's pass once the lease has run out (the last renewal is older than
+        # the run's heartbeat_timeout): the attempt is lost and retried. Its
+        # compare-and-set is on the version read here, so it would not apply had
+        # anything written the run since.
         settings = Settings(store_url=url, signing_secrets=(SECRET,), allow_private_targets=True)
         d = Dispatcher(db, settings)
         try:
-            summary = await d.tick(stale.heartbeat_at + d.timeouts.heartbeat_timeout)
+            summary = await d.tick(stale.heartbeat_at + LEASE)
         finally:
             await d.aclose()
         assert summary.events["run.retrying"] == 1
@@ -560,6 +568,7 @@ async def test_a_timed_out_attempt_is_retried_only_once_it_has_stopped(
             params={"seconds": 600},
             timeout=timedelta(seconds=1),
             retry=RetryPolicy(max_attempts=2, backoff=timedelta(seconds=1)),
+            heartbeat_timeout=LEASE,
         )
         env = worker_env(f"sqlite:///{db_path}", secrets=[SECRET])
         with serve_worker("sleepy", env=env, source=TEST_SOURCE, log_dir=tmp_path) as proc:
@@ -617,6 +626,7 @@ async def test_a_frozen_attempt_resumed_after_its_retry_records_nothing(
             "sleepy",
             params={"seconds": 600},
             retry=RetryPolicy(max_attempts=2, backoff=timedelta(seconds=1)),
+            heartbeat_timeout=LEASE,
         )
         env = worker_env(f"sqlite:///{db_path}", secrets=[SECRET])
         with (
@@ -630,7 +640,7 @@ async def test_a_frozen_attempt_resumed_after_its_retry_records_nothing(
                 os.killpg(old.process.pid, signal.SIGSTOP)
                 try:
                     assert running.heartbeat_at is not None
-                    lost_at = running.heartbeat_at + d.timeouts.heartbeat_timeout
+                    lost_at = running.heartbeat_at + LEASE
                     assert (await d.tick(lost_at)).events["run.retrying"] == 1
                     waiting = await db.get_run(run.id)
                     assert waiting is not None
@@ -648,7 +658,7 @@ async def test_a_frozen_attempt_resumed_after_its_retry_records_nothing(
                     )
                 finally:
                     os.killpg(old.process.pid, signal.SIGCONT)
-                # The resumed attempt learns at its next heartbeat that it is stale, its
+                # The resumed attempt learns at its next check-in that it is stale, its
                 # function stops (ctx.cancelled), and its end is refused.
                 poll(
                     old.logs,
@@ -665,9 +675,9 @@ async def test_a_frozen_attempt_resumed_after_its_retry_records_nothing(
                     (1, RunState.lost),
                     (2, None),
                 ]
-                # Its deadline follows its own heartbeats only.
+                # Its deadline follows its own renewals only.
                 assert now.heartbeat_at is not None
-                assert now.deadline_at == now.heartbeat_at + d.timeouts.heartbeat_timeout
+                assert now.deadline_at == now.heartbeat_at + LEASE
             finally:
                 await d.aclose()
     finally:

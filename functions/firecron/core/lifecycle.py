@@ -15,9 +15,10 @@ Deadlines (``deadline_at``) per state:
   dispatcher died, or its write failed, around the POST), at most
   ``RunTimeouts.blind_sends`` times before the run ends ``lost``.
 - ``dispatched``: ``start_timeout`` after the send; then the attempt is lost.
-- ``running``: the earliest of heartbeat expiry, the SLA (until breached once) and
-  ``timeout``; once past ``timeout`` (``timed_out_at`` set, cancel requested),
-  ``heartbeat_timeout`` after the cancel request. The attempt then ends ``timed_out``
+- ``running``: the earliest of the lease's end (the latest renewal, ``heartbeat_at``,
+  plus ``heartbeat_timeout``), the SLA (until breached once) and ``timeout``; once
+  past ``timeout`` (``timed_out_at`` set, cancel requested), ``heartbeat_timeout``
+  after the cancel request. The attempt then ends ``timed_out``
   when the worker records its end, or at that deadline, and only then is it retried:
   two attempts of one run never run at once while their workers honour cancellation.
 - ``retry_wait``: ``retry_at``.
@@ -112,8 +113,13 @@ class RunTimeouts:
     """How long a claimed run may stay unsent; must exceed a tick's budget plus ``ack_timeout``."""
     start_timeout: timedelta = timedelta(minutes=2)
     """How long a worker has to start a dispatched run."""
-    heartbeat_timeout: timedelta = timedelta(seconds=90)
-    """A running attempt whose latest heartbeat is older than this is lost."""
+    heartbeat_timeout: timedelta = timedelta(minutes=5)
+    """The lease of a running attempt: once this has passed since its latest renewal
+    (``heartbeat_at``, or its start) the attempt is lost. A schedule's
+    ``heartbeat_timeout`` overrides it. The worker SDK renews the lease only when at
+    most two of its check-in intervals are left (a fifth of the lease each by
+    default), so a dead worker is declared lost at most this plus one tick after its
+    last renewal (Airflow's zombie threshold is 300 s too)."""
     queue_recheck: timedelta = timedelta(seconds=15)
     """How often a queued run's blocker is looked at."""
     blind_sends: int = 3
@@ -502,7 +508,9 @@ def start(run: Run, now: datetime, t: RunTimeouts) -> Change:
 
 @_finalized
 def heartbeat(run: Run, now: datetime, t: RunTimeouts) -> Change:
-    """A heartbeat of a running attempt: pushes the loss deadline forward."""
+    """A renewal of a running attempt's lease: ``heartbeat_at`` becomes ``now``, which
+    pushes the loss deadline to ``now`` plus the heartbeat timeout (capped by the SLA
+    and the ``timeout``; not extended at all once a stop was requested)."""
     return Change(
         (_S.running,),
         {
@@ -980,7 +988,7 @@ def _watch_rules(
                         run, now, _S.timed_out, f"timed out after {format_duration(run.timeout)}"
                     )
                 )
-            # Ask the attempt to stop (its next heartbeat reply says so) and wait for it:
+            # Ask the attempt to stop (its next check-in sees it) and wait for it:
             # the retry goes out only once it has stopped or gone silent.
             return WatchDecision(
                 Change(

@@ -683,8 +683,8 @@ class ScheduleSpec(_Frozen):
     """Exactly one instance, 24/7 (in place of ``cron``, ``every`` or ``at``): see
     :class:`ContinuousSpec`. Needs a worker target."""
     heartbeat_timeout: Duration | None = None
-    """A running run silent this long is lost (default: the watchdog's 90 s); for a
-    continuous schedule, the longest gap after a dead instance, plus one tick."""
+    """A running run's lease: with no renewal for this long it is lost (default: the
+    watchdog's 5 minutes); the longest a dead worker goes unnoticed, plus one tick."""
     managed_by: Literal["file", "api"] = "file"
     """Who owns the definition: ``file`` (a schedules file, through ``firecron apply``) or
     ``api`` (created or replaced through the admin API, which sets it). ``apply --prune``

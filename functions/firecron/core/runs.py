@@ -66,7 +66,7 @@ class RunState(StrEnum):
     delivered = "delivered"
     """Sent to a plain HTTP target; terminal, because such a target reports nothing."""
     running = "running"
-    """Started by the worker SDK, which sends heartbeats."""
+    """Started by the worker SDK, which holds a lease on it and renews it (``heartbeat_at``)."""
     succeeded = "succeeded"
     """The worker function returned."""
     failed = "failed"
@@ -74,7 +74,8 @@ class RunState(StrEnum):
     timed_out = "timed_out"
     """Still running past ``timeout`` with no attempt left."""
     lost = "lost"
-    """Never started, or stopped heartbeating, with no attempt left."""
+    """Never started, or its lease ran out (no renewal for ``heartbeat_timeout``), with no
+    attempt left."""
     retry_wait = "retry_wait"
     """Waiting for ``retry_at`` before the next attempt."""
     skipped = "skipped"
@@ -329,20 +330,22 @@ class Run(BaseModel):
     started_at: AwareDatetime | None = None
     """When the current attempt started running."""
     heartbeat_at: AwareDatetime | None = None
-    """Latest heartbeat of the current attempt."""
+    """Latest renewal of the current attempt's lease (its start, at first): the attempt
+    is lost once ``heartbeat_timeout`` has passed since then."""
     ended_at: AwareDatetime | None = None
     """When the run reached a terminal state."""
     retry_at: AwareDatetime | None = None
     """When the next attempt is due (``retry_wait``)."""
     deadline_at: AwareDatetime | None = None
-    """The state's deadline (start, heartbeat, SLA, timeout, retry, grace); None when terminal."""
+    """The state's deadline (start, lease end, SLA, timeout, retry, grace); None when terminal."""
     watch_at: AwareDatetime | None = None
     """When the watchdog must look at the run: the earlier of ``deadline_at`` and the next
     pending event delivery; None when neither. Indexed; derived, never set on its own."""
     sla_breached_at: AwareDatetime | None = None
     """When the run was first seen past ``expected_duration``; set once."""
     cancel_requested: bool = False
-    """Set by the watchdog on timeout; the worker sees it in its heartbeat reply."""
+    """Set by the watchdog on timeout; the worker sees it at its next check-in (within one
+    check-in interval: 60 s at the default lease)."""
     timed_out_at: AwareDatetime | None = None
     """When the watchdog found the current attempt past ``timeout`` and asked it to stop.
     The run stays ``running`` until the attempt records its end (then it is timed out)
@@ -412,7 +415,8 @@ class Run(BaseModel):
     window: Duration | None = None
     """For a continuous schedule's run: how long it works before it hands over."""
     heartbeat_timeout: Duration | None = None
-    """Snapshot of the schedule's ``heartbeat_timeout`` (None: the watchdog's default)."""
+    """Snapshot of the schedule's ``heartbeat_timeout``, the attempt's lease (None: the
+    watchdog's default, 5 minutes)."""
     failures: int = 0
     """For a continuous schedule's run: how many generations before it in a row failed or
     ended within :data:`~firecron.core.lifecycle.QUICK_END` of starting (its backoff)."""

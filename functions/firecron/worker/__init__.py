@@ -33,12 +33,18 @@ Per request (see docs/design.md, "Firing: one-way POST" and "Run states"):
    is answered at the end instead: the function runs, the end is recorded, and only
    then ``200`` with that last line as the whole body (Cloud Tasks holds the request
    open for the work and waits for its answer; the dispatcher is not waiting at all).
-8. While the function runs, a daemon thread sends a heartbeat every
-   ``heartbeat_interval``. Its reply sets :attr:`RunContext.cancelled` when the
-   watchdog asked the run to stop (``cancel_requested``) or when the run is no longer
-   this attempt's (lost and retried); such a stale attempt can no longer record
-   anything. After a timeout the watchdog waits for the attempt to record its end
-   (``timed_out``) before it sends the retry, so attempts do not overlap.
+8. The attempt holds a lease on its run: the watchdog may declare it lost once its
+   ``heartbeat_timeout`` (5 minutes by default, or the schedule's) has passed since
+   the latest renewal (``heartbeat_at``) or the start. While the function runs, a
+   daemon thread checks in every ``heartbeat_interval`` (by default a fifth of the
+   lease: 60 s). A check-in renews the lease (one write) only when at most two
+   intervals of it are left, so a 5-minute run renews once; otherwise it reads the run
+   (one read). Either sets :attr:`RunContext.cancelled` when the watchdog asked the
+   run to stop (``cancel_requested``: seen within one interval) or when the run is no
+   longer this attempt's (lost and retried); such a stale attempt can no longer record
+   anything. Lines the function logged are written at each check-in (nothing when it
+   logged nothing). After a timeout the watchdog waits for the attempt to record its
+   end (``timed_out``) before it sends the retry, so attempts do not overlap.
 9. The end (:func:`firecron.core.lifecycle.finish`): after a timeout's cancel
    request, ``timed_out`` whatever the function did; otherwise a JSON return value of
    at most :data:`MAX_OUTPUT_BYTES` encoded -> ``succeeded``. An exception ->
@@ -69,7 +75,7 @@ Where each part lives:
   declared workers that ``firecron dev`` reads (:func:`declared_in`);
 - :mod:`._http`: the HTTP edge, steps 1 to 3 and the status codes;
 - :mod:`._execution`: :class:`RunContext`, the start (steps 4 to 6), the call, the
-  heartbeats and the end (steps 7 to 9), and the :data:`on_change` hooks;
+  check-ins and the end (steps 7 to 9), and the :data:`on_change` hooks;
 - :mod:`._runtime`: the per-process settings, store, loop thread and store clock;
 - :mod:`._logs`: the capture of each attempt's log records (``logging`` in the
   function's thread, ``ctx.log``), stored beside the run in batches (``firecron logs``).
@@ -78,6 +84,7 @@ Where each part lives:
 from __future__ import annotations
 
 from firecron.worker._execution import (
+    CHECK_INS_PER_LEASE,
     FENCE_HEADER,
     MAX_OUTPUT_BYTES,
     ChangeHook,
@@ -92,7 +99,6 @@ from firecron.worker._execution import _encode_output as _encode_output
 from firecron.worker._execution import _Execution as _Execution
 from firecron.worker._http import MAX_BODY_BYTES
 from firecron.worker._registry import (
-    DEFAULT_HEARTBEAT_INTERVAL,
     DeclaredWorker,
     declared_in,
     worker,
@@ -100,7 +106,7 @@ from firecron.worker._registry import (
 from firecron.worker._runtime import _Runtime as _Runtime
 
 __all__ = [
-    "DEFAULT_HEARTBEAT_INTERVAL",
+    "CHECK_INS_PER_LEASE",
     "FENCE_HEADER",
     "MAX_BODY_BYTES",
     "MAX_OUTPUT_BYTES",

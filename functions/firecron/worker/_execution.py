@@ -1,4 +1,4 @@
-"""One run attempt: start it, call the function once, heartbeat, record the end.
+"""One run attempt: start it, call the function once, check in, record the end.
 
 Every write is a transition from :mod:`firecron.core.lifecycle`, applied with the
 store's compare-and-set, and announced to the :data:`on_change` hooks. Nothing here
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -46,6 +46,14 @@ _END_WRITE_BACKOFF_S: Final = 0.5
 _CAS_TRIES: Final = 8
 """Refresh-and-retry rounds of one transition against concurrent watchdog writes."""
 
+CHECK_INS_PER_LEASE: Final = 5
+"""Without a decorator ``heartbeat_interval``, an attempt checks in this many times per
+lease (its ``heartbeat_timeout``): every 60 s at the default 5-minute lease."""
+RENEW_WITHIN_INTERVALS: Final = 2
+"""A check-in renews the lease once at most this many check-in intervals of it are left
+(the interval counted as at least ``heartbeat_timeout / CHECK_INS_PER_LEASE``): a
+renewal that fails still has another try before the lease ends."""
+
 if TYPE_CHECKING:
     from firecron._state_api import State
 
@@ -55,14 +63,14 @@ ChangeHook = Callable[[Run, Change, Run], None]
 """``hook(run_before, change, run_after)``: see :data:`on_change`."""
 
 on_change: list[ChangeHook] = []
-"""Hooks called after every change the SDK applies to a run (start, heartbeats, end).
+"""Hooks called after every change the SDK applies to a run (start, lease renewals, end).
 
 Each hook gets the run as it was, the applied :class:`~firecron.core.lifecycle.Change`
-(``change.event`` names it, e.g. ``run.started``, ``run.succeeded``; heartbeats have
+(``change.event`` names it, e.g. ``run.started``, ``run.succeeded``; renewals have
 none) and the run as written. (The runs an end causes are claimed after the hooks,
 by :meth:`_Execution.run_once`, through the runtime's dispatcher.)
 Hooks run synchronously in the thread that made the write (the request thread or the
-heartbeat thread) while that run's writes are serialised, in write order: they must be
+check-in thread) while that run's writes are serialised, in write order: they must be
 quick and must not call back into the SDK for the same run. An exception in a hook is
 logged and ignored; it never changes the run.
 """
@@ -139,11 +147,12 @@ class RunContext:
     def keep_going(self) -> bool:
         """False once this instance should return: its window has passed (a continuous
         schedule's run), or it was asked to stop (pause, cancel, timeout), or it lost its
-        lease: a heartbeat found the run no longer this attempt's (lost, a newer
-        generation), or no write of this attempt has succeeded for the run's heartbeat
-        timeout (the watchdog may have declared it lost meanwhile: a process frozen, then
-        thawed, must not carry on before its next heartbeat tells). Loop ``while
-        ctx.keep_going():``; the SDK's heartbeats keep the answer current. No I/O (but
+        lease: a check-in found the run no longer this attempt's (lost, a newer
+        generation), or the lease has run out: no renewal of this attempt has succeeded
+        for the run's heartbeat timeout (the watchdog may have declared it lost
+        meanwhile: a process frozen, then thawed, must not carry on before its next
+        check-in tells). Loop ``while ctx.keep_going():``; the SDK's check-ins keep the
+        answer current (a cancel is seen within one check-in interval). No I/O (but
         the store-clock sync the SDK makes every few minutes)."""
         if self.cancelled:
             return False
@@ -222,10 +231,12 @@ class RunContext:
         return self._execution.submit(schedule_id, dict(params or {}), key)
 
     def heartbeat(self) -> None:
-        """Send a heartbeat now, in this thread (the SDK also sends them periodically).
+        """Renew this attempt's lease now, in this thread: one write, whatever is left
+        of the lease (the SDK's check-ins renew it on their own when it nears its end).
 
-        Useful before and after a long blocking call. Never raises: a failed heartbeat
-        is logged, and the periodic thread keeps trying. Updates :attr:`cancelled`.
+        Useful before a long blocking call that could outlast what is left of the lease.
+        Never raises: a failed renewal is logged, and the check-ins keep trying. Updates
+        :attr:`cancelled`.
         """
         if self._execution is not None:
             self._execution.beat()
@@ -233,7 +244,8 @@ class RunContext:
     @property
     def cancelled(self) -> bool:
         """True once the run should stop: the watchdog asked (``cancel_requested``,
-        seen in a heartbeat reply) or the run no longer belongs to this attempt.
+        seen by a check-in, so within one check-in interval: 60 s at the default
+        lease) or the run no longer belongs to this attempt.
 
         Long workers poll it and return early. What they return is still recorded if
         the run is still theirs; after a timeout the attempt ends ``timed_out`` (and
@@ -326,10 +338,11 @@ def _disagreement(run: Run, delivery: _Delivery) -> str | None:
 
 
 def _begin(
-    runtime: _Runtime, fn: WorkerFunction, interval: timedelta, delivery: _Delivery
+    runtime: _Runtime, fn: WorkerFunction, interval: timedelta | None, delivery: _Delivery
 ) -> _Execution | _Unknown | _Refused | _Duplicate:
     """Check ``delivery`` against the stored run and start it (steps 4 to 6 of the
-    package docstring).
+    package docstring). ``interval`` is the decorator's ``heartbeat_interval`` (None: a
+    fifth of the run's lease; see :class:`_Execution`).
 
     Returns the started :class:`_Execution`, whose function has not run yet, or why
     nothing runs. Store failures raise :class:`~firecron.errors.StoreError`.
@@ -438,12 +451,23 @@ def _written(run: Run, change: Change) -> Run | None:
 
 
 class _Execution:
-    """One started attempt: runs the function once, heartbeats, records the end.
+    """One started attempt: runs the function once, checks in, records the end.
 
-    ``lock`` serialises this run's store writes between the request thread and the
-    heartbeat thread, and ``run`` is the record as last written by us, from which the
+    The attempt holds a lease on its run: the watchdog may declare it lost once
+    ``heartbeat_timeout`` has passed since its latest renewal (``heartbeat_at``, or the
+    start). A thread checks in every ``interval`` (:meth:`check_in`): it renews the
+    lease (one write) only when it nears its end, and otherwise reads the run (one
+    read) to see a cancel request, or that the run is no longer this attempt's.
+
+    ``lock`` serialises this run's store calls between the request thread and the
+    check-in thread, and ``run`` is the record as last written by us, from which the
     next transition is computed.
     """
+
+    paced_by_thread: ClassVar[bool] = True
+    """False: no thread checks in; whoever drives the attempt calls the check-ins itself
+    (a benchmark that simulates a run's minutes with an injected runtime clock, instead
+    of waiting them). Never changed in a worker."""
 
     def __init__(
         self,
@@ -451,7 +475,7 @@ class _Execution:
         fn: WorkerFunction,
         ctx: RunContext,
         run: Run,
-        interval: timedelta,
+        interval: timedelta | None,
     ) -> None:
         self.runtime = runtime
         self.fn = fn
@@ -462,15 +486,25 @@ class _Execution:
             if run.heartbeat_timeout is not None
             else runtime.timeouts.heartbeat_timeout
         )
+        lease_share = self.heartbeat_timeout / CHECK_INS_PER_LEASE
         # A schedule's short heartbeat_timeout (a continuous one's recovery bound) needs
-        # beats at least three times within it, whatever the decorator asked for.
-        self.interval = min(interval, self.heartbeat_timeout / 3)
+        # check-ins at least three times within it, whatever the decorator asked for.
+        self.interval = min(
+            lease_share if interval is None else interval, self.heartbeat_timeout / 3
+        )
+        """Time between check-ins: the decorator's ``heartbeat_interval``, else a fifth of
+        the lease; at most a third of it."""
+        # Counting the interval as at least a fifth of the lease: a worker that checks
+        # in more often sees a cancel sooner (more reads), never renews more often.
+        self.renew_within = RENEW_WITHIN_INTERVALS * max(self.interval, lease_share)
+        """A check-in renews once this much of the lease, or less, is left."""
         self.lock = threading.Lock()
         self.cancelled = threading.Event()
         self.ended = threading.Event()
-        """Set when the function has returned: no heartbeat is sent after it."""
+        """Set when the function has returned: no check-in is made after it."""
         self.orphaned = False
-        """True once a write found the run no longer this attempt's (or not running)."""
+        """True once a write or a check-in found the run no longer this attempt's (or not
+        running)."""
         self.known: set[str] = set()
         """Ids of this run's events already logged and offered to their sinks."""
         self.final: dict[str, Any] | None = None
@@ -478,43 +512,105 @@ class _Execution:
         self._ran_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.logs = AttemptLogs(runtime, run.id, run.attempt, retention=run.retention)
-        """This attempt's captured log lines, flushed after each heartbeat and at the end."""
+        """This attempt's captured log lines, flushed at each check-in and at the end."""
         ctx._execution = self
         if run.cancel_requested:
             self.cancelled.set()
 
-    # heartbeats
+    # the lease
 
-    def lease_expired(self, now: datetime) -> bool:
-        """True when no write of this attempt has succeeded for its heartbeat timeout
-        (counted from the last heartbeat or the start, as recorded): the watchdog may
-        have declared the run lost, so a continuous instance must not go on."""
+    def lease_end(self) -> datetime | None:
+        """When the watchdog may declare this attempt lost: its latest renewal (or its
+        start), as recorded by this attempt, plus its heartbeat timeout."""
         run = self.run
         renewed = run.heartbeat_at or run.started_at
-        return renewed is not None and now >= renewed + self.heartbeat_timeout
+        return None if renewed is None else renewed + self.heartbeat_timeout
+
+    def lease_expired(self, now: datetime) -> bool:
+        """True when no renewal of this attempt has succeeded for its heartbeat timeout
+        (counted from the last renewal or the start, as recorded): the watchdog may
+        have declared the run lost, so a continuous instance must not go on."""
+        end = self.lease_end()
+        return end is not None and now >= end
+
+    def renewal_due(self, now: datetime) -> bool:
+        """True when a check-in at ``now`` (the store's time) renews the lease: at most
+        :attr:`renew_within` of it is left."""
+        end = self.lease_end()
+        return end is None or end - now <= self.renew_within
 
     def lose_lease(self) -> None:
         """The run is no longer this attempt's (a fenced write was refused): stop
-        heartbeating and make ``keep_going()`` false."""
+        checking in and make ``keep_going()`` false."""
         self.orphaned = True
         self.cancelled.set()
 
-    def _start_heartbeats(self) -> None:
+    def _start_check_ins(self) -> None:
+        if not self.paced_by_thread:
+            return
         self._thread = threading.Thread(
-            target=self._beat_loop, name=f"firecron-heartbeat-{self.run.id}", daemon=True
+            target=self._check_in_loop, name=f"firecron-check-in-{self.run.id}", daemon=True
         )
         self._thread.start()
 
-    def _beat_loop(self) -> None:
+    def _check_in_loop(self) -> None:
         while not self.ended.wait(self.interval.total_seconds()):
             if self.orphaned:
                 return
+            self.check_in()
+
+    def check_in(self) -> None:
+        """One check-in (the check-in thread's, every :attr:`interval`); never raises.
+
+        Renews the lease (:meth:`beat`, one write) when :meth:`renewal_due`; otherwise
+        reads the run (:meth:`look`, one read). Then writes the lines logged since the
+        last check-in, in one write (none when nothing was logged). A renewal that fails
+        is tried again at the next check-in, which finds even less of the lease left.
+        """
+        if self.renewal_due(self.runtime.now()):
             self.beat()
-            # The lines logged since the last beat, in one write (outside the run's lock).
-            self.logs.flush()
+        else:
+            self.look()
+        # Outside the run's lock: the user's lines, not the lease.
+        self.logs.flush()
+
+    def look(self) -> None:
+        """Read the run: set :attr:`cancelled` on a cancel request, and give the work up
+        (orphaned, cancelled) when the run is no longer this attempt's or no longer
+        running. Never raises; writes nothing."""
+        with self.lock:
+            if self.ended.is_set() or self.orphaned:
+                return
+            try:
+                fresh = self.runtime.call(self.runtime.store.get_run(self.run.id))
+            except Exception as exc:
+                _log.warning(
+                    "firecron worker: check-in of run %s failed: %s", self.run.id, describe(exc)
+                )
+                return
+            if (
+                fresh is None
+                or fresh.attempt != self.run.attempt
+                or fresh.state is not RunState.running
+            ):
+                self._give_up(self.run)
+                return
+            if fresh.cancel_requested:
+                self.cancelled.set()
+
+    def _give_up(self, run: Run) -> None:
+        """Timed out, lost or retried by the watchdog: the work is no longer ours."""
+        self.orphaned = True
+        self.cancelled.set()
+        _log.warning(
+            "firecron worker: run %s attempt %d is no longer running here; cancelling",
+            run.id,
+            run.attempt,
+        )
 
     def beat(self) -> None:
-        """One heartbeat; never raises (a failure is logged and the next one retries)."""
+        """Renew the lease now: one write (``lifecycle.heartbeat``), whatever is left of
+        it. Never raises (a failure is logged and the next check-in retries)."""
         with self.lock:
             if self.ended.is_set() or self.orphaned:
                 return
@@ -524,20 +620,15 @@ class _Execution:
                     lambda r: lifecycle.heartbeat(r, now, self.runtime.timeouts)
                 )
             except Exception as exc:
-                # A store outage must not end the heartbeats: the next one retries.
+                # A store outage must not end the check-ins: the next one retries.
                 _log.warning(
-                    "firecron worker: heartbeat of run %s failed: %s", self.run.id, describe(exc)
+                    "firecron worker: renewing the lease of run %s failed: %s",
+                    self.run.id,
+                    describe(exc),
                 )
                 return
             if after is None:
-                # Timed out, lost or retried by the watchdog: the work is no longer ours.
-                self.orphaned = True
-                self.cancelled.set()
-                _log.warning(
-                    "firecron worker: run %s attempt %d is no longer running here; cancelling",
-                    before.id,
-                    before.attempt,
-                )
+                self._give_up(before)
                 return
             self.run = after
             if after.cancel_requested:
@@ -561,14 +652,14 @@ class _Execution:
         # The start's event goes out after the 202 (a slow sink must not delay the ack)
         # and before the work (so it precedes the end's).
         self._emit()
-        # Heartbeats start with the work, not with the start write: if the stream were
-        # never run, the watchdog must see this attempt go silent and retry it.
-        self._start_heartbeats()
+        # Check-ins start with the work, not with the start write: if the stream were
+        # never run, the watchdog must see this attempt's lease run out and retry it.
+        self._start_check_ins()
         self.logs.open()
         try:
             outcome = self._call()
         finally:
-            # Stop heartbeats before the end is written; a beat in flight finishes first
+            # Stop check-ins before the end is written; one in flight finishes first
             # (the end write below takes the same lock).
             self.ended.set()
             # Every line is stored before the end is: a reader that sees the run ended

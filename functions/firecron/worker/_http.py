@@ -70,7 +70,9 @@ def _read_body(request: flask.Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def _handle(fn: WorkerFunction, interval: timedelta, request: flask.Request) -> flask.Response:
+def _handle(
+    fn: WorkerFunction, interval: timedelta | None, request: flask.Request
+) -> flask.Response:
     """Answer one request to the worker ``fn`` (steps 1 to 7 of the package docstring)."""
     if request.method != "POST":
         response = _json({"error": f"method {request.method} not allowed; use POST"}, 405)

@@ -27,13 +27,6 @@ if TYPE_CHECKING:
 
     Handler = Callable[[flask.Request], flask.Response]
 
-DEFAULT_HEARTBEAT_INTERVAL: Final = timedelta(seconds=15)
-"""How often a running attempt heartbeats unless the decorator says otherwise.
-
-Well inside ``RunTimeouts.heartbeat_timeout`` (90 s), so a few lost heartbeats in a row
-do not make the watchdog declare a healthy run lost.
-"""
-
 _TIMEOUTS: Final = RunTimeouts()
 """The defaults, to check a heartbeat interval when a worker is declared (before the
 settings are read). Only ``heartbeat_timeout`` is used, which settings do not change."""
@@ -47,7 +40,8 @@ class DeclaredWorker:
     """The function's name: the functions-framework ``--target``."""
     handler: Handler
     """The HTTP function the decorator returned (what the module binds to ``name``)."""
-    heartbeat_interval: timedelta
+    heartbeat_interval: timedelta | None
+    """The decorator's check-in interval; None: a fifth of each run's lease."""
 
 
 @dataclass
@@ -111,9 +105,16 @@ def worker(
     ``fn``'s name, which is the ``--target`` (the schedule's ``target.function``), is
     registered with ``functions_framework.http``, and is recorded in the registry of
     the module that defines ``fn`` (:func:`declared_in`). See the package docstring for
-    what each request does. ``heartbeat_interval`` must be positive and at most a third
-    of the watchdog's ``heartbeat_timeout`` (30 s); it defaults to
-    :data:`DEFAULT_HEARTBEAT_INTERVAL`. Raises ``ValueError`` otherwise, and
+    what each request does.
+
+    ``heartbeat_interval`` is how often a running attempt checks in: it reads its run
+    (a cancel request is seen within one interval) and renews its lease only when at
+    most two intervals of it are left. By default a fifth of the run's lease
+    (``heartbeat_timeout``: 60 s at the default 5 minutes). When given, it must be
+    positive and at most a third of the default lease (100 s); a schedule with a
+    shorter ``heartbeat_timeout`` is checked in on at least three times per lease
+    whatever it says. A shorter interval sees cancellations sooner at one read per
+    check-in; it never renews more often. Raises ``ValueError`` otherwise, and
     :class:`~firecron.errors.InvalidInputError` (one line naming the variable, never the
     secret) when ``FIRECRON_SIGNING_SECRET`` holds anything but ``whsec_`` secrets.
     """
@@ -124,11 +125,11 @@ def worker(
     from firecron.transport.signing import parse_signing_secrets
 
     parse_signing_secrets(os.environ.get("FIRECRON_SIGNING_SECRET", ""))
-    interval = DEFAULT_HEARTBEAT_INTERVAL if heartbeat_interval is None else heartbeat_interval
-    # At most a third of the timeout, so two heartbeats in a row may be lost or late
-    # before the watchdog declares a healthy run lost.
+    interval = heartbeat_interval
+    # At most a third of the lease, so a renewal due at two intervals from its end
+    # still has a second try before the watchdog may declare a healthy run lost.
     longest = _TIMEOUTS.heartbeat_timeout / 3
-    if not timedelta(0) < interval <= longest:
+    if interval is not None and not timedelta(0) < interval <= longest:
         raise ValueError(
             f"heartbeat_interval must be positive and at most {longest}, got {interval}"
         )
