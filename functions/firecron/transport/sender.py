@@ -47,15 +47,17 @@ and ``bench/http_clients.py`` measure that, and the README's Performance section
 reports the figures.
 
 TLS session resumption: one connection per dispatch means one TLS handshake per
-dispatch, and a full handshake (key exchange, certificate chain parsed and verified) is
-most of an https dispatch's CPU. The default context (:func:`tls_context`) is a
-:class:`ResumingTLSContext`: the sender keeps the last session of each (host, port) and
-offers it on the next connection there (a TLS 1.3 ticket or a TLS 1.2 session), so that
-connection skips the certificate work when the server accepts it; a server that does
-not simply does a full handshake. A session only ever comes from a handshake that
-verified the certificate for that host name with the same context, so verification is
-never skipped for a server that has not proved it holds the session's secret.
-``bench/scale_tls.py`` measures what it saves.
+dispatch, and TLS costs more CPU than the rest of a fired run (``bench/scale_tls.py``).
+The default context (:func:`tls_context`) is a :class:`ResumingTLSContext`: the sender
+keeps a session of each (host, port) and offers it on the next connection there (a
+TLS 1.3 ticket or a TLS 1.2 session), so that connection skips the certificate work
+when the server accepts it; a server that does not simply does a full handshake. A
+session only ever comes from a handshake that verified the certificate for that host
+name with the same context, so verification is never skipped for a server that has not
+proved it holds the session's secret. It saves less than the handshake work it skips:
+CPython copies a session (serialized and parsed again, peer certificate included) each
+time one is offered or read, so the sender reads one only when it must
+(:meth:`Sender._keep_session`).
 """
 
 from __future__ import annotations
