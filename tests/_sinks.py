@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -63,6 +64,8 @@ class SinkRequest:
     headers: dict[str, str]
     """Lowercased names; a repeated header keeps its last value."""
     body: bytes
+    received_at: float = field(default_factory=time.time)
+    """When the sink had read the whole request (``time.time()``, the sink's clock)."""
 
 
 @dataclass

@@ -4,6 +4,8 @@
   so cancellation and heartbeat staleness show within a second or two.
 - ``bad_output``: returns what the SDK must refuse: ``params["kind"]`` ``huge``
   (more than 64 KiB of JSON) or ``set`` (not JSON).
+- ``gated``: works until the state key ``params["key"]`` holds a value (a test sets it
+  with ``firecron.State``), then returns it: a run as long as the test wants.
 
 The workers of ``functions/main.py`` itself are served from that file.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -37,3 +40,14 @@ def bad_output(ctx: firecron.RunContext) -> object:
     if ctx.params.get("kind") == "set":
         return {"tags": {"a", "b"}}
     return {"blob": "x" * (64 * 1024)}
+
+
+@firecron.worker
+def gated(ctx: firecron.RunContext) -> object:
+    """Waits until the state key ``params["key"]`` is set, then returns its value."""
+    key = str(ctx.params["key"])
+    while (value := ctx.state.get(key)) is None:
+        if ctx.cancelled:
+            return {"released": None, "cancelled": True}
+        time.sleep(0.05)  # the worker polls the store: what the test sets, it sees soon
+    return {"released": value}

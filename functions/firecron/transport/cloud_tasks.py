@@ -9,9 +9,12 @@ and returns. Cloud Tasks then makes the POST, holds it open as long as the worke
 The task:
 
 - name ``{queue}/tasks/{task_id(key)}`` where ``key`` is the dispatch's
-  ``{run_id}/{attempt}``: enqueuing the same attempt twice is refused by Cloud Tasks
-  (``ALREADY_EXISTS``), which this module treats as already sent. Cloud Tasks keeps a
-  name reserved for a while after the task ran, so a late duplicate is refused too;
+  ``{run_id}/{attempt}``, prefixed ``{namespace}/`` when the queue is given one:
+  enqueuing the same attempt twice is refused by Cloud Tasks (``ALREADY_EXISTS``),
+  which this module treats as already sent. Cloud Tasks keeps a name reserved for up to
+  an hour after the task ran or was deleted, so a late duplicate is refused too. Run ids
+  repeat across namespaces (``{schedule_id}@{time}``), so two namespaces that share a
+  queue must give it their namespace, or one's run would be refused as the other's;
 - the same body and the same headers as the direct POST (signature, idempotency key),
   except those Cloud Tasks sets or replaces itself (``user-agent``, ``host``,
   ``content-length``) and ``authorization``: an ``auth: oidc`` target gets an
@@ -97,7 +100,8 @@ class TaskQueue:
     ``service_account`` the email Cloud Tasks mints ``auth: oidc`` targets' ID tokens
     as (it needs ``roles/run.invoker`` on them, and the dispatcher
     ``iam.serviceAccounts.actAs`` on it); ``emulator_host`` (``host:port``) talks
-    plaintext gRPC to an emulator instead of Google with default credentials. The
+    plaintext gRPC to an emulator instead of Google with default credentials;
+    ``namespace`` (the store's) prefixes every task name (module docstring). The
     client is created on first use, in the running event loop (its gRPC channel belongs
     to that loop), so constructing does no I/O. :meth:`enqueue` never raises for
     network, API or target problems; it returns a verdict.
@@ -110,8 +114,10 @@ class TaskQueue:
         service_account: str | None,
         allow_private_targets: bool,
         emulator_host: str | None = None,
+        namespace: str | None = None,
     ) -> None:
         self.queue = queue
+        self.namespace = namespace
         self.service_account = service_account
         self._allow_private = allow_private_targets
         self._emulator_host = emulator_host
@@ -136,6 +142,11 @@ class TaskQueue:
                 self._client = tasks_v2.CloudTasksAsyncClient()
         return self._client
 
+    def task_id(self, d: Dispatch) -> str:
+        """The id of ``d``'s task in this queue: :func:`task_id` of its key, under the
+        queue's namespace when it has one."""
+        return task_id(f"{self.namespace}/{d.key}" if self.namespace else d.key)
+
     def task(
         self,
         d: Dispatch,
@@ -159,7 +170,7 @@ class TaskQueue:
                 service_account_email=self.service_account or "", audience=oidc_audience
             )
         task = tasks_v2.Task(
-            name=f"{self.queue}/tasks/{task_id(d.key)}",
+            name=f"{self.queue}/tasks/{self.task_id(d)}",
             http_request=http,
             # proto-plus converts: timedelta to Duration, an aware datetime to Timestamp.
             dispatch_deadline=timedelta(seconds=int(deadline.total_seconds())),
