@@ -30,6 +30,10 @@ not what is measured: the same store, sizes and sink serve every mode):
   are listed to check each run was enqueued once). Without the emulator that mode is
   skipped, and says so.
 
+"Sender alone" then isolates the transport: firecron's ``Sender`` without a store or
+a tick, ``sender_requests`` POSTs at 64 in flight per mode (plain, full TLS, resumed
+TLS), after 200 unmeasured ones: CPU ms per request and requests/s.
+
 ``rounds`` repeats all modes, interleaved; each figure is the median over rounds.
 """
 
@@ -105,11 +109,13 @@ class TlsConfig:
     """FIRECRON_TICK_BUDGET: large enough for one tick to fire every run."""
     cloud_tasks: bool = True
     """Run the Cloud Tasks mode when the emulator is installed."""
+    sender_requests: int = 2_000
+    """Requests of the "Sender alone" part (per mode and round; 0: skipped)."""
 
     @classmethod
     def quick(cls) -> TlsConfig:
         """Small sizes: well under a minute."""
-        return cls(runs=1_000)
+        return cls(runs=1_000, sender_requests=500)
 
 
 # -- pure helpers -----------------------------------------------------------------------
@@ -474,9 +480,61 @@ def _fired_once(r: dict[str, Any], cfg: TlsConfig) -> bool:
     return ok
 
 
+async def _sender_alone(
+    mode: str, sink: TlsSinkProcess, files: TlsFiles, cfg: TlsConfig
+) -> dict[str, Any]:
+    """The Sender without store or tick: ``cfg.sender_requests`` POSTs to ``/ack/0`` by
+    ``cfg.concurrency`` loops, after 200 unmeasured ones (module docstring)."""
+    context = None
+    if mode == "tls_full":
+        context = full_handshake_context(files.ca)
+    sender = Sender(
+        concurrency=cfg.concurrency,
+        max_open=1000,
+        ack_timeout=5.0,
+        allow_private_targets=True,
+        ssl_context=context,
+        ca_file=str(files.ca),
+    )
+    base = sink.tls_url if mode.startswith("tls") else sink.url
+    d = Dispatch(url=f"{base}/ack/0", body=b'{"run_id":"probe"}', headers={}, key="probe/1")
+
+    async def drive(n: int) -> None:
+        left = n
+
+        async def loop() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                result = await sender.send(d)
+                if result.outcome is not SendOutcome.acknowledged:
+                    raise RuntimeError(f"sender alone: {result.error}")
+
+        await asyncio.gather(*(loop() for _ in range(cfg.concurrency)))
+
+    await drive(200)
+    await asyncio.to_thread(sink.reset)
+    cpu, started = time.process_time(), time.perf_counter()
+    await drive(cfg.sender_requests)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - started
+    await sender.aclose()
+    stats = await asyncio.to_thread(sink.stats)
+    n = cfg.sender_requests
+    return {
+        "mode": mode,
+        "requests": n,
+        "cpu_ms_per_request": round(1000 * cpu / n, 3),
+        "requests_per_s": round(n / wall),
+        "resumed_share_pct": round(100 * stats["tls_resumed"] / stats["tls_received"], 1)
+        if stats["tls_received"]
+        else 0.0,
+    }
+
+
 async def _all(
     backends: Backends, files: TlsFiles, cfg: TlsConfig, tasks: _Tasks | None
-) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    alone: dict[str, list[dict[str, Any]]] = {}
     with tls_sink_process(files) as sink:
         probe = await _verification_probe(sink)
         per_mode: dict[str, list[dict[str, Any]]] = {}
@@ -492,7 +550,16 @@ async def _all(
                     flush=True,
                 )
                 await asyncio.to_thread(sink.wait_idle)
-    return probe, per_mode
+            for mode in MODES[:3] if cfg.sender_requests else ():
+                a = await _sender_alone(mode, sink, files, cfg)
+                alone.setdefault(mode, []).append(a)
+                print(
+                    f"  round {n + 1}: Sender alone, {_LABELS[mode]}: "
+                    f"{a['cpu_ms_per_request']} CPU ms/request",
+                    flush=True,
+                )
+                await asyncio.to_thread(sink.wait_idle)
+    return probe, per_mode, alone
 
 
 def run(backends: Backends, backend_names: list[str], cfg: TlsConfig) -> BenchResult:
@@ -516,12 +583,13 @@ def run(backends: Backends, backend_names: list[str], cfg: TlsConfig) -> BenchRe
     try:
         with tempfile.TemporaryDirectory(prefix="firecron-tls-") as tmp:
             files = write_tls_files(Path(tmp), cfg.key_type)
-            probe, rounds = asyncio.run(_all(backends, files, cfg, tasks))
+            probe, rounds, alone_rounds = asyncio.run(_all(backends, files, cfg, tasks))
     finally:
         if tasks is not None:
             tasks.close()
     modes = {mode: median_rounds(rs) for mode, rs in rounds.items()}
-    ratios = _ratios(modes)
+    alone = {mode: median_rounds(rs) for mode, rs in alone_rounds.items()}
+    ratios = _ratios(modes, alone)
     checks = [
         Check(
             NAME,
@@ -561,8 +629,9 @@ def run(backends: Backends, backend_names: list[str], cfg: TlsConfig) -> BenchRe
                 resumed_ratio is not None and resumed_ratio < 1,
             )
         )
-    _print(cfg, modes, ratios, probe, skipped)
+    _print(cfg, modes, alone, ratios, probe, skipped)
     figures = {
+        "sender_alone": alone,
         "config": cfg.__dict__,
         "verification_probe": probe,
         "modes": modes,
@@ -573,12 +642,17 @@ def run(backends: Backends, backend_names: list[str], cfg: TlsConfig) -> BenchRe
     return BenchResult(NAME, figures, checks)
 
 
-def _ratios(modes: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+def _ratios(
+    modes: dict[str, dict[str, Any]], alone: dict[str, dict[str, Any]]
+) -> dict[str, float | None]:
     def cpu(mode: str) -> float | None:
         return modes[mode]["dispatcher_cpu_ms_per_run"] if mode in modes else None
 
     def rate(mode: str) -> float | None:
         return modes[mode]["fired_per_s"] if mode in modes else None
+
+    def alone_cpu(mode: str) -> float | None:
+        return alone[mode]["cpu_ms_per_request"] if mode in alone else None
 
     return {
         "cpu_tls_full_over_http": ratio(cpu("tls_full"), cpu("http")),
@@ -588,12 +662,17 @@ def _ratios(modes: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "rate_tls_full_over_http": ratio(rate("tls_full"), rate("http")),
         "rate_tls_resumed_over_tls_full": ratio(rate("tls_resumed"), rate("tls_full")),
         "rate_enqueue_over_tls_full": ratio(rate("cloud_tasks"), rate("tls_full")),
+        "sender_alone_cpu_tls_full_over_http": ratio(alone_cpu("tls_full"), alone_cpu("http")),
+        "sender_alone_cpu_tls_resumed_over_tls_full": ratio(
+            alone_cpu("tls_resumed"), alone_cpu("tls_full")
+        ),
     }
 
 
 def _print(
     cfg: TlsConfig,
     modes: dict[str, dict[str, Any]],
+    alone: dict[str, dict[str, Any]],
     ratios: dict[str, float | None],
     probe: dict[str, Any],
     skipped: str | None,
@@ -650,6 +729,27 @@ def _print(
         ],
         right=[False, True, True],
     )
+    if alone:
+        print_table(
+            f"Sender alone (no store, no tick): {cfg.sender_requests:,} POSTs per mode, "
+            f"{cfg.concurrency} in flight (median of {cfg.rounds} round(s))",
+            ["mode", "CPU ms / request", "requests/s", "resumed (%)"],
+            [
+                [
+                    _LABELS[m],
+                    alone[m]["cpu_ms_per_request"],
+                    alone[m]["requests_per_s"],
+                    alone[m]["resumed_share_pct"],
+                ]
+                for m in MODES
+                if m in alone
+            ],
+        )
+        print(
+            "  CPU ratios: TLS full / plain "
+            f"{ratios['sender_alone_cpu_tls_full_over_http']}, TLS resumed / TLS full "
+            f"{ratios['sender_alone_cpu_tls_resumed_over_tls_full']}"
+        )
     print(f"\nTLS verification on: default trust store -> {probe['outcome']}: {probe['error']}")
     if skipped:
         print(f"Cloud Tasks mode skipped: {skipped}")

@@ -91,7 +91,8 @@ def test_median_rounds_takes_medians_of_numbers_only() -> None:
 def test_a_tiny_real_run_fires_every_run_once_and_over_tls(tmp_path: Path) -> None:
     backends = Backends(tmp_path)
     try:
-        result = run(backends, ["sqlite"], TlsConfig(runs=50, concurrency=8, key_type="ec"))
+        config = TlsConfig(runs=50, concurrency=8, key_type="ec", sender_requests=50)
+        result = run(backends, ["sqlite"], config)
     finally:
         backends.close()
     figures = result.figures
@@ -106,6 +107,11 @@ def test_a_tiny_real_run_fires_every_run_once_and_over_tls(tmp_path: Path) -> No
     assert modes["tls_full"]["tls_received"] == 50
     assert modes["tls_full"]["tls_resumed"] == 0
     assert modes["tls_resumed"]["tls_received"] == 50
+    # Sender alone: after its warm-up, every TLS request of the resuming sender resumed.
+    alone = figures["sender_alone"]
+    assert set(alone) == {"http", "tls_full", "tls_resumed"}
+    assert alone["tls_full"]["resumed_share_pct"] == 0
+    assert alone["tls_resumed"]["resumed_share_pct"] == 100
     if "cloud_tasks" in modes:
         assert modes["cloud_tasks"]["sink_received"] == 0  # the queue was paused
     verdicts = {c.target: c.passed for c in result.checks}
