@@ -785,8 +785,8 @@ def run(backends: Backends, names: list[str], cfg: CostConfig) -> BenchResult:
                     m.writes_per_run,
                     m.reads_per_run,
                     m.runs * m.writes_per_run,
-                    m.nam5_usd,
-                    m.regional_usd,
+                    f"${m.nam5_usd:,.2f}",
+                    f"${m.regional_usd:,.2f}",
                 ]
                 for m in monthly
             ],
