@@ -3,7 +3,7 @@ example workers.
 
 Each top-level function is one Cloud Function (``--target NAME``). Workers are plain
 functions of a :class:`firecron.RunContext` decorated with ``@firecron.worker``; the
-SDK verifies, starts, heartbeats and records each run. Nothing here does I/O at import.
+SDK verifies, starts, checks in on and records each run. Nothing here does I/O at import.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def hello(ctx: firecron.RunContext) -> dict[str, str]:
 def sleep(ctx: firecron.RunContext) -> dict[str, float | bool]:
     """Sleeps ``params["seconds"]`` (default 1), stopping early when the run is cancelled.
 
-    The SDK sends heartbeats from its own thread, so a long sleep needs no
-    ``ctx.heartbeat()``; it only has to look at ``ctx.cancelled`` now and then.
+    The SDK checks in from its own thread (and renews the run's lease), so a long
+    sleep needs no ``ctx.heartbeat()``; it only has to look at ``ctx.cancelled`` now
+    and then.
     """
     raw = ctx.params.get("seconds", 1)
     seconds = float(raw) if isinstance(raw, int | float | str) else 1.0

@@ -333,7 +333,7 @@ def _with_send(attempts: list[Attempt], send: Send) -> list[Attempt]:
 def _running_deadline(run: Run, now: datetime, heartbeat_at: datetime, t: RunTimeouts) -> datetime:
     stop_requested = run.timed_out_at or run.cancelled_at
     if stop_requested is not None:
-        # Cancel requested: heartbeats no longer extend anything; the attempt has one
+        # Cancel requested: renewals no longer extend anything; the attempt has one
         # heartbeat timeout to stop before the watchdog gives up on it.
         return stop_requested + _hb(run, t)
     started = run.started_at or now

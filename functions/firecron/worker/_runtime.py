@@ -84,7 +84,7 @@ class _Runtime:
     def now(self) -> datetime:
         """The local clock corrected to the store's (docs/design.md, "Semantics > Clocks").
 
-        Starts, heartbeats and ends are judged by the dispatcher at the store's time, so
+        Starts, lease renewals and ends are judged by the dispatcher at the store's time, so
         they are stamped at it too. The offset is measured by one :meth:`Store.clock`
         call when first needed and every :data:`_CLOCK_REFRESH_S` seconds after (Firestore: one
         read); a failed measurement keeps the last offset and is retried after
