@@ -552,6 +552,7 @@ _PHASE_ORDER: Final = (
     "settle",
     "events",
     "watchdog",
+    "clock",
     "due query",
     "watchdog query",
 )
@@ -568,7 +569,8 @@ def _shown_s(seconds: float) -> str:
 
 def _phase_rows(costs: list[RunCost]) -> list[list[object]]:
     """One row per phase: writes and reads of each run (the runs of one backend and mode)."""
-    names = [p for p in _PHASE_ORDER if any(p in c.phases for c in costs)]
+    # Every phase, even at zero (a silent run's logs, no sink's events): zero is a finding.
+    names = list(_PHASE_ORDER)
     names += sorted({p for c in costs for p in c.phases} - set(_PHASE_ORDER) - {"close"})
     rows: list[list[object]] = []
     for name in names:
