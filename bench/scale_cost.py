@@ -50,6 +50,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
 from bench._common import (
+    ROOT,
     Backends,
     BenchResult,
     Check,
@@ -63,6 +64,10 @@ from firecron.core.lifecycle import RunTimeouts
 from firecron.core.models import ScheduleSpec
 from firecron.core.runs import RunState
 from firecron.store.base import ScheduleWrite, Store
+
+# tests/ is not a package: the Cloud Tasks emulator's harness is imported from its folder.
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
 
 NAME = "scale_cost"
 SECRET = "whsec_YmVuY2gtc2NhbGUtY29zdC0x"
@@ -115,6 +120,9 @@ class CostConfig:
     run_minutes: int = 5
     max_writes_5min: int = 6
     """The target: a 5-minute run at default settings writes at most this many times."""
+    cloud_tasks: bool = True
+    """Also measure a 5-minute run delivered through the Cloud Tasks emulator (when
+    ``make tasks-emulator`` installed it)."""
 
     @classmethod
     def quick(cls) -> CostConfig:
@@ -394,8 +402,13 @@ async def measure_run(
     *,
     mode: str = "lease",
     heartbeat_timeout: timedelta | None = None,
+    tasks_host: str | None = None,
 ) -> RunCost:
     """One run of ``duration`` (simulated) from claim to end; see the module docstring.
+
+    ``tasks_host``: deliver through Cloud Tasks (``delivery: cloud_tasks``), the
+    emulator at that host (its queue ``tests/_tasks_emulator.QUEUE``), instead of a
+    direct POST: the tick enqueues and the emulator POSTs to the worker.
 
     ``mode`` ``lease``: the SDK's check-in (``_Execution.check_in``) at its own cadence;
     ``legacy``: a renewal (``_Execution.beat``) and a log flush every 15 s, as the SDK
@@ -484,11 +497,22 @@ async def measure_run(
     started = time.perf_counter()
     try:
         with _worker_server(handle) as url:
+            queued: dict[str, Any] = {}
+            if tasks_host is not None:
+                from _tasks_emulator import QUEUE
+                from firecron.core.models import TargetDelivery
+
+                queued = {
+                    "delivery": TargetDelivery.cloud_tasks,
+                    "tasks_queue": QUEUE,
+                    "tasks_emulator_host": tasks_host,
+                }
             settings = bench_settings(
                 store_url=shared.url,
                 namespace=shared.namespace,
                 signing_secrets=(SECRET,),
                 functions_base_url=url,
+                **queued,
             )
             dispatcher = Dispatcher(
                 cast(Store, MeteredStore(shared.store, book)),
@@ -523,7 +547,7 @@ async def measure_run(
     hb = heartbeat_timeout or runtime.timeouts.heartbeat_timeout
     return RunCost(
         backend=backend,
-        mode=mode,
+        mode=mode if tasks_host is None else f"{mode}, cloud_tasks",
         duration_s=int(duration.total_seconds()),
         heartbeat_timeout_s=hb.total_seconds(),
         interval_s=(LEGACY_INTERVAL if mode == "legacy" else check_in_interval(hb)).total_seconds(),
@@ -695,7 +719,37 @@ async def _measure_all(
                 heartbeat_timeout=timedelta(seconds=hb),
             )
             sweep.setdefault(hb, []).append(cost)
+    if cfg.cloud_tasks:
+        costs += await _through_cloud_tasks(backends, names, cfg)
     return costs, sweep
+
+
+async def _through_cloud_tasks(
+    backends: Backends, names: list[str], cfg: CostConfig
+) -> list[RunCost]:
+    """A 5-minute run on each backend delivered through the Cloud Tasks emulator (none,
+    with a line saying so, when ``make tasks-emulator`` has not installed it)."""
+    from _tasks_emulator import emulator_executable, start_tasks_emulator
+
+    executable = emulator_executable()
+    if executable is None:
+        print("  gcloud-tasks-emulator not found (make tasks-emulator): no Cloud Tasks run")
+        return []
+    emulator = start_tasks_emulator(executable)
+    costs: list[RunCost] = []
+    try:
+        for backend in names:
+            five = timedelta(minutes=cfg.run_minutes)
+            cost = await measure_run(backends, backend, five, tasks_host=emulator.host)
+            print(
+                f"  {backend} lease via Cloud Tasks {_shown_s(five.total_seconds())}: "
+                f"{cost.writes} writes, {cost.reads} reads ({cost.state})",
+                flush=True,
+            )
+            costs.append(cost)
+    finally:
+        emulator.stop()
+    return costs
 
 
 def _find(costs: list[RunCost], backend: str, mode: str, seconds: int) -> RunCost | None:
@@ -773,6 +827,21 @@ def run(backends: Backends, names: list[str], cfg: CostConfig) -> BenchResult:
                 and lease.attempts == 1,
             )
         )
+        queued = _find(costs, backend, "lease, cloud_tasks", five)
+        if queued is not None:
+            checks.append(
+                Check(
+                    NAME,
+                    backend,
+                    f"{cfg.run_minutes}-minute run through Cloud Tasks writes <= "
+                    f"{cfg.max_writes_5min}",
+                    f"{queued.writes} writes; the stores counted {queued.store_writes}",
+                    queued.writes <= cfg.max_writes_5min
+                    and queued.writes == queued.store_writes
+                    and queued.state == RunState.succeeded.value
+                    and queued.attempts == 1,
+                )
+            )
         if legacy is not None and backend == names[0]:
             monthly = monthly_costs(cfg, legacy, lease)
     if monthly:
