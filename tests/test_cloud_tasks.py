@@ -139,6 +139,8 @@ async def test_a_cloud_tasks_target_is_enqueued_and_cloud_tasks_posts_the_signed
     with serve() as sink:
         await _seed(store, f"{sink.url}/hook", delivery="cloud_tasks")
         d = Dispatcher(store, _settings(tasks_host, signing_secrets=(secret,)), clock=_clock)
+        queue = d.task_queue
+        assert queue is not None
         try:
             summary = await d.tick(T0 + timedelta(seconds=5))
         finally:
@@ -154,7 +156,7 @@ async def test_a_cloud_tasks_target_is_enqueued_and_cloud_tasks_posts_the_signed
     key = f"{run.id}/1"
     assert (request.headers["webhook-id"], request.headers["idempotency-key"]) == (key, key)
     assert verify_webhook(request.headers, request.body, [secret], T0 + timedelta(seconds=5)) == key
-    assert request.headers["x-cloudtasks-taskname"] == task_id(key)
+    assert request.headers["x-cloudtasks-taskname"] == queue.task_id(key)
     assert request.headers["x-cloudtasks-queuename"] == QUEUE
 
 
@@ -354,7 +356,7 @@ async def test_an_attempt_enqueued_twice_is_sent_once_and_a_new_attempt_is_sent(
     assert [*raced, resent, retried] == [sent] * 4
     # ...and the queue holds one task per attempt: the second create of attempt 1 and
     # the resend were refused, and the target got each attempt once.
-    attempt1 = _deliveries(tasks_emulator, task_id(f"{run_id}/1"))
+    attempt1 = _deliveries(tasks_emulator, first.task_id(f"{run_id}/1"))
     assert sorted(d.refused for d in attempt1) == [False, True, True]
     assert paths == ["/1", "/2"]
     assert [r.headers["webhook-id"] for r in sink.requests] == [f"{run_id}/1", f"{run_id}/2"]
@@ -429,6 +431,8 @@ async def test_a_resend_of_an_unrecorded_enqueue_is_refused_counts_as_sent_and_a
     settings = _settings(tasks_emulator.host)
     failing = Dispatcher(cast(Store, _SendRecordFails(store)), settings, clock=_clock)
     d = Dispatcher(store, settings, clock=_clock)
+    queue = d.task_queue
+    assert queue is not None
     after = TaskQueue(
         QUEUE, service_account=None, allow_private_targets=True, emulator_host=tasks_emulator.host
     )
@@ -451,7 +455,8 @@ async def test_a_resend_of_an_unrecorded_enqueue_is_refused_counts_as_sent_and_a
             await after.aclose()
         paths = _paths_once_arrived(sink, "/after")
     key = f"{unrecorded.id}/1"
-    assert sorted(x.refused for x in _deliveries(tasks_emulator, task_id(key))) == [False, True]
+    refused = [x.refused for x in _deliveries(tasks_emulator, queue.task_id(key))]
+    assert sorted(refused) == [False, True]
     assert resent.outcomes["unacknowledged"] == 1
     assert paths == ["/hook", "/after"]
     assert sink.requests[0].headers["webhook-id"] == key
@@ -492,11 +497,13 @@ async def test_a_long_worker_holds_its_task_open_and_answers_200_at_the_end(
                 tasks_emulator.host, signing_secrets=(secret,), ack_timeout=ack_timeout
             )
             d = Dispatcher(store, settings)
+            queue = d.task_queue
+            assert queue is not None
             try:
                 run = await d.trigger(spec.id)
             finally:
                 await d.aclose()
-            task = task_id(f"{run.id}/1")
+            task = queue.task_id(f"{run.id}/1")
             running = await wait_run(store, run.id, lambda r: r.state is RunState.running)
             assert running.started_at is not None
             started = running.started_at.timestamp()

@@ -142,10 +142,10 @@ class TaskQueue:
                 self._client = tasks_v2.CloudTasksAsyncClient()
         return self._client
 
-    def task_id(self, d: Dispatch) -> str:
-        """The id of ``d``'s task in this queue: :func:`task_id` of its key, under the
-        queue's namespace when it has one."""
-        return task_id(f"{self.namespace}/{d.key}" if self.namespace else d.key)
+    def task_id(self, key: str) -> str:
+        """The id of dispatch ``key``'s task in this queue: :func:`task_id` of the key,
+        under the queue's namespace when it has one."""
+        return task_id(f"{self.namespace}/{key}" if self.namespace else key)
 
     def task(
         self,
@@ -170,7 +170,7 @@ class TaskQueue:
                 service_account_email=self.service_account or "", audience=oidc_audience
             )
         task = tasks_v2.Task(
-            name=f"{self.queue}/tasks/{self.task_id(d)}",
+            name=f"{self.queue}/tasks/{self.task_id(d.key)}",
             http_request=http,
             # proto-plus converts: timedelta to Duration, an aware datetime to Timestamp.
             dispatch_deadline=timedelta(seconds=int(deadline.total_seconds())),
