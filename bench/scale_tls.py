@@ -332,9 +332,13 @@ class _Tasks:
         self.client = tasks_v2.CloudTasksClient(
             transport=CloudTasksGrpcTransport(channel=self._channel)
         )
-        # Paused: the emulator keeps every task and sends none, so delivering them
-        # takes no CPU from the dispatcher while it is measured.
-        self.client.pause_queue(name=self.queue)
+        try:
+            # Paused: the emulator keeps every task and sends none, so delivering them
+            # takes no CPU from the dispatcher while it is measured.
+            self.client.pause_queue(name=self.queue)
+        except BaseException:
+            self.close()
+            raise
 
     def pids(self) -> list[int]:
         members: list[int] = self._group_members(self._emulator.pgid)
