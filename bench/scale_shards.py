@@ -152,19 +152,24 @@ def tick_env(
 
 
 def scaling(rows: Sequence[Mapping[str, Any]], cores: int) -> dict[int, dict[str, float]]:
-    """Speedup against 1 shard and efficiency (speedup / min(shards, cores)) per shard
-    count, from rows with ``shards`` and ``fired_per_s``. Empty without a 1-shard row
+    """Per shard count, from rows with ``shards`` and ``fired_per_s``: the speedup
+    against 1 shard and the efficiency (speedup / min(shards, cores)); with
+    ``cpu_bound_per_s`` in the rows, also ``bound_speedup``, the same ratio of the CPU
+    bounds (what an otherwise idle machine would allow). Empty without a 1-shard row
     (or when it fired nothing)."""
-    base = next((r["fired_per_s"] for r in rows if r["shards"] == 1), 0)
-    if not base:
+    one = next((r for r in rows if r["shards"] == 1), None)
+    if one is None or not one["fired_per_s"]:
         return {}
     out: dict[int, dict[str, float]] = {}
     for r in rows:
-        speedup = r["fired_per_s"] / base
-        out[int(r["shards"])] = {
+        speedup = r["fired_per_s"] / one["fired_per_s"]
+        figures = {
             "speedup": round(speedup, 2),
             "efficiency": round(speedup / max(1, min(int(r["shards"]), cores)), 2),
         }
+        if one.get("cpu_bound_per_s") and r.get("cpu_bound_per_s"):
+            figures["bound_speedup"] = round(r["cpu_bound_per_s"] / one["cpu_bound_per_s"], 2)
+        out[int(r["shards"])] = figures
     return out
 
 
@@ -787,8 +792,10 @@ def _print(per_backend: Mapping[str, Mapping[str, Any]]) -> None:
                     r["process_cpu_ms_per_fired"],
                     r["sink_cpu_s"],
                     r["machine_busy_share"],
+                    r.get("emulator_cpu_s"),
                     r["other_load_cores"],
                     r["cpu_bound_per_s"],
+                    r.get("bound_speedup"),
                     r["continuations"],
                     r["receipts"]["exactly_once"],
                 ]
@@ -807,13 +814,15 @@ def _print(per_backend: Mapping[str, Mapping[str, Any]]) -> None:
                 "CPU ms/run",
                 "sink CPU s",
                 "machine busy",
+                "emulator CPU s",
                 "other load",
                 "CPU bound/s",
+                "bound speedup",
                 "contin.",
                 "exactly once",
             ],
             rows,
-            right=[True] * 6 + [False] + [True] * 7,
+            right=[True] * 6 + [False] + [True] * 9,
         )
         c = b["continuation"]
         print_table(

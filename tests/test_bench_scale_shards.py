@@ -42,6 +42,8 @@ def test_scaling_is_speedup_over_one_shard_and_efficiency_over_the_usable_cores(
     # 4 shards on 2 cores: judged against the 2 cores, not the 4 processes.
     assert out[4] == {"speedup": 1.9, "efficiency": 0.95}
     assert scaling(rows[1:], cores=2) == {}
+    bounded = [{**r, "cpu_bound_per_s": 1000 * r["shards"]} for r in rows]
+    assert scaling(bounded, cores=2)[2]["bound_speedup"] == 2.0
     assert scaling([{"shards": 1, "fired_per_s": 0}], cores=2) == {}
 
 
