@@ -61,6 +61,6 @@ output "admin_url" {
 }
 
 output "tasks_queue" {
-  description = "FIRECRON_TASKS_QUEUE: the Cloud Tasks queue of `delivery: cloud_tasks` (tasks.tf)."
+  description = "FIRECRON_TASKS_QUEUE: the Cloud Tasks queues of `delivery: cloud_tasks` and of dispatch's calls to itself, comma-separated (tasks.tf)."
   value       = local.tasks_queue
 }

@@ -15,7 +15,21 @@
 locals {
   # Queue ids are [A-Za-z0-9-], at most 100 characters.
   tasks_queue_name = "${replace(var.namespace, "_", "-")}-dispatch"
-  tasks_queue      = "projects/${var.project_id}/locations/${var.region}/queues/${local.tasks_queue_name}"
+  # One queue dispatches at most 500 tasks/s; var.tasks_queue.queues spreads the tasks
+  # over several (firecron picks one by a hash of the task's id). The first keeps the
+  # name it always had, so raising the count adds queues and moves nothing.
+  tasks_queue_names = {
+    for i in range(var.tasks_queue.queues) :
+    tostring(i) => i == 0 ? local.tasks_queue_name : "${local.tasks_queue_name}-${i}"
+  }
+  # FIRECRON_TASKS_QUEUE: every queue's path, comma-separated, the first first.
+  tasks_queue = join(",", [
+    for i in range(var.tasks_queue.queues) :
+    "projects/${var.project_id}/locations/${var.region}/queues/${local.tasks_queue_names[tostring(i)]}"
+  ])
+}
+
+locals {
   # The identities whose code fires runs (the dispatcher's code: firecron.dispatch).
   enqueuers = {
     dispatch = "serviceAccount:${google_service_account.dispatch.email}"
@@ -25,9 +39,11 @@ locals {
 }
 
 resource "google_cloud_tasks_queue" "dispatch" {
+  for_each = local.tasks_queue_names
+
   project  = var.project_id
   location = var.region
-  name     = local.tasks_queue_name
+  name     = each.value
 
   rate_limits {
     max_dispatches_per_second = var.tasks_queue.max_dispatches_per_second
@@ -61,14 +77,44 @@ resource "google_service_account" "tasks" {
   depends_on = [google_project_service.required]
 }
 
+# Before var.tasks_queue.queues, the one queue was not keyed: it is queue "0".
+moved {
+  from = google_cloud_tasks_queue.dispatch
+  to   = google_cloud_tasks_queue.dispatch["0"]
+}
+
+locals {
+  # Every (queue, firing identity) pair: each identity may enqueue into every queue.
+  enqueue_grants = {
+    for pair in setproduct(keys(local.tasks_queue_names), keys(local.enqueuers)) :
+    "${pair[1]}/${pair[0]}" => { queue = pair[0], member = local.enqueuers[pair[1]] }
+  }
+}
+
 resource "google_cloud_tasks_queue_iam_member" "enqueuers" {
-  for_each = local.enqueuers
+  for_each = local.enqueue_grants
 
   project  = var.project_id
   location = var.region
-  name     = google_cloud_tasks_queue.dispatch.name
+  name     = google_cloud_tasks_queue.dispatch[each.value.queue].name
   role     = "roles/cloudtasks.enqueuer"
-  member   = each.value
+  member   = each.value.member
+}
+
+# Before var.tasks_queue.queues, the grants were keyed by identity alone.
+moved {
+  from = google_cloud_tasks_queue_iam_member.enqueuers["dispatch"]
+  to   = google_cloud_tasks_queue_iam_member.enqueuers["dispatch/0"]
+}
+
+moved {
+  from = google_cloud_tasks_queue_iam_member.enqueuers["workers"]
+  to   = google_cloud_tasks_queue_iam_member.enqueuers["workers/0"]
+}
+
+moved {
+  from = google_cloud_tasks_queue_iam_member.enqueuers["admin"]
+  to   = google_cloud_tasks_queue_iam_member.enqueuers["admin/0"]
 }
 
 resource "google_service_account_iam_member" "enqueuers_act_as_tasks" {

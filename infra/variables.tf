@@ -278,9 +278,15 @@ variable "tasks_queue" {
   type = object({
     max_dispatches_per_second = optional(number, 500)
     max_concurrent_dispatches = optional(number, 1000)
+    queues                    = optional(number, 1)
   })
-  description = "Rate limits of the Cloud Tasks queue (tasks.tf): tasks started per second, and requests open at once (a worker holds its request for the whole run)."
+  description = "The Cloud Tasks queues (tasks.tf): rate limits of each (tasks started per second, requests open at once: a worker holds its request for the whole run), and how many queues share the tasks (one dispatches at most 500/s; firecron picks a queue by a hash of the task's id)."
   default     = {}
+
+  validation {
+    condition     = var.tasks_queue.queues >= 1 && var.tasks_queue.queues <= 100 && floor(var.tasks_queue.queues) == var.tasks_queue.queues
+    error_message = "tasks_queue.queues must be a whole number from 1 to 100."
+  }
 
   validation {
     condition     = var.tasks_queue.max_dispatches_per_second > 0 && var.tasks_queue.max_dispatches_per_second <= 500

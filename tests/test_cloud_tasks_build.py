@@ -107,7 +107,13 @@ def test_settings_read_the_delivery_and_the_queue() -> None:
         ),
         (
             {"FIRECRON_TASKS_QUEUE": "q"},
-            "FIRECRON_TASKS_QUEUE='q': expected projects/PROJECT/locations/LOCATION/queues/QUEUE",
+            "FIRECRON_TASKS_QUEUE: 'q' is not a queue path: expected "
+            "projects/PROJECT/locations/LOCATION/queues/QUEUE (several: comma-separated)",
+        ),
+        (
+            {"FIRECRON_TASKS_QUEUE": "projects/p/locations/l/queues/a,,"},
+            "FIRECRON_TASKS_QUEUE: '' is not a queue path: expected "
+            "projects/PROJECT/locations/LOCATION/queues/QUEUE (several: comma-separated)",
         ),
     ],
 )
@@ -117,6 +123,30 @@ def test_bad_delivery_settings_fail_with_one_line_naming_the_variable(
     with pytest.raises(InvalidInputError) as info:
         Settings.from_env(env)
     assert str(info.value) == message
+
+
+_QUEUES = [f"projects/p/locations/l/queues/q{i}" for i in range(4)]
+
+
+def test_several_queues_are_read_comma_separated_without_repeats() -> None:
+    env = {"FIRECRON_TASKS_QUEUE": f" {_QUEUES[0]}, {_QUEUES[1]} ,{_QUEUES[0]}"}
+    assert Settings.from_env(env).tasks_queue == f"{_QUEUES[0]},{_QUEUES[1]}"
+
+
+def test_with_several_queues_each_task_has_one_queue_and_they_share_the_work() -> None:
+    queue = TaskQueue(",".join(_QUEUES), service_account=None, allow_private_targets=True)
+    assert queue.queues == tuple(_QUEUES)
+    keys = [f"job-{i}@20261130T120000Z/1" for i in range(400)]
+    chosen = [queue.queue_for(key) for key in keys]
+    # The same attempt always goes to the same queue, so a duplicate is refused by name.
+    assert chosen == [queue.queue_for(key) for key in keys]
+    counts = {q: chosen.count(q) for q in _QUEUES}
+    assert all(count > 50 for count in counts.values()), counts
+    d = Dispatch(url="https://x.example/hook", body=b"{}", headers={}, key=keys[0])
+    task = queue.task(d, oidc_audience=None, deadline=timedelta(minutes=1))
+    assert task.name == f"{chosen[0]}/tasks/{queue.task_id(keys[0])}"
+    single = TaskQueue(_QUEUES[2], service_account=None, allow_private_targets=True)
+    assert {single.queue_for(key) for key in keys} == {_QUEUES[2]}
 
 
 def test_delivery_applies_to_url_and_function_targets_only() -> None:

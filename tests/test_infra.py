@@ -25,7 +25,7 @@ from firecron.core.shards import MAX_SHARDS
 from firecron.errors import InvalidInputError
 from firecron.settings import ENV_VARS, Settings
 from firecron.store.firestore import REQUIRED_INDEXES
-from firecron.transport.cloud_tasks import MAX_DISPATCH_DEADLINE
+from firecron.transport.cloud_tasks import MAX_DISPATCH_DEADLINE, TaskQueue
 from firecron.transport.sender import resolve_url
 from firecron.transport.signing import parse_signing_secrets
 
@@ -324,6 +324,16 @@ def _members(tf: Module, body: dict[str, Any]) -> list[str]:
     for value in values:
         if value == "${each.value}" and body.get("for_each") == "${toset(var.admin_members)}":
             out.append("var.admin_members")  # checked by test_only_admin_members_invoke_admin
+        elif value == "${each.value.member}" and body.get("for_each") == (
+            "${local.enqueue_grants}"
+        ):
+            # Every (queue, identity) pair of tasks.tf: its members are local.enqueuers'.
+            grants = tf.locals["enqueue_grants"]
+            assert "setproduct(keys(local.tasks_queue_names), keys(local.enqueuers))" in grants
+            assert "member = local.enqueuers[pair[1]]" in grants
+            enqueuers = tf.resolve("${local.enqueuers}")
+            assert isinstance(enqueuers, dict)
+            out.extend(enqueuers.values())
         elif value == "${each.value}":  # for_each over a literal map of members (or a local)
             members = tf.resolve(body["for_each"])
             assert isinstance(members, dict), body["for_each"]
@@ -800,7 +810,8 @@ def test_admin_members_variable_is_validated_as_the_settings_read_it(
 
 def test_the_tasks_queue_makes_one_attempt_at_the_configured_rates(tf: Module) -> None:
     queue = tf.resource("google_cloud_tasks_queue", "dispatch")
-    assert queue["name"] == "${local.tasks_queue_name}"
+    assert queue["for_each"] == "${local.tasks_queue_names}"
+    assert queue["name"] == "${each.value}"
     assert queue["location"] == "${var.region}"
     # firecron's retry policy decides; a new attempt is a new task.
     assert single(queue["retry_config"], "retry_config") == {"max_attempts": 1}
@@ -818,30 +829,76 @@ def test_the_tasks_queue_makes_one_attempt_at_the_configured_rates(tf: Module) -
 
 def test_every_firing_function_knows_the_queue_and_the_tasks_identity(tf: Module) -> None:
     assert tf.locals["tasks_queue"] == (
-        "projects/${var.project_id}/locations/${var.region}/queues/${local.tasks_queue_name}"
+        '${join(",", [for i in range(var.tasks_queue.queues) : '
+        '"projects/${var.project_id}/locations/${var.region}/queues/'
+        '${local.tasks_queue_names[tostring(i)]}"])}'
     )
-    given = {
-        "${var.project_id}": "my-project",
-        "${var.region}": "europe-west1",
-        "${local.tasks_queue_name}": "firecron-dispatch",
-        "${var.delivery}": "cloud_tasks",
-    }
+    # What the queue list renders to, and that firecron reads it: the test below.
     for name in ("dispatch", "worker", "admin"):
         env = _env(tf, name)
         assert env["FIRECRON_DELIVERY"] == "${var.delivery}", name
         assert env["FIRECRON_TASKS_QUEUE"] == "${local.tasks_queue}", name
         assert env["FIRECRON_TASKS_SERVICE_ACCOUNT"] == "${google_service_account.tasks.email}"
-        rendered = {}
-        for key in ("FIRECRON_DELIVERY", "FIRECRON_TASKS_QUEUE"):
-            value = str(tf.resolve(env[key]))
-            for expression, literal in given.items():
-                value = value.replace(expression, literal)
-            rendered[key] = value
-        settings = Settings.from_env(rendered)
-        assert settings.delivery is TargetDelivery.cloud_tasks
-        assert settings.tasks_queue == (
-            "projects/my-project/locations/europe-west1/queues/firecron-dispatch"
-        )
+    assert (
+        Settings.from_env(
+            {
+                "FIRECRON_DELIVERY": "cloud_tasks",
+                "FIRECRON_TASKS_QUEUE": (
+                    "projects/my-project/locations/europe-west1/queues/firecron-dispatch"
+                ),
+            }
+        ).delivery
+        is TargetDelivery.cloud_tasks
+    )
+
+
+@pytest.mark.parametrize("queues", [1, 3])
+def test_several_queues_reach_firecron_as_one_comma_separated_setting(
+    tmp_path: Path, queues: int
+) -> None:
+    """``terraform plan`` (offline, no providers) of tasks.tf's queue locals with the
+    variables: the names and FIRECRON_TASKS_QUEUE that firecron then reads."""
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("terraform is not on PATH")
+    text = (INFRA / "tasks.tf").read_text()
+    start = text.index("locals {\n  # Queue ids are")
+    block = text[start : text.index("\n}\n", start) + 3]
+    shutil.copy(INFRA / "variables.tf", tmp_path / "variables.tf")
+    (tmp_path / "queues.tf").write_text(
+        block + '\noutput "queue" {\n  value = local.tasks_queue\n}\n'
+    )
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_CLI_CONFIG_FILE": os.devnull}
+    run = functools.partial(
+        subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    init = run([terraform, "init", "-input=false", "-no-color"], check=False)
+    assert init.returncode == 0, init.stdout + init.stderr
+    plan = run(
+        [
+            terraform,
+            "plan",
+            "-input=false",
+            "-no-color",
+            "-var=project_id=proj-123",
+            "-var=region=europe-west1",
+            f"-var=signing_secret=whsec_{_KEY}",
+            f"-var=tasks_queue={{queues = {queues}}}",
+        ],
+        check=False,
+    )
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    rendered = re.search(r'queue\s+=\s+"([^"]+)"', plan.stdout)
+    assert rendered, plan.stdout
+    base = "projects/proj-123/locations/europe-west1/queues/firecron-dispatch"
+    expected = [base] + [f"{base}-{i}" for i in range(1, queues)]
+    assert rendered.group(1) == ",".join(expected)
+    value = Settings.from_env({"FIRECRON_TASKS_QUEUE": rendered.group(1)}).tasks_queue
+    assert value is not None
+    queue = TaskQueue(value, service_account=None, allow_private_targets=False)
+    assert queue.queues == tuple(expected)
+    # The first queue keeps the name a one-queue deploy gave it.
+    assert queue.queue == base
 
 
 def test_the_delivery_variable_accepts_exactly_the_settings_values(tf: Module) -> None:
@@ -858,7 +915,8 @@ def test_the_firing_identities_enqueue_and_only_the_tasks_identity_is_sent(tf: M
         for a in ("dispatch", "workers", "admin")
     }
     enqueue = tf.resource("google_cloud_tasks_queue_iam_member", "enqueuers")
-    assert enqueue["name"] == "${google_cloud_tasks_queue.dispatch.name}"
+    assert enqueue["for_each"] == "${local.enqueue_grants}"
+    assert enqueue["name"] == "${google_cloud_tasks_queue.dispatch[each.value.queue].name}"
     assert enqueue["role"] == "roles/cloudtasks.enqueuer"
     assert set(_members(tf, enqueue)) == firing
     # Creating a task with an oidc_token needs actAs on the token's account.

@@ -311,6 +311,7 @@ class Dispatcher:
                 service_account=self.settings.tasks_service_account,
                 allow_private_targets=self.settings.allow_private_targets,
                 emulator_host=self.settings.tasks_emulator_host,
+                namespace=self.settings.namespace,
             )
         return self._task_queue
 

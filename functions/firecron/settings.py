@@ -110,12 +110,21 @@ _QUEUE_PATH = re.compile(r"^projects/[^/\s]+/locations/[^/\s]+/queues/[A-Za-z0-9
 
 
 def _tasks_queue(env: Mapping[str, str]) -> str | None:
+    """The queue path, or several comma-separated (normalised: no blanks, no repeats)."""
     raw = env.get("FIRECRON_TASKS_QUEUE", "").strip()
-    if raw and not _QUEUE_PATH.match(raw):
-        raise InvalidInputError(
-            f"FIRECRON_TASKS_QUEUE={raw!r}: expected projects/PROJECT/locations/LOCATION/queues/QUEUE"
-        )
-    return raw or None
+    if not raw:
+        return None
+    paths: list[str] = []
+    for part in raw.split(","):
+        path = part.strip()
+        if not _QUEUE_PATH.match(path):
+            raise InvalidInputError(
+                f"FIRECRON_TASKS_QUEUE: {path!r} is not a queue path: expected "
+                "projects/PROJECT/locations/LOCATION/queues/QUEUE (several: comma-separated)"
+            )
+        if path not in paths:
+            paths.append(path)
+    return ",".join(paths)
 
 
 def _function_auth(env: Mapping[str, str]) -> TargetAuth:

@@ -25,6 +25,14 @@ The task:
 - ``schedule_time``: when given (second precision: the exact second the occurrence is
   due), Cloud Tasks holds the task until then.
 
+Several queues: ``FIRECRON_TASKS_QUEUE`` may name more than one, comma-separated,
+because one queue dispatches at most 500 tasks a second (Cloud Tasks' limit on
+``max_dispatches_per_second``). A task goes to the queue picked by a stable hash of its
+id, so the same attempt always lands in the same queue and a duplicate is still
+refused by name. Changing the list moves ids to other queues: a duplicate of an
+attempt enqueued before the change may then be accepted (its delivery is still one run
+attempt, which the worker's compare-and-set start admits once).
+
 Verdicts (:class:`~firecron.transport.sender.SendResult`): a created or already-existing
 task is ``unacknowledged`` ("handed over, nobody acknowledged the work": the tick waits
 for no acknowledgement); a refusal of the request itself (invalid argument, permission
@@ -34,6 +42,7 @@ denied, unknown queue, a target the SSRF guard refuses) is ``permanent``; anythi
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -116,7 +125,10 @@ class TaskQueue:
         emulator_host: str | None = None,
         namespace: str | None = None,
     ) -> None:
-        self.queue = queue
+        self.queues = tuple(q.strip() for q in queue.split(",") if q.strip())
+        """Every queue path given (``queue`` may list several, comma-separated)."""
+        self.queue = self.queues[0]
+        """The first queue: the only one, unless several were given."""
         self.namespace = namespace
         self.service_account = service_account
         self._allow_private = allow_private_targets
@@ -141,6 +153,14 @@ class TaskQueue:
             else:
                 self._client = tasks_v2.CloudTasksAsyncClient()
         return self._client
+
+    def queue_for(self, key: str) -> str:
+        """The queue that dispatch ``key``'s task goes to: always the same one for a key
+        (module docstring, "Several queues")."""
+        if len(self.queues) == 1:
+            return self.queue
+        digest = hashlib.sha256(self.task_id(key).encode()).digest()
+        return self.queues[int.from_bytes(digest[:8], "big") % len(self.queues)]
 
     def task_id(self, key: str) -> str:
         """The id of dispatch ``key``'s task in this queue: :func:`task_id` of the key,
@@ -170,7 +190,7 @@ class TaskQueue:
                 service_account_email=self.service_account or "", audience=oidc_audience
             )
         task = tasks_v2.Task(
-            name=f"{self.queue}/tasks/{self.task_id(d.key)}",
+            name=f"{self.queue_for(d.key)}/tasks/{self.task_id(d.key)}",
             http_request=http,
             # proto-plus converts: timedelta to Duration, an aware datetime to Timestamp.
             dispatch_deadline=timedelta(seconds=int(deadline.total_seconds())),
@@ -209,7 +229,7 @@ class TaskQueue:
             d, oidc_audience=oidc_audience, deadline=deadline, schedule_time=schedule_time
         )
         try:
-            await self._tasks_client().create_task(parent=self.queue, task=task)
+            await self._tasks_client().create_task(parent=self.queue_for(d.key), task=task)
         except gexc.AlreadyExists:
             # This attempt was enqueued before (a re-sent pending run): it is sent.
             return SendResult(SendOutcome.unacknowledged, None, None)
