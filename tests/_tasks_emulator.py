@@ -7,13 +7,13 @@ port in its own process group, logging to a temporary file, and is stopped by ki
 the whole group (the same :func:`_emulators._kill_group` as the gcloud emulators).
 
 It is not started as is, but through ``tests/_tasks_emulator_server.py``, run by the
-Python of the executable's virtualenv: no release of the emulator (0.6.2 is the latest)
-refuses a duplicate task name, and Cloud Tasks does (``ALREADY_EXISTS`` for a name that
-exists or existed in the last hour), which is what makes firecron's hand-over happen
-once. That module patches exactly this rule into the emulator, and logs each
-delivery's answer (status, times, final body: :meth:`TasksEmulator.deliveries`); see its
-docstring. The emulator is a test double we start ourselves, so the patch is ours to
-keep; a real queue is checked by the deploy's smoke step.
+Python of the executable's virtualenv. The emulator (0.6.2, the latest, and the older
+releases read) refuses no duplicate task name; Cloud Tasks does (``ALREADY_EXISTS`` for
+a name that exists or existed in the last hour), and that is what makes firecron's
+hand-over happen once. That module patches exactly this rule into the emulator, and
+logs each delivery's answer (status, times, final body:
+:meth:`TasksEmulator.deliveries`); see its docstring. The emulator is a test double we
+start ourselves, so the patch is ours to keep. No test has run against a real queue.
 
 It is started with one queue (:data:`QUEUE`) and ``--max-retries 0``: a failed task is
 not retried, like the deployed queue (Terraform ``max_attempts = 1``). It answers

@@ -4,15 +4,16 @@ Run with the emulator virtualenv's interpreter, with the emulator's own argument
 
     .venv-tasks-emulator/bin/python tests/_tasks_emulator_server.py start --port=9022 ...
 
-The emulator (PyPI ``gcloud-tasks-emulator``, every release up to 0.6.2, the latest)
-accepts a second task with the name of one it already holds, and delivers both. Cloud
-Tasks refuses it: "If a task's ID is identical to that of an existing task or a task
-that was deleted or executed recently then the call will fail with ALREADY_EXISTS", a
-name being released "up to 1 hour" after the task was deleted or executed (Cloud Tasks
-reference, ``CreateTask``). firecron's exactly-once hand-over rests on that rule (the
-task name is the dispatch key, see ``firecron/transport/cloud_tasks.py``), so the
-tests need an emulator that keeps it. This module patches the emulator in its own
-process before starting it, and changes nothing else of what it does:
+The emulator (PyPI ``gcloud-tasks-emulator``: 0.6.2, the latest, and 0.5.2, 0.4.0 and
+0.3.1 alike) accepts a second task with the name of one it already holds, and delivers
+both. Cloud Tasks refuses it: "If a task's ID is identical to that of an existing task
+or a task that was deleted or executed recently then the call will fail with
+ALREADY_EXISTS", and a queue created through Cloud Tasks keeps the name for 1 hour after
+the task was deleted or executed (Cloud Tasks reference, ``CreateTaskRequest``).
+firecron's once-only hand-over rests on that rule (the task name is the dispatch key,
+see ``firecron/transport/cloud_tasks.py``), so the tests need an emulator that keeps it.
+This module patches the emulator in its own process before starting it, and otherwise
+leaves it as it is:
 
 - ``CreateTask`` with an explicit name refuses, with gRPC ``ALREADY_EXISTS``
   ("Requested entity already exists", as Cloud Tasks answers), a name that is queued,
