@@ -536,6 +536,9 @@ async def test_a_long_worker_holds_its_task_open_and_answers_200_at_the_end(
     assert json.loads(answer.body) == {"run_id": run.id, "state": "succeeded", "recorded": True}
     assert answer.answered_at is not None
     assert answer.answered_at >= done.ended_at.timestamp() - CLOCK_TOLERANCE_S
+    # One request spanned the whole run: sent before the worker started it.
+    assert answer.sent_at is not None
+    assert answer.sent_at <= started + CLOCK_TOLERANCE_S
 
 
 def _release(store_url: str, key: str) -> None:
