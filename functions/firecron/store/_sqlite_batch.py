@@ -10,7 +10,13 @@ Every call of a :class:`~firecron.store.sqlite.SQLiteStore` runs on the thread o
 - The writes of a batch share one ``BEGIN IMMEDIATE`` transaction (group commit), each
   in its own savepoint, so each write is still all or nothing and a lost
   compare-and-set undoes only its own call. Results are delivered only after the
-  ``COMMIT``; a failed ``BEGIN``, savepoint or ``COMMIT`` fails every call of the batch.
+  ``COMMIT``; a failed ``BEGIN``, savepoint or ``COMMIT`` fails every write of the batch.
+- The reads of a batch run first, in order, outside that transaction: the calls of one
+  batch were submitted together, none waiting for another, so any order is theirs, and
+  a read (a page of 500 due schedules decodes for tens of milliseconds) never holds
+  SQLite's write lock. That lock is the one every process on the file shares: with
+  several shard ticks on one file, reads inside the transaction kept the others
+  waiting for it.
 - ``stats.writes`` follows the transaction: a call's increments are taken back when its
   savepoint is rolled back, and the whole batch's when the transaction is.
 """
@@ -191,7 +197,8 @@ class Batcher:
                     loop.call_soon_threadsafe(_deliver, outcomes)
 
     def _run_batch(self, jobs: Sequence[_Job]) -> list[_Result]:
-        """Run ``jobs`` in order; writes together in one transaction, one savepoint each."""
+        """Run ``jobs``: the reads first, in order, outside any transaction; then the
+        writes, in order, together in one transaction, one savepoint each."""
         with self._lock:
             try:
                 conn = self._connection()
@@ -199,29 +206,31 @@ class Batcher:
                 return [(False, exc)] * len(jobs)
             # A caller that was cancelled before its turn does not get its call run
             # (best effort, as with a thread pool job that has not started).
-            live = [not job.future.cancelled() for job in jobs]
-            writes = sum(1 for job, ok in zip(jobs, live, strict=True) if ok and job.write)
-            written_before = self._stats.writes
-            try:
-                if writes:
+            results: list[_Result | None] = [
+                (False, asyncio.CancelledError()) if job.future.cancelled() else None
+                for job in jobs
+            ]
+            for i, job in enumerate(jobs):
+                if results[i] is None and not job.write:
+                    results[i] = self._run_read(conn, job.fn)
+            writes = [i for i, result in enumerate(results) if result is None]
+            if writes:
+                written_before = self._stats.writes
+                try:
                     conn.execute("BEGIN IMMEDIATE")
-                results: list[_Result] = []
-                for job, ok in zip(jobs, live, strict=True):
-                    if not ok:
-                        results.append((False, asyncio.CancelledError()))
-                    elif job.write:
-                        results.append(self._run_write(conn, job.fn))
-                    else:
-                        results.append(self._run_read(conn, job.fn))
-                if writes:
+                    for i in writes:
+                        results[i] = self._run_write(conn, jobs[i].fn)
                     conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                # BEGIN, a savepoint or COMMIT failed: nothing of the batch is kept.
-                self._rollback(conn)
-                self._stats.writes = written_before
-                error = StoreError(f"store {self._url}: {exc}")
-                return [(False, error)] * len(jobs)
-            return results
+                except sqlite3.Error as exc:
+                    # BEGIN, a savepoint or COMMIT failed: no write of the batch is kept.
+                    self._rollback(conn)
+                    self._stats.writes = written_before
+                    error = StoreError(f"store {self._url}: {exc}")
+                    for i in writes:
+                        results[i] = (False, error)
+            done = [result for result in results if result is not None]
+            assert len(done) == len(jobs)  # every job was run or refused above
+            return done
 
     def _run_read(
         self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]
