@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -79,7 +79,7 @@ from bench._common import (
 from firecron.core.lifecycle import SendOutcome
 from firecron.core.models import TargetDelivery
 from firecron.dispatch import Dispatcher
-from firecron.transport.cloud_tasks import task_id
+from firecron.transport.cloud_tasks import TaskQueue
 from firecron.transport.sender import Dispatch, Sender
 
 NAME = "scale_tls"
@@ -225,14 +225,16 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 2)
 
 
-def task_check(task_names: Iterable[str], keys: Iterable[str], queue: str) -> dict[str, Any]:
-    """Compare the queue's task names with the dispatch keys that should each have one.
+def task_check(
+    task_names: Iterable[str], keys: Iterable[str], name_of: Callable[[str], str]
+) -> dict[str, Any]:
+    """Compare the queues' task names with the dispatch keys that should each have one.
 
-    A key's task is ``{queue}/tasks/{task_id(key)}`` (the dispatcher's naming);
+    ``name_of(key)`` is the full name of a key's task (:func:`task_name`);
     ``exactly_once`` means every key has its task, once, and there is no other task.
     """
     counts = Counter(task_names)
-    wanted = {f"{queue}/tasks/{task_id(k)}" for k in keys}
+    wanted = {name_of(k) for k in keys}
     duplicates = sum(c - 1 for c in counts.values() if c > 1)
     return {
         "expected": len(wanted),
@@ -243,6 +245,12 @@ def task_check(task_names: Iterable[str], keys: Iterable[str], queue: str) -> di
         "duplicates": duplicates,
         "exactly_once": duplicates == 0 and counts.keys() == wanted,
     }
+
+
+def task_name(queue: TaskQueue, key: str) -> str:
+    """The full name of dispatch ``key``'s task, as ``queue`` names it (its queue path,
+    and the task id under its namespace)."""
+    return f"{queue.queue_for(key)}/tasks/{queue.task_id(key)}"
 
 
 def median_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -427,6 +435,7 @@ async def _mode(
             cpu = meter.stop()
         finally:
             await dispatcher.aclose()
+        queue = dispatcher.task_queue if mode == "cloud_tasks" else None
         stats = await asyncio.to_thread(sink.stats)
     finally:
         await store.close()
@@ -452,7 +461,9 @@ async def _mode(
     }
     if mode == "cloud_tasks":
         assert tasks is not None
-        out["delivered"] = task_check(await asyncio.to_thread(tasks.task_names), keys, tasks.queue)
+        assert queue is not None
+        names = await asyncio.to_thread(tasks.task_names)
+        out["delivered"] = task_check(names, keys, lambda key: task_name(queue, key))
         out["sink_received"] = stats["received"]  # paused queue: must be 0
     else:
         out["delivered"] = receipt_check(stats["records"], keys)

@@ -19,12 +19,13 @@ from bench.scale_tls import (
     ratio,
     run,
     task_check,
+    task_name,
     with_sizes,
     write_tls_files,
 )
 from cryptography import x509
 
-from firecron.transport.cloud_tasks import task_id
+from firecron.transport.cloud_tasks import TaskQueue
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -63,10 +64,15 @@ def test_ratio() -> None:
 
 
 def test_task_check_counts_missing_duplicates_and_strangers() -> None:
+    queue = TaskQueue(QUEUE, service_account=None, allow_private_targets=True, namespace="ns")
     keys = ["a/1", "b/1", "c/1"]
-    names = [f"{QUEUE}/tasks/{task_id(k)}" for k in keys]
-    assert task_check(names, keys, QUEUE)["exactly_once"]
-    bad = task_check([names[0], names[0], f"{QUEUE}/tasks/other"], keys, QUEUE)
+    names = [task_name(queue, k) for k in keys]
+    # The dispatcher's naming: the queue path, the key under the namespace.
+    assert names[0] == f"{QUEUE}/tasks/ns_2f_a_2f_1"
+    assert task_check(names, keys, lambda k: task_name(queue, k))["exactly_once"]
+    bad = task_check(
+        [names[0], names[0], f"{QUEUE}/tasks/other"], keys, lambda k: task_name(queue, k)
+    )
     assert bad == {
         "expected": 3,
         "received": 3,
