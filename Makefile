@@ -29,8 +29,11 @@ venv: $(STAMP) ## create the virtualenv and install firecron with its dev tools
 dev: $(STAMP) ## run the local stack: SQLite store, workers, dispatcher, example schedules
 	FIRECRON_ALLOW_PRIVATE_TARGETS=1 $(BIN)/firecron dev --schedules schedules.yaml --port $(PORT)
 
-test: $(STAMP) lint chromium tasks-emulator ## lint, type-check and run the whole test suite (starts the emulators itself)
-	$(BIN)/python -m pytest
+# Test processes (pytest-xdist); each starts its own emulators. TEST_WORKERS=0 runs in one.
+TEST_WORKERS ?= 2
+
+test: $(STAMP) lint chromium tasks-emulator ## lint, type-check and run the whole test suite (starts the emulators itself; TEST_WORKERS=2 processes)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # The Cloud Tasks delivery tests run gcloud-tasks-emulator (PyPI), which pins an old
 # protobuf: it gets a virtualenv of its own (tests/_tasks_emulator.py starts it).
