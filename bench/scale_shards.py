@@ -178,9 +178,10 @@ def cpu_bound(
 ) -> int | None:
     """The fired/s this configuration's CPU cost allows on an otherwise idle machine.
 
-    Each tick process is one core at most (one event loop, one GIL), so the ticks
-    together use at most ``min(shards, cores)`` cores; the ticks and the sink together
-    at most ``cores``. At the CPU per fired run measured (``process_cpu_s`` over all the
+    Each tick process is about one core (one event loop and its GIL; SQLite's own
+    thread overlaps it a little: a lone process was measured at 1.05 cores), so the
+    ticks together use about ``min(shards, cores)`` cores; the ticks and the sink
+    together at most ``cores``. A model, so a measured rate may pass it by a few %. At the CPU per fired run measured (``process_cpu_s`` over all the
     ticks, ``sink_cpu_s``): the lower of ``min(shards, cores) / tick CPU per run`` and
     ``cores / (tick + sink CPU per run)``. None when nothing fired or no CPU was used.
     """
