@@ -80,8 +80,12 @@ def test_each_tick_hands_over_the_coming_minute_ahead_and_no_occurrence_twice(
     for at in [*tick_instants(T, 120), T + timedelta(minutes=2)]:
         runs, stored = _planned(stored, at + tick_delay)
         planned.append(runs)
-    # Each tick hands over the next 60 seconds, none of them due yet; none after the end.
-    assert [len(runs) for runs in planned] == [60, 60, 0]
+    # Each tick hands over what is due before its lookahead ends (75 s: the first tick
+    # plans 75 s, the next the rest, each ahead of the tick after it), none of them due
+    # yet; none after the end.
+    ahead = int(TASKS_LOOKAHEAD.total_seconds())
+    assert ahead > 60
+    assert [len(runs) for runs in planned] == [ahead, 120 - ahead, 0]
     ticks = tick_instants(T, 120)
     for at, runs in zip(ticks, planned, strict=False):
         assert all(r.fire_at > at + tick_delay for r in runs)

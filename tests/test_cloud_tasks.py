@@ -396,7 +396,11 @@ async def test_the_same_run_id_in_two_namespaces_sharing_a_queue_is_sent_for_eac
     assert results == [SendResult(SendOutcome.unacknowledged, None, None)] * 2
     assert paths == ["/staging", "/prod"]
     names = [r.headers["x-cloudtasks-taskname"] for r in sink.requests]
-    assert names == [task_id(f"staging/{key}"), task_id(f"prod/{key}")]
+    assert names == [q.task_id(key) for q in queues]
+    assert [name.split("-", 1)[1] for name in names] == [
+        task_id(f"staging/{key}"),
+        task_id(f"prod/{key}"),
+    ]
 
 
 class _SendRecordFails:

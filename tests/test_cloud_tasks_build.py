@@ -3,6 +3,8 @@ the target field, and a cloud_tasks target with no queue configured."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -66,7 +68,8 @@ def test_the_task_carries_the_body_headers_oidc_token_deadline_and_schedule_time
     task = queue.task(
         d, oidc_audience="https://w.example/run", deadline=timedelta(minutes=5), schedule_time=at
     )
-    assert task.name == f"{QUEUE}/tasks/r_2f_1"
+    prefix = hashlib.sha256(b"r_2f_1").hexdigest()[:8]
+    assert task.name == f"{QUEUE}/tasks/{prefix}-r_2f_1"
     http = task.http_request
     assert (http.url, http.body, http.http_method) == (d.url, d.body, tasks_v2.HttpMethod.POST)
     assert dict(http.headers) == {"content-type": "application/json", "webhook-id": "r/1"}
@@ -126,6 +129,20 @@ def test_bad_delivery_settings_fail_with_one_line_naming_the_variable(
 
 
 _QUEUES = [f"projects/p/locations/l/queues/q{i}" for i in range(4)]
+
+
+def test_a_queue_names_tasks_with_a_hash_prefix_so_one_schedule_s_are_not_sequential() -> None:
+    queue = TaskQueue(_QUEUES[0], service_account=None, allow_private_targets=True, namespace="n")
+    keys = [f"job@20261130T1200{s:02d}Z/1" for s in range(60)]
+    names = [queue.task_id(key) for key in keys]
+    assert names == [queue.task_id(key) for key in keys]  # a duplicate keeps its name
+    assert len(set(names)) == len(keys)
+    for key, name in zip(keys, names, strict=True):
+        prefix, _, rest = name.partition("-")
+        assert re.fullmatch(r"[0-9a-f]{8}", prefix), name
+        assert rest == task_id(f"n/{key}")
+    # Consecutive seconds of one schedule do not sort next to each other.
+    assert sorted(names) != names
 
 
 def test_several_queues_are_read_comma_separated_without_repeats() -> None:

@@ -11,6 +11,7 @@ sent by the real ``gcloud-tasks-emulator``.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -132,7 +133,10 @@ async def test_with_a_queue_the_fan_out_goes_through_cloud_tasks(
     assert set(fired.values()) == {1}
     # The readiness probe (a GET) was a root call too: its 3 shard ticks may be among them.
     assert sorted({t["shard"] for t in ticks}) == ["0/3", "1/3", "2/3"]
-    assert all(t["task"].split("/")[-1].startswith("dispatch-") for t in ticks)
+    # A fresh name each: 8 hex digits of its hash, then dispatch- and a random id.
+    assert all(
+        re.fullmatch(r"[0-9a-f]{8}-dispatch-[0-9a-f]{32}", t["task"].split("/")[-1]) for t in ticks
+    )
 
 
 async def test_with_a_queue_a_continuation_goes_through_cloud_tasks(

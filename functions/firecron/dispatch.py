@@ -94,9 +94,12 @@ log = logging.getLogger("firecron.dispatch")
 
 PAGE_SIZE = 500
 """Due schedules (and due watches) read per query."""
-TASKS_LOOKAHEAD = timedelta(minutes=1)
-"""How far ahead a tick plans ``cloud_tasks`` occurrences: the tick's interval, so each
-occurrence is enqueued at the tick before it with ``schedule_time`` at its exact second."""
+TASKS_LOOKAHEAD = timedelta(seconds=75)
+"""How far ahead a tick plans ``cloud_tasks`` occurrences: the tick's interval and 15 s
+more, so each occurrence is enqueued at a tick before it with ``schedule_time`` at its
+exact second, even the one due on the next tick's own second when that tick starts
+late (Cloud Scheduler's own delay, a slow store) or takes a second to plan. Overlapping
+windows plan nothing twice: planning goes on from the schedule's ``next_fire_at``."""
 MAX_CLOCK_SKEW = timedelta(seconds=10)
 """A tick fires nothing when the dispatcher's clock is further than this from the store's."""
 _MAX_ERROR_CHARS = 500
