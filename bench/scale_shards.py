@@ -17,7 +17,10 @@ Per backend (SQLite files in a temp dir; the Firestore emulator at a smaller siz
    (``wait4``'s rusage), the sink's and the whole machine's CPU, the load other
    processes put on the machine meanwhile, the CPU bound of the configuration
    (:func:`cpu_bound`), and exactly-once (the sink's receipts). Target on SQLite: 2
-   shards at least ``target_speedup`` (1.7) times 1 shard.
+   shards at least ``target_speedup`` (1.7) times 1 shard. With ``repeats`` above 1,
+   each N runs that many times, interleaved, and its fastest try is reported (the one
+   other processes on a shared machine slowed least; every try is in the JSON, and
+   every try must be exactly once).
 2. **Continuation.** The same due schedules (``continuation_runs``; SQLite: a fresh
    copy of the seeded file), ONE ``firecron tick`` process (no shard) with a
    ``FIRECRON_TICK_BUDGET`` small enough to force continuations and
@@ -88,6 +91,10 @@ class ShardsConfig:
     firestore_schedules: int = 5_000
     """Due schedules (and runs of the continuation part) on the Firestore emulator."""
     firestore_continuation_budget_ms: int = 1000
+    repeats: int = 1
+    """Tries of each shard count, interleaved (1, 2, 4, 1, 2, 4...); the best is
+    reported, all are in the JSON: on a shared machine, the try that other processes
+    slowed least. Every try must fire exactly once."""
     target_speedup: float = 1.7
     """The target: 2 shards at least this many times 1 shard (on 2 cores)."""
     sink_path: str = "/ack/0"
@@ -191,6 +198,26 @@ def cpu_bound(
     ticks = min(shards, cores) / per_run
     machine = cores / (per_run + max(0.0, sink_cpu_s) / fired)
     return round(min(ticks, machine))
+
+
+def best_of(tries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The try with the highest fired/s (the one other load on the machine hurt least),
+    with every try's rate, other load and exactly-once under ``tries``, and
+    ``all_exactly_once`` over all of them (a duplicate in any try must fail the check)."""
+    best = dict(max(tries, key=lambda r: r["fired_per_s"]))
+    best["tries"] = [
+        {
+            "fired_per_s": r["fired_per_s"],
+            "other_load_cores": r["other_load_cores"],
+            "exactly_once": r["receipts"]["exactly_once"],
+            "fired": r["fired"],
+        }
+        for r in tries
+    ]
+    best["all_exactly_once"] = all(
+        r["receipts"]["exactly_once"] and r["fired"] == best["fired"] for r in tries
+    )
+    return best
 
 
 def read_summary(text: str) -> dict[str, Any]:
@@ -663,17 +690,20 @@ def _backend_run(
         t.keys = keys[:size]
         return t
 
-    configs: list[dict[str, Any]] = []
+    tries: dict[int, list[dict[str, Any]]] = {}
     try:
-        for shards in cfg.shard_counts:
-            r = _measure(backends, sink, target(n), shards, f"{cfg.tick_budget_s}s", cfg)
-            configs.append(r)
-            print(
-                f"  {backend}: {shards} shard(s): {r['fired']:,} fired in {r['wall_s']}s "
-                f"= {r['fired_per_s']:,.0f}/s; CPU {r['process_cpu_s']}s (sink "
-                f"{r['sink_cpu_s']}s); exactly once: {r['receipts']['exactly_once']}",
-                flush=True,
-            )
+        for _ in range(cfg.repeats):
+            for shards in cfg.shard_counts:
+                r = _measure(backends, sink, target(n), shards, f"{cfg.tick_budget_s}s", cfg)
+                tries.setdefault(shards, []).append(r)
+                print(
+                    f"  {backend}: {shards} shard(s): {r['fired']:,} fired in {r['wall_s']}s "
+                    f"= {r['fired_per_s']:,.0f}/s; CPU {r['process_cpu_s']}s (sink "
+                    f"{r['sink_cpu_s']}s; other processes {r['other_load_cores']} cores); "
+                    f"exactly once: {r['receipts']['exactly_once']}",
+                    flush=True,
+                )
+        configs = [best_of(tries[shards]) for shards in cfg.shard_counts]
         cont = _measure(backends, sink, target(n_cont), None, f"{cont_budget}ms", cfg)
         cont["budget_ms"] = cont_budget
         print(
@@ -752,8 +782,13 @@ def _checks(per_backend: Mapping[str, Mapping[str, Any]], cfg: ShardsConfig) -> 
                     NAME,
                     backend,
                     f"{shards} shard(s): every schedule fired exactly once",
-                    _receipt_line(r["receipts"]),
-                    r["receipts"]["exactly_once"] and r["fired"] == b["schedules"],
+                    _receipt_line(r["receipts"])
+                    + (
+                        ""
+                        if r["all_exactly_once"]
+                        else f"; another of the {len(r['tries'])} tries was not exactly once"
+                    ),
+                    r["all_exactly_once"] and r["fired"] == b["schedules"],
                 )
             )
         c = b["continuation"]

@@ -19,6 +19,7 @@ from bench.scale_shards import (
     ShardsConfig,
     _request_head,
     ack_sink,
+    best_of,
     cpu_bound,
     read_summary,
     run,
@@ -54,6 +55,23 @@ def test_cpu_bound_is_one_core_per_process_and_the_machine_for_all() -> None:
     assert cpu_bound(1000, 1.0, 0.1, shards=4, cores=2) == round(2 / 0.0011)
     assert cpu_bound(0, 1.0, 0.1, shards=1, cores=2) is None
     assert cpu_bound(10, 0.0, 0.1, shards=1, cores=2) is None
+
+
+def test_best_of_keeps_the_fastest_try_and_judges_every_try() -> None:
+    def attempt(rate: float, once: bool) -> dict[str, Any]:
+        return {
+            "fired_per_s": rate,
+            "other_load_cores": 0.1,
+            "fired": 10,
+            "receipts": {"exactly_once": once},
+        }
+
+    best = best_of([attempt(100.0, True), attempt(300.0, True), attempt(200.0, True)])
+    assert best["fired_per_s"] == 300.0
+    assert [t["fired_per_s"] for t in best["tries"]] == [100.0, 300.0, 200.0]
+    assert best["all_exactly_once"]
+    # A slower try that was not exactly once still fails the whole configuration.
+    assert not best_of([attempt(100.0, False), attempt(300.0, True)])["all_exactly_once"]
 
 
 def test_read_summary_takes_the_json_object_and_nothing_else() -> None:
@@ -127,6 +145,7 @@ def test_tiny_real_run_fires_every_schedule_exactly_once(tmp_path: Path) -> None
         continuation_runs=1_200,
         continuation_budget_ms=1,
         max_continuations=100,
+        repeats=2,
     )
     backends = Backends(tmp_path)
     try:
@@ -137,6 +156,8 @@ def test_tiny_real_run_fires_every_schedule_exactly_once(tmp_path: Path) -> None
     sqlite: dict[str, Any] = result.figures["backends"]["sqlite"]
     for row in sqlite["shard_scaling"]:
         assert row["receipts"]["exactly_once"], row["receipts"]
+        assert row["all_exactly_once"], row["tries"]
+        assert len(row["tries"]) == 2
         assert row["fired"] == 300
         assert row["all_exited_0"], row["per_process"]
         assert len(row["per_process"]) == row["shards"]
