@@ -21,6 +21,7 @@ from bench.scale_tls import TlsFiles, full_handshake_context, write_tls_files
 from firecron.core.lifecycle import SendOutcome
 from firecron.dispatch import Dispatcher
 from firecron.errors import InvalidInputError
+from firecron.notify import Notifier
 from firecron.settings import Settings
 from firecron.store.sqlite import SQLiteStore
 from firecron.transport import sender as sender_module
@@ -213,6 +214,24 @@ async def test_firecron_ca_file_is_trusted_by_the_dispatchers_sender(
     finally:
         await dispatcher.aclose()
         await store.close()
+
+
+async def test_firecron_ca_file_is_trusted_by_the_webhook_notifier_too(
+    server: tuple[TlsServer, str], pki: TlsFiles
+) -> None:
+    _, url = server
+    env = {"FIRECRON_ALLOW_PRIVATE_TARGETS": "1"}
+    trusting = Notifier(Settings.from_env({**env, "FIRECRON_CA_FILE": str(pki.ca)}))
+    default = Notifier(Settings.from_env(env))
+    try:
+        ok = await trusting._sender.send(dispatch(url))
+        refused = await default._sender.send(dispatch(url))
+    finally:
+        await trusting.aclose()
+        await default.aclose()
+    assert ok.outcome is SendOutcome.acknowledged, ok
+    assert refused.outcome is not SendOutcome.acknowledged
+    assert "CERTIFICATE_VERIFY_FAILED" in (refused.error or "")
 
 
 def test_firecron_ca_file_unset_is_none() -> None:

@@ -326,6 +326,8 @@ class Notifier:
             ack_timeout=timeout,
             connect_timeout=timeout,
             allow_private_targets=settings.allow_private_targets,
+            # A webhook behind the same private CA as the targets is trusted alike.
+            ca_file=settings.ca_file,
         )
         self._publisher: Any = None
         self._publisher_lock = asyncio.Lock()
