@@ -28,7 +28,13 @@ written to ``bench/results/summary.json``):
   the emulator), ``make_app`` served by werkzeug in its own process, and real HTTP GETs
   of the schedules page, ``/api/v1/runs?limit=50`` and the 24 h timeline: p50, p95 and
   max after warm-ups, against 200, 200 and 500 ms at p95; and the store reads behind
-  each page, timed apart (``bench/admin.py``).
+  each page, timed apart (``bench/admin.py``);
+- ``scale``: shard scaling (1, 2, 4 ``firecron tick --shard`` processes on 100,000 due
+  schedules) and continuations, CPU per fired run over plain HTTP, TLS and TLS with
+  resumed sessions and per Cloud Tasks enqueue, second precision through the Cloud
+  Tasks emulator, the store reads and writes of one run, and the model built on them:
+  instances and cost of 1,000,000 due runs a minute (``bench/scale.py``; about 15
+  minutes).
 
 Options: ``--only NAME`` (repeatable), ``--quick`` (smaller sizes, about 2 minutes),
 ``--backends sqlite,firestore`` (default: both when ``gcloud`` is on PATH), size
@@ -52,7 +58,17 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import admin, continuous, decoupling, fanout, held, pipelines, schedules_file, waits
+from bench import (
+    admin,
+    continuous,
+    decoupling,
+    fanout,
+    held,
+    pipelines,
+    scale,
+    schedules_file,
+    waits,
+)
 from bench._common import (
     RESULTS_DIR,
     Backends,
@@ -75,6 +91,7 @@ NAMES = (
     "waits",
     "continuous",
     "admin",
+    "scale",
 )
 
 
@@ -211,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     w_cfg = _waits_config(args)
     c_cfg = _continuous_config(args)
     a_cfg = _admin_config(args)
+    sc_cfg = scale.ScaleConfig.quick() if args.quick else scale.ScaleConfig()
     _raise_nofile()
     machine = machine_info()
     print(
@@ -227,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "waits": lambda b, s: waits.run(b, names, s, w_cfg),
         "continuous": lambda b, s: continuous.run(b, names, c_cfg),
         "admin": lambda b, s: admin.run(b, names, a_cfg),
+        "scale": lambda b, s: scale.run(b, names, sc_cfg),
     }
     results: list[BenchResult] = []
     crashed = False

@@ -76,7 +76,10 @@ resource "google_cloudfunctions2_function" "dispatch" {
   }
 
   service_config {
-    available_memory   = var.dispatch.memory
+    available_memory = var.dispatch.memory
+    # null: the platform's default for the memory (a fraction of a vCPU below 1 GiB); a
+    # tick is CPU-bound past a few hundred runs, so scale deployments give it a whole one.
+    available_cpu      = var.dispatch.cpu
     timeout_seconds    = var.dispatch.timeout_seconds
     min_instance_count = 0
     # At once, per minute: the root call, each shard's tick and the continuation it may

@@ -105,9 +105,10 @@ variable "functions" {
 }
 
 variable "dispatch" {
-  description = "The dispatch function. It returns within seconds of a tick (claim + send + ack_timeout), so it needs little memory and few instances."
+  description = "The dispatch function. It returns within seconds of a tick (claim + send + ack_timeout), so it needs little memory and few instances. cpu (\"1\", \"2\"...) gives each tick whole vCPUs: one fires several hundred runs a second over https, the default for 256M (a sixth of one) a sixth of that (README, Performance, \"Scale\")."
   type = object({
     memory          = optional(string, "256M")
+    cpu             = optional(string)
     timeout_seconds = optional(number, 120)
     max_instances   = optional(number, 3)
   })

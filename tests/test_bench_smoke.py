@@ -29,6 +29,22 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "-m",
             "bench",
             "--quick",
+            # scale has its own tests (tests/test_bench_scale_*.py): its second-precision
+            # part alone takes real minutes.
+            *(
+                arg
+                for name in (
+                    "fanout",
+                    "held",
+                    "decoupling",
+                    "schedules_file",
+                    "pipelines",
+                    "waits",
+                    "continuous",
+                    "admin",
+                )
+                for arg in ("--only", name)
+            ),
             "--backends",
             "sqlite",
             "--schedules",

@@ -239,6 +239,9 @@ def test_dispatch_is_internal_only_and_invokable_only_by_the_scheduler(tf: Modul
 
 def test_dispatch_max_instances_follow_the_shards(tf: Module) -> None:
     config = _service_config(_functions(tf)["dispatch"], "dispatch")
+    # A scale deployment gives each tick whole vCPUs; unset, the platform's default.
+    assert config["available_cpu"] == "${var.dispatch.cpu}"
+    assert "cpu" in str(tf.variables["dispatch"]["type"])
     # The root call, each shard's tick and the continuation it may POST before returning.
     assert config["max_instance_count"] == (
         "${max(var.dispatch.max_instances, 2 * var.shards + 1)}"
