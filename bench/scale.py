@@ -26,6 +26,7 @@ figures, not a measurement of Google's services (nothing here can reach them).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -112,7 +113,8 @@ def measured_from(figures: dict[str, Any]) -> Measured:
     store = "firestore" if "firestore" in shards else "sqlite"
     store_cpu = shards[store]["shard_scaling"][0]["process_cpu_ms_per_fired"]
     short = min(
-        (r for r in figures["cost"]["runs"] if r["mode"] == "direct"),
+        # "lease": a direct send at default settings ("legacy" is before leases).
+        (r for r in figures["cost"]["runs"] if r["mode"] == "lease"),
         key=lambda r: (r["backend"] != store, r["duration_s"]),
     )
     return Measured(
@@ -260,4 +262,29 @@ def run(backends: Backends, names: list[str], cfg: ScaleConfig) -> BenchResult:
     return BenchResult(NAME, figures, checks)
 
 
-__all__ = ["NAME", "Measured", "ScaleConfig", "measured_from", "model", "run"]
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.scale --from bench/results/scale.json``: the model again from a
+    saved run's figures (another load, say), without running anything."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=main.__doc__)
+    parser.add_argument("--from", dest="source", type=Path, required=True)
+    parser.add_argument("--runs-per-minute", type=int, default=ScaleConfig().runs_per_minute)
+    args = parser.parse_args(argv)
+    try:
+        figures = json.loads(args.source.read_text())["figures"]
+        measured = measured_from(figures)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {args.source}: not a scale result ({exc})", file=sys.stderr)
+        return 2
+    print(f"measured: {measured}")
+    _print_model(model(measured, args.runs_per_minute))
+    return 0
+
+
+__all__ = ["NAME", "Measured", "ScaleConfig", "main", "measured_from", "model", "run"]
+
+if __name__ == "__main__":
+    sys.exit(main())

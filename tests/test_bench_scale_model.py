@@ -46,7 +46,7 @@ def _figures(with_firestore: bool) -> dict[str, Any]:
     backends: dict[str, Any] = {"sqlite": scaling}
     if with_firestore:
         backends["firestore"] = {"shard_scaling": [{"process_cpu_ms_per_fired": 1.4}]}
-    run = {"mode": "direct", "writes": 4, "reads": 2}
+    run = {"mode": "lease", "writes": 4, "reads": 2}
     return {
         "shards": {"backends": backends},
         "tls": {
@@ -60,7 +60,8 @@ def _figures(with_firestore: bool) -> dict[str, Any]:
                 {**run, "backend": "sqlite", "duration_s": 10},
                 {**run, "backend": "firestore", "duration_s": 300, "writes": 5},
                 {**run, "backend": "firestore", "duration_s": 10},
-                {**run, "backend": "firestore", "mode": "cloud_tasks", "duration_s": 1},
+                {**run, "backend": "firestore", "mode": "lease, cloud_tasks", "duration_s": 1},
+                {**run, "backend": "firestore", "mode": "legacy", "duration_s": 1, "writes": 9},
             ]
         },
     }
