@@ -198,11 +198,15 @@ def pct(part: float, whole: float) -> float:
 
 
 class SinkProcess:
-    """``bench/_sink.py`` running in its own process (see its docstring for the paths)."""
+    """``bench/_sink.py`` running in its own process (see its docstring for the paths).
 
-    def __init__(self) -> None:
+    ``argv`` runs another sink with the same protocol instead: it prints its port on
+    one line, serves ``/_stats`` and ``/_reset``, and exits when its stdin closes.
+    """
+
+    def __init__(self, argv: Sequence[str] | None = None) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "bench._sink"],
+            list(argv) if argv is not None else [sys.executable, "-m", "bench._sink"],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -45,7 +45,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -59,6 +58,7 @@ from bench._common import (
     BenchResult,
     Check,
     CpuMeter,
+    SinkProcess,
     dispatch_keys,
     print_table,
     receipt_check,
@@ -354,68 +354,11 @@ def serve_ack_sink() -> None:
             conn.close()
 
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class AckSink:
-    """:func:`serve_ack_sink` in its own process: ``url``, ``pid``, ``stats()``,
-    ``reset()``, ``wait_idle()`` and ``close()`` as :class:`bench._common.SinkProcess`."""
-
-    def __init__(self) -> None:
-        code = "from bench.scale_shards import serve_ack_sink; serve_ack_sink()"
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", code],
-            cwd=Path(__file__).resolve().parent.parent,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()
-        if not line.strip():
-            self.close()
-            raise RuntimeError("the sink process did not start")
-        self.url = f"http://127.0.0.1:{int(line)}"
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    def _get(self, path: str) -> dict[str, Any]:
-        with _OPENER.open(self.url + path, timeout=60) as response:
-            data: dict[str, Any] = json.loads(response.read())
-            return data
-
-    def stats(self) -> dict[str, Any]:
-        """``{"received", "open_now", "peak_open", "records"}``."""
-        return self._get("/_stats")
-
-    def reset(self) -> None:
-        self._get("/_reset")
-
-    def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Wait until no request is open (the clients have gone)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.stats()["open_now"] == 0:
-                return True
-            time.sleep(0.1)
-        return False
-
-    def close(self) -> None:
-        if self._proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self._proc.stdin.close()
-        try:
-            self._proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-
-
 @contextlib.contextmanager
-def ack_sink() -> Iterator[AckSink]:
-    sink = AckSink()
+def ack_sink() -> Iterator[SinkProcess]:
+    """:func:`serve_ack_sink` in its own process, driven as a :class:`SinkProcess`."""
+    code = "from bench.scale_shards import serve_ack_sink; serve_ack_sink()"
+    sink = SinkProcess([sys.executable, "-c", code])
     try:
         yield sink
     finally:
@@ -548,7 +491,7 @@ class Target:
 
 def _measure(
     backends: Backends,
-    sink: AckSink,
+    sink: SinkProcess,
     target: Target,
     shards: int | None,
     budget: str,
@@ -655,7 +598,7 @@ async def _seed_firestore(backends: Backends, items: _Items) -> tuple[str, str, 
 
 
 def _backend_run(
-    backends: Backends, backend: str, sink: AckSink, cfg: ShardsConfig
+    backends: Backends, backend: str, sink: SinkProcess, cfg: ShardsConfig
 ) -> dict[str, Any]:
     """Both parts on one backend."""
     n = cfg.schedules if backend == "sqlite" else cfg.firestore_schedules

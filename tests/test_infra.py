@@ -554,6 +554,29 @@ def test_generated_signing_secret_is_a_standard_webhooks_secret(tf: Module) -> N
     assert parse_signing_secrets(f"whsec_{_KEY}") == (f"whsec_{_KEY}",)
 
 
+def _plan_offline(
+    tmp_path: Path, *variables: str, files: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``terraform plan`` of infra/variables.tf (plus ``files``: name to text) alone, in
+    ``tmp_path``, offline (no providers), with ``project_id``, ``region`` and
+    ``variables`` (``name=value``); skips when terraform is not on PATH."""
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("terraform is not on PATH")
+    shutil.copy(INFRA / "variables.tf", tmp_path / "variables.tf")
+    for name, text in (files or {}).items():
+        (tmp_path / name).write_text(text)
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_CLI_CONFIG_FILE": os.devnull}
+    run = functools.partial(
+        subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    init = run([terraform, "init", "-input=false", "-no-color"], check=False)
+    assert init.returncode == 0, init.stdout + init.stderr
+    argv = [terraform, "plan", "-input=false", "-no-color"]
+    argv += ["-var=project_id=proj-123", "-var=region=europe-west1"]
+    return run(argv + [f"-var={v}" for v in variables], check=False)
+
+
 @pytest.mark.parametrize(
     ("value", "accepted"),
     [
@@ -571,28 +594,7 @@ def test_generated_signing_secret_is_a_standard_webhooks_secret(tf: Module) -> N
 )
 def test_signing_secret_variable_is_validated(tmp_path: Path, value: str, accepted: bool) -> None:
     """``terraform plan`` on infra/variables.tf alone (no providers, offline) checks the value."""
-    terraform = shutil.which("terraform")
-    if terraform is None:
-        pytest.skip("terraform is not on PATH")
-    shutil.copy(INFRA / "variables.tf", tmp_path / "variables.tf")
-    env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_CLI_CONFIG_FILE": os.devnull}
-    run = functools.partial(
-        subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
-    init = run([terraform, "init", "-input=false", "-no-color"], check=False)
-    assert init.returncode == 0, init.stdout + init.stderr
-    plan = run(
-        [
-            terraform,
-            "plan",
-            "-input=false",
-            "-no-color",
-            "-var=project_id=proj-123",
-            "-var=region=europe-west1",
-            f"-var=signing_secret={value}",
-        ],
-        check=False,
-    )
+    plan = _plan_offline(tmp_path, f"signing_secret={value}")
     output = plan.stdout + plan.stderr
     assert (plan.returncode == 0) is accepted, output
     if not accepted:
@@ -620,28 +622,7 @@ def test_shards_variable_is_validated_as_firecron_does(
     tmp_path: Path, value: str, accepted: bool
 ) -> None:
     """``var.shards`` takes exactly what ``FIRECRON_SHARDS`` takes (1 to MAX_SHARDS)."""
-    terraform = shutil.which("terraform")
-    if terraform is None:
-        pytest.skip("terraform is not on PATH")
-    shutil.copy(INFRA / "variables.tf", tmp_path / "variables.tf")
-    env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_CLI_CONFIG_FILE": os.devnull}
-    run = functools.partial(
-        subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
-    init = run([terraform, "init", "-input=false", "-no-color"], check=False)
-    assert init.returncode == 0, init.stdout + init.stderr
-    plan = run(
-        [
-            terraform,
-            "plan",
-            "-input=false",
-            "-no-color",
-            "-var=project_id=proj-123",
-            "-var=region=europe-west1",
-            f"-var=shards={value}",
-        ],
-        check=False,
-    )
+    plan = _plan_offline(tmp_path, f"shards={value}")
     output = plan.stdout + plan.stderr
     assert (plan.returncode == 0) is accepted, output
     if accepted:
@@ -861,34 +842,14 @@ def test_several_queues_reach_firecron_as_one_comma_separated_setting(
 ) -> None:
     """``terraform plan`` (offline, no providers) of tasks.tf's queue locals with the
     variables: the names and FIRECRON_TASKS_QUEUE that firecron then reads."""
-    terraform = shutil.which("terraform")
-    if terraform is None:
-        pytest.skip("terraform is not on PATH")
     text = (INFRA / "tasks.tf").read_text()
     start = text.index("locals {\n  # Queue ids are")
     block = text[start : text.index("\n}\n", start) + 3]
-    shutil.copy(INFRA / "variables.tf", tmp_path / "variables.tf")
-    (tmp_path / "queues.tf").write_text(
-        block + '\noutput "queue" {\n  value = local.tasks_queue\n}\n'
-    )
-    env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_CLI_CONFIG_FILE": os.devnull}
-    run = functools.partial(
-        subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
-    init = run([terraform, "init", "-input=false", "-no-color"], check=False)
-    assert init.returncode == 0, init.stdout + init.stderr
-    plan = run(
-        [
-            terraform,
-            "plan",
-            "-input=false",
-            "-no-color",
-            "-var=project_id=proj-123",
-            "-var=region=europe-west1",
-            f"-var=signing_secret=whsec_{_KEY}",
-            f"-var=tasks_queue={{queues = {queues}}}",
-        ],
-        check=False,
+    plan = _plan_offline(
+        tmp_path,
+        f"signing_secret=whsec_{_KEY}",
+        f"tasks_queue={{queues = {queues}}}",
+        files={"queues.tf": block + '\noutput "queue" {\n  value = local.tasks_queue\n}\n'},
     )
     assert plan.returncode == 0, plan.stdout + plan.stderr
     rendered = re.search(r'queue\s+=\s+"([^"]+)"', plan.stdout)
