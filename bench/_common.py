@@ -342,7 +342,13 @@ class CpuMeter:
 
 def receipt_check(records: Sequence[Sequence[Any]], expected: Iterable[str]) -> dict[str, Any]:
     """Compare the sink's records with the dispatch keys that should have arrived once each."""
-    counts = Counter(str(r[0]) for r in records)
+    return exactly_once((str(r[0]) for r in records), expected)
+
+
+def exactly_once(received: Iterable[str], expected: Iterable[str]) -> dict[str, Any]:
+    """Compare what arrived with what should have, once each: the counts, and
+    ``exactly_once`` when every expected item arrived once and nothing else did."""
+    counts = Counter(received)
     wanted = set(expected)
     duplicates = sum(c - 1 for k, c in counts.items() if c > 1)
     return {

@@ -49,7 +49,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -70,6 +69,7 @@ from bench._common import (
     SinkProcess,
     bench_settings,
     dispatch_keys,
+    exactly_once,
     print_table,
     receipt_check,
     schedules,
@@ -233,18 +233,7 @@ def task_check(
     ``name_of(key)`` is the full name of a key's task (:func:`task_name`);
     ``exactly_once`` means every key has its task, once, and there is no other task.
     """
-    counts = Counter(task_names)
-    wanted = {name_of(k) for k in keys}
-    duplicates = sum(c - 1 for c in counts.values() if c > 1)
-    return {
-        "expected": len(wanted),
-        "received": sum(counts.values()),
-        "unique": len(counts),
-        "missing": len(wanted - counts.keys()),
-        "unexpected": len(counts.keys() - wanted),
-        "duplicates": duplicates,
-        "exactly_once": duplicates == 0 and counts.keys() == wanted,
-    }
+    return exactly_once(task_names, (name_of(k) for k in keys))
 
 
 def task_name(queue: TaskQueue, key: str) -> str:
