@@ -29,6 +29,7 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from _factories import T0
+from _faults import OutcomeWriteFails
 from _poll import poll, wait_run
 from _sinks import Sink, serve
 from _tasks_emulator import QUEUE, Delivery, TasksEmulator, tasks_emulator_started_or_skip
@@ -37,9 +38,8 @@ from firecron import State
 from firecron.core import planning
 from firecron.core.lifecycle import SendOutcome
 from firecron.core.models import ScheduleSpec, StoredSchedule, TargetDelivery
-from firecron.core.runs import Run, RunState
+from firecron.core.runs import RunState
 from firecron.dispatch import Dispatcher
-from firecron.errors import StoreError
 from firecron.settings import Settings
 from firecron.store.base import Store
 from firecron.store.sqlite import SQLiteStore
@@ -403,37 +403,11 @@ async def test_the_same_run_id_in_two_namespaces_sharing_a_queue_is_sent_for_eac
     ]
 
 
-class _SendRecordFails:
-    """The real store, except that recording the first send's outcome fails once: the
-    dispatcher enqueued the task and its process died (or its write failed) before it
-    recorded that, so the run stays ``pending`` for the watchdog to send again.
-
-    A store that refuses one write on demand is a fault the real backends cannot
-    produce; everything else goes to the real store.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self.failures = 1
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def update_run(
-        self, run_id: str, expect_states: Any, changes: Any, **kwargs: Any
-    ) -> Run | None:
-        sending = changes.get("state") in (RunState.delivered, RunState.dispatched)
-        if sending and self.failures > 0:
-            self.failures -= 1
-            raise StoreError("the store went away")
-        return await self._store.update_run(run_id, expect_states, changes, **kwargs)
-
-
 async def test_a_resend_of_an_unrecorded_enqueue_is_refused_counts_as_sent_and_arrives_once(
     tasks_emulator: TasksEmulator, store: Store
 ) -> None:
     settings = _settings(tasks_emulator.host)
-    failing = Dispatcher(cast(Store, _SendRecordFails(store)), settings, clock=_clock)
+    failing = Dispatcher(cast(Store, OutcomeWriteFails(store)), settings, clock=_clock)
     d = Dispatcher(store, settings, clock=_clock)
     queue = d.task_queue
     assert queue is not None

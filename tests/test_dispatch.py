@@ -15,17 +15,17 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
 from _factories import T0
+from _faults import OutcomeWriteFails
 from _sinks import closed_port, serve
 from firecron.core import planning
 from firecron.core.models import ScheduleSpec, StoredSchedule
-from firecron.core.runs import Run, RunState
+from firecron.core.runs import RunState
 from firecron.dispatch import Dispatcher
-from firecron.errors import StoreError
 from firecron.settings import Settings
 from firecron.store.base import Store
 
@@ -133,32 +133,8 @@ async def test_crash_between_claim_and_post_is_refired_once(store: Store) -> Non
     assert [s.outcome for s in attempt.sends] == ["unknown", "acknowledged"]
 
 
-class _OutcomeWriteFails:
-    """The real store, except that recording a send's outcome fails, ``failures`` times.
-
-    A store that refuses one write on demand is a fault the real backends cannot
-    produce; everything else goes to the real store.
-    """
-
-    def __init__(self, store: Store, failures: int = 1) -> None:
-        self._store = store
-        self.failures = failures
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def update_run(
-        self, run_id: str, expect_states: Any, changes: Any, **kwargs: Any
-    ) -> Run | None:
-        sending = changes.get("state") in (RunState.delivered, RunState.dispatched)
-        if sending and self.failures > 0:
-            self.failures -= 1
-            raise StoreError("the store went away")
-        return await self._store.update_run(run_id, expect_states, changes, **kwargs)
-
-
 async def test_a_resend_of_an_unrecorded_send_keeps_its_key(store: Store) -> None:
-    failing = Dispatcher(cast(Store, _OutcomeWriteFails(store)), settings())
+    failing = Dispatcher(cast(Store, OutcomeWriteFails(store)), settings())
     d = Dispatcher(store, settings())
     with serve() as sink:
         await seed(store, 1, sink.url + "/hook")
@@ -194,7 +170,7 @@ async def test_a_resend_of_an_unrecorded_send_keeps_its_key(store: Store) -> Non
 
 
 async def test_blind_resends_end_lost(store: Store) -> None:
-    failing = Dispatcher(cast(Store, _OutcomeWriteFails(store, failures=100)), settings())
+    failing = Dispatcher(cast(Store, OutcomeWriteFails(store, failures=100)), settings())
     with serve() as sink:
         await seed(store, 1, sink.url + "/hook", retry={"max_attempts": 5})
         now = T0
