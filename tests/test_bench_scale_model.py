@@ -68,7 +68,10 @@ def _figures(with_firestore: bool) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("with_firestore", "store", "cpu"), [(True, "firestore", 1.4), (False, "sqlite", 0.6)]
+    ("with_firestore", "store", "cpu"),
+    [(True, "firestore", 1.4), (False, "sqlite", 0.6)],
+    # Ids without "firestore": the fast run selects tests by that word (no emulator here).
+    ids=["emulator-figures", "sqlite-figures-only"],
 )
 def test_the_inputs_come_from_the_modelled_store_and_the_shortest_direct_run(
     with_firestore: bool, store: str, cpu: float

@@ -62,6 +62,8 @@ schedules:
   - id: nap
     target: {function: sleep}
     params: {seconds: 600}
+    # A short lease: its worker checks in (and sees a cancel) every 3 s, not every minute.
+    heartbeat_timeout: 15s
   - id: pausable
     every: 1h
     target: {function: hello}
@@ -228,7 +230,7 @@ def test_cancel_a_running_sleep(console: Console) -> None:
     console.mark()
     page.get_by_role("button", name="Cancel").click()
     expect(page.locator("#flash")).to_contain_text("cancel requested")
-    # The worker sees the request at its next heartbeat and stops: cancelled.
+    # The worker sees the request at its next check-in and stops: cancelled.
     expect(state).to_have_attribute("data-state", "cancelled")
     console.assert_not_reloaded()
     # Ended: no Cancel button any more.
