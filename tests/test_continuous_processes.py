@@ -328,6 +328,12 @@ async def test_two_dispatchers_and_the_worker_race_for_the_successor(
             lambda r: r is not None and r.settle_at is None,
             what="generation 1's end settled",
         )
+        # Before the pause: a pause would cancel generation 2 if it came before its start.
+        await apoll(
+            lambda: generation_run(backend, "tail", 2),
+            lambda r: r is not None and r.started_at is not None,
+            what="generation 2 started",
+        )
         # Generation 2 may have handed over already (its window is 1 s).
         await pause_and_stop(backend.store, "tail")
     runs = await backend.store.list_runs(schedule_id="tail")
