@@ -8,7 +8,7 @@ from firecron.core.runs import Run, RunState
 from firecron.errors import StoreError
 from firecron.store.base import Store
 
-__all__ = ["OutcomeWriteFails"]
+__all__ = ["OutcomeWriteFails", "UpdatesFail"]
 
 
 class OutcomeWriteFails:
@@ -33,3 +33,21 @@ class OutcomeWriteFails:
             self.failures -= 1
             raise StoreError("the store went away")
         return await self._store.update_run(run_id, expect_states, changes, **kwargs)
+
+
+class UpdatesFail:
+    """A real store whose next ``failures`` run updates raise :class:`StoreError` before
+    reaching it (a store outage during one write: no real backend fails on demand)."""
+
+    def __init__(self, store: Store, failures: int = 0) -> None:
+        self._store = store
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def update_run(self, *args: Any, **kwargs: Any) -> Run | None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreError("database is locked")
+        return await self._store.update_run(*args, **kwargs)

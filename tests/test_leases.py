@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,11 +20,12 @@ from typing import Any, cast
 import pytest
 
 from _factories import make_run
+from _faults import UpdatesFail
+from _loop import loop_thread
 from firecron.core import lifecycle
 from firecron.core.models import RetryPolicy, Target
 from firecron.core.runs import Run, RunState
 from firecron.dispatch import Dispatcher
-from firecron.errors import StoreError
 from firecron.settings import Settings
 from firecron.store.sqlite import SQLiteStore
 
@@ -43,30 +43,12 @@ class SimClock:
         return self.now
 
 
-class _UpdatesFail:
-    """A real store whose next ``failures`` run updates raise :class:`StoreError` before
-    reaching it (a store outage during one renewal: no real backend fails on demand)."""
-
-    def __init__(self, store: SQLiteStore) -> None:
-        self._store = store
-        self.failures = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def update_run(self, *args: Any, **kwargs: Any) -> Run | None:
-        if self.failures > 0:
-            self.failures -= 1
-            raise StoreError("database is locked")
-        return await self._store.update_run(*args, **kwargs)
-
-
 @dataclass
 class Env:
     """A SQLite store on a loop thread, a worker runtime on it with an injected clock."""
 
     db: SQLiteStore
-    store: _UpdatesFail
+    store: UpdatesFail
     loop: asyncio.AbstractEventLoop
     clock: SimClock
     runtime: Any
@@ -112,29 +94,20 @@ def env(tmp_path: Path) -> Iterator[Env]:
     from firecron.store.base import Store
     from firecron.worker import _Runtime
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    def call(coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
-
     async def open_db() -> SQLiteStore:
         return SQLiteStore(tmp_path / "lease.db")
 
-    db: SQLiteStore = call(open_db())
-    store = _UpdatesFail(db)
-    clock = SimClock()
-    runtime = _Runtime(
-        Settings(), cast(Store, store), loop, os.getpid(), cast(Deliverer, None), clock
-    )
-    try:
-        yield Env(db, store, loop, clock, runtime)
-    finally:
-        call(db.close())
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    with loop_thread() as (loop, call):
+        db: SQLiteStore = call(open_db())
+        store = UpdatesFail(db)
+        clock = SimClock()
+        runtime = _Runtime(
+            Settings(), cast(Store, store), loop, os.getpid(), cast(Deliverer, None), clock
+        )
+        try:
+            yield Env(db, store, loop, clock, runtime)
+        finally:
+            call(db.close())
 
 
 def test_the_default_lease_and_check_in_cadence(env: Env) -> None:

@@ -29,6 +29,8 @@ import httpx
 import pytest
 
 from _factories import make_run
+from _faults import UpdatesFail
+from _loop import loop_thread
 from _poll import poll, wait_run
 from _workers import TEST_SOURCE, WorkerProcess, serve_worker, serve_workers, worker_env
 from firecron.core import lifecycle
@@ -684,63 +686,36 @@ async def test_a_frozen_attempt_resumed_after_its_retry_records_nothing(
         await db.close()
 
 
-class _UpdatesFail:
-    """A real store whose next ``failures`` run updates raise :class:`StoreError`.
-
-    A store that fails one write on demand is a fault the real backends cannot produce.
-    """
-
-    def __init__(self, store: SQLiteStore, failures: int) -> None:
-        self._store = store
-        self.failures = failures
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def update_run(self, *args: Any, **kwargs: Any) -> Run | None:
-        if self.failures > 0:
-            self.failures -= 1
-            raise StoreError("database is locked")
-        return await self._store.update_run(*args, **kwargs)
-
-
 def test_a_failed_heartbeat_never_stops_the_heartbeats(tmp_path: Path) -> None:
     from firecron.outbox import Deliverer
     from firecron.store.base import Store
     from firecron.worker import RunContext, _Execution, _Runtime
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    def call(coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
-
     async def open_db() -> SQLiteStore:
         return SQLiteStore(tmp_path / "beat.db")
 
-    db = call(open_db())
-    try:
-        run = call(db.create_run(make_run("beat", target=Target(function="sleepy"))))
-        change = lifecycle.start(run, _now(), lifecycle.RunTimeouts())
-        started = call(db.update_run(run.id, change.expect, change.changes, current=run))
-        flaky = _UpdatesFail(db, failures=1)
-        runtime = _Runtime(Settings(), cast(Store, flaky), loop, os.getpid(), cast(Deliverer, None))
-        ctx = RunContext(
-            run_id=run.id, schedule_id=run.schedule_id, scheduled_for=run.scheduled_for
-        )
-        execution = _Execution(runtime, lambda c: None, ctx, started, timedelta(seconds=1))
-        execution.beat()  # the store refuses it: logged, never raised into the function
-        assert not ctx.cancelled
-        execution.beat()  # the next one goes through
-        beaten = call(db.get_run(run.id))
-        assert beaten.heartbeat_at > started.heartbeat_at
-        assert not ctx.cancelled
-    finally:
-        call(db.close())
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    with loop_thread() as (loop, call):
+        db = call(open_db())
+        try:
+            run = call(db.create_run(make_run("beat", target=Target(function="sleepy"))))
+            change = lifecycle.start(run, _now(), lifecycle.RunTimeouts())
+            started = call(db.update_run(run.id, change.expect, change.changes, current=run))
+            flaky = UpdatesFail(db, failures=1)
+            runtime = _Runtime(
+                Settings(), cast(Store, flaky), loop, os.getpid(), cast(Deliverer, None)
+            )
+            ctx = RunContext(
+                run_id=run.id, schedule_id=run.schedule_id, scheduled_for=run.scheduled_for
+            )
+            execution = _Execution(runtime, lambda c: None, ctx, started, timedelta(seconds=1))
+            execution.beat()  # the store refuses it: logged, never raised into the function
+            assert not ctx.cancelled
+            execution.beat()  # the next one goes through
+            beaten = call(db.get_run(run.id))
+            assert beaten.heartbeat_at > started.heartbeat_at
+            assert not ctx.cancelled
+        finally:
+            call(db.close())
 
 
 # --- the registry of declared workers ----------------------------------------------
