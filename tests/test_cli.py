@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from _cli import FIRECRON, clean_env, run_cli
+from _poll import poll
 
 GOOD = """\
 schedules:
@@ -376,3 +377,27 @@ def test_tick_takes_one_shard(good_file: Path, store_url: str) -> None:
         run("tick", "--shard", "x", "--store", store_url),
         "shard: expected I/N (such as 0/4), got 'x'",
     )
+
+
+def test_tick_json_prints_one_json_document_even_when_runs_emit_events(
+    tmp_path: Path, store_url: str
+) -> None:
+    # Due every second, at a loopback port where nothing listens: each send fails, and a
+    # plain tick logs its event on stdout (where Cloud Logging reads it).
+    schedules = tmp_path / "due.yaml"
+    schedules.write_text(
+        "schedules:\n"
+        "  - id: doomed\n"
+        "    cron: '* * * * * *'\n"
+        "    target: {url: 'https://127.0.0.1:9/hook'}\n"
+    )
+    private = {"FIRECRON_ALLOW_PRIVATE_TARGETS": "1"}
+    assert run("apply", str(schedules), "--store", store_url, env=private).returncode == 0
+
+    def tick() -> dict[str, Any]:
+        proc = run("tick", "--json", "--store", store_url, env=private)
+        summary: dict[str, Any] = json.loads(proc.stdout)  # the whole of stdout
+        return summary
+
+    summary = poll(tick, lambda s: s["fired"] + s["claimed"] >= 1, what="a tick that fired")
+    assert summary["events"], summary

@@ -874,6 +874,10 @@ def tick(shard_text: str | None, store_url: str | None, as_json: bool) -> None:
     shard = None if shard_text is None else parse_shard(shard_text)
     # Signed like `firecron dev`'s own ticks, so a dev stack's workers accept its sends.
     settings = with_dev_secret(_settings(store_url), create=False)
+    if as_json:
+        # stdout is the one JSON document: the event log's lines (also on stdout, where
+        # Cloud Logging reads them when deployed) would break it.
+        settings = replace(settings, event_log=False)
     summary = _with_store(store_url, lambda s: run_tick(settings, s, shard=shard, chain=True))
     data = summary.as_dict()
     if as_json:
