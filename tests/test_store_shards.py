@@ -247,14 +247,17 @@ async def test_a_sharded_sqlite_due_query_reads_only_its_buckets_index_ranges(
     assert "(id=?)" in searches[-1], plan
 
 
+# Firestore only: SQLite fills the column when it opens the database (the test above).
+@pytest.mark.parametrize(
+    "store_factory", [pytest.param("firestore", marks=pytest.mark.emulator)], indirect=True
+)
 async def test_a_firestore_document_from_before_shards_gets_its_bucket_at_its_claim(
     store: Store,
 ) -> None:
     """Until its next write only an unsharded query sees it; a claim writes the bucket."""
     from firecron.store.firestore import FirestoreStore
 
-    if not isinstance(store, FirestoreStore):
-        pytest.skip("SQLite fills the column when it opens the database (test above)")
+    assert isinstance(store, FirestoreStore)
     await store.put_schedule(make_spec("job-07"), make_state(T0), expect_version=None)
     ref = store._schedules().document("job-07")
     await ref.update({"bucket": firestore.DELETE_FIELD})  # as a version before shards wrote it
