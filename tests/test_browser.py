@@ -34,9 +34,8 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     if _CI:
         raise
-    pytest.skip(
-        reason="playwright is not installed (pip install -e '.[dev]')", allow_module_level=True
-    )
+    missing = "playwright is not installed (pip install -e '.[dev]')"
+    pytest.skip(reason=missing, allow_module_level=True)
 
 if not Path(CHROMIUM).exists():  # pragma: no cover - depends on the machine
     message = f"no Chromium at {CHROMIUM}: apt-get install -y chromium, or set FIRECRON_CHROMIUM"
