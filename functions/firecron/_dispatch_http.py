@@ -119,11 +119,19 @@ def _tick_deadline(settings: Settings) -> timedelta:
     )
 
 
-async def _call_self(settings: Settings, url: str, query: str) -> SendResult:
-    """One one-way call of dispatch at ``url?query``: a Cloud Tasks task (a new name
-    each time) when a queue is configured, else a direct POST (module docstring)."""
+async def _call_self(settings: Settings, url: str, queries: list[str]) -> list[SendResult]:
+    """One one-way call of dispatch at ``url?query`` per query, at once, in order: Cloud
+    Tasks tasks (a new name each) when a queue is configured, else direct POSTs (module
+    docstring). One queue client, or one sender and one ID token, serves them all."""
     headers = {"content-type": "application/json", "user-agent": user_agent()}
-    key = f"dispatch-{uuid.uuid4().hex}"
+    if settings.tasks_queue is None and settings.dispatch_audience:
+        # A task carries an oidc_token instead; a direct POST, this ID token.
+        token = await GoogleIdTokens().token(settings.dispatch_audience)
+        headers["authorization"] = f"Bearer {token}"
+    calls = [
+        Dispatch(url=f"{url}?{q}", body=b"{}", headers=headers, key=f"dispatch-{uuid.uuid4().hex}")
+        for q in queries
+    ]
     if settings.tasks_queue is not None:
         queue = TaskQueue(
             settings.tasks_queue,
@@ -131,36 +139,31 @@ async def _call_self(settings: Settings, url: str, query: str) -> SendResult:
             allow_private_targets=settings.allow_private_targets,
             emulator_host=settings.tasks_emulator_host,
         )
+        deadline = _tick_deadline(settings)
         try:
-            return await queue.enqueue(
-                Dispatch(url=f"{url}?{query}", body=b"{}", headers=headers, key=key),
-                oidc_audience=settings.dispatch_audience,
-                deadline=_tick_deadline(settings),
+            return await asyncio.gather(
+                *(
+                    queue.enqueue(c, oidc_audience=settings.dispatch_audience, deadline=deadline)
+                    for c in calls
+                )
             )
         finally:
             await queue.aclose()
-    if settings.dispatch_audience:
-        token = await GoogleIdTokens().token(settings.dispatch_audience)
-        headers["authorization"] = f"Bearer {token}"
     sender = Sender(
-        concurrency=1,
-        max_open=1,
+        concurrency=len(calls),
+        max_open=len(calls),
         ack_timeout=settings.ack_timeout.total_seconds(),
         allow_private_targets=settings.allow_private_targets,
     )
     try:
-        return await sender.send(
-            Dispatch(url=f"{url}?{query}", body=b"{}", headers=headers, key=key)
-        )
+        return await asyncio.gather(*(sender.send(c) for c in calls))
     finally:
         await sender.aclose()
 
 
 async def _fan_out(settings: Settings, url: str) -> tuple[dict[str, Any], bool]:
     """Send the N shard ticks at once; the answer, and whether every one was sent."""
-    results = await asyncio.gather(
-        *(_call_self(settings, url, f"shard={i}") for i in range(settings.shards))
-    )
+    results = await _call_self(settings, url, [f"shard={i}" for i in range(settings.shards)])
     errors = [f"shard {i}: {r.error}" for i, r in enumerate(results) if r.outcome not in _SENT]
     payload = {
         "shards": settings.shards,
@@ -184,7 +187,7 @@ async def _tick(
             query = f"shard={shard.index}&{query}"
         # Not sent (or no ID token): the next minute's tick goes on where this one stopped.
         try:
-            result = await _call_self(settings, url, query)
+            [result] = await _call_self(settings, url, [query])
         except FirecronError as exc:
             summary.errors.append(f"continuation: {exc}")
         else:
