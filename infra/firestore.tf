@@ -154,7 +154,9 @@ resource "google_firestore_field" "logs_expire_at" {
 }
 
 resource "google_firestore_field" "unindexed" {
-  for_each = local.unindexed_fields
+  # With shards, the time fields too (sharded_time_fields below): no query needs their
+  # single-field indexes.
+  for_each = merge(local.unindexed_fields, local.sharded_time_fields)
 
   project    = var.project_id
   database   = local.firestore_database
@@ -177,17 +179,4 @@ locals {
     schedules_next_fire_at = { collection = "${var.namespace}_schedules", field = "next_fire_at" }
     runs_watch_at          = { collection = "${var.namespace}_runs", field = "watch_at" }
   } : {}
-}
-
-resource "google_firestore_field" "sharded_time" {
-  for_each = local.sharded_time_fields
-
-  project    = var.project_id
-  database   = local.firestore_database
-  collection = each.value.collection
-  field      = each.value.field
-
-  index_config {}
-
-  depends_on = [google_project_service.required]
 }

@@ -408,8 +408,8 @@ def test_sharded_deploys_drop_the_single_field_time_indexes(tf: Module) -> None:
     assert tf.locals["sharded_time_fields"].startswith("${var.shards > 1 ? {")
     assert "next_fire_at" in tf.locals["sharded_time_fields"]
     assert "watch_at" in tf.locals["sharded_time_fields"]
-    field = tf.resource("google_firestore_field", "sharded_time")
-    assert field["for_each"] == "${local.sharded_time_fields}"
+    field = tf.resource("google_firestore_field", "unindexed")
+    assert field["for_each"] == "${merge(local.unindexed_fields, local.sharded_time_fields)}"
     assert field["index_config"] in ({}, [{}])
     sharded = [f for f in REQUIRED_INDEXES if f[1][0][0] == "bucket"]
     assert sorted((c, [n for n, _ in fields][1]) for c, fields in sharded) == [
