@@ -383,7 +383,6 @@ class Backends:
     def start_emulator(self) -> str:
         """Start the Firestore emulator once (own process group, free port, waits for it)."""
         if self._emulator is None:
-            sys.path.insert(0, str(ROOT / "tests"))
             from _emulators import start_emulator
 
             print("starting the Firestore emulator...", flush=True)

@@ -51,7 +51,6 @@ import itertools
 import random
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -61,8 +60,8 @@ from typing import Any
 
 import httpx
 
+from _workers import WorkerProcess, functions_framework_bin, worker_env
 from bench._common import (
-    ROOT,
     Backends,
     BenchResult,
     Check,
@@ -79,11 +78,6 @@ from firecron.core.models import ScheduleSpec
 from firecron.core.runs import Run, RunState, generation_run_id
 from firecron.dispatch import Dispatcher
 from firecron.store.base import Store
-
-# tests/ is not a package: its modules are imported from its folder, as pytest does.
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))
-from _workers import WorkerProcess, functions_framework_bin, worker_env
 
 NAME = "continuous"
 WORKER_SOURCE = Path(__file__).resolve().with_name("_continuous_worker.py")

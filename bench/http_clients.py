@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version
@@ -43,11 +42,10 @@ from typing import Any
 
 import httpx
 
+import _sinks  # tests/ is on the path: bench/__init__.py
 from firecron.transport.sender import Dispatch, Sender, SendResult
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-import _sinks  # noqa: E402  (tests/ is not a package)
 
 DELAY = 0.05
 BODY = (

@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import (
-    ROOT,
     Backends,
     BenchResult,
     Check,
@@ -103,10 +102,6 @@ def _dispatcher(shared: SharedStore) -> Dispatcher:
 @contextlib.contextmanager
 def _noop_worker(shared: SharedStore, log_dir: Path) -> Iterator[str]:
     """Serve ``noop`` in one functions-framework process on ``shared``'s store; yield its URL."""
-    # tests/ is not a package: its modules are imported from its folder, as pytest does.
-    tests = str(ROOT / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
     from _workers import serve_worker, worker_env
 
     env = worker_env(shared.url, secrets=[SECRET], namespace=shared.namespace)

@@ -50,7 +50,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
 from bench._common import (
-    ROOT,
     Backends,
     BenchResult,
     Check,
@@ -64,10 +63,6 @@ from firecron.core.lifecycle import RunTimeouts
 from firecron.core.models import ScheduleSpec
 from firecron.core.runs import RunState
 from firecron.store.base import ScheduleWrite, Store
-
-# tests/ is not a package: the Cloud Tasks emulator's harness is imported from its folder.
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))
 
 NAME = "scale_cost"
 SECRET = "whsec_YmVuY2gtc2NhbGUtY29zdC0x"

@@ -43,8 +43,15 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+from _tasks_emulator import (
+    QUEUE,
+    Delivery,
+    TasksEmulator,
+    emulator_executable,
+    start_tasks_emulator,
+)
+from _workers import serve_worker, worker_env
 from bench._common import (
-    ROOT,
     Backends,
     BenchResult,
     Check,
@@ -59,18 +66,6 @@ from firecron.core.render import rfc3339
 from firecron.core.runs import Run
 from firecron.dispatch import Dispatcher
 from firecron.store.base import Store
-
-# tests/ is not a package: its modules are imported from its folder, as pytest does.
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))
-from _tasks_emulator import (
-    QUEUE,
-    Delivery,
-    TasksEmulator,
-    emulator_executable,
-    start_tasks_emulator,
-)
-from _workers import serve_worker, worker_env
 
 NAME = "scale_seconds"
 CRON = "*/1 * * * * *"

@@ -307,7 +307,6 @@ class _Tasks:
     synchronous client for the bench's own calls (pause, purge, list)."""
 
     def __init__(self) -> None:
-        sys.path.insert(0, str(ROOT / "tests"))
         import grpc
         from google.cloud import tasks_v2
         from google.cloud.tasks_v2.services.cloud_tasks.transports import (
