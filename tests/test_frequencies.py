@@ -13,6 +13,7 @@ transitions (Europe/Berlin: 03-28 02:00 -> 03:00 and 10-31 03:00 -> 02:00, both 
 from __future__ import annotations
 
 import calendar
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -24,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from rich.console import Console
 
 from _cli import run_cli
 from firecron.console.views import trigger_text
@@ -32,6 +34,7 @@ from firecron.core.frequencies import WEEKDAYS, Frequency, parse_frequency
 from firecron.core.models import INPUT, ScheduleSpec
 from firecron.core.schedule_file import ScheduleFileError, parse_schedule_file
 from firecron.core.triggers import FrequencyTrigger, Trigger, build_trigger, parse_spec
+from firecron.settings import Settings
 from firecron.store.base import Store
 
 ZONES = [
@@ -641,3 +644,62 @@ def test_console_says_it_in_words() -> None:
     spec = spec_of(timezone="Europe/Berlin", weekly={"days": ["mon", "fri"], "at": "09:00"})
     stored = StoredSchedule(spec=spec, state=planning.initial_state(spec, z(1, 1)), version="v1")
     assert trigger_text(stored) == "weekly on Monday and Friday at 09:00 (Europe/Berlin)"
+
+
+def test_dev_view_says_it_in_words(tmp_path: Path) -> None:
+    from firecron.core.models import StoredSchedule
+    from firecron.dev import DevStack
+
+    spec = spec_of(timezone="Europe/Berlin", monthly={"day": -3, "at": "06:00"})
+    stored = StoredSchedule(spec=spec, state=planning.initial_state(spec, z(1, 1)), version="v1")
+    stack = DevStack(
+        Settings().with_store(f"sqlite:///{tmp_path / 'dev.db'}"),
+        None,
+        port=1,
+        source=tmp_path / "main.py",
+        console=Console(file=io.StringIO(), width=300),
+    )
+    view = io.StringIO()
+    Console(file=view, width=300).print(stack._view([stored], []))
+    lines = [line.rstrip() for line in view.getvalue().splitlines()]
+    header = lines.index("Upcoming") + 1
+    assert lines[header].split()[-1] == "WHEN"
+    row = lines[header + 1]
+    assert row.split()[0] == "s"
+    assert "2027-01-29 06:00:00 CET" in row
+    assert row.endswith("monthly on the 3rd-to-last day at 06:00 (Europe/Berlin)")
+
+
+def readme_frequencies() -> list[list[str]]:
+    """The rows of the README's Frequencies table, cells stripped of their backticks."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### Frequencies", 1)[1].split("\n\n", 2)[2]
+    rows = [line for line in section.split("\n\n", 1)[0].splitlines() if line.startswith("| `")]
+    return [[cell.strip().replace("`", "") for cell in row.strip("|").split(" | ")] for row in rows]
+
+
+def test_the_readme_frequencies_table_is_true() -> None:
+    rows = readme_frequencies()
+    assert [row[1] for row in rows] == [
+        "hourly :15",
+        "daily 02:30",
+        "daily 02:30,14:00",
+        "weekly mon,fri 09:00",
+        "monthly 1 06:00",
+        "monthly last 06:00",
+        "monthly -3 06:00",
+    ]
+    start = z(1, 1) - ONE_US
+    for form, line, cron, first in rows:
+        key, _, value = form.partition(": ")
+        spec = parse_schedule_file(
+            f"schedules:\n  - id: s\n    {key}: {value}\n    target: {{url: '{URL}'}}\n", "README"
+        ).schedules[0]
+        trigger = planning.trigger_of(spec)
+        assert trigger == parse_spec(line), form
+        times = [t.strftime("%Y-%m-%d %H:%M") for t in trigger.occurrences(start, 3)]
+        assert ", ".join(times) == first, form
+        if cron != "none":
+            crons = [build_trigger(cron=expr.strip()) for expr in cron.split(" and ")]
+            merged = sorted(t for c in crons for t in c.occurrences(start, 400))[:400]
+            assert trigger.occurrences(start, 400) == merged, form
