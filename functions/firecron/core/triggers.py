@@ -1,6 +1,6 @@
 """Trigger math: when a schedule fires next.
 
-Three kinds of trigger exist (docs/design.md, "Semantics > Triggers"):
+These kinds of trigger exist (docs/design.md, "Semantics > Triggers"):
 
 - ``cron``: a Vixie-cron expression (5 fields, or 6 with *seconds first*) or a macro
   (``@hourly @daily @weekly @monthly @yearly``, plus ``@midnight`` and ``@annually``),
