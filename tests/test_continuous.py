@@ -242,7 +242,7 @@ def test_continuous_needs_a_worker_and_a_sane_heartbeat_timeout() -> None:
     base = {"id": "t", "continuous": {"window": "1m"}}
     with pytest.raises(ValidationError, match="a continuous schedule needs a worker target"):
         ScheduleSpec.model_validate({**base, "target": {"url": "https://example.com/x"}})
-    with pytest.raises(ValidationError, match="set at most one of 'cron', 'every', 'at' or"):
+    with pytest.raises(ValidationError, match="set at most one of 'cron', 'every', 'at', 'hourly'"):
         ScheduleSpec.model_validate({**base, "every": "1m", "target": {"function": "tail"}})
     with pytest.raises(ValidationError, match="window must be at least 1s"):
         ScheduleSpec.model_validate(

@@ -94,7 +94,8 @@ def test_naive_times_are_read_in_the_schedule_zone() -> None:
         ({"id": "Bad_Id"}, "id"),
         (
             {"cron": "0 * * * *"},
-            "at most one of 'cron', 'every', 'at' or 'continuous' (found: cron, every)",
+            "at most one of 'cron', 'every', 'at', 'hourly', 'daily', 'weekly', 'monthly' or "
+            "'continuous' (found: cron, every)",
         ),
         ({"every": "0s"}, "at least 1s"),
         ({"every": None, "cron": "61 * * * *"}, "61"),

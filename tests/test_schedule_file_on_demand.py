@@ -39,22 +39,22 @@ def test_an_entry_without_a_trigger_is_on_demand() -> None:
     [
         (
             "start_at: 2027-01-01T00:00:00Z",
-            "start_at: an on-demand schedule (no cron, every or at) has no occurrences to "
+            "start_at: an on-demand schedule (no cron, every, at or frequency) has no occurrences to "
             "bound (add a trigger)",
         ),
         (
             "end_at: 2027-01-01T00:00:00Z",
-            "end_at: an on-demand schedule (no cron, every or at) has no occurrences to "
+            "end_at: an on-demand schedule (no cron, every, at or frequency) has no occurrences to "
             "bound (add a trigger)",
         ),
         (
             "jitter: 30s",
-            "jitter: an on-demand schedule (no cron, every or at) has no occurrences to "
+            "jitter: an on-demand schedule (no cron, every, at or frequency) has no occurrences to "
             "delay (add a trigger)",
         ),
         (
             "max_runs: 3",
-            "max_runs: an on-demand schedule (no cron, every or at) has no occurrences to "
+            "max_runs: an on-demand schedule (no cron, every, at or frequency) has no occurrences to "
             "count (add a trigger)",
         ),
     ],

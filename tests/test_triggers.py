@@ -560,9 +560,11 @@ def test_parse_instant() -> None:
 
 
 def test_build_trigger_argument_checks() -> None:
-    with pytest.raises(ValueError, match="exactly one of cron, every or at"):
+    with pytest.raises(
+        ValueError, match=r"exactly one of cron, every, at or frequency \(got none\)"
+    ):
         build_trigger()
-    with pytest.raises(ValueError, match="exactly one of cron, every or at"):
+    with pytest.raises(ValueError, match="exactly one of cron, every, at or frequency"):
         build_trigger(cron="@daily", every=timedelta(minutes=5))
     with pytest.raises(ValueError, match="at least 1s"):
         build_trigger(every=timedelta(milliseconds=999))

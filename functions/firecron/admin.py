@@ -108,9 +108,9 @@ def _label(index: int, schedule_id: str) -> str:
 
 
 def _trigger_field(spec: ScheduleSpec) -> str:
-    if spec.on_demand:
-        return "trigger"  # none: an on-demand schedule (its plan cannot fail, in fact)
-    return "cron" if spec.cron is not None else "every" if spec.every is not None else "at"
+    # None set is an on-demand schedule (its plan cannot fail, in fact).
+    fields = ("cron", "every", "at", "hourly", "daily", "weekly", "monthly", "continuous")
+    return next((name for name in fields if getattr(spec, name) is not None), "trigger")
 
 
 def _error_line(exc: BaseException) -> str:

@@ -192,7 +192,10 @@ def next_cmd(spec: str, tz: str, after: str | None, count: int, as_json: bool) -
     """Print the next occurrences of SPEC, in local time with offset.
 
     SPEC is a cron expression (5 fields, or 6 with seconds first), a macro
-    (@hourly @daily @weekly @monthly @yearly), "every 15m", or "at RFC3339".
+    (@hourly @daily @weekly @monthly @yearly), "every 15m", "at RFC3339", or a
+    frequency: "hourly :15", "daily 02:30" (or "daily 02:30,14:00"),
+    "weekly mon,fri 09:00", "monthly 1 06:00", "monthly last 06:00" or
+    "monthly -3 06:00" (the third-to-last day).
     Put SPEC after "--" (and every option before it) when it may begin with "-":
     otherwise it is read as an option.
 
@@ -200,6 +203,7 @@ def next_cmd(spec: str, tz: str, after: str | None, count: int, as_json: bool) -
     Examples:
       firecron next "30 2 * * *" --tz Europe/Berlin --after 2027-03-27T00:00:00Z -n 3
       firecron next "every 15m" -n 4 --json
+      firecron next "monthly last 06:00" --tz Europe/Berlin -n 3
       firecron next -n 3 -- "$SPEC"    # whatever $SPEC begins with
     """
     zone_name = _user_value("--tz", lambda: validate_timezone(tz))
@@ -371,6 +375,9 @@ def _trigger_text(s: StoredSchedule) -> str:
         return f"cron {spec.cron}"
     if spec.every is not None:
         return f"every {format_duration(spec.every)}"
+    frequency = spec.frequency
+    if frequency is not None:
+        return frequency.text  # `weekly mon,fri 09:00`, as `firecron next` reads it
     if spec.continuous is not None:
         return f"continuous (window {format_duration(spec.continuous.window)})"
     return f"at {rfc3339(spec.at)}"

@@ -61,6 +61,7 @@ from rich.text import Text
 
 from firecron import admin
 from firecron._dev_secret import secret_path, with_dev_secret
+from firecron.console.views import trigger_text
 from firecron.core.durations import format_duration
 from firecron.core.models import StoredSchedule
 from firecron.core.pipeline_graph import topological_order
@@ -562,13 +563,15 @@ class DevStack:
         waiting: list[Run] | None = None,
         generations: dict[str, Run] | None = None,
     ) -> Group:
-        """The live view: upcoming fire times (a continuous schedule marked as such, with
-        its live generation from ``generations``), recent runs, and the waits."""
+        """The live view: upcoming fire times with each trigger in words (a continuous
+        schedule marked as such, with its live generation from ``generations``), recent
+        runs, and the waits."""
         now = datetime.now(UTC)
         generations = generations or {}
         upcoming = Table(title="Upcoming", title_justify="left", box=None, header_style="bold")
         for col in ("SCHEDULE", "STATUS", "NEXT FIRE (LOCAL)", "IN", "RUNS"):
             upcoming.add_column(col)
+        upcoming.add_column("WHEN", overflow="fold")
         active = sorted(
             schedules, key=lambda s: s.state.next_fire_at or datetime.max.replace(tzinfo=UTC)
         )
@@ -576,7 +579,7 @@ class DevStack:
             if s.spec.continuous is not None:
                 # It has no fire times: one generation follows another.
                 mark = continuous_text(s, generations.get(s.id))
-                upcoming.add_row(s.id, s.status, mark, "-", str(s.state.run_count))
+                upcoming.add_row(s.id, s.status, mark, "-", str(s.state.run_count), "continuous")
                 continue
             nxt = s.state.next_fire_at
             local = (
@@ -589,7 +592,7 @@ class DevStack:
                 if nxt
                 else "-"
             )
-            upcoming.add_row(s.id, s.status, local, eta, str(s.state.run_count))
+            upcoming.add_row(s.id, s.status, local, eta, str(s.state.run_count), trigger_text(s))
         recent = Table(title="Recent runs", title_justify="left", box=None, header_style="bold")
         for col in ("RUN", "STATE", "ATTEMPT", "DURATION", "TASKS", "ERROR"):
             recent.add_column(col, overflow="fold")

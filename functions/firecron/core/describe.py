@@ -7,12 +7,14 @@ expressions are validated and macros expanded first, so an invalid expression ra
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from cron_descriptor import ExpressionDescriptor
 
+from firecron.core.frequencies import WEEKDAYS, Frequency
 from firecron.core.triggers import expand_macro, validate_cron
 
 __all__ = [
@@ -20,12 +22,14 @@ __all__ = [
     "describe_at",
     "describe_cron",
     "describe_every",
+    "describe_frequency",
     "describe_on_demand",
     "describe_window",
 ]
 
 ON_DEMAND = "on demand"
-"""How listings name the trigger of a schedule with none of cron, every or at."""
+"""How listings name the trigger of a schedule with none (no cron, every, at, frequency
+or continuous)."""
 
 _UNITS: tuple[tuple[str, timedelta], ...] = (
     ("day", timedelta(days=1)),
@@ -74,6 +78,50 @@ def describe_every(interval: timedelta) -> str:
     return "every " + " ".join(
         f"{count} {name}{'' if count == 1 else 's'}" for count, name in parts
     )
+
+
+_DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def describe_frequency(frequency: Frequency) -> str:
+    """Describe a prebuilt frequency: ``hourly, at 15 minutes past the hour``,
+    ``daily at 02:30 and 14:00``, ``weekly on Monday and Friday at 09:00``,
+    ``monthly on the last day at 06:00``, ``monthly on the 3rd-to-last day at 06:00``.
+
+    A day that some months lack (29th to 31st, or as far from the end) says that those
+    months are skipped.
+    """
+    if frequency.kind == "hourly":
+        minute = frequency.minute
+        if minute == 0:
+            return "hourly, on the hour"
+        return f"hourly, at {minute} minute{'' if minute == 1 else 's'} past the hour"
+    times = _and(frequency.times)
+    if frequency.kind == "daily":
+        return f"daily at {times}"
+    if frequency.kind == "weekly":
+        return f"weekly on {_and(_DAY_NAMES[WEEKDAYS.index(d)] for d in frequency.days)} at {times}"
+    day = frequency.day
+    skips = " (skipped in months without that day)" if abs(day) >= 29 else ""
+    if day == -1:
+        return f"monthly on the last day at {times}"
+    if day < 0:
+        return f"monthly on the {_ordinal(-day)}-to-last day at {times}{skips}"
+    return f"monthly on the {_ordinal(day)} at {times}{skips}"
+
+
+def _ordinal(number: int) -> str:
+    suffixes = {1: "st", 2: "nd", 3: "rd"}
+    suffix = "th" if 11 <= number % 100 <= 13 else suffixes.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def _and(items: Iterable[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    words = list(items)
+    if len(words) <= 2:
+        return " and ".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _utc_text(instant: datetime) -> str:

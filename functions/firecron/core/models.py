@@ -46,6 +46,13 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from firecron.core.durations import format_duration, parse_duration
 from firecron.core.events import Route, SinkConfig
+from firecron.core.frequencies import (
+    Frequency,
+    normalize_clock,
+    normalize_month_day,
+    normalize_times,
+    normalize_weekdays,
+)
 
 __all__ = [
     "EARLIEST_INSTANT",
@@ -56,11 +63,16 @@ __all__ = [
     "SCHEDULE_ID_PATTERN",
     "ChainOn",
     "ChainStep",
+    "ClockTime",
     "ContinuousSpec",
+    "DailyTimes",
     "Duration",
+    "HourlySpec",
     "JsonValue",
     "MisfirePolicy",
     "MisfirePolicyKind",
+    "MonthDay",
+    "MonthlySpec",
     "NotifyAction",
     "OverlapPolicy",
     "PipelineSpec",
@@ -75,6 +87,8 @@ __all__ = [
     "TaskSpec",
     "TriggerKind",
     "WaitSpec",
+    "Weekdays",
+    "WeeklySpec",
     "check_strict_json",
 ]
 
@@ -124,6 +138,62 @@ class TriggerKind(StrEnum):
     """A fixed interval anchored at ``start_at`` or the Unix epoch; ignores DST."""
     at = "at"
     """One shot at an instant; the schedule is exhausted after it fires."""
+    hourly = "hourly"
+    """Every hour at a minute past it (``15 * * * *``)."""
+    daily = "daily"
+    """Every day at one or more times (``30 2 * * *``)."""
+    weekly = "weekly"
+    """On chosen weekdays at a time (``0 9 * * 1,5``)."""
+    monthly = "monthly"
+    """On a day of the month, or one counted from its end, at a time."""
+
+
+def _times_out(value: tuple[str, ...]) -> str | list[str]:
+    # `daily: "02:30"` reads back as it was written; several times as a list.
+    return value[0] if len(value) == 1 else list(value)
+
+
+ClockTime = Annotated[str, BeforeValidator(normalize_clock)]
+"""A time of day, ``HH:MM`` on the 24-hour clock (``9:30`` is kept as ``09:30``)."""
+DailyTimes = Annotated[
+    tuple[str, ...], BeforeValidator(normalize_times), PlainSerializer(_times_out)
+]
+"""``daily``'s times: one ``HH:MM`` or a list of them, kept sorted; dumps as one string
+when there is one."""
+Weekdays = Annotated[tuple[str, ...], BeforeValidator(normalize_weekdays)]
+"""Weekday short names (``mon`` ... ``sun``, full names accepted), kept in week order."""
+MonthDay = Annotated[int | Literal["last"], BeforeValidator(normalize_month_day)]
+"""``1``..``31``, ``last``, or ``-1``..``-31`` counted from the month's end."""
+
+
+class HourlySpec(_Frozen):
+    """``hourly: {minute: 15}``: every hour at ``minute`` past it, as ``15 * * * *``."""
+
+    minute: int = Field(default=0, ge=0, le=59)
+    """Minute past the hour, 0-59."""
+
+
+class WeeklySpec(_Frozen):
+    """``weekly: {days: [mon, fri], at: "09:00"}``: as ``0 9 * * 1,5``."""
+
+    days: Weekdays
+    """The weekdays it runs on."""
+    at: ClockTime
+    """The time of day, ``HH:MM``."""
+
+
+class MonthlySpec(_Frozen):
+    """``monthly: {day: 1 | last | -3, at: "06:00"}``.
+
+    A positive day is ``0 6 1 * *``; ``last`` (or ``-1``) is the month's last day and
+    ``-3`` its third-to-last, which cron cannot say. A month without the day (the 31st,
+    or ``-31``, in a 30-day month) is skipped.
+    """
+
+    day: MonthDay
+    """The day of the month, or from its end."""
+    at: ClockTime
+    """The time of day, ``HH:MM``."""
 
 
 class TargetDelivery(StrEnum):
@@ -634,13 +704,21 @@ class ScheduleSpec(_Frozen):
     description: str = ""
     """Free text shown by ``firecron show``."""
     timezone: str = "UTC"
-    """IANA zone in which ``cron`` and naive times are read."""
+    """IANA zone in which ``cron``, the frequencies and naive times are read."""
     cron: str | None = None
     """Cron expression (5 fields, or 6 with seconds first) or macro (``@daily``...)."""
     every: Duration | None = None
     """Fixed interval, anchored at ``start_at`` or the Unix epoch."""
     at: AwareDatetime | None = None
     """One-shot instant."""
+    hourly: HourlySpec | None = None
+    """Every hour at a minute past it."""
+    daily: DailyTimes | None = None
+    """Every day at a time (``"02:30"``) or at each of a list of times."""
+    weekly: WeeklySpec | None = None
+    """On chosen weekdays at a time."""
+    monthly: MonthlySpec | None = None
+    """On a day of the month (``1``, ``last``, ``-3``) at a time."""
     target: Target
     """Where runs are POSTed."""
     params: dict[str, JsonValue] = Field(default_factory=dict)
@@ -680,7 +758,7 @@ class ScheduleSpec(_Frozen):
     """A gate: each occurrence's run is ``waiting`` until the wait's condition holds, then
     fires its target (a manual trigger waits too, unless told not to)."""
     continuous: ContinuousSpec | None = None
-    """Exactly one instance, 24/7 (in place of ``cron``, ``every`` or ``at``): see
+    """Exactly one instance, 24/7 (in place of any other trigger): see
     :class:`ContinuousSpec`. Needs a worker target."""
     heartbeat_timeout: Duration | None = None
     """A running run's lease: with no renewal for this long it is lost (default: the
@@ -757,6 +835,10 @@ class ScheduleSpec(_Frozen):
                 (TriggerKind.cron, self.cron),
                 (TriggerKind.every, self.every),
                 (TriggerKind.at, self.at),
+                (TriggerKind.hourly, self.hourly),
+                (TriggerKind.daily, self.daily),
+                (TriggerKind.weekly, self.weekly),
+                (TriggerKind.monthly, self.monthly),
                 ("continuous", self.continuous),
             )
             if value is not None
@@ -765,7 +847,8 @@ class ScheduleSpec(_Frozen):
             # None at all is an on-demand schedule: it runs when triggered or chained.
             found = ", ".join(given)
             raise ValueError(
-                f"set at most one of 'cron', 'every', 'at' or 'continuous' (found: {found})"
+                "set at most one of 'cron', 'every', 'at', 'hourly', 'daily', 'weekly', "
+                f"'monthly' or 'continuous' (found: {found})"
             )
         if self.continuous is not None and not self.target.is_worker:
             raise ValueError(
@@ -782,8 +865,29 @@ class ScheduleSpec(_Frozen):
         """True when the schedule has no trigger: it never fires by itself, only when
         triggered, chained or submitted from code."""
         return (
-            self.cron is None and self.every is None and self.at is None and self.continuous is None
+            self.cron is None
+            and self.every is None
+            and self.at is None
+            and self.continuous is None
+            and self.hourly is None
+            and self.daily is None
+            and self.weekly is None
+            and self.monthly is None
         )
+
+    @property
+    def frequency(self) -> Frequency | None:
+        """The prebuilt frequency (``hourly``, ``daily``, ``weekly`` or ``monthly``) this
+        schedule fires on, or ``None`` when it uses another trigger or none."""
+        if self.hourly is not None:
+            return Frequency.of_hourly(self.hourly.minute)
+        if self.daily is not None:
+            return Frequency.of_daily(self.daily)
+        if self.weekly is not None:
+            return Frequency.of_weekly(self.weekly.days, self.weekly.at)
+        if self.monthly is not None:
+            return Frequency.of_monthly(self.monthly.day, self.monthly.at)
+        return None
 
     def trigger_fields(self) -> tuple[object, ...]:
         """The fields that decide *when* the schedule fires; a change re-plans ``next_fire_at``."""
@@ -791,6 +895,10 @@ class ScheduleSpec(_Frozen):
             self.cron,
             self.every,
             self.at,
+            self.hourly,
+            self.daily,
+            self.weekly,
+            self.monthly,
             self.continuous,
             self.timezone,
             self.start_at,

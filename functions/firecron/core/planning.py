@@ -115,7 +115,7 @@ class Plan:
 def trigger_of(spec: ScheduleSpec) -> Trigger:
     """The trigger of ``spec`` (valid specs always build).
 
-    An on-demand spec (none of cron, every or at) has an :class:`OnDemandTrigger`, which
+    An on-demand spec (no trigger: none of cron, every, at, a frequency or continuous) has an :class:`OnDemandTrigger`, which
     has no occurrence: its schedule is never due, and never exhausted either.
     """
     if spec.on_demand:
@@ -126,6 +126,7 @@ def trigger_of(spec: ScheduleSpec) -> Trigger:
         cron=spec.cron,
         every=spec.every,
         at=spec.at,
+        frequency=spec.frequency,
         timezone=spec.timezone,
         start_at=spec.start_at,
         end_at=spec.end_at,

@@ -10,7 +10,7 @@ Each reason is one line ``field: reason``. Refused:
   link-local, unspecified, multicast or reserved addresses, and, unless private targets
   are allowed, ``http``, loopback and private literal addresses and ``localhost``;
 - an ``at`` outside ``[start_at, end_at]``;
-- on an on-demand schedule (none of ``cron``, ``every`` or ``at``), ``start_at``,
+- on an on-demand schedule (none of ``cron``, ``every``, ``at`` or a frequency), ``start_at``,
   ``end_at``, ``jitter`` and ``max_runs``: they bound or delay occurrences, and it has
   none, so each is a mistake (a forgotten trigger, most likely), not a setting;
 - a wait (the schedule's ``wait:`` gate, or a ``wait`` target) that can never end well
@@ -196,7 +196,7 @@ def unworkable_wait(wait: WaitSpec, params: Mapping[str, JsonValue] | None) -> l
     return problems
 
 
-_NO_OCCURRENCES = "an on-demand schedule (no cron, every or at) has no occurrences to"
+_NO_OCCURRENCES = "an on-demand schedule (no cron, every, at or frequency) has no occurrences to"
 
 
 def _on_demand_problems(spec: ScheduleSpec) -> list[str]:

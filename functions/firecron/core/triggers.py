@@ -1,6 +1,6 @@
 """Trigger math: when a schedule fires next.
 
-Three kinds of trigger exist (docs/design.md, "Semantics > Triggers"):
+These kinds of trigger exist (docs/design.md, "Semantics > Triggers"):
 
 - ``cron``: a Vixie-cron expression (5 fields, or 6 with *seconds first*) or a macro
   (``@hourly @daily @weekly @monthly @yearly``, plus ``@midnight`` and ``@annually``),
@@ -8,6 +8,10 @@ Three kinds of trigger exist (docs/design.md, "Semantics > Triggers"):
 - ``every``: a fixed interval anchored at ``start_at`` or the Unix epoch, in real (UTC)
   time, ignoring DST.
 - ``at``: a single instant.
+- ``hourly``, ``daily``, ``weekly``, ``monthly``: prebuilt frequencies
+  (:mod:`firecron.core.frequencies`), evaluated as their cron equivalents, and a
+  ``monthly`` day counted from the month's end with its own calendar code under the
+  fixed-time DST rule below.
 
 Contract shared by every trigger:
 
@@ -36,6 +40,7 @@ handling is unreliable around DST transitions.
 from __future__ import annotations
 
 import abc
+import calendar
 import functools
 import hashlib
 import re
@@ -48,6 +53,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, CroniterError, croniter
 
 from firecron.core.durations import format_duration, parse_duration
+from firecron.core.frequencies import Frequency, clock_parts, parse_frequency
 from firecron.core.render import rfc3339
 
 __all__ = [
@@ -55,6 +61,7 @@ __all__ = [
     "AtTrigger",
     "CronTrigger",
     "EveryTrigger",
+    "FrequencyTrigger",
     "OnDemandTrigger",
     "Trigger",
     "build_trigger",
@@ -467,7 +474,9 @@ class Trigger(abc.ABC):
     ``start_at`` and ``end_at`` are aware UTC datetimes or ``None``.
     """
 
-    kind: Literal["cron", "every", "at", "on_demand", "continuous"]
+    kind: Literal[
+        "cron", "every", "at", "hourly", "daily", "weekly", "monthly", "on_demand", "continuous"
+    ]
     timezone: str
     start_at: datetime | None
     end_at: datetime | None
@@ -705,6 +714,83 @@ class AtTrigger(Trigger):
         return self.at if self.at > after else None
 
 
+class FrequencyTrigger(Trigger):
+    """A prebuilt frequency (:class:`~firecron.core.frequencies.Frequency`) on the wall
+    clock of ``timezone``.
+
+    Where the frequency has cron equivalents it fires exactly as they do (their union,
+    for a ``daily`` with several times), DST rules included. A ``monthly`` day counted
+    from the month's end has none: its wall time is found with :mod:`calendar` and
+    mapped to an instant by the fixed-time rule (a time in a gap runs at the first
+    instant after the gap, a repeated time at its first occurrence).
+    """
+
+    # Bounds the month scan of a day from the end. Every month has days -1 to -28, and
+    # day -31 (the only rarer one: 31-day months) never skips more than one month, so
+    # the next occurrence is always within three months; the rest guards bugs.
+    _MAX_MONTHS: Final = 24
+
+    def __init__(
+        self,
+        frequency: Frequency,
+        *,
+        timezone: str = "UTC",
+        start_at: datetime | None = None,
+        end_at: datetime | None = None,
+    ):
+        super().__init__(timezone=timezone, start_at=start_at, end_at=end_at)
+        if not isinstance(frequency, Frequency):
+            raise ValueError(f"invalid frequency {frequency!r}")
+        self.frequency = frequency
+        self.kind = frequency.kind
+        crons = frequency.crons()
+        # No window on the parts: next_after applies this trigger's own.
+        self._crons = (
+            None if crons is None else tuple(CronTrigger(expr, timezone=timezone) for expr in crons)
+        )
+
+    @property
+    def spec(self) -> str:
+        return self.frequency.text
+
+    def _describe(self) -> str:
+        from firecron.core.describe import describe_frequency
+
+        text = describe_frequency(self.frequency)
+        return text if self.timezone == "UTC" else f"{text} ({self.timezone})"
+
+    def _next(self, after: datetime) -> datetime | None:
+        if self._crons is None:
+            return self._next_from_end(after)
+        found = [instant for cron in self._crons if (instant := cron.next_after(after))]
+        return min(found, default=None)
+
+    def _next_from_end(self, after: datetime) -> datetime | None:
+        """Next occurrence of ``monthly`` on a day counted from the end (``day < 0``)."""
+        zone = self._zone
+        hour, minute = clock_parts(self.frequency.times[0])
+        wall = _wall(after, zone)
+        # Start a month early: the fixed-time mapping may put a wall time's instant after
+        # `after` although the wall time itself lies before local(after) (a gap moves it
+        # later). Wall times ascend month by month and the mapping never reverses their
+        # order, so the first instant past `after` is the answer.
+        year, month = (wall.year, wall.month - 1) if wall.month > 1 else (wall.year - 1, 12)
+        for _ in range(self._MAX_MONTHS):
+            try:
+                day = calendar.monthrange(year, month)[1] + 1 + self.frequency.day
+                instant = (
+                    _instants(datetime(year, month, day, hour, minute), zone, fixed=True)[0]
+                    if day >= 1
+                    else None
+                )
+            except (OverflowError, ValueError):  # beyond datetime's years
+                return None
+            if instant is not None and instant > after:
+                return instant
+            year, month = (year, month + 1) if month < 12 else (year + 1, 1)
+        return None
+
+
 class OnDemandTrigger(Trigger):
     """No trigger at all: an on-demand schedule (none of cron, every or at), which runs
     only when triggered, chained or submitted. It has no occurrence and no window."""
@@ -753,11 +839,13 @@ def build_trigger(
     cron: str | None = None,
     every: timedelta | None = None,
     at: datetime | None = None,
+    frequency: Frequency | None = None,
     timezone: str = "UTC",
     start_at: datetime | None = None,
     end_at: datetime | None = None,
 ) -> Trigger:
-    """Build a trigger from exactly one of ``cron``, ``every`` and ``at``.
+    """Build a trigger from exactly one of ``cron``, ``every``, ``at`` and ``frequency``
+    (a prebuilt frequency, see :mod:`firecron.core.frequencies`).
 
     Naive ``at``, ``start_at`` and ``end_at`` are wall times in ``timezone`` (a time in a
     spring-forward gap means the first instant after the gap, an ambiguous time its first
@@ -765,11 +853,13 @@ def build_trigger(
     ``start_at`` must not be after ``end_at``. Raises :class:`ValueError` otherwise.
     """
     given = [
-        name for name, value in (("cron", cron), ("every", every), ("at", at)) if value is not None
+        name
+        for name, value in (("cron", cron), ("every", every), ("at", at), ("frequency", frequency))
+        if value is not None
     ]
     if len(given) != 1:
         got = ", ".join(given) if given else "none"
-        raise ValueError(f"give exactly one of cron, every or at (got {got})")
+        raise ValueError(f"give exactly one of cron, every, at or frequency (got {got})")
     zone = _zone(timezone)
     start = None if start_at is None else _coerce_instant(start_at, zone, "start_at")
     end = None if end_at is None else _coerce_instant(end_at, zone, "end_at")
@@ -777,6 +867,8 @@ def build_trigger(
         return CronTrigger(cron, timezone=timezone, start_at=start, end_at=end)
     if every is not None:
         return EveryTrigger(every, timezone=timezone, start_at=start, end_at=end)
+    if frequency is not None:
+        return FrequencyTrigger(frequency, timezone=timezone, start_at=start, end_at=end)
     assert at is not None
     return AtTrigger(_coerce_instant(at, zone, "at"), timezone=timezone, start_at=start, end_at=end)
 
@@ -786,11 +878,15 @@ def parse_spec(spec: str, timezone: str = "UTC") -> Trigger:
 
     Forms: a cron expression or macro (see :func:`validate_cron`); ``every <duration>``
     (``every 15m``, ``every 10s``, ``every 1h30m``; at least 1 second); ``at <instant>``
-    (see :func:`parse_instant`). Raises :class:`ValueError` quoting the bad text.
+    (see :func:`parse_instant`); a prebuilt frequency (``hourly :15``, ``daily 02:30``,
+    ``weekly mon,fri 09:00``, ``monthly last 06:00``: see
+    :func:`~firecron.core.frequencies.parse_frequency`). Raises :class:`ValueError`
+    quoting the bad text.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(
-            f"invalid schedule {spec!r}: give a cron expression, 'every 15m' or 'at <time>'"
+            f"invalid schedule {spec!r}: give a cron expression, 'every 15m', 'at <time>' "
+            "or 'daily 02:30'"
         )
     text = spec.strip()
     word, *tail = text.split(None, 1)
@@ -808,6 +904,9 @@ def parse_spec(spec: str, timezone: str = "UTC") -> Trigger:
         return build_trigger(every=interval, timezone=timezone)
     if keyword == "at":
         return build_trigger(at=parse_instant(rest, timezone), timezone=timezone)
+    frequency = parse_frequency(text)
+    if frequency is not None:
+        return build_trigger(frequency=frequency, timezone=timezone)
     validate_cron(text)  # the CLI's SPEC is input: a cron that never fires is refused
     return build_trigger(cron=text, timezone=timezone)
 
