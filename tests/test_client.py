@@ -221,3 +221,21 @@ def test_a_closed_client_refuses_calls_and_stops_its_thread(tmp_path: Path) -> N
     assert set(threading.enumerate()) <= before
     with pytest.raises(FirecronError, match="closed"):
         client.list_schedules()
+
+
+def test_the_sync_client_has_the_async_client_s_methods_and_arguments() -> None:
+    """The twins cannot drift: every public method of one is the other's, same arguments."""
+    import inspect
+
+    def methods(cls: type) -> dict[str, inspect.Signature]:
+        return {
+            name: inspect.signature(member)
+            for name, member in vars(cls).items()
+            if inspect.isfunction(member) and not name.startswith("_")
+        }
+
+    sync, async_ = methods(Client), methods(AsyncClient)
+    assert set(sync) - {"close"} == set(async_) - {"aclose"}
+    for name, signature in async_.items():
+        if name != "aclose":
+            assert sync[name].parameters == signature.parameters, name

@@ -146,7 +146,10 @@ class AsyncClient:
         ``firecron apply --prune`` leaves it alone. A replaced schedule keeps its state
         (pause, counters; its next fire time is recomputed only when its timing
         changed). ``if_version`` replaces only that version, ``create_only`` creates
-        only (:class:`~firecron.service.PreconditionFailed` otherwise).
+        only (:class:`~firecron.service.PreconditionFailed` otherwise). As for the API,
+        ``notify`` routes are a schedules file's (a replaced schedule keeps its own, a
+        new one logs), and a notify target names a sink by ``sink_config`` or as a
+        stored schedule has it (see :mod:`firecron.service`).
 
         Raises :class:`~firecron.service.InvalidSchedule` (an
         :class:`InvalidInputError`: ``errors`` holds every problem as ``(field,
