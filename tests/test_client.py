@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -239,3 +239,20 @@ def test_the_sync_client_has_the_async_client_s_methods_and_arguments() -> None:
     for name, signature in async_.items():
         if name != "aclose":
             assert sync[name].parameters == signature.parameters, name
+
+
+@pytest.mark.usefixtures("private_targets")
+async def test_writes_are_stamped_with_the_store_s_clock(backend: Backend) -> None:
+    """A local clock a day behind: the client corrects it to the store's, as the API does,
+    so a new schedule's first fire time is planned from the store's now, not the past."""
+    behind = timedelta(days=1)
+    async with AsyncClient(
+        backend.url, namespace=backend.namespace, clock=lambda: datetime.now(UTC) - behind
+    ) as client:
+        put = await client.put_schedule(
+            {"id": "hourly", "every": "1h", "target": {"url": "https://example.com/x"}}
+        )
+    store_now = await backend.store.clock()
+    assert put.state.next_fire_at is not None
+    # Uncorrected, it would be within the hour after the skewed now: a day in the past.
+    assert put.state.next_fire_at > store_now - behind / 2

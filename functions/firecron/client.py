@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,6 +43,8 @@ _T = TypeVar("_T")
 _CALL_TIMEOUT_S = 120.0
 """Seconds a :class:`Client` call may take before it fails with :class:`StoreError`
 (a trigger waits for its worker's acknowledgement, bounded by the ack timeout)."""
+_CLOCK_REFRESH_S = 600.0
+"""Seconds between two measurements of the local clock's offset to the store's."""
 
 
 def _utc_now() -> datetime:
@@ -65,7 +68,10 @@ class AsyncClient:
 
     The store is opened on the first call, on the loop that makes it (its clients bind
     to that loop): use one client from one loop, and :meth:`aclose` it (or ``async
-    with``). ``clock`` (default: the system clock, UTC) is the time of every write.
+    with``). Writes are stamped with ``clock`` (default: the system clock, UTC)
+    corrected to the store's clock, as the admin API and the workers stamp theirs
+    (docs/design.md, "Semantics > Clocks"): the offset is measured with one store read
+    on the first call that writes, and again every :data:`_CLOCK_REFRESH_S` seconds.
     """
 
     def __init__(
@@ -81,6 +87,8 @@ class AsyncClient:
         # recorded with the runs, and notifications are the dispatcher's to send.
         self.settings: Settings = replace(program_settings(store_url, namespace), event_log=False)
         self._clock = clock
+        self._offset = timedelta(0)
+        self._synced_at: float | None = None
         self._store: Store | None = None
         self._dispatcher: Dispatcher | None = None
         self._closed = False
@@ -104,8 +112,22 @@ class AsyncClient:
         if self._dispatcher is None:
             from firecron.dispatch import Dispatcher
 
-            self._dispatcher = Dispatcher(self.store, self.settings, clock=self._clock)
+            self._dispatcher = Dispatcher(self.store, self.settings, clock=self._corrected)
         return self._dispatcher
+
+    def _corrected(self) -> datetime:
+        return self._clock() + self._offset
+
+    async def _now(self) -> datetime:
+        """The local clock corrected to the store's, measuring the offset when it is due
+        (a failed measurement is the :class:`StoreError` of the call that needed it)."""
+        from firecron.store.base import clock_offset
+
+        synced = self._synced_at
+        if synced is None or time.monotonic() - synced >= _CLOCK_REFRESH_S:
+            _, self._offset = await clock_offset(self.store, self._clock)
+            self._synced_at = time.monotonic()
+        return self._corrected()
 
     async def aclose(self) -> None:
         """Close the dispatcher and the store (idempotent); the client is unusable after."""
@@ -168,7 +190,7 @@ class AsyncClient:
             self.settings,
             schedule_id,
             body,
-            self._clock(),
+            await self._now(),
             expect_version=if_version,
             create_only=create_only,
         )
@@ -188,18 +210,18 @@ class AsyncClient:
     async def pause(self, schedule_id: str) -> StoredSchedule:
         """Pause a schedule (idempotent) and return it; a continuous schedule's live
         generation is asked to stop. :class:`NotFoundError` if unknown."""
-        return await service.pause(self.store, schedule_id, self._clock())
+        return await service.pause(self.store, schedule_id, await self._now())
 
     async def resume(self, schedule_id: str) -> StoredSchedule:
         """Resume a schedule (idempotent) and return it; its misfire policy judges what
         was missed while it was paused. :class:`NotFoundError` if unknown."""
-        return await service.resume(self.store, schedule_id, self._clock())
+        return await service.resume(self.store, schedule_id, await self._now())
 
     async def delete(self, schedule_id: str, *, if_version: str | None = None) -> None:
         """Delete a schedule, keeping its runs (``if_version``: only at that version).
         :class:`NotFoundError` if unknown."""
         await service.delete_schedule(
-            self.store, schedule_id, self._clock(), expect_version=if_version
+            self.store, schedule_id, await self._now(), expect_version=if_version
         )
 
     # -- runs -----------------------------------------------------------------------------
@@ -218,6 +240,7 @@ class AsyncClient:
         ``gate=False`` skips the schedule's ``wait:`` gate. A send that failed is not an
         error here: the run says so (``retry_wait`` or ``failed``, its attempt's error).
         """
+        await self._now()  # the dispatcher stamps the run with the corrected clock
         return await service.trigger(self._dispatch, schedule_id, params, gate=gate)
 
     async def runs(
