@@ -377,3 +377,38 @@ def test_the_pipeline_drawn_in_the_readme_is_the_example_file_s() -> None:
     parsed = parse_schedule_file((ROOT / "schedules.yaml").read_text(), "schedules.yaml")
     [pipeline] = [p for p in parsed.pipelines if p.id == "daily-etl"]
     assert block("pipeline-graph").rstrip("\n") == render_mermaid(pipeline).rstrip("\n")
+
+
+def test_readme_client_example(tmp_path: Path) -> None:
+    """The README's client example, run as written in a fresh directory: its default store
+    is that directory's ``.firecron/firecron.db``, and ``hello`` a real HTTP server."""
+    from _sinks import serve
+
+    code = block("client")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIRECRON_")}
+    with serve() as sink:
+        env.update(FIRECRON_FUNCTIONS_BASE_URL=sink.url, FIRECRON_ALLOW_PRIVATE_TARGETS="1")
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        paths = [r.path for r in sink.requests]
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5, lines
+    assert re.fullmatch(r"nightly-report active 20\d\d-\d\d-\d\d 0[01]:30:00\+00:00", lines[0])
+    run_id, state = lines[1].split()
+    assert re.fullmatch(r"nightly-report@m\S+", run_id)
+    assert state in ("dispatched", "delivered", "running", "succeeded")
+    assert lines[2] == repr([run_id])
+    assert lines[3] == repr({"name": "now"})
+    assert lines[4].startswith("refused: cron: invalid cron expression '61 * * * *'")
+    assert paths == ["/hello"]
+    shown = _firecron(tmp_path, env, "show", "nightly-report")
+    assert shown["status"] == "paused"
+    assert shown["spec"]["managed_by"] == "api"

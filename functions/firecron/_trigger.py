@@ -28,7 +28,10 @@ def trigger(
     signing secret; against a ``firecron dev`` store, its own secret is used as
     ``firecron trigger`` uses it). Blocking: call it from synchronous code, not from a running event
     loop. Raises :class:`~firecron.errors.NotFoundError` for an unknown schedule.
+    (:class:`firecron.Client` does the same, ``Client().trigger(id, params=...)``, and
+    returns the whole run.)
     """
+    from firecron import service
     from firecron._dev_secret import program_settings
     from firecron.dispatch import Dispatcher
     from firecron.store import open_store
@@ -39,7 +42,7 @@ def trigger(
         store = open_store(settings.store_url, settings.namespace)
         dispatcher = Dispatcher(store, settings)
         try:
-            return (await dispatcher.trigger(schedule_id, params)).id
+            return (await service.trigger(dispatcher, schedule_id, params)).id
         finally:
             await dispatcher.aclose()
             await store.close()

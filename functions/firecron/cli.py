@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import click
 
-from firecron import admin
+from firecron import admin, service
 from firecron._output import console, emit_json, err_console, jsonable, rfc3339, table
 from firecron.core import planning
 from firecron.core.describe import ON_DEMAND
@@ -430,7 +430,9 @@ def list_cmd(limit: int, after: str | None, store_url: str | None, as_json: bool
         raise InvalidInputError(f"--after: invalid schedule id {after!r}")
     # One more than a page tells whether another page follows, without a count.
     found = _with_store(
-        store_url, lambda s: s.list_schedules(after=after, limit=limit + 1), create=False
+        store_url,
+        lambda s: service.list_schedules(s, after=after, limit=limit + 1),
+        create=False,
     )
     page = found[:limit]
     next_after = page[-1].id if len(found) > limit else None
@@ -465,10 +467,7 @@ def list_cmd(limit: int, after: str | None, store_url: str | None, as_json: bool
 
 
 async def _get(store: Store, schedule_id: str) -> StoredSchedule:
-    found = await store.get_schedule(schedule_id)
-    if found is None:
-        raise NotFoundError(f"unknown schedule {schedule_id!r}")
-    return found
+    return await service.get_schedule(store, schedule_id)
 
 
 _HISTORY = timedelta(hours=24)
@@ -821,14 +820,14 @@ def _state_command(name: str, verb: str, fn: Any, example: str, extra_doc: str) 
 _state_command(
     "pause",
     "Pause",
-    admin.pause,
+    service.pause,
     "firecron pause nightly-report",
     "It stops firing until resumed; re-applying the YAML keeps it paused.",
 )
 _state_command(
     "resume",
     "Resume",
-    admin.resume,
+    service.resume,
     "firecron resume nightly-report",
     "The schedule's misfire policy decides what happens to the occurrences missed while paused.",
 )
@@ -846,7 +845,7 @@ def delete(schedule_id: str, store_url: str | None) -> None:
     Example:
       firecron delete old-report
     """
-    _with_store(store_url, lambda s: admin.delete(s, schedule_id, _now()), create=False)
+    _with_store(store_url, lambda s: service.delete_schedule(s, schedule_id, _now()), create=False)
     click.echo(f"deleted {schedule_id}")
 
 
@@ -1011,12 +1010,10 @@ def trigger(
         # stay recorded with the run (`firecron events`).
         dispatcher = Dispatcher(store, replace(settings, event_log=False))
         try:
-            fired = await dispatcher.trigger(schedule_id, overrides, gate=not no_gate)
+            # The store's record, read after the send (see service.trigger).
+            run = await service.trigger(dispatcher, schedule_id, overrides, gate=not no_gate)
         finally:
             await dispatcher.aclose()
-        # A worker records its start before it answers, so the send's own record may
-        # have lost to it: the store has the run's real state.
-        run = await store.get_run(fired.id) or fired
         if wait:
             run = await _follow(store, run, deadline)
         return run
@@ -1207,9 +1204,7 @@ def runs_cmd(
     """
     found = _with_store(
         store_url,
-        lambda s: s.list_runs(
-            schedule_id=schedule_id, states=[RunState(x) for x in states] or None, limit=limit
-        ),
+        lambda s: service.list_runs(s, schedule_id=schedule_id, states=states or None, limit=limit),
         create=False,
     )
     if as_json:
@@ -1266,9 +1261,7 @@ def run_cmd(run_id: str, store_url: str | None, as_json: bool) -> None:
     """
 
     async def get(store: Store) -> tuple[Run, dict[str, Run]]:
-        found = await store.get_run(run_id)
-        if found is None:
-            raise NotFoundError(f"unknown run {run_id!r}")
+        found = await service.get_run(store, run_id)
         return found, await _task_runs(store, found)
 
     run, task_runs = _with_store(store_url, get, create=False)

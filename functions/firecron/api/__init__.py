@@ -2,8 +2,9 @@
 
 :func:`make_app` builds the WSGI app; ``firecron dev`` serves it beside the workers and
 the deployed ``admin`` function (``functions/main.py``) serves it behind IAM. The API is
-one of the three faces of the admin service, with the CLI and the console: every route
-calls the same functions (:mod:`firecron.admin`, :mod:`firecron.operations`, the store).
+one face of the admin service, with the CLI, the console and :class:`firecron.Client`:
+every route calls the same functions (:mod:`firecron.service`, :mod:`firecron.admin`,
+:mod:`firecron.operations`) and only translates their errors into problem documents.
 
 Contract:
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import flask
 
+from firecron import service as service_layer
 from firecron.api._http import (
     dump,
     int_arg,
@@ -115,7 +116,9 @@ def list_runs() -> flask.Response:
     while len(found) < want and scanned < _SCAN:
         batch = min(max(want - len(found), 50) * (4 if pipeline else 1), _SCAN)
         page = service.call(
-            service.store.list_runs(schedule_id=schedule, states=states, limit=batch, before=before)
+            service_layer.list_runs(
+                service.store, schedule_id=schedule, states=states, limit=batch, before=before
+            )
         )
         fresh = [r for r in page if _after_cursor(r, cursor)]
         for run in fresh:
@@ -145,10 +148,7 @@ def list_runs() -> flask.Response:
 
 
 def _get(service: Service, run_id: str) -> Run:
-    run = service.call(service.store.get_run(run_id))
-    if run is None:
-        raise Problem(404, f"unknown run {run_id!r}")
-    return run
+    return service.call(service_layer.get_run(service.store, run_id))
 
 
 @blueprint.get("/runs/<run_id>")
