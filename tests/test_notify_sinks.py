@@ -38,7 +38,7 @@ from firecron.core.lifecycle import make_event
 from firecron.core.models import NotifyAction, Target
 from firecron.core.runs import Run, RunState
 from firecron.core.schedule_file import parse_schedule_file
-from firecron.errors import FirecronError
+from firecron.errors import FirecronError, InvalidInputError
 from firecron.notify import Notifier, email_message
 from firecron.outbox import emit, flush
 from firecron.settings import Settings
@@ -150,6 +150,37 @@ schedules: []
         with pytest.raises(FirecronError) as caught:
             parse_schedule_file(f"notifications:\n  sinks:\n    s: {bad}\nschedules: []\n")
         assert field in str(caught.value), (bad, str(caught.value))
+
+
+def test_a_pagerduty_rule_that_could_send_nothing_and_a_metadata_url_are_refused() -> None:
+    with pytest.raises(FirecronError) as caught:
+        parse_schedule_file(
+            """
+notifications:
+  sinks:
+    pager: {type: pagerduty, routing_key_env: PD_ROUTING_KEY, url: "http://169.254.169.254/v2/enqueue"}
+  rules:
+    - {on: [run.started, run.retrying], sink: pager}
+schedules: []
+"""
+        )
+    text = str(caught.value)
+    assert "notifications.rules[0].on: a pagerduty sink triggers on run.failed" in text
+    assert "notifications.sinks.pager.url:" in text
+
+
+def test_the_console_url_is_its_own_setting_or_the_admin_function() -> None:
+    assert Settings.from_env({}).console_url is None
+    admin = {"FIRECRON_ADMIN_AUDIENCE": "https://admin-abc.a.run.app/"}
+    assert Settings.from_env(admin).console_url == "https://admin-abc.a.run.app"
+    own = {**admin, "FIRECRON_CONSOLE_URL": "https://firecron.example.com/console/"}
+    assert Settings.from_env(own).console_url == "https://firecron.example.com/console"
+    with pytest.raises(InvalidInputError, match=r"^FIRECRON_CONSOLE_URL='console': expected"):
+        Settings.from_env({"FIRECRON_CONSOLE_URL": "console"})
+    # The environment is kept for the secrets sinks name, never shown.
+    settings = Settings.from_env({"PD_ROUTING_KEY": KEY})
+    assert settings.secret_env["PD_ROUTING_KEY"] == KEY
+    assert KEY not in repr(settings)
 
 
 # --- PagerDuty ----------------------------------------------------------------------
