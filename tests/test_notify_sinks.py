@@ -33,6 +33,7 @@ from firecron.core.events import (
     EventType,
     PagerDutySink,
     Route,
+    schedule_error_event,
 )
 from firecron.core.lifecycle import make_event
 from firecron.core.models import NotifyAction, Target
@@ -496,3 +497,17 @@ def test_the_events_of_a_run_route_to_email_as_to_a_webhook() -> None:
     route = _mail_route(587)
     event: Event = make_event(_run(routes=[route]), EventType.run_started, WHEN, [route])
     assert [d.sink for d in event.deliveries] == ["mail"]
+
+
+def test_an_email_about_a_schedule_error_names_the_schedule_and_the_show_command() -> None:
+    route = _mail_route(587)
+    assert isinstance(route.sink, EmailSink)
+    event = schedule_error_event(SCHEDULE, {}, "cannot plan: bad cron", WHEN, None)
+    message = email_message(route.sink, event, CONSOLE, WHEN)
+    body = message.get_content()
+    assert message["Subject"] == f"[firecron] schedule.error: {SCHEDULE}"
+    assert f"Schedule: {SCHEDULE}" in body
+    assert "  cannot plan: bad cron" in body
+    assert f"Inspect: firecron show {SCHEDULE}" in body
+    assert "Run:" not in body
+    assert "/runs/" not in body  # a schedule error is about no run
