@@ -100,6 +100,18 @@ resource "google_cloudfunctions2_function" "dispatch" {
       secret     = google_secret_manager_secret.signing.secret_id
       version    = google_secret_manager_secret_version.signing.version
     }
+
+    # The secrets notification sinks name (routing_key_env, password_env): iam.tf lets
+    # this identity read them.
+    dynamic "secret_environment_variables" {
+      for_each = var.notification_secrets
+      content {
+        key        = secret_environment_variables.key
+        project_id = local.project_number
+        secret     = secret_environment_variables.value
+        version    = "latest"
+      }
+    }
   }
 
   depends_on = [
@@ -153,6 +165,18 @@ resource "google_cloudfunctions2_function" "worker" {
       project_id = local.project_number
       secret     = google_secret_manager_secret.signing.secret_id
       version    = google_secret_manager_secret_version.signing.version
+    }
+
+    # The secrets notification sinks name (routing_key_env, password_env): iam.tf lets
+    # this identity read them.
+    dynamic "secret_environment_variables" {
+      for_each = var.notification_secrets
+      content {
+        key        = secret_environment_variables.key
+        project_id = local.project_number
+        secret     = secret_environment_variables.value
+        version    = "latest"
+      }
     }
   }
 

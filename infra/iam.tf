@@ -81,6 +81,35 @@ resource "google_secret_manager_secret_iam_member" "signing_accessor" {
   member    = each.value
 }
 
+# --- Notification secrets: readable by the function identities that deliver events ------
+
+resource "google_secret_manager_secret_iam_member" "dispatch_reads_notification_secrets" {
+  for_each = var.notification_secrets
+
+  project   = var.project_id
+  secret_id = each.value
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.dispatch.email}"
+}
+
+resource "google_secret_manager_secret_iam_member" "workers_reads_notification_secrets" {
+  for_each = var.notification_secrets
+
+  project   = var.project_id
+  secret_id = each.value
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.workers.email}"
+}
+
+resource "google_secret_manager_secret_iam_member" "admin_reads_notification_secrets" {
+  for_each = var.notification_secrets
+
+  project   = var.project_id
+  secret_id = each.value
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.admin.email}"
+}
+
 # --- Invocation: a 2nd gen function is a Cloud Run service, invoked with roles/run.invoker --
 
 resource "google_cloud_run_service_iam_member" "scheduler_invokes_dispatch" {
@@ -150,6 +179,9 @@ resource "time_sleep" "grants_settle" {
   depends_on = [
     google_project_iam_member.build,
     google_secret_manager_secret_iam_member.signing_accessor,
+    google_secret_manager_secret_iam_member.dispatch_reads_notification_secrets,
+    google_secret_manager_secret_iam_member.workers_reads_notification_secrets,
+    google_secret_manager_secret_iam_member.admin_reads_notification_secrets,
   ]
 }
 

@@ -60,6 +60,8 @@ locals {
     FIRECRON_CONCURRENCY        = tostring(var.concurrency)
     FIRECRON_ACK_TIMEOUT        = var.ack_timeout
     FIRECRON_TICK_BUDGET        = var.tick_budget
+    # Notifications link runs to the console the admin function serves (admin.tf).
+    FIRECRON_CONSOLE_URL = local.admin_url
     # Cloud Tasks delivery (tasks.tf).
     FIRECRON_DELIVERY              = var.delivery
     FIRECRON_TASKS_QUEUE           = local.tasks_queue
@@ -80,6 +82,8 @@ locals {
     FIRECRON_CONCURRENCY       = tostring(var.concurrency)
     FIRECRON_ACK_TIMEOUT       = var.ack_timeout
     FIRECRON_TICK_BUDGET       = var.tick_budget
+    # Notifications link runs to the console the admin function serves (admin.tf).
+    FIRECRON_CONSOLE_URL = local.admin_url
     # Cloud Tasks delivery (tasks.tf).
     FIRECRON_DELIVERY              = var.delivery
     FIRECRON_TASKS_QUEUE           = local.tasks_queue

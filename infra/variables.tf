@@ -247,6 +247,20 @@ variable "pubsub_topics" {
   }
 }
 
+variable "notification_secrets" {
+  type        = map(string)
+  description = "The secrets that notification sinks name (a pagerduty sink's routing_key_env, an email sink's password_env): environment variable name => Secret Manager secret id in this project, which you create and fill (gcloud secrets create NAME --data-file=-). Each is mounted at its latest version as that variable on dispatch, the workers and admin, whose identities may read it."
+  default     = {}
+
+  validation {
+    condition = alltrue([
+      for name, secret in var.notification_secrets :
+      can(regex("^[A-Za-z_][A-Za-z0-9_]*$", name)) && !startswith(upper(name), "FIRECRON_") && can(regex("^[A-Za-z0-9_-]{1,255}$", secret))
+    ])
+    error_message = "notification_secrets: each key must be an environment variable name not starting with FIRECRON_ (those are firecron's settings), each value a secret id (letters, digits, - and _)."
+  }
+}
+
 variable "labels" {
   type        = map(string)
   description = "Labels put on every resource that takes labels (provider default_labels)."

@@ -433,3 +433,18 @@ def test_the_views_show_a_run_waiting_on_a_key(tmp_path: Path) -> None:
     quiet = io.StringIO()
     Console(file=quiet, width=300).print(stack._view([], recent, []))
     assert "Waiting on state" not in quiet.getvalue()
+
+
+def test_the_dev_stack_links_notifications_to_its_own_console(tmp_path: Path) -> None:
+    def stack(settings: Settings) -> DevStack:
+        return DevStack(
+            settings,
+            None,
+            port=8123,
+            source=tmp_path / "main.py",
+            console=Console(file=io.StringIO()),
+        )
+
+    assert stack(Settings()).settings.console_url == "http://127.0.0.1:8123"
+    own = Settings(console_url="https://console.example.com")
+    assert stack(own).settings.console_url == "https://console.example.com"

@@ -459,12 +459,44 @@ def test_pubsub_api_and_publishers_only_with_pubsub_topics(tf: Module) -> None:
         assert body["role"] == "roles/pubsub.publisher"
 
 
+def test_notification_secrets_are_mounted_on_and_readable_by_every_function(tf: Module) -> None:
+    """The secrets sinks name (routing_key_env, password_env) reach every function that
+    delivers events, as the variables they are named by, and only their identities."""
+    assert tf.variables["notification_secrets"]["default"] == {}
+    for name, body in _functions(tf).items():
+        (mount,) = [
+            d["secret_environment_variables"]
+            for d in _service_config(body, name).get("dynamic", [])
+            if "secret_environment_variables" in d
+        ]
+        assert mount["for_each"] == "${var.notification_secrets}", name
+        content = single(mount["content"], f"{name}: content")
+        assert content["key"] == "${secret_environment_variables.key}", name
+        assert content["secret"] == "${secret_environment_variables.value}", name
+        assert content["version"] == "latest", name
+    grants = tf.resources["google_secret_manager_secret_iam_member"]
+    readers = {k: v for k, v in grants.items() if k.endswith("_reads_notification_secrets")}
+    assert {body["member"] for body in readers.values()} == {
+        "serviceAccount:${google_service_account.dispatch.email}",
+        "serviceAccount:${google_service_account.workers.email}",
+        "serviceAccount:${google_service_account.admin.email}",
+    }
+    for body in readers.values():
+        assert body["for_each"] == "${var.notification_secrets}"
+        assert body["secret_id"] == "${each.value}"
+        assert body["role"] == "roles/secretmanager.secretAccessor"
+
+
 def test_functions_wait_for_the_grants_to_settle(tf: Module) -> None:
     wait = tf.resource("time_sleep", "grants_settle")
     assert wait["create_duration"] == "60s"
     assert set(wait["depends_on"]) == {
         "${google_project_iam_member.build}",
         "${google_secret_manager_secret_iam_member.signing_accessor}",
+        *(
+            f"${{google_secret_manager_secret_iam_member.{who}_reads_notification_secrets}}"
+            for who in ("dispatch", "workers", "admin")
+        ),
     }
     for name, body in _functions(tf).items():
         assert "${time_sleep.grants_settle}" in body["depends_on"], name

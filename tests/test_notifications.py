@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from _notify_servers import serve_pagerduty
 from _poll import wait_run
 from _sinks import Sink, serve
 from _workers import TEST_SOURCE, serve_workers, worker_env
@@ -320,3 +321,58 @@ schedules:
     assert [(e["type"], e["data"]["schedule_id"]) for e in received] == [
         ("dev.firecron.run.failed", "data-fails")
     ]
+
+
+async def test_pagerduty_triggers_on_failure_and_resolves_on_the_next_success(
+    store: Store,
+) -> None:
+    """Real workers record their own ends and deliver to a checking Events API server: the
+    failure opens the schedule's incident, a later run that succeeds resolves it."""
+    key = "R0UT1NGKEY0123456789abcdefABCDEF"
+    now = datetime.now(UTC)
+    env = worker_env(
+        store_url(store),
+        secrets=[SECRET],
+        extra={"PD_ROUTING_KEY": key, "FIRECRON_CONSOLE_URL": "https://console.example.com"},
+    )
+
+    def schedules(pd_url: str, worker_url: str) -> str:
+        return f"""
+notifications:
+  sinks: {{pager: {{type: pagerduty, routing_key_env: PD_ROUTING_KEY, url: "{pd_url}"}}}}
+  rules: [{{on: ["*"], sink: pager}}]
+schedules:
+  - id: paged-job
+    every: 1h
+    target: {{url: "{worker_url}", worker: true}}
+    retry: {{max_attempts: 1}}
+"""
+
+    with serve_pagerduty(key) as pd, serve_workers(["fail", "hello"], env=env) as w:
+        await apply(store, schedules(pd.url, w["fail"].url), now)
+        await tick(store, now)
+        [run] = await store.list_runs()
+        failed = await wait_run(
+            store, run.id, lambda r: r.state is RunState.failed and bool(routed(r)) and delivered(r)
+        )
+        # Only the trigger type is routed: run.started is not PagerDuty's.
+        assert routed(failed) == [("run.failed", "pager")]
+        [trigger] = pd.events("trigger")
+        assert trigger["dedup_key"] == "firecron/paged-job/run.failed"
+        assert trigger["links"][0]["href"] == f"https://console.example.com/runs/{run.id}"
+
+        # The schedule's next run succeeds.
+        later = now + timedelta(hours=2)
+        await apply(store, schedules(pd.url, w["hello"].url), later)
+        await tick(store, later)
+        [ok] = [r for r in await store.list_runs() if r.id != run.id]
+        done = await wait_run(
+            store,
+            ok.id,
+            lambda r: r.state is RunState.succeeded and bool(routed(r)) and delivered(r),
+        )
+        assert routed(done) == [("run.succeeded", "pager")]
+        resolved = {e["dedup_key"] for e in pd.events("resolve")}
+        assert "firecron/paged-job/run.failed" in resolved
+        assert len(pd.events("trigger")) == 1
+        assert pd.rejected == []

@@ -338,7 +338,12 @@ class DevStack:
         self.tick_every = tick_every
         self.base_url = f"http://127.0.0.1:{port}"
         self.settings = replace(
-            settings, functions_base_url=self.base_url, allow_private_targets=True, event_log=False
+            settings,
+            functions_base_url=self.base_url,
+            allow_private_targets=True,
+            event_log=False,
+            # The stack serves the console at its root: notifications link runs there.
+            console_url=settings.console_url or self.base_url,
         )
         self._stop = asyncio.Event()
         self._seen: dict[str, tuple[object, ...]] = {}
@@ -372,6 +377,8 @@ class DevStack:
         os.environ["FIRECRON_NAMESPACE"] = self.settings.namespace
         os.environ["FIRECRON_FUNCTIONS_BASE_URL"] = self.base_url
         os.environ["FIRECRON_ALLOW_PRIVATE_TARGETS"] = "1"
+        if self.settings.console_url is not None:
+            os.environ["FIRECRON_CONSOLE_URL"] = self.settings.console_url
         # The view (or the change log) shows every run; JSON event lines would bury it.
         os.environ["FIRECRON_EVENT_LOG"] = "0"
 

@@ -20,6 +20,24 @@ Sinks:
   ``ce-type``, ``ce-subject``, ``ce-time``, ``content-type``). Acknowledged when the
   publish future resolves within ``timeout``.
 - ``log``: one JSON line on stdout in Cloud Logging's structured format (:meth:`Notifier.log`).
+- ``pagerduty``: Events API v2 events (:func:`pagerduty_events`), POSTed as JSON by the
+  same sender as webhooks (unsigned: PagerDuty authenticates by the routing key in the
+  body). ``run.failed``, ``run.lost``, ``run.timed_out`` and ``run.sla_breached``
+  trigger the incident ``firecron/{schedule_id}/{type}``; ``run.succeeded`` resolves the
+  schedule's incidents of every type the route triggers on (one request each; resolving
+  a key with no open incident does nothing). Acknowledged when every request got a 2xx
+  (PagerDuty answers ``202``).
+- ``email``: a plain-text message (:func:`email_message`) over SMTP, always upgraded
+  with STARTTLS before logging in or sending (a server without it is a failure, so the
+  password never travels in clear), certificates verified against the default store
+  plus ``FIRECRON_CA_FILE``. Acknowledged when the server accepted the message for at
+  least one recipient (the refused ones are logged: a retry would resend to the others).
+  Its ``Message-ID`` derives from the event id, so a retry after a lost
+  acknowledgement is the same message to a receiver that deduplicates.
+
+The secrets of ``pagerduty`` and ``email`` are read from ``settings.secret_env`` under
+the names the sink gives; a missing one is a failed try naming the variable (retried
+like any other failure, as the variable may be fixed by a redeploy).
 
 :meth:`Notifier.send_message` sends a ``notify`` run's message through the same code
 paths, with the same contract: a CloudEvent of type ``dev.firecron.message`` (webhook,
@@ -37,26 +55,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib
 import json
+import logging
+import smtplib
 import sys
 from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from cloudevents.conversion import to_structured
 from cloudevents.http import CloudEvent
 
 from firecron.core.events import (
     CE_TYPE_PREFIX,
+    PAGERDUTY_TRIGGERS,
+    EmailSink,
     Event,
     EventType,
     LogSink,
+    PagerDutySink,
     PubSubSink,
     Route,
     SinkConfig,
     WebhookSink,
     cloudevent,
+    pagerduty_dedup_key,
 )
 from firecron.core.lifecycle import SendOutcome
 from firecron.core.messages import render_message
@@ -64,20 +91,24 @@ from firecron.core.render import one_line, rfc3339
 from firecron.core.runs import Run
 from firecron.settings import Settings
 from firecron.transport.guard import redact_url
-from firecron.transport.sender import Dispatch, Sender, user_agent
+from firecron.transport.sender import Dispatch, Sender, tls_context, user_agent
 from firecron.transport.signing import signature_headers
 
 __all__ = [
     "MESSAGE_TYPE",
     "Notifier",
+    "email_message",
     "log_entry",
     "log_severity",
     "message_cloudevent",
     "message_data",
     "message_log_entry",
+    "pagerduty_events",
     "pubsub_attributes",
     "slack_text",
 ]
+
+log = logging.getLogger("firecron.notify")
 
 MESSAGE_TYPE = CE_TYPE_PREFIX + "message"
 """The CloudEvents ``type`` of a ``notify`` run's message."""
@@ -228,6 +259,132 @@ def slack_text(event: Event) -> str:
     return "\n".join(lines)
 
 
+_PD_SUMMARY = 1024  # PagerDuty truncates a longer payload.summary; cut it ourselves
+_PD_SEVERITY = {EventType.run_sla_breached: "warning"}
+"""PagerDuty severity by trigger type; the others are ``error``."""
+
+
+def run_link(console_url: str | None, run_id: str) -> str | None:
+    """The console page of ``run_id`` (``{console_url}/runs/{id}``), or None without a console."""
+    # @ and : are legal in a path segment (RFC 3986 pchar): ids stay readable.
+    return f"{console_url}/runs/{quote(run_id, safe='@:')}" if console_url else None
+
+
+def pagerduty_events(
+    event: Event, route: Route, routing_key: str, console_url: str | None
+) -> list[dict[str, Any]]:
+    """The Events API v2 bodies that deliver ``event`` on the PagerDuty ``route``.
+
+    A trigger type (:data:`~firecron.core.events.PAGERDUTY_TRIGGERS`) gives one
+    ``trigger`` of the incident ``pagerduty_dedup_key(schedule, type)``: its
+    ``payload`` has the one-line ``summary`` (never the params), ``source``
+    (``firecron/{schedule_id}``), ``severity`` (``warning`` for an SLA breach, else
+    ``error``), ``timestamp``, ``component`` (the schedule), ``class`` (the event type)
+    and ``custom_details`` (run, attempt, state, error, labels); ``links`` holds the run's
+    console page when there is a console. ``run.succeeded`` gives one ``resolve`` per
+    trigger type of the route. Any other type gives nothing (the route does not take it).
+    """
+    schedule_id = str(event.data.get("schedule_id", ""))
+    if event.type is EventType.run_succeeded:
+        return [
+            {
+                "routing_key": routing_key,
+                "event_action": "resolve",
+                "dedup_key": pagerduty_dedup_key(schedule_id, kind),
+            }
+            for kind in route.pagerduty_triggers
+        ]
+    if event.type not in PAGERDUTY_TRIGGERS:
+        return []
+    details = {
+        key: event.data.get(key)
+        for key in ("run_id", "scheduled_for", "attempt", "max_attempts", "state", "error")
+    }
+    details["labels"] = dict(event.data.get("labels") or {})
+    body: dict[str, Any] = {
+        "routing_key": routing_key,
+        "event_action": "trigger",
+        "dedup_key": pagerduty_dedup_key(schedule_id, event.type),
+        "client": "firecron",
+        "payload": {
+            "summary": one_line(_summary(event), _PD_SUMMARY),
+            "source": f"firecron/{schedule_id}",
+            "severity": _PD_SEVERITY.get(event.type, "error"),
+            "timestamp": rfc3339(event.time),
+            "component": schedule_id,
+            "class": event.type.value,
+            "custom_details": details,
+        },
+    }
+    link = run_link(console_url, event.subject)
+    if link is not None:
+        body["client_url"] = link
+        body["links"] = [{"href": link, "text": "The run in the firecron console"}]
+    return [body]
+
+
+def _message_id(key: str) -> str:
+    """A ``Message-ID`` that is the same for every try of ``key`` (an event or message id)."""
+    return f"<{hashlib.sha256(key.encode()).hexdigest()[:32]}@firecron>"
+
+
+def email_message(
+    sink: EmailSink, event: Event, console_url: str | None, now: datetime
+) -> EmailMessage:
+    """The plain-text email of ``event``: subject ``[firecron] {type}: {schedule}``, a body
+    naming the schedule, the run, its state and attempt, the error (every line of it) and
+    a link to the run in the console (or the ``firecron run`` command without one).
+    Never the params. ``Message-ID`` derives from the event id (see :func:`_message_id`).
+    """
+    d = event.data
+    schedule_id = str(d.get("schedule_id") or event.subject)
+    lines = [
+        _summary(event),  # "run.failed: schedule ... run ... failed (attempt ...): error"
+        "",
+        f"Schedule: {schedule_id}",
+    ]
+    if event.type is not EventType.schedule_error:
+        lines += [
+            f"Run:      {event.subject}",
+            f"State:    {d.get('state')} (attempt {d.get('attempt')} of {d.get('max_attempts')})",
+        ]
+        if d.get("scheduled_for"):
+            lines.append(f"Scheduled for: {d['scheduled_for']}")
+    lines.append(f"Time:     {rfc3339(event.time)}")
+    if d.get("error"):
+        lines += ["", "Error:", *(f"  {line}" for line in str(d["error"]).splitlines())]
+    lines.append("")
+    link = (
+        run_link(console_url, event.subject) if event.type is not EventType.schedule_error else None
+    )
+    if link is not None:
+        lines.append(f"Open the run: {link}")
+    elif event.type is EventType.schedule_error:
+        lines.append(f"Inspect: firecron show {schedule_id}")
+    else:
+        lines.append(f"Inspect: firecron run {event.subject}")
+    return _email(
+        sink,
+        f"[firecron] {event.type.value}: {schedule_id}",
+        "\n".join(lines) + "\n",
+        event.id,
+        now,
+    )
+
+
+def _email(sink: EmailSink, subject: str, body: str, key: str, now: datetime) -> EmailMessage:
+    """An ``EmailMessage`` from ``sink.from_`` to ``sink.to``, ``Message-ID`` from ``key``."""
+    message = EmailMessage()
+    # One line: a newline in a header value would start another header.
+    message["Subject"] = one_line(subject, 200)
+    message["From"] = sink.from_
+    message["To"] = ", ".join(sink.to)
+    message["Date"] = format_datetime(now)
+    message["Message-ID"] = _message_id(key)
+    message.set_content(body)
+    return message
+
+
 def message_data(text: str, run: Run) -> dict[str, Any]:
     """The data of a message's CloudEvent: the rendered ``text`` and where it comes from.
 
@@ -343,6 +500,12 @@ class Notifier:
                 return await self._webhook(event, sink)
             if isinstance(sink, PubSubSink):
                 return await self._pubsub(event, sink)
+            if isinstance(sink, PagerDutySink):
+                return await self._pagerduty(event, route, sink)
+            if isinstance(sink, EmailSink):
+                now = datetime.now(UTC)
+                message = email_message(sink, event, self._settings.console_url, now)
+                return await self._smtp(route.sink_name, sink, message)
         except Exception as exc:  # the contract: a sink's failure is a value, never raised
             return one_line(f"sink {route.sink_name}: {type(exc).__name__}: {exc}", _MAX_ERROR)
         return f"sink {route.sink_name}: unknown sink type"  # pragma: no cover
@@ -356,7 +519,10 @@ class Notifier:
         comes from the run and nothing else. Per sink: a webhook gets the CloudEvent
         :func:`message_cloudevent` (signed, ``webhook-id`` = its id) or, ``slack``,
         ``{"text": ...}``; Pub/Sub gets its data as JSON with the ``ce-*`` attributes;
-        the log gets :func:`message_log_entry`. The log line is printed even when the
+        the log gets :func:`message_log_entry`; an email sink sends the text as the body
+        (subject ``[firecron] message: {schedule}``); a PagerDuty sink triggers an
+        incident whose summary is the text, keyed ``firecron/{run_id}/message`` (a page:
+        nothing resolves it but a person). The log line is printed even when the
         event log is off (``FIRECRON_EVENT_LOG=0``): it is what the run was asked to
         do, not a report about a run.
         """
@@ -379,6 +545,14 @@ class Notifier:
                 return await self._post(sink, body, headers, ce["id"])
             if isinstance(sink, PubSubSink):
                 return await self._publish(sink.topic, ce["data"], _ce_attributes(ce))
+            if isinstance(sink, PagerDutySink):
+                return await self._pagerduty_message(name, sink, ce["data"]["text"], run)
+            if isinstance(sink, EmailSink):
+                subject = f"[firecron] message: {run.schedule_id}"
+                message = _email(
+                    sink, subject, ce["data"]["text"] + "\n", ce["id"], datetime.now(UTC)
+                )
+                return await self._smtp(name, sink, message)
         except Exception as exc:  # the contract: a sink's failure is a value, never raised
             return one_line(f"sink {name}: {type(exc).__name__}: {exc}", _MAX_ERROR)
         return f"sink {name}: unknown sink type"  # pragma: no cover
@@ -447,6 +621,128 @@ class Notifier:
         if result.outcome is SendOutcome.acknowledged:
             return None
         return _scrub(result.error or f"webhook {shown}: failed", url, shown)
+
+    # -- pagerduty -------------------------------------------------------------
+
+    def _secret(self, sink_name: str, what: str, env_name: str) -> str:
+        """The secret under ``env_name`` in the startup environment; raises a one-line
+        :class:`LookupError` naming the variable (never a value) when it is unset."""
+        value = self._settings.secret_env.get(env_name, "").strip()
+        if not value:
+            raise LookupError(f"sink {sink_name}: {what} {env_name} is not set")
+        return value
+
+    async def _pagerduty(self, event: Event, route: Route, sink: PagerDutySink) -> str | None:
+        """Send every Events API body of ``event`` (:func:`pagerduty_events`), one try each."""
+        try:
+            key = self._secret(route.sink_name, "routing_key_env", sink.routing_key_env)
+        except LookupError as exc:
+            return str(exc)
+        bodies = pagerduty_events(event, route, key, self._settings.console_url)
+        return await self._pagerduty_send(sink, bodies, event.id)
+
+    async def _pagerduty_message(
+        self, name: str, sink: PagerDutySink, text: str, run: Run
+    ) -> str | None:
+        """Trigger an incident whose summary is a ``notify`` run's message ``text``."""
+        try:
+            key = self._secret(name, "routing_key_env", sink.routing_key_env)
+        except LookupError as exc:
+            return str(exc)
+        body: dict[str, Any] = {
+            "routing_key": key,
+            "event_action": "trigger",
+            "dedup_key": f"firecron/{run.id}/message",
+            "client": "firecron",
+            "payload": {
+                "summary": one_line(text, _PD_SUMMARY),
+                "source": f"firecron/{run.schedule_id}",
+                "severity": "error",
+                "component": run.schedule_id,
+                "class": "message",
+                "custom_details": {"text": text, "run_id": run.id},
+            },
+        }
+        link = run_link(self._settings.console_url, run.id)
+        if link is not None:
+            body["links"] = [{"href": link, "text": "The run in the firecron console"}]
+        return await self._pagerduty_send(sink, [body], f"{run.id}/message")
+
+    async def _pagerduty_send(
+        self, sink: PagerDutySink, bodies: list[dict[str, Any]], key: str
+    ) -> str | None:
+        """POST each body (concurrently): None when every one got a 2xx, else the first error.
+
+        A resolve that failed is sent again with the others on the next try: resolving
+        twice, like resolving an incident that is not open, does nothing at PagerDuty.
+        """
+        shown = redact_url(sink.url)
+        headers = {"content-type": "application/json", "user-agent": user_agent()}
+
+        async def one(body: dict[str, Any]) -> str | None:
+            post = Dispatch(
+                url=sink.url,
+                body=json.dumps(body, ensure_ascii=False).encode(),
+                headers=dict(headers),
+                key=key,
+            )
+            try:
+                async with asyncio.timeout(self._timeout):
+                    result = await self._sender.send(post, label=f"pagerduty {shown}")
+            except TimeoutError:
+                return f"pagerduty {shown}: no response within {self._timeout:g}s"
+            if result.outcome is SendOutcome.acknowledged:
+                return None
+            return _scrub(result.error or f"pagerduty {shown}: failed", sink.url, shown)
+
+        errors = await asyncio.gather(*(one(body) for body in bodies))
+        return next((e for e in errors if e is not None), None)
+
+    # -- email -----------------------------------------------------------------
+
+    async def _smtp(self, name: str, sink: EmailSink, message: EmailMessage) -> str | None:
+        """Send ``message`` through ``sink``'s server once: STARTTLS first, then log in
+        (with ``password_env``) and send. Each network step is bounded by ``timeout``."""
+        password = None
+        if sink.password_env is not None:
+            try:
+                password = self._secret(name, "password_env", sink.password_env)
+            except LookupError as exc:
+                return str(exc)
+        context = tls_context(self._settings.ca_file)
+        timeout = self._timeout
+
+        def send() -> dict[str, tuple[int, bytes]]:
+            # smtplib is blocking: a thread, with every socket step bounded by ``timeout``.
+            with smtplib.SMTP(sink.host, sink.port, timeout=timeout) as smtp:
+                smtp.ehlo()
+                if not smtp.has_extn("starttls"):
+                    raise smtplib.SMTPNotSupportedError("the server does not offer STARTTLS")
+                smtp.starttls(context=context)
+                smtp.ehlo()
+                if password is not None:
+                    smtp.login(sink.username or sink.from_, password)
+                # Raises when every recipient is refused; returns those refused otherwise.
+                return smtp.send_message(message, from_addr=sink.from_, to_addrs=list(sink.to))
+
+        try:
+            refused = await asyncio.to_thread(send)
+        except (OSError, smtplib.SMTPException) as exc:
+            # smtplib's messages hold the server's replies, never the password.
+            return one_line(
+                f"email {sink.host}:{sink.port}: {type(exc).__name__}: {exc}", _MAX_ERROR
+            )
+        if refused:
+            # The others have it: a retry would send it to them again, so this counts as
+            # delivered and the refused addresses are logged (a typo is fixed in the file).
+            log.warning(
+                "email %s:%s refused %s: %s",
+                sink.host,
+                sink.port,
+                ", ".join(sorted(refused)),
+                one_line(str(refused), _MAX_ERROR),
+            )
+        return None
 
     # -- pubsub ----------------------------------------------------------------
 

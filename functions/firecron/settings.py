@@ -51,6 +51,7 @@ ENV_VARS: dict[str, str] = {
     "FIRECRON_TASKS_QUEUE": "the Cloud Tasks queue of cloud_tasks delivery: projects/P/locations/L/queues/Q",
     "FIRECRON_TASKS_SERVICE_ACCOUNT": "the service account Cloud Tasks mints auth: oidc targets' ID tokens as",
     "CLOUD_TASKS_EMULATOR_HOST": "host:port of a Cloud Tasks emulator to enqueue to instead of Google (tests, dev)",
+    "FIRECRON_CONSOLE_URL": "the web console's base URL, for the run links in notifications (default: FIRECRON_ADMIN_AUDIENCE, the admin function that serves it)",
     "FIRECRON_FUNCTION_TIMEOUTS": "the deployed functions' timeouts, a JSON object of seconds by name ({\"tail\": 540}); validate and apply refuse a continuous window that does not fit its function's",
 }
 """Every variable firecron reads, with its meaning (the README and infra tests use this)."""
@@ -164,6 +165,20 @@ def _admin_members(env: Mapping[str, str]) -> frozenset[str]:
     return frozenset(members)
 
 
+def _console_url(env: Mapping[str, str]) -> str | None:
+    """``FIRECRON_CONSOLE_URL`` (an absolute http(s) URL), else ``FIRECRON_ADMIN_AUDIENCE``
+    when it is one (the admin function serves the console at ``/``); no trailing slash."""
+    raw = env.get("FIRECRON_CONSOLE_URL", "").strip()
+    if raw and not raw.startswith(("https://", "http://")):
+        raise InvalidInputError(f"FIRECRON_CONSOLE_URL={raw!r}: expected an absolute http(s) URL")
+    if not raw:
+        # The audience is checked by the admin API, not here: one that is no URL only
+        # means there is no link to give.
+        audience = env.get("FIRECRON_ADMIN_AUDIENCE", "").strip()
+        raw = audience if audience.startswith(("https://", "http://")) else ""
+    return raw.rstrip("/") or None
+
+
 def _ca_file(env: Mapping[str, str]) -> str | None:
     """``FIRECRON_CA_FILE``: a readable PEM bundle of at least one CA certificate."""
     name = "FIRECRON_CA_FILE"
@@ -271,6 +286,15 @@ class Settings:
     JSON object of seconds, as ``terraform output -json function_timeouts`` prints it):
     a continuous schedule's window must fit its function's."""
 
+    console_url: str | None = None
+    """The web console's base URL (``FIRECRON_CONSOLE_URL``, else ``FIRECRON_ADMIN_AUDIENCE``),
+    without a trailing slash: notifications link a run as ``{console_url}/runs/{id}``.
+    None: they name the ``firecron run`` command instead."""
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """The environment as read at startup, where sinks find the secrets they name
+    (``routing_key_env``, ``password_env``): read once here like every other variable,
+    and kept out of ``repr`` because it holds them."""
+
     def __post_init__(self) -> None:
         # Every secret is checked where Settings are made, so a bad one fails at startup
         # with one line instead of failing every signature later.
@@ -310,6 +334,8 @@ class Settings:
             tasks_emulator_host=env.get("CLOUD_TASKS_EMULATOR_HOST", "").strip() or None,
             admin_members=_admin_members(env),
             admin_audience=env.get("FIRECRON_ADMIN_AUDIENCE", "").strip() or None,
+            console_url=_console_url(env),
+            secret_env=dict(env),
         )
         if settings.delivery is TargetDelivery.cloud_tasks and settings.tasks_queue is None:
             raise InvalidInputError(

@@ -18,6 +18,7 @@ which each run snapshots, so emitting an event costs no read.
 from __future__ import annotations
 
 import fnmatch
+import re
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -29,15 +30,18 @@ from firecron.core.render import rfc3339
 __all__ = [
     "DELIVERY_BACKOFF",
     "DELIVERY_LEASE",
+    "PAGERDUTY_TRIGGERS",
     "RUN_EVENT_TYPES",
     "UNROUTED_TYPES",
     "Delivery",
     "DeliveryState",
+    "EmailSink",
     "Event",
     "EventType",
     "LogSink",
     "NotificationRule",
     "Notifications",
+    "PagerDutySink",
     "PubSubSink",
     "Route",
     "SinkConfig",
@@ -46,6 +50,7 @@ __all__ = [
     "cloudevent",
     "due_deliveries",
     "next_delivery_at",
+    "pagerduty_dedup_key",
     "record_delivery",
     "resolve_routes",
     "schedule_error_event",
@@ -117,7 +122,77 @@ class LogSink(_Frozen):
     type: Literal["log"]
 
 
-SinkConfig = Annotated[WebhookSink | PubSubSink | LogSink, Field(discriminator="type")]
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+"""An environment variable's name: where a sink's secret is read (never the secret itself)."""
+_EMAIL = r"^[^@\s<>,\"]+@[^@\s<>,\"]+$"
+"""One bare address: no display name, and nothing (a newline) that could add a header."""
+
+
+class PagerDutySink(_Frozen):
+    """Triggers a PagerDuty incident through the Events API v2, and resolves it.
+
+    ``routing_key_env`` names the environment variable that holds the integration's
+    routing key (deployed, a Secret Manager secret mounted as that variable), so the key
+    is never in the schedules file or the store. ``url`` is the Events API endpoint
+    (change it only for tests or the EU service region).
+    """
+
+    type: Literal["pagerduty"]
+    routing_key_env: str = Field(pattern=_ENV_NAME)
+    url: str = "https://events.pagerduty.com/v2/enqueue"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(f"invalid url {value!r}: must be an absolute http(s) URL")
+        return value
+
+
+class EmailSink(_Frozen):
+    """Sends a plain-text email over SMTP, always upgraded with STARTTLS.
+
+    ``password_env`` names the environment variable holding the SMTP password (deployed,
+    a Secret Manager secret mounted as that variable); without it the sink does not log
+    in (a relay that trusts its network). ``username`` defaults to ``from``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    type: Literal["email"]
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]-]+$")
+    port: int = Field(default=587, ge=1, le=65535)
+    from_: str = Field(alias="from", pattern=_EMAIL)
+    to: tuple[str, ...] = Field(min_length=1, max_length=50)
+    username: str | None = None
+    password_env: str | None = Field(default=None, pattern=_ENV_NAME)
+
+    @field_validator("to")
+    @classmethod
+    def _to(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for index, address in enumerate(value):
+            if not re.fullmatch(_EMAIL, address):
+                raise ValueError(f"to[{index}]: {address!r} is not an email address")
+        return value
+
+
+SinkConfig = Annotated[
+    WebhookSink | PubSubSink | LogSink | PagerDutySink | EmailSink, Field(discriminator="type")
+]
+
+PAGERDUTY_TRIGGERS = (
+    EventType.run_failed,
+    EventType.run_lost,
+    EventType.run_timed_out,
+    EventType.run_sla_breached,
+)
+"""The event types that trigger a PagerDuty incident; ``run.succeeded`` resolves them."""
+
+
+def pagerduty_dedup_key(schedule_id: str, event_type: EventType) -> str:
+    """The incident key of ``schedule_id``'s ``event_type`` incidents: one open incident
+    per schedule and kind, which every later trigger joins and a success resolves."""
+    return f"firecron/{schedule_id}/{event_type.value}"
 
 
 class NotificationRule(BaseModel):
@@ -165,8 +240,25 @@ class Route(_Frozen):
     sink: SinkConfig
 
     def wants(self, event_type: EventType) -> bool:
-        """True when this route takes ``event_type``."""
+        """True when this route takes ``event_type``.
+
+        A PagerDuty route takes only the trigger types it lists (``*``: all four of
+        :data:`PAGERDUTY_TRIGGERS`), and ``run.succeeded`` whenever it takes one of them,
+        listed or not: a success resolves the schedule's incidents, so an incident
+        opened by this route is closed by it too.
+        """
+        if isinstance(self.sink, PagerDutySink):
+            if event_type is EventType.run_succeeded:
+                return bool(self.pagerduty_triggers)
+            return event_type in self.pagerduty_triggers
         return not self.types or event_type in self.types
+
+    @property
+    def pagerduty_triggers(self) -> tuple[EventType, ...]:
+        """The trigger types of a PagerDuty route (empty for other sinks)."""
+        if not isinstance(self.sink, PagerDutySink):
+            return ()
+        return tuple(t for t in PAGERDUTY_TRIGGERS if not self.types or t in self.types)
 
 
 def _matches(selector: str, schedule_id: str, labels: dict[str, str]) -> bool:

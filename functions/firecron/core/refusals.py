@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from firecron.core.durations import format_duration
-from firecron.core.events import Notifications, WebhookSink
+from firecron.core.events import Notifications, PagerDutySink, WebhookSink
 from firecron.core.models import JsonValue, MisfirePolicyKind, ScheduleSpec, Target, WaitSpec
 from firecron.core.planning import DEFAULT_MISFIRE_THRESHOLD
 from firecron.core.render import rfc3339
@@ -213,10 +213,11 @@ def _on_demand_problems(spec: ScheduleSpec) -> list[str]:
 
 
 def unworkable_sinks(notifications: Notifications, *, allow_private_targets: bool) -> list[str]:
-    """Webhook sinks the SSRF guard always refuses, one ``sinks.NAME.url: reason`` line each."""
+    """Webhook and PagerDuty sinks the SSRF guard always refuses (both are POSTed by the
+    dispatch sender), one ``sinks.NAME.url: reason`` line each."""
     problems: list[str] = []
     for name, sink in notifications.sinks.items():
-        if isinstance(sink, WebhookSink):
+        if isinstance(sink, WebhookSink | PagerDutySink):
             problem = _url_problem(sink.url, allow_private_targets=allow_private_targets)
             if problem is not None:
                 problems.append(f"sinks.{name}.url: {problem}")

@@ -42,7 +42,14 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from firecron._gc import gc_paused
-from firecron.core.events import Notifications, Route, SinkConfig, resolve_routes
+from firecron.core.events import (
+    PAGERDUTY_TRIGGERS,
+    Notifications,
+    PagerDutySink,
+    Route,
+    SinkConfig,
+    resolve_routes,
+)
 from firecron.core.models import (
     INPUT,
     NotifyAction,
@@ -63,6 +70,8 @@ __all__ = [
     "format_validation_error",
     "parse_schedule_file",
 ]
+
+_PAGERDUTY_TRIGGER_NAMES = tuple(t.value for t in PAGERDUTY_TRIGGERS)
 
 _TOP_LEVEL_KEYS = {"schedules", "notifications", "pipelines"}
 
@@ -400,8 +409,18 @@ def _parse(
         else:
             sinks = notifications.sinks
             for index, rule in enumerate(notifications.rules):
-                if rule.sink not in notifications.sinks:
+                sink = notifications.sinks.get(rule.sink)
+                if sink is None:
                     errors.append(f"notifications.rules[{index}].sink: unknown sink {rule.sink!r}")
+                elif isinstance(sink, PagerDutySink) and not {"*", *_PAGERDUTY_TRIGGER_NAMES} & set(
+                    rule.on
+                ):
+                    # Such a rule would send nothing: say so rather than stay silent.
+                    errors.append(
+                        f"notifications.rules[{index}].on: a pagerduty sink triggers on "
+                        f"{', '.join(_PAGERDUTY_TRIGGER_NAMES)} (and resolves on run.succeeded);"
+                        " name one of them, or *"
+                    )
             errors.extend(
                 f"notifications.{line}"
                 for line in unworkable_sinks(
