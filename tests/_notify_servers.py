@@ -34,6 +34,7 @@ from cryptography.x509.oid import NameOID
 from _sinks import closed_port
 
 __all__ = [
+    "PINNED_NAME",
     "PagerDuty",
     "Smtp",
     "pagerduty_errors",
@@ -193,8 +194,14 @@ def serve_pagerduty(routing_key: str) -> Iterator[PagerDuty]:
         thread.join(10)
 
 
+PINNED_NAME = "mail.firecron.test"
+"""A name no resolver knows (``.test`` is reserved), also in the certificate: a test
+that gives the guard its address proves the connection goes where the guard approved."""
+
+
 def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A throwaway key and certificate for ``127.0.0.1`` and ``localhost`` in ``directory``:
+    """A throwaway key and certificate for ``127.0.0.1``, ``localhost`` and
+    :data:`PINNED_NAME` in ``directory``:
     (certificate PEM, key PEM). The certificate is its own CA: trust it explicitly."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "firecron smtp test")])
@@ -209,7 +216,11 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                [
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.DNSName("localhost"),
+                    x509.DNSName(PINNED_NAME),
+                ]
             ),
             critical=False,
         )

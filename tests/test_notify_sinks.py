@@ -13,17 +13,18 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from _factories import T0, make_run
-from _notify_servers import self_signed, serve_pagerduty, serve_smtp
+from _notify_servers import PINNED_NAME, self_signed, serve_pagerduty, serve_smtp
 from _sinks import closed_port
 from firecron.core.events import (
     PAGERDUTY_TRIGGERS,
@@ -44,6 +45,7 @@ from firecron.notify import Notifier, email_message
 from firecron.outbox import emit, flush
 from firecron.settings import Settings
 from firecron.store import Store, open_store
+from firecron.transport import guard
 
 SCHEDULE = "nightly-report"
 KEY = "R0UT1NGKEY0123456789abcdefABCDEF"  # 32 characters, like PagerDuty's
@@ -338,6 +340,70 @@ async def test_pagerduty_through_the_outbox_retries_then_never_resends(
         assert f"firecron/{SCHEDULE}/run.failed" in [e["dedup_key"] for e in pd.events("resolve")]
 
 
+async def _stored(store: Store, run: Run, event: EventType, route: Route, at: datetime) -> Run:
+    run = run.model_copy(update={"events": [make_event(run, event, at, [route])]})
+    created = await store.create_run(run)
+    assert created is not None
+    return created
+
+
+async def test_a_trigger_retried_after_a_later_success_is_superseded_not_sent(
+    store: Store, notifier: Notifier
+) -> None:
+    with serve_pagerduty(KEY) as pd:
+        route = _pd_route(pd.url)
+        failed = await _stored(store, _run(routes=[route]), EventType.run_failed, route, WHEN)
+        pd.fail_next = 2  # PagerDuty refuses the trigger's first two tries
+        failed = await emit(store, notifier, failed, set(), WHEN)
+        (pending,) = failed.events[0].deliveries
+        assert pending.state is DeliveryState.pending
+        assert pending.next_at is not None
+        # An older success (before the failure) holds nothing back.
+        older = _run(
+            RunState.succeeded,
+            routes=[route],
+            error=None,
+            scheduled_for=T0 - timedelta(days=1),
+            ended_at=T0 - timedelta(days=1) + timedelta(minutes=1),
+        )
+        await _stored(store, older, EventType.run_succeeded, route, T0 - timedelta(days=1))
+        still = await flush(store, notifier, failed, pending.next_at)
+        assert still.events[0].deliveries[0].state is DeliveryState.pending  # tried: 503 again
+        assert pd.requests == 2
+        assert pd.events("trigger") == []
+
+        # The next run succeeds, and its resolve gets through while the trigger waits.
+        later = WHEN + timedelta(minutes=10)
+        ok = _run(
+            RunState.succeeded,
+            routes=[route],
+            error=None,
+            scheduled_for=T0 + timedelta(days=1),
+            ended_at=later,
+        )
+        ok = await emit(
+            store,
+            notifier,
+            await _stored(store, ok, EventType.run_succeeded, route, later),
+            set(),
+            later,
+        )
+        assert ok.events[0].deliveries[0].state is DeliveryState.delivered
+        retry_at = still.events[0].deliveries[0].next_at
+        assert retry_at is not None
+        after = await flush(store, notifier, still, max(retry_at, later))
+    (delivery,) = after.events[0].deliveries
+    assert delivery.state is DeliveryState.superseded
+    assert delivery.next_at is None
+    assert ok.id in (delivery.last_error or "")
+    # Sent now, the trigger would have reopened the incident the success resolved.
+    assert pd.events("trigger") == []
+    stored = await store.get_run(failed.id)
+    assert stored is not None
+    assert stored.events[0].deliveries[0].state is DeliveryState.superseded
+    assert stored.watch_at is None or stored.watch_at > max(retry_at, later)
+
+
 # --- email --------------------------------------------------------------------------
 
 
@@ -420,6 +486,66 @@ async def test_email_refuses_a_server_without_starttls(certificate: tuple[Path, 
     assert "STARTTLS" in error
     assert smtp.received == []
     assert smtp.logins == []
+
+
+async def test_email_to_a_private_server_is_refused_unless_private_targets_are_allowed(
+    certificate: tuple[Path, Path],
+) -> None:
+    notifier = _mail_notifier(certificate, allow_private_targets=False)
+    try:
+        with serve_smtp(certificate=certificate) as smtp:
+            route = _mail_route(smtp.port)
+            error = await notifier.deliver(
+                make_event(_run(), EventType.run_failed, WHEN, [route]), route
+            )
+    finally:
+        await notifier.aclose()
+    assert error is not None
+    assert error.startswith(f"email: host 127.0.0.1:{smtp.port} refused: ")
+    assert "FIRECRON_ALLOW_PRIVATE_TARGETS" in error
+    assert smtp.received == []
+    assert smtp.logins == []
+
+
+async def test_email_connects_to_the_address_the_guard_approved(
+    certificate: tuple[Path, Path],
+) -> None:
+    # No resolver knows PINNED_NAME: the guard's cache is given its address, as a lookup
+    # would. The client must connect there (not look the name up again, which fails) and
+    # still verify the certificate against the name.
+    notifier = _mail_notifier(certificate)
+    try:
+        with serve_smtp(certificate=certificate) as smtp:
+            guard._dns_cache[(PINNED_NAME, smtp.port)] = (time.monotonic() + 60, ("127.0.0.1",))
+            route = _mail_route(smtp.port, host=PINNED_NAME)
+            event = make_event(_run(), EventType.run_failed, WHEN, [route])
+            assert await notifier.deliver(event, route) is None
+    finally:
+        guard._dns_cache.pop((PINNED_NAME, smtp.port), None)
+        await notifier.aclose()
+    assert [m.tls for m in smtp.received] == [True]
+
+
+def test_validate_refuses_an_email_host_the_guard_always_refuses() -> None:
+    def problems(host: str, allow_private: bool) -> str:
+        sink = f"{{type: email, host: '{host}', from: a@example.com, to: [b@example.com]}}"
+        text = f"notifications:\n  sinks:\n    mail: {sink}\nschedules: []\n"
+        try:
+            parse_schedule_file(text, allow_private_targets=allow_private)
+        except FirecronError as exc:
+            return str(exc)
+        return ""
+
+    assert "notifications.sinks.mail.host: 10.0.0.5:587 is always refused" in problems(
+        "10.0.0.5", False
+    )
+    assert problems("10.0.0.5", True) == ""  # a private relay, when private targets are on
+    assert "sinks.mail.host: 169.254.169.254:587" in problems("169.254.169.254", True)
+    assert "sinks.mail.host: metadata.google.internal:587" in problems(
+        "metadata.google.internal", True
+    )
+    assert "sinks.mail.host: [::1]:587" in problems("::1", False)
+    assert problems("smtp.example.com", False) == ""
 
 
 async def test_email_verifies_the_server_certificate(certificate: tuple[Path, Path]) -> None:

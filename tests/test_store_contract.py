@@ -811,6 +811,24 @@ async def test_full_spec_and_state_roundtrip(store: Store) -> None:
                         "format": "slack",
                     },
                 },
+                {
+                    "sink_name": "pager",
+                    "types": ["run.failed", "run.sla_breached"],
+                    "sink": {"type": "pagerduty", "routing_key_env": "PD_ROUTING_KEY"},
+                },
+                {
+                    "sink_name": "mail",
+                    "types": ["run.lost"],
+                    "sink": {
+                        "type": "email",
+                        "host": "smtp.example.com",
+                        "port": 2525,
+                        "from": "firecron@example.com",
+                        "to": ["oncall@example.com", "data@example.com"],
+                        "username": "firecron",
+                        "password_env": "SMTP_PASSWORD",
+                    },
+                },
             ],
             "then": [
                 {"schedule": "after-1", "on": "done", "params": {"k": [1, None]}},
@@ -842,9 +860,11 @@ async def test_full_spec_and_state_roundtrip(store: Store) -> None:
         last_error="OverflowError: date value out of range",
         last_error_at=T0 - timedelta(minutes=5),
     )
-    # One trigger only; a pipeline_spec goes with a pipeline target, whose round trip is
+    # One trigger only: the frequencies' round trips are in test_frequencies.py (on this
+    # same fixture), and a pipeline_spec goes with a pipeline target, whose round trip is
     # in test_store_orchestration.py.
-    assert_all_fields_set(spec, except_=("every", "at", "continuous", "pipeline_spec"))
+    others = ("every", "at", "continuous", "hourly", "daily", "weekly", "monthly")
+    assert_all_fields_set(spec, except_=(*others, "pipeline_spec"))
     assert_all_fields_set(state)
     stored = await store.put_schedule(spec, state, expect_version=None)
     got = await store.get_schedule(spec.id)

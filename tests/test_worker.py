@@ -157,6 +157,8 @@ def test_package_exports_the_sdk() -> None:
     importlib.import_module("firecron.worker")
     assert firecron.__all__ == [
         "FENCE_HEADER",
+        "AsyncClient",
+        "Client",
         "Fenced",
         "RunContext",
         "State",

@@ -60,6 +60,7 @@ import importlib
 import json
 import logging
 import smtplib
+import socket
 import sys
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -89,8 +90,9 @@ from firecron.core.lifecycle import SendOutcome
 from firecron.core.messages import render_message
 from firecron.core.render import one_line, rfc3339
 from firecron.core.runs import Run
+from firecron.errors import TargetRefusedError
 from firecron.settings import Settings
-from firecron.transport.guard import redact_url
+from firecron.transport.guard import redact_url, resolve_host
 from firecron.transport.sender import Dispatch, Sender, tls_context, user_agent
 from firecron.transport.signing import signature_headers
 
@@ -460,6 +462,19 @@ def _scrub(text: str, url: str, shown: str) -> str:
     return one_line(text, _MAX_ERROR)
 
 
+class _PinnedSMTP(smtplib.SMTP):
+    """An SMTP client that connects to the address the SSRF guard approved, not to a fresh
+    lookup of the name (which could be rebound to a private address), while STARTTLS
+    still sends and verifies the host name (smtplib keeps it from the constructor)."""
+
+    def __init__(self, address: str, host: str, port: int, timeout: float) -> None:
+        self._address = address
+        super().__init__(host, port, timeout=timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return socket.create_connection((self._address, port), timeout, self.source_address)
+
+
 class Notifier:
     """Delivers events to sinks. Never raises for a sink's failure: returns the error line.
 
@@ -709,12 +724,22 @@ class Notifier:
                 password = self._secret(name, "password_env", sink.password_env)
             except LookupError as exc:
                 return str(exc)
+        shown = f"email {sink.host}:{sink.port}"
+        try:
+            async with asyncio.timeout(self._timeout):
+                addresses = await resolve_host(
+                    sink.host, sink.port, allow_private=self._settings.allow_private_targets
+                )
+        except TargetRefusedError as exc:
+            return one_line(f"email: {exc}", _MAX_ERROR)
+        except (OSError, TimeoutError) as exc:
+            return one_line(f"{shown}: cannot resolve: {type(exc).__name__}: {exc}", _MAX_ERROR)
         context = tls_context(self._settings.ca_file)
         timeout = self._timeout
 
         def send() -> dict[str, tuple[int, bytes]]:
             # smtplib is blocking: a thread, with every socket step bounded by ``timeout``.
-            with smtplib.SMTP(sink.host, sink.port, timeout=timeout) as smtp:
+            with _PinnedSMTP(addresses[0], sink.host.strip("[]"), sink.port, timeout) as smtp:
                 smtp.ehlo()
                 if not smtp.has_extn("starttls"):
                     raise smtplib.SMTPNotSupportedError("the server does not offer STARTTLS")
@@ -729,9 +754,7 @@ class Notifier:
             refused = await asyncio.to_thread(send)
         except (OSError, smtplib.SMTPException) as exc:
             # smtplib's messages hold the server's replies, never the password.
-            return one_line(
-                f"email {sink.host}:{sink.port}: {type(exc).__name__}: {exc}", _MAX_ERROR
-            )
+            return one_line(f"{shown}: {type(exc).__name__}: {exc}", _MAX_ERROR)
         if refused:
             # The others have it: a retry would send it to them again, so this counts as
             # delivered and the refused addresses are logged (a typo is fixed in the file).

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from firecron.core import events as ev
 from firecron.core.lifecycle import derive_watch
-from firecron.core.runs import Run
+from firecron.core.runs import Run, RunState
 from firecron.errors import FirecronError
 from firecron.store.base import Store
 
@@ -69,6 +69,45 @@ async def flush(store: Store, notifier: Deliverer, run: Run, now: datetime) -> R
     return await _deliver(store, notifier, run, ev.due_deliveries(run.events, now), now)
 
 
+async def _superseded(
+    store: Store,
+    run: Run,
+    todo: Sequence[tuple[ev.Event, ev.Delivery]],
+    routes: dict[str, ev.Route],
+) -> dict[tuple[str, str], str]:
+    """The PagerDuty triggers among ``todo`` that must not be sent, keyed (event id, sink),
+    with the reason: retries of a trigger older than the schedule's latest success.
+
+    That success's ``run.succeeded`` resolves the incident (it goes to the same route), so
+    a trigger that got through only now would reopen an incident of a healthy schedule.
+    First tries are never held back (no read on the hot path): only retries, already
+    late, pay one indexed read. A read that fails holds nothing back: better a reopened
+    incident than a lost page.
+    """
+    retries = [
+        (e, d)
+        for e, d in todo
+        if d.attempts > 0
+        and e.type in ev.PAGERDUTY_TRIGGERS
+        and isinstance(routes[d.sink].sink, ev.PagerDutySink)
+    ]
+    if not retries:
+        return {}
+    try:
+        latest = await store.list_runs(
+            schedule_id=run.schedule_id, states=[RunState.succeeded], limit=1
+        )
+    except FirecronError as exc:
+        log.warning("cannot tell whether run %s's triggers are moot: %s", run.id, exc)
+        return {}
+    if not latest or latest[0].id == run.id:
+        return {}
+    success = latest[0]
+    succeeded_at = success.ended_at or success.created_at
+    reason = f"not sent: run {success.id} succeeded since, and its success resolves the incident"
+    return {(e.id, d.sink): reason for e, d in retries if succeeded_at > e.time}
+
+
 async def _deliver(
     store: Store,
     notifier: Deliverer,
@@ -80,15 +119,21 @@ async def _deliver(
     todo = [(e, d) for e, d in due if d.sink in routes]
     if not todo:
         return run
-    errors = await asyncio.gather(*(notifier.deliver(e, routes[d.sink]) for e, d in todo))
-    for (event, delivery), error in zip(todo, errors, strict=True):
+    moot = await _superseded(store, run, todo, routes)
+    send = [(e, d) for e, d in todo if (e.id, d.sink) not in moot]
+    errors = await asyncio.gather(*(notifier.deliver(e, routes[d.sink]) for e, d in send))
+    for (event, delivery), error in zip(send, errors, strict=True):
         if error is not None:
             log.warning("event %s to sink %s failed: %s", event.id, delivery.sink, error)
+    for (event_id, sink), reason in moot.items():
+        log.info("event %s to sink %s %s", event_id, sink, reason)
     current = run
     for _ in range(_CAS_TRIES):
         events = list(current.events)
-        for (event, delivery), error in zip(todo, errors, strict=True):
+        for (event, delivery), error in zip(send, errors, strict=True):
             events = ev.record_delivery(events, event.id, delivery.sink, now, error)
+        for (event_id, sink), reason in moot.items():
+            events = ev.record_delivery(events, event_id, sink, now, reason, superseded=True)
         changes = {
             "events": events,
             "watch_at": derive_watch(current.deadline_at, events, current.settle_at),

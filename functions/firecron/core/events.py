@@ -297,6 +297,10 @@ class DeliveryState(StrEnum):
     delivered = "delivered"
     failed = "failed"
     """Gave up after the last retry."""
+    superseded = "superseded"
+    """Not sent, on purpose: a later event made it moot (a PagerDuty trigger still being
+    retried after a later run of the schedule succeeded: sent now, it would reopen the
+    incident that success resolves)."""
 
 
 class Delivery(BaseModel):
@@ -410,11 +414,19 @@ def due_deliveries(
 
 
 def record_delivery(
-    events: list[Event], event_id: str, sink: str, now: datetime, error: str | None
+    events: list[Event],
+    event_id: str,
+    sink: str,
+    now: datetime,
+    error: str | None,
+    *,
+    superseded: bool = False,
 ) -> list[Event]:
     """``events`` with one delivery's outcome recorded (success when ``error`` is None).
 
-    A delivery already ``delivered`` stays so (an acknowledged sink is never retried).
+    With ``superseded``, the delivery was not tried: it ends ``superseded`` with ``error``
+    as the reason, and its attempts unchanged. Only a pending delivery changes: one
+    already ``delivered`` stays so (an acknowledged sink is never retried).
     """
     updated: list[Event] = []
     for event in events:
@@ -427,7 +439,17 @@ def record_delivery(
                 deliveries.append(d)
                 continue
             attempts = d.attempts + 1
-            if error is None:
+            if superseded:
+                deliveries.append(
+                    d.model_copy(
+                        update={
+                            "state": DeliveryState.superseded,
+                            "next_at": None,
+                            "last_error": error,
+                        }
+                    )
+                )
+            elif error is None:
                 deliveries.append(
                     d.model_copy(
                         update={

@@ -40,11 +40,11 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from firecron.core.durations import format_duration
-from firecron.core.events import Notifications, PagerDutySink, WebhookSink
+from firecron.core.events import EmailSink, Notifications, PagerDutySink, WebhookSink
 from firecron.core.models import JsonValue, MisfirePolicyKind, ScheduleSpec, Target, WaitSpec
 from firecron.core.planning import DEFAULT_MISFIRE_THRESHOLD
 from firecron.core.render import rfc3339
-from firecron.core.target_rules import check_static, redact_url
+from firecron.core.target_rules import check_static, host_url, redact_url
 from firecron.core.triggers import jitter_offset
 from firecron.core.waits import template_problem, until_problem
 
@@ -55,11 +55,11 @@ def _rfc3339(value: datetime) -> str:
     return rfc3339(value.replace(microsecond=0))
 
 
-def _url_problem(url: str, *, allow_private_targets: bool) -> str | None:
+def _url_problem(url: str, *, allow_private_targets: bool, shown: str | None = None) -> str | None:
     try:
         check_static(url, allow_private=allow_private_targets)
     except ValueError as exc:
-        return f"{redact_url(url)} is always refused by the SSRF guard: {exc}"
+        return f"{shown or redact_url(url)} is always refused by the SSRF guard: {exc}"
     return None
 
 
@@ -213,12 +213,20 @@ def _on_demand_problems(spec: ScheduleSpec) -> list[str]:
 
 
 def unworkable_sinks(notifications: Notifications, *, allow_private_targets: bool) -> list[str]:
-    """Webhook and PagerDuty sinks the SSRF guard always refuses (both are POSTed by the
-    dispatch sender), one ``sinks.NAME.url: reason`` line each."""
+    """Sinks the SSRF guard always refuses, one ``sinks.NAME.FIELD: reason`` line each:
+    a webhook's or PagerDuty's ``url`` (both POSTed by the dispatch sender), and an email
+    sink's ``host`` (judged as ``https://host:port/`` would be: a private relay needs
+    ``FIRECRON_ALLOW_PRIVATE_TARGETS``, as a private webhook does)."""
     problems: list[str] = []
     for name, sink in notifications.sinks.items():
         if isinstance(sink, WebhookSink | PagerDutySink):
-            problem = _url_problem(sink.url, allow_private_targets=allow_private_targets)
-            if problem is not None:
-                problems.append(f"sinks.{name}.url: {problem}")
+            field, url, shown = "url", sink.url, None
+        elif isinstance(sink, EmailSink):
+            field, url = "host", host_url(sink.host, sink.port)
+            shown = url.removeprefix("https://").removesuffix("/")
+        else:
+            continue
+        problem = _url_problem(url, allow_private_targets=allow_private_targets, shown=shown)
+        if problem is not None:
+            problems.append(f"sinks.{name}.{field}: {problem}")
     return problems

@@ -33,6 +33,7 @@ __all__ = [
     "StaticTarget",
     "address_problem",
     "check_static",
+    "host_url",
     "redact_url",
 ]
 
@@ -111,6 +112,13 @@ def address_problem(ip: IPAddress, *, allow_private: bool) -> str | None:
     if ip in _CGNAT or ip.is_private or not ip.is_global:
         return f"{ip} is private {_PRIVATE_HINT}"
     return None
+
+
+def host_url(host: str, port: int) -> str:
+    """``https://host:port/``, the URL by which a server of another protocol (SMTP) is
+    judged: an IPv6 literal is bracketed (once, whether or not ``host`` has brackets)."""
+    bare = host.strip("[]")
+    return f"https://[{bare}]:{port}/" if ":" in bare else f"https://{bare}:{port}/"
 
 
 def check_static(url: str, *, allow_private: bool) -> StaticTarget:

@@ -44,10 +44,16 @@ import socket
 import time
 from dataclasses import dataclass
 
-from firecron.core.target_rules import address_problem, check_static, redact_url
+from firecron.core.target_rules import address_problem, check_static, host_url, redact_url
 from firecron.errors import TargetRefusedError
 
-__all__ = ["DNS_CACHE_SECONDS", "ResolvedTarget", "redact_url", "resolve_target"]
+__all__ = [
+    "DNS_CACHE_SECONDS",
+    "ResolvedTarget",
+    "redact_url",
+    "resolve_host",
+    "resolve_target",
+]
 
 DNS_CACHE_SECONDS = 30.0
 """How long a successful lookup is reused. Short: targets may move between ticks."""
@@ -76,8 +82,8 @@ class ResolvedTarget:
         return host if self.port == default else f"{host}:{self.port}"
 
 
-def _refuse(url: str, why: str) -> TargetRefusedError:
-    return TargetRefusedError(f"target {redact_url(url)} refused: {why}")
+def _refuse(url: str, why: str, name: str | None) -> TargetRefusedError:
+    return TargetRefusedError(f"{name or f'target {redact_url(url)}'} refused: {why}")
 
 
 _dns_cache: dict[tuple[str, int], tuple[float, tuple[str, ...]]] = {}
@@ -99,16 +105,18 @@ async def _resolve(host: str, port: int) -> tuple[str, ...]:
     return addresses
 
 
-async def resolve_target(url: str, *, allow_private: bool) -> ResolvedTarget:
+async def resolve_target(
+    url: str, *, allow_private: bool, name: str | None = None
+) -> ResolvedTarget:
     """Check ``url`` by the module rules and return it with its approved addresses.
 
-    Raises :class:`TargetRefusedError` when refused, :class:`OSError` when the name
-    does not resolve.
+    Raises :class:`TargetRefusedError` when refused (its line names ``name``, by default
+    ``target`` and the redacted URL), :class:`OSError` when the name does not resolve.
     """
     try:
         static = check_static(url, allow_private=allow_private)
     except ValueError as exc:
-        raise _refuse(url, str(exc)) from None
+        raise _refuse(url, str(exc), name) from None
     host = static.host
     if static.literal is not None:
         # check_static has judged the literal address already.
@@ -121,5 +129,18 @@ async def resolve_target(url: str, *, allow_private: bool) -> ResolvedTarget:
     for address in addresses:
         problem = address_problem(ipaddress.ip_address(address), allow_private=allow_private)
         if problem is not None:
-            raise _refuse(url, f"{host} resolves to {problem}")
+            raise _refuse(url, f"{host} resolves to {problem}", name)
     return ResolvedTarget(static.scheme, host, static.port, static.target, addresses)
+
+
+async def resolve_host(host: str, port: int, *, allow_private: bool) -> tuple[str, ...]:
+    """The approved addresses of a server firecron speaks another protocol to (the SMTP
+    server of an email sink), by the same rules as an ``https`` URL on that host and port.
+
+    Raises :class:`TargetRefusedError` naming ``host:port`` when refused, :class:`OSError`
+    when the name does not resolve. Connect to one of the returned addresses, not to the
+    name again: a second lookup could be rebound.
+    """
+    url = host_url(host, port)
+    name = f"host {url.removeprefix('https://').removesuffix('/')}"
+    return (await resolve_target(url, allow_private=allow_private, name=name)).addresses
