@@ -8,6 +8,7 @@ raises the project's errors. Triggered runs go to a real HTTP server on 127.0.0.
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -107,6 +109,48 @@ async def test_the_async_client_takes_a_schedules_file_entry(backend: Backend) -
         assert paused.status == "paused"
         with pytest.raises(NotFoundError):
             await client.run("b@nothing")
+
+
+async def test_the_client_takes_frequencies_in_plain_words(backend: Backend) -> None:
+    target = {"url": "https://example.com/x"}
+    async with AsyncClient(backend.url, namespace=backend.namespace) as client:
+        monthly = await client.put_schedule(
+            {
+                "id": "month-end",
+                "monthly": {"day": "last", "at": "06:00"},
+                "timezone": "Europe/Berlin",
+                "target": target,
+            }
+        )
+        weekly = await client.put_schedule(
+            ScheduleSpec.model_validate(
+                {
+                    "id": "standup",
+                    "weekly": {"days": ["mon", "fri"], "at": "09:00"},
+                    "target": target,
+                }
+            )
+        )
+        with pytest.raises(InvalidInputError) as caught:
+            await client.put_schedule(
+                {"id": "bad", "weekly": {"days": ["fry"], "at": "25:00"}, "target": target}
+            )
+        assert await client.get_schedule("month-end") == monthly
+    # The next occurrence is the month's last day, 06:00 in Berlin, as a calendar says.
+    berlin = ZoneInfo("Europe/Berlin")
+    nxt = monthly.state.next_occurrence
+    assert nxt is not None
+    local = nxt.astimezone(berlin)
+    assert (local.hour, local.minute) == (6, 0)
+    assert local.day == calendar.monthrange(local.year, local.month)[1]
+    assert weekly.state.next_occurrence is not None
+    assert weekly.state.next_occurrence.astimezone(UTC).strftime("%a %H:%M") in (
+        "Mon 09:00",
+        "Fri 09:00",
+    )
+    text = str(caught.value)
+    assert "weekly.days" in text, text
+    assert "weekly.at" in text, text
 
 
 @pytest.mark.usefixtures("private_targets")

@@ -89,13 +89,18 @@ class InvalidSchedule(InvalidInputError):
     """A put's schedule failed validation; nothing was written.
 
     ``errors`` lists every problem as ``(field, line)`` (``field`` None when no one
-    field is at fault); the message is the first line. ``field`` is the first one's.
+    field is at fault). The message is that line when there is one, else ``N errors``
+    and then one line per error, as the schedules file reports them. ``field`` is the
+    first one's.
     """
 
     def __init__(self, errors: Sequence[tuple[str | None, str]]) -> None:
         self.errors = list(errors)
         self.field = self.errors[0][0]
-        super().__init__(self.errors[0][1])
+        lines = [line for _, line in self.errors]
+        super().__init__(
+            lines[0] if len(lines) == 1 else f"{len(lines)} errors\n" + "\n".join(lines)
+        )
 
 
 class PreconditionFailed(ConflictError):

@@ -118,7 +118,9 @@ def put_schedule(schedule_id: str) -> flask.Response:
     try:
         result = service.call(put)
     except service_layer.InvalidSchedule as exc:
-        raise Problem(422, str(exc), field=exc.field, errors=exc.errors) from None
+        # A problem's detail is one line: every error, each also in ``errors``.
+        detail = "; ".join(line for _, line in exc.errors)
+        raise Problem(422, detail, field=exc.field, errors=exc.errors) from None
     except service_layer.PreconditionFailed as exc:
         raise Problem(412, str(exc), field=exc.field) from None
     written = result.schedule
