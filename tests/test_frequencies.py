@@ -22,6 +22,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from cronsim import CronSim
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -243,6 +244,54 @@ def test_monthly_last_is_minus_one_and_the_last_calendar_day(
         # Even a gap time (run at the gap's end) stays on its day: no zone's gap spans midnight.
         wall = wall_of(instant, zone)
         assert wall.day == calendar.monthrange(wall.year, wall.month)[1]
+
+
+# ------------------------------------------------------------ against cronsim (independent)
+
+# Zones whose shifts are a whole hour at night, where cronsim follows Vixie cron (the
+# other zones hit cronsim's known deviations; see tests/test_cronsim_differential.py).
+CRONSIM_ZONES = ["Europe/Berlin", "America/New_York"]
+
+
+@st.composite
+def frequency_and_start(draw: st.DrawFn) -> tuple[Frequency, str, str, datetime]:
+    """A frequency, its cronsim expression (``L`` for the last day), a zone, and a start
+    2 to 60 hours before one of its transitions, 30 s past a minute: never inside a
+    repeated hour (cronsim's deviation 3) nor on a fire time (each side's "after")."""
+    zone = draw(st.sampled_from(CRONSIM_ZONES))
+    hour, minute = draw(clocks)
+    kind = draw(st.sampled_from(["hourly", "daily", "weekly", "monthly", "last"]))
+    at = clock(hour, minute)
+    if kind == "hourly":
+        frequency, expr = Frequency.of_hourly(minute), f"{minute} * * * *"
+    elif kind == "daily":
+        frequency, expr = Frequency.of_daily([at]), f"{minute} {hour} * * *"
+    elif kind == "weekly":
+        days = sorted(draw(st.sets(st.integers(0, 6), min_size=1)))
+        names = [WEEKDAYS[d] for d in days]
+        frequency = Frequency.of_weekly(names, at)
+        expr = f"{minute} {hour} * * {','.join(str((d + 1) % 7) for d in days)}"
+    elif kind == "monthly":
+        day = draw(st.integers(1, 31))
+        frequency, expr = Frequency.of_monthly(day, at), f"{minute} {hour} {day} * *"
+    else:
+        frequency, expr = Frequency.of_monthly("last", at), f"{minute} {hour} L * *"
+    transition = draw(st.sampled_from(transitions(zone)))
+    start = transition - timedelta(hours=draw(st.integers(2, 60)), seconds=draw(st.integers(0, 59)))
+    return frequency, expr, zone, start.replace(second=30, microsecond=0)
+
+
+@SETTINGS
+@given(case=frequency_and_start())
+def test_every_kind_agrees_with_cronsim_across_dst(
+    case: tuple[Frequency, str, str, datetime],
+) -> None:
+    frequency, expr, zone, start = case
+    count = 80 if frequency.kind == "hourly" else 6
+    got = build_trigger(frequency=frequency, timezone=zone).occurrences(start, count)
+    reference = CronSim(expr, start.astimezone(ZoneInfo(zone)))
+    want = [next(reference).astimezone(UTC) for _ in range(count)]
+    assert got == want, (frequency, expr, zone, start)
 
 
 @SETTINGS
