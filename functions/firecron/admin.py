@@ -43,6 +43,7 @@ __all__ = [
     "delete",
     "pause",
     "resume",
+    "stop_live_generation",
     "stored_pipelines",
     "unwritable",
 ]
@@ -304,11 +305,11 @@ async def apply_schedules(
     # stops now, not at its window's end (which would then create no successor anyway).
     for schedule_id in deletes:
         if schedule_id in continuous:
-            await _stop_live_generation(store, continuous[schedule_id], now)
+            await stop_live_generation(store, continuous[schedule_id], now)
     for spec in specs:
         old = changed.get(spec.id)
         if old is not None and (not spec.enabled or spec.continuous is None):
-            await _stop_live_generation(store, old, now)
+            await stop_live_generation(store, old, now)
     if progress is not None:
         progress("write", len(writes) + len(deletes), len(writes) + len(deletes))
     return lines
@@ -405,7 +406,7 @@ async def pause(store: Store, schedule_id: str, now: datetime) -> StoredSchedule
     paused, its end creates no successor.
     """
     paused = await _update(store, schedule_id, _state_op(planning.pause, now))
-    await _stop_live_generation(store, paused, now)
+    await stop_live_generation(store, paused, now)
     return paused
 
 
@@ -440,10 +441,10 @@ async def delete(store: Store, schedule_id: str, now: datetime) -> None:
     stored = await store.get_schedule(schedule_id)
     if stored is None or not await store.delete_schedule(schedule_id):
         raise NotFoundError(f"unknown schedule {schedule_id!r}")
-    await _stop_live_generation(store, stored, now)
+    await stop_live_generation(store, stored, now)
 
 
-async def _stop_live_generation(store: Store, stored: StoredSchedule, now: datetime) -> None:
+async def stop_live_generation(store: Store, stored: StoredSchedule, now: datetime) -> None:
     """Ask a continuous schedule's live generation (if any) to stop."""
     if stored.spec.continuous is not None and stored.state.last_run_id is not None:
         await _ask_to_stop(store, stored.state.last_run_id, now)

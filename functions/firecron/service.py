@@ -238,7 +238,7 @@ async def delete_schedule(
         ) from None
     if not deleted:
         raise NotFoundError(f"unknown schedule {schedule_id!r}")
-    await admin._stop_live_generation(store, stored, now)
+    await admin.stop_live_generation(store, stored, now)
 
 
 # -- put -----------------------------------------------------------------------------------
@@ -307,7 +307,7 @@ async def put_schedule(
             raise InvalidSchedule([(None, f"cannot plan its occurrences: {exc}")]) from None
         if stored.spec.continuous is not None and (not spec.enabled or spec.continuous is None):
             # As apply does: the live generation of a schedule no longer continuous stops now.
-            await admin._stop_live_generation(store, stored, now)
+            await admin.stop_live_generation(store, stored, now)
         return PutResult(written, created=False)
     raise StoreError(f"schedule {schedule_id!r} kept changing; try again")
 
