@@ -557,6 +557,9 @@ schedules:
     daily: "02:30"
     every: 1h
     target: {url: "https://example.com/hook"}
+  - id: scalar
+    hourly: 15
+    target: {url: "https://example.com/hook"}
 """
 
 
@@ -575,6 +578,7 @@ def test_schedules_file_errors_are_one_line_each_naming_the_field() -> None:
         "schedules[6] (id=empty): weekly.days: give at least one weekday, e.g. [mon, fri]",
         "schedules[6] (id=empty): weekly: unknown key 'on'",
         "schedules[7] (id=two): set at most one of 'cron', 'every', 'at', 'hourly', 'daily', 'weekly', 'monthly' or 'continuous' (found: every, daily)",
+        "schedules[8] (id=scalar): hourly: write it as {minute: 15} (got 15)",
     ]
 
 

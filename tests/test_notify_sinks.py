@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
@@ -28,12 +28,14 @@ from _notify_servers import PINNED_NAME, self_signed, serve_pagerduty, serve_smt
 from _sinks import closed_port
 from firecron.core.events import (
     PAGERDUTY_TRIGGERS,
+    SINK_TYPES,
     DeliveryState,
     EmailSink,
     Event,
     EventType,
     PagerDutySink,
     Route,
+    SinkConfig,
     schedule_error_event,
 )
 from firecron.core.lifecycle import make_event
@@ -144,15 +146,44 @@ schedules: []
         "firecron@example.com",
         ("oncall@example.com",),
     )
-    for bad, field in (
-        ("{type: email, host: h, from: a@b.c, to: ['x y@b.c']}", "to"),
-        ("{type: email, host: h, from: 'a@b.c\\nBcc: z@evil.test', to: [o@b.c]}", "from"),
-        ("{type: pagerduty, routing_key_env: 'not a name'}", "routing_key_env"),
-        ("{type: pagerduty, routing_key: KEYINLINE}", "routing_key"),
+    # Exactly one line each, naming the field as the file does (no union tag in it).
+    for bad, line in (
+        (
+            "{type: email, host: h, from: a@b.c, to: ['x y@b.c']}",
+            "sinks.s.to[0]: 'x y@b.c' is not an email address",
+        ),
+        (
+            '{type: email, host: h, from: "a@b.c\\nBcc: z@evil.test", to: [o@b.c]}',
+            "sinks.s.from: 'a@b.c\\nBcc: z@evil.test' is not an email address",
+        ),
+        ("{type: email, host: h, from: a@b.c, to: []}", "sinks.s.to: give 1 to 50 addresses"),
+        (
+            '{type: email, host: "h\\nX: y", from: a@b.c, to: [o@b.c]}',
+            "sinks.s.host: 'h\\nX: y' is not a host name or IP address",
+        ),
+        (
+            "{type: email, host: h, port: 0, from: a@b.c, to: [o@b.c]}",
+            "sinks.s.port: Input should be greater than or equal to 1",
+        ),
+        (
+            "{type: pagerduty, routing_key_env: 'not a name'}",
+            "sinks.s.routing_key_env: 'not a name' is not an environment variable name",
+        ),
+        (
+            "{type: pagerduty, routing_key_env: K, routing_key: KEYINLINE}",
+            "sinks.s: unknown key 'routing_key'",
+        ),
     ):
         with pytest.raises(FirecronError) as caught:
             parse_schedule_file(f"notifications:\n  sinks:\n    s: {bad}\nschedules: []\n")
-        assert field in str(caught.value), (bad, str(caught.value))
+        lines = str(caught.value).splitlines()[1:] or [str(caught.value)]
+        assert len(lines) == 1, (bad, lines)
+        assert line in lines[0], (bad, lines[0])
+
+
+def test_sink_types_are_the_union_s_tags() -> None:
+    union = get_args(get_args(SinkConfig)[0])
+    assert {get_args(m.model_fields["type"].annotation)[0] for m in union} == SINK_TYPES
 
 
 def test_a_pagerduty_rule_that_could_send_nothing_and_a_metadata_url_are_refused() -> None:

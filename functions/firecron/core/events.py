@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from firecron.core.render import rfc3339
 
@@ -32,6 +32,7 @@ __all__ = [
     "DELIVERY_LEASE",
     "PAGERDUTY_TRIGGERS",
     "RUN_EVENT_TYPES",
+    "SINK_TYPES",
     "UNROUTED_TYPES",
     "Delivery",
     "DeliveryState",
@@ -123,8 +124,35 @@ class LogSink(_Frozen):
 
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-"""An environment variable's name: where a sink's secret is read (never the secret itself)."""
 _EMAIL = r"^[^@\s<>,\"]+@[^@\s<>,\"]+$"
+_HOST = r"^[A-Za-z0-9.:\[\]-]{1,253}$"
+_MAX_RECIPIENTS = 50
+
+
+def _env_name(value: str) -> str:
+    if not re.fullmatch(_ENV_NAME, value):
+        raise ValueError(
+            f"{value!r} is not an environment variable name (letters, digits and _,"
+            " not starting with a digit)"
+        )
+    return value
+
+
+def _address(value: str) -> str:
+    if not re.fullmatch(_EMAIL, value):
+        raise ValueError(f"{value!r} is not an email address (a bare one: name@domain)")
+    return value
+
+
+def _host(value: str) -> str:
+    if not re.fullmatch(_HOST, value):
+        raise ValueError(f"{value!r} is not a host name or IP address")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+"""An environment variable's name: where a sink's secret is read (never the secret itself)."""
+EmailAddress = Annotated[str, AfterValidator(_address)]
 """One bare address: no display name, and nothing (a newline) that could add a header."""
 
 
@@ -138,7 +166,7 @@ class PagerDutySink(_Frozen):
     """
 
     type: Literal["pagerduty"]
-    routing_key_env: str = Field(pattern=_ENV_NAME)
+    routing_key_env: EnvName
     url: str = "https://events.pagerduty.com/v2/enqueue"
 
     @field_validator("url")
@@ -160,25 +188,29 @@ class EmailSink(_Frozen):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     type: Literal["email"]
-    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]-]+$")
+    host: Annotated[str, AfterValidator(_host)]
     port: int = Field(default=587, ge=1, le=65535)
-    from_: str = Field(alias="from", pattern=_EMAIL)
-    to: tuple[str, ...] = Field(min_length=1, max_length=50)
+    from_: EmailAddress = Field(alias="from")
+    to: tuple[EmailAddress, ...]
     username: str | None = None
-    password_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    password_env: EnvName | None = None
 
     @field_validator("to")
     @classmethod
     def _to(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for index, address in enumerate(value):
-            if not re.fullmatch(_EMAIL, address):
-                raise ValueError(f"to[{index}]: {address!r} is not an email address")
+        # Here, not as Field(min_length=...): pydantic would add "at least 1 item" to
+        # the error of a bad address, which leaves none valid.
+        if not 1 <= len(value) <= _MAX_RECIPIENTS:
+            raise ValueError(f"give 1 to {_MAX_RECIPIENTS} addresses (got {len(value)})")
         return value
 
 
 SinkConfig = Annotated[
     WebhookSink | PubSubSink | LogSink | PagerDutySink | EmailSink, Field(discriminator="type")
 ]
+
+SINK_TYPES: frozenset[str] = frozenset(("webhook", "pubsub", "log", "pagerduty", "email"))
+"""The ``type`` of every :data:`SinkConfig` (a test keeps it equal to the union's)."""
 
 PAGERDUTY_TRIGGERS = (
     EventType.run_failed,

@@ -172,6 +172,14 @@ class HourlySpec(_Frozen):
     minute: int = Field(default=0, ge=0, le=59)
     """Minute past the hour, 0-59."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping(cls, value: object) -> object:
+        # `hourly: 15` and `hourly: ":15"` are the natural slips: say the file's form.
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            raise ValueError(f"write it as {{minute: 15}} (got {value!r})")
+        return value
+
 
 class WeeklySpec(_Frozen):
     """``weekly: {days: [mon, fri], at: "09:00"}``: as ``0 9 * * 1,5``."""

@@ -44,6 +44,7 @@ from pydantic_core import ErrorDetails
 from firecron._gc import gc_paused
 from firecron.core.events import (
     PAGERDUTY_TRIGGERS,
+    SINK_TYPES,
     Notifications,
     PagerDutySink,
     Route,
@@ -301,7 +302,13 @@ def format_error(err: ErrorDetails, loc: tuple[int | str, ...] | None = None) ->
     that names part of it, such as a pipeline's task, passes the rest)."""
     # Drop the model-type segments pydantic inserts for tagged unions and the like.
     parts = err["loc"] if loc is None else loc
-    parts = tuple(p for p in parts if not (isinstance(p, str) and p.startswith("function-")))
+    parts = tuple(
+        p
+        for i, p in enumerate(parts)
+        if not (isinstance(p, str) and p.startswith("function-"))
+        # A sink's `type` tag (sinks.NAME.email.port): the file says sinks.NAME.port.
+        and not (i >= 2 and parts[i - 2] == "sinks" and p in SINK_TYPES)
+    )
     where = _loc(parts)
     kind = err["type"]
     msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
