@@ -1,24 +1,65 @@
-"""A self-signed RS256 key and certificate, as Google publishes its token-signing certs.
+"""Self-signed keys and certificates for tests.
 
-For OIDC tests and the chaos suite: tokens signed with the key verify against a local
-certs endpoint serving the certificate (``{kid: PEM}``, Google's v1 format).
+- :func:`rsa_key_and_cert`: an RS256 key and certificate, as Google publishes its
+  token-signing certs. For OIDC tests and the chaos suite: tokens signed with the key
+  verify against a local certs endpoint serving the certificate (``{kid: PEM}``,
+  Google's v1 format), :class:`CertsServer`.
+- :func:`tls_files`: a server certificate for TLS tests, its own CA, written to files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import ipaddress
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-__all__ = ["CertsServer", "rsa_key_and_cert"]
+__all__ = ["CertsServer", "rsa_key_and_cert", "tls_files"]
+
+
+def tls_files(
+    directory: Path, *, names: Sequence[str] = (), ips: Sequence[str] = ()
+) -> tuple[Path, Path]:
+    """A new P-256 key and a certificate for the DNS ``names`` and the addresses ``ips``
+    (subjectAltName), written to ``directory`` as ``cert.pem`` and ``key.pem`` (PKCS#8):
+    (certificate, key). The certificate is its own CA: a client trusts it by loading
+    ``cert.pem`` as its CA file. Valid from a day ago to a day from now."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (*names, *ips, "firecron")[0])])
+    now = dt.datetime.now(dt.UTC)
+    alt: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    alt += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
 
 
 def rsa_key_and_cert(common_name: str = "firecron-test") -> tuple[bytes, bytes]:

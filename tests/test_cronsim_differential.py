@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -32,6 +31,7 @@ from cronsim import CronSim, CronSimError
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
+from _dst import transitions
 from firecron.core.triggers import CronTrigger
 
 ZONES = ("Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "America/Santiago")
@@ -50,27 +50,6 @@ LIMIT = 120
 SPAN = timedelta(hours=30)
 ONE_S = timedelta(seconds=1)
 ONE_US = timedelta(microseconds=1)
-
-
-@cache
-def transitions(zone_name: str) -> tuple[datetime, ...]:
-    """Instants (UTC) at which ``zone_name`` changes its UTC offset in 2026-2028."""
-    zone = ZoneInfo(zone_name)
-    found: list[datetime] = []
-    t = datetime(2026, 1, 1, tzinfo=UTC)
-    step = timedelta(hours=6)
-    while t < datetime(2029, 1, 1, tzinfo=UTC):
-        if t.astimezone(zone).utcoffset() != (t + step).astimezone(zone).utcoffset():
-            low, high = t, t + step
-            while high - low > ONE_US:
-                middle = low + (high - low) // 2
-                if middle.astimezone(zone).utcoffset() == low.astimezone(zone).utcoffset():
-                    low = middle
-                else:
-                    high = middle
-            found.append(high)
-        t += step
-    return tuple(found)
 
 
 def shift(zone: ZoneInfo, transition: datetime) -> timedelta:

@@ -16,7 +16,6 @@ import calendar
 import io
 import json
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from itertools import pairwise
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -29,6 +28,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from _cli import run_cli
+from _dst import transitions
 from firecron.console.views import trigger_text
 from firecron.core import planning
 from firecron.core.frequencies import WEEKDAYS, Frequency, parse_frequency
@@ -49,6 +49,16 @@ ZONES = [
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ONE_US = timedelta(microseconds=1)
 URL = "https://example.com/hook"
+ONE_LINERS = [
+    "hourly :15",
+    "daily 02:30",
+    "daily 02:30,14:00",
+    "weekly mon,fri 09:00",
+    "monthly 1 06:00",
+    "monthly last 06:00",
+    "monthly -3 06:00",
+]
+"""Every form the README's table lists, in its order (and the schedules-file test's)."""
 
 
 def z(month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
@@ -60,36 +70,12 @@ def wall_of(instant: datetime, zone: str) -> datetime:
     return instant.astimezone(ZoneInfo(zone)).replace(tzinfo=None)
 
 
-@cache
-def transitions(zone_name: str) -> list[datetime]:
-    """DST transitions of ``zone_name`` in 2026-2028 (UTC instants), by bisection."""
-    zone = ZoneInfo(zone_name)
-    found: list[datetime] = []
-    t, end, step = (
-        datetime(2026, 1, 1, tzinfo=UTC),
-        datetime(2029, 1, 1, tzinfo=UTC),
-        timedelta(hours=6),
-    )
-    while t < end:
-        if t.astimezone(zone).utcoffset() != (t + step).astimezone(zone).utcoffset():
-            low, high = t, t + step
-            while high - low > ONE_US:
-                mid = low + (high - low) // 2
-                if mid.astimezone(zone).utcoffset() == low.astimezone(zone).utcoffset():
-                    low = mid
-                else:
-                    high = mid
-            found.append(high)
-        t += step
-    return found
-
-
 def test_transitions_are_found() -> None:
     # Guards the strategies below: without transitions they would test no DST at all.
     assert z(3, 28, 1) in transitions("Europe/Berlin")
     assert z(11, 7, 6) in transitions("America/New_York")
     assert len(transitions("America/Santiago")) == 6
-    assert transitions("Asia/Kolkata") == []
+    assert transitions("Asia/Kolkata") == ()
 
 
 @st.composite
@@ -594,15 +580,7 @@ schedules:
   - {id: m3, monthly: {day: -3, at: "06:00"}, target: {url: "https://example.com/hook"}}
 """
     parsed = parse_schedule_file(text, "s.yaml", now=z(1, 1))
-    assert [planning.trigger_of(spec).spec for spec in parsed.schedules] == [
-        "hourly :15",
-        "daily 02:30",
-        "daily 02:30,14:00",
-        "weekly mon,fri 09:00",
-        "monthly 1 06:00",
-        "monthly last 06:00",
-        "monthly -3 06:00",
-    ]
+    assert [planning.trigger_of(spec).spec for spec in parsed.schedules] == ONE_LINERS
 
 
 # ------------------------------------------------------------- stores, CLI and console
@@ -733,15 +711,7 @@ def readme_frequencies() -> list[list[str]]:
 
 def test_the_readme_frequencies_table_is_true() -> None:
     rows = readme_frequencies()
-    assert [row[1] for row in rows] == [
-        "hourly :15",
-        "daily 02:30",
-        "daily 02:30,14:00",
-        "weekly mon,fri 09:00",
-        "monthly 1 06:00",
-        "monthly last 06:00",
-        "monthly -3 06:00",
-    ]
+    assert [row[1] for row in rows] == ONE_LINERS
     start = z(1, 1) - ONE_US
     for form, line, cron, first in rows:
         key, _, value = form.partition(": ")

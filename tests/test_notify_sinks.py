@@ -24,7 +24,7 @@ from typing import Any, get_args
 import pytest
 
 from _factories import T0, make_run
-from _notify_servers import PINNED_NAME, self_signed, serve_pagerduty, serve_smtp
+from _notify_servers import PINNED_NAME, Smtp, self_signed, serve_pagerduty, serve_smtp
 from _sinks import closed_port
 from firecron.core.events import (
     PAGERDUTY_TRIGGERS,
@@ -503,26 +503,12 @@ def test_an_email_without_a_console_names_the_command() -> None:
     assert f"Inspect: firecron run {run.id}" in message.get_content()
 
 
-async def test_email_refuses_a_server_without_starttls(certificate: tuple[Path, Path]) -> None:
-    notifier = _mail_notifier(certificate)
-    try:
-        with serve_smtp(certificate=None) as smtp:
-            route = _mail_route(smtp.port)
-            error = await notifier.deliver(
-                make_event(_run(), EventType.run_failed, WHEN, [route]), route
-            )
-    finally:
-        await notifier.aclose()
-    assert error is not None
-    assert "STARTTLS" in error
-    assert smtp.received == []
-    assert smtp.logins == []
-
-
-async def test_email_to_a_private_server_is_refused_unless_private_targets_are_allowed(
-    certificate: tuple[Path, Path],
-) -> None:
-    notifier = _mail_notifier(certificate, allow_private_targets=False)
+async def _refused_mail(
+    notifier: Notifier, certificate: tuple[Path, Path] | None
+) -> tuple[str, Smtp]:
+    """Deliver one ``run.failed`` to a fresh SMTP server (STARTTLS with ``certificate``,
+    none without) through ``notifier``, then close it: (the error line, the server).
+    The delivery must fail."""
     try:
         with serve_smtp(certificate=certificate) as smtp:
             route = _mail_route(smtp.port)
@@ -532,6 +518,21 @@ async def test_email_to_a_private_server_is_refused_unless_private_targets_are_a
     finally:
         await notifier.aclose()
     assert error is not None
+    return error, smtp
+
+
+async def test_email_refuses_a_server_without_starttls(certificate: tuple[Path, Path]) -> None:
+    error, smtp = await _refused_mail(_mail_notifier(certificate), certificate=None)
+    assert "STARTTLS" in error
+    assert smtp.received == []
+    assert smtp.logins == []
+
+
+async def test_email_to_a_private_server_is_refused_unless_private_targets_are_allowed(
+    certificate: tuple[Path, Path],
+) -> None:
+    notifier = _mail_notifier(certificate, allow_private_targets=False)
+    error, smtp = await _refused_mail(notifier, certificate)
     assert error.startswith(f"email: host 127.0.0.1:{smtp.port} refused: ")
     assert "FIRECRON_ALLOW_PRIVATE_TARGETS" in error
     assert smtp.received == []
@@ -580,16 +581,8 @@ def test_validate_refuses_an_email_host_the_guard_always_refuses() -> None:
 
 
 async def test_email_verifies_the_server_certificate(certificate: tuple[Path, Path]) -> None:
-    notifier = Notifier(_settings())  # the throwaway certificate is not trusted
-    try:
-        with serve_smtp(certificate=certificate) as smtp:
-            route = _mail_route(smtp.port)
-            error = await notifier.deliver(
-                make_event(_run(), EventType.run_failed, WHEN, [route]), route
-            )
-    finally:
-        await notifier.aclose()
-    assert error is not None
+    # The throwaway certificate is not trusted.
+    error, smtp = await _refused_mail(Notifier(_settings()), certificate)
     assert "CERTIFICATE_VERIFY_FAILED" in error
     assert smtp.received == []
     assert smtp.logins == []

@@ -63,7 +63,8 @@ from firecron.core.runs import (
     task_run_id,
 )
 from firecron.dispatch import Dispatcher, TickSummary
-from firecron.errors import ConflictError, InvalidInputError, NotFoundError
+from firecron.errors import ConflictError, InvalidInputError
+from firecron.service import get_run, get_schedule
 from firecron.store.base import Store
 
 __all__ = [
@@ -82,20 +83,6 @@ _READ_CHUNK = 500
 """Runs read per ``get_runs`` call when a backfill looks for existing runs."""
 FOLLOW_INTERVAL_S = 0.5
 """How often a backfill with ``max_parallel`` looks at its active runs (store reads)."""
-
-
-async def _get_run(store: Store, run_id: str) -> Run:
-    run = await store.get_run(run_id)
-    if run is None:
-        raise NotFoundError(f"unknown run {run_id!r}")
-    return run
-
-
-async def _get_schedule(store: Store, schedule_id: str) -> StoredSchedule:
-    stored = await store.get_schedule(schedule_id)
-    if stored is None:
-        raise NotFoundError(f"unknown schedule {schedule_id!r}")
-    return stored
 
 
 # -- cancel --------------------------------------------------------------------------------
@@ -120,7 +107,7 @@ async def cancel_run(
     already ended) and :class:`ConflictError` (it kept changing under us).
     """
     timeouts = dispatcher.timeouts if dispatcher is not None else RunTimeouts()
-    run = await _get_run(store, run_id)
+    run = await get_run(store, run_id)
     if run.is_terminal:
         raise InvalidInputError(f"run {run_id} already ended ({run.state.value})")
     if run.generation is not None:
@@ -138,7 +125,7 @@ async def cancel_run(
         if written is not None:
             run = written
             break
-        run = await _get_run(store, run_id)  # a worker or a tick wrote it: judge it again
+        run = await get_run(store, run_id)  # a worker or a tick wrote it: judge it again
     else:
         raise ConflictError(f"run {run_id} kept changing; try again")
     if run.is_terminal:
@@ -243,7 +230,7 @@ async def rerun(
     or naming no task of the pipeline, or below a task that failed in the old run.
     """
     store = dispatcher.store
-    old = await _get_run(store, run_id)
+    old = await get_run(store, run_id)
     if old.generation is not None:
         raise InvalidInputError(
             f"run {run_id} is a generation of continuous schedule {old.schedule_id!r}: "
@@ -256,7 +243,7 @@ async def rerun(
                 f"{old.parent_run_id} to start from {from_task!r}"
             )
         from_task = old.task
-        old = await _get_run(store, old.parent_run_id)
+        old = await get_run(store, old.parent_run_id)
     merged: dict[str, JsonValue] = {**old.params, **(params or {})}
     if from_task is None:
         return await dispatcher.trigger(old.schedule_id, merged, cause_run_id=old.id)
@@ -300,7 +287,7 @@ async def _rerun_from(
             f"run {old.id} has not ended ({old.state.value}): re-run it from a task once it has"
         )
     for _ in range(CAS_TRIES):
-        stored = await _get_schedule(store, old.schedule_id)
+        stored = await get_schedule(store, old.schedule_id)
         spec = stored.spec.pipeline_spec
         if spec is None:
             raise InvalidInputError(
@@ -499,7 +486,7 @@ async def backfill(
         raise InvalidInputError(f"max_parallel must be at least 1, got {max_parallel}")
     store = dispatcher.store
     for _ in range(CAS_TRIES):
-        stored = await _get_schedule(store, schedule_id)
+        stored = await get_schedule(store, schedule_id)
         now = dispatcher.now()
         try:
             plan = plan_backfill(stored.spec, stored.state, start, end, now)
