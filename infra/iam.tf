@@ -14,6 +14,14 @@
 locals {
   # Service account ids are 6-30 characters of [a-z0-9-]; the namespace may be longer.
   account_prefix = trimsuffix(substr(replace(var.namespace, "_", "-"), 0, 19), "-")
+
+  # The identities that run firecron's code (admin's account is in admin.tf): each uses
+  # the store, reads the signing secret, fires runs and delivers events.
+  function_members = {
+    dispatch = "serviceAccount:${google_service_account.dispatch.email}"
+    workers  = "serviceAccount:${google_service_account.workers.email}"
+    admin    = "serviceAccount:${google_service_account.admin.email}"
+  }
 }
 
 resource "google_service_account" "scheduler" {
@@ -55,11 +63,7 @@ resource "google_service_account" "build" {
 # --- Firestore: project-level, as Firestore IAM is granted on the project ------------------
 
 resource "google_project_iam_member" "datastore_user" {
-  for_each = {
-    dispatch = "serviceAccount:${google_service_account.dispatch.email}"
-    workers  = "serviceAccount:${google_service_account.workers.email}"
-    admin    = "serviceAccount:${google_service_account.admin.email}"
-  }
+  for_each = local.function_members
 
   project = var.project_id
   role    = "roles/datastore.user"
@@ -69,11 +73,7 @@ resource "google_project_iam_member" "datastore_user" {
 # --- The signing secret: readable by the function identities only ------------------------
 
 resource "google_secret_manager_secret_iam_member" "signing_accessor" {
-  for_each = {
-    dispatch = "serviceAccount:${google_service_account.dispatch.email}"
-    workers  = "serviceAccount:${google_service_account.workers.email}"
-    admin    = "serviceAccount:${google_service_account.admin.email}"
-  }
+  for_each = local.function_members
 
   project   = var.project_id
   secret_id = google_secret_manager_secret.signing.secret_id
@@ -83,31 +83,24 @@ resource "google_secret_manager_secret_iam_member" "signing_accessor" {
 
 # --- Notification secrets: readable by the function identities that deliver events ------
 
-resource "google_secret_manager_secret_iam_member" "dispatch_reads_notification_secrets" {
-  for_each = var.notification_secrets
-
-  project   = var.project_id
-  secret_id = each.value
-  role      = "roles/secretmanager.secretAccessor"
-  member    = "serviceAccount:${google_service_account.dispatch.email}"
+locals {
+  # One grant per (secret, identity): "dispatch/PD_ROUTING_KEY" => {secret, member}.
+  notification_secret_grants = {
+    for pair in setproduct(keys(var.notification_secrets), keys(local.function_members)) :
+    "${pair[1]}/${pair[0]}" => {
+      secret = var.notification_secrets[pair[0]]
+      member = local.function_members[pair[1]]
+    }
+  }
 }
 
-resource "google_secret_manager_secret_iam_member" "workers_reads_notification_secrets" {
-  for_each = var.notification_secrets
+resource "google_secret_manager_secret_iam_member" "notification_secret_readers" {
+  for_each = local.notification_secret_grants
 
   project   = var.project_id
-  secret_id = each.value
+  secret_id = each.value.secret
   role      = "roles/secretmanager.secretAccessor"
-  member    = "serviceAccount:${google_service_account.workers.email}"
-}
-
-resource "google_secret_manager_secret_iam_member" "admin_reads_notification_secrets" {
-  for_each = var.notification_secrets
-
-  project   = var.project_id
-  secret_id = each.value
-  role      = "roles/secretmanager.secretAccessor"
-  member    = "serviceAccount:${google_service_account.admin.email}"
+  member    = each.value.member
 }
 
 # --- Invocation: a 2nd gen function is a Cloud Run service, invoked with roles/run.invoker --
@@ -179,9 +172,7 @@ resource "time_sleep" "grants_settle" {
   depends_on = [
     google_project_iam_member.build,
     google_secret_manager_secret_iam_member.signing_accessor,
-    google_secret_manager_secret_iam_member.dispatch_reads_notification_secrets,
-    google_secret_manager_secret_iam_member.workers_reads_notification_secrets,
-    google_secret_manager_secret_iam_member.admin_reads_notification_secrets,
+    google_secret_manager_secret_iam_member.notification_secret_readers,
   ]
 }
 

@@ -31,11 +31,7 @@ locals {
 
 locals {
   # The identities whose code fires runs (the dispatcher's code: firecron.dispatch).
-  enqueuers = {
-    dispatch = "serviceAccount:${google_service_account.dispatch.email}"
-    workers  = "serviceAccount:${google_service_account.workers.email}"
-    admin    = "serviceAccount:${google_service_account.admin.email}"
-  }
+  enqueuers = local.function_members
 }
 
 resource "google_cloud_tasks_queue" "dispatch" {

@@ -327,16 +327,17 @@ def _members(tf: Module, body: dict[str, Any]) -> list[str]:
     for value in values:
         if value == "${each.value}" and body.get("for_each") == "${toset(var.admin_members)}":
             out.append("var.admin_members")  # checked by test_only_admin_members_invoke_admin
-        elif value == "${each.value.member}" and body.get("for_each") == (
-            "${local.enqueue_grants}"
-        ):
-            # Every (queue, identity) pair of tasks.tf: its members are local.enqueuers'.
-            grants = tf.locals["enqueue_grants"]
-            assert "setproduct(keys(local.tasks_queue_names), keys(local.enqueuers))" in grants
-            assert "member = local.enqueuers[pair[1]]" in grants
-            enqueuers = tf.resolve("${local.enqueuers}")
-            assert isinstance(enqueuers, dict)
-            out.extend(enqueuers.values())
+        elif value == "${each.value.member}" and str(body.get("for_each")).startswith("${local."):
+            # One grant per (thing, identity) pair, as tasks.tf's enqueue_grants and
+            # iam.tf's notification_secret_grants: its members are those of one local map.
+            grants = tf.resolve(body["for_each"])
+            assert isinstance(grants, str), body["for_each"]
+            found = re.search(r"member = local\.(\w+)\[pair\[1\]\]", grants)
+            assert found is not None, grants
+            assert f"keys(local.{found.group(1)}))" in grants, grants
+            members = tf.resolve(f"${{local.{found.group(1)}}}")
+            assert isinstance(members, dict), found.group(1)
+            out.extend(members.values())
         elif value == "${each.value}":  # for_each over a literal map of members (or a local)
             members = tf.resolve(body["for_each"])
             assert isinstance(members, dict), body["for_each"]
@@ -474,17 +475,19 @@ def test_notification_secrets_are_mounted_on_and_readable_by_every_function(tf: 
         assert content["key"] == "${secret_environment_variables.key}", name
         assert content["secret"] == "${secret_environment_variables.value}", name
         assert content["version"] == "latest", name
-    grants = tf.resources["google_secret_manager_secret_iam_member"]
-    readers = {k: v for k, v in grants.items() if k.endswith("_reads_notification_secrets")}
-    assert {body["member"] for body in readers.values()} == {
-        "serviceAccount:${google_service_account.dispatch.email}",
-        "serviceAccount:${google_service_account.workers.email}",
-        "serviceAccount:${google_service_account.admin.email}",
+    readers = tf.resource("google_secret_manager_secret_iam_member", "notification_secret_readers")
+    assert readers["for_each"] == "${local.notification_secret_grants}"
+    assert readers["secret_id"] == "${each.value.secret}"
+    assert readers["member"] == "${each.value.member}"
+    assert readers["role"] == "roles/secretmanager.secretAccessor"
+    # Every identity that delivers events (and no other) reads every secret.
+    pairs = tf.locals["notification_secret_grants"]
+    assert "setproduct(keys(var.notification_secrets), keys(local.function_members))" in pairs
+    assert "secret = var.notification_secrets[pair[0]]" in pairs
+    assert tf.resolve("${local.function_members}") == {
+        who: f"serviceAccount:${{google_service_account.{who}.email}}"
+        for who in ("dispatch", "workers", "admin")
     }
-    for body in readers.values():
-        assert body["for_each"] == "${var.notification_secrets}"
-        assert body["secret_id"] == "${each.value}"
-        assert body["role"] == "roles/secretmanager.secretAccessor"
 
 
 def test_functions_wait_for_the_grants_to_settle(tf: Module) -> None:
@@ -493,10 +496,7 @@ def test_functions_wait_for_the_grants_to_settle(tf: Module) -> None:
     assert set(wait["depends_on"]) == {
         "${google_project_iam_member.build}",
         "${google_secret_manager_secret_iam_member.signing_accessor}",
-        *(
-            f"${{google_secret_manager_secret_iam_member.{who}_reads_notification_secrets}}"
-            for who in ("dispatch", "workers", "admin")
-        ),
+        "${google_secret_manager_secret_iam_member.notification_secret_readers}",
     }
     for name, body in _functions(tf).items():
         assert "${time_sleep.grants_settle}" in body["depends_on"], name
@@ -792,10 +792,10 @@ def test_only_admin_members_invoke_admin_and_it_checks_them_again(tf: Module) ->
     grant = tf.resource("google_cloud_run_service_iam_member", "admin_invokes_worker")
     assert grant["for_each"] == "${google_cloudfunctions2_function.worker}"
     assert grant["member"] == "serviceAccount:${google_service_account.admin.email}"
-    assert (
-        tf.resource("google_project_iam_member", "datastore_user")["for_each"]["admin"]
-        == "serviceAccount:${google_service_account.admin.email}"
+    datastore_users = tf.resolve(
+        tf.resource("google_project_iam_member", "datastore_user")["for_each"]
     )
+    assert datastore_users["admin"] == "serviceAccount:${google_service_account.admin.email}"
 
 
 @pytest.mark.parametrize(
