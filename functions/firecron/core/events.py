@@ -95,19 +95,22 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _http_url(value: str) -> str:
+    if not value.startswith(("https://", "http://")):
+        raise ValueError(f"invalid url {value!r}: must be an absolute http(s) URL")
+    return value
+
+
+HttpUrlText = Annotated[str, AfterValidator(_http_url)]
+"""An absolute ``http(s)`` URL, kept as written (the SSRF guard judges it when sent)."""
+
+
 class WebhookSink(_Frozen):
     """POSTs the CloudEvent (structured JSON), signed like dispatches; or a Slack message."""
 
     type: Literal["webhook"]
-    url: str
+    url: HttpUrlText
     format: Literal["cloudevents", "slack"] = "cloudevents"
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError(f"invalid url {value!r}: must be an absolute http(s) URL")
-        return value
 
 
 class PubSubSink(_Frozen):
@@ -167,14 +170,7 @@ class PagerDutySink(_Frozen):
 
     type: Literal["pagerduty"]
     routing_key_env: EnvName
-    url: str = "https://events.pagerduty.com/v2/enqueue"
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError(f"invalid url {value!r}: must be an absolute http(s) URL")
-        return value
+    url: HttpUrlText = "https://events.pagerduty.com/v2/enqueue"
 
 
 class EmailSink(_Frozen):
