@@ -31,6 +31,7 @@ from firecron.console.views import EXTENSION, RECENT_RUNS, SCHEDULES_PAGE, next_
 from firecron.core import planning
 from firecron.core.models import PipelineSpec, ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.runs import Attempt, Run, RunState, Send, task_run_id
+from firecron.notify import run_link
 from firecron.settings import Settings
 from firecron.store import Store
 
@@ -447,6 +448,25 @@ async def test_run_page(console: tuple[FlaskClient, Seeded]) -> None:
 
     missing = page(client, "/runs/nope@1", status=404)
     assert "no run 'nope@1'" in text_of(missing)
+
+
+async def test_the_links_notifications_carry_open_the_run_page(
+    console: tuple[FlaskClient, Seeded], backend: Backend
+) -> None:
+    # PagerDuty's links and the email's "Open the run" line are run_link's: each must
+    # land on the run's own page, whatever its id holds (@, :, a task's dot).
+    client, _ = console
+    origin = "https://console.example.com"
+    ids = [run.id for run in await backend.store.list_runs(limit=100)]
+    assert any("." in i for i in ids), ids
+    assert any("@" in i for i in ids), ids
+    for run_id in ids:
+        link = run_link(origin, run_id)
+        assert link is not None
+        assert link.startswith(f"{origin}/runs/")
+        html = page(client, link.removeprefix(origin))
+        assert elements(html, id="run-state"), run_id
+        assert run_id in unescape(html), run_id
 
 
 async def test_run_page_shows_the_logs(
