@@ -35,6 +35,21 @@ EXTREMES: dict[str, list[Any]] = {
     "start_at": ["9999-01-01T00:00:00Z", "0001-01-01T00:00:01Z", "9000-01-01T00:00:00Z"],
     "end_at": ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"],
     "cron": ["* * * * * * *", "99 99 * * *", "@reboot", "*/0 * * * *", "0 0 31 2 *", ""],
+    "hourly": [{"minute": 10**30}, {"minute": -1}, 15, {"minute": "15"}, {}, [], "\ud800"],
+    "daily": ["24:00", ["02:30"] * 1000, "\ud800", 870, [], "02:30:00", {"at": "02:30"}],
+    "weekly": [
+        {"days": ["fri"] * 1000, "at": "09:00"},
+        {"days": "funday", "at": "9"},
+        {"days": [], "at": "09:00"},
+        {"days": [[["mon"]]], "at": ["09:00"]},
+    ],
+    "monthly": [
+        {"day": -31, "at": "23:59"},
+        {"day": 10**30, "at": "06:00"},
+        {"day": "last", "at": "\x00"},
+        {"day": 31, "at": "02:30"},
+        {"day": None, "at": None},
+    ],
     "timezone": ["Mars/Olympus", "", "UTC" * 100, "../../etc/passwd"],
     "description": ["\ud800", "x" * 100_000, "\x00", None, 42],
     "params": [{"k": "\udfff"}, "nested", {"k": 10**400}, {"k": float("nan")}, [1]],
@@ -75,7 +90,7 @@ def mutated_file(i: int, rng: random.Random) -> bytes:
     if kind < 0.7:
         field = rng.choice(sorted(EXTREMES))
         value = rng.choice(EXTREMES[field])
-        if field in ("at", "cron"):
+        if field in ("at", "cron", "hourly", "daily", "weekly", "monthly"):
             victim.pop("every", None)
         victim[field] = value
     elif kind < 0.78:
