@@ -70,7 +70,7 @@ chromium: ## install chromium for the browser tests when it is missing (apt-get)
 	fi
 
 # The tests with real worker processes, sinks and emulators: the ones timing could break.
-FLAKY_TESTS := tests/test_end_to_end.py tests/test_worker.py tests/test_notifications.py tests/test_notify.py tests/test_orchestration_workers.py tests/test_chains.py tests/test_pipelines.py tests/test_waits.py tests/test_state_cli.py tests/test_continuous.py tests/test_continuous_processes.py tests/test_continuous_cli.py tests/test_operations.py tests/test_logs.py tests/test_api.py tests/test_browser.py tests/test_cloud_tasks.py tests/test_dispatch_scale_http.py tests/test_shards_dispatch.py tests/test_continuation.py tests/test_leases.py tests/test_tls_resumption.py tests/test_notify_sinks.py tests/test_client.py
+FLAKY_TESTS := tests/test_end_to_end.py tests/test_worker.py tests/test_notifications.py tests/test_notify.py tests/test_orchestration_workers.py tests/test_chains.py tests/test_pipelines.py tests/test_waits.py tests/test_state_cli.py tests/test_continuous.py tests/test_continuous_processes.py tests/test_continuous_cli.py tests/test_operations.py tests/test_logs.py tests/test_api.py tests/test_browser.py tests/test_cloud_tasks.py tests/test_dispatch_scale_http.py tests/test_shards_dispatch.py tests/test_continuation.py tests/test_leases.py tests/test_tls_resumption.py tests/test_notify_sinks.py tests/test_client.py tests/test_notify_probe.py
 ROUNDS ?= 20
 
 flaky: $(STAMP) chromium tasks-emulator ## run the end-to-end, worker, notification and orchestration tests ROUNDS times (default 20); report every failure

@@ -1875,6 +1875,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 from firecron import cli_logs as _cli_logs  # noqa: F401, E402
+from firecron import cli_notify as _cli_notify  # noqa: F401, E402
 from firecron import cli_ops as _cli_ops  # noqa: F401, E402
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConflictError",
+    "DeliveryError",
     "Fenced",
     "FirecronError",
     "InvalidInputError",
@@ -60,3 +61,8 @@ class TargetRefusedError(FirecronError):
 
 class SignatureError(FirecronError):
     """A request signature or token is missing, malformed, expired or wrong."""
+
+
+class DeliveryError(FirecronError):
+    """A notification sink did not acknowledge an event (``firecron notify-test``); the
+    CLI exits 1."""
