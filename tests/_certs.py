@@ -26,6 +26,36 @@ from cryptography.x509.oid import NameOID
 __all__ = ["CertsServer", "rsa_key_and_cert", "tls_files"]
 
 
+_Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def _self_signed(key: _Key, common_name: str, *extensions: x509.ExtensionType) -> bytes:
+    """A certificate of ``key`` signed by itself, valid from a day ago to a day from
+    now, with ``extensions`` (critical: BasicConstraints only), as PEM."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+    )
+    for extension in extensions:
+        builder = builder.add_extension(
+            extension, critical=isinstance(extension, x509.BasicConstraints)
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def _pem_key(key: _Key) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
 def tls_files(
     directory: Path, *, names: Sequence[str] = (), ips: Sequence[str] = ()
 ) -> tuple[Path, Path]:
@@ -34,31 +64,17 @@ def tls_files(
     (certificate, key). The certificate is its own CA: a client trusts it by loading
     ``cert.pem`` as its CA file. Valid from a day ago to a day from now."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (*names, *ips, "firecron")[0])])
-    now = dt.datetime.now(dt.UTC)
     alt: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
     alt += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+    cert = _self_signed(
+        key,
+        (*names, *ips, "firecron")[0],
+        x509.SubjectAlternativeName(alt),
+        x509.BasicConstraints(ca=True, path_length=None),
     )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_path.write_bytes(cert)
+    key_path.write_bytes(_pem_key(key))
     return cert_path, key_path
 
 
@@ -66,22 +82,7 @@ def rsa_key_and_cert(common_name: str = "firecron-test") -> tuple[bytes, bytes]:
     """A new 2048-bit RSA key (PKCS#8 PEM) and its self-signed certificate (PEM), valid
     from a day ago to a day from now."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    pem_key = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return pem_key, cert.public_bytes(serialization.Encoding.PEM)
+    return _pem_key(key), _self_signed(key, common_name)
 
 
 class CertsServer:
