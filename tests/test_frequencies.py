@@ -487,6 +487,37 @@ def test_schedule_fields_build_the_frequency(fields: dict[str, object], text: st
     assert planning.trigger_of(again) == trigger
 
 
+@st.composite
+def frequency_fields(draw: st.DrawFn) -> dict[str, object]:
+    """A schedule's frequency field, as a file writes it, of any kind and shape."""
+    times = st.tuples(st.integers(0, 23), st.integers(0, 59)).map(lambda t: clock(*t))
+    kind = draw(st.sampled_from(["hourly", "daily", "weekly", "monthly"]))
+    if kind == "hourly":
+        return {"hourly": {"minute": draw(st.integers(0, 59))}}
+    if kind == "daily":
+        listed = sorted(draw(st.sets(times, min_size=1, max_size=6)))
+        return {"daily": listed[0] if len(listed) == 1 and draw(st.booleans()) else listed}
+    at = draw(times)
+    if kind == "weekly":
+        days = draw(st.lists(st.sampled_from(WEEKDAYS), min_size=1, max_size=7, unique=True))
+        return {"weekly": {"days": days, "at": at}}
+    day = draw(st.one_of(st.integers(1, 31), st.integers(-31, -1), st.just("last")))
+    return {"monthly": {"day": day, "at": at}}
+
+
+@SETTINGS
+@given(fields=frequency_fields())
+def test_every_frequency_round_trips_through_its_one_line_form(fields: dict[str, object]) -> None:
+    # The file's form, the one-line form (`firecron next`, `list`) and the stored form
+    # are three spellings of one trigger.
+    spec = spec_of(timezone="America/New_York", **fields)
+    trigger = planning.trigger_of(spec)
+    assert isinstance(trigger, FrequencyTrigger)
+    assert parse_spec(trigger.spec, "America/New_York") == trigger
+    again = ScheduleSpec.model_validate(spec.model_dump(mode="json"))
+    assert planning.trigger_of(again) == trigger
+
+
 def test_daily_dumps_as_written() -> None:
     assert spec_of(daily="02:30").model_dump(mode="json")["daily"] == "02:30"
     assert spec_of(daily=["14:00", "02:30"]).model_dump(mode="json")["daily"] == ["02:30", "14:00"]
