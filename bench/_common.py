@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
@@ -493,3 +493,21 @@ async def wait_until(instant: datetime) -> None:
     delay = (instant - datetime.now(UTC)).total_seconds()
     if delay > 0:
         await asyncio.sleep(delay)
+
+
+def run_alone(name: str, run: Callable[[Backends], BenchResult]) -> None:
+    """A benchmark module's direct run (``python -m bench.NAME``): ``run`` on fresh
+    backends in a temporary directory, then one line per check, and the JSON result in
+    the system's temporary directory (its path printed; not written if that fails)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        backends = Backends(Path(tmp))
+        try:
+            result = run(backends)
+        finally:
+            backends.close()
+    for check in result.checks:
+        print(f"{check.verdict}  {check.backend}: {check.target}: {check.measured}")
+    with contextlib.suppress(OSError):
+        print(write_json(Path(tempfile.gettempdir()), name, result.as_dict()))

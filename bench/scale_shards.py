@@ -824,20 +824,9 @@ def _print(per_backend: Mapping[str, Mapping[str, Any]]) -> None:
 
 
 if __name__ == "__main__":  # a direct run: python -m bench.scale_shards [--quick] [backends]
-    import tempfile
-
-    from bench._common import backend_names, write_json
+    from bench._common import backend_names, run_alone
 
     args = sys.argv[1:]
-    quick = "--quick" in args
+    config = ShardsConfig.quick() if "--quick" in args else ShardsConfig()
     names = backend_names(next((a for a in args if not a.startswith("--")), None)) or ["sqlite"]
-    with tempfile.TemporaryDirectory() as tmp:
-        bk = Backends(Path(tmp))
-        try:
-            result = run(bk, names, ShardsConfig.quick() if quick else ShardsConfig())
-        finally:
-            bk.close()
-    for check in result.checks:
-        print(f"{check.verdict}  {check.backend}: {check.target}: {check.measured}")
-    with contextlib.suppress(OSError):
-        print(write_json(Path(tempfile.gettempdir()), NAME, result.as_dict()))
+    run_alone(NAME, lambda bk: run(bk, names, config))

@@ -768,7 +768,7 @@ def with_sizes(cfg: TlsConfig, **sizes: Any) -> TlsConfig:
 
 
 if __name__ == "__main__":  # a direct run: python -m bench.scale_tls [--quick] [--rounds=N]
-    from bench._common import write_json
+    from bench._common import run_alone
 
     args = sys.argv[1:]
     config = TlsConfig.quick() if "--quick" in args else TlsConfig()
@@ -778,13 +778,4 @@ if __name__ == "__main__":  # a direct run: python -m bench.scale_tls [--quick] 
             config = with_sizes(config, **{name: int(value)})
         elif name == "key-type":
             config = with_sizes(config, key_type=value)
-    with tempfile.TemporaryDirectory() as tmp:
-        bk = Backends(Path(tmp))
-        try:
-            result = run(bk, ["sqlite"], config)
-        finally:
-            bk.close()
-    for check in result.checks:
-        print(f"{check.verdict}  {check.backend}: {check.target}: {check.measured}")
-    with contextlib.suppress(OSError):
-        print(write_json(Path(tempfile.gettempdir()), NAME, result.as_dict()))
+    run_alone(NAME, lambda bk: run(bk, ["sqlite"], config))

@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench.__main__ import NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every benchmark but scale, which has its own tests (tests/test_bench_scale_*.py): its
+# second-precision part alone takes real minutes.
+SMOKED = [name for name in NAMES if name != "scale"]
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,22 +33,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "-m",
             "bench",
             "--quick",
-            # scale has its own tests (tests/test_bench_scale_*.py): its second-precision
-            # part alone takes real minutes.
-            *(
-                arg
-                for name in (
-                    "fanout",
-                    "held",
-                    "decoupling",
-                    "schedules_file",
-                    "pipelines",
-                    "waits",
-                    "continuous",
-                    "admin",
-                )
-                for arg in ("--only", name)
-            ),
+            *(arg for name in SMOKED for arg in ("--only", name)),
             "--backends",
             "sqlite",
             "--schedules",
@@ -161,16 +150,7 @@ def test_decoupling(results: Path) -> None:
 def test_summary(results: Path) -> None:
     summary = json.loads((results / "summary.json").read_text())
     assert summary["total"] == len(summary["checks"]) > 0
-    assert {c["benchmark"] for c in summary["checks"]} == {
-        "fanout",
-        "held",
-        "decoupling",
-        "schedules_file",
-        "pipelines",
-        "waits",
-        "continuous",
-        "admin",
-    }
+    assert {c["benchmark"] for c in summary["checks"]} == set(SMOKED)
 
 
 def test_schedules_file(results: Path) -> None:
