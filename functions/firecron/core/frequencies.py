@@ -48,6 +48,8 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from firecron.core.render import one_line
+
 __all__ = [
     "FREQUENCY_KINDS",
     "MAX_DAILY_TIMES",
@@ -61,6 +63,14 @@ __all__ = [
     "normalize_weekdays",
     "parse_frequency",
 ]
+
+_SHOWN = 40
+"""How much of an offending value an error quotes: a 400-digit day is not one clear line."""
+
+
+def _shown(value: object) -> str:
+    return one_line(repr(value), _SHOWN)
+
 
 FrequencyKind = Literal["hourly", "daily", "weekly", "monthly"]
 FREQUENCY_KINDS: Final[tuple[FrequencyKind, ...]] = ("hourly", "daily", "weekly", "monthly")
@@ -96,17 +106,17 @@ def normalize_clock(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and 60 <= value < 24 * 60:
         hour, minute = divmod(value, 60)
         raise ValueError(
-            f"invalid time {value!r}: YAML reads an unquoted {hour}:{minute:02d} as a number; "
+            f"invalid time {_shown(value)}: YAML reads an unquoted {hour}:{minute:02d} as a number; "
             f'quote it: "{hour:02d}:{minute:02d}"'
         )
     if not isinstance(value, str):
-        raise ValueError(f"invalid time {value!r}: {_CLOCK_HINT}")
+        raise ValueError(f"invalid time {_shown(value)}: {_CLOCK_HINT}")
     match = _CLOCK.fullmatch(value.strip())
     if match is None:
-        raise ValueError(f"invalid time {value!r}: {_CLOCK_HINT}")
+        raise ValueError(f"invalid time {_shown(value)}: {_CLOCK_HINT}")
     hour, minute = int(match[1]), int(match[2])
     if hour > 23 or minute > 59:
-        raise ValueError(f"invalid time {value!r}: hours go 00-23 and minutes 00-59")
+        raise ValueError(f"invalid time {_shown(value)}: hours go 00-23 and minutes 00-59")
     return f"{hour:02d}:{minute:02d}"
 
 
@@ -138,7 +148,7 @@ def normalize_weekdays(value: object) -> tuple[str, ...]:
     elif isinstance(value, list | tuple):
         items = list(value)
     else:
-        raise ValueError(f"invalid days {value!r}: give a list of weekdays, e.g. [mon, fri]")
+        raise ValueError(f"invalid days {_shown(value)}: give a list of weekdays, e.g. [mon, fri]")
     if not items:
         raise ValueError("give at least one weekday, e.g. [mon, fri]")
     indexes: list[int] = []
@@ -146,7 +156,7 @@ def normalize_weekdays(value: object) -> tuple[str, ...]:
         index = _WEEKDAY_INDEX.get(item.strip().lower()) if isinstance(item, str) else None
         if index is None:
             raise ValueError(
-                f"{item!r} is not a weekday: use {', '.join(WEEKDAYS[:-1])} or {WEEKDAYS[-1]}"
+                f"{_shown(item)} is not a weekday: use {', '.join(WEEKDAYS[:-1])} or {WEEKDAYS[-1]}"
             )
         if index in indexes:
             raise ValueError(f"{WEEKDAYS[index]} is listed twice")
@@ -164,12 +174,12 @@ def normalize_month_day(value: object) -> int | Literal["last"]:
         if text == "last":
             return "last"
         if not re.fullmatch(r"-?[0-9]{1,2}", text):
-            raise ValueError(f"invalid day {value!r}: {hint}")
+            raise ValueError(f"invalid day {_shown(value)}: {hint}")
         value = int(text)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"invalid day {value!r}: {hint}")
+        raise ValueError(f"invalid day {_shown(value)}: {hint}")
     if not (1 <= value <= 31 or -31 <= value <= -1):
-        raise ValueError(f"invalid day {value!r}: {hint}")
+        raise ValueError(f"invalid day {_shown(value)}: {hint}")
     return value
 
 
@@ -192,7 +202,7 @@ class Frequency:
     def of_hourly(cls, minute: int) -> Frequency:
         """``hourly`` at ``minute`` (0-59) past each hour."""
         if not isinstance(minute, int) or isinstance(minute, bool) or not 0 <= minute <= 59:
-            raise ValueError(f"invalid minute {minute!r}: use 0 to 59")
+            raise ValueError(f"invalid minute {_shown(minute)}: use 0 to 59")
         return cls("hourly", minute=minute)
 
     @classmethod
@@ -267,12 +277,12 @@ def parse_frequency(spec: str) -> Frequency | None:
     }[kind]
     expected = 1 if kind in ("hourly", "daily") else 2
     if len(rest) != expected:
-        raise ValueError(f"invalid schedule {spec!r}: write it like {usage}")
+        raise ValueError(f"invalid schedule {_shown(spec)}: write it like {usage}")
     try:
         if kind == "hourly":
             minute = rest[0].removeprefix(":")
             if not re.fullmatch(r"[0-9]{1,2}", minute):
-                raise ValueError(f"invalid minute {rest[0]!r}: use :00 to :59")
+                raise ValueError(f"invalid minute {_shown(rest[0])}: use :00 to :59")
             return Frequency.of_hourly(int(minute))
         if kind == "daily":
             return Frequency.of_daily(_split(rest[0]))
@@ -280,7 +290,7 @@ def parse_frequency(spec: str) -> Frequency | None:
             return Frequency.of_weekly(rest[0], rest[1])
         return Frequency.of_monthly(rest[0], rest[1])
     except ValueError as exc:
-        raise ValueError(f"invalid schedule {spec!r}: {exc}") from None
+        raise ValueError(f"invalid schedule {_shown(spec)}: {exc}") from None
 
 
 def _split(text: str) -> list[str]:
