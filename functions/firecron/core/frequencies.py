@@ -237,8 +237,11 @@ class Frequency:
         """Cron expressions whose union of occurrences is this frequency's, or ``None``
         for a ``monthly`` day counted from the end, which cron cannot say.
 
-        One expression per time: two times are one cron only when they share an hour or
-        a minute, and the union of single-time crons fires exactly as such a cron would
+        One expression per distinct minute, naming every hour it runs at
+        (``30 2,14 * * *``): a list of hours is still a fixed-time job (Vixie judges the
+        field's first character), and a ``daily`` of 48 half-hours is two crons to step,
+        not 48. Times with different minutes cannot share one expression without adding
+        their cross product, so the union of these fires exactly as the times say
         (several times in one gap collapse into one run either way).
         """
         if self.kind == "hourly":
@@ -253,7 +256,10 @@ class Frequency:
             days = f"* * {','.join(str(number) for number in numbers)}"
         else:
             days = f"{self.day} * *"
-        return tuple(f"{m} {h} {days}" for h, m in (clock_parts(time) for time in self.times))
+        hours: dict[int, list[int]] = {}
+        for minute, hour in sorted(clock_parts(time)[::-1] for time in self.times):
+            hours.setdefault(minute, []).append(hour)
+        return tuple(f"{m} {','.join(map(str, h))} {days}" for m, h in hours.items())
 
 
 def parse_frequency(spec: str) -> Frequency | None:
