@@ -15,7 +15,7 @@ schedules file                                  one line (``firecron next``)  cr
 ==============================================  ============================  =========================
 ``hourly: {minute: 15}``                        ``hourly :15``                ``15 * * * *``
 ``daily: "02:30"``                              ``daily 02:30``               ``30 2 * * *``
-``daily: ["02:30", "14:00"]``                   ``daily 02:30,14:00``         one cron per time
+``daily: ["02:30", "14:00"]``                   ``daily 02:30,14:00``         one cron per minute
 ``weekly: {days: [mon, fri], at: "09:00"}``     ``weekly mon,fri 09:00``      ``0 9 * * 1,5``
 ``monthly: {day: 1, at: "06:00"}``              ``monthly 1 06:00``           ``0 6 1 * *``
 ``monthly: {day: last, at: "06:00"}``           ``monthly last 06:00``        none
