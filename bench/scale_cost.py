@@ -10,7 +10,7 @@ ONE run at a time goes through the real code, on a fresh store per run:
 3. the worker starts the run, streams its 202, and calls the benchmark's function,
    which *simulates* the run's minutes instead of waiting them: the runtime's clock is
    injected (:class:`SimClock`, shared with the dispatcher), the SDK's check-in thread
-   is off (``_Execution.paced_by_thread``), and the function calls the execution's
+   is off (``_Execution._start_check_ins`` is replaced for the run), and the function calls the execution's
    check-in at each instant the thread would have (every ``interval`` of simulated
    time) and runs the dispatcher's watchdog tick of every simulated minute;
 4. the function returns at ``T0 + duration``; the SDK records the end, settles it and
@@ -485,9 +485,10 @@ async def measure_run(
         response.call_on_close(done.set)
         return response
 
-    paced = _Execution.paced_by_thread
+    start_check_ins = _Execution._start_check_ins
     previous_runtime = worker_runtime._runtime
-    _Execution.paced_by_thread = False
+    # No check-in thread: the simulated function calls the check-ins at their instants.
+    _Execution._start_check_ins = lambda self: None  # type: ignore[method-assign]
     worker_runtime._runtime = runtime
     started = time.perf_counter()
     try:
@@ -535,7 +536,7 @@ async def measure_run(
         store_writes = shared.store.stats.writes + worker_store.stats.writes - writes_before
         lines = await shared.store.get_logs(final.id)
     finally:
-        _Execution.paced_by_thread = paced
+        _Execution._start_check_ins = start_check_ins  # type: ignore[method-assign]
         worker_runtime._runtime = previous_runtime
         runtime.close()
         await shared.store.close()

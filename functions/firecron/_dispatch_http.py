@@ -52,7 +52,7 @@ from firecron.errors import FirecronError, InvalidInputError, SignatureError, Us
 from firecron.settings import Settings
 from firecron.store import open_store
 from firecron.transport import Dispatch, GoogleIdTokens, Sender, SendResult
-from firecron.transport.cloud_tasks import MAX_DISPATCH_DEADLINE, MIN_DISPATCH_DEADLINE, TaskQueue
+from firecron.transport.cloud_tasks import TaskQueue, dispatch_deadline
 from firecron.transport.sender import user_agent
 
 __all__ = ["dispatch_endpoint"]
@@ -113,10 +113,7 @@ def _query_int(args: Any, name: str, lo: int, hi: int) -> int | None:
 def _tick_deadline(settings: Settings) -> timedelta:
     """How long Cloud Tasks holds a self-call task: the tick's budget and a minute for
     the store and the sends it waits on, within Cloud Tasks' bounds."""
-    return min(
-        max(settings.tick_budget + timedelta(minutes=1), MIN_DISPATCH_DEADLINE),
-        MAX_DISPATCH_DEADLINE,
-    )
+    return dispatch_deadline(settings.tick_budget + timedelta(minutes=1))
 
 
 async def _call_self(settings: Settings, url: str, queries: list[str]) -> list[SendResult]:

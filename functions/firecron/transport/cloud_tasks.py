@@ -158,9 +158,12 @@ class TaskQueue:
     def queue_for(self, key: str) -> str:
         """The queue that dispatch ``key``'s task goes to: always the same one for a key
         (module docstring, "Several queues")."""
+        return self._queue_of(self.task_id(key))
+
+    def _queue_of(self, task_id: str) -> str:
         if len(self.queues) == 1:
             return self.queue
-        digest = hashlib.sha256(self.task_id(key).encode()).digest()
+        digest = hashlib.sha256(task_id.encode()).digest()
         return self.queues[int.from_bytes(digest[:8], "big") % len(self.queues)]
 
     def task_id(self, key: str) -> str:
@@ -196,8 +199,10 @@ class TaskQueue:
             http.oidc_token = tasks_v2.OidcToken(
                 service_account_email=self.service_account or "", audience=oidc_audience
             )
+        # The id names the task and picks its queue: computed once (it hashes the key).
+        task_id = self.task_id(d.key)
         task = tasks_v2.Task(
-            name=f"{self.queue_for(d.key)}/tasks/{self.task_id(d.key)}",
+            name=f"{self._queue_of(task_id)}/tasks/{task_id}",
             http_request=http,
             # proto-plus converts: timedelta to Duration, an aware datetime to Timestamp.
             dispatch_deadline=timedelta(seconds=int(deadline.total_seconds())),
@@ -236,7 +241,8 @@ class TaskQueue:
             d, oidc_audience=oidc_audience, deadline=deadline, schedule_time=schedule_time
         )
         try:
-            await self._tasks_client().create_task(parent=self.queue_for(d.key), task=task)
+            parent = task.name.rpartition("/tasks/")[0]
+            await self._tasks_client().create_task(parent=parent, task=task)
         except gexc.AlreadyExists:
             # This attempt was enqueued before (a re-sent pending run): it is sent.
             return SendResult(SendOutcome.unacknowledged, None, None)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -464,11 +464,6 @@ class _Execution:
     next transition is computed.
     """
 
-    paced_by_thread: ClassVar[bool] = True
-    """False: no thread checks in; whoever drives the attempt calls the check-ins itself
-    (a benchmark that simulates a run's minutes with an injected runtime clock, instead
-    of waiting them). Never changed in a worker."""
-
     def __init__(
         self,
         runtime: _Runtime,
@@ -546,8 +541,6 @@ class _Execution:
         self.cancelled.set()
 
     def _start_check_ins(self) -> None:
-        if not self.paced_by_thread:
-            return
         self._thread = threading.Thread(
             target=self._check_in_loop, name=f"firecron-check-in-{self.run.id}", daemon=True
         )
@@ -600,8 +593,7 @@ class _Execution:
 
     def _give_up(self, run: Run) -> None:
         """Timed out, lost or retried by the watchdog: the work is no longer ours."""
-        self.orphaned = True
-        self.cancelled.set()
+        self.lose_lease()
         _log.warning(
             "firecron worker: run %s attempt %d is no longer running here; cancelling",
             run.id,
