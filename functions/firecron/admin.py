@@ -29,7 +29,13 @@ from firecron._gc import gc_paused
 from firecron.core import planning
 from firecron.core.models import PipelineSpec, ScheduleSpec, ScheduleState, StoredSchedule
 from firecron.core.render import one_line
-from firecron.errors import ConflictError, InvalidInputError, NotFoundError, StoreError
+from firecron.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PreconditionFailed,
+    StoreError,
+)
 from firecron.store._codec import to_json
 from firecron.store.base import ScheduleWrite, Store
 
@@ -432,14 +438,31 @@ async def resume(store: Store, schedule_id: str, now: datetime) -> StoredSchedul
     return await _update(store, schedule_id, _state_op(planning.resume, now))
 
 
-async def delete(store: Store, schedule_id: str, now: datetime) -> None:
+async def delete(
+    store: Store, schedule_id: str, now: datetime, *, expect_version: str | None = None
+) -> None:
     """Delete a schedule, keeping its runs. Raises :class:`NotFoundError` for an unknown id.
 
-    A continuous schedule's live generation is then asked to stop, as by :func:`pause`;
-    the schedule being gone, its end creates no successor.
+    With ``expect_version``, only at that version: :class:`PreconditionFailed` (field
+    ``If-Match``) when it is at another, or changes before the delete. A continuous
+    schedule's live generation is then asked to stop, as by :func:`pause`; the schedule
+    being gone, its end creates no successor.
     """
     stored = await store.get_schedule(schedule_id)
-    if stored is None or not await store.delete_schedule(schedule_id):
+    if stored is None:
+        raise NotFoundError(f"unknown schedule {schedule_id!r}")
+    if expect_version is not None and stored.version != expect_version:
+        raise PreconditionFailed(
+            f"schedule {schedule_id!r} is at version {stored.version}, not {expect_version}",
+            field="If-Match",
+        )
+    try:
+        deleted = await store.delete_schedule(schedule_id, expect_version=expect_version)
+    except ConflictError:
+        raise PreconditionFailed(
+            f"schedule {schedule_id!r} changed meanwhile", field="If-Match"
+        ) from None
+    if not deleted:
         raise NotFoundError(f"unknown schedule {schedule_id!r}")
     await stop_live_generation(store, stored, now)
 

@@ -10,13 +10,17 @@ The CLI maps :class:`UserError` to exit code 2 and every other
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ConflictError",
     "DeliveryError",
     "Fenced",
     "FirecronError",
     "InvalidInputError",
+    "InvalidSchedule",
     "NotFoundError",
+    "PreconditionFailed",
     "SignatureError",
     "StoreError",
     "TargetRefusedError",
@@ -66,3 +70,31 @@ class SignatureError(FirecronError):
 class DeliveryError(FirecronError):
     """A notification sink did not acknowledge an event (``firecron notify-test``); the
     CLI exits 1."""
+
+
+class InvalidSchedule(InvalidInputError):
+    """A put's schedule failed validation; nothing was written.
+
+    ``errors`` lists every problem as ``(field, line)`` (``field`` None when no one
+    field is at fault). The message is that line when there is one, else ``N errors``
+    and then one line per error, as the schedules file reports them. ``field`` is the
+    first one's.
+    """
+
+    def __init__(self, errors: Sequence[tuple[str | None, str]]) -> None:
+        self.errors = list(errors)
+        self.field = self.errors[0][0]
+        lines = [line for _, line in self.errors]
+        super().__init__(
+            lines[0] if len(lines) == 1 else f"{len(lines)} errors\n" + "\n".join(lines)
+        )
+
+
+class PreconditionFailed(ConflictError):
+    """A conditional put or delete found another version than it named (or, create-only,
+    a schedule already there). ``field`` is the condition at fault (``If-Match`` for a
+    version), or None."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)

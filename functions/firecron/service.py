@@ -53,7 +53,14 @@ from firecron.core.models import (
 from firecron.core.runs import Run, RunState
 from firecron.core.schedule_file import ScheduleFile, ScheduleFileError, parse_schedule_file
 from firecron.dispatch import Dispatcher
-from firecron.errors import ConflictError, InvalidInputError, NotFoundError, StoreError
+from firecron.errors import (
+    ConflictError,
+    InvalidInputError,
+    InvalidSchedule,
+    NotFoundError,
+    PreconditionFailed,
+    StoreError,
+)
 from firecron.settings import Settings
 from firecron.store.base import Store
 
@@ -83,34 +90,6 @@ _YAML_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
 _ID_LABEL = re.compile(r" \(id=[^)]*\)")
 _UNKNOWN_KEY = re.compile(r"unknown key '([^']*)'")
 _PAGE = 1000
-
-
-class InvalidSchedule(InvalidInputError):
-    """A put's schedule failed validation; nothing was written.
-
-    ``errors`` lists every problem as ``(field, line)`` (``field`` None when no one
-    field is at fault). The message is that line when there is one, else ``N errors``
-    and then one line per error, as the schedules file reports them. ``field`` is the
-    first one's.
-    """
-
-    def __init__(self, errors: Sequence[tuple[str | None, str]]) -> None:
-        self.errors = list(errors)
-        self.field = self.errors[0][0]
-        lines = [line for _, line in self.errors]
-        super().__init__(
-            lines[0] if len(lines) == 1 else f"{len(lines)} errors\n" + "\n".join(lines)
-        )
-
-
-class PreconditionFailed(ConflictError):
-    """A conditional put or delete found another version than it named (or, create-only,
-    a schedule already there). ``field`` is the condition at fault (``If-Match`` for a
-    version), or None."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        self.field = field
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -218,27 +197,10 @@ async def trigger(
 async def delete_schedule(
     store: Store, schedule_id: str, now: datetime, *, expect_version: str | None = None
 ) -> None:
-    """Delete a schedule, keeping its runs, as :func:`firecron.admin.delete` does;
-    with ``expect_version``, only at that version (:class:`PreconditionFailed`
-    otherwise). Raises :class:`NotFoundError` for an unknown id."""
-    if expect_version is None:
-        await delete(store, checked_id(schedule_id), now)
-        return
-    stored = await get_schedule(store, schedule_id)
-    if stored.version != expect_version:
-        raise PreconditionFailed(
-            f"schedule {schedule_id!r} is at version {stored.version}, not {expect_version}",
-            field="If-Match",
-        )
-    try:
-        deleted = await store.delete_schedule(schedule_id, expect_version=expect_version)
-    except ConflictError:
-        raise PreconditionFailed(
-            f"schedule {schedule_id!r} changed meanwhile", field="If-Match"
-        ) from None
-    if not deleted:
-        raise NotFoundError(f"unknown schedule {schedule_id!r}")
-    await admin.stop_live_generation(store, stored, now)
+    """Delete a schedule, keeping its runs (:func:`firecron.admin.delete`); with
+    ``expect_version``, only at that version (:class:`PreconditionFailed` otherwise).
+    Raises :class:`NotFoundError` for an unknown id, or a string that is not an id."""
+    await delete(store, checked_id(schedule_id), now, expect_version=expect_version)
 
 
 # -- put -----------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ from firecron.errors import (
     ConflictError,
     FirecronError,
     InvalidInputError,
+    InvalidSchedule,
     NotFoundError,
+    PreconditionFailed,
     SignatureError,
     StoreError,
 )
@@ -88,11 +90,17 @@ def problem_of(exc: FirecronError, *, precondition: bool = False) -> Problem:
     ``precondition``: the request carried ``If-Match``, so a lost compare-and-set is 412
     (the version it named is not the current one) rather than 409.
     """
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    errors = exc.errors if isinstance(exc, InvalidSchedule) else []
+    field = exc.field if isinstance(exc, InvalidSchedule | PreconditionFailed) else None
+    # The detail is one line: every error of an InvalidSchedule, each also in ``errors``.
+    lines = [line for _, line in errors] or [str(exc)]
+    text = " ".join("; ".join(lines).split()) or type(exc).__name__
     if isinstance(exc, NotFoundError):
-        return Problem(404, text)
+        return Problem(404, text, field=field)
     if isinstance(exc, InvalidInputError):
-        return Problem(422, text)
+        return Problem(422, text, field=field, errors=errors)
+    if isinstance(exc, PreconditionFailed):
+        return Problem(412, text, field=field)
     if isinstance(exc, ConflictError):
         return Problem(412 if precondition else 409, text)
     if isinstance(exc, SignatureError):

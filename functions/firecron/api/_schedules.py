@@ -115,14 +115,7 @@ def put_schedule(schedule_id: str) -> flask.Response:
         expect_version=if_match(),
         create_only=if_none_match_star(),
     )
-    try:
-        result = service.call(put)
-    except service_layer.InvalidSchedule as exc:
-        # A problem's detail is one line: every error, each also in ``errors``.
-        detail = "; ".join(line for _, line in exc.errors)
-        raise Problem(422, detail, field=exc.field, errors=exc.errors) from None
-    except service_layer.PreconditionFailed as exc:
-        raise Problem(412, str(exc), field=exc.field) from None
+    result = service.call(put)
     written = result.schedule
     return reply(
         schedule_document(written), 201 if result.created else 200, version=written.version
@@ -134,14 +127,11 @@ def delete_schedule(schedule_id: str) -> flask.Response:
     """Delete a schedule (its runs are kept); 204. ``If-Match`` as for a put."""
     _checked_id(schedule_id)
     service = _service()
-    try:
-        service.call(
-            service_layer.delete_schedule(
-                service.store, schedule_id, service.now(), expect_version=if_match()
-            )
+    service.call(
+        service_layer.delete_schedule(
+            service.store, schedule_id, service.now(), expect_version=if_match()
         )
-    except service_layer.PreconditionFailed as exc:
-        raise Problem(412, str(exc), field=exc.field) from None
+    )
     return flask.Response(status=204)
 
 
@@ -210,8 +200,8 @@ def backfill(schedule_id: str) -> flask.Response:
         isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
     ):
         raise Problem(422, "max_parallel: must be a positive integer", field="max_parallel")
+    # An unknown schedule is backfill's own NotFoundError (404): no read of it here.
     _checked_id(schedule_id)
-    _get(service, schedule_id)
     if max_parallel is None or dry_run:
         report = service.call(
             operations.backfill(service.dispatcher, schedule_id, start, end, dry_run=dry_run)
