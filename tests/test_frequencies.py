@@ -29,7 +29,6 @@ from rich.console import Console
 
 from _cli import run_cli
 from _dst import transitions
-from firecron.console.views import trigger_text
 from firecron.core import planning
 from firecron.core.frequencies import WEEKDAYS, Frequency, parse_frequency
 from firecron.core.models import INPUT, ScheduleSpec
@@ -705,7 +704,10 @@ def test_console_says_it_in_words() -> None:
 
     spec = spec_of(timezone="Europe/Berlin", weekly={"days": ["mon", "fri"], "at": "09:00"})
     stored = StoredSchedule(spec=spec, state=planning.initial_state(spec, z(1, 1)), version="v1")
-    assert trigger_text(stored) == "weekly on Monday and Friday at 09:00 (Europe/Berlin)"
+    assert (
+        planning.trigger_words(stored.spec)
+        == "weekly on Monday and Friday at 09:00 (Europe/Berlin)"
+    )
 
 
 def test_dev_view_says_it_in_words(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ from rich.text import Text
 
 from firecron import admin
 from firecron._dev_secret import secret_path, with_dev_secret
-from firecron.console.views import trigger_text
+from firecron.core import planning
 from firecron.core.durations import format_duration
 from firecron.core.models import StoredSchedule
 from firecron.core.pipeline_graph import topological_order
@@ -599,7 +599,9 @@ class DevStack:
                 if nxt
                 else "-"
             )
-            upcoming.add_row(s.id, s.status, local, eta, str(s.state.run_count), trigger_text(s))
+            upcoming.add_row(
+                s.id, s.status, local, eta, str(s.state.run_count), planning.trigger_words(s.spec)
+            )
         recent = Table(title="Recent runs", title_justify="left", box=None, header_style="bold")
         for col in ("RUN", "STATE", "ATTEMPT", "DURATION", "TASKS", "ERROR"):
             recent.add_column(col, overflow="fold")

@@ -45,7 +45,6 @@ __all__ = [
     "WINDOWS",
     "make_blueprint",
     "next_fires",
-    "trigger_text",
 ]
 
 EXTENSION = "firecron_console"
@@ -113,13 +112,6 @@ def next_fires(stored: StoredSchedule, count: int = NEXT_FIRES) -> list[datetime
     return times
 
 
-def trigger_text(stored: StoredSchedule) -> str:
-    """The schedule's trigger in words, naming its zone when the words do not."""
-    text = planning.trigger_of(stored.spec).describe()
-    zone = stored.spec.timezone
-    return text if zone in text else f"{text} ({zone})"
-
-
 def local_text(instant: datetime, zone: str) -> str:
     """``instant`` as ``2027-01-01 09:30:00 CET`` in ``zone``."""
     return instant.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -175,7 +167,7 @@ async def _schedule_rows(store: Store, after: str | None) -> tuple[list[Schedule
         rows.append(
             ScheduleRow(
                 stored=stored,
-                trigger=trigger_text(stored),
+                trigger=planning.trigger_words(stored.spec),
                 next_fires=[(local_text(t, zone), rfc3339(t)) for t in next_fires(stored)],
                 runs=[r for r in runs if r.task is None],
             )

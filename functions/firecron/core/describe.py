@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from cron_descriptor import ExpressionDescriptor
 
-from firecron.core.frequencies import WEEKDAYS, Frequency
+from firecron.core.frequencies import WEEKDAY_NAMES, WEEKDAYS, Frequency
 from firecron.core.triggers import expand_macro, validate_cron
 
 __all__ = [
@@ -80,9 +80,6 @@ def describe_every(interval: timedelta) -> str:
     )
 
 
-_DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-
-
 def describe_frequency(frequency: Frequency) -> str:
     """Describe a prebuilt frequency: ``hourly, at 15 minutes past the hour``,
     ``daily at 02:30 and 14:00``, ``weekly on Monday and Friday at 09:00``,
@@ -100,7 +97,7 @@ def describe_frequency(frequency: Frequency) -> str:
     if frequency.kind == "daily":
         return f"daily at {times}"
     if frequency.kind == "weekly":
-        return f"weekly on {_and(_DAY_NAMES[WEEKDAYS.index(d)] for d in frequency.days)} at {times}"
+        return f"weekly on {_and(WEEKDAY_NAMES[WEEKDAYS.index(d)].title() for d in frequency.days)} at {times}"
     day = frequency.day
     skips = " (skipped in months without that day)" if abs(day) >= 29 else ""
     if day == -1:

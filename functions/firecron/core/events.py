@@ -21,7 +21,7 @@ import fnmatch
 import re
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -205,8 +205,11 @@ SinkConfig = Annotated[
     WebhookSink | PubSubSink | LogSink | PagerDutySink | EmailSink, Field(discriminator="type")
 ]
 
-SINK_TYPES: frozenset[str] = frozenset(("webhook", "pubsub", "log", "pagerduty", "email"))
-"""The ``type`` of every :data:`SinkConfig` (a test keeps it equal to the union's)."""
+SINK_TYPES: frozenset[str] = frozenset(
+    get_args(model.model_fields["type"].annotation)[0]
+    for model in get_args(get_args(SinkConfig)[0])
+)
+"""The ``type`` tag of every :data:`SinkConfig` (read from the union itself)."""
 
 PAGERDUTY_TRIGGERS = (
     EventType.run_failed,

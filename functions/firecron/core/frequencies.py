@@ -54,6 +54,7 @@ __all__ = [
     "FREQUENCY_KINDS",
     "MAX_DAILY_TIMES",
     "WEEKDAYS",
+    "WEEKDAY_NAMES",
     "Frequency",
     "FrequencyKind",
     "clock_parts",
@@ -77,14 +78,21 @@ FREQUENCY_KINDS: Final[tuple[FrequencyKind, ...]] = ("hourly", "daily", "weekly"
 
 #: Weekday names, Monday first (ISO order); cron numbers them Sunday = 0.
 WEEKDAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_FULL_NAMES: Final = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+WEEKDAY_NAMES: Final = (
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+)
 _WEEKDAY_INDEX: Final = {
     **{name: index for index, name in enumerate(WEEKDAYS)},
-    **{name: index for index, name in enumerate(_FULL_NAMES)},
+    **{name: index for index, name in enumerate(WEEKDAY_NAMES)},
 }
 
-#: The most times one ``daily`` may list: more is a cron expression's job (each time is
-#: one cron trigger to evaluate at every plan).
+#: The most times one ``daily`` may list: more is a cron expression's job.
 MAX_DAILY_TIMES: Final = 48
 
 _CLOCK: Final = re.compile(r"([0-9]{1,2}):([0-9]{2})")

@@ -69,6 +69,7 @@ __all__ = [
     "replan",
     "resume",
     "trigger_of",
+    "trigger_words",
 ]
 
 DEFAULT_MISFIRE_THRESHOLD = timedelta(minutes=2)
@@ -131,6 +132,13 @@ def trigger_of(spec: ScheduleSpec) -> Trigger:
         start_at=spec.start_at,
         end_at=spec.end_at,
     )
+
+
+def trigger_words(spec: ScheduleSpec) -> str:
+    """``spec``'s trigger in words, naming its zone when the words do not (what the
+    console and the dev view show: ``weekly on Monday and Friday at 09:00 (Europe/Berlin)``)."""
+    text = trigger_of(spec).describe()
+    return text if spec.timezone in text else f"{text} ({spec.timezone})"
 
 
 def _occurrence(spec: ScheduleSpec, scheduled_for: datetime) -> Occurrence:
