@@ -39,15 +39,6 @@ __all__ = ["PROBE_EVENTS", "PROBE_SCHEDULE", "Sent", "probe", "probe_run"]
 PROBE_SCHEDULE = "firecron-test"
 """The schedule id test events are about."""
 
-PROBE_EVENTS = (
-    EventType.run_failed,
-    EventType.run_lost,
-    EventType.run_timed_out,
-    EventType.run_sla_breached,
-    EventType.run_succeeded,
-)
-"""The event types a test can send (the ones sinks are usually routed)."""
-
 _STATES = {
     EventType.run_failed: RunState.failed,
     EventType.run_lost: RunState.lost,
@@ -55,6 +46,10 @@ _STATES = {
     EventType.run_sla_breached: RunState.running,
     EventType.run_succeeded: RunState.succeeded,
 }
+"""The state a test run is in for each event it can be the subject of."""
+
+PROBE_EVENTS = tuple(_STATES)
+"""The event types a test can send (the ones sinks are usually routed)."""
 
 
 @dataclass(frozen=True)
@@ -115,13 +110,13 @@ async def probe(
     if event_type not in PROBE_EVENTS:
         allowed = ", ".join(t.value for t in PROBE_EVENTS)
         raise InvalidInputError(f"--event: {event_type.value} cannot be tested (one of {allowed})")
+    route = Route(sink_name=sink_name, types=(event_type,), sink=sink)
     pagerduty = isinstance(sink, PagerDutySink)
-    if pagerduty and event_type not in PAGERDUTY_TRIGGERS:
+    if not route.wants(event_type):  # a success is never sent alone to PagerDuty
         allowed = ", ".join(t.value for t in PAGERDUTY_TRIGGERS)
         raise InvalidInputError(
             f"--event: a pagerduty sink is sent {allowed} (a success only resolves them)"
         )
-    route = Route(sink_name=sink_name, types=(event_type,), sink=sink)
     steps = [(event_type, now, False)]
     if pagerduty and not keep_open:
         steps.append((EventType.run_succeeded, now + timedelta(seconds=1), True))
