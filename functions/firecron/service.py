@@ -68,7 +68,6 @@ __all__ = [
     "InvalidSchedule",
     "PreconditionFailed",
     "PutResult",
-    "delete",
     "delete_schedule",
     "get_run",
     "get_schedule",
@@ -79,7 +78,6 @@ __all__ = [
     "resume",
     "schedule_body",
     "trigger",
-    "validate_schedule",
 ]
 
 _CAS_TRIES = 5
@@ -251,7 +249,7 @@ async def put_schedule(
                     f" not {expect_version}",
                     field="If-Match",
                 )
-        spec = await validate_schedule(store, settings, schedule_id, body, now, stored)
+        spec = await _validate_schedule(store, settings, schedule_id, body, now, stored)
         try:
             if stored is None:
                 state = planning.initial_state(spec, now)
@@ -274,7 +272,7 @@ async def put_schedule(
     raise StoreError(f"schedule {schedule_id!r} kept changing; try again")
 
 
-async def validate_schedule(
+async def _validate_schedule(
     store: Store,
     settings: Settings,
     schedule_id: str,
