@@ -303,26 +303,53 @@ def pagerduty_events(
         for key in ("run_id", "scheduled_for", "attempt", "max_attempts", "state", "error")
     }
     details["labels"] = dict(event.data.get("labels") or {})
+    return [
+        _pagerduty_trigger(
+            routing_key,
+            pagerduty_dedup_key(schedule_id, event.type),
+            summary=_summary(event),
+            schedule_id=schedule_id,
+            kind=event.type.value,
+            severity=_PD_SEVERITY.get(event.type, "error"),
+            time=event.time,
+            details=details,
+            link=run_link(console_url, event.subject),
+        )
+    ]
+
+
+def _pagerduty_trigger(
+    routing_key: str,
+    dedup_key: str,
+    *,
+    summary: str,
+    schedule_id: str,
+    kind: str,
+    severity: str,
+    time: datetime,
+    details: dict[str, Any],
+    link: str | None,
+) -> dict[str, Any]:
+    """One Events API v2 ``trigger`` body about ``schedule_id`` (``kind`` is its class)."""
     body: dict[str, Any] = {
         "routing_key": routing_key,
         "event_action": "trigger",
-        "dedup_key": pagerduty_dedup_key(schedule_id, event.type),
+        "dedup_key": dedup_key,
         "client": "firecron",
         "payload": {
-            "summary": one_line(_summary(event), _PD_SUMMARY),
+            "summary": one_line(summary, _PD_SUMMARY),
             "source": f"firecron/{schedule_id}",
-            "severity": _PD_SEVERITY.get(event.type, "error"),
-            "timestamp": rfc3339(event.time),
+            "severity": severity,
+            "timestamp": rfc3339(time),
             "component": schedule_id,
-            "class": event.type.value,
+            "class": kind,
             "custom_details": details,
         },
     }
-    link = run_link(console_url, event.subject)
     if link is not None:
         body["client_url"] = link
         body["links"] = [{"href": link, "text": "The run in the firecron console"}]
-    return [body]
+    return body
 
 
 def _message_id(key: str) -> str:
@@ -625,17 +652,23 @@ class Notifier:
         headers.update(
             signature_headers(key, datetime.now(UTC), body, self._settings.signing_secrets)
         )
-        post = Dispatch(url=url, body=body, headers=headers, key=key)
+        return await self._send_once(
+            Dispatch(url=url, body=body, headers=headers, key=key), "webhook", shown
+        )
+
+    async def _send_once(self, post: Dispatch, kind: str, shown: str) -> str | None:
+        """One try of ``post`` through the sender: None when it got a 2xx, else one line
+        naming ``kind`` and ``shown`` (the URL as it may be shown), never the URL's secrets."""
         try:
             # One bound for everything: waiting for a slot, DNS, connect, TLS, write and
             # the status line.
             async with asyncio.timeout(self._timeout):
-                result = await self._sender.send(post, label=f"webhook {shown}")
+                result = await self._sender.send(post, label=f"{kind} {shown}")
         except TimeoutError:
-            return f"webhook {shown}: no response within {self._timeout:g}s"
+            return f"{kind} {shown}: no response within {self._timeout:g}s"
         if result.outcome is SendOutcome.acknowledged:
             return None
-        return _scrub(result.error or f"webhook {shown}: failed", url, shown)
+        return _scrub(result.error or f"{kind} {shown}: failed", post.url, shown)
 
     # -- pagerduty -------------------------------------------------------------
 
@@ -664,23 +697,17 @@ class Notifier:
             key = self._secret(name, "routing_key_env", sink.routing_key_env)
         except LookupError as exc:
             return str(exc)
-        body: dict[str, Any] = {
-            "routing_key": key,
-            "event_action": "trigger",
-            "dedup_key": f"firecron/{run.id}/message",
-            "client": "firecron",
-            "payload": {
-                "summary": one_line(text, _PD_SUMMARY),
-                "source": f"firecron/{run.schedule_id}",
-                "severity": "error",
-                "component": run.schedule_id,
-                "class": "message",
-                "custom_details": {"text": text, "run_id": run.id},
-            },
-        }
-        link = run_link(self._settings.console_url, run.id)
-        if link is not None:
-            body["links"] = [{"href": link, "text": "The run in the firecron console"}]
+        body = _pagerduty_trigger(
+            key,
+            f"firecron/{run.id}/message",
+            summary=text,
+            schedule_id=run.schedule_id,
+            kind="message",
+            severity="error",
+            time=datetime.now(UTC),
+            details={"text": text, "run_id": run.id},
+            link=run_link(self._settings.console_url, run.id),
+        )
         return await self._pagerduty_send(sink, [body], f"{run.id}/message")
 
     async def _pagerduty_send(
@@ -694,23 +721,13 @@ class Notifier:
         shown = redact_url(sink.url)
         headers = {"content-type": "application/json", "user-agent": user_agent()}
 
-        async def one(body: dict[str, Any]) -> str | None:
-            post = Dispatch(
-                url=sink.url,
-                body=json.dumps(body, ensure_ascii=False).encode(),
-                headers=dict(headers),
-                key=key,
-            )
-            try:
-                async with asyncio.timeout(self._timeout):
-                    result = await self._sender.send(post, label=f"pagerduty {shown}")
-            except TimeoutError:
-                return f"pagerduty {shown}: no response within {self._timeout:g}s"
-            if result.outcome is SendOutcome.acknowledged:
-                return None
-            return _scrub(result.error or f"pagerduty {shown}: failed", sink.url, shown)
+        def post(body: dict[str, Any]) -> Dispatch:
+            data = json.dumps(body, ensure_ascii=False).encode()
+            return Dispatch(url=sink.url, body=data, headers=dict(headers), key=key)
 
-        errors = await asyncio.gather(*(one(body) for body in bodies))
+        errors = await asyncio.gather(
+            *(self._send_once(post(body), "pagerduty", shown) for body in bodies)
+        )
         return next((e for e in errors if e is not None), None)
 
     # -- email -----------------------------------------------------------------
