@@ -114,12 +114,6 @@ def _label(index: int, schedule_id: str) -> str:
     return f"schedules[{index}] (id={schedule_id})"
 
 
-def _trigger_field(spec: ScheduleSpec) -> str:
-    # None set is an on-demand schedule (its plan cannot fail, in fact).
-    fields = ("cron", "every", "at", "hourly", "daily", "weekly", "monthly", "continuous")
-    return next((name for name in fields if getattr(spec, name) is not None), "trigger")
-
-
 def _error_line(exc: BaseException) -> str:
     return one_line(str(exc), 200) or type(exc).__name__
 
@@ -176,7 +170,10 @@ def _plan_problem(spec: ScheduleSpec, now: datetime) -> tuple[ScheduleState | No
         if state.next_occurrence is not None:
             planning.trigger_of(spec).occurrences(state.next_occurrence, 4)
     except (ArithmeticError, ValueError) as exc:
-        return None, f"{_trigger_field(spec)}: cannot plan its occurrences: {_error_line(exc)}"
+        return (
+            None,
+            f"{spec.trigger_field or 'trigger'}: cannot plan its occurrences: {_error_line(exc)}",
+        )
     return state, None
 
 
@@ -270,7 +267,7 @@ async def apply_schedules(
                     )
                 except (ArithmeticError, ValueError) as exc:
                     errors.append(
-                        f"{_label(done - 1, spec.id)}: {_trigger_field(spec)}: "
+                        f"{_label(done - 1, spec.id)}: {spec.trigger_field or 'trigger'}: "
                         f"cannot plan its occurrences: {_error_line(exc)}"
                     )
                     continue

@@ -61,6 +61,7 @@ __all__ = [
     "MAX_PARAMS_DEPTH",
     "MAX_PIPELINE_TASKS",
     "SCHEDULE_ID_PATTERN",
+    "TRIGGER_FIELDS",
     "ChainOn",
     "ChainStep",
     "ClockTime",
@@ -127,6 +128,10 @@ as text in JSON. At most ten years when validated as :data:`INPUT`."""
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+TRIGGER_FIELDS = ("cron", "every", "at", "hourly", "daily", "weekly", "monthly", "continuous")
+"""The fields of a schedule that say when it fires; it sets at most one (none: on demand)."""
 
 
 class TriggerKind(StrEnum):
@@ -835,28 +840,14 @@ class ScheduleSpec(_Frozen):
 
     @model_validator(mode="after")
     def _check_trigger(self) -> Self:
-        # Not ``for k in TriggerKind``: iterating an enum cost more than the rest of this
-        # check, once per schedule of a large file.
-        given = [
-            kind
-            for kind, value in (
-                (TriggerKind.cron, self.cron),
-                (TriggerKind.every, self.every),
-                (TriggerKind.at, self.at),
-                (TriggerKind.hourly, self.hourly),
-                (TriggerKind.daily, self.daily),
-                (TriggerKind.weekly, self.weekly),
-                (TriggerKind.monthly, self.monthly),
-                ("continuous", self.continuous),
-            )
-            if value is not None
-        ]
+        # A tuple of names, not ``TriggerKind``: iterating an enum cost more than the
+        # rest of this check, once per schedule of a large file.
+        given = [name for name in TRIGGER_FIELDS if getattr(self, name) is not None]
         if len(given) > 1:
             # None at all is an on-demand schedule: it runs when triggered or chained.
-            found = ", ".join(given)
+            names = ", ".join(f"'{name}'" for name in TRIGGER_FIELDS[:-1])
             raise ValueError(
-                "set at most one of 'cron', 'every', 'at', 'hourly', 'daily', 'weekly', "
-                f"'monthly' or 'continuous' (found: {found})"
+                f"set at most one of {names} or '{TRIGGER_FIELDS[-1]}' (found: {', '.join(given)})"
             )
         if self.continuous is not None and not self.target.is_worker:
             raise ValueError(
@@ -872,16 +863,12 @@ class ScheduleSpec(_Frozen):
     def on_demand(self) -> bool:
         """True when the schedule has no trigger: it never fires by itself, only when
         triggered, chained or submitted from code."""
-        return (
-            self.cron is None
-            and self.every is None
-            and self.at is None
-            and self.continuous is None
-            and self.hourly is None
-            and self.daily is None
-            and self.weekly is None
-            and self.monthly is None
-        )
+        return self.trigger_field is None
+
+    @property
+    def trigger_field(self) -> str | None:
+        """The name of the one trigger field set (:data:`TRIGGER_FIELDS`), or None."""
+        return next((name for name in TRIGGER_FIELDS if getattr(self, name) is not None), None)
 
     @property
     def frequency(self) -> Frequency | None:
@@ -900,14 +887,7 @@ class ScheduleSpec(_Frozen):
     def trigger_fields(self) -> tuple[object, ...]:
         """The fields that decide *when* the schedule fires; a change re-plans ``next_fire_at``."""
         return (
-            self.cron,
-            self.every,
-            self.at,
-            self.hourly,
-            self.daily,
-            self.weekly,
-            self.monthly,
-            self.continuous,
+            *(getattr(self, name) for name in TRIGGER_FIELDS),
             self.timezone,
             self.start_at,
             self.end_at,
