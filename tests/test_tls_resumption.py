@@ -126,6 +126,21 @@ async def test_a_context_that_is_not_resuming_never_offers_a_session(
     assert srv.resumed == [False, False]
 
 
+async def test_sessions_outlive_the_sender(server: tuple[TlsServer, str], pki: TlsFiles) -> None:
+    # Deployed, dispatch makes a Sender per tick: the next tick's first dispatch to a
+    # host resumes the session the previous tick kept (the process's, per CA file).
+    srv, url = server
+    for _ in range(2):
+        sender = make_sender(ca_file=str(pki.ca))
+        assert (await sender.send(dispatch(url))).outcome is SendOutcome.acknowledged
+        await sender.aclose()
+    assert srv.resumed == [False, True]
+    # A sender given its own context keeps sessions of its own.
+    own = make_sender(ssl_context=tls_context(str(pki.ca)))
+    assert (await own.send(dispatch(url))).outcome is SendOutcome.acknowledged
+    assert srv.resumed == [False, True, False]
+
+
 async def test_sessions_are_kept_per_host_and_port(pki: TlsFiles) -> None:
     # Both servers share one context (and so its ticket keys): a session offered to the
     # wrong port would be resumed there.

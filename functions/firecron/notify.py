@@ -93,7 +93,7 @@ from firecron.core.runs import Run
 from firecron.errors import TargetRefusedError
 from firecron.settings import Settings
 from firecron.transport.guard import redact_url, resolve_host
-from firecron.transport.sender import Dispatch, Sender, tls_context, user_agent
+from firecron.transport.sender import Dispatch, Sender, shared_tls, user_agent
 from firecron.transport.signing import signature_headers
 
 __all__ = [
@@ -751,7 +751,7 @@ class Notifier:
             return one_line(f"email: {exc}", _MAX_ERROR)
         except (OSError, TimeoutError) as exc:
             return one_line(f"{shown}: cannot resolve: {type(exc).__name__}: {exc}", _MAX_ERROR)
-        context = tls_context(self._settings.ca_file)
+        context, _ = shared_tls(self._settings.ca_file)
         timeout = self._timeout
 
         def send() -> dict[str, tuple[int, bytes]]:

@@ -57,7 +57,12 @@ name with the same context, so verification is never skipped for a server that h
 proved it holds the session's secret. It saves less than the handshake work it skips:
 CPython copies a session (serialized and parsed again, peer certificate included) each
 time one is offered or read, so the sender reads one only when it must
-(:meth:`Sender._keep_session`).
+(:meth:`TlsSessions.keep`).
+
+The default context and its sessions belong to the process, not to one ``Sender``
+(:func:`shared_tls`, one per ``ca_file``): deployed, dispatch makes a ``Sender`` per
+tick, and a session kept by one tick is offered by the next. Loading the CA bundles
+(~16 ms of file reads and parsing) happens once per process too.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ import re
 import socket
 import ssl
 import string
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -96,9 +102,11 @@ __all__ = [
     "ResumingTLSContext",
     "SendResult",
     "Sender",
+    "TlsSessions",
     "build_dispatch",
     "dispatch_body",
     "resolve_url",
+    "shared_tls",
     "tls_context",
     "user_agent",
 ]
@@ -359,7 +367,7 @@ _OFFERED_SESSION: contextvars.ContextVar[ssl.SSLSession | None] = contextvars.Co
 )
 
 MAX_TLS_SESSIONS: Final = 1024
-"""Most (host, port) sessions a :class:`Sender` keeps; the oldest stored goes first."""
+"""Most (host, port) sessions a :class:`TlsSessions` keeps; the oldest stored goes first."""
 
 
 class ResumingTLSContext(ssl.SSLContext):
@@ -412,6 +420,68 @@ def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
     return context
 
 
+class TlsSessions:
+    """The TLS session to offer on the next connection to each (host name, port), for
+    one context. Thread-safe: the process's default one is shared by every sender."""
+
+    def __init__(self) -> None:
+        # Each entry: the session and when to renew it (epoch seconds: half its
+        # lifetime). Insertion-ordered: the oldest stored is evicted first.
+        self._entries: dict[tuple[str, int], tuple[ssl.SSLSession, float]] = {}
+        self._lock = threading.Lock()
+
+    def offer(self, key: tuple[str, int]) -> ssl.SSLSession | None:
+        """The session kept for ``key``, if any."""
+        with self._lock:
+            stored = self._entries.get(key)
+        return stored[0] if stored is not None else None
+
+    def keep(self, key: tuple[str, int], connection: _http1.Connection) -> None:
+        """Store the connection's TLS session for ``key``, once the response has come.
+
+        Not right after the handshake: a TLS 1.3 server sends its session tickets after
+        it, and they are read with the response. Only when the connection did not
+        resume the stored session, or that one is past half its lifetime: reading a
+        session copies it (CPython serializes and parses it, peer certificate
+        included), which costs about as much CPU as resuming saves. A server that
+        refuses a reused ticket thus gets a full handshake, whose session is stored.
+        """
+        tls = connection.ssl_object
+        if tls is None:
+            return
+        with self._lock:
+            stored = self._entries.get(key)
+        if stored is not None and tls.session_reused and time.time() < stored[1]:
+            return
+        session = tls.session
+        if session is None:
+            return
+        with self._lock:
+            entries = self._entries
+            entries.pop(key, None)
+            entries[key] = (session, session.time + session.timeout / 2)
+            while len(entries) > MAX_TLS_SESSIONS:
+                del entries[next(iter(entries))]
+
+
+_SHARED_TLS: dict[tuple[str | None, ...], tuple[ssl.SSLContext, TlsSessions]] = {}
+_SHARED_TLS_LOCK = threading.Lock()
+
+
+def shared_tls(ca_file: str | None = None) -> tuple[ssl.SSLContext, TlsSessions]:
+    """This process's default client context for ``ca_file`` (:func:`tls_context`) and
+    its sessions, made on first use and kept: every sender (and the email sink) of the
+    process shares them. Keyed by ``ca_file`` and the ``SSL_CERT_*`` variables the
+    context was loaded from. Raises as :func:`tls_context` does."""
+    key = (ca_file, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    with _SHARED_TLS_LOCK:
+        shared = _SHARED_TLS.get(key)
+        if shared is None:
+            shared = (tls_context(ca_file), TlsSessions())
+            _SHARED_TLS[key] = shared
+        return shared
+
+
 class Sender:
     """Sends dispatches concurrently with the send-slot / open-slot split (module docstring).
 
@@ -420,8 +490,10 @@ class Sender:
     closes the connection). ``ssl_context`` replaces the default TLS context
     (:func:`tls_context` with ``ca_file``, which is ignored when ``ssl_context`` is
     given), created on the first https send: loading the CA bundles is file I/O, so
-    constructing does none. TLS sessions are resumed (module docstring) when the
-    context is a :class:`ResumingTLSContext`, as the default one is.
+    constructing does none. The default context and its sessions are the process's
+    (:func:`shared_tls`); a given context gets sessions of this sender's own. TLS
+    sessions are resumed (module docstring) when the context is a
+    :class:`ResumingTLSContext`, as the default one is.
     """
 
     def __init__(
@@ -446,40 +518,12 @@ class Sender:
         self._open_slots = _Limiter(max_open)
         self._ssl_context = ssl_context
         self._ca_file = ca_file
-        # The session of each (host name, port) offered by the next connection there,
-        # and when to renew it (epoch seconds: half its lifetime). Insertion-ordered:
-        # the oldest stored is evicted first.
-        self._sessions: dict[tuple[str, int], tuple[ssl.SSLSession, float]] = {}
+        self._sessions = TlsSessions()
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl_context is None:
-            self._ssl_context = tls_context(self._ca_file)
+            self._ssl_context, self._sessions = shared_tls(self._ca_file)
         return self._ssl_context
-
-    def _keep_session(self, key: tuple[str, int], connection: _http1.Connection) -> None:
-        """Store the connection's TLS session for ``key``, once the response has come.
-
-        Not right after the handshake: a TLS 1.3 server sends its session tickets after
-        it, and they are read with the response. Only when the connection did not
-        resume the stored session, or that one is past half its lifetime: reading a
-        session copies it (CPython serializes and parses it, peer certificate
-        included), which costs about as much CPU as resuming saves. A server that
-        refuses a reused ticket thus gets a full handshake, whose session is stored.
-        """
-        tls = connection.ssl_object
-        if tls is None:
-            return
-        sessions = self._sessions
-        stored = sessions.get(key)
-        if stored is not None and tls.session_reused and time.time() < stored[1]:
-            return
-        session = tls.session
-        if session is None:
-            return
-        sessions.pop(key, None)
-        sessions[key] = (session, session.time + session.timeout / 2)
-        if len(sessions) > MAX_TLS_SESSIONS:
-            del sessions[next(iter(sessions))]
 
     async def send(self, d: Dispatch, *, label: str | None = None) -> SendResult:
         """POST ``d`` and judge the outcome (never raises for network or HTTP problems).
@@ -516,8 +560,7 @@ class Sender:
                 session_key = (target.host, target.port)
                 offered = None
                 if resumes:
-                    stored = self._sessions.get(session_key)
-                    offered = _OFFERED_SESSION.set(stored[0] if stored else None)
+                    offered = _OFFERED_SESSION.set(self._sessions.offer(session_key))
                 try:
                     # Connect to the approved address, not the name: a second lookup
                     # could be rebound. TLS verifies the certificate for the name (also
@@ -539,7 +582,7 @@ class Sender:
                 # Status line and headers only; the body is never read.
                 head = await connection.read_head()
             if resumes:
-                self._keep_session(session_key, connection)
+                self._sessions.keep(session_key, connection)
             if 200 <= head.status < 300:
                 return SendResult(SendOutcome.acknowledged, head.status, None)
             return _judge(head.status, label or _label(d))
