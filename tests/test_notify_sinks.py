@@ -506,7 +506,7 @@ async def _refused_mail(
 ) -> tuple[str, Smtp]:
     """Deliver one ``run.failed`` to a fresh SMTP server (STARTTLS with ``certificate``,
     none without) through ``notifier``, then close it: (the error line, the server).
-    The delivery must fail."""
+    The delivery must fail before any login or message reached the server."""
     try:
         with serve_smtp(certificate=certificate) as smtp:
             route = _mail_route(smtp.port)
@@ -516,14 +516,14 @@ async def _refused_mail(
     finally:
         await notifier.aclose()
     assert error is not None
+    assert smtp.received == []
+    assert smtp.logins == []
     return error, smtp
 
 
 async def test_email_refuses_a_server_without_starttls(certificate: tuple[Path, Path]) -> None:
-    error, smtp = await _refused_mail(_mail_notifier(certificate), certificate=None)
+    error, _ = await _refused_mail(_mail_notifier(certificate), certificate=None)
     assert "STARTTLS" in error
-    assert smtp.received == []
-    assert smtp.logins == []
 
 
 async def test_email_to_a_private_server_is_refused_unless_private_targets_are_allowed(
@@ -533,8 +533,6 @@ async def test_email_to_a_private_server_is_refused_unless_private_targets_are_a
     error, smtp = await _refused_mail(notifier, certificate)
     assert error.startswith(f"email: host 127.0.0.1:{smtp.port} refused: ")
     assert "FIRECRON_ALLOW_PRIVATE_TARGETS" in error
-    assert smtp.received == []
-    assert smtp.logins == []
 
 
 async def test_email_connects_to_the_address_the_guard_approved(
@@ -580,10 +578,8 @@ def test_validate_refuses_an_email_host_the_guard_always_refuses() -> None:
 
 async def test_email_verifies_the_server_certificate(certificate: tuple[Path, Path]) -> None:
     # The throwaway certificate is not trusted.
-    error, smtp = await _refused_mail(Notifier(_settings()), certificate)
+    error, _ = await _refused_mail(Notifier(_settings()), certificate)
     assert "CERTIFICATE_VERIFY_FAILED" in error
-    assert smtp.received == []
-    assert smtp.logins == []
 
 
 async def test_email_with_a_wrong_password_is_an_error(certificate: tuple[Path, Path]) -> None:
