@@ -9,7 +9,7 @@ one to that loop and waits, so the two cannot drift apart.
 Both take and return the project's pydantic models (:class:`ScheduleSpec` in,
 :class:`StoredSchedule` and :class:`Run` out), validate a schedule as a schedules file
 is validated, and raise :class:`~firecron.errors.FirecronError` subclasses:
-:class:`~firecron.errors.InvalidInputError` (:class:`~firecron.service.InvalidSchedule`,
+:class:`~firecron.errors.InvalidInputError` (:class:`~firecron.errors.InvalidSchedule`,
 one line per problem naming its field), :class:`~firecron.errors.NotFoundError`,
 :class:`~firecron.errors.ConflictError`, :class:`~firecron.errors.StoreError`.
 """
@@ -168,12 +168,12 @@ class AsyncClient:
         ``firecron apply --prune`` leaves it alone. A replaced schedule keeps its state
         (pause, counters; its next fire time is recomputed only when its timing
         changed). ``if_version`` replaces only that version, ``create_only`` creates
-        only (:class:`~firecron.service.PreconditionFailed` otherwise). As for the API,
+        only (:class:`~firecron.errors.PreconditionFailed` otherwise). As for the API,
         ``notify`` routes are a schedules file's (a replaced schedule keeps its own, a
         new one logs), and a notify target names a sink by ``sink_config`` or as a
         stored schedule has it (see :mod:`firecron.service`).
 
-        Raises :class:`~firecron.service.InvalidSchedule` (an
+        Raises :class:`~firecron.errors.InvalidSchedule` (an
         :class:`InvalidInputError`: ``errors`` holds every problem as ``(field,
         line)``), :class:`NotFoundError` (``if_version`` of a schedule that is gone).
         """
